@@ -1,0 +1,572 @@
+//! Configuration: CNCF Distribution's `config.yml` (version 0.1) with `REGISTRY_*`
+//! environment overrides, plus Berth's own sections beside it (`limits`).
+//!
+//! The file is read as a YAML tree, environment overrides are applied to the tree
+//! (`REGISTRY_STORAGE_DELETE_ENABLED=true` sets `storage.delete.enabled`), every key is
+//! checked against what Berth knows, and typed values are read with errors that name the
+//! key. This module knows nothing of the server: it produces a [`Config`].
+
+use serde_yaml::{Mapping, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Root directory when Berth runs with no configuration file.
+pub const DEFAULT_ROOT: &str = "./berth-data";
+/// Distribution's default filesystem root, used when a config file names the filesystem
+/// driver without a root directory.
+pub const DISTRIBUTION_DEFAULT_ROOT: &str = "/var/lib/registry";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `berth serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `log.level`: error, warn, info or debug.
+    pub log_level: String,
+    /// `log.formatter`: text, or json (logstash is treated as json).
+    pub log_format: LogFormat,
+    /// `log.accesslog.disabled`: no per-request log lines.
+    pub access_log: bool,
+    /// `storage.filesystem.rootdirectory`: where blobs and the metadata database live.
+    pub root: PathBuf,
+    /// `storage.delete.enabled`: allow deleting manifests, tags and blobs.
+    pub delete_enabled: bool,
+    /// `http.addr`: `host:port`, or `:port` for every interface.
+    pub addr: String,
+    /// `limits.manifestsize`: largest manifest accepted (default 4 MiB).
+    pub max_manifest_bytes: usize,
+    /// `limits.blobsize`: largest blob accepted (default 1 TiB).
+    pub max_blob_bytes: u64,
+    /// `limits.bodyidletimeout`: how long an upload may stall before it is failed (default 60s).
+    pub body_idle_timeout: Duration,
+    /// `limits.pageentries`: most entries in one tags or catalog page (default 10000).
+    pub max_page_entries: u32,
+    /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
+    pub chunk_min_length: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let s = crate::registry::Settings::default();
+        Config {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            access_log: true,
+            root: PathBuf::from(DEFAULT_ROOT),
+            delete_enabled: s.delete_enabled,
+            addr: ":5000".into(),
+            max_manifest_bytes: s.max_manifest_bytes,
+            max_blob_bytes: s.max_blob_bytes,
+            body_idle_timeout: s.body_idle_timeout,
+            max_page_entries: s.max_page_entries,
+            chunk_min_length: s.chunk_min_length,
+        }
+    }
+}
+
+impl Config {
+    pub fn settings(&self) -> crate::registry::Settings {
+        crate::registry::Settings {
+            delete_enabled: self.delete_enabled,
+            max_manifest_bytes: self.max_manifest_bytes,
+            max_blob_bytes: self.max_blob_bytes,
+            max_page_entries: self.max_page_entries,
+            body_idle_timeout: self.body_idle_timeout,
+            chunk_min_length: self.chunk_min_length,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("configuration key {key}: {reason}")]
+    Value { key: String, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+}
+
+/// A loaded configuration and the warnings to log once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Keys Berth honours.
+const IMPLEMENTED: &[&str] = &[
+    "version",
+    "log.level",
+    "log.formatter",
+    "log.accesslog.disabled",
+    "storage.filesystem.rootdirectory",
+    "storage.delete.enabled",
+    "http.addr",
+    "limits.manifestsize",
+    "limits.blobsize",
+    "limits.bodyidletimeout",
+    "limits.pageentries",
+    "limits.chunkminlength",
+];
+
+/// Top-level sections of Distribution's configuration.
+const DISTRIBUTION_SECTIONS: &[&str] = &[
+    "version",
+    "log",
+    "loglevel",
+    "storage",
+    "auth",
+    "middleware",
+    "reporting",
+    "http",
+    "notifications",
+    "redis",
+    "health",
+    "proxy",
+    "compatibility",
+    "validation",
+    "catalog",
+    "policy",
+];
+
+/// Keys whose absence of support changes security or where data goes: warned loudly.
+const SECURITY_SENSITIVE: &[(&str, &str)] = &[
+    (
+        "auth",
+        "authentication is not implemented yet: this registry accepts unauthenticated requests",
+    ),
+    (
+        "http.tls",
+        "TLS is not implemented yet: this registry serves plain HTTP",
+    ),
+    (
+        "storage.maintenance.readonly",
+        "read-only mode is not implemented yet: writes are accepted",
+    ),
+];
+
+impl Loaded {
+    /// Load `path` (or the embedded defaults when `None`) with `REGISTRY_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut tree = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                match serde_yaml::from_str::<Value>(&text).map_err(|source| ConfigError::Yaml {
+                    path: p.to_path_buf(),
+                    source,
+                })? {
+                    Value::Null => Value::Mapping(Mapping::new()),
+                    v @ Value::Mapping(_) => v,
+                    _ => {
+                        return Err(ConfigError::Value {
+                            key: "(top level)".into(),
+                            reason: "the configuration must be a YAML mapping".into(),
+                        })
+                    }
+                }
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("REGISTRY_"))
+            .collect();
+        env.sort();
+        for (var, value) in env {
+            apply_env(&mut tree, &var, &value)?;
+        }
+        let mut warnings = Vec::new();
+        check_keys(&tree, "", &mut warnings);
+        let config = read_config(&tree, path.is_some())?;
+        Ok(Loaded { config, warnings })
+    }
+}
+
+/// `REGISTRY_A_B_C=value` sets `a.b.c` to `value` parsed as YAML.
+fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var["REGISTRY_".len()..]
+        .split('_')
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            reason: "is not of the form REGISTRY_SECTION_KEY".into(),
+        });
+    }
+    let parsed: Value =
+        serde_yaml::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let mut node = tree;
+    for (i, seg) in path.iter().enumerate() {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(map) = node else {
+            unreachable_mapping();
+            return Ok(());
+        };
+        let key = Value::String(seg.clone());
+        if i == path.len() - 1 {
+            map.insert(key, parsed);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(Value::Mapping(Mapping::new()));
+    }
+    Ok(())
+}
+
+fn unreachable_mapping() {}
+
+fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
+    let Value::Mapping(map) = v else { return };
+    for (k, child) in map {
+        let Some(k) = k.as_str() else { continue };
+        let path = if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if let Some((_, why)) = SECURITY_SENSITIVE.iter().find(|(p, _)| *p == path) {
+            warnings.push(format!("configuration key {path}: {why}"));
+            continue;
+        }
+        if IMPLEMENTED.contains(&path.as_str()) {
+            continue;
+        }
+        let is_prefix = IMPLEMENTED
+            .iter()
+            .any(|i| i.starts_with(&format!("{path}.")));
+        if is_prefix && child.is_mapping() {
+            check_keys(child, &path, warnings);
+            continue;
+        }
+        let top = path.split('.').next().unwrap_or("");
+        if top == "limits" {
+            warnings.push(format!("unknown configuration key {path} (ignored)"));
+        } else if DISTRIBUTION_SECTIONS.contains(&top) {
+            warnings.push(format!(
+                "configuration key {path} is accepted but not implemented yet (ignored)"
+            ));
+        } else {
+            warnings.push(format!("unknown configuration key {path} (ignored)"));
+        }
+    }
+}
+
+fn get<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut node = tree;
+    for seg in path.split('.') {
+        node = node.as_mapping()?.get(Value::String(seg.to_string()))?;
+    }
+    (!node.is_null()).then_some(node)
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn get_str(tree: &Value, key: &str) -> Result<Option<String>, ConfigError> {
+    match get(tree, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(bad(key, "expected a string")),
+    }
+}
+
+fn get_bool(tree: &Value, key: &str) -> Result<Option<bool>, ConfigError> {
+    match get(tree, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(bad(key, format!("expected true or false, got {s:?}"))),
+        },
+        Some(_) => Err(bad(key, "expected true or false")),
+    }
+}
+
+/// A size in bytes: a number, or a number with KB/MB/GB/TB or KiB/MiB/GiB/TiB.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000u64.pow(2),
+        "gb" => 1000u64.pow(3),
+        "tb" => 1000u64.pow(4),
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A Go-style duration (`300ms`, `10s`, `1m30s`, `2h`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (num, tail) = rest.split_at(split);
+        let value: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ns" => value / 1e9,
+            "us" | "µs" => value / 1e6,
+            "ms" => value / 1e3,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Some(total)
+}
+
+fn get_size(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
+    match get_str(tree, key)? {
+        None => Ok(None),
+        Some(s) => parse_size(&s).map(Some).ok_or_else(|| {
+            bad(
+                key,
+                format!("{s:?} is not a size (e.g. 4194304, 4MiB, 10GiB)"),
+            )
+        }),
+    }
+}
+
+fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
+    let mut c = Config::default();
+    if let Some(v) = get_str(tree, "version")? {
+        if v != "0.1" {
+            return Err(bad(
+                "version",
+                format!("only version 0.1 is supported, got {v:?}"),
+            ));
+        }
+    }
+    if let Some(level) = get_str(tree, "log.level")? {
+        c.log_level = match level.to_ascii_lowercase().as_str() {
+            l @ ("error" | "warn" | "info" | "debug" | "trace") => l.to_string(),
+            "warning" => "warn".into(),
+            "panic" | "fatal" => "error".into(),
+            other => {
+                return Err(bad(
+                    "log.level",
+                    format!("{other:?} is not one of error, warn, info, debug"),
+                ))
+            }
+        };
+    }
+    if let Some(f) = get_str(tree, "log.formatter")? {
+        c.log_format = match f.as_str() {
+            "text" => LogFormat::Text,
+            "json" | "logstash" => LogFormat::Json,
+            other => {
+                return Err(bad(
+                    "log.formatter",
+                    format!("{other:?} is not one of text, json, logstash"),
+                ))
+            }
+        };
+    }
+    if let Some(disabled) = get_bool(tree, "log.accesslog.disabled")? {
+        c.access_log = !disabled;
+    }
+    if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
+        for (k, _) in storage {
+            let Some(k) = k.as_str() else { continue };
+            if ![
+                "filesystem",
+                "delete",
+                "maintenance",
+                "cache",
+                "redirect",
+                "tag",
+            ]
+            .contains(&k)
+            {
+                return Err(bad(
+                    &format!("storage.{k}"),
+                    "this storage driver is not supported yet; use storage.filesystem",
+                ));
+            }
+        }
+        if get(tree, "storage.filesystem").is_some()
+            || storage.contains_key(Value::String("filesystem".into()))
+        {
+            c.root = PathBuf::from(DISTRIBUTION_DEFAULT_ROOT);
+        }
+    }
+    if let Some(root) = get_str(tree, "storage.filesystem.rootdirectory")? {
+        if root.is_empty() {
+            return Err(bad("storage.filesystem.rootdirectory", "must not be empty"));
+        }
+        c.root = PathBuf::from(root);
+    } else if !from_file {
+        c.root = PathBuf::from(DEFAULT_ROOT);
+    }
+    if let Some(d) = get_bool(tree, "storage.delete.enabled")? {
+        c.delete_enabled = d;
+    }
+    if let Some(addr) = get_str(tree, "http.addr")? {
+        if !addr.contains(':') {
+            return Err(bad(
+                "http.addr",
+                format!("{addr:?} has no port: use host:port or :port"),
+            ));
+        }
+        c.addr = addr;
+    }
+    if let Some(n) = get_size(tree, "limits.manifestsize")? {
+        c.max_manifest_bytes =
+            usize::try_from(n).map_err(|_| bad("limits.manifestsize", "too large"))?;
+    }
+    if let Some(n) = get_size(tree, "limits.blobsize")? {
+        c.max_blob_bytes = n;
+    }
+    if let Some(s) = get_str(tree, "limits.bodyidletimeout")? {
+        c.body_idle_timeout = parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(
+                "limits.bodyidletimeout",
+                format!("{s:?} is not a duration like 60s or 2m"),
+            )
+        })?;
+    }
+    if let Some(n) = get_size(tree, "limits.pageentries")? {
+        c.max_page_entries = u32::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad("limits.pageentries", "must be between 1 and 4294967295"))?;
+    }
+    if let Some(n) = get_size(tree, "limits.chunkminlength")? {
+        c.chunk_min_length = n;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, yaml).expect("write");
+        Loaded::load(
+            Some(&p),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let l = Loaded::load(None, Vec::new()).expect("load");
+        assert_eq!(l.config.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(l.config.addr, ":5000");
+        assert!(!l.config.delete_enabled);
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn debian_config_starts_with_warnings() {
+        let yaml = "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/docker-registry\n  delete:\n    enabled: true\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/docker/registry\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n";
+        let l = load(yaml, &[]).expect("load");
+        assert_eq!(l.config.root, PathBuf::from("/var/lib/docker-registry"));
+        assert!(l.config.delete_enabled);
+        let w = l.warnings.join("\n");
+        for key in [
+            "log.fields",
+            "storage.cache",
+            "http.headers",
+            "auth",
+            "health",
+        ] {
+            assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
+        }
+        assert!(w.contains("unauthenticated"));
+    }
+
+    #[test]
+    fn env_overrides_and_errors() {
+        let l = load(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /a\n",
+            &[
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/b"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:5001"),
+                ("REGISTRY_LIMITS_MANIFESTSIZE", "1MiB"),
+                ("REGISTRY_LIMITS_BODYIDLETIMEOUT", "1m30s"),
+                ("OTHER", "x"),
+            ],
+        )
+        .expect("load");
+        assert_eq!(l.config.root, PathBuf::from("/b"));
+        assert!(l.config.delete_enabled);
+        assert_eq!(l.config.addr, "127.0.0.1:5001");
+        assert_eq!(l.config.max_manifest_bytes, 1 << 20);
+        assert_eq!(l.config.body_idle_timeout, Duration::from_secs(90));
+
+        let e = load("storage:\n  delete:\n    enabled: maybe\n", &[]).expect_err("bad bool");
+        assert!(e.to_string().contains("storage.delete.enabled"), "{e}");
+        let e = load("http:\n  addr: 5000\n", &[]).expect_err("no port");
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = load("storage:\n  s3:\n    bucket: x\n", &[]).expect_err("s3");
+        assert!(e.to_string().contains("storage.s3"), "{e}");
+        let e = load("version: 0.2\n", &[]).expect_err("version");
+        assert!(e.to_string().contains("version"), "{e}");
+        let l = load("bogus: 1\nlimits:\n  nope: 2\n", &[]).expect("load");
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_duration("10"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`, with single `Range` requests.
+
+use super::error::ApiError;
+use super::{empty, Req};
+use crate::registry::{Registry, RegistryError};
+use crate::storage::ByteRange;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use oci::{Digest, RepoName};
+
+/// Parse a `Range` header against a blob of `size` bytes. Multiple ranges or other units
+/// are ignored (the whole blob is served), as HTTP allows.
+pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<ByteRange>, RegistryError> {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable = RegistryError::RangeNotSatisfiable { size };
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or(RegistryError::RangeNotSatisfiable { size })?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        // Suffix: the last b bytes.
+        let n: u64 = b
+            .parse()
+            .map_err(|_| RegistryError::RangeNotSatisfiable { size })?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable);
+        }
+        ByteRange {
+            start: size.saturating_sub(n),
+            end: size - 1,
+        }
+    } else {
+        let start: u64 = a
+            .parse()
+            .map_err(|_| RegistryError::RangeNotSatisfiable { size })?;
+        let end: u64 = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| RegistryError::RangeNotSatisfiable { size })?
+                .min(size.saturating_sub(1))
+        };
+        if start >= size || (!b.is_empty() && b.parse::<u64>().is_ok_and(|e| e < start)) {
+            return Err(unsatisfiable);
+        }
+        ByteRange { start, end }
+    };
+    Ok(Some(range))
+}
+
+pub async fn get(
+    r: &Registry,
+    req: &Req,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    let common = |size: u64| {
+        vec![
+            ("docker-content-digest", digest.to_string()),
+            ("etag", format!("\"{digest}\"")),
+            ("accept-ranges", "bytes".to_string()),
+            ("cache-control", "max-age=31536000".to_string()),
+            ("content-type", "application/octet-stream".to_string()),
+            ("content-length", size.to_string()),
+        ]
+    };
+    if req.method == Method::HEAD {
+        let size = r.stat_blob(repo, digest).await?;
+        return Ok(empty(StatusCode::OK, &common(size)));
+    }
+    let range_header = req.header(header::RANGE);
+    let read = r
+        .read_blob(repo, digest, |size| parse_range(range_header, size))
+        .await?;
+    let (status, mut headers) = match read.range {
+        Some(rg) => {
+            let mut h = common(rg.len());
+            h.push((
+                "content-range",
+                format!("bytes {}-{}/{}", rg.start, rg.end, read.size),
+            ));
+            (StatusCode::PARTIAL_CONTENT, h)
+        }
+        None => (StatusCode::OK, common(read.size)),
+    };
+    let mut resp = Response::new(Body::from_stream(read.body));
+    *resp.status_mut() = status;
+    for (k, v) in headers.drain(..) {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    Ok(resp)
+}
+
+pub async fn delete(r: &Registry, repo: &RepoName, digest: &Digest) -> Result<Response, ApiError> {
+    r.delete_blob(repo, digest).await?;
+    Ok(empty(StatusCode::ACCEPTED, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |s: &str, size| parse_range(Some(s), size).map(|o| o.map(|r| (r.start, r.end)));
+        assert_eq!(r("bytes=0-9", 100).ok(), Some(Some((0, 9))));
+        assert_eq!(r("bytes=90-", 100).ok(), Some(Some((90, 99))));
+        assert_eq!(r("bytes=-10", 100).ok(), Some(Some((90, 99))));
+        assert_eq!(r("bytes=-1000", 100).ok(), Some(Some((0, 99))));
+        assert_eq!(r("bytes=50-1000", 100).ok(), Some(Some((50, 99))));
+        assert_eq!(r("bytes=0-1,5-6", 100).ok(), Some(None));
+        assert_eq!(r("items=0-1", 100).ok(), Some(None));
+        assert!(r("bytes=100-", 100).is_err());
+        assert!(r("bytes=500-0", 1000).is_err());
+        assert!(r("bytes=10-5", 100).is_err());
+        assert!(r("bytes=-0", 100).is_err());
+        assert!(r("bytes=x-1", 100).is_err());
+        assert!(r("bytes=0-0", 0).is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! Request bodies: streaming into the registry with an idle timeout, and bounded reads.
+
+use crate::storage::ByteStream;
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A body stream that fails with `TimedOut` when no bytes arrive for `idle`.
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Stream for IdleTimeout<S> {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(item) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(item.map(|r| r.map_err(io::Error::other)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no request body bytes arrived for {} s",
+                        self.idle.as_secs()
+                    ),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Stream a request body, failing if it stalls for `idle`.
+pub fn stream(body: Body, idle: Duration) -> ByteStream {
+    Box::pin(IdleTimeout {
+        inner: body.into_data_stream(),
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+    })
+}
+
+/// Why a bounded read failed.
+pub enum ReadError {
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Read a whole body of at most `limit` bytes.
+pub async fn read_limited(body: Body, limit: usize, idle: Duration) -> Result<Vec<u8>, ReadError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    let collected =
+        tokio::time::timeout(idle.max(Duration::from_secs(1)) * 4, limited.collect()).await;
+    match collected {
+        Err(_) => Err(ReadError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "manifest body timed out",
+        ))),
+        Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+        Ok(Err(e)) => Err(ReadError::Io(io::Error::other(e))),
+    }
+}

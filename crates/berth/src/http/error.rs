@@ -1,0 +1,129 @@
+//! The single place where errors become HTTP responses: spec error code, status, the
+//! `{"errors":[...]}` envelope. Server faults are logged once with their full chain and
+//! answered with a generic body.
+
+use crate::registry::RegistryError;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use oci::ErrorCode;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub errors: Vec<(ErrorCode, String, Option<serde_json::Value>)>,
+    pub headers: HeaderMap,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError::with_status(
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            code,
+            message,
+        )
+    }
+
+    pub fn with_status(
+        status: StatusCode,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            errors: vec![(code, message.into(), None)],
+            headers: HeaderMap::new(),
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &str) -> ApiError {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(name, v);
+        }
+        self
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        use RegistryError as E;
+        let msg = e.to_string();
+        match e {
+            E::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, msg),
+            E::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, msg),
+            E::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, msg),
+            E::ChunkOutOfOrder { .. } => {
+                ApiError::with_status(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid, msg)
+            }
+            E::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, msg),
+            E::SizeInvalid(_) => ApiError::new(ErrorCode::SizeInvalid, msg),
+            E::BlobTooLarge { .. } => ApiError::with_status(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid, msg),
+            E::ManifestTooLarge { .. } => {
+                ApiError::with_status(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, msg)
+            }
+            E::ManifestInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, msg),
+            E::ManifestBlobUnknown(digests) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                errors: digests
+                    .into_iter()
+                    .map(|d| {
+                        (
+                            ErrorCode::ManifestBlobUnknown,
+                            format!("manifest references {d}, which this repository does not have: push it first"),
+                            Some(serde_json::json!({ "digest": d.as_str() })),
+                        )
+                    })
+                    .collect(),
+                headers: HeaderMap::new(),
+            },
+            E::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, msg),
+            E::NameUnknown => ApiError::new(ErrorCode::NameUnknown, msg),
+            E::TagInvalid(_) => ApiError::new(ErrorCode::TagInvalid, msg),
+            E::RangeNotSatisfiable { size } => {
+                ApiError::with_status(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid, msg)
+                    .header(header::CONTENT_RANGE, &format!("bytes */{size}"))
+            }
+            E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, msg),
+            E::Body(io) => match io.kind() {
+                std::io::ErrorKind::InvalidData => ApiError::new(ErrorCode::SizeInvalid, msg),
+                std::io::ErrorKind::TimedOut => {
+                    ApiError::with_status(StatusCode::REQUEST_TIMEOUT, ErrorCode::BlobUploadInvalid, msg)
+                }
+                _ => ApiError::new(ErrorCode::BlobUploadInvalid, msg),
+            },
+            E::Storage(_) | E::Meta(_) => {
+                tracing::error!(error = %msg, "request failed");
+                ApiError::with_status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Unknown,
+                    "internal server error: the registry logged the cause",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let errors: Vec<serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|(code, message, detail)| {
+                let mut e = serde_json::json!({ "code": code.as_str(), "message": message });
+                if let Some(d) = detail {
+                    e["detail"] = d.clone();
+                }
+                e
+            })
+            .collect();
+        let body = serde_json::json!({ "errors": errors }).to_string();
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+        resp.headers_mut().extend(self.headers);
+        resp
+    }
+}

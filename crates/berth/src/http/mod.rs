@@ -1,0 +1,222 @@
+//! The only module that knows HTTP. Parses each request into an [`endpoint::Endpoint`],
+//! calls one `registry` service, and renders the answer; [`error`] is the one mapping
+//! from errors to responses. Also the access log and the listener loop.
+
+mod blobs;
+mod body;
+pub mod endpoint;
+mod error;
+mod listing;
+mod manifests;
+mod uploads;
+
+use crate::registry::Registry;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use endpoint::{Endpoint, PathError};
+use error::ApiError;
+use oci::ErrorCode;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Options of the HTTP layer itself.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Log one line per request.
+    pub access_log: bool,
+}
+
+/// What a handler gets: the parsed request.
+pub(crate) struct Req {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Vec<(String, String)>,
+}
+
+impl Req {
+    /// The first value of query parameter `key`.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The application: every request goes through [`dispatch`].
+pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
+    let app = Router::new()
+        .fallback(dispatch)
+        .with_state(registry)
+        .layer(middleware::map_response(api_version_header));
+    if options.access_log {
+        app.layer(middleware::from_fn(access_log))
+    } else {
+        app
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` completes, then drain in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn api_version_header(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+async fn access_log(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let resp = next.run(req).await;
+    let bytes_out = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    tracing::info!(
+        target: "berth::access",
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        bytes_in,
+        bytes_out,
+        remote,
+        "request"
+    );
+    resp
+}
+
+async fn dispatch(
+    State(registry): State<Arc<Registry>>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let endpoint = match Endpoint::parse(uri.path()) {
+        Ok(e) => e,
+        Err(PathError::NotFound) => {
+            return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+        }
+        Err(PathError::NameInvalid(e)) => {
+            return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response()
+        }
+        Err(PathError::DigestInvalid(e)) => {
+            return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
+        }
+    };
+    let query = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let req = Req {
+        method,
+        headers,
+        query,
+    };
+    let r = &registry;
+    let result = match (&req.method, endpoint) {
+        (&Method::GET, Endpoint::Base) => Ok(base()),
+        (&Method::GET, Endpoint::Catalog) => listing::catalog(r, &req).await,
+        (&Method::GET, Endpoint::Tags { repo }) => listing::tags(r, &req, &repo).await,
+        (&Method::GET, Endpoint::Referrers { repo, digest }) => {
+            listing::referrers(r, &req, &repo, &digest).await
+        }
+        (&Method::GET | &Method::HEAD, Endpoint::Manifest { repo, reference }) => {
+            manifests::get(r, &req, &repo, &reference).await
+        }
+        (&Method::PUT, Endpoint::Manifest { repo, reference }) => {
+            manifests::put(r, &req, body, &repo, &reference).await
+        }
+        (&Method::DELETE, Endpoint::Manifest { repo, reference }) => {
+            manifests::delete(r, &repo, &reference).await
+        }
+        (&Method::GET | &Method::HEAD, Endpoint::Blob { repo, digest }) => {
+            blobs::get(r, &req, &repo, &digest).await
+        }
+        (&Method::DELETE, Endpoint::Blob { repo, digest }) => {
+            blobs::delete(r, &repo, &digest).await
+        }
+        (&Method::POST, Endpoint::Uploads { repo }) => uploads::post(r, &req, body, &repo).await,
+        (&Method::GET, Endpoint::Upload { repo, id }) => uploads::status(r, &repo, &id).await,
+        (&Method::PATCH, Endpoint::Upload { repo, id }) => {
+            uploads::patch(r, &req, body, &repo, &id).await
+        }
+        (&Method::PUT, Endpoint::Upload { repo, id }) => {
+            uploads::put(r, &req, body, &repo, &id).await
+        }
+        (&Method::DELETE, Endpoint::Upload { repo, id }) => uploads::cancel(r, &repo, &id).await,
+        (m, e) => Err(ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("{m} is not supported on the {} endpoint", e.route()),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn base() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+        .into_response()
+}
+
+/// Build a response from a status and headers, with an empty body.
+pub(crate) fn empty(status: StatusCode, headers: &[(&str, String)]) -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.append(name, value);
+        }
+    }
+    if !h.contains_key(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    resp
+}

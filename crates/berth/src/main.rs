@@ -1,0 +1,81 @@
+//! The `berth` command: `berth serve [CONFIG]` and friends. Parses arguments, loads the
+//! configuration, sets up logging, and hands over to the library.
+
+use anyhow::Context as _;
+use berth::config::{Loaded, LogFormat};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A fast OCI container registry, drop-in for registry:2"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry. Without CONFIG: filesystem storage in ./berth-data, port 5000.
+    Serve {
+        /// A CNCF Distribution config.yml (version 0.1); REGISTRY_* variables override it.
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let loaded = Loaded::load(config.as_deref(), std::env::vars())
+                .context("invalid configuration")?;
+            init_logging(&loaded.config.log_level, loaded.config.log_format);
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(berth::state::run(loaded.config, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Registry metadata: repositories, blob links, manifests, tags, referrers and upload
+//! sessions, behind small traits combined as [`MetaStore`]. Backend: [`sqlite::SqliteMeta`]
+//! (embedded default); PostgreSQL comes later behind the same traits and shared suite.
+//!
+//! This is the only module that speaks SQL. It knows nothing of HTTP or blob bytes, and
+//! does not judge OCI semantics (that is `registry/`): it stores and answers.
+
+pub mod sqlite;
+#[cfg(test)]
+mod testsuite;
+
+use oci::{Algorithm, Digest, Reference, RepoName, Tag};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("metadata migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("metadata holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// A manifest to store.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+    pub subject: Option<Digest>,
+    /// The artifact type the referrers API reports.
+    pub artifact_type: Option<String>,
+    /// Annotations as a JSON object, for the referrers API.
+    pub annotations: Option<String>,
+    /// Blobs (false) and child manifests (true) it references.
+    pub references: Vec<(Digest, bool)>,
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// One entry of a referrers listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// An upload session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadSession {
+    pub id: String,
+    pub repository: RepoName,
+    pub algorithm: Algorithm,
+    pub created_at: i64,
+}
+
+/// Repositories and the blobs linked into them.
+#[async_trait::async_trait]
+pub trait Repositories: Send + Sync {
+    /// Record a committed blob and link it into `repo` (creating the repository).
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
+    /// Size of `digest` if it is linked into `repo`.
+    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
+    /// Size of `digest` if any repository has it.
+    async fn known_blob(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Remove the link; `false` if there was none.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// For each digest, its size if linked into `repo`.
+    async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>>;
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
+    /// Repository names after `last`, in byte order, at most `limit`.
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+}
+
+/// Manifests, tags and referrers.
+#[async_trait::async_trait]
+pub trait Manifests: Send + Sync {
+    /// Store a manifest (idempotent for the same digest) and point `tags` at it, in one
+    /// transaction.
+    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()>;
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>>;
+    /// For each digest, whether it is a manifest in `repo`.
+    async fn manifests_exist(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<bool>>;
+    /// Delete a manifest and every tag pointing at it; `false` if absent.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Delete one tag; `false` if absent.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Tags after `last` in byte order, at most `limit`; `None` if the repository is unknown.
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>>;
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>>;
+}
+
+/// Upload sessions.
+#[async_trait::async_trait]
+pub trait Uploads: Send + Sync {
+    async fn create_upload(&self, session: &UploadSession) -> Result<()>;
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
+    async fn delete_upload(&self, id: &str) -> Result<()>;
+}
+
+/// Everything the registry needs from its metadata backend.
+pub trait MetaStore: Repositories + Manifests + Uploads + 'static {}
+impl<T: Repositories + Manifests + Uploads + 'static> MetaStore for T {}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

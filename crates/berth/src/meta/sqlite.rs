@@ -1,0 +1,453 @@
+//! Embedded SQLite metadata store (the default): one database file beside the blobs.
+//!
+//! WAL journal with `synchronous=FULL`, so a committed transaction survives power loss.
+//! Writes go through a single connection (SQLite has one writer anyway, and this avoids
+//! lock-upgrade deadlocks); reads use a pool of read-only connections in parallel.
+
+use super::{
+    now, Manifests, MetaError, NewManifest, Referrer, Repositories, Result, StoredManifest,
+    UploadSession, Uploads,
+};
+use oci::{Digest, Reference, RepoName, Tag};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::time::Duration;
+
+pub struct SqliteMeta {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const READERS: u32 = 8;
+
+impl SqliteMeta {
+    /// Open (creating and migrating if needed) the database at `path`.
+    pub async fn open(path: &Path) -> Result<SqliteMeta> {
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(SqliteMeta { writer, reader })
+    }
+}
+
+fn digest(s: String) -> Result<Digest> {
+    s.parse()
+        .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
+}
+
+const UPSERT_REPO: &str =
+    "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
+
+#[async_trait::async_trait]
+impl Repositories for SqliteMeta {
+    async fn link_blob(&self, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
+        let t = now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(UPSERT_REPO)
+            .bind(repo.as_str())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO NOTHING")
+            .bind(d.as_str())
+            .bind(size as i64)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at)
+             SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM repositories r
+             JOIN repository_blobs rb ON rb.repository_id = r.id
+             JOIN blobs b ON b.digest = rb.digest
+             WHERE r.name = ?1 AND rb.digest = ?2",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    async fn known_blob(&self, d: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM blobs b WHERE b.digest = ?1
+             AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+        )
+        .bind(d.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM repository_blobs WHERE digest = ?2
+             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
+        let mut conn = self.reader.acquire().await?;
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            let row = sqlx::query(
+                "SELECT b.size FROM repositories r
+                 JOIN repository_blobs rb ON rb.repository_id = r.id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE r.name = ?1 AND rb.digest = ?2",
+            )
+            .bind(repo.as_str())
+            .bind(d.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            out.push(row.map(|r| r.get::<i64, _>(0) as u64));
+        }
+        Ok(out)
+    }
+
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM repositories WHERE name = ?1")
+            .bind(repo.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2")
+                .bind(last.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Manifests for SqliteMeta {
+    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()> {
+        let t = now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(UPSERT_REPO)
+            .bind(repo.as_str())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        let repo_id: i64 = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
+            .bind(repo.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, size, content, subject, artifact_type, annotations, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(m.digest.as_str())
+        .bind(&m.media_type)
+        .bind(m.content.len() as i64)
+        .bind(&m.content)
+        .bind(m.subject.as_ref().map(|s| s.as_str()))
+        .bind(m.artifact_type.as_deref())
+        .bind(m.annotations.as_deref())
+        .bind(t)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            for (child, is_manifest) in &m.references {
+                sqlx::query(
+                    "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_is_manifest)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .bind(repo_id)
+                .bind(m.digest.as_str())
+                .bind(child.as_str())
+                .bind(*is_manifest)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag.as_str())
+            .bind(m.digest.as_str())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let row = match reference {
+            Reference::Tag(tag) => {
+                sqlx::query(
+                    "SELECT m.digest, m.media_type, m.content FROM repositories r
+                     JOIN tags t ON t.repository_id = r.id
+                     JOIN manifests m ON m.repository_id = r.id AND m.digest = t.digest
+                     WHERE r.name = ?1 AND t.name = ?2",
+                )
+                .bind(repo.as_str())
+                .bind(tag.as_str())
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            Reference::Digest(d) => {
+                sqlx::query(
+                    "SELECT m.digest, m.media_type, m.content FROM repositories r
+                     JOIN manifests m ON m.repository_id = r.id
+                     WHERE r.name = ?1 AND m.digest = ?2",
+                )
+                .bind(repo.as_str())
+                .bind(d.as_str())
+                .fetch_optional(&self.reader)
+                .await?
+            }
+        };
+        row.map(|r| {
+            Ok(StoredManifest {
+                digest: digest(r.get(0))?,
+                media_type: r.get(1),
+                content: r.get(2),
+            })
+        })
+        .transpose()
+    }
+
+    async fn manifests_exist(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<bool>> {
+        let mut conn = self.reader.acquire().await?;
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            let row = sqlx::query(
+                "SELECT 1 FROM repositories r JOIN manifests m ON m.repository_id = r.id
+                 WHERE r.name = ?1 AND m.digest = ?2",
+            )
+            .bind(repo.as_str())
+            .bind(d.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            out.push(row.is_some());
+        }
+        Ok(out)
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
+            .bind(repo.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get::<i64, _>(0))
+        else {
+            return Ok(false);
+        };
+        let gone = sqlx::query("DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2")
+            .bind(repo_id)
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2")
+            .bind(repo_id)
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM manifest_references WHERE repository_id = ?1 AND manifest_digest = ?2",
+        )
+        .bind(repo_id)
+        .bind(d.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM tags WHERE name = ?2
+             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>> {
+        let mut conn = self.reader.acquire().await?;
+        let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
+            .bind(repo.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.get::<i64, _>(0))
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repository_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+        )
+        .bind(repo_id)
+        .bind(last.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Some(
+            rows.into_iter().map(|r| r.get::<String, _>(0)).collect(),
+        ))
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+             FROM repositories r JOIN manifests m ON m.repository_id = r.id
+             WHERE r.name = ?1 AND m.subject = ?2 AND (?3 IS NULL OR m.artifact_type = ?3)
+             ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .bind(subject.as_str())
+        .bind(artifact_type)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: digest(r.get(0))?,
+                    media_type: r.get(1),
+                    size: r.get::<i64, _>(2) as u64,
+                    artifact_type: r.get(3),
+                    annotations: r.get(4),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Uploads for SqliteMeta {
+    async fn create_upload(&self, s: &UploadSession) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, algorithm, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&s.id)
+        .bind(s.repository.as_str())
+        .bind(s.algorithm.as_str())
+        .bind(s.created_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
+        let row =
+            sqlx::query("SELECT id, repository, algorithm, created_at FROM uploads WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|r| {
+            let repo: String = r.get(1);
+            let alg: String = r.get(2);
+            Ok(UploadSession {
+                id: r.get(0),
+                repository: repo
+                    .parse()
+                    .map_err(|_| MetaError::Corrupt(format!("repository name {repo:?}")))?,
+                algorithm: alg
+                    .parse()
+                    .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
+                created_at: r.get(3),
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn shared_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        crate::meta::testsuite::run(&meta).await;
+        // Reopening keeps everything (migrations are idempotent).
+        drop(meta);
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("reopen");
+        crate::meta::testsuite::check_persisted(&meta).await;
+    }
+}

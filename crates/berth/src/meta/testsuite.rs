@@ -1,0 +1,186 @@
+//! The contract every metadata backend must meet, run by each backend's tests.
+
+use super::{MetaStore, NewManifest, UploadSession};
+use oci::{Algorithm, Digest, Reference, RepoName, Tag};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().expect("repo name")
+}
+fn tag(s: &str) -> Tag {
+    s.parse().expect("tag")
+}
+fn d(s: &str) -> Digest {
+    Digest::of(Algorithm::Sha256, s.as_bytes())
+}
+
+fn manifest(content: &str, subject: Option<Digest>, artifact_type: Option<&str>) -> NewManifest {
+    NewManifest {
+        digest: d(content),
+        media_type: oci::media::OCI_MANIFEST.to_string(),
+        content: content.as_bytes().to_vec(),
+        subject,
+        artifact_type: artifact_type.map(str::to_string),
+        annotations: Some(r#"{"k":"v"}"#.to_string()),
+        references: vec![(d("layer"), false)],
+    }
+}
+
+pub async fn run(m: &dyn MetaStore) {
+    let a = repo("team/app");
+    let b = repo("team/other");
+
+    // Blobs and links.
+    assert!(!m.repository_exists(&a).await.expect("exists"));
+    assert_eq!(m.known_blob(&d("layer")).await.expect("known"), None);
+    m.link_blob(&a, &d("layer"), 5).await.expect("link");
+    m.link_blob(&a, &d("layer"), 5).await.expect("link twice");
+    assert!(m.repository_exists(&a).await.expect("exists"));
+    assert_eq!(
+        m.linked_blob(&a, &d("layer")).await.expect("linked"),
+        Some(5)
+    );
+    assert_eq!(m.linked_blob(&b, &d("layer")).await.expect("linked"), None);
+    assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
+    assert_eq!(
+        m.linked_blobs(&a, &[d("layer"), d("nope")])
+            .await
+            .expect("linked"),
+        vec![Some(5), None]
+    );
+
+    // Manifests and tags.
+    let m1 = manifest("m1", None, None);
+    m.put_manifest(&a, &m1, &[tag("v1"), tag("latest")])
+        .await
+        .expect("put");
+    m.put_manifest(&a, &m1, &[tag("v1")])
+        .await
+        .expect("put again");
+    let got = m
+        .get_manifest(&a, &Reference::Tag(tag("latest")))
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.digest, m1.digest);
+    assert_eq!(got.content, b"m1");
+    assert!(m
+        .get_manifest(&b, &Reference::Digest(m1.digest.clone()))
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(
+        m.manifests_exist(&a, &[m1.digest.clone(), d("x")])
+            .await
+            .expect("exist"),
+        vec![true, false]
+    );
+    // Tags list in byte order, paginated.
+    let m2 = manifest("m2", None, None);
+    m.put_manifest(&a, &m2, &[tag("A"), tag("b"), tag("v1")])
+        .await
+        .expect("retag");
+    assert_eq!(
+        m.list_tags(&a, None, 100).await.expect("tags"),
+        Some(vec!["A".into(), "b".into(), "latest".into(), "v1".into()])
+    );
+    assert_eq!(
+        m.list_tags(&a, Some("b"), 1).await.expect("tags"),
+        Some(vec!["latest".into()])
+    );
+    assert_eq!(m.list_tags(&b, None, 10).await.expect("tags"), None);
+    let v1 = m
+        .get_manifest(&a, &Reference::Tag(tag("v1")))
+        .await
+        .expect("get")
+        .expect("v1");
+    assert_eq!(v1.digest, m2.digest, "a tag moves to the newest push");
+
+    // Referrers.
+    let sig = manifest("sig", Some(m1.digest.clone()), Some("application/x.sig"));
+    let sbom = manifest("sbom", Some(m1.digest.clone()), Some("application/x.sbom"));
+    m.put_manifest(&a, &sig, &[]).await.expect("sig");
+    m.put_manifest(&a, &sbom, &[]).await.expect("sbom");
+    let all = m.referrers(&a, &m1.digest, None).await.expect("referrers");
+    assert_eq!(all.len(), 2);
+    let only = m
+        .referrers(&a, &m1.digest, Some("application/x.sig"))
+        .await
+        .expect("referrers");
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].digest, sig.digest);
+    assert_eq!(only[0].size, 3);
+    assert_eq!(only[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert!(m
+        .referrers(&b, &m1.digest, None)
+        .await
+        .expect("referrers")
+        .is_empty());
+
+    // Deletes: a tag alone, then a manifest with its tags.
+    assert!(m.delete_tag(&a, &tag("A")).await.expect("delete tag"));
+    assert!(!m.delete_tag(&a, &tag("A")).await.expect("delete tag twice"));
+    assert!(m
+        .get_manifest(&a, &Reference::Digest(m2.digest.clone()))
+        .await
+        .expect("get")
+        .is_some());
+    assert!(m
+        .delete_manifest(&a, &m1.digest)
+        .await
+        .expect("delete manifest"));
+    assert!(!m
+        .delete_manifest(&a, &m1.digest)
+        .await
+        .expect("delete twice"));
+    assert!(!m
+        .delete_manifest(&b, &m1.digest)
+        .await
+        .expect("unknown repo"));
+    assert_eq!(
+        m.list_tags(&a, None, 100).await.expect("tags"),
+        Some(vec!["b".into(), "v1".into()])
+    );
+    assert!(m.unlink_blob(&a, &d("layer")).await.expect("unlink"));
+    assert!(!m.unlink_blob(&a, &d("layer")).await.expect("unlink twice"));
+
+    // Catalog pagination.
+    for i in 0..5 {
+        m.link_blob(&repo(&format!("cat/r{i}")), &d("x"), 1)
+            .await
+            .expect("link");
+    }
+    let first = m.list_repositories(Some("cat/"), 3).await.expect("list");
+    assert_eq!(first, vec!["cat/r0", "cat/r1", "cat/r2"]);
+    let next = m.list_repositories(Some("cat/r2"), 3).await.expect("list");
+    assert_eq!(next, vec!["cat/r3", "cat/r4", "team/app"]);
+
+    // Upload sessions.
+    let s = UploadSession {
+        id: "abc-123".into(),
+        repository: a.clone(),
+        algorithm: Algorithm::Sha512,
+        created_at: 42,
+    };
+    m.create_upload(&s).await.expect("create upload");
+    assert_eq!(m.get_upload("abc-123").await.expect("get upload"), Some(s));
+    assert_eq!(m.get_upload("zzz").await.expect("get upload"), None);
+    let keep = UploadSession {
+        id: "keep".into(),
+        repository: a.clone(),
+        algorithm: Algorithm::Sha256,
+        created_at: 1,
+    };
+    m.create_upload(&keep).await.expect("create upload");
+    m.delete_upload("abc-123").await.expect("delete upload");
+    assert_eq!(m.get_upload("abc-123").await.expect("get upload"), None);
+}
+
+/// After `run` and a reopen, the state it left is still there.
+pub async fn check_persisted(m: &dyn MetaStore) {
+    let a = repo("team/app");
+    assert_eq!(
+        m.list_tags(&a, None, 100).await.expect("tags"),
+        Some(vec!["b".into(), "v1".into()])
+    );
+    assert!(m.get_upload("keep").await.expect("upload").is_some());
+}

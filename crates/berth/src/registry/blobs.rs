@@ -1,0 +1,61 @@
+//! Reading and deleting blobs within a repository.
+
+use super::{Registry, RegistryError, Result};
+use crate::storage::{ByteRange, ByteStream, StorageError};
+use oci::{Digest, RepoName};
+
+/// A blob (or a range of it) ready to stream.
+pub struct BlobRead {
+    pub size: u64,
+    /// The range served, if one was asked for and satisfiable.
+    pub range: Option<ByteRange>,
+    pub body: ByteStream,
+}
+
+impl Registry {
+    /// Size of a blob linked into `repo`.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        self.meta
+            .linked_blob(repo, digest)
+            .await?
+            .ok_or(RegistryError::BlobUnknown)
+    }
+
+    /// Open a blob linked into `repo`, or the range `(start, end_inclusive)` resolved by
+    /// `resolve` against its size.
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
+    ) -> Result<BlobRead> {
+        let size = self.stat_blob(repo, digest).await?;
+        let range = resolve(size)?;
+        if size == 0 {
+            return Ok(BlobRead {
+                size,
+                range: None,
+                body: Box::pin(futures_util::stream::empty()),
+            });
+        }
+        let body = self.blobs.get(digest, range).await.map_err(|e| match e {
+            StorageError::BlobNotFound => {
+                tracing::error!(%digest, "blob is linked in metadata but missing from storage");
+                RegistryError::BlobUnknown
+            }
+            other => other.into(),
+        })?;
+        Ok(BlobRead { size, range, body })
+    }
+
+    /// Unlink a blob from `repo`. Its bytes stay until garbage collection finds them
+    /// unreferenced everywhere.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.check_delete_enabled()?;
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Listings: tags, the catalog and referrers, with bounded pages.
+
+use super::{Registry, RegistryError, Result};
+use crate::meta::Referrer;
+use oci::{Digest, RepoName};
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// The `n` the page was cut at, when more entries follow (for the `Link` header).
+    pub more: Option<u32>,
+}
+
+impl Registry {
+    /// Page size for a request asking for `n` (capped, so no client can ask the server to
+    /// build an unbounded response).
+    fn page_size(&self, n: Option<u32>, default: u32) -> u32 {
+        n.unwrap_or(default).min(self.settings.max_page_entries)
+    }
+
+    fn page(items: Vec<String>, n: u32) -> Page {
+        let mut items = items;
+        let more = (items.len() > n as usize).then(|| {
+            items.truncate(n as usize);
+            n
+        });
+        Page { items, more }
+    }
+
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: Option<u32>,
+    ) -> Result<Page> {
+        let n = self.page_size(n, self.settings.max_page_entries);
+        let items = self
+            .meta
+            .list_tags(repo, last, n.saturating_add(1))
+            .await?
+            .ok_or(RegistryError::NameUnknown)?;
+        if n == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                more: None,
+            });
+        }
+        Ok(Self::page(items, n))
+    }
+
+    pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+        let n = self.page_size(n, self.settings.default_catalog_entries);
+        if n == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                more: None,
+            });
+        }
+        let items = self.meta.list_repositories(last, n + 1).await?;
+        Ok(Self::page(items, n))
+    }
+
+    /// Manifests in `repo` whose subject is `subject` (empty for unknown repositories).
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
+    }
+}

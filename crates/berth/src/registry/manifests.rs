@@ -1,0 +1,227 @@
+//! Manifests: validation against the repository's content, storage with tags, content
+//! negotiation on reads, and deletes.
+
+use super::{Registry, RegistryError, Result};
+use crate::meta::{NewManifest, StoredManifest};
+use oci::manifest::{Descriptor, Kind};
+use oci::{media, Digest, Reference, RepoName, Tag};
+
+/// The result of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    /// Tags now pointing at it.
+    pub tags: Vec<Tag>,
+}
+
+/// The media types a client accepts (from `Accept`); empty means anything.
+#[derive(Debug, Clone, Default)]
+pub struct Accept(pub Vec<String>);
+
+impl Accept {
+    pub fn allows(&self, media_type: &str) -> bool {
+        self.0.is_empty()
+            || self.0.iter().any(|a| {
+                a == media_type
+                    || a == "*/*"
+                    || a.strip_suffix("/*")
+                        .is_some_and(|prefix| media_type.split('/').next() == Some(prefix))
+            })
+    }
+
+    fn names_an_image_manifest(&self) -> bool {
+        self.0.iter().any(|a| media::is_image_manifest(a))
+    }
+}
+
+/// Layers a registry is not expected to hold: they are fetched from elsewhere.
+fn is_foreign(d: &Descriptor) -> bool {
+    !d.urls.is_empty()
+        || d.media_type.contains("nondistributable")
+        || d.media_type.contains("foreign")
+}
+
+impl Registry {
+    /// Validate and store a manifest pushed to `reference`, also tagging it with `extra_tags`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        content: Vec<u8>,
+        extra_tags: Vec<Tag>,
+    ) -> Result<PushedManifest> {
+        let limit = self.settings.max_manifest_bytes;
+        if content.len() > limit {
+            return Err(RegistryError::ManifestTooLarge { limit });
+        }
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => oci::Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &content);
+        if let Reference::Digest(d) = reference {
+            if d != &digest {
+                return Err(RegistryError::DigestInvalid(format!(
+                    "the manifest's content has digest {digest}, not {d}"
+                )));
+            }
+        }
+        let parsed = oci::manifest::parse(content_type, &content)
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+
+        match parsed.kind {
+            Kind::Image => {
+                let wanted: Vec<&Descriptor> = parsed
+                    .blob_references()
+                    .filter(|d| !is_foreign(d))
+                    .collect();
+                let digests: Vec<Digest> = wanted.iter().map(|d| d.digest.clone()).collect();
+                let sizes = self.meta.linked_blobs(repo, &digests).await?;
+                let mut missing = Vec::new();
+                for (d, size) in wanted.iter().zip(sizes) {
+                    match size {
+                        None => missing.push(d.digest.clone()),
+                        Some(s) if s != d.size => {
+                            return Err(RegistryError::ManifestInvalid(format!(
+                                "descriptor for {} says {} bytes, the stored blob has {s}",
+                                d.digest, d.size
+                            )))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if !missing.is_empty() {
+                    return Err(RegistryError::ManifestBlobUnknown(missing));
+                }
+            }
+            Kind::Index => {
+                let digests: Vec<Digest> =
+                    parsed.manifests.iter().map(|d| d.digest.clone()).collect();
+                let present = self.meta.manifests_exist(repo, &digests).await?;
+                let missing: Vec<Digest> = digests
+                    .into_iter()
+                    .zip(present)
+                    .filter(|(_, p)| !p)
+                    .map(|(d, _)| d)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(RegistryError::ManifestBlobUnknown(missing));
+                }
+            }
+        }
+
+        let mut tags = Vec::new();
+        if let Reference::Tag(t) = reference {
+            tags.push(t.clone());
+        }
+        for t in extra_tags {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        let references = parsed
+            .config
+            .iter()
+            .chain(parsed.layers.iter())
+            .map(|d| (d.digest.clone(), false))
+            .chain(parsed.manifests.iter().map(|d| (d.digest.clone(), true)))
+            .collect();
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let record = NewManifest {
+            digest: digest.clone(),
+            media_type: parsed.media_type.clone(),
+            subject: subject.clone(),
+            artifact_type: parsed.referrer_artifact_type().map(str::to_string),
+            annotations: parsed
+                .annotations
+                .as_ref()
+                .and_then(|a| serde_json::to_string(a).ok()),
+            references,
+            content,
+        };
+        self.meta.put_manifest(repo, &record, &tags).await?;
+        Ok(PushedManifest {
+            digest,
+            subject,
+            tags,
+        })
+    }
+
+    /// Fetch a manifest. An index asked for by tag by a client that accepts only image
+    /// manifests gets the linux/amd64 image it lists, as Distribution does for old clients.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<StoredManifest> {
+        let m = self
+            .meta
+            .get_manifest(repo, reference)
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?;
+        if accept.allows(&m.media_type)
+            || !media::is_index(&m.media_type)
+            || !accept.names_an_image_manifest()
+            || matches!(reference, Reference::Digest(_))
+        {
+            return Ok(m);
+        }
+        let Ok(index) = oci::manifest::parse(Some(&m.media_type), &m.content) else {
+            return Ok(m);
+        };
+        let child = index.manifests.iter().find(|d| {
+            accept.allows(&d.media_type)
+                && d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        });
+        if let Some(child) = child {
+            if let Some(c) = self
+                .meta
+                .get_manifest(repo, &Reference::Digest(child.digest.clone()))
+                .await?
+            {
+                return Ok(c);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Delete a manifest by digest (with its tags), or only a tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_delete_enabled()?;
+        let deleted = match reference {
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Accept;
+
+    #[test]
+    fn accept_matching() {
+        let any = Accept::default();
+        assert!(any.allows(oci::media::OCI_INDEX));
+        let some = Accept(vec![
+            oci::media::DOCKER_MANIFEST.into(),
+            "application/vnd.oci.*".into(),
+        ]);
+        assert!(some.allows(oci::media::DOCKER_MANIFEST));
+        assert!(!some.allows(oci::media::OCI_INDEX));
+        let wild = Accept(vec!["application/*".into()]);
+        assert!(wild.allows(oci::media::OCI_INDEX));
+        assert!(!wild.allows("text/plain"));
+        assert!(Accept(vec!["*/*".into()]).allows("text/plain"));
+    }
+}

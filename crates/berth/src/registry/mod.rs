@@ -1,0 +1,154 @@
+//! OCI semantics, written once over the two storage traits: blob reads and deletes,
+//! uploads (chunked, monolithic, mounts, resume), manifests (validation, references,
+//! tags, referrers, content negotiation), and listings.
+//!
+//! This layer speaks validated `oci` types and domain errors. It knows nothing of HTTP
+//! (no status codes, no headers) and nothing of SQL or file paths.
+
+mod blobs;
+mod listing;
+mod manifests;
+mod uploads;
+
+pub use blobs::BlobRead;
+pub use listing::Page;
+pub use manifests::{Accept, PushedManifest};
+pub use uploads::{ChunkRange, UploadState};
+
+use crate::meta::{MetaError, MetaStore};
+use crate::storage::{BlobStore, StorageError};
+use oci::Digest;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and switches the registry enforces.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `storage.delete.enabled`: manifest, tag and blob deletes are allowed.
+    pub delete_enabled: bool,
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Most entries one page of a tags or catalog listing returns.
+    pub max_page_entries: u32,
+    /// Catalog page size when the client gives no `n`.
+    pub default_catalog_entries: u32,
+    /// How long an upload may wait for the next bytes of a request body.
+    pub body_idle_timeout: Duration,
+    /// The `OCI-Chunk-Min-Length` advertised for chunked uploads.
+    pub chunk_min_length: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            delete_enabled: false,
+            max_manifest_bytes: oci::manifest::DEFAULT_MAX_MANIFEST_BYTES,
+            max_blob_bytes: 1 << 40,
+            max_page_entries: 10_000,
+            default_catalog_entries: 100,
+            body_idle_timeout: Duration::from_secs(60),
+            chunk_min_length: 0,
+        }
+    }
+}
+
+/// What went wrong, in the registry's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to this repository")]
+    BlobUnknown,
+    #[error("upload session unknown")]
+    UploadUnknown,
+    #[error("upload invalid: {0}")]
+    UploadInvalid(String),
+    #[error(
+        "chunk out of order: the upload holds {size} bytes, so the next chunk must start at {size}"
+    )]
+    ChunkOutOfOrder { size: u64 },
+    #[error("digest invalid: {0}")]
+    DigestInvalid(String),
+    #[error("size invalid: {0}")]
+    SizeInvalid(String),
+    #[error("blob exceeds the limit of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
+    #[error("manifest exceeds the limit of {limit} bytes")]
+    ManifestTooLarge { limit: usize },
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest references content this repository does not have: {}", .0.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))]
+    ManifestBlobUnknown(Vec<Digest>),
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("repository unknown")]
+    NameUnknown,
+    #[error("tag invalid: {0}")]
+    TagInvalid(String),
+    #[error("requested range not satisfiable (blob is {size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("reading the request body failed: {0}")]
+    Body(std::io::Error),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Storage errors that are not faults become domain errors here, explicitly.
+impl From<StorageError> for RegistryError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::UploadNotFound | StorageError::InvalidUploadId => {
+                RegistryError::UploadUnknown
+            }
+            StorageError::OffsetMismatch { actual, .. } => {
+                RegistryError::ChunkOutOfOrder { size: actual }
+            }
+            StorageError::TooLarge { limit } => RegistryError::BlobTooLarge { limit },
+            StorageError::Body(e) => RegistryError::Body(e),
+            other => RegistryError::Storage(other),
+        }
+    }
+}
+
+/// The registry service: one per process, shared by all requests.
+pub struct Registry {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    settings: Settings,
+    uploads: uploads::UploadCache,
+}
+
+impl Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetaStore>,
+        settings: Settings,
+    ) -> Registry {
+        Registry {
+            blobs,
+            meta,
+            settings,
+            uploads: uploads::UploadCache::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn check_delete_enabled(&self) -> Result<()> {
+        if self.settings.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::Unsupported(
+                "deletes are disabled: set storage.delete.enabled to true to allow them",
+            ))
+        }
+    }
+}

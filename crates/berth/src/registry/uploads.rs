@@ -1,0 +1,335 @@
+//! Blob uploads: sessions, chunks, monolithic pushes, cross-repository mounts, and the
+//! verify-then-commit step.
+//!
+//! The running hash of an upload is kept in memory between chunks (one lock per upload,
+//! so concurrent chunks to one session are serialized). When it is missing or stale —
+//! after a restart, or when another node wrote the previous chunk — it is rebuilt from
+//! the stored bytes, so any node can continue any upload.
+
+use super::{Registry, RegistryError, Result};
+use crate::meta::{now, UploadSession};
+use crate::storage::{ByteStream, UploadProgress};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use oci::{Algorithm, Digest, RepoName};
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// Where an upload stands.
+#[derive(Debug, Clone)]
+pub struct UploadState {
+    pub id: String,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+/// An inclusive `Content-Range` of a chunk: `start-end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<UploadProgress>>>;
+
+/// Upload hash states by upload id.
+#[derive(Default)]
+pub(super) struct UploadCache {
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+/// Beyond this many cached states, idle ones are dropped (they can be rebuilt).
+const MAX_CACHED_UPLOADS: usize = 4096;
+
+impl UploadCache {
+    fn slot(&self, id: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= MAX_CACHED_UPLOADS && !slots.contains_key(id) {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        slots.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
+
+/// Fails unless the inner stream carries exactly `len` bytes, so a short or long chunk is
+/// cut back by the store instead of being half-applied.
+struct ExactLength {
+    inner: ByteStream,
+    len: u64,
+    seen: u64,
+    done: bool,
+}
+
+impl Stream for ExactLength {
+    type Item = io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.inner.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        let (len, seen) = (self.len, self.seen);
+        Poll::Ready(match item {
+            Some(Ok(chunk)) => {
+                self.seen += chunk.len() as u64;
+                if self.seen > len {
+                    self.done = true;
+                    Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the chunk is longer than the {len} bytes its range declares"),
+                    )))
+                } else {
+                    Some(Ok(chunk))
+                }
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            None => {
+                self.done = true;
+                (seen < len).then(|| {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the chunk has {seen} bytes but its range declares {len}"),
+                    ))
+                })
+            }
+        })
+    }
+}
+
+fn exact_length(inner: ByteStream, len: u64) -> ByteStream {
+    Box::pin(ExactLength {
+        inner,
+        len,
+        seen: 0,
+        done: false,
+    })
+}
+
+impl Registry {
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
+        if !crate::storage::valid_upload_id(id) {
+            return Err(RegistryError::UploadUnknown);
+        }
+        match self.meta.get_upload(id).await? {
+            Some(s) if &s.repository == repo => Ok(s),
+            _ => Err(RegistryError::UploadUnknown),
+        }
+    }
+
+    /// The cached progress if it matches the stored size, else a rebuilt one.
+    async fn progress(
+        &self,
+        cached: Option<UploadProgress>,
+        s: &UploadSession,
+    ) -> Result<UploadProgress> {
+        let stored = self.blobs.upload_size(&s.id).await?;
+        match cached {
+            Some(p) if p.size == stored => Ok(p),
+            _ => Ok(self.blobs.rehash_upload(&s.id, s.algorithm).await?),
+        }
+    }
+
+    /// Open an upload session.
+    pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadState> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.create_upload(&id).await?;
+        self.meta
+            .create_upload(&UploadSession {
+                id: id.clone(),
+                repository: repo.clone(),
+                algorithm,
+                created_at: now(),
+            })
+            .await?;
+        Ok(UploadState { id, size: 0 })
+    }
+
+    /// Link an existing blob into `repo` from `from` (or, without `from`, from any
+    /// repository that has it). `false` when there is nothing to mount.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool> {
+        if self.meta.linked_blob(repo, digest).await?.is_some() {
+            return Ok(true);
+        }
+        let size = match from {
+            Some(from) => self.meta.linked_blob(from, digest).await?,
+            None => self.meta.known_blob(digest).await?,
+        };
+        match size {
+            Some(size) if self.blobs.stat(digest).await?.is_some() => {
+                self.meta.link_blob(repo, digest, size).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Where an upload stands.
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        let s = self.session(repo, id).await?;
+        let size = self.blobs.upload_size(&s.id).await?;
+        Ok(UploadState { id: s.id, size })
+    }
+
+    /// Append one chunk. With a `range`, it must start where the upload ends.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<UploadState> {
+        let s = self.session(repo, id).await?;
+        let slot = self.uploads.slot(&s.id);
+        let mut cached = slot.lock().await;
+        let progress = self.progress(cached.take(), &s).await?;
+        let progress = self.append(&s.id, progress, range, body).await?;
+        let size = progress.size;
+        *cached = Some(progress);
+        Ok(UploadState { id: s.id, size })
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        progress: UploadProgress,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<UploadProgress> {
+        let body = match range {
+            Some(r) if r.start != progress.size => {
+                return Err(RegistryError::ChunkOutOfOrder {
+                    size: progress.size,
+                })
+            }
+            Some(r) if r.end < r.start => {
+                return Err(RegistryError::ChunkOutOfOrder {
+                    size: progress.size,
+                })
+            }
+            Some(r) => exact_length(body, r.end - r.start + 1),
+            None => body,
+        };
+        let limit = self.settings.max_blob_bytes;
+        Ok(self.blobs.append_upload(id, progress, body, limit).await?)
+    }
+
+    /// Close an upload: append the final chunk if any, verify the digest, commit.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: Option<ByteStream>,
+    ) -> Result<u64> {
+        let s = self.session(repo, id).await?;
+        let slot = self.uploads.slot(&s.id);
+        let mut cached = slot.lock().await;
+        let mut progress = self.progress(cached.take(), &s).await?;
+        if let Some(body) = body {
+            progress = self.append(&s.id, progress, range, body).await?;
+            *cached = Some(progress.clone());
+        }
+        let size = progress.size;
+        if let Err(e) = self.verify_and_commit(repo, &s.id, digest, progress).await {
+            if matches!(e, RegistryError::DigestInvalid(_)) {
+                // The content can never become this digest: the session is over.
+                self.discard_upload(&s.id).await?;
+                *cached = None;
+            }
+            return Err(e);
+        }
+        self.meta.delete_upload(&s.id).await?;
+        *cached = None;
+        drop(cached);
+        self.uploads.forget(&s.id);
+        Ok(size)
+    }
+
+    async fn verify_and_commit(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        progress: UploadProgress,
+    ) -> Result<()> {
+        let progress = if progress.hasher.algorithm() == digest.algorithm() {
+            progress
+        } else {
+            self.blobs.rehash_upload(id, digest.algorithm()).await?
+        };
+        let actual = progress.hasher.digest();
+        if &actual != digest {
+            return Err(RegistryError::DigestInvalid(format!(
+                "the uploaded content has digest {actual}, not {digest}"
+            )));
+        }
+        self.blobs.commit_upload(id, digest).await?;
+        self.meta.link_blob(repo, digest, progress.size).await?;
+        Ok(())
+    }
+
+    async fn discard_upload(&self, id: &str) -> Result<()> {
+        self.blobs.delete_upload(id).await?;
+        self.meta.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// Cancel an upload session.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let s = self.session(repo, id).await?;
+        let slot = self.uploads.slot(&s.id);
+        let mut cached = slot.lock().await;
+        self.discard_upload(&s.id).await?;
+        *cached = None;
+        drop(cached);
+        self.uploads.forget(&s.id);
+        Ok(())
+    }
+
+    /// A whole blob in one request (`POST ...?digest=`): write, verify, commit.
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.create_upload(&id).await?;
+        let fresh = UploadProgress {
+            size: 0,
+            hasher: digest.algorithm().hasher(),
+        };
+        let result = async {
+            let progress = self.append(&id, fresh, None, body).await?;
+            let size = progress.size;
+            self.verify_and_commit(repo, &id, digest, progress).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            self.blobs.delete_upload(&id).await?;
+        }
+        result
+    }
+}

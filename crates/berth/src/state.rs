@@ -1,0 +1,90 @@
+//! Composition root: the only place that picks concrete backends (filesystem blobs,
+//! SQLite metadata), builds the registry and the HTTP app, binds the listener and runs.
+
+use crate::config::Config;
+use crate::http::{self, HttpOptions};
+use crate::meta::sqlite::SqliteMeta;
+use crate::meta::MetaError;
+use crate::registry::Registry;
+use crate::storage::fs::FsBlobStore;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use storage directory {path}: {source} (check that it exists or can be created and is writable)")]
+    Storage {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the metadata database {path}: {source}")]
+    Meta { path: PathBuf, source: MetaError },
+    #[error("cannot listen on {addr}: {source} (is another registry already using the port?)")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Build the registry over the backends `config` names.
+pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError> {
+    let blobs = FsBlobStore::open(&config.root).map_err(|source| StartError::Storage {
+        path: config.root.clone(),
+        source,
+    })?;
+    let db = config.root.join("berth.db");
+    let meta = SqliteMeta::open(&db)
+        .await
+        .map_err(|source| StartError::Meta { path: db, source })?;
+    Ok(Arc::new(Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        config.settings(),
+    )))
+}
+
+/// Bind `http.addr`: `:port` means every interface (IPv6 and IPv4 where available).
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        match tokio::net::TcpListener::bind(format!("[::]:{port}")).await {
+            Ok(l) => return Ok(l),
+            Err(_) => {
+                return tokio::net::TcpListener::bind(format!("0.0.0.0:{port}"))
+                    .await
+                    .map_err(err)
+            }
+        }
+    }
+    tokio::net::TcpListener::bind(addr).await.map_err(err)
+}
+
+/// Run the registry described by `config` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let registry = build_registry(&config).await?;
+    let listener = bind(&config.addr).await?;
+    let local = listener.local_addr().map_err(StartError::Serve)?;
+    let app = http::router(
+        registry,
+        HttpOptions {
+            access_log: config.access_log,
+        },
+    );
+    tracing::info!(
+        root = %config.root.display(),
+        delete_enabled = config.delete_enabled,
+        "listening on http://{local}"
+    );
+    http::serve(listener, app, shutdown)
+        .await
+        .map_err(StartError::Serve)
+}

@@ -1,0 +1,303 @@
+//! Filesystem blob store.
+//!
+//! Layout under the root directory:
+//! ```text
+//! <root>/
+//!   blobs/<algorithm>/<first two hex>/<hex>   committed, immutable, content-addressed
+//!   uploads/<upload id>                       in-progress upload data
+//! ```
+//! Writes go to `uploads/`, are fsynced, and become visible by `rename` into `blobs/`
+//! followed by an fsync of the directory, so a crash never leaves a partial blob under a
+//! digest. Reads and writes run on blocking threads with large buffers.
+
+use super::{ByteRange, ByteStream, Result, StorageError, UploadProgress};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci::{Algorithm, Digest};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes gathered before one write to disk, and the size of each read when serving.
+const IO_CHUNK: usize = 1024 * 1024;
+/// Chunks a reader may run ahead of the network.
+const READ_AHEAD: usize = 4;
+
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> io::Result<FsBlobStore> {
+        std::fs::create_dir_all(root.join("blobs"))?;
+        std::fs::create_dir_all(root.join("uploads"))?;
+        Ok(FsBlobStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf> {
+        if !super::valid_upload_id(id) {
+            return Err(StorageError::InvalidUploadId);
+        }
+        Ok(self.root.join("uploads").join(id))
+    }
+}
+
+fn not_found_as(e: io::Error, err: StorageError) -> StorageError {
+    if e.kind() == io::ErrorKind::NotFound {
+        err
+    } else {
+        StorageError::Io(e)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(e)))?
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Write all of `bufs` (which may be partially written by each call).
+fn write_all_vectored(f: &mut File, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = f.write_vectored(slices)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    bufs.clear();
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl super::BlobStore for FsBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        let path = self.blob_path(digest);
+        let file = blocking(move || {
+            File::open(path).map_err(|e| not_found_as(e, StorageError::BlobNotFound))
+        })
+        .await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let (mut pos, end) = match range {
+                Some(r) => (r.start, r.end + 1),
+                None => match file.metadata() {
+                    Ok(m) => (0, m.len()),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                },
+            };
+            while pos < end {
+                let want = usize::try_from(end - pos).unwrap_or(IO_CHUNK).min(IO_CHUNK);
+                let mut buf = vec![0u8; want];
+                let mut filled = 0;
+                while filled < want {
+                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if filled < want {
+                    let _ = tx.blocking_send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than expected",
+                    )));
+                    return;
+                }
+                buf.truncate(filled);
+                pos += filled as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<()> {
+        let path = self.upload_path(id)?;
+        blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<u64> {
+        let path = self.upload_path(id)?;
+        match tokio::fs::metadata(path).await {
+            Ok(m) => Ok(m.len()),
+            Err(e) => Err(not_found_as(e, StorageError::UploadNotFound)),
+        }
+    }
+
+    async fn append_upload(
+        &self,
+        id: &str,
+        progress: UploadProgress,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<UploadProgress> {
+        let path = self.upload_path(id)?;
+        let handle = tokio::runtime::Handle::current();
+        blocking(move || {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            let start = progress.size;
+            let actual = f.metadata()?.len();
+            if actual != start {
+                return Err(StorageError::OffsetMismatch {
+                    expected: start,
+                    actual,
+                });
+            }
+            f.seek(SeekFrom::Start(start))?;
+            let mut hasher = progress.hasher;
+            let mut size = start;
+            let mut pending: Vec<Bytes> = Vec::new();
+            let mut pending_len = 0usize;
+            let result = (|| -> Result<()> {
+                while let Some(chunk) = handle.block_on(body.next()) {
+                    let chunk = chunk.map_err(StorageError::Body)?;
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(StorageError::TooLarge { limit });
+                    }
+                    hasher.update(&chunk);
+                    pending_len += chunk.len();
+                    pending.push(chunk);
+                    if pending_len >= IO_CHUNK {
+                        write_all_vectored(&mut f, &mut pending)?;
+                        pending_len = 0;
+                    }
+                }
+                write_all_vectored(&mut f, &mut pending)?;
+                f.sync_data()?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => Ok(UploadProgress { size, hasher }),
+                Err(e) => {
+                    // Cut back to where the write started, so the upload stays resumable.
+                    f.set_len(start)?;
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
+        let path = self.upload_path(id)?;
+        blocking(move || {
+            let mut f =
+                File::open(&path).map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            let mut hasher = algorithm.hasher();
+            let mut buf = vec![0u8; IO_CHUNK];
+            let mut size = 0u64;
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Ok(UploadProgress { size, hasher })
+        })
+        .await
+    }
+
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
+        let from = self.upload_path(id)?;
+        let to = self.blob_path(digest);
+        blocking(move || {
+            let f = File::open(&from).map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            f.sync_all()?;
+            drop(f);
+            let dir = to
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+                if let Some(parent) = dir.parent() {
+                    fsync_dir(parent)?;
+                }
+            }
+            std::fs::rename(&from, &to)?;
+            fsync_dir(dir)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        let path = self.upload_path(id)?;
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::FsBlobStore::open(dir.path()).expect("open");
+        crate::storage::testsuite::run(&store).await;
+    }
+}

@@ -1,0 +1,132 @@
+//! In-memory blob store for tests. Holds everything in RAM; not for production use.
+
+use super::{ByteRange, ByteStream, Result, StorageError, UploadProgress};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci::{Algorithm, Digest};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemoryBlobStore {
+    blobs: Mutex<HashMap<Digest, Bytes>>,
+    uploads: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl MemoryBlobStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait::async_trait]
+impl super::BlobStore for MemoryBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(lock(&self.blobs).get(digest).map(|b| b.len() as u64))
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        let blob = lock(&self.blobs)
+            .get(digest)
+            .cloned()
+            .ok_or(StorageError::BlobNotFound)?;
+        let blob = match range {
+            Some(r) => blob.slice(r.start as usize..=r.end as usize),
+            None => blob,
+        };
+        Ok(Box::pin(futures_util::stream::once(
+            async move { Ok(blob) },
+        )))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        Ok(lock(&self.blobs).remove(digest).is_some())
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<()> {
+        lock(&self.uploads).insert(id.to_string(), Vec::new());
+        Ok(())
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<u64> {
+        lock(&self.uploads)
+            .get(id)
+            .map(|u| u.len() as u64)
+            .ok_or(StorageError::UploadNotFound)
+    }
+
+    async fn append_upload(
+        &self,
+        id: &str,
+        progress: UploadProgress,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<UploadProgress> {
+        let actual = self.upload_size(id).await?;
+        if actual != progress.size {
+            return Err(StorageError::OffsetMismatch {
+                expected: progress.size,
+                actual,
+            });
+        }
+        let mut data = Vec::new();
+        let mut hasher = progress.hasher;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StorageError::Body)?;
+            if progress.size + (data.len() + chunk.len()) as u64 > limit {
+                return Err(StorageError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            data.extend_from_slice(&chunk);
+        }
+        let mut uploads = lock(&self.uploads);
+        let u = uploads.get_mut(id).ok_or(StorageError::UploadNotFound)?;
+        if u.len() as u64 != progress.size {
+            return Err(StorageError::OffsetMismatch {
+                expected: progress.size,
+                actual: u.len() as u64,
+            });
+        }
+        u.extend_from_slice(&data);
+        Ok(UploadProgress {
+            size: u.len() as u64,
+            hasher,
+        })
+    }
+
+    async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
+        let uploads = lock(&self.uploads);
+        let u = uploads.get(id).ok_or(StorageError::UploadNotFound)?;
+        let mut hasher = algorithm.hasher();
+        hasher.update(u);
+        Ok(UploadProgress {
+            size: u.len() as u64,
+            hasher,
+        })
+    }
+
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
+        let data = lock(&self.uploads)
+            .remove(id)
+            .ok_or(StorageError::UploadNotFound)?;
+        lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
+        Ok(())
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        lock(&self.uploads).remove(id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn shared_suite() {
+        crate::storage::testsuite::run(&super::MemoryBlobStore::new()).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! The contract every [`BlobStore`] backend must meet, run by each backend's tests.
+
+use super::{BlobStore, ByteRange, ByteStream, StorageError, UploadProgress};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci::{Algorithm, Digest};
+use std::io;
+
+fn stream_of(parts: Vec<&'static [u8]>) -> ByteStream {
+    Box::pin(futures_util::stream::iter(
+        parts.into_iter().map(|p| Ok(Bytes::from_static(p))),
+    ))
+}
+
+async fn collect(s: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = s;
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.expect("read chunk"));
+    }
+    out
+}
+
+fn fresh() -> UploadProgress {
+    UploadProgress {
+        size: 0,
+        hasher: Algorithm::Sha256.hasher(),
+    }
+}
+
+pub async fn run(store: &dyn BlobStore) {
+    let data: &[u8] = b"hello, berth";
+    let digest = Digest::of(Algorithm::Sha256, data);
+
+    // Nothing is there to begin with.
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert!(matches!(
+        store.get(&digest, None).await.err(),
+        Some(StorageError::BlobNotFound)
+    ));
+    assert!(matches!(
+        store.upload_size("nope").await,
+        Err(StorageError::UploadNotFound)
+    ));
+
+    // Upload in two appends, hashing as we go.
+    store.create_upload("u1").await.expect("create");
+    let p = store
+        .append_upload("u1", fresh(), stream_of(vec![b"hello", b", "]), u64::MAX)
+        .await
+        .expect("append 1");
+    assert_eq!(p.size, 7);
+    // An append at the wrong offset is refused and changes nothing.
+    let stale = fresh();
+    assert!(matches!(
+        store
+            .append_upload("u1", stale, stream_of(vec![b"x"]), u64::MAX)
+            .await,
+        Err(StorageError::OffsetMismatch {
+            expected: 0,
+            actual: 7
+        })
+    ));
+    let p = store
+        .append_upload("u1", p, stream_of(vec![b"berth"]), u64::MAX)
+        .await
+        .expect("append 2");
+    assert_eq!(p.size, data.len() as u64);
+    assert_eq!(p.hasher.digest(), digest);
+
+    // A failing body or an exceeded limit leaves the upload as it was.
+    let failing: ByteStream = Box::pin(futures_util::stream::iter(vec![
+        Ok(Bytes::from_static(b"more")),
+        Err(io::Error::other("client went away")),
+    ]));
+    assert!(matches!(
+        store
+            .append_upload("u1", p.clone(), failing, u64::MAX)
+            .await,
+        Err(StorageError::Body(_))
+    ));
+    assert!(matches!(
+        store
+            .append_upload("u1", p.clone(), stream_of(vec![b"toolong"]), 14)
+            .await,
+        Err(StorageError::TooLarge { limit: 14 })
+    ));
+    assert_eq!(store.upload_size("u1").await.expect("size"), 12);
+
+    // Rehashing from storage gives the same state as hashing while writing.
+    let re = store
+        .rehash_upload("u1", Algorithm::Sha256)
+        .await
+        .expect("rehash");
+    assert_eq!(re.size, 12);
+    assert_eq!(re.hasher.digest(), digest);
+    let re512 = store
+        .rehash_upload("u1", Algorithm::Sha512)
+        .await
+        .expect("rehash");
+    assert_eq!(re512.hasher.digest(), Digest::of(Algorithm::Sha512, data));
+
+    // Commit makes it visible and removes the upload.
+    store.commit_upload("u1", &digest).await.expect("commit");
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert!(matches!(
+        store.upload_size("u1").await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data
+    );
+    let part = store
+        .get(&digest, Some(ByteRange { start: 7, end: 11 }))
+        .await
+        .expect("range");
+    assert_eq!(collect(part).await, b"berth");
+
+    // Committing the same content again (dedup) is fine.
+    store.create_upload("u2").await.expect("create");
+    store
+        .append_upload("u2", fresh(), stream_of(vec![b"hello, berth"]), u64::MAX)
+        .await
+        .expect("append");
+    store
+        .commit_upload("u2", &digest)
+        .await
+        .expect("commit again");
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+
+    // Cancel and delete.
+    store.create_upload("u3").await.expect("create");
+    store.delete_upload("u3").await.expect("delete upload");
+    store
+        .delete_upload("u3")
+        .await
+        .expect("delete upload twice");
+    assert!(store.delete(&digest).await.expect("delete"));
+    assert!(!store.delete(&digest).await.expect("delete twice"));
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+}
