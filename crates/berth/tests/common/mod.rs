@@ -155,3 +155,31 @@ pub fn run(cmd: &mut Command) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+impl Berth {
+    /// Start with a complete config file; `DATA` in it is replaced by the data directory.
+    pub fn start_with_config(config: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, text).expect("write config");
+        let (child, addr) = spawn_berth(&["serve".as_ref(), path.as_os_str()]);
+        Berth {
+            host: addr.clone(),
+            url: format!("http://{addr}"),
+            dir,
+            extra_config: String::new(),
+            child: Some(child),
+        }
+    }
+
+    /// Sizes of the files in the upload area.
+    pub fn upload_file_sizes(&self) -> Vec<u64> {
+        std::fs::read_dir(self.data_dir().join("uploads"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok().map(|m| m.len()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,1355 @@
+//! Black-box protocol tests: the real `berth` binary on a random loopback port, driven
+//! with raw HTTP, one server per test. Each endpoint of the OCI distribution spec, its
+//! error codes, limits, and that a rejected request leaves stored content untouched.
+
+mod common;
+
+use common::Berth;
+use oci::{Algorithm, Digest};
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn sha256(data: &[u8]) -> Digest {
+    Digest::of(Algorithm::Sha256, data)
+}
+
+fn hdr<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn error_codes(r: Response) -> Vec<String> {
+    let v: Value = r.json().await.expect("error body is JSON");
+    v["errors"]
+        .as_array()
+        .expect("errors array")
+        .iter()
+        .map(|e| e["code"].as_str().expect("code").to_string())
+        .collect()
+}
+
+/// Assert status and the first error code of the JSON envelope.
+async fn expect_error(r: Response, status: u16, code: &str) {
+    assert_eq!(r.status().as_u16(), status, "status for {}", r.url());
+    let codes = error_codes(r).await;
+    assert_eq!(
+        codes.first().map(String::as_str),
+        Some(code),
+        "codes {codes:?}"
+    );
+}
+
+struct Api {
+    b: Berth,
+    c: Client,
+}
+
+impl Api {
+    fn new() -> Api {
+        Api::with("")
+    }
+
+    fn with(extra: &str) -> Api {
+        Api {
+            b: Berth::start_with(extra),
+            c: Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.b.url, path)
+    }
+
+    fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
+        self.c.request(m, self.url(path))
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let d = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
+        d
+    }
+
+    async fn start_upload(&self, repo: &str) -> String {
+        let r = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert!(hdr(&r, "docker-upload-uuid").is_some());
+        assert_eq!(hdr(&r, "range"), Some("0-0"));
+        hdr(&r, "location").expect("location").to_string()
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Push an image with one layer; returns (manifest bytes, digest).
+    async fn push_image(&self, repo: &str, tag: &str, seed: &str) -> (Vec<u8>, Digest) {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
+        let layer = format!("layer-{seed}");
+        let cd = self.push_blob(repo, config.as_bytes()).await;
+        let ld = self.push_blob(repo, layer.as_bytes()).await;
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.as_str(), "size": layer.len()}],
+        });
+        let bytes = serde_json::to_vec_pretty(&m).expect("json");
+        let r = self.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "push image");
+        let d = sha256(&bytes);
+        assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+        assert_eq!(
+            hdr(&r, "location"),
+            Some(format!("/v2/{repo}/manifests/{d}").as_str())
+        );
+        (bytes, d)
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("send")
+    }
+}
+
+#[tokio::test]
+async fn base_endpoint() {
+    let a = Api::new();
+    let r = a.get("/v2/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        hdr(&r, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let r = a.get("/v2").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = a.get("/nothing").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn blob_pull_head_range_and_errors() {
+    let a = Api::new();
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let d = a.push_blob("lib/app", &data).await;
+
+    let r = a
+        .req(Method::HEAD, &format!("/v2/lib/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-length"), Some("10000"));
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(hdr(&r, "etag"), Some(format!("\"{d}\"").as_str()));
+
+    let r = a.get(&format!("/v2/lib/app/blobs/{d}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[..]);
+
+    let r = a
+        .req(Method::GET, &format!("/v2/lib/app/blobs/{d}"))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(hdr(&r, "content-range"), Some("bytes 100-199/10000"));
+    assert_eq!(hdr(&r, "content-length"), Some("100"));
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[100..200]);
+
+    let r = a
+        .req(Method::GET, &format!("/v2/lib/app/blobs/{d}"))
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .expect("suffix");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[9990..]);
+
+    for bad in ["bytes=10000-", "bytes=500-0"] {
+        let r = a
+            .req(Method::GET, &format!("/v2/lib/app/blobs/{d}"))
+            .header("range", bad)
+            .send()
+            .await
+            .expect("416");
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+        assert_eq!(hdr(&r, "content-range"), Some("bytes */10000"));
+    }
+
+    // Unknown blob, and a blob that exists but not in this repository.
+    expect_error(
+        a.get(&format!("/v2/lib/app/blobs/{}", sha256(b"nope")))
+            .await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.get(&format!("/v2/other/blobs/{d}")).await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    let r = a
+        .req(Method::HEAD, &format!("/v2/other/blobs/{d}"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Bad digests and names.
+    expect_error(
+        a.get("/v2/lib/app/blobs/sha256:abc").await,
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        a.get(&format!("/v2/lib/app/blobs/md5:{}", "a".repeat(32)))
+            .await,
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        a.get(&format!("/v2/Lib/App/blobs/{d}")).await,
+        400,
+        "NAME_INVALID",
+    )
+    .await;
+
+    // The empty blob.
+    let e = a.push_blob("lib/app", b"").await;
+    let r = a.get(&format!("/v2/lib/app/blobs/{e}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-length"), Some("0"));
+}
+
+#[tokio::test]
+async fn post_then_put_and_digest_mismatch() {
+    let a = Api::new();
+    let loc = a.start_upload("r").await;
+    let data = b"monolithic via put";
+    let d = sha256(data);
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        hdr(&r, "location"),
+        Some(format!("/v2/r/blobs/{d}").as_str())
+    );
+    assert_eq!(
+        a.get(&format!("/v2/r/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        data
+    );
+
+    // Wrong digest: 400 DIGEST_INVALID, nothing stored under either digest, session gone.
+    let loc = a.start_upload("r").await;
+    let claimed = sha256(b"something else");
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={claimed}")))
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("put");
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    expect_error(
+        a.get(&format!("/v2/r/blobs/{claimed}")).await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    expect_error(a.get(&loc).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    // Monolithic POST with a wrong digest.
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/r/blobs/uploads/?digest={claimed}"),
+        )
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    // PUT without a digest, and with a malformed one.
+    let loc = a.start_upload("r").await;
+    expect_error(
+        a.c.put(a.url(&loc)).send().await.expect("put"),
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        a.c.put(a.url(&format!("{loc}?digest=sha256:xyz")))
+            .send()
+            .await
+            .expect("put"),
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+    // The session survived the malformed closes.
+    assert_eq!(a.get(&loc).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn chunked_upload_with_out_of_order_chunks() {
+    let a = Api::new();
+    let loc = a.start_upload("chunky").await;
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let d = sha256(&data);
+    let patch = |range: &str, body: &[u8]| {
+        a.c.patch(a.url(&loc))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", range.to_string())
+            .body(body.to_vec())
+            .send()
+    };
+    let r = patch("0-999", &data[..1000]).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(hdr(&r, "range"), Some("0-999"));
+    let next = hdr(&r, "location").expect("location").to_string();
+    assert_eq!(next, loc);
+
+    // Repeating the chunk, skipping ahead, or a range that does not match the body: 416
+    // and the upload is unchanged.
+    let r = patch("0-999", &data[..1000]).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(hdr(&r, "range"), Some("0-999"));
+    let r = patch("1500-1999", &data[1500..2000]).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = patch("1000-1999", &data[1000..1500]).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "short chunk");
+    let r = a.get(&loc).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(hdr(&r, "range"), Some("0-999"));
+    assert_eq!(hdr(&r, "location"), Some(loc.as_str()));
+
+    let r = patch("1000-1999", &data[1000..2000]).await.expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(hdr(&r, "range"), Some("0-1999"));
+    // Final chunk in the closing PUT, out of order first.
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .header("content-range", "2500-2999")
+            .body(data[2500..].to_vec())
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .header("content-range", "2000-2999")
+            .body(data[2000..].to_vec())
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        a.get(&format!("/v2/chunky/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        &data[..]
+    );
+    // The session is closed.
+    expect_error(a.get(&loc).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn streamed_patch_and_cancel() {
+    let a = Api::new();
+    let loc = a.start_upload("s").await;
+    let data = vec![42u8; 300_000];
+    let d = sha256(&data);
+    let stream = futures_util::stream::iter(
+        data.chunks(65536)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(hdr(&r, "range"), Some("0-299999"));
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Cancel.
+    let loc = a.start_upload("s").await;
+    a.c.patch(a.url(&loc))
+        .body("abc")
+        .send()
+        .await
+        .expect("patch");
+    let r = a.c.delete(a.url(&loc)).send().await.expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    expect_error(a.get(&loc).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    expect_error(
+        a.c.patch(a.url(&loc))
+            .body("x")
+            .send()
+            .await
+            .expect("patch"),
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.c.delete(a.url(&loc)).send().await.expect("delete"),
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    )
+    .await;
+    // An upload id is bound to its repository, and invented ids are unknown.
+    let loc = a.start_upload("s").await;
+    let other = loc.replace("/v2/s/", "/v2/t/");
+    expect_error(a.get(&other).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    expect_error(
+        a.get("/v2/s/blobs/uploads/not-a-real-id").await,
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.get("/v2/s/blobs/uploads/..%2f..%2fetc").await,
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sha512_blobs_and_manifests() {
+    let a = Api::new();
+    let data = b"sha512 content";
+    let d = Digest::of(Algorithm::Sha512, data);
+    // Monolithic.
+    let r = a
+        .req(Method::POST, &format!("/v2/x/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+    let r = a.get(&format!("/v2/x/blobs/{d}")).await;
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(r.bytes().await.expect("body").as_ref(), data);
+    // Chunked, session opened without naming the algorithm, and with digest-algorithm.
+    for query in ["", "?digest-algorithm=sha512"] {
+        let r = a
+            .req(Method::POST, &format!("/v2/y/blobs/uploads/{query}"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let loc = hdr(&r, "location").expect("location").to_string();
+        a.c.patch(a.url(&loc))
+            .header("content-range", "0-6")
+            .body(&data[..7])
+            .send()
+            .await
+            .expect("patch");
+        let r =
+            a.c.put(a.url(&format!("{loc}?digest={d}")))
+                .header("content-range", "7-13")
+                .body(&data[7..])
+                .send()
+                .await
+                .expect("put");
+        assert_eq!(r.status(), StatusCode::CREATED, "{query}");
+    }
+    let r = a
+        .req(Method::POST, "/v2/y/blobs/uploads/?digest-algorithm=md5")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A manifest pushed by sha512 digest is verified and served by it.
+    let m = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d.as_str(), "size": data.len()},
+        "layers": [],
+    });
+    let bytes = serde_json::to_vec(&m).expect("json");
+    let md = Digest::of(Algorithm::Sha512, &bytes);
+    let r = a.put_manifest("x", md.as_str(), OCI_MANIFEST, &bytes).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(md.as_str()));
+    let r = a.get(&format!("/v2/x/manifests/{md}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(md.as_str()));
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &bytes[..]);
+}
+
+#[tokio::test]
+async fn cross_repository_mounts() {
+    let a = Api::new();
+    let d = a.push_blob("src/repo", b"shared layer").await;
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/dst/one/blobs/uploads/?mount={d}&from=src/repo"),
+        )
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        hdr(&r, "location"),
+        Some(format!("/v2/dst/one/blobs/{d}").as_str())
+    );
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+    assert_eq!(
+        a.get(&format!("/v2/dst/one/blobs/{d}")).await.status(),
+        StatusCode::OK
+    );
+    // Without `from`, a blob the registry knows is mounted.
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/dst/two/blobs/uploads/?mount={d}"),
+        )
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // An unknown blob, or one `from` does not have, starts an upload session instead.
+    let unknown = sha256(b"never pushed");
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/dst/three/blobs/uploads/?mount={unknown}&from=src/repo"),
+        )
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(hdr(&r, "location")
+        .expect("location")
+        .starts_with("/v2/dst/three/blobs/uploads/"));
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/dst/four/blobs/uploads/?mount={d}&from=dst/nothing"),
+        )
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    expect_error(
+        a.get(&format!("/v2/dst/four/blobs/{d}")).await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn manifest_push_pull_and_validation() {
+    let a = Api::new();
+    let (bytes, d) = a.push_image("team/app", "v1", "a").await;
+    for reference in ["v1".to_string(), d.to_string()] {
+        let r = a
+            .req(Method::GET, &format!("/v2/team/app/manifests/{reference}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(hdr(&r, "content-type"), Some(OCI_MANIFEST));
+        assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+        assert_eq!(
+            r.bytes().await.expect("body").as_ref(),
+            &bytes[..],
+            "stored byte for byte"
+        );
+        let r = a
+            .req(Method::HEAD, &format!("/v2/team/app/manifests/{reference}"))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            hdr(&r, "content-length"),
+            Some(bytes.len().to_string().as_str())
+        );
+        assert_eq!(hdr(&r, "content-type"), Some(OCI_MANIFEST));
+    }
+    // Unknown and invalid references are 404 on reads.
+    expect_error(
+        a.get("/v2/team/app/manifests/nope").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.get("/v2/team/app/manifests/.INVALID").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.get("/v2/no/such/repo/manifests/v1").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    let r = a
+        .req(Method::HEAD, "/v2/team/app/manifests/nope")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Rejections, each leaving v1 as it was.
+    let missing = sha256(b"not pushed");
+    let bad_ref = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": missing.as_str(), "size": 10},
+        "layers": [],
+    });
+    let r = a
+        .put_manifest(
+            "team/app",
+            "v1",
+            OCI_MANIFEST,
+            &serde_json::to_vec(&bad_ref).expect("json"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
+    assert_eq!(v["errors"][0]["detail"]["digest"], missing.as_str());
+    expect_error(
+        a.put_manifest("team/app", "v1", OCI_MANIFEST, b"{not json")
+            .await,
+        400,
+        "MANIFEST_INVALID",
+    )
+    .await;
+    let schema1 = br#"{"schemaVersion":1,"name":"team/app","tag":"v1","fsLayers":[],"history":[]}"#;
+    let r = a
+        .put_manifest(
+            "team/app",
+            "v1",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            schema1,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("schema1"));
+    let r = a
+        .put_manifest("team/app", d.as_str(), OCI_MANIFEST, b"{}")
+        .await;
+    expect_error(r, 400, "DIGEST_INVALID").await;
+    expect_error(
+        a.put_manifest("team/app", "sha256:baddigeststring", OCI_MANIFEST, &bytes)
+            .await,
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+    expect_error(
+        a.put_manifest("team/app", "bad!tag", OCI_MANIFEST, &bytes)
+            .await,
+        400,
+        "TAG_INVALID",
+    )
+    .await;
+    // Content-Type disagreeing with mediaType.
+    expect_error(
+        a.put_manifest("team/app", "v1", OCI_INDEX, &bytes).await,
+        400,
+        "MANIFEST_INVALID",
+    )
+    .await;
+    let r = a.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(
+        r.bytes().await.expect("body").as_ref(),
+        &bytes[..],
+        "v1 unchanged after rejections"
+    );
+
+    // Docker schema2 manifests are stored and served with their own type.
+    let cfg = a.push_blob("team/app", b"{\"os\":\"linux\"}").await;
+    let docker = json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cfg.as_str(), "size": 14},
+        "layers": [],
+    });
+    let db = serde_json::to_vec(&docker).expect("json");
+    assert_eq!(
+        a.put_manifest("team/app", "docker", DOCKER_MANIFEST, &db)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = a.get("/v2/team/app/manifests/docker").await;
+    assert_eq!(hdr(&r, "content-type"), Some(DOCKER_MANIFEST));
+
+    // Foreign (non-distributable) layers need not be pushed.
+    let foreign = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.as_str(), "size": 14},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                    "digest": sha256(b"elsewhere").as_str(), "size": 123, "urls": ["https://example.invalid/l"]}],
+    });
+    let r = a
+        .put_manifest(
+            "team/app",
+            "foreign",
+            OCI_MANIFEST,
+            &serde_json::to_vec(&foreign).expect("json"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn manifest_size_limit() {
+    let a = Api::new();
+    let cfg = a.push_blob("big", b"{}").await;
+    let manifest_with_padding = |pad: usize| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.as_str(), "size": 2},
+            "layers": [],
+            "annotations": {"pad": "x".repeat(pad)},
+        }))
+        .expect("json")
+    };
+    // Just under 4 MiB is accepted.
+    let ok = manifest_with_padding(4 * 1024 * 1024 - 400);
+    assert!(ok.len() <= 4 * 1024 * 1024);
+    assert_eq!(
+        a.put_manifest("big", "ok", OCI_MANIFEST, &ok)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = a.get("/v2/big/manifests/ok").await;
+    assert_eq!(r.bytes().await.expect("body").len(), ok.len());
+    // Over 4 MiB: 413, not stored.
+    let big = manifest_with_padding(4 * 1024 * 1024 + 10);
+    let r = a.put_manifest("big", "toobig", OCI_MANIFEST, &big).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_codes(r).await, vec!["MANIFEST_INVALID"]);
+    expect_error(
+        a.get("/v2/big/manifests/toobig").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn index_tags_and_accept_negotiation() {
+    let a = Api::new();
+    let (amd, amd_d) = a.push_image("multi", "amd64", "amd").await;
+    let (arm, arm_d) = a.push_image("multi", "arm64", "arm").await;
+    let index = json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": arm_d.as_str(), "size": arm.len(), "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": OCI_MANIFEST, "digest": amd_d.as_str(), "size": amd.len(), "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    });
+    let ib = serde_json::to_vec(&index).expect("json");
+    let id = sha256(&ib);
+    // Several tags in one push by digest.
+    let r = a
+        .put_manifest(
+            "multi",
+            &format!("{id}?tag=latest&tag=1.0&tag=1"),
+            OCI_INDEX,
+            &ib,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tags: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(tags, vec!["latest", "1.0", "1"]);
+    for t in ["latest", "1.0", "1"] {
+        let r = a
+            .req(Method::GET, &format!("/v2/multi/manifests/{t}"))
+            .header("accept", OCI_INDEX)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(hdr(&r, "docker-content-digest"), Some(id.as_str()), "{t}");
+    }
+    expect_error(
+        a.put_manifest("multi", &format!("{id}?tag=ok&tag=-bad"), OCI_INDEX, &ib)
+            .await,
+        400,
+        "TAG_INVALID",
+    )
+    .await;
+    // A client that only takes image manifests gets the linux/amd64 image for a tag...
+    let r = a
+        .req(Method::GET, "/v2/multi/manifests/latest")
+        .header("accept", OCI_MANIFEST)
+        .header("accept", DOCKER_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(amd_d.as_str()));
+    // ...but a digest is always served as it is.
+    let r = a
+        .req(Method::GET, &format!("/v2/multi/manifests/{id}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(id.as_str()));
+    // An index whose children are missing is refused.
+    let dangling = json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(b"x").as_str(), "size": 1}],
+    });
+    let r = a
+        .put_manifest(
+            "multi",
+            "dangling",
+            OCI_INDEX,
+            &serde_json::to_vec(&dangling).expect("json"),
+        )
+        .await;
+    expect_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn referrers_api() {
+    let a = Api::new();
+    let (subject, sd) = a.push_image("signed", "v1", "s").await;
+    let empty = a.push_blob("signed", b"{}").await;
+    let sig_layer = a.push_blob("signed", b"signature bytes").await;
+    let artifact = |artifact_type: &str, note: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
+            "layers": [{"mediaType": "application/vnd.example.sig", "digest": sig_layer.as_str(), "size": 15}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": sd.as_str(), "size": subject.len()},
+            "annotations": {"org.example.note": note},
+        }))
+        .expect("json")
+    };
+    let sig = artifact("application/vnd.example.signature.v1", "sig");
+    let sbom = artifact("application/vnd.example.sbom.v1", "sbom");
+    for m in [&sig, &sbom] {
+        let d = sha256(m);
+        let r = a.put_manifest("signed", d.as_str(), OCI_MANIFEST, m).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(hdr(&r, "oci-subject"), Some(sd.as_str()));
+    }
+    let r = a.get(&format!("/v2/signed/referrers/{sd}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hdr(&r, "content-type"), Some(OCI_INDEX));
+    assert!(hdr(&r, "oci-filters-applied").is_none());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["mediaType"], OCI_INDEX);
+    let list = v["manifests"].as_array().expect("manifests");
+    assert_eq!(list.len(), 2);
+    let sig_entry = list
+        .iter()
+        .find(|e| e["digest"] == sha256(&sig).as_str())
+        .expect("sig listed");
+    assert_eq!(
+        sig_entry["artifactType"],
+        "application/vnd.example.signature.v1"
+    );
+    assert_eq!(sig_entry["size"], sig.len());
+    assert_eq!(sig_entry["mediaType"], OCI_MANIFEST);
+    assert_eq!(sig_entry["annotations"]["org.example.note"], "sig");
+
+    let r = a
+        .get(&format!(
+            "/v2/signed/referrers/{sd}?artifactType=application/vnd.example.sbom.v1"
+        ))
+        .await;
+    assert_eq!(hdr(&r, "oci-filters-applied"), Some("artifactType"));
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["manifests"].as_array().expect("list").len(), 1);
+    assert_eq!(v["manifests"][0]["digest"], sha256(&sbom).as_str());
+
+    // No referrers, unknown repositories: an empty index, never 404. Bad digest: 400.
+    for path in [
+        format!("/v2/signed/referrers/{}", sha256(b"none")),
+        format!("/v2/nobody/referrers/{sd}"),
+    ] {
+        let r = a.get(&path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["manifests"], json!([]));
+    }
+    expect_error(
+        a.get("/v2/signed/referrers/sha256:123").await,
+        400,
+        "DIGEST_INVALID",
+    )
+    .await;
+
+    // A subject that does not exist yet is accepted (referrers may come first); an
+    // image manifest without artifactType is listed with its config media type.
+    let cfg = a.push_blob("signed", b"{\"kind\":\"cfg\"}").await;
+    let later = sha256(b"future subject");
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.example.config", "digest": cfg.as_str(), "size": 14},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": later.as_str(), "size": 10},
+    }))
+    .expect("json");
+    let r = a.put_manifest("signed", "early", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = a
+        .get(&format!("/v2/signed/referrers/{later}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        v["manifests"][0]["artifactType"],
+        "application/vnd.example.config"
+    );
+}
+
+#[tokio::test]
+async fn deletes() {
+    let a = Api::new();
+    let (_, d1) = a.push_image("del", "one", "1").await;
+    let (_, d2) = a.push_image("del", "two", "2").await;
+    a.put_manifest(
+        "del",
+        "two-alias",
+        OCI_MANIFEST,
+        &a.get("/v2/del/manifests/two")
+            .await
+            .bytes()
+            .await
+            .expect("b"),
+    )
+    .await;
+    // Deleting a tag removes only the tag.
+    let r = a
+        .req(Method::DELETE, "/v2/del/manifests/two-alias")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    expect_error(
+        a.get("/v2/del/manifests/two-alias").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    assert_eq!(
+        a.get("/v2/del/manifests/two").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.get(&format!("/v2/del/manifests/{d2}")).await.status(),
+        StatusCode::OK
+    );
+    // Deleting by digest removes the manifest and its tags.
+    let r = a
+        .req(Method::DELETE, &format!("/v2/del/manifests/{d1}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    expect_error(
+        a.get(&format!("/v2/del/manifests/{d1}")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    expect_error(
+        a.get("/v2/del/manifests/one").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    let tags: Value = a.get("/v2/del/tags/list").await.json().await.expect("json");
+    assert_eq!(tags["tags"], json!(["two"]));
+    let r = a
+        .req(Method::DELETE, &format!("/v2/del/manifests/{d1}"))
+        .send()
+        .await
+        .expect("delete");
+    expect_error(r, 404, "MANIFEST_UNKNOWN").await;
+    // Blob delete unlinks from the repository.
+    let b = a.push_blob("del", b"blob to delete").await;
+    let r = a
+        .req(Method::DELETE, &format!("/v2/del/blobs/{b}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    expect_error(
+        a.get(&format!("/v2/del/blobs/{b}")).await,
+        404,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+    let r = a
+        .req(Method::DELETE, &format!("/v2/del/blobs/{b}"))
+        .send()
+        .await
+        .expect("delete");
+    expect_error(r, 404, "BLOB_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn deletes_disabled() {
+    // The harness's base config enables deletes; this server gets a whole config with
+    // them off (Distribution's default).
+    let b = common::Berth::start_with_config(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: false\nhttp:\n  addr: 127.0.0.1:0\n",
+    );
+    let a = Api {
+        b,
+        c: Client::new(),
+    };
+    let (_, d) = a.push_image("keep", "v1", "k").await;
+    let blob = a.push_blob("keep", b"kept").await;
+    for path in [
+        format!("/v2/keep/manifests/{d}"),
+        "/v2/keep/manifests/v1".into(),
+        format!("/v2/keep/blobs/{blob}"),
+    ] {
+        let r = a.req(Method::DELETE, &path).send().await.expect("delete");
+        expect_error(r, 405, "UNSUPPORTED").await;
+    }
+    assert_eq!(
+        a.get("/v2/keep/manifests/v1").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.get(&format!("/v2/keep/blobs/{blob}")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn tags_pagination() {
+    let a = Api::with("limits:\n  pageentries: 5\n");
+    let (bytes, _) = a.push_image("paged", "t00", "p").await;
+    let mut want: Vec<String> = vec!["t00".into()];
+    for i in 1..12 {
+        let t = format!("t{i:02}");
+        assert_eq!(
+            a.put_manifest("paged", &t, OCI_MANIFEST, &bytes)
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+        want.push(t);
+    }
+    for t in ["A", "Z", "_x"] {
+        a.put_manifest("paged", t, OCI_MANIFEST, &bytes).await;
+        want.push(t.into());
+    }
+    want.sort();
+    // Walk with n=4 following Link headers.
+    let mut got = Vec::new();
+    let mut next = Some("/v2/paged/tags/list?n=4".to_string());
+    while let Some(path) = next.take() {
+        let r = a.get(&path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        next = hdr(&r, "link").map(|l| {
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+            l[1..l.find('>').expect(">")].to_string()
+        });
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["name"], "paged");
+        got.extend(
+            v["tags"]
+                .as_array()
+                .expect("tags")
+                .iter()
+                .map(|t| t.as_str().expect("s").to_string()),
+        );
+    }
+    assert_eq!(got, want);
+    // `last` without `n`, n=0, a huge n (capped at the page limit, with a Link).
+    let v: Value = a
+        .get("/v2/paged/tags/list?last=t10")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["tags"], json!(["t11"]));
+    let r = a.get("/v2/paged/tags/list?n=0").await;
+    assert!(hdr(&r, "link").is_none());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["tags"], json!([]));
+    let r = a.get("/v2/paged/tags/list?n=1000000000").await;
+    assert!(hdr(&r, "link").is_some());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["tags"].as_array().expect("tags").len(), 5);
+    expect_error(
+        a.get("/v2/paged/tags/list?n=-1").await,
+        400,
+        "PAGINATION_NUMBER_INVALID",
+    )
+    .await;
+    expect_error(a.get("/v2/nobody/tags/list").await, 404, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn catalog_pagination_and_deep_names() {
+    let a = Api::new();
+    let mut names = vec!["a/b/c/d/e/f/g/h/app".to_string()];
+    for i in 0..7 {
+        names.push(format!("cat{i}"));
+    }
+    for n in &names {
+        a.push_image(n, "v1", n).await;
+    }
+    names.sort();
+    let r = a.get("/v2/a/b/c/d/e/f/g/h/app/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut got = Vec::new();
+    let mut next = Some("/v2/_catalog?n=3".to_string());
+    while let Some(path) = next.take() {
+        let r = a.get(&path).await;
+        next = hdr(&r, "link").map(|l| l[1..l.find('>').expect(">")].to_string());
+        let v: Value = r.json().await.expect("json");
+        got.extend(
+            v["repositories"]
+                .as_array()
+                .expect("repos")
+                .iter()
+                .map(|t| t.as_str().expect("s").to_string()),
+        );
+    }
+    assert_eq!(got, names);
+    let v: Value = a.get("/v2/_catalog").await.json().await.expect("json");
+    assert_eq!(
+        v["repositories"].as_array().expect("repos").len(),
+        names.len()
+    );
+}
+
+#[tokio::test]
+async fn upload_resumes_after_crash() {
+    let mut a = Api::new();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 13) as u8).collect();
+    let d = sha256(&data);
+    let loc = a.start_upload("resume/me").await;
+    let r =
+        a.c.patch(a.url(&loc))
+            .header("content-range", "0-99999")
+            .body(data[..100_000].to_vec())
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    a.b.crash_and_restart();
+    let r = a.get(&loc).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(hdr(&r, "range"), Some("0-99999"));
+    let r =
+        a.c.patch(a.url(&loc))
+            .header("content-range", "100000-199999")
+            .body(data[100_000..].to_vec())
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // And everything acknowledged before another crash is still there after it.
+    let (m, md) = a.push_image("resume/me", "v1", "r").await;
+    a.b.crash_and_restart();
+    assert_eq!(
+        a.get(&format!("/v2/resume/me/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .expect("b")
+            .as_ref(),
+        &data[..]
+    );
+    let r = a.get("/v2/resume/me/manifests/v1").await;
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(md.as_str()));
+    assert_eq!(r.bytes().await.expect("b").as_ref(), &m[..]);
+}
+
+#[tokio::test]
+async fn blobs_are_content_addressed_files() {
+    let a = Api::new();
+    let d = a.push_blob("one", b"dedup me").await;
+    a.push_blob("two", b"dedup me").await;
+    let path =
+        a.b.data_dir()
+            .join("blobs/sha256")
+            .join(&d.hex()[..2])
+            .join(d.hex());
+    assert_eq!(std::fs::read(&path).expect("blob file"), b"dedup me");
+    let uploads: Vec<_> = std::fs::read_dir(a.b.data_dir().join("uploads"))
+        .expect("uploads")
+        .collect();
+    assert!(
+        uploads.is_empty(),
+        "no upload files left behind: {uploads:?}"
+    );
+}
+
+#[tokio::test]
+async fn blob_size_limit() {
+    let a = Api::with("limits:\n  blobsize: 1KiB\n");
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/v2/l/blobs/uploads/?digest={}", sha256(&[1u8; 2048])),
+        )
+        .body(vec![1u8; 2048])
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, 413, "SIZE_INVALID").await;
+    let loc = a.start_upload("l").await;
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(vec![1u8; 1000])
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(vec![1u8; 100])
+            .send()
+            .await
+            .expect("patch");
+    expect_error(r, 413, "SIZE_INVALID").await;
+    // The upload is as it was before the refused chunk, and can still be finished.
+    let r = a.get(&loc).await;
+    assert_eq!(hdr(&r, "range"), Some("0-999"));
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={}", sha256(&[1u8; 1000]))))
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn stalled_upload_times_out_and_changes_nothing() {
+    let a = Api::with("limits:\n  bodyidletimeout: 1s\n");
+    let loc = a.start_upload("slow").await;
+    let stalled = futures_util::stream::unfold(0, |state| async move {
+        match state {
+            0 => Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first bytes")),
+                1,
+            )),
+            _ => {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                None
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(reqwest::Body::wrap_stream(stalled))
+            .send()
+            .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "server gave up after its idle timeout"
+    );
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let r = a.get(&loc).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(hdr(&r, "range"), Some("0-0"));
+    assert_eq!(a.b.upload_file_sizes(), vec![0]);
+}
+
+#[tokio::test]
+async fn method_not_allowed_and_unknown_routes() {
+    let a = Api::new();
+    let r = a
+        .req(Method::POST, "/v2/x/manifests/v1")
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, 405, "UNSUPPORTED").await;
+    let r = a
+        .req(Method::PUT, "/v2/_catalog")
+        .send()
+        .await
+        .expect("put");
+    expect_error(r, 405, "UNSUPPORTED").await;
+    assert_eq!(
+        a.get("/v2/x/unknown/thing").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
