@@ -242,7 +242,7 @@ mod tests {
         h.update(b"world");
         assert_ne!(mid, h.digest());
         assert_eq!(h.finish(), Digest::of(Algorithm::Sha256, b"hello world"));
-        let d: Digest = EMPTY256.parse().unwrap();
+        let d: Digest = EMPTY256.parse().expect("valid test input");
         assert_eq!(d.hex().len(), 64);
         assert_eq!(d.referrers_tag(), format!("sha256-{}", d.hex()));
     }

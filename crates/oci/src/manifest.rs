@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn image_manifest() {
-        let m = parse(Some(media::OCI_MANIFEST), image("").as_bytes()).unwrap();
+        let m = parse(Some(media::OCI_MANIFEST), image("").as_bytes()).expect("valid test input");
         assert_eq!(m.kind, Kind::Image);
         assert_eq!(m.blob_references().count(), 2);
         assert_eq!(
@@ -268,9 +268,9 @@ mod tests {
             r#","artifactType":"application/x.sig","subject":{{"mediaType":"{}","digest":"{D}","size":1}},"annotations":{{"a":"b"}}"#,
             media::OCI_MANIFEST
         ));
-        let m = parse(None, with_subject.as_bytes()).unwrap();
+        let m = parse(None, with_subject.as_bytes()).expect("valid test input");
         assert_eq!(m.referrer_artifact_type(), Some("application/x.sig"));
-        assert_eq!(m.subject.unwrap().digest.as_str(), D);
+        assert_eq!(m.subject.expect("valid test input").digest.as_str(), D);
     }
 
     #[test]
@@ -279,10 +279,10 @@ mod tests {
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{D}","size":10,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
             media::OCI_MANIFEST
         );
-        let m = parse(Some(media::OCI_INDEX), idx.as_bytes()).unwrap();
+        let m = parse(Some(media::OCI_INDEX), idx.as_bytes()).expect("valid test input");
         assert_eq!(m.kind, Kind::Index);
         assert_eq!(m.media_type, media::OCI_INDEX);
-        let m = parse(None, idx.as_bytes()).unwrap();
+        let m = parse(None, idx.as_bytes()).expect("valid test input");
         assert_eq!(m.media_type, media::OCI_INDEX);
         assert_eq!(m.referrer_artifact_type(), None);
     }
@@ -307,7 +307,7 @@ mod tests {
             assert!(parse(*ct, body.as_bytes()).is_err(), "{ct:?} {body}");
         }
         assert_eq!(
-            parse(None, r#"{"schemaVersion":1,"fsLayers":[]}"#.as_bytes()).unwrap_err(),
+            parse(None, r#"{"schemaVersion":1,"fsLayers":[]}"#.as_bytes()).expect_err("must be rejected"),
             ManifestError::Schema1
         );
     }

@@ -80,7 +80,7 @@ pub async fn get(
         .await?;
     let (status, mut headers) = match read.range {
         Some(rg) => {
-            let mut h = common(rg.len());
+            let mut h = common(rg.byte_count());
             h.push((
                 "content-range",
                 format!("bytes {}-{}/{}", rg.start, rg.end, read.size),

@@ -7,12 +7,15 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use oci::ErrorCode;
 
-/// An error answer.
+/// An error answer (boxed: it travels in every handler's `Result`).
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub errors: Vec<(ErrorCode, String, Option<serde_json::Value>)>,
-    pub headers: HeaderMap,
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    status: StatusCode,
+    errors: Vec<(ErrorCode, String, Option<serde_json::Value>)>,
+    headers: HeaderMap,
 }
 
 impl ApiError {
@@ -29,16 +32,16 @@ impl ApiError {
         code: ErrorCode,
         message: impl Into<String>,
     ) -> ApiError {
-        ApiError {
+        ApiError(Box::new(Inner {
             status,
             errors: vec![(code, message.into(), None)],
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     pub fn header(mut self, name: HeaderName, value: &str) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
+            self.0.headers.insert(name, v);
         }
         self
     }
@@ -62,7 +65,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::with_status(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid, msg)
             }
             E::ManifestInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, msg),
-            E::ManifestBlobUnknown(digests) => ApiError {
+            E::ManifestBlobUnknown(digests) => ApiError(Box::new(Inner {
                 status: StatusCode::BAD_REQUEST,
                 errors: digests
                     .into_iter()
@@ -75,7 +78,7 @@ impl From<RegistryError> for ApiError {
                     })
                     .collect(),
                 headers: HeaderMap::new(),
-            },
+            })),
             E::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, msg),
             E::NameUnknown => ApiError::new(ErrorCode::NameUnknown, msg),
             E::TagInvalid(_) => ApiError::new(ErrorCode::TagInvalid, msg),
@@ -105,7 +108,8 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let errors: Vec<serde_json::Value> = self
+        let inner = *self.0;
+        let errors: Vec<serde_json::Value> = inner
             .errors
             .iter()
             .map(|(code, message, detail)| {
@@ -118,12 +122,12 @@ impl IntoResponse for ApiError {
             .collect();
         let body = serde_json::json!({ "errors": errors }).to_string();
         let mut resp = (
-            self.status,
+            inner.status,
             [(header::CONTENT_TYPE, "application/json")],
             body,
         )
             .into_response();
-        resp.headers_mut().extend(self.headers);
+        resp.headers_mut().extend(inner.headers);
         resp
     }
 }

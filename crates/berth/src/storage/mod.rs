@@ -29,7 +29,7 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    pub fn len(&self) -> u64 {
+    pub fn byte_count(&self) -> u64 {
         self.end - self.start + 1
     }
 }

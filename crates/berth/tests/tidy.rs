@@ -1,0 +1,111 @@
+//! Architecture checks (house rule 10): the dependency rules of ARCHITECTURE.md, `//!` on
+//! every module, and no printing or exiting from library code.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let p = entry.expect("entry").path();
+        if p.is_dir() {
+            out.extend(sources(&p));
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Source lines outside `#[cfg(test)]` modules (a test module runs to the end of file
+/// in this codebase by convention).
+fn non_test_code(text: &str) -> String {
+    match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => text[..i].to_string(),
+        None => text.to_string(),
+    }
+}
+
+fn crate_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Which top-level module of `src/` a file belongs to.
+fn module_of(path: &Path) -> String {
+    let rel = path.strip_prefix(crate_root().join("src")).expect("under src");
+    let first = rel.components().next().expect("component");
+    first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string()
+}
+
+#[test]
+fn dependency_rules() {
+    // (pattern, modules allowed to contain it, why)
+    let rules: &[(&str, &[&str], &str)] = &[
+        ("axum::", &["http"], "only http/ knows the HTTP framework"),
+        ("hyper", &["http"], "only http/ knows hyper"),
+        ("StatusCode", &["http"], "only http/ names status codes"),
+        ("sqlx", &["meta"], "only meta/ talks SQL"),
+        ("tokio::fs", &["storage"], "only storage/ touches blob files"),
+        ("std::fs", &["storage", "config"], "file access stays in storage/ (config reads its own file)"),
+        ("crate::http", &["http", "state"], "nothing below http/ knows it"),
+        ("crate::registry", &["registry", "http", "state", "config"], "storage/ and meta/ sit below registry/"),
+        ("crate::state", &["state"], "state is the composition root"),
+        ("FsBlobStore", &["storage", "state"], "only state picks backends"),
+        ("SqliteMeta", &["meta", "state"], "only state picks backends"),
+    ];
+    let mut violations = Vec::new();
+    for file in sources(&crate_root().join("src")) {
+        if file.ends_with("main.rs") {
+            continue;
+        }
+        let module = module_of(&file);
+        let code = non_test_code(&std::fs::read_to_string(&file).expect("read"));
+        for (pattern, allowed, why) in rules {
+            if code.contains(pattern) && !allowed.contains(&module.as_str()) {
+                violations.push(format!("{}: uses `{pattern}` ({why})", file.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "dependency rule violations:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn oci_crate_has_no_io_dependencies() {
+    let manifest = std::fs::read_to_string(crate_root().join("../oci/Cargo.toml")).expect("oci Cargo.toml");
+    for dep in ["tokio", "axum", "hyper", "sqlx", "reqwest"] {
+        assert!(!manifest.contains(dep), "crates/oci must not depend on {dep}");
+    }
+}
+
+#[test]
+fn every_module_documents_itself() {
+    let mut roots = sources(&crate_root().join("src"));
+    roots.extend(sources(&crate_root().join("../oci/src")));
+    roots.extend(sources(&crate_root().join("../bench/src")));
+    let missing: Vec<String> = roots
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).expect("read");
+            !text.trim_start().starts_with("//!")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(missing.is_empty(), "modules without a //! paragraph:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn library_code_does_not_print_or_exit() {
+    let mut bad = Vec::new();
+    for file in sources(&crate_root().join("src")) {
+        if file.ends_with("main.rs") {
+            continue;
+        }
+        let code = non_test_code(&std::fs::read_to_string(&file).expect("read"));
+        for pattern in ["println!", "eprintln!", "process::exit", "dbg!", ".unwrap()"] {
+            if code.contains(pattern) {
+                bad.push(format!("{}: {pattern}", file.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "library code must log through tracing and return errors:\n{}", bad.join("\n"));
+}
