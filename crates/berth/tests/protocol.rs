@@ -1353,3 +1353,70 @@ async fn method_not_allowed_and_unknown_routes() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .expect("value")
+        .parse()
+        .expect("number");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn large_blobs_stream_in_bounded_memory() {
+    use futures_util::StreamExt;
+    const SIZE: usize = 256 << 20;
+    const CHUNK: usize = 1 << 20;
+    let a = Api::new();
+    // Deterministic content, generated on the fly on both sides.
+    let chunk = |i: usize| bytes::Bytes::from(vec![(i % 251) as u8; CHUNK]);
+    let mut h = Algorithm::Sha256.hasher();
+    for i in 0..SIZE / CHUNK {
+        h.update(&chunk(i));
+    }
+    let d = h.finish();
+    let loc = a.start_upload("large").await;
+    let body = futures_util::stream::iter(
+        (0..SIZE / CHUNK).map(move |i| Ok::<_, std::io::Error>(chunk(i))),
+    );
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Pull it back as a stream, hashing as it comes.
+    let r = a.get(&format!("/v2/large/blobs/{d}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut s = r.bytes_stream();
+    let mut h = Algorithm::Sha256.hasher();
+    let mut n = 0usize;
+    while let Some(c) = s.next().await {
+        let c = c.expect("chunk");
+        n += c.len();
+        h.update(&c);
+    }
+    assert_eq!(n, SIZE);
+    assert_eq!(h.finish(), d);
+    let peak = peak_rss_bytes(a.b.pid());
+    assert!(
+        peak < 96 << 20,
+        "server peak RSS {} MiB for a 256 MiB blob",
+        peak >> 20
+    );
+}

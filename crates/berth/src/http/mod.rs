@@ -115,7 +115,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         %method,
         path,
         status = resp.status().as_u16(),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
         bytes_in,
         bytes_out,
         remote,
