@@ -1,0 +1,199 @@
+//! `berth-bench`: measures an OCI registry over raw HTTP (push, pull, blob fan-out,
+//! small pushes, manifest GET/HEAD, catalog pagination) and compares Berth with CNCF
+//! Distribution.
+//!
+//! This file is the command line only: `run` benchmarks a registry that is already
+//! running, `compare` starts both servers itself and prints a table of medians. The
+//! request sequences live in `client`, the workloads in `workloads`, process handling in
+//! `servers`, and formatting in `report`.
+
+// A CLI program whose output is its product: printing to stdout is the point.
+#![allow(clippy::print_stdout)]
+
+mod client;
+mod procfs;
+mod report;
+mod servers;
+mod stats;
+mod workloads;
+
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use client::Registry;
+use report::Figure;
+use servers::{Server, ServerSpec};
+use std::path::PathBuf;
+use workloads::{Options, Scale};
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Benchmark a registry that is already running; prints `workload key=value ...`
+    /// lines.
+    Run {
+        /// Base URL of the registry, e.g. http://127.0.0.1:5000 (no auth, plain HTTP).
+        #[arg(long)]
+        url: String,
+        /// PID of the server process, to report its CPU time and peak RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start Berth and Distribution on loopback, run the workloads on each in turn for
+    /// several rounds, and print a table of medians.
+    Compare {
+        /// The Berth binary (any binary accepting `serve CONFIG` with a
+        /// Distribution-format config works, which is how this mode is tested).
+        #[arg(long)]
+        berth: PathBuf,
+        /// The CNCF Distribution binary.
+        #[arg(long, default_value = "/usr/bin/docker-registry")]
+        distribution: PathBuf,
+        /// Rounds per server; medians are taken over rounds [default: 3, or 1 with
+        /// --quick].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Where the servers' temporary data directories go (default: the system temp
+        /// directory). Both servers use the same file system.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Scale everything down so a run takes seconds (a smoke test, not a measurement).
+    #[arg(long)]
+    quick: bool,
+    /// Verify the digest of every pulled layer (adds client CPU to the pull figures).
+    #[arg(long)]
+    verify_digests: bool,
+}
+
+impl Common {
+    fn options(&self) -> Options {
+        Options {
+            scale: if self.quick {
+                Scale::quick()
+            } else {
+                Scale::full()
+            },
+            verify_digests: self.verify_digests,
+            quick: self.quick,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let work = async {
+        match cli.command {
+            Cmd::Run { url, pid, common } => run(&url, pid, &common.options()).await,
+            Cmd::Compare {
+                berth,
+                distribution,
+                rounds,
+                workdir,
+                common,
+            } => {
+                let servers = [
+                    ServerSpec {
+                        name: "berth".to_string(),
+                        binary: berth,
+                    },
+                    ServerSpec {
+                        name: "distribution".to_string(),
+                        binary: distribution,
+                    },
+                ];
+                let rounds = rounds.unwrap_or(if common.quick { 1 } else { 3 });
+                compare(&servers, rounds, workdir, &common.options()).await
+            }
+        }
+    };
+    // On Ctrl-C the work future is dropped, which kills any server it started.
+    tokio::select! {
+        result = work => result,
+        signal = tokio::signal::ctrl_c() => {
+            signal.context("listening for Ctrl-C")?;
+            anyhow::bail!("interrupted")
+        }
+    }
+}
+
+fn print_figures(prefix: &str, figures: &[Figure]) {
+    for line in report::workload_lines(prefix, figures) {
+        println!("{line}");
+    }
+}
+
+async fn run(url: &str, pid: Option<u32>, opts: &Options) -> Result<()> {
+    let registry = Registry::new(url)?;
+    let probe = pid.map(procfs::Probe::new).transpose()?;
+    workloads::run_all(&registry, probe.as_ref(), opts, |f| print_figures("", f)).await?;
+    Ok(())
+}
+
+/// Rounds alternate between the servers (A1, B1, A2, B2, ...). Each round starts the
+/// server afresh with an empty data directory and stops it afterwards, so every round
+/// sees the same starting state, peak RSS is per round, and only one server competes
+/// with the client for the CPU at a time.
+async fn compare(
+    servers: &[ServerSpec; 2],
+    rounds: usize,
+    workdir: Option<PathBuf>,
+    opts: &Options,
+) -> Result<()> {
+    ensure!(rounds >= 1, "--rounds must be at least 1");
+    for spec in servers {
+        ensure!(
+            spec.binary.is_file(),
+            "{} binary {} does not exist",
+            spec.name,
+            spec.binary.display()
+        );
+    }
+    let mut results: [Vec<Vec<Figure>>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        for (spec, rounds_of_server) in servers.iter().zip(results.iter_mut()) {
+            eprintln!("== {} round {round}/{rounds}", spec.name);
+            let server = Server::start(spec, workdir.as_deref()).await?;
+            let registry = Registry::new(server.url())?;
+            let probe = server.probe()?;
+            let prefix = format!("{} round={round} ", spec.name);
+            let figures =
+                workloads::run_all(&registry, Some(&probe), opts, |f| print_figures(&prefix, f))
+                    .await
+                    .map_err(|e| e.context(format!("server log tail:\n{}", server.log_tail())))
+                    .with_context(|| format!("{} round {round}", spec.name))?;
+            server.stop()?;
+            rounds_of_server.push(figures);
+        }
+    }
+    println!();
+    println!(
+        "{} vs {} ({rounds} round(s) each{}); medians over rounds",
+        servers[0].name,
+        servers[1].name,
+        if opts.quick {
+            ", QUICK scale: smoke test, not a measurement"
+        } else {
+            ""
+        }
+    );
+    print!(
+        "{}",
+        report::comparison_table(&servers[0].name, &results[0], &servers[1].name, &results[1])
+    );
+    Ok(())
+}
