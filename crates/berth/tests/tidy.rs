@@ -32,9 +32,15 @@ fn crate_root() -> PathBuf {
 
 /// Which top-level module of `src/` a file belongs to.
 fn module_of(path: &Path) -> String {
-    let rel = path.strip_prefix(crate_root().join("src")).expect("under src");
+    let rel = path
+        .strip_prefix(crate_root().join("src"))
+        .expect("under src");
     let first = rel.components().next().expect("component");
-    first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string()
+    first
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_string()
 }
 
 #[test]
@@ -45,13 +51,37 @@ fn dependency_rules() {
         ("hyper", &["http"], "only http/ knows hyper"),
         ("StatusCode", &["http"], "only http/ names status codes"),
         ("sqlx", &["meta"], "only meta/ talks SQL"),
-        ("tokio::fs", &["storage"], "only storage/ touches blob files"),
-        ("std::fs", &["storage", "config"], "file access stays in storage/ (config reads its own file)"),
-        ("crate::http", &["http", "state"], "nothing below http/ knows it"),
-        ("crate::registry", &["registry", "http", "state", "config"], "storage/ and meta/ sit below registry/"),
+        (
+            "tokio::fs",
+            &["storage"],
+            "only storage/ touches blob files",
+        ),
+        (
+            "std::fs",
+            &["storage", "config"],
+            "file access stays in storage/ (config reads its own file)",
+        ),
+        (
+            "crate::http",
+            &["http", "state"],
+            "nothing below http/ knows it",
+        ),
+        (
+            "crate::registry",
+            &["registry", "http", "state", "config"],
+            "storage/ and meta/ sit below registry/",
+        ),
         ("crate::state", &["state"], "state is the composition root"),
-        ("FsBlobStore", &["storage", "state"], "only state picks backends"),
-        ("SqliteMeta", &["meta", "state"], "only state picks backends"),
+        (
+            "FsBlobStore",
+            &["storage", "state"],
+            "only state picks backends",
+        ),
+        (
+            "SqliteMeta",
+            &["meta", "state"],
+            "only state picks backends",
+        ),
     ];
     let mut violations = Vec::new();
     for file in sources(&crate_root().join("src")) {
@@ -66,14 +96,22 @@ fn dependency_rules() {
             }
         }
     }
-    assert!(violations.is_empty(), "dependency rule violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "dependency rule violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn oci_crate_has_no_io_dependencies() {
-    let manifest = std::fs::read_to_string(crate_root().join("../oci/Cargo.toml")).expect("oci Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(crate_root().join("../oci/Cargo.toml")).expect("oci Cargo.toml");
     for dep in ["tokio", "axum", "hyper", "sqlx", "reqwest"] {
-        assert!(!manifest.contains(dep), "crates/oci must not depend on {dep}");
+        assert!(
+            !manifest.contains(dep),
+            "crates/oci must not depend on {dep}"
+        );
     }
 }
 
@@ -90,7 +128,11 @@ fn every_module_documents_itself() {
         })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "modules without a //! paragraph:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "modules without a //! paragraph:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -101,11 +143,21 @@ fn library_code_does_not_print_or_exit() {
             continue;
         }
         let code = non_test_code(&std::fs::read_to_string(&file).expect("read"));
-        for pattern in ["println!", "eprintln!", "process::exit", "dbg!", ".unwrap()"] {
+        for pattern in [
+            "println!",
+            "eprintln!",
+            "process::exit",
+            "dbg!",
+            ".unwrap()",
+        ] {
             if code.contains(pattern) {
                 bad.push(format!("{}: {pattern}", file.display()));
             }
         }
     }
-    assert!(bad.is_empty(), "library code must log through tracing and return errors:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "library code must log through tracing and return errors:\n{}",
+        bad.join("\n")
+    );
 }

@@ -39,6 +39,14 @@ impl ApiError {
         }))
     }
 
+    /// Attach `detail` to the (first) error.
+    pub fn detail(mut self, detail: serde_json::Value) -> ApiError {
+        if let Some(e) = self.0.errors.first_mut() {
+            e.2 = Some(detail);
+        }
+        self
+    }
+
     pub fn header(mut self, name: HeaderName, value: &str) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(value) {
             self.0.headers.insert(name, v);
@@ -52,7 +60,9 @@ impl From<RegistryError> for ApiError {
         use RegistryError as E;
         let msg = e.to_string();
         match e {
-            E::BlobUnknown => ApiError::new(ErrorCode::BlobUnknown, msg),
+            // Details as Distribution sends them: clients (Docker) tell "not found"
+            // from other failures by them.
+            E::BlobUnknown(d) => ApiError::new(ErrorCode::BlobUnknown, msg).detail(d.as_str().into()),
             E::UploadUnknown => ApiError::new(ErrorCode::BlobUploadUnknown, msg),
             E::UploadInvalid(_) => ApiError::new(ErrorCode::BlobUploadInvalid, msg),
             E::ChunkOutOfOrder { .. } => {
@@ -79,7 +89,10 @@ impl From<RegistryError> for ApiError {
                     .collect(),
                 headers: HeaderMap::new(),
             })),
-            E::ManifestUnknown => ApiError::new(ErrorCode::ManifestUnknown, msg),
+            E::ManifestUnknown(reference) => {
+                let key = if reference.contains(':') { "Revision" } else { "Tag" };
+                ApiError::new(ErrorCode::ManifestUnknown, msg).detail(serde_json::json!({ key: reference }))
+            }
             E::NameUnknown => ApiError::new(ErrorCode::NameUnknown, msg),
             E::TagInvalid(_) => ApiError::new(ErrorCode::TagInvalid, msg),
             E::RangeNotSatisfiable { size } => {

@@ -35,7 +35,7 @@ pub async fn get(
     // A reference that cannot exist is simply not found.
     let reference: Reference = reference
         .parse()
-        .map_err(|_| ApiError::from(RegistryError::ManifestUnknown))?;
+        .map_err(|_| ApiError::from(RegistryError::ManifestUnknown(reference.to_string())))?;
     let m = r.get_manifest(repo, &reference, &accept(req)).await?;
     let headers = [
         ("content-type", m.media_type.clone()),
@@ -117,7 +117,7 @@ pub async fn put(
 pub async fn delete(r: &Registry, repo: &RepoName, reference: &str) -> Result<Response, ApiError> {
     let reference: Reference = reference
         .parse()
-        .map_err(|_| ApiError::from(RegistryError::ManifestUnknown))?;
+        .map_err(|_| ApiError::from(RegistryError::ManifestUnknown(reference.to_string())))?;
     r.delete_manifest(repo, &reference).await?;
     Ok(empty(StatusCode::ACCEPTED, &[]))
 }

@@ -12,6 +12,7 @@ mod uploads;
 
 use crate::registry::Registry;
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -19,9 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use endpoint::{Endpoint, PathError};
 use error::ApiError;
+use futures_util::StreamExt;
 use oci::ErrorCode;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,26 +100,34 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let bytes_in = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    // Count request bytes as the handler reads them (chunked bodies have no length).
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let counter = bytes_in.clone();
+    let req = req.map(|body| {
+        Body::from_stream(body.into_data_stream().inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+        }))
+    });
     let resp = next.run(req).await;
-    let bytes_out = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let bytes_out = if method == Method::HEAD {
+        0
+    } else {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| resp.body().size_hint().exact())
+            .unwrap_or(0)
+    };
     tracing::info!(
         target: "berth::access",
         %method,
         path,
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
-        bytes_in,
+        bytes_in = bytes_in.load(Ordering::Relaxed),
         bytes_out,
         remote,
         "request"

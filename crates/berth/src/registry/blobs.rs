@@ -18,7 +18,7 @@ impl Registry {
         self.meta
             .linked_blob(repo, digest)
             .await?
-            .ok_or(RegistryError::BlobUnknown)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
     /// Open a blob linked into `repo`, or the range `(start, end_inclusive)` resolved by
@@ -41,7 +41,7 @@ impl Registry {
         let body = self.blobs.get(digest, range).await.map_err(|e| match e {
             StorageError::BlobNotFound => {
                 tracing::error!(%digest, "blob is linked in metadata but missing from storage");
-                RegistryError::BlobUnknown
+                RegistryError::BlobUnknown(digest.clone())
             }
             other => other.into(),
         })?;
@@ -55,7 +55,7 @@ impl Registry {
         if self.meta.unlink_blob(repo, digest).await? {
             Ok(())
         } else {
-            Err(RegistryError::BlobUnknown)
+            Err(RegistryError::BlobUnknown(digest.clone()))
         }
     }
 }

@@ -161,7 +161,7 @@ impl Registry {
             .meta
             .get_manifest(repo, reference)
             .await?
-            .ok_or(RegistryError::ManifestUnknown)?;
+            .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
         if accept.allows(&m.media_type)
             || !media::is_index(&m.media_type)
             || !accept.names_an_image_manifest()
@@ -200,7 +200,7 @@ impl Registry {
         if deleted {
             Ok(())
         } else {
-            Err(RegistryError::ManifestUnknown)
+            Err(RegistryError::ManifestUnknown(reference.to_string()))
         }
     }
 }

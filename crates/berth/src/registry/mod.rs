@@ -57,8 +57,8 @@ impl Default for Settings {
 /// What went wrong, in the registry's terms.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("blob unknown to this repository")]
-    BlobUnknown,
+    #[error("blob {0} is unknown to this repository")]
+    BlobUnknown(Digest),
     #[error("upload session unknown")]
     UploadUnknown,
     #[error("upload invalid: {0}")]
@@ -79,8 +79,8 @@ pub enum RegistryError {
     ManifestInvalid(String),
     #[error("manifest references content this repository does not have: {}", .0.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))]
     ManifestBlobUnknown(Vec<Digest>),
-    #[error("manifest unknown")]
-    ManifestUnknown,
+    #[error("manifest {0} is unknown to this repository")]
+    ManifestUnknown(String),
     #[error("repository unknown")]
     NameUnknown,
     #[error("tag invalid: {0}")]

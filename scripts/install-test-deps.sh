@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Install every external program Berth's test suite drives, on Debian 12 (bookworm):
+#   skopeo, podman, buildah, umoci   real OCI clients (tests/clients.rs)
+#   docker-registry                  CNCF Distribution 2.8, the peer registry
+#   htpasswd (apache2-utils), jq, openssl, curl
+# and check that the Docker Engine the Docker CLI tests use is reachable.
+#
+# Idempotent: when every program is already there, apt is not touched. Runs as root, or
+# through sudo when it exists. Installing docker-registry never leaves its service
+# running (it would listen on :5000).
+set -euo pipefail
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    die "must run as root (or with sudo installed) to install packages"
+fi
+
+# command -> Debian package providing it
+declare -A PACKAGE_OF=(
+    [skopeo]=skopeo
+    [podman]=podman
+    [buildah]=buildah
+    [umoci]=umoci
+    [docker-registry]=docker-registry
+    [htpasswd]=apache2-utils
+    [jq]=jq
+    [openssl]=openssl
+    [curl]=curl
+    [fuse-overlayfs]=fuse-overlayfs
+    [newuidmap]=uidmap
+)
+# Needed for podman/buildah/skopeo to work at all; installed alongside the above.
+EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)
+
+missing=()
+for cmd in "${!PACKAGE_OF[@]}"; do
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("${PACKAGE_OF[$cmd]}")
+    fi
+done
+if [ ! -f /etc/containers/policy.json ] && [ ! -f /usr/share/containers/policy.json ]; then
+    missing+=(golang-github-containers-common)
+fi
+
+stop_registry_service() {
+    # The package's service would listen on :5000; the tests start their own instances.
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        "${SUDO[@]}" systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
+    if [ -x /etc/init.d/docker-registry ]; then
+        "${SUDO[@]}" /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+    fi
+}
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "all test clients already installed"
+else
+    if ! grep -qs 'VERSION_CODENAME=bookworm' /etc/os-release; then
+        log "warning: written for Debian 12 (bookworm); trying anyway"
+    fi
+    # Keep package installation from starting services (docker-registry on :5000).
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${SUDO[@]}" chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    cleanup_policy() {
+        if [ "$created_policy" -eq 1 ]; then
+            "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
+        fi
+    }
+    trap cleanup_policy EXIT
+
+    mapfile -t packages < <(printf '%s\n' "${missing[@]}" "${EXTRA_PACKAGES[@]}" | sort -u)
+    log "installing: ${packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${packages[@]}" >/dev/null
+    cleanup_policy
+    trap - EXIT
+fi
+stop_registry_service
+
+# skopeo/podman/buildah refuse to copy without a signature policy.
+if [ ! -f /etc/containers/policy.json ] && [ ! -f /usr/share/containers/policy.json ]; then
+    log "writing a permissive /etc/containers/policy.json"
+    "${SUDO[@]}" mkdir -p /etc/containers
+    printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' |
+        "${SUDO[@]}" tee /etc/containers/policy.json >/dev/null
+fi
+
+# Everything must now be present.
+for cmd in "${!PACKAGE_OF[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${PACKAGE_OF[$cmd]}"
+done
+
+# The Docker CLI tests need a running Docker Engine; it is not installed by this script.
+command -v docker >/dev/null 2>&1 ||
+    die "the docker CLI is not installed; the Docker tests need Docker Engine (daemon running)"
+if ! docker_err=$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
+    die "\`docker info\` failed: the Docker Engine is not reachable (is dockerd running, may this user use /var/run/docker.sock?): $docker_err"
+fi
+
+log "ok: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), buildah $(buildah --version | awk '{print $3}'), umoci $(umoci --version | awk '{print $3}'), docker-registry $(docker-registry --version | awk '{print $3}'), docker engine $(docker info --format '{{.ServerVersion}}' 2>/dev/null)"
