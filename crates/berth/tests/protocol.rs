@@ -624,12 +624,15 @@ async fn manifest_push_pull_and_validation() {
         assert_eq!(hdr(&r, "content-type"), Some(OCI_MANIFEST));
     }
     // Unknown and invalid references are 404 on reads.
-    expect_error(
-        a.get("/v2/team/app/manifests/nope").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
+    // The detail names what was missing, as Distribution's does (Docker relies on it).
+    let v: Value = a
+        .get("/v2/team/app/manifests/nope")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN");
+    assert_eq!(v["errors"][0]["detail"]["Tag"], "nope");
     expect_error(
         a.get("/v2/team/app/manifests/.INVALID").await,
         404,

@@ -307,7 +307,8 @@ mod tests {
             assert!(parse(*ct, body.as_bytes()).is_err(), "{ct:?} {body}");
         }
         assert_eq!(
-            parse(None, r#"{"schemaVersion":1,"fsLayers":[]}"#.as_bytes()).expect_err("must be rejected"),
+            parse(None, r#"{"schemaVersion":1,"fsLayers":[]}"#.as_bytes())
+                .expect_err("must be rejected"),
             ManifestError::Schema1
         );
     }
