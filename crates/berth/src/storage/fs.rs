@@ -19,10 +19,14 @@ use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Bytes gathered before one write to disk, and the size of each read when serving.
+/// Bytes gathered before one write to disk (and read at once when rehashing).
 const IO_CHUNK: usize = 1024 * 1024;
-/// Chunks a reader may run ahead of the network.
-const READ_AHEAD: usize = 4;
+/// Size of each read when serving a blob: small enough that the bytes are still in the
+/// CPU cache when the socket write copies them (measured: 128 KiB beat 256 KiB and 1 MiB
+/// on 8 concurrent 64 MiB GETs).
+const READ_CHUNK: usize = 128 * 1024;
+/// Chunks a reader may run ahead of the network (1 MiB in flight per GET).
+const READ_AHEAD: usize = 8;
 
 pub struct FsBlobStore {
     root: PathBuf,
@@ -117,7 +121,7 @@ impl super::BlobStore for FsBlobStore {
                 },
             };
             while pos < end {
-                let want = usize::try_from(end - pos).unwrap_or(IO_CHUNK).min(IO_CHUNK);
+                let want = usize::try_from(end - pos).unwrap_or(READ_CHUNK).min(READ_CHUNK);
                 let mut buf = vec![0u8; want];
                 let mut filled = 0;
                 while filled < want {
