@@ -31,10 +31,12 @@ pub enum StartError {
 
 /// Build the registry over the backends `config` names.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError> {
-    let blobs = FsBlobStore::open(&config.root).map_err(|source| StartError::Storage {
-        path: config.root.clone(),
-        source,
-    })?;
+    let blobs = FsBlobStore::open(&config.root)
+        .map_err(|source| StartError::Storage {
+            path: config.root.clone(),
+            source,
+        })?
+        .with_stall_timeout(config.body_idle_timeout);
     let db = config.root.join("berth.db");
     let meta = SqliteMeta::open(&db)
         .await

@@ -1423,3 +1423,135 @@ async fn large_blobs_stream_in_bounded_memory() {
         peak >> 20
     );
 }
+
+#[tokio::test]
+async fn http2_uploads_without_lengths() {
+    // Over HTTP/2 a body has no Transfer-Encoding and may have no Content-Length: the
+    // final chunk of a PUT must still be seen.
+    let a = Api::new();
+    let h2 = Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let loc = a.start_upload("h2").await;
+    let data = b"first part, then the final chunk in the PUT";
+    let d = sha256(data);
+    let stream = |b: &'static [u8]| {
+        reqwest::Body::wrap_stream(futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+            bytes::Bytes::from_static(b),
+        )]))
+    };
+    let r = h2
+        .patch(a.url(&loc))
+        .body(stream(&data[..10]))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = h2
+        .put(a.url(&format!("{loc}?digest={d}")))
+        .body(stream(&data[10..]))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        a.get(&format!("/v2/h2/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .expect("b")
+            .as_ref(),
+        data
+    );
+}
+
+#[tokio::test]
+async fn index_of_blobs_is_accepted() {
+    // BuildKit's registry cache pushes an index whose entries are layer blobs.
+    let a = Api::new();
+    let layer = a.push_blob("cache", b"cached layer").await;
+    let cfg = a.push_blob("cache", b"{\"cacheconfig\":true}").await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer.as_str(), "size": 12},
+            {"mediaType": "application/vnd.buildkit.cacheconfig.v0", "digest": cfg.as_str(), "size": 20},
+        ],
+    }))
+    .expect("json");
+    let r = a
+        .put_manifest("cache", "buildcache", OCI_INDEX, &index)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // An entry that is neither a manifest nor a blob of the repository is still refused.
+    let bad = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": "application/vnd.buildkit.cacheconfig.v0", "digest": sha256(b"zz").as_str(), "size": 2}],
+    }))
+    .expect("json");
+    expect_error(
+        a.put_manifest("cache", "bad", OCI_INDEX, &bad).await,
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_chunk_keeps_the_upload_resumable() {
+    // A chunk refused mid-way (too large here) is cut back, and the next chunk continues
+    // from the same state: the finished blob has the right digest.
+    let a = Api::with("limits:\n  blobsize: 100KiB\n");
+    let loc = a.start_upload("keep").await;
+    let first = vec![7u8; 60_000];
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(first.clone())
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(vec![8u8; 60_000])
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let r =
+        a.c.patch(a.url(&loc))
+            .header("content-range", "0-9")
+            .body(vec![9u8; 10])
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let second = vec![9u8; 30_000];
+    let r =
+        a.c.patch(a.url(&loc))
+            .body(second.clone())
+            .send()
+            .await
+            .expect("patch");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut all = first;
+    all.extend_from_slice(&second);
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={}", sha256(&all))))
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = a.get(&format!("/v2/keep/blobs/{}", sha256(&all))).await;
+    assert_eq!(r.bytes().await.expect("b").as_ref(), &all[..]);
+    // A garbage Range is ignored: the whole blob is served.
+    let r = a
+        .req(Method::GET, &format!("/v2/keep/blobs/{}", sha256(&all)))
+        .header("range", "bytes=abc")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}

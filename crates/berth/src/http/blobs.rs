@@ -9,49 +9,54 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use oci::{Digest, RepoName};
 
-/// Parse a `Range` header against a blob of `size` bytes. Multiple ranges or other units
-/// are ignored (the whole blob is served), as HTTP allows.
+/// Parse a `Range` header against a blob of `size` bytes. A header that is not a single
+/// well-formed byte range (other units, several ranges, garbage) is ignored and the whole
+/// blob served, as HTTP says; a well-formed range the blob cannot satisfy is a 416.
 pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<ByteRange>, RegistryError> {
     let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
-    if spec.contains(',') {
+    let Some((a, b)) = spec.split_once('-') else {
         return Ok(None);
-    }
-    let unsatisfiable = RegistryError::RangeNotSatisfiable { size };
-    let (a, b) = spec
-        .split_once('-')
-        .ok_or(RegistryError::RangeNotSatisfiable { size })?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        // Suffix: the last b bytes.
-        let n: u64 = b
-            .parse()
-            .map_err(|_| RegistryError::RangeNotSatisfiable { size })?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable);
-        }
-        ByteRange {
-            start: size.saturating_sub(n),
-            end: size - 1,
-        }
-    } else {
-        let start: u64 = a
-            .parse()
-            .map_err(|_| RegistryError::RangeNotSatisfiable { size })?;
-        let end: u64 = if b.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            b.parse::<u64>()
-                .map_err(|_| RegistryError::RangeNotSatisfiable { size })?
-                .min(size.saturating_sub(1))
-        };
-        if start >= size || (!b.is_empty() && b.parse::<u64>().is_ok_and(|e| e < start)) {
-            return Err(unsatisfiable);
-        }
-        ByteRange { start, end }
     };
-    Ok(Some(range))
+    let (a, b) = (a.trim(), b.trim());
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let unsatisfiable = Err(RegistryError::RangeNotSatisfiable { size });
+    match (number(a), number(b)) {
+        // Suffix: the last n bytes.
+        (None, Some(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                return unsatisfiable;
+            }
+            Ok(Some(ByteRange {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            }))
+        }
+        (Some(start), None) if b.is_empty() => {
+            if start >= size {
+                return unsatisfiable;
+            }
+            Ok(Some(ByteRange {
+                start,
+                end: size - 1,
+            }))
+        }
+        (Some(start), Some(end)) => {
+            if start >= size || end < start {
+                return unsatisfiable;
+            }
+            Ok(Some(ByteRange {
+                start,
+                end: end.min(size - 1),
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
 pub async fn get(
@@ -122,7 +127,9 @@ mod tests {
         assert!(r("bytes=500-0", 1000).is_err());
         assert!(r("bytes=10-5", 100).is_err());
         assert!(r("bytes=-0", 100).is_err());
-        assert!(r("bytes=x-1", 100).is_err());
+        assert_eq!(r("bytes=x-1", 100).ok(), Some(None), "garbage is ignored");
+        assert_eq!(r("bytes=5", 100).ok(), Some(None));
+        assert_eq!(r("bytes=-", 100).ok(), Some(None));
         assert!(r("bytes=0-0", 0).is_err());
     }
 }

@@ -8,14 +8,50 @@ use http_body_util::BodyExt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// A body stream that fails with `TimedOut` when no bytes arrive for `idle`.
+/// A request body that counts its bytes as the handler reads them, for the access log.
+/// End-of-stream and size hints pass through, so handlers can still tell an empty body.
+pub struct Counted {
+    pub inner: Body,
+    pub counter: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body stream that fails with `TimedOut` when no bytes arrive for `idle`. The timer
+/// starts when the handler first waits for bytes, not when the request arrived.
 struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Stream for IdleTimeout<S> {
@@ -23,11 +59,16 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Stream for IdleTimeou
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(item) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                self.sleep.as_mut().reset(deadline);
+                self.sleep = None;
                 Poll::Ready(item.map(|r| r.map_err(io::Error::other)))
             }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+            Poll::Pending => match {
+                let idle = self.idle;
+                self.sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)))
+                    .as_mut()
+                    .poll(cx)
+            } {
                 Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
@@ -46,7 +87,7 @@ pub fn stream(body: Body, idle: Duration) -> ByteStream {
     Box::pin(IdleTimeout {
         inner: body.into_data_stream(),
         idle,
-        sleep: Box::pin(tokio::time::sleep(idle)),
+        sleep: None,
     })
 }
 

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use endpoint::{Endpoint, PathError};
 use error::ApiError;
-use futures_util::StreamExt;
 use oci::ErrorCode;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,13 +102,7 @@ async fn access_log(req: Request, next: Next) -> Response {
     // Count request bytes as the handler reads them (chunked bodies have no length).
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
-    let req = req.map(|body| {
-        Body::from_stream(body.into_data_stream().inspect(move |chunk| {
-            if let Ok(c) = chunk {
-                counter.fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-        }))
-    });
+    let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
     let resp = next.run(req).await;
     let bytes_out = if method == Method::HEAD {
         0

@@ -67,12 +67,10 @@ fn parse_content_range(req: &Req) -> Result<Option<ChunkRange>, ApiError> {
     Ok(Some(ChunkRange { start, end }))
 }
 
-/// Does the request carry a body?
-fn has_body(req: &Req) -> bool {
-    match req.header(header::CONTENT_LENGTH) {
-        Some(len) => len.trim() != "0",
-        None => req.headers.contains_key(header::TRANSFER_ENCODING),
-    }
+/// Does the request carry a body? (Over HTTP/2 there is no Transfer-Encoding, and the
+/// length may be absent: the body itself knows whether it has ended.)
+fn has_body(body: &Body) -> bool {
+    !axum::body::HttpBody::is_end_stream(body)
 }
 
 /// A 416 that tells the client where the upload really stands.
@@ -164,7 +162,7 @@ pub async fn put(
     })?)?;
     let range = parse_content_range(req)?;
     let idle = r.settings().body_idle_timeout;
-    let body = has_body(req).then(|| request_body::stream(body, idle));
+    let body = has_body(&body).then(|| request_body::stream(body, idle));
     r.finish_upload(repo, id, &digest, range, body)
         .await
         .map_err(|e| out_of_order(repo, id, e))?;

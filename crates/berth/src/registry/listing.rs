@@ -57,7 +57,10 @@ impl Registry {
                 more: None,
             });
         }
-        let items = self.meta.list_repositories(last, n + 1).await?;
+        let items = self
+            .meta
+            .list_repositories(last, n.saturating_add(1))
+            .await?;
         Ok(Self::page(items, n))
     }
 

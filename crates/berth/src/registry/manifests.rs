@@ -97,15 +97,22 @@ impl Registry {
                 }
             }
             Kind::Index => {
+                // Entries are manifests, except in indexes such as BuildKit's registry cache,
+                // which list blobs: an entry of another type may be either.
                 let digests: Vec<Digest> =
                     parsed.manifests.iter().map(|d| d.digest.clone()).collect();
                 let present = self.meta.manifests_exist(repo, &digests).await?;
-                let missing: Vec<Digest> = digests
-                    .into_iter()
-                    .zip(present)
-                    .filter(|(_, p)| !p)
-                    .map(|(d, _)| d)
-                    .collect();
+                let mut missing = Vec::new();
+                for (d, present) in parsed.manifests.iter().zip(present) {
+                    if present {
+                        continue;
+                    }
+                    let is_manifest =
+                        media::is_index(&d.media_type) || media::is_image_manifest(&d.media_type);
+                    if is_manifest || self.meta.linked_blob(repo, &d.digest).await?.is_none() {
+                        missing.push(d.digest.clone());
+                    }
+                }
                 if !missing.is_empty() {
                     return Err(RegistryError::ManifestBlobUnknown(missing));
                 }
@@ -126,7 +133,11 @@ impl Registry {
             .iter()
             .chain(parsed.layers.iter())
             .map(|d| (d.digest.clone(), false))
-            .chain(parsed.manifests.iter().map(|d| (d.digest.clone(), true)))
+            .chain(parsed.manifests.iter().map(|d| {
+                let is_manifest =
+                    media::is_index(&d.media_type) || media::is_image_manifest(&d.media_type);
+                (d.digest.clone(), is_manifest)
+            }))
             .collect();
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let record = NewManifest {

@@ -8,7 +8,7 @@
 
 use super::{Registry, RegistryError, Result};
 use crate::meta::{now, UploadSession};
-use crate::storage::{ByteStream, UploadProgress};
+use crate::storage::{ByteStream, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use oci::{Algorithm, Digest, RepoName};
@@ -34,6 +34,8 @@ pub struct ChunkRange {
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<UploadProgress>>>;
+/// An upload's lock, owning the cached state; it can move into a task.
+type Guard = tokio::sync::OwnedMutexGuard<Option<UploadProgress>>;
 
 /// Upload hash states by upload id.
 #[derive(Default)]
@@ -51,6 +53,10 @@ impl UploadCache {
             slots.retain(|_, s| Arc::strong_count(s) > 1);
         }
         slots.entry(id.to_string()).or_default().clone()
+    }
+
+    async fn lock(&self, id: &str) -> Guard {
+        self.slot(id).lock_owned().await
     }
 
     fn forget(&self, id: &str) {
@@ -199,38 +205,70 @@ impl Registry {
         body: ByteStream,
     ) -> Result<UploadState> {
         let s = self.session(repo, id).await?;
-        let slot = self.uploads.slot(&s.id);
-        let mut cached = slot.lock().await;
-        let progress = self.progress(cached.take(), &s).await?;
-        let progress = self.append(&s.id, progress, range, body).await?;
-        let size = progress.size;
-        *cached = Some(progress);
-        Ok(UploadState { id: s.id, size })
+        let mut guard = self.uploads.lock(&s.id).await;
+        let progress = self.progress(guard.take(), &s).await?;
+        let (_guard, progress) = self.append(&s.id, guard, progress, range, body).await?;
+        Ok(UploadState {
+            id: s.id,
+            size: progress.size,
+        })
     }
 
+    /// Append under the upload's lock, in a task of its own: if the request is dropped
+    /// mid-body (a reset stream), the write still finishes or is cut back before the lock
+    /// is released, so a retry can never interleave with it. Returns the lock with the
+    /// new state cached in it. A refused chunk leaves the cached state as it was.
     async fn append(
         &self,
         id: &str,
+        mut guard: Guard,
         progress: UploadProgress,
         range: Option<ChunkRange>,
         body: ByteStream,
-    ) -> Result<UploadProgress> {
+    ) -> Result<(Guard, UploadProgress)> {
         let body = match range {
-            Some(r) if r.start != progress.size => {
-                return Err(RegistryError::ChunkOutOfOrder {
-                    size: progress.size,
-                })
+            Some(r) if r.start != progress.size || r.end < r.start => {
+                let size = progress.size;
+                *guard = Some(progress);
+                return Err(RegistryError::ChunkOutOfOrder { size });
             }
-            Some(r) if r.end < r.start => {
-                return Err(RegistryError::ChunkOutOfOrder {
-                    size: progress.size,
-                })
-            }
-            Some(r) => exact_length(body, r.end - r.start + 1),
+            Some(r) => match (r.end - r.start).checked_add(1) {
+                Some(len) => exact_length(body, len),
+                None => {
+                    *guard = Some(progress);
+                    return Err(RegistryError::UploadInvalid(
+                        "Content-Range is too large".into(),
+                    ));
+                }
+            },
             None => body,
         };
+        let blobs = self.blobs.clone();
         let limit = self.settings.max_blob_bytes;
-        Ok(self.blobs.append_upload(id, progress, body, limit).await?)
+        let id = id.to_string();
+        let task = tokio::spawn(async move {
+            let before = progress.clone();
+            match blobs.append_upload(&id, progress, body, limit).await {
+                Ok(p) => {
+                    *guard = Some(p.clone());
+                    Ok((guard, p))
+                }
+                Err(e) => {
+                    // The store cut the upload back to `before` on these; other failures
+                    // leave the state unknown, to be rebuilt from storage.
+                    if matches!(e, StorageError::Body(_) | StorageError::TooLarge { .. }) {
+                        *guard = Some(before);
+                    }
+                    Err(e)
+                }
+            }
+        });
+        match task.await {
+            Ok(result) => Ok(result?),
+            Err(join) => Err(RegistryError::Storage(StorageError::Io(io::Error::other(
+                join,
+            )))),
+        }
     }
 
     /// Close an upload: append the final chunk if any, verify the digest, commit.
@@ -243,25 +281,26 @@ impl Registry {
         body: Option<ByteStream>,
     ) -> Result<u64> {
         let s = self.session(repo, id).await?;
-        let slot = self.uploads.slot(&s.id);
-        let mut cached = slot.lock().await;
-        let mut progress = self.progress(cached.take(), &s).await?;
+        let mut guard = self.uploads.lock(&s.id).await;
+        let mut progress = self.progress(guard.take(), &s).await?;
         if let Some(body) = body {
-            progress = self.append(&s.id, progress, range, body).await?;
-            *cached = Some(progress.clone());
+            let (g, p) = self.append(&s.id, guard, progress, range, body).await?;
+            guard = g;
+            progress = p;
         }
+        *guard = Some(progress.clone());
         let size = progress.size;
         if let Err(e) = self.verify_and_commit(repo, &s.id, digest, progress).await {
             if matches!(e, RegistryError::DigestInvalid(_)) {
                 // The content can never become this digest: the session is over.
                 self.discard_upload(&s.id).await?;
-                *cached = None;
+                *guard = None;
             }
             return Err(e);
         }
         self.meta.delete_upload(&s.id).await?;
-        *cached = None;
-        drop(cached);
+        *guard = None;
+        drop(guard);
         self.uploads.forget(&s.id);
         Ok(size)
     }
@@ -298,11 +337,10 @@ impl Registry {
     /// Cancel an upload session.
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let s = self.session(repo, id).await?;
-        let slot = self.uploads.slot(&s.id);
-        let mut cached = slot.lock().await;
+        let mut guard = self.uploads.lock(&s.id).await;
         self.discard_upload(&s.id).await?;
-        *cached = None;
-        drop(cached);
+        *guard = None;
+        drop(guard);
         self.uploads.forget(&s.id);
         Ok(())
     }
@@ -321,13 +359,17 @@ impl Registry {
             hasher: digest.algorithm().hasher(),
         };
         let result = async {
-            let progress = self.append(&id, fresh, None, body).await?;
+            let guard = self.uploads.lock(&id).await;
+            let (guard, progress) = self.append(&id, guard, fresh, None, body).await?;
+            drop(guard);
+            self.uploads.forget(&id);
             let size = progress.size;
             self.verify_and_commit(repo, &id, digest, progress).await?;
             Ok(size)
         }
         .await;
         if result.is_err() {
+            self.uploads.forget(&id);
             self.blobs.delete_upload(&id).await?;
         }
         result

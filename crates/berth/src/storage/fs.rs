@@ -13,11 +13,12 @@
 use super::{ByteRange, ByteStream, Result, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use oci::{Algorithm, Digest};
+use oci::{Algorithm, Digest, Hasher};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Bytes gathered before one write to disk (and read at once when rehashing).
 const IO_CHUNK: usize = 1024 * 1024;
@@ -30,6 +31,8 @@ const READ_AHEAD: usize = 8;
 
 pub struct FsBlobStore {
     root: PathBuf,
+    /// How long a blob reader waits for a client that stopped reading.
+    stall_timeout: Duration,
 }
 
 impl FsBlobStore {
@@ -39,7 +42,15 @@ impl FsBlobStore {
         std::fs::create_dir_all(root.join("uploads"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
+            stall_timeout: Duration::from_secs(60),
         })
+    }
+
+    /// Give up on a blob download whose client has not taken any bytes for `timeout`,
+    /// so a stalled client cannot hold a reader thread for ever.
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> FsBlobStore {
+        self.stall_timeout = timeout;
+        self
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -77,6 +88,29 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+type WriteJob = tokio::task::JoinHandle<io::Result<(File, Hasher)>>;
+
+/// Hash and write one batch on a blocking thread.
+fn spawn_write(mut f: File, mut hasher: Hasher, mut bufs: Vec<Bytes>) -> WriteJob {
+    tokio::task::spawn_blocking(move || {
+        for b in &bufs {
+            hasher.update(b);
+        }
+        write_all_vectored(&mut f, &mut bufs)?;
+        Ok((f, hasher))
+    })
+}
+
+async fn finish_write(job: WriteJob) -> Result<(File, Hasher)> {
+    Ok(job
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(e)))??)
+}
+
+fn writer_lost() -> StorageError {
+    StorageError::Io(io::Error::other("upload writer state lost"))
+}
+
 /// Write all of `bufs` (which may be partially written by each call).
 fn write_all_vectored(f: &mut File, bufs: &mut Vec<Bytes>) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
@@ -109,6 +143,8 @@ impl super::BlobStore for FsBlobStore {
         })
         .await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        let handle = tokio::runtime::Handle::current();
+        let stall = self.stall_timeout;
         tokio::task::spawn_blocking(move || {
             let (mut pos, end) = match range {
                 Some(r) => (r.start, r.end + 1),
@@ -121,7 +157,9 @@ impl super::BlobStore for FsBlobStore {
                 },
             };
             while pos < end {
-                let want = usize::try_from(end - pos).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+                let want = usize::try_from(end - pos)
+                    .unwrap_or(READ_CHUNK)
+                    .min(READ_CHUNK);
                 let mut buf = vec![0u8; want];
                 let mut filled = 0;
                 while filled < want {
@@ -142,10 +180,11 @@ impl super::BlobStore for FsBlobStore {
                     )));
                     return;
                 }
-                buf.truncate(filled);
                 pos += filled as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return; // the client went away
+                let sent =
+                    handle.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(buf)))));
+                if !matches!(sent, Ok(Ok(()))) {
+                    return; // the client went away, or stopped reading
                 }
             }
         });
@@ -164,11 +203,14 @@ impl super::BlobStore for FsBlobStore {
 
     async fn create_upload(&self, id: &str) -> Result<()> {
         let path = self.upload_path(id)?;
+        let dir = self.root.join("uploads");
         blocking(move || {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
+            // The session is acknowledged to the client: its file must survive a crash.
+            fsync_dir(&dir)?;
             Ok(())
         })
         .await
@@ -190,13 +232,13 @@ impl super::BlobStore for FsBlobStore {
         limit: u64,
     ) -> Result<UploadProgress> {
         let path = self.upload_path(id)?;
-        let handle = tokio::runtime::Handle::current();
-        blocking(move || {
+        let start = progress.size;
+        let open_path = path.clone();
+        let file = blocking(move || {
             let mut f = OpenOptions::new()
                 .write(true)
-                .open(&path)
+                .open(&open_path)
                 .map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
-            let start = progress.size;
             let actual = f.metadata()?.len();
             if actual != start {
                 return Err(StorageError::OffsetMismatch {
@@ -205,39 +247,67 @@ impl super::BlobStore for FsBlobStore {
                 });
             }
             f.seek(SeekFrom::Start(start))?;
-            let mut hasher = progress.hasher;
-            let mut size = start;
-            let mut pending: Vec<Bytes> = Vec::new();
-            let mut pending_len = 0usize;
-            let result = (|| -> Result<()> {
-                while let Some(chunk) = handle.block_on(body.next()) {
-                    let chunk = chunk.map_err(StorageError::Body)?;
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(StorageError::TooLarge { limit });
-                    }
-                    hasher.update(&chunk);
-                    pending_len += chunk.len();
-                    pending.push(chunk);
-                    if pending_len >= IO_CHUNK {
-                        write_all_vectored(&mut f, &mut pending)?;
-                        pending_len = 0;
-                    }
+            Ok(f)
+        })
+        .await?;
+
+        // The network is read here, on the async side; each ~1 MiB batch goes to a blocking
+        // thread that hashes and writes it in one pass while the next batch arrives. The
+        // file and hash state travel with the batch and come back, so no thread ever waits
+        // on a slow client.
+        let mut idle: Option<(File, Hasher)> = Some((file, progress.hasher));
+        let mut job: Option<WriteJob> = None;
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_len = 0usize;
+        let mut size = start;
+        let outcome: Result<Hasher> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(StorageError::Body)?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(StorageError::TooLarge { limit });
                 }
-                write_all_vectored(&mut f, &mut pending)?;
-                f.sync_data()?;
-                Ok(())
-            })();
-            match result {
-                Ok(()) => Ok(UploadProgress { size, hasher }),
-                Err(e) => {
-                    // Cut back to where the write started, so the upload stays resumable.
-                    f.set_len(start)?;
-                    Err(e)
+                pending_len += chunk.len();
+                pending.push(chunk);
+                if pending_len >= IO_CHUNK {
+                    if let Some(j) = job.take() {
+                        idle = Some(finish_write(j).await?);
+                    }
+                    let (f, h) = idle.take().ok_or_else(writer_lost)?;
+                    job = Some(spawn_write(f, h, std::mem::take(&mut pending)));
+                    pending_len = 0;
                 }
             }
-        })
-        .await
+            if let Some(j) = job.take() {
+                idle = Some(finish_write(j).await?);
+            }
+            let (f, h) = idle.take().ok_or_else(writer_lost)?;
+            let (f, h) = finish_write(spawn_write(f, h, std::mem::take(&mut pending))).await?;
+            blocking(move || {
+                f.sync_data()?;
+                Ok(h)
+            })
+            .await
+        }
+        .await;
+        match outcome {
+            Ok(hasher) => Ok(UploadProgress { size, hasher }),
+            Err(e) => {
+                // Let an in-flight write land, then cut back to where this append started,
+                // so the upload stays as it was and resumable.
+                if let Some(j) = job.take() {
+                    let _ = j.await;
+                }
+                blocking(move || {
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(start)?;
+                    f.sync_data()?;
+                    Ok(())
+                })
+                .await?;
+                Err(e)
+            }
+        }
     }
 
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
@@ -267,15 +337,25 @@ impl super::BlobStore for FsBlobStore {
         let from = self.upload_path(id)?;
         let to = self.blob_path(digest);
         blocking(move || {
-            let f = File::open(&from).map_err(|e| not_found_as(e, StorageError::UploadNotFound))?;
-            f.sync_all()?;
-            drop(f);
+            // The data was fsynced by the appends; the rename makes it visible under its
+            // digest, and fsyncing each directory that changed makes that durable.
+            if !from.exists() {
+                return Err(StorageError::UploadNotFound);
+            }
             let dir = to
                 .parent()
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            if !dir.exists() {
-                std::fs::create_dir_all(dir)?;
-                if let Some(parent) = dir.parent() {
+            let mut created = Vec::new();
+            let mut d = dir;
+            while !d.exists() {
+                created.push(d.to_path_buf());
+                d = d
+                    .parent()
+                    .ok_or_else(|| io::Error::other("no existing ancestor"))?;
+            }
+            std::fs::create_dir_all(dir)?;
+            for c in created.iter().rev() {
+                if let Some(parent) = c.parent() {
                     fsync_dir(parent)?;
                 }
             }
