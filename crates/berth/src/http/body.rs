@@ -62,22 +62,19 @@ impl<S: Stream<Item = Result<Bytes, axum::Error>> + Unpin> Stream for IdleTimeou
                 self.sleep = None;
                 Poll::Ready(item.map(|r| r.map_err(io::Error::other)))
             }
-            Poll::Pending => match {
+            Poll::Pending => {
                 let idle = self.idle;
-                self.sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)))
-                    .as_mut()
-                    .poll(cx)
-            } {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no request body bytes arrived for {} s",
-                        self.idle.as_secs()
-                    ),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no request body bytes arrived for {} s", idle.as_secs()),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
