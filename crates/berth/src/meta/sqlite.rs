@@ -15,8 +15,10 @@ use std::path::Path;
 use std::time::Duration;
 
 pub struct SqliteMeta {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    /// The single writer connection (sibling modules add their own trait impls).
+    pub(super) writer: SqlitePool,
+    /// Read-only connections.
+    pub(super) reader: SqlitePool,
 }
 
 const READERS: u32 = 8;
