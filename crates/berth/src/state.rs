@@ -79,6 +79,9 @@ pub async fn run(
         registry,
         HttpOptions {
             access_log: config.access_log,
+            prefix: config.http_prefix.clone(),
+            host: config.http_host.clone(),
+            absolute_urls: config.absolute_urls,
         },
     );
     tracing::info!(

@@ -59,6 +59,13 @@ impl Api {
         }
     }
 
+    fn with_config(config: &str) -> Api {
+        Api {
+            b: Berth::start_with_config(config),
+            c: Client::new(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.b.url, path)
     }
@@ -1554,4 +1561,61 @@ async fn refused_chunk_keeps_the_upload_resumable() {
         .await
         .expect("get");
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn url_prefix_host_and_absolute_urls() {
+    // http.prefix: the API moves under the prefix, and handed-out URLs include it.
+    let a = Api::with_config("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  prefix: /registry/\n");
+    assert_eq!(a.get("/registry/v2/").await.status(), StatusCode::OK);
+    assert_eq!(a.get("/v2/").await.status(), StatusCode::NOT_FOUND);
+    let r = a
+        .req(Method::POST, "/registry/v2/p/blobs/uploads/")
+        .send()
+        .await
+        .expect("post");
+    let loc = hdr(&r, "location").expect("location").to_string();
+    assert!(loc.starts_with("/registry/v2/p/blobs/uploads/"), "{loc}");
+    let d = sha256(b"x");
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .body("x")
+            .send()
+            .await
+            .expect("put");
+    assert_eq!(
+        hdr(&r, "location"),
+        Some(format!("/registry/v2/p/blobs/{d}").as_str())
+    );
+
+    // http.host: absolute URLs on that host.
+    let a = Api::with_config("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  host: https://registry.example.com/\n");
+    let r = a
+        .req(Method::POST, "/v2/h/blobs/uploads/")
+        .send()
+        .await
+        .expect("post");
+    assert!(hdr(&r, "location")
+        .expect("location")
+        .starts_with("https://registry.example.com/v2/h/blobs/uploads/"));
+
+    // relativeurls: false -> absolute URLs from the request, honouring a proxy's headers.
+    let a = Api::with_config("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  relativeurls: false\n");
+    let r = a
+        .req(Method::POST, "/v2/abs/blobs/uploads/")
+        .send()
+        .await
+        .expect("post");
+    let want = format!("http://{}/v2/abs/blobs/uploads/", a.b.host);
+    assert!(hdr(&r, "location").expect("location").starts_with(&want));
+    let r = a
+        .req(Method::POST, "/v2/abs/blobs/uploads/")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "proxy.example:8443, inner")
+        .send()
+        .await
+        .expect("post");
+    assert!(hdr(&r, "location")
+        .expect("location")
+        .starts_with("https://proxy.example:8443/v2/abs/blobs/uploads/"));
 }

@@ -37,6 +37,13 @@ pub struct Config {
     pub delete_enabled: bool,
     /// `http.addr`: `host:port`, or `:port` for every interface.
     pub addr: String,
+    /// `http.prefix`: the API is served under this path (normalized: `/path`, or empty).
+    pub http_prefix: String,
+    /// `http.host`: absolute base URL (scheme and host) for the URLs the registry hands out.
+    pub http_host: Option<String>,
+    /// `http.relativeurls`: Berth hands out relative URLs unless this is explicitly false
+    /// (then absolute ones built from the request, as Distribution does by default).
+    pub absolute_urls: bool,
     /// `limits.manifestsize`: largest manifest accepted (default 4 MiB).
     pub max_manifest_bytes: usize,
     /// `limits.blobsize`: largest blob accepted (default 1 TiB).
@@ -59,6 +66,9 @@ impl Default for Config {
             root: PathBuf::from(DEFAULT_ROOT),
             delete_enabled: s.delete_enabled,
             addr: ":5000".into(),
+            http_prefix: String::new(),
+            http_host: None,
+            absolute_urls: false,
             max_manifest_bytes: s.max_manifest_bytes,
             max_blob_bytes: s.max_blob_bytes,
             body_idle_timeout: s.body_idle_timeout,
@@ -110,12 +120,16 @@ pub struct Loaded {
 /// Keys Berth honours.
 const IMPLEMENTED: &[&str] = &[
     "version",
+    "loglevel",
     "log.level",
     "log.formatter",
     "log.accesslog.disabled",
     "storage.filesystem.rootdirectory",
     "storage.delete.enabled",
     "http.addr",
+    "http.prefix",
+    "http.host",
+    "http.relativeurls",
     "limits.manifestsize",
     "limits.blobsize",
     "limits.bodyidletimeout",
@@ -195,6 +209,7 @@ impl Loaded {
         for (var, value) in env {
             apply_env(&mut tree, &var, &value)?;
         }
+        normalize_sections(&mut tree);
         let mut warnings = Vec::new();
         check_keys(&tree, "", &mut warnings);
         let config = read_config(&tree, path.is_some())?;
@@ -202,9 +217,27 @@ impl Loaded {
     }
 }
 
-/// `REGISTRY_A_B_C=value` sets `a.b.c` to `value` parsed as YAML.
+/// Distribution matches environment variables against its Go field names; where those
+/// differ from the YAML keys, the variable uses the Go name (`..._EVENTCONFIG_...`).
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("notifications.eventconfig", "notifications.events"),
+    ("health.filecheckers", "health.file"),
+    ("health.httpcheckers", "health.http"),
+    ("health.tcpcheckers", "health.tcp"),
+    (
+        "compatibility.schema1.trustkey",
+        "compatibility.schema1.signingkeyfile",
+    ),
+    ("log.hooks.mailoptions", "log.hooks.options"),
+];
+
+/// `REGISTRY_A_B_C=value` sets `a.b.c` to `value` parsed as YAML, replacing whatever was
+/// there (a map value replaces the whole subtree, as in Distribution). Variables are
+/// applied in sorted order, so `REGISTRY_AUTH=htpasswd` comes before
+/// `REGISTRY_AUTH_HTPASSWD_PATH=...`. A numeric component indexes a list
+/// (`REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL`), as Distribution 3 allows.
 fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = var["REGISTRY_".len()..]
+    let mut path: Vec<String> = var["REGISTRY_".len()..]
         .split('_')
         .map(|s| s.to_ascii_lowercase())
         .collect();
@@ -214,28 +247,75 @@ fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
             reason: "is not of the form REGISTRY_SECTION_KEY".into(),
         });
     }
+    let joined = path.join(".");
+    for (alias, real) in ENV_ALIASES {
+        if joined == *alias || joined.starts_with(&format!("{alias}.")) {
+            let rest = &joined[alias.len()..];
+            path = format!("{real}{rest}")
+                .split('.')
+                .map(str::to_string)
+                .collect();
+            break;
+        }
+    }
     let parsed: Value =
         serde_yaml::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    let mut node = tree;
-    for (i, seg) in path.iter().enumerate() {
-        if !node.is_mapping() {
-            *node = Value::Mapping(Mapping::new());
-        }
-        let Value::Mapping(map) = node else {
-            unreachable_mapping();
-            return Ok(());
-        };
-        let key = Value::String(seg.clone());
-        if i == path.len() - 1 {
-            map.insert(key, parsed);
-            return Ok(());
-        }
-        node = map.entry(key).or_insert(Value::Mapping(Mapping::new()));
-    }
-    Ok(())
+    set_path(tree, &path, parsed).map_err(|reason| ConfigError::Env {
+        var: var.into(),
+        reason,
+    })
 }
 
-fn unreachable_mapping() {}
+fn set_path(node: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    if let (Value::Sequence(seq), Ok(i)) = (&mut *node, first.parse::<usize>()) {
+        if i == seq.len() {
+            seq.push(Value::Null);
+        }
+        return match seq.get_mut(i) {
+            Some(item) => set_path(item, rest, value),
+            None => Err(format!(
+                "list index {i} is past the end (the list has {} entries)",
+                seq.len()
+            )),
+        };
+    }
+    if !node.is_mapping() {
+        *node = Value::Mapping(Mapping::new());
+    }
+    match node {
+        Value::Mapping(map) => {
+            let child = map
+                .entry(Value::String(first.clone()))
+                .or_insert(Value::Null);
+            set_path(child, rest, value)
+        }
+        _ => Err("cannot set a key inside a non-map value".into()),
+    }
+}
+
+/// `storage: filesystem` and `auth: htpasswd` (or the same through `REGISTRY_STORAGE`/
+/// `REGISTRY_AUTH`) name a driver without parameters: make them maps. `auth: none`
+/// means no authentication.
+fn normalize_sections(tree: &mut Value) {
+    let Value::Mapping(map) = tree else { return };
+    for section in ["storage", "auth"] {
+        let key = Value::String(section.into());
+        if let Some(Value::String(name)) = map.get(&key).cloned() {
+            let mut inner = Mapping::new();
+            if !(section == "auth" && name.eq_ignore_ascii_case("none")) {
+                inner.insert(
+                    Value::String(name.to_ascii_lowercase()),
+                    Value::Mapping(Mapping::new()),
+                );
+            }
+            map.insert(key, Value::Mapping(inner));
+        }
+    }
+}
 
 fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
     let Value::Mapping(map) = v else { return };
@@ -385,7 +465,12 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
             ));
         }
     }
-    if let Some(level) = get_str(tree, "log.level")? {
+    // `loglevel` is Distribution's deprecated spelling, used when log.level is absent.
+    let level = match get_str(tree, "log.level")? {
+        Some(l) => Some(l),
+        None => get_str(tree, "loglevel")?,
+    };
+    if let Some(level) = level {
         c.log_level = match level.to_ascii_lowercase().as_str() {
             l @ ("error" | "warn" | "info" | "debug" | "trace") => l.to_string(),
             "warning" => "warn".into(),
@@ -414,23 +499,25 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
         c.access_log = !disabled;
     }
     if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
-        for (k, _) in storage {
-            let Some(k) = k.as_str() else { continue };
-            if ![
-                "filesystem",
-                "delete",
-                "maintenance",
-                "cache",
-                "redirect",
-                "tag",
-            ]
-            .contains(&k)
-            {
-                return Err(bad(
-                    &format!("storage.{k}"),
-                    "this storage driver is not supported yet; use storage.filesystem",
-                ));
-            }
+        let drivers: Vec<&str> = storage
+            .keys()
+            .filter_map(Value::as_str)
+            .filter(|k| !["delete", "maintenance", "cache", "redirect", "tag"].contains(k))
+            .collect();
+        if drivers.len() > 1 {
+            return Err(bad(
+                "storage",
+                format!(
+                    "exactly one storage driver must be configured, found: {}",
+                    drivers.join(", ")
+                ),
+            ));
+        }
+        if let Some(other) = drivers.iter().find(|d| **d != "filesystem") {
+            return Err(bad(
+                &format!("storage.{other}"),
+                "this storage driver is not supported yet; use storage.filesystem",
+            ));
         }
         if get(tree, "storage.filesystem").is_some()
             || storage.contains_key(Value::String("filesystem".into()))
@@ -457,6 +544,28 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
             ));
         }
         c.addr = addr;
+    }
+    if let Some(prefix) = get_str(tree, "http.prefix")? {
+        let trimmed = prefix.trim_matches('/');
+        c.http_prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        };
+    }
+    if let Some(host) = get_str(tree, "http.host")? {
+        let ok = (host.starts_with("http://") || host.starts_with("https://"))
+            && host.split("://").nth(1).is_some_and(|h| !h.is_empty());
+        if !ok {
+            return Err(bad(
+                "http.host",
+                format!("{host:?} must be an absolute URL such as https://registry.example.com"),
+            ));
+        }
+        c.http_host = Some(host.trim_end_matches('/').to_string());
+    }
+    if let Some(relative) = get_bool(tree, "http.relativeurls")? {
+        c.absolute_urls = !relative;
     }
     if let Some(n) = get_size(tree, "limits.manifestsize")? {
         c.max_manifest_bytes =
@@ -557,6 +666,114 @@ mod tests {
         assert!(e.to_string().contains("version"), "{e}");
         let l = load("bogus: 1\nlimits:\n  nope: 2\n", &[]).expect("load");
         assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+    }
+
+    fn tree_after(yaml: &str, env: &[(&str, &str)]) -> Value {
+        let mut tree: Value = serde_yaml::from_str(yaml).expect("yaml");
+        let mut env: Vec<_> = env.to_vec();
+        env.sort();
+        for (k, v) in env {
+            apply_env(&mut tree, k, v).expect("apply");
+        }
+        normalize_sections(&mut tree);
+        tree
+    }
+
+    #[test]
+    fn env_follows_distribution() {
+        // A bare driver name, then its parameters (sorted order applies the name first).
+        let t = tree_after(
+            "auth:\n  token:\n    realm: x\n",
+            &[
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+                ("REGISTRY_AUTH", "htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+            ],
+        );
+        assert_eq!(
+            get(&t, "auth.htpasswd.path").and_then(Value::as_str),
+            Some("/auth/htpasswd")
+        );
+        assert_eq!(
+            get(&t, "auth.htpasswd.realm").and_then(Value::as_str),
+            Some("Registry Realm")
+        );
+        assert!(
+            get(&t, "auth.token").is_none(),
+            "REGISTRY_AUTH replaces the file's auth section"
+        );
+        let t = tree_after("version: 0.1\n", &[("REGISTRY_AUTH", "htpasswd")]);
+        assert!(get(&t, "auth.htpasswd").is_some());
+        let t = tree_after("auth: none\n", &[]);
+        assert!(get(&t, "auth")
+            .and_then(Value::as_mapping)
+            .is_some_and(|m| m.is_empty()));
+        // Go field names where they differ from the YAML keys.
+        let t = tree_after(
+            "version: 0.1\n",
+            &[
+                (
+                    "REGISTRY_NOTIFICATIONS_EVENTCONFIG_INCLUDEREFERENCES",
+                    "true",
+                ),
+                (
+                    "REGISTRY_HEALTH_FILECHECKERS",
+                    "[{file: /tmp/down, interval: 5s}]",
+                ),
+            ],
+        );
+        assert_eq!(
+            get(&t, "notifications.events.includereferences").and_then(Value::as_bool),
+            Some(true)
+        );
+        assert_eq!(
+            get(&t, "health.file.0.file").and_then(Value::as_str),
+            None,
+            "lists are not maps"
+        );
+        assert!(get(&t, "health.file")
+            .and_then(Value::as_sequence)
+            .is_some_and(|s| s.len() == 1));
+        // List elements by index.
+        let t = tree_after(
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://old\n",
+            &[(
+                "REGISTRY_NOTIFICATIONS_ENDPOINTS_0_URL",
+                "http://new:8080/events",
+            )],
+        );
+        let ep = &get(&t, "notifications.endpoints")
+            .and_then(Value::as_sequence)
+            .expect("list")[0];
+        assert_eq!(
+            ep.get("url").and_then(Value::as_str),
+            Some("http://new:8080/events")
+        );
+        assert_eq!(ep.get("name").and_then(Value::as_str), Some("a"));
+        // YAML typing of values.
+        let t = tree_after(
+            "version: 0.1\n",
+            &[("REGISTRY_HTTP_HEADERS_X-FRAME-OPTIONS", "[DENY]")],
+        );
+        assert!(get(&t, "http.headers.x-frame-options")
+            .and_then(Value::as_sequence)
+            .is_some());
+    }
+
+    #[test]
+    fn deprecated_loglevel_and_driver_count() {
+        let l = load("loglevel: debug\n", &[]).expect("load");
+        assert_eq!(l.config.log_level, "debug");
+        let l = load("loglevel: debug\nlog:\n  level: warn\n", &[]).expect("load");
+        assert_eq!(l.config.log_level, "warn");
+        let e = load(
+            "storage:\n  filesystem:\n    rootdirectory: /a\n",
+            &[("REGISTRY_STORAGE_INMEMORY", "{}")],
+        )
+        .expect_err("two drivers");
+        assert!(e.to_string().contains("exactly one storage driver"), "{e}");
+        let l = load("storage: filesystem\n", &[]).expect("bare driver name");
+        assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
     }
 
     #[test]

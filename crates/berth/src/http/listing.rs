@@ -44,7 +44,7 @@ fn next_link(path: &str, page: &Page) -> Option<String> {
 
 pub async fn tags(r: &Registry, req: &Req, repo: &RepoName) -> Result<Response, ApiError> {
     let page = r.list_tags(repo, req.param("last"), parse_n(req)?).await?;
-    let link = next_link(&format!("/v2/{repo}/tags/list"), &page);
+    let link = next_link(&req.url(&format!("/v2/{repo}/tags/list")), &page);
     Ok(json(
         serde_json::json!({ "name": repo.as_str(), "tags": page.items }),
         "application/json",
@@ -54,7 +54,7 @@ pub async fn tags(r: &Registry, req: &Req, repo: &RepoName) -> Result<Response, 
 
 pub async fn catalog(r: &Registry, req: &Req) -> Result<Response, ApiError> {
     let page = r.catalog(req.param("last"), parse_n(req)?).await?;
-    let link = next_link("/v2/_catalog", &page);
+    let link = next_link(&req.url("/v2/_catalog"), &page);
     Ok(json(
         serde_json::json!({ "repositories": page.items }),
         "application/json",

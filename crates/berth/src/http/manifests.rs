@@ -99,7 +99,7 @@ pub async fn put(
     let mut headers = vec![
         (
             "location",
-            format!("/v2/{repo}/manifests/{}", pushed.digest),
+            req.url(&format!("/v2/{repo}/manifests/{}", pushed.digest)),
         ),
         ("docker-content-digest", pushed.digest.to_string()),
     ];

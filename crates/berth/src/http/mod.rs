@@ -32,6 +32,23 @@ use std::time::Instant;
 pub struct HttpOptions {
     /// Log one line per request.
     pub access_log: bool,
+    /// `http.prefix`: the API lives under this path (`/registry` -> `/registry/v2/`).
+    pub prefix: String,
+    /// `http.host`: absolute base URL for `Location` headers (`https://reg.example.com`).
+    pub host: Option<String>,
+    /// Absolute `Location` URLs built from the request (`http.relativeurls: false` given
+    /// explicitly); otherwise they are relative paths.
+    pub absolute_urls: bool,
+}
+
+/// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsConnection;
+
+/// Everything a request needs from the application.
+pub(crate) struct App {
+    registry: Arc<Registry>,
+    options: HttpOptions,
 }
 
 /// What a handler gets: the parsed request.
@@ -39,6 +56,16 @@ pub(crate) struct Req {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Vec<(String, String)>,
+    /// What goes before `/v2/...` in URLs this response hands out: the prefix, or an
+    /// absolute base.
+    pub base: String,
+}
+
+impl Req {
+    /// A URL for `path` (which starts with `/v2/`) as this registry hands it out.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
 }
 
 impl Req {
@@ -57,11 +84,12 @@ impl Req {
 
 /// The application: every request goes through [`dispatch`].
 pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
+    let log_requests = options.access_log;
     let app = Router::new()
         .fallback(dispatch)
-        .with_state(registry)
+        .with_state(Arc::new(App { registry, options }))
         .layer(middleware::map_response(api_version_header));
-    if options.access_log {
+    if log_requests {
         app.layer(middleware::from_fn(access_log))
     } else {
         app
@@ -128,14 +156,38 @@ async fn access_log(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn dispatch(
-    State(registry): State<Arc<Registry>>,
-    method: Method,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let endpoint = match Endpoint::parse(uri.path()) {
+/// The base of the URLs handed out for this request.
+fn url_base(options: &HttpOptions, parts: &axum::http::request::Parts) -> String {
+    if let Some(host) = &options.host {
+        return format!("{}{}", host.trim_end_matches('/'), options.prefix);
+    }
+    if !options.absolute_urls {
+        return options.prefix.clone();
+    }
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let first = |v: &str| v.split(',').next().unwrap_or("").trim().to_string();
+    let scheme = header("x-forwarded-proto").map(first).unwrap_or_else(|| {
+        if parts.extensions.get::<TlsConnection>().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+        .to_string()
+    });
+    let host = header("x-forwarded-host")
+        .map(first)
+        .or_else(|| header("host").map(str::to_string))
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    format!("{scheme}://{host}{}", options.prefix)
+}
+
+async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
+        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    };
+    let endpoint = match Endpoint::parse(path) {
         Ok(e) => e,
         Err(PathError::NotFound) => {
             return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
@@ -147,16 +199,18 @@ async fn dispatch(
             return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
         }
     };
-    let query = uri
+    let query = parts
+        .uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let req = Req {
-        method,
-        headers,
+        base: url_base(&app.options, &parts),
+        method: parts.method,
+        headers: parts.headers,
         query,
     };
-    let r = &registry;
+    let r = &app.registry;
     let result = match (&req.method, endpoint) {
         (&Method::GET, Endpoint::Base) => Ok(base()),
         (&Method::GET, Endpoint::Catalog) => listing::catalog(r, &req).await,
@@ -180,7 +234,7 @@ async fn dispatch(
             blobs::delete(r, &repo, &digest).await
         }
         (&Method::POST, Endpoint::Uploads { repo }) => uploads::post(r, &req, body, &repo).await,
-        (&Method::GET, Endpoint::Upload { repo, id }) => uploads::status(r, &repo, &id).await,
+        (&Method::GET, Endpoint::Upload { repo, id }) => uploads::status(r, &req, &repo, &id).await,
         (&Method::PATCH, Endpoint::Upload { repo, id }) => {
             uploads::patch(r, &req, body, &repo, &id).await
         }

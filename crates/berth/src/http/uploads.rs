@@ -10,8 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use oci::{Algorithm, Digest, ErrorCode, RepoName};
 
-fn upload_location(repo: &RepoName, id: &str) -> String {
-    format!("/v2/{repo}/blobs/uploads/{id}")
+fn upload_location(req: &Req, repo: &RepoName, id: &str) -> String {
+    req.url(&format!("/v2/{repo}/blobs/uploads/{id}"))
 }
 
 /// `Range: 0-<last byte>` as Distribution sends it (`0-0` for an empty upload).
@@ -19,19 +19,19 @@ fn range_header(size: u64) -> String {
     format!("0-{}", size.saturating_sub(1))
 }
 
-fn session_headers(repo: &RepoName, s: &UploadState) -> Vec<(&'static str, String)> {
+fn session_headers(req: &Req, repo: &RepoName, s: &UploadState) -> Vec<(&'static str, String)> {
     vec![
-        ("location", upload_location(repo, &s.id)),
+        ("location", upload_location(req, repo, &s.id)),
         ("docker-upload-uuid", s.id.clone()),
         ("range", range_header(s.size)),
     ]
 }
 
-fn created(repo: &RepoName, digest: &Digest) -> Response {
+fn created(req: &Req, repo: &RepoName, digest: &Digest) -> Response {
     empty(
         StatusCode::CREATED,
         &[
-            ("location", format!("/v2/{repo}/blobs/{digest}")),
+            ("location", req.url(&format!("/v2/{repo}/blobs/{digest}"))),
             ("docker-content-digest", digest.to_string()),
         ],
     )
@@ -74,10 +74,10 @@ fn has_body(body: &Body) -> bool {
 }
 
 /// A 416 that tells the client where the upload really stands.
-fn out_of_order(repo: &RepoName, id: &str, e: RegistryError) -> ApiError {
+fn out_of_order(req: &Req, repo: &RepoName, id: &str, e: RegistryError) -> ApiError {
     match e {
         RegistryError::ChunkOutOfOrder { size } => ApiError::from(e)
-            .header(header::LOCATION, &upload_location(repo, id))
+            .header(header::LOCATION, &upload_location(req, repo, id))
             .header(header::RANGE, &range_header(size))
             .header(header::HeaderName::from_static("docker-upload-uuid"), id),
         other => other.into(),
@@ -99,14 +99,14 @@ pub async fn post(
             _ => r.mount_blob(repo, &digest, from.as_ref()).await?,
         };
         if mounted {
-            return Ok(created(repo, &digest));
+            return Ok(created(req, repo, &digest));
         }
     } else if let Some(d) = req.param("digest") {
         let digest = parse_digest(d)?;
         let idle = r.settings().body_idle_timeout;
         r.put_blob(repo, &digest, request_body::stream(body, idle))
             .await?;
-        return Ok(created(repo, &digest));
+        return Ok(created(req, repo, &digest));
     }
     let algorithm = match req.param("digest-algorithm") {
         None => Algorithm::Sha256,
@@ -115,7 +115,7 @@ pub async fn post(
         })?,
     };
     let state = r.start_upload(repo, algorithm).await?;
-    let mut headers = session_headers(repo, &state);
+    let mut headers = session_headers(req, repo, &state);
     let min = r.settings().chunk_min_length;
     if min > 0 {
         headers.push(("oci-chunk-min-length", min.to_string()));
@@ -123,11 +123,16 @@ pub async fn post(
     Ok(empty(StatusCode::ACCEPTED, &headers))
 }
 
-pub async fn status(r: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
+pub async fn status(
+    r: &Registry,
+    req: &Req,
+    repo: &RepoName,
+    id: &str,
+) -> Result<Response, ApiError> {
     let state = r.upload_status(repo, id).await?;
     Ok(empty(
         StatusCode::NO_CONTENT,
-        &session_headers(repo, &state),
+        &session_headers(req, repo, &state),
     ))
 }
 
@@ -143,8 +148,11 @@ pub async fn patch(
     let state = r
         .upload_chunk(repo, id, range, request_body::stream(body, idle))
         .await
-        .map_err(|e| out_of_order(repo, id, e))?;
-    Ok(empty(StatusCode::ACCEPTED, &session_headers(repo, &state)))
+        .map_err(|e| out_of_order(req, repo, id, e))?;
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        &session_headers(req, repo, &state),
+    ))
 }
 
 pub async fn put(
@@ -165,8 +173,8 @@ pub async fn put(
     let body = has_body(&body).then(|| request_body::stream(body, idle));
     r.finish_upload(repo, id, &digest, range, body)
         .await
-        .map_err(|e| out_of_order(repo, id, e))?;
-    Ok(created(repo, &digest))
+        .map_err(|e| out_of_order(req, repo, id, e))?;
+    Ok(created(req, repo, &digest))
 }
 
 pub async fn cancel(r: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
