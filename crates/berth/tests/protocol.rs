@@ -156,6 +156,8 @@ async fn base_endpoint() {
     );
     let r = a.get("/v2").await;
     assert_eq!(r.status(), StatusCode::OK);
+    let r = a.req(Method::HEAD, "/v2/").send().await.expect("head");
+    assert_eq!(r.status(), StatusCode::OK, "clients probe with HEAD too");
     let r = a.get("/nothing").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -212,7 +212,8 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     };
     let r = &app.registry;
     let result = match (&req.method, endpoint) {
-        (&Method::GET, Endpoint::Base) => Ok(base()),
+        // Clients probe /v2/ with GET or HEAD; Distribution answers any method.
+        (_, Endpoint::Base) => Ok(base()),
         (&Method::GET, Endpoint::Catalog) => listing::catalog(r, &req).await,
         (&Method::GET, Endpoint::Tags { repo }) => listing::tags(r, &req, &repo).await,
         (&Method::GET, Endpoint::Referrers { repo, digest }) => {
@@ -234,6 +235,10 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
             blobs::delete(r, &repo, &digest).await
         }
         (&Method::POST, Endpoint::Uploads { repo }) => uploads::post(r, &req, body, &repo).await,
+        // Distribution answers a status request without an upload id as an unknown upload.
+        (&Method::GET, Endpoint::Uploads { .. }) => Err(ApiError::from(
+            crate::registry::RegistryError::UploadUnknown,
+        )),
         (&Method::GET, Endpoint::Upload { repo, id }) => uploads::status(r, &req, &repo, &id).await,
         (&Method::PATCH, Endpoint::Upload { repo, id }) => {
             uploads::patch(r, &req, body, &repo, &id).await
