@@ -70,7 +70,14 @@ fn main() -> anyhow::Result<()> {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            for n in &loaded.notes {
+                tracing::info!("{n}");
+            }
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = loaded.config.max_threads {
+                builder.max_blocking_threads(n);
+            }
+            let runtime = builder
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;

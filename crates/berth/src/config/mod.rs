@@ -33,6 +33,9 @@ pub struct Config {
     pub access_log: bool,
     /// `storage.filesystem.rootdirectory`: where blobs and the metadata database live.
     pub root: PathBuf,
+    /// `storage.filesystem.maxthreads`: most threads doing filesystem work at once
+    /// (Distribution's default 100, minimum 25); unset, Berth's runtime default (512).
+    pub max_threads: Option<usize>,
     /// `storage.delete.enabled`: allow deleting manifests, tags and blobs.
     pub delete_enabled: bool,
     /// `http.addr`: `host:port`, or `:port` for every interface.
@@ -65,6 +68,7 @@ impl Default for Config {
             access_log: true,
             root: PathBuf::from(DEFAULT_ROOT),
             delete_enabled: s.delete_enabled,
+            max_threads: None,
             addr: ":5000".into(),
             http_prefix: String::new(),
             http_host: None,
@@ -115,6 +119,8 @@ pub enum ConfigError {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
+    /// Keys that need nothing from Berth, with why (logged at info level).
+    pub notes: Vec<String>,
 }
 
 /// Keys Berth honours.
@@ -125,6 +131,7 @@ const IMPLEMENTED: &[&str] = &[
     "log.formatter",
     "log.accesslog.disabled",
     "storage.filesystem.rootdirectory",
+    "storage.filesystem.maxthreads",
     "storage.delete.enabled",
     "http.addr",
     "http.prefix",
@@ -135,6 +142,15 @@ const IMPLEMENTED: &[&str] = &[
     "limits.bodyidletimeout",
     "limits.pageentries",
     "limits.chunkminlength",
+];
+
+/// Distribution keys whose purpose Berth's design already serves.
+const BY_DESIGN: &[(&str, &str)] = &[
+    ("http.secret", "not needed: upload state lives in the metadata database, not in signed URLs, so any node can continue any upload"),
+    ("storage.cache.blobdescriptor", "not needed: blob descriptors are served from the metadata database"),
+    ("storage.cache", "not needed: blob descriptors are served from the metadata database"),
+    ("storage.redirect.disable", "not needed: the filesystem driver never redirects"),
+    ("storage.redirect", "not needed: the filesystem driver never redirects"),
 ];
 
 /// Top-level sections of Distribution's configuration.
@@ -212,8 +228,17 @@ impl Loaded {
         normalize_sections(&mut tree);
         let mut warnings = Vec::new();
         check_keys(&tree, "", &mut warnings);
+        let notes = BY_DESIGN
+            .iter()
+            .filter(|(key, _)| get(&tree, key).is_some())
+            .map(|(key, why)| format!("configuration key {key}: {why}"))
+            .collect();
         let config = read_config(&tree, path.is_some())?;
-        Ok(Loaded { config, warnings })
+        Ok(Loaded {
+            config,
+            warnings,
+            notes,
+        })
     }
 }
 
@@ -330,7 +355,7 @@ fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
             warnings.push(format!("configuration key {path}: {why}"));
             continue;
         }
-        if IMPLEMENTED.contains(&path.as_str()) {
+        if IMPLEMENTED.contains(&path.as_str()) || BY_DESIGN.iter().any(|(k, _)| *k == path) {
             continue;
         }
         let is_prefix = IMPLEMENTED
@@ -532,6 +557,10 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
         c.root = PathBuf::from(root);
     } else if !from_file {
         c.root = PathBuf::from(DEFAULT_ROOT);
+    }
+    if let Some(n) = get_size(tree, "storage.filesystem.maxthreads")? {
+        // Distribution raises values below 25 to 25.
+        c.max_threads = Some(usize::try_from(n).unwrap_or(usize::MAX).max(25));
     }
     if let Some(d) = get_bool(tree, "storage.delete.enabled")? {
         c.delete_enabled = d;
