@@ -653,13 +653,12 @@ mod tests {
         assert_eq!(l.config.root, PathBuf::from("/var/lib/docker-registry"));
         assert!(l.config.delete_enabled);
         let w = l.warnings.join("\n");
-        for key in [
-            "log.fields",
-            "storage.cache",
-            "http.headers",
-            "auth",
-            "health",
-        ] {
+        assert!(
+            l.notes.join("\n").contains("key storage.cache"),
+            "{:?}",
+            l.notes
+        );
+        for key in ["log.fields", "http.headers", "auth", "health"] {
             assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
         }
         assert!(w.contains("unauthenticated"));
