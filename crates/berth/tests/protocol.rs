@@ -1621,3 +1621,34 @@ async fn url_prefix_host_and_absolute_urls() {
         .expect("location")
         .starts_with("https://proxy.example:8443/v2/abs/blobs/uploads/"));
 }
+
+#[tokio::test]
+async fn layer_url_validation() {
+    let a = Api::with_config(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nvalidation:\n  manifests:\n    urls:\n      allow:\n        - ^https://layers\\.example\\.com/\n      deny:\n        - ^https://layers\\.example\\.com/secret/\n",
+    );
+    let cfg = a.push_blob("v", b"{}").await;
+    let with_url = |url: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.as_str(), "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                        "digest": sha256(url.as_bytes()).as_str(), "size": 10, "urls": [url]}],
+        }))
+        .expect("json")
+    };
+    let ok = with_url("https://layers.example.com/base.tar.gz");
+    assert_eq!(
+        a.put_manifest("v", "ok", OCI_MANIFEST, &ok).await.status(),
+        StatusCode::CREATED
+    );
+    for bad in [
+        "https://elsewhere.example.org/x",
+        "https://layers.example.com/secret/x",
+    ] {
+        let r = a
+            .put_manifest("v", "bad", OCI_MANIFEST, &with_url(bad))
+            .await;
+        expect_error(r, 400, "MANIFEST_INVALID").await;
+    }
+}

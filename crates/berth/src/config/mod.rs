@@ -47,6 +47,9 @@ pub struct Config {
     /// `http.relativeurls`: Berth hands out relative URLs unless this is explicitly false
     /// (then absolute ones built from the request, as Distribution does by default).
     pub absolute_urls: bool,
+    /// `validation.manifests.urls.allow`/`deny` (regular expressions) for layer URLs;
+    /// ignored when `validation.disabled` is true.
+    pub layer_urls: crate::registry::UrlPolicy,
     /// `limits.manifestsize`: largest manifest accepted (default 4 MiB).
     pub max_manifest_bytes: usize,
     /// `limits.blobsize`: largest blob accepted (default 1 TiB).
@@ -70,6 +73,7 @@ impl Default for Config {
             delete_enabled: s.delete_enabled,
             max_threads: None,
             addr: ":5000".into(),
+            layer_urls: crate::registry::UrlPolicy::default(),
             http_prefix: String::new(),
             http_host: None,
             absolute_urls: false,
@@ -91,6 +95,7 @@ impl Config {
             max_page_entries: self.max_page_entries,
             body_idle_timeout: self.body_idle_timeout,
             chunk_min_length: self.chunk_min_length,
+            layer_urls: self.layer_urls.clone(),
             ..Default::default()
         }
     }
@@ -137,6 +142,10 @@ const IMPLEMENTED: &[&str] = &[
     "http.prefix",
     "http.host",
     "http.relativeurls",
+    "validation.disabled",
+    "validation.enabled",
+    "validation.manifests.urls.allow",
+    "validation.manifests.urls.deny",
     "limits.manifestsize",
     "limits.blobsize",
     "limits.bodyidletimeout",
@@ -416,6 +425,30 @@ fn get_bool(tree: &Value, key: &str) -> Result<Option<bool>, ConfigError> {
     }
 }
 
+/// A list of regular expressions.
+fn get_patterns(tree: &Value, key: &str) -> Result<Vec<regex::Regex>, ConfigError> {
+    let Some(v) = get(tree, key) else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_sequence()
+        .ok_or_else(|| bad(key, "expected a list of regular expressions"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p
+                .as_str()
+                .ok_or_else(|| bad(key, format!("entry {i} is not a string")))?;
+            regex::Regex::new(p).map_err(|e| {
+                bad(
+                    key,
+                    format!("entry {i} {p:?} is not a valid regular expression: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
 /// A size in bytes: a number, or a number with KB/MB/GB/TB or KiB/MiB/GiB/TiB.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -595,6 +628,17 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     }
     if let Some(relative) = get_bool(tree, "http.relativeurls")? {
         c.absolute_urls = !relative;
+    }
+    // `validation.enabled` is Distribution's deprecated spelling of `!disabled`.
+    let disabled = match get_bool(tree, "validation.disabled")? {
+        Some(d) => d,
+        None => get_bool(tree, "validation.enabled")?.is_some_and(|e| !e),
+    };
+    if !disabled {
+        c.layer_urls = crate::registry::UrlPolicy {
+            allow: get_patterns(tree, "validation.manifests.urls.allow")?,
+            deny: get_patterns(tree, "validation.manifests.urls.deny")?,
+        };
     }
     if let Some(n) = get_size(tree, "limits.manifestsize")? {
         c.max_manifest_bytes =
@@ -802,6 +846,33 @@ mod tests {
         assert!(e.to_string().contains("exactly one storage driver"), "{e}");
         let l = load("storage: filesystem\n", &[]).expect("bare driver name");
         assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
+    }
+
+    #[test]
+    fn validation_patterns() {
+        let l = load(
+            "validation:\n  manifests:\n    urls:\n      allow: ['^https://a/']\n      deny: ['x']\n",
+            &[],
+        )
+        .expect("load");
+        assert!(l.config.layer_urls.permits("https://a/b"));
+        assert!(!l.config.layer_urls.permits("https://a/x"));
+        assert!(!l.config.layer_urls.permits("https://b/"));
+        let l = load(
+            "validation:\n  disabled: true\n  manifests:\n    urls:\n      allow: ['^https://a/']\n",
+            &[],
+        )
+        .expect("load");
+        assert!(l.config.layer_urls.permits("https://anything/"));
+        let e = load(
+            "validation:\n  manifests:\n    urls:\n      allow: ['(']\n",
+            &[],
+        )
+        .expect_err("bad regex");
+        assert!(
+            e.to_string().contains("validation.manifests.urls.allow"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -71,6 +71,17 @@ impl Registry {
         let parsed = oci::manifest::parse(content_type, &content)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
 
+        for (i, layer) in parsed.layers.iter().enumerate() {
+            if let Some(url) = layer
+                .urls
+                .iter()
+                .find(|u| !self.settings.layer_urls.permits(u))
+            {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "layers[{i}] names URL {url:?}, which validation.manifests.urls does not allow"
+                )));
+            }
+        }
         match parsed.kind {
             Kind::Image => {
                 let wanted: Vec<&Descriptor> = parsed

@@ -38,6 +38,23 @@ pub struct Settings {
     pub body_idle_timeout: Duration,
     /// The `OCI-Chunk-Min-Length` advertised for chunked uploads.
     pub chunk_min_length: u64,
+    /// `validation.manifests.urls`: which URLs layers fetched from elsewhere may name.
+    pub layer_urls: UrlPolicy,
+}
+
+/// Distribution's `validation.manifests.urls`: a layer URL must match one `allow` pattern
+/// (when any is given) and no `deny` pattern. With neither, any URL is accepted.
+#[derive(Debug, Clone, Default)]
+pub struct UrlPolicy {
+    pub allow: Vec<regex::Regex>,
+    pub deny: Vec<regex::Regex>,
+}
+
+impl UrlPolicy {
+    pub fn permits(&self, url: &str) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|r| r.is_match(url)))
+            && !self.deny.iter().any(|r| r.is_match(url))
+    }
 }
 
 impl Default for Settings {
@@ -50,6 +67,7 @@ impl Default for Settings {
             default_catalog_entries: 100,
             body_idle_timeout: Duration::from_secs(60),
             chunk_min_length: 0,
+            layer_urls: UrlPolicy::default(),
         }
     }
 }
