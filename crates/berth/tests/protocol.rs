@@ -1652,3 +1652,51 @@ async fn layer_url_validation() {
         expect_error(r, 400, "MANIFEST_INVALID").await;
     }
 }
+
+#[tokio::test]
+async fn referrers_paginate_with_link() {
+    let a = Api::with("limits:\n  pageentries: 2\n");
+    let (subject, sd) = a.push_image("many", "v1", "m").await;
+    let empty = a.push_blob("many", b"{}").await;
+    let mut want = Vec::new();
+    for i in 0..5 {
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.note",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": sd.as_str(), "size": subject.len()},
+            "annotations": {"n": i.to_string()},
+        }))
+        .expect("json");
+        let d = sha256(&m);
+        assert_eq!(
+            a.put_manifest("many", d.as_str(), OCI_MANIFEST, &m)
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+        want.push(d.to_string());
+    }
+    want.sort();
+    let mut got = Vec::new();
+    let mut next = Some(format!(
+        "/v2/many/referrers/{sd}?artifactType=application/x.note"
+    ));
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        let r = a.get(&path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(hdr(&r, "oci-filters-applied"), Some("artifactType"));
+        next = hdr(&r, "link").map(|l| l[1..l.find('>').expect(">")].to_string());
+        let v: Value = r.json().await.expect("json");
+        let page = v["manifests"].as_array().expect("manifests");
+        assert!(page.len() <= 2);
+        got.extend(
+            page.iter()
+                .map(|m| m["digest"].as_str().expect("digest").to_string()),
+        );
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(got, want);
+}

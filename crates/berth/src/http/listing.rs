@@ -69,7 +69,7 @@ pub async fn referrers(
     digest: &Digest,
 ) -> Result<Response, ApiError> {
     let filter = req.param("artifactType").filter(|a| !a.is_empty());
-    let list = r.referrers(repo, digest, filter).await?;
+    let (list, next) = r.referrers(repo, digest, filter, req.param("last")).await?;
     let manifests: Vec<serde_json::Value> = list
         .into_iter()
         .map(|m| {
@@ -95,7 +95,20 @@ pub async fn referrers(
         "mediaType": oci::media::OCI_INDEX,
         "manifests": manifests,
     });
-    let mut resp = json(body, oci::media::OCI_INDEX, None);
+    // The spec's Link header when the list does not fit one response.
+    let link = next.map(|last| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("last", &last);
+        if let Some(f) = filter {
+            q.append_pair("artifactType", f);
+        }
+        format!(
+            "<{}?{}>; rel=\"next\"",
+            req.url(&format!("/v2/{repo}/referrers/{digest}")),
+            q.finish()
+        )
+    });
+    let mut resp = json(body, oci::media::OCI_INDEX, link);
     if filter.is_some() {
         resp.headers_mut().insert(
             "oci-filters-applied",

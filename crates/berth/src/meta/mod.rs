@@ -107,12 +107,15 @@ pub trait Manifests: Send + Sync {
         last: Option<&str>,
         limit: u32,
     ) -> Result<Option<Vec<String>>>;
-    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type,
+    /// in digest order after `after`, at most `limit`.
     async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
     ) -> Result<Vec<Referrer>>;
 }
 

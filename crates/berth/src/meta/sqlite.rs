@@ -363,16 +363,21 @@ impl Manifests for SqliteMeta {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
     ) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
              FROM repositories r JOIN manifests m ON m.repository_id = r.id
              WHERE r.name = ?1 AND m.subject = ?2 AND (?3 IS NULL OR m.artifact_type = ?3)
-             ORDER BY m.digest",
+               AND m.digest > ?4
+             ORDER BY m.digest LIMIT ?5",
         )
         .bind(repo.as_str())
         .bind(subject.as_str())
         .bind(artifact_type)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
         rows.into_iter()

@@ -100,18 +100,31 @@ pub async fn run(m: &dyn MetaStore) {
     let sbom = manifest("sbom", Some(m1.digest.clone()), Some("application/x.sbom"));
     m.put_manifest(&a, &sig, &[]).await.expect("sig");
     m.put_manifest(&a, &sbom, &[]).await.expect("sbom");
-    let all = m.referrers(&a, &m1.digest, None).await.expect("referrers");
+    let all = m
+        .referrers(&a, &m1.digest, None, None, 100)
+        .await
+        .expect("referrers");
     assert_eq!(all.len(), 2);
     let only = m
-        .referrers(&a, &m1.digest, Some("application/x.sig"))
+        .referrers(&a, &m1.digest, Some("application/x.sig"), None, 100)
         .await
         .expect("referrers");
     assert_eq!(only.len(), 1);
+    let first = m
+        .referrers(&a, &m1.digest, None, None, 1)
+        .await
+        .expect("referrers page");
+    let rest = m
+        .referrers(&a, &m1.digest, None, Some(first[0].digest.as_str()), 10)
+        .await
+        .expect("referrers page");
+    assert_eq!(first.len() + rest.len(), 2);
+    assert!(first[0].digest < rest[0].digest);
     assert_eq!(only[0].digest, sig.digest);
     assert_eq!(only[0].size, 3);
     assert_eq!(only[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
     assert!(m
-        .referrers(&b, &m1.digest, None)
+        .referrers(&b, &m1.digest, None, None, 100)
         .await
         .expect("referrers")
         .is_empty());

@@ -64,13 +64,24 @@ impl Registry {
         Ok(Self::page(items, n))
     }
 
-    /// Manifests in `repo` whose subject is `subject` (empty for unknown repositories).
+    /// One page of the manifests in `repo` whose subject is `subject` (empty for unknown
+    /// repositories), after `last`; the second value is the `last` of the next page.
     pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Referrer>> {
-        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
+        last: Option<&str>,
+    ) -> Result<(Vec<Referrer>, Option<String>)> {
+        let n = self.settings.max_page_entries;
+        let mut list = self
+            .meta
+            .referrers(repo, subject, artifact_type, last, n.saturating_add(1))
+            .await?;
+        let next = (list.len() > n as usize).then(|| {
+            list.truncate(n as usize);
+            list.last().map(|r| r.digest.to_string())
+        });
+        Ok((list, next.flatten()))
     }
 }
