@@ -186,11 +186,14 @@ impl Berth {
     }
 }
 
+/// One server's log lines.
+type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Log lines of every server this test process started, by process id.
-fn log_sink(pid: u32) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+fn log_sink(pid: u32) -> LogLines {
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
-    static LOGS: OnceLock<Mutex<HashMap<u32, Arc<Mutex<Vec<String>>>>>> = OnceLock::new();
+    use std::sync::{Mutex, OnceLock};
+    static LOGS: OnceLock<Mutex<HashMap<u32, LogLines>>> = OnceLock::new();
     LOGS.get_or_init(Default::default)
         .lock()
         .expect("logs lock")
