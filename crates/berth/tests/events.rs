@@ -635,3 +635,173 @@ async fn upload_purging_dry_run_keeps_everything() {
     assert_eq!(upload_status(&c, &b, &old).await, StatusCode::NO_CONTENT);
     assert!(upload_file(&b, &old).exists());
 }
+
+/// Start Debian's `docker-registry` (CNCF Distribution 2.8) with `config` (`DATA` is
+/// replaced by a temporary directory); returns the process, its `host:port` and the dir.
+fn start_distribution(config: &str) -> (std::process::Child, String, tempfile::TempDir) {
+    use std::io::BufRead;
+    let bin = common::require_tool("docker-registry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yml");
+    std::fs::write(
+        &path,
+        config.replace("DATA", &dir.path().join("data").display().to_string()),
+    )
+    .expect("write config");
+    let mut child = std::process::Command::new(bin)
+        .arg("serve")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn docker-registry");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(pos) = line.find("listening on ") {
+                let rest = &line[pos + "listening on ".len()..];
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            eprintln!("[docker-registry] {line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("docker-registry reports its address");
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    (child, format!("127.0.0.1:{port}"), dir)
+}
+
+/// The same requests against `base`: a two-step blob push with credentials, a manifest
+/// by tag, pulls, a mount and deletes.
+async fn reference_flow(c: &Client, base: &str) {
+    let blob = |loc: &str| {
+        if loc.starts_with("http") {
+            loc.to_string()
+        } else {
+            format!("{base}{loc}")
+        }
+    };
+    let mut digests = Vec::new();
+    for data in [&b"hello"[..], br#"{"architecture":"amd64","os":"linux"}"#] {
+        let r = c
+            .post(format!("{base}/v2/demo/blobs/uploads/"))
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let loc = blob(r.headers()["location"].to_str().expect("location"));
+        let r = c
+            .patch(&loc)
+            .basic_auth("bob", Some("pw"))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let loc = blob(r.headers()["location"].to_str().expect("location"));
+        let d = sha256(data);
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = c
+            .put(format!("{loc}{sep}digest={d}"))
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        digests.push(d);
+    }
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":5}}]}}"#,
+        digests[1], digests[0]
+    );
+    let steps: Vec<(Method, String, u16)> = vec![
+        (Method::PUT, "/v2/demo/manifests/v1".into(), 201),
+        (Method::GET, "/v2/demo/manifests/v1".into(), 200),
+        (Method::HEAD, format!("/v2/demo/blobs/{}", digests[0]), 200),
+        (
+            Method::POST,
+            format!("/v2/other/blobs/uploads/?mount={}&from=demo", digests[0]),
+            201,
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/demo/manifests/{}", sha256(m.as_bytes())),
+            202,
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/other/blobs/{}", digests[0]),
+            202,
+        ),
+    ];
+    for (method, path, status) in steps {
+        let r = c
+            .request(method.clone(), format!("{base}{path}"))
+            .header("content-type", OCI_MANIFEST)
+            .header("accept", OCI_MANIFEST)
+            .body(if method == Method::PUT {
+                m.clone()
+            } else {
+                String::new()
+            })
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+    }
+}
+
+/// A body with the values that differ by nature (ids, times, peer ports, the host
+/// name and port) replaced.
+fn normalized(d: &Delivery, host: &str) -> String {
+    let e = d.event();
+    let mut body = d.body.clone();
+    for v in [
+        &e["id"],
+        &e["timestamp"],
+        &e["request"]["id"],
+        &e["request"]["addr"],
+        &e["source"]["instanceID"],
+    ] {
+        body = body.replace(v.as_str().expect("string field"), "X");
+    }
+    body.replace(host, "HOST")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_match_distribution_byte_for_byte() {
+    let theirs = Receiver::start().await;
+    let ours = Receiver::start().await;
+    let config = |url: &str| {
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{}",
+            notifications(&[endpoint("hook", url, "")], true)
+        )
+    };
+    let (mut child, their_host, _dir) = start_distribution(&config(&theirs.url));
+    let c = Client::new();
+    reference_flow(&c, &format!("http://{their_host}")).await;
+    let b = Berth::start_with_config(&config(&ours.url));
+    reference_flow(&c, &b.url).await;
+
+    let expected = theirs.wait_for(9, Duration::from_secs(30)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = ours.wait_for(9, Duration::from_secs(30)).await;
+    for (t, o) in expected.iter().zip(&got) {
+        assert_eq!(o.content_type, t.content_type);
+        assert_eq!(normalized(o, &b.host), normalized(t, &their_host));
+    }
+}
