@@ -2,10 +2,12 @@
 //!
 //! Layers, top to bottom: [`state`] (composition root) -> [`http`] (the only HTTP-aware
 //! module) -> [`registry`] (OCI semantics) -> [`storage`] (blob bytes) and [`meta`]
-//! (metadata) -> the `oci` crate (vocabulary). See ARCHITECTURE.md.
+//! (metadata) -> the `oci` crate (vocabulary); [`jobs`] (background workers) sits beside
+//! [`http`] over [`registry`]. See ARCHITECTURE.md.
 
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod meta;
 pub mod registry;
 pub mod state;

@@ -3,8 +3,12 @@
 
 use crate::config::Config;
 use crate::http::{self, HttpOptions};
+use crate::jobs::notify::NotifyWorker;
+use crate::jobs::purge::PurgeWorker;
+use crate::jobs::Jobs;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
+use crate::registry::events::{EventSink, Source, Subscriber};
 use crate::registry::Registry;
 use crate::storage::fs::FsBlobStore;
 use std::future::Future;
@@ -25,12 +29,18 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start background jobs: {0}")]
+    Jobs(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
 
 /// Build the registry over the backends `config` names.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError> {
+    open_registry(config).await.map(Arc::new)
+}
+
+async fn open_registry(config: &Config) -> Result<Registry, StartError> {
     let blobs = FsBlobStore::open(&config.root)
         .map_err(|source| StartError::Storage {
             path: config.root.clone(),
@@ -41,11 +51,58 @@ pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError
     let meta = SqliteMeta::open(&db)
         .await
         .map_err(|source| StartError::Meta { path: db, source })?;
-    Ok(Arc::new(Registry::new(
+    Ok(Registry::new(
         Arc::new(blobs),
         Arc::new(meta),
         config.settings(),
-    )))
+    ))
+}
+
+/// The registry with notifications wired in, and the background jobs over it.
+async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), StartError> {
+    let registry = open_registry(config).await?;
+    let events = &config.events;
+    for note in &events.skipped {
+        tracing::warn!("{note}");
+    }
+    let subscribers: Vec<Subscriber> = events.endpoints.iter().map(Subscriber::new).collect();
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    let port = config.addr.rsplit(':').next().unwrap_or_default();
+    let sink = EventSink {
+        subscribers: subscribers.clone(),
+        include_references: events.include_references,
+        source: Source {
+            addr: format!("{}:{port}", crate::config::events::hostname()),
+            instance_id: instance_id.clone(),
+        },
+    };
+    let registry = Arc::new(registry.with_events(sink));
+    let mut jobs = Jobs::new();
+    for (endpoint, sub) in events.endpoints.iter().zip(&subscribers) {
+        tracing::info!(
+            "configuring endpoint {} ({}), timeout={:?}, headers={:?}",
+            endpoint.name,
+            endpoint.url,
+            endpoint.timeout,
+            endpoint.headers
+        );
+        match NotifyWorker::new(
+            registry.clone(),
+            endpoint.clone(),
+            instance_id.clone(),
+            sub.wake.clone(),
+        ) {
+            Ok(w) => jobs.spawn(w),
+            Err(e) => return Err(StartError::Jobs(e.to_string())),
+        }
+    }
+    if events.upload_purging.enabled {
+        jobs.spawn(PurgeWorker::new(
+            registry.clone(),
+            events.upload_purging.clone(),
+        ));
+    }
+    Ok((registry, jobs))
 }
 
 /// Bind `http.addr`: `:port` means every interface (IPv6 and IPv4 where available).
@@ -72,7 +129,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let registry = build_registry(&config).await?;
+    let (registry, jobs) = build_with_jobs(&config).await?;
     let listener = bind(&config.addr).await?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
     let app = http::router(
@@ -89,7 +146,7 @@ pub async fn run(
         delete_enabled = config.delete_enabled,
         "listening on http://{local}"
     );
-    http::serve(listener, app, shutdown)
-        .await
-        .map_err(StartError::Serve)
+    let served = http::serve(listener, app, shutdown).await;
+    jobs.shutdown(std::time::Duration::from_secs(10)).await;
+    served.map_err(StartError::Serve)
 }

@@ -68,8 +68,18 @@ fn dependency_rules() {
         ),
         (
             "crate::registry",
-            &["registry", "http", "state", "config"],
-            "storage/ and meta/ sit below registry/",
+            &["registry", "http", "state", "config", "jobs"],
+            "storage/ and meta/ sit below registry/ (jobs/ sits beside http/, above it)",
+        ),
+        (
+            "crate::jobs",
+            &["jobs", "state"],
+            "jobs are started by the composition root only",
+        ),
+        (
+            "reqwest",
+            &["jobs"],
+            "outgoing HTTP (webhooks) stays in jobs/",
         ),
         ("crate::state", &["state"], "state is the composition root"),
         (

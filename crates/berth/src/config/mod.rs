@@ -6,6 +6,8 @@
 //! checked against what Berth knows, and typed values are read with errors that name the
 //! key. This module knows nothing of the server: it produces a [`Config`].
 
+pub mod events;
+
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +62,8 @@ pub struct Config {
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
     pub chunk_min_length: u64,
+    /// `notifications` and `storage.maintenance.uploadpurging`.
+    pub events: events::EventsConfig,
 }
 
 impl Default for Config {
@@ -82,6 +86,12 @@ impl Default for Config {
             body_idle_timeout: s.body_idle_timeout,
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
+            events: events::EventsConfig {
+                endpoints: Vec::new(),
+                include_references: false,
+                upload_purging: events::UploadPurging::default(),
+                skipped: Vec::new(),
+            },
         }
     }
 }
@@ -151,6 +161,9 @@ const IMPLEMENTED: &[&str] = &[
     "limits.bodyidletimeout",
     "limits.pageentries",
     "limits.chunkminlength",
+    "notifications.endpoints",
+    "notifications.events.includereferences",
+    "storage.maintenance.uploadpurging",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -664,6 +677,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(n) = get_size(tree, "limits.chunkminlength")? {
         c.chunk_min_length = n;
     }
+    c.events = events::read(tree)?;
     Ok(c)
 }
 

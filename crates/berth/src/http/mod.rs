@@ -10,7 +10,7 @@ mod listing;
 mod manifests;
 mod uploads;
 
-use crate::registry::Registry;
+use crate::registry::{Registry, RequestInfo};
 use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request, State};
@@ -158,10 +158,15 @@ async fn access_log(req: Request, next: Next) -> Response {
 
 /// The base of the URLs handed out for this request.
 fn url_base(options: &HttpOptions, parts: &axum::http::request::Parts) -> String {
+    base_of(options, parts, options.absolute_urls)
+}
+
+/// The base of URLs, absolute (from `http.host` or the request) when `absolute`.
+fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: bool) -> String {
     if let Some(host) = &options.host {
         return format!("{}{}", host.trim_end_matches('/'), options.prefix);
     }
-    if !options.absolute_urls {
+    if !absolute {
         return options.prefix.clone();
     }
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
@@ -182,8 +187,67 @@ fn url_base(options: &HttpOptions, parts: &axum::http::request::Parts) -> String
     format!("{scheme}://{host}{}", options.prefix)
 }
 
+/// Who made the request, for notifications. The single place the actor comes from:
+/// today the Basic-auth user name; with authentication, the authenticated principal
+/// from the request extensions.
+fn actor(parts: &axum::http::request::Parts) -> Option<String> {
+    use base64::Engine as _;
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, creds) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(creds.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+/// The request as notifications describe it (Distribution's `request` and `actor`).
+fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> RequestInfo {
+    let header = |n: &str| {
+        parts
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let forwarded = header("x-forwarded-for")
+        .split(',')
+        .next()
+        .map(str::trim)
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok());
+    let real_ip = Some(header("x-real-ip").trim()).filter(|a| !a.is_empty());
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    RequestInfo {
+        id: uuid::Uuid::new_v4().to_string(),
+        addr: forwarded
+            .or(real_ip)
+            .map(str::to_string)
+            .or(peer)
+            .unwrap_or_default(),
+        host: header("host").to_string(),
+        method: parts.method.to_string(),
+        user_agent: header("user-agent").to_string(),
+        actor: actor(parts),
+        url_base: base_of(options, parts, true),
+    }
+}
+
 async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // Registry methods attribute notification events to this request (a task-local,
+    // so no signature below http/ carries it).
+    let info = request_info(&app.options, &parts);
+    info.scope(handle(app, parts, body)).await
+}
+
+async fn handle(app: Arc<App>, parts: axum::http::request::Parts, body: Body) -> Response {
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };

@@ -6,6 +6,7 @@
 //! does not judge OCI semantics (that is `registry/`): it stores and answers.
 
 pub mod sqlite;
+mod sqlite_events;
 #[cfg(test)]
 mod testsuite;
 
@@ -127,9 +128,53 @@ pub trait Uploads: Send + Sync {
     async fn delete_upload(&self, id: &str) -> Result<()>;
 }
 
+/// A notification waiting in the outbox for one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Position in the outbox: delivery order within an endpoint.
+    pub seq: i64,
+    pub endpoint: String,
+    /// The event, as JSON.
+    pub payload: String,
+    /// Delivery attempts so far (counting the claim that returned this entry).
+    pub attempts: i64,
+}
+
+/// The durable outbox of notification events (see `migrations/sqlite/0002_events.sql`).
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
+    /// Append one event for each endpoint in `endpoints`, in one transaction.
+    async fn enqueue(&self, endpoints: &[String], payload: &str) -> Result<()>;
+    /// Claim the oldest pending entry of `endpoint` for `lease_secs` on behalf of `owner`.
+    /// `None` when the endpoint has nothing pending, or when its oldest entry is leased by
+    /// someone else (so entries of one endpoint are delivered in order).
+    async fn claim(
+        &self,
+        endpoint: &str,
+        owner: &str,
+        lease_secs: i64,
+    ) -> Result<Option<OutboxEntry>>;
+    /// The entry was delivered: remove it.
+    async fn complete(&self, seq: i64, owner: &str) -> Result<()>;
+    /// Give a claimed entry back (shutdown), so it can be claimed again at once.
+    async fn release(&self, seq: i64, owner: &str) -> Result<()>;
+    /// How many entries `endpoint` has pending.
+    async fn pending(&self, endpoint: &str) -> Result<u64>;
+}
+
+/// Questions asked by notifications and maintenance jobs.
+#[async_trait::async_trait]
+pub trait Housekeeping: Send + Sync {
+    /// Upload sessions created before `before` (seconds since the epoch), oldest first,
+    /// at most `limit`.
+    async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>>;
+    /// The tags in `repo` pointing at `digest`, in byte order.
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>>;
+}
+
 /// Everything the registry needs from its metadata backend.
-pub trait MetaStore: Repositories + Manifests + Uploads + 'static {}
-impl<T: Repositories + Manifests + Uploads + 'static> MetaStore for T {}
+pub trait MetaStore: Repositories + Manifests + Uploads + Outbox + Housekeeping + 'static {}
+impl<T: Repositories + Manifests + Uploads + Outbox + Housekeeping + 'static> MetaStore for T {}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {

@@ -450,6 +450,7 @@ mod tests {
             .await
             .expect("open");
         crate::meta::testsuite::run(&meta).await;
+        crate::meta::testsuite::run_events(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);
         let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))

@@ -197,3 +197,81 @@ pub async fn check_persisted(m: &dyn MetaStore) {
     );
     assert!(m.get_upload("keep").await.expect("upload").is_some());
 }
+
+/// The outbox and housekeeping contract: per-endpoint order, leases, completion, old
+/// uploads, tags of a manifest.
+pub async fn run_events(m: &dyn MetaStore) {
+    let eps = vec!["a".to_string(), "b".to_string()];
+    assert!(m.claim("a", "me", 30).await.expect("claim").is_none());
+    m.enqueue(&eps, "one").await.expect("enqueue");
+    m.enqueue(&eps[..1], "two").await.expect("enqueue");
+    m.enqueue(&[], "none").await.expect("enqueue nothing");
+    assert_eq!(m.pending("a").await.expect("pending"), 2);
+    assert_eq!(m.pending("b").await.expect("pending"), 1);
+
+    // The head of an endpoint is claimed first; another owner cannot take it or skip it.
+    let first = m.claim("a", "me", 30).await.expect("claim").expect("entry");
+    assert_eq!((first.payload.as_str(), first.attempts), ("one", 1));
+    assert!(m.claim("a", "other", 30).await.expect("claim").is_none());
+    // The owner may claim it again (a retry), counting the attempt.
+    let again = m.claim("a", "me", 30).await.expect("claim").expect("entry");
+    assert_eq!((again.seq, again.attempts), (first.seq, 2));
+    // Completing by another owner does nothing; by the owner removes it.
+    m.complete(first.seq, "other").await.expect("complete");
+    assert_eq!(m.pending("a").await.expect("pending"), 2);
+    m.complete(first.seq, "me").await.expect("complete");
+    let second = m.claim("a", "me", 30).await.expect("claim").expect("entry");
+    assert_eq!(second.payload, "two");
+    // A released entry can be claimed by anyone at once; an expired lease too.
+    m.release(second.seq, "me").await.expect("release");
+    let taken = m
+        .claim("a", "other", 0)
+        .await
+        .expect("claim")
+        .expect("entry");
+    assert_eq!(taken.seq, second.seq);
+    let expired = m.claim("a", "me", 30).await.expect("claim").expect("entry");
+    assert_eq!(expired.seq, second.seq);
+    // Endpoints are independent.
+    let b = m
+        .claim("b", "other", 30)
+        .await
+        .expect("claim")
+        .expect("entry");
+    assert_eq!(b.payload, "one");
+
+    // Uploads by age.
+    let r = repo("purge/me");
+    for (id, at) in [("old-1", 100), ("old-2", 200), ("new", 10_000)] {
+        m.create_upload(&UploadSession {
+            id: id.into(),
+            repository: r.clone(),
+            algorithm: Algorithm::Sha256,
+            created_at: at,
+        })
+        .await
+        .expect("create upload");
+    }
+    let old = m.uploads_created_before(1000, 100).await.expect("old");
+    let ids: Vec<&str> = old
+        .iter()
+        .filter(|s| s.repository == r)
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(ids, ["old-1", "old-2"]);
+    assert!(old.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+    assert_eq!(
+        m.uploads_created_before(1000, 1).await.expect("old").len(),
+        1
+    );
+
+    // Tags of a manifest.
+    let man = manifest("tagged", None, None);
+    m.link_blob(&r, &d("layer"), 5).await.expect("link");
+    m.put_manifest(&r, &man, &[tag("z"), tag("a")])
+        .await
+        .expect("put");
+    let tags = m.tags_of(&r, &man.digest).await.expect("tags");
+    assert_eq!(tags, vec![tag("a"), tag("z")]);
+    assert!(m.tags_of(&r, &d("other")).await.expect("tags").is_empty());
+}

@@ -1,5 +1,6 @@
 //! Reading and deleting blobs within a repository.
 
+use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
 use crate::storage::{ByteRange, ByteStream, StorageError};
 use oci::{Digest, RepoName};
@@ -13,12 +14,24 @@ pub struct BlobRead {
 }
 
 impl Registry {
-    /// Size of a blob linked into `repo`.
+    /// Size of a blob linked into `repo` (a `HEAD`: a pull, for notifications).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let size = self.linked_size(repo, digest).await?;
+        self.emit_blob(Action::Pull, repo, digest, size).await;
+        Ok(size)
+    }
+
+    async fn linked_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.meta
             .linked_blob(repo, digest)
             .await?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    pub(super) async fn emit_blob(&self, action: Action, repo: &RepoName, d: &Digest, size: u64) {
+        if self.events_enabled() {
+            self.emit(action, self.blob_target(repo, d, size)).await;
+        }
     }
 
     /// Open a blob linked into `repo`, or the range `(start, end_inclusive)` resolved by
@@ -29,7 +42,10 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<BlobRead> {
-        let size = self.stat_blob(repo, digest).await?;
+        let size = self.linked_size(repo, digest).await?;
+        // Distribution reports a pull once the blob is found, even when the range is
+        // then refused.
+        self.emit_blob(Action::Pull, repo, digest, size).await;
         let range = resolve(size)?;
         if size == 0 {
             return Ok(BlobRead {
@@ -53,6 +69,14 @@ impl Registry {
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete_enabled()?;
         if self.meta.unlink_blob(repo, digest).await? {
+            if self.events_enabled() {
+                let target = Target {
+                    digest: digest.to_string(),
+                    repository: repo.to_string(),
+                    ..Target::default()
+                };
+                self.emit(Action::Delete, target).await;
+            }
             Ok(())
         } else {
             Err(RegistryError::BlobUnknown(digest.clone()))

@@ -1,6 +1,7 @@
 //! Manifests: validation against the repository's content, storage with tags, content
 //! negotiation on reads, and deletes.
 
+use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
 use crate::meta::{NewManifest, StoredManifest};
 use oci::manifest::{Descriptor, Kind};
@@ -151,6 +152,13 @@ impl Registry {
             }))
             .collect();
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let event = self.events_enabled().then(|| {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            self.manifest_target(repo, &digest, &parsed.media_type, &content, tag)
+        });
         let record = NewManifest {
             digest: digest.clone(),
             media_type: parsed.media_type.clone(),
@@ -164,6 +172,9 @@ impl Registry {
             content,
         };
         self.meta.put_manifest(repo, &record, &tags).await?;
+        if let Some(target) = event {
+            self.emit(Action::Push, target).await;
+        }
         Ok(PushedManifest {
             digest,
             subject,
@@ -174,6 +185,24 @@ impl Registry {
     /// Fetch a manifest. An index asked for by tag by a client that accepts only image
     /// manifests gets the linux/amd64 image it lists, as Distribution does for old clients.
     pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<StoredManifest> {
+        let m = self.find_manifest(repo, reference, accept).await?;
+        if self.events_enabled() {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            let target = self.manifest_target(repo, &m.digest, &m.media_type, &m.content, tag);
+            self.emit(Action::Pull, target).await;
+        }
+        Ok(m)
+    }
+
+    async fn find_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -215,11 +244,40 @@ impl Registry {
     /// Delete a manifest by digest (with its tags), or only a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete_enabled()?;
+        let mut events = Vec::new();
         let deleted = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => {
+                events.push(Target {
+                    repository: repo.to_string(),
+                    tag: t.to_string(),
+                    ..Target::default()
+                });
+                self.meta.delete_tag(repo, t).await?
+            }
+            Reference::Digest(d) => {
+                // Distribution reports the manifest, then each tag that pointed at it.
+                let tags = if self.events_enabled() {
+                    self.meta.tags_of(repo, d).await?
+                } else {
+                    Vec::new()
+                };
+                events.push(Target {
+                    digest: d.to_string(),
+                    repository: repo.to_string(),
+                    ..Target::default()
+                });
+                events.extend(tags.iter().map(|t| Target {
+                    repository: repo.to_string(),
+                    tag: t.to_string(),
+                    ..Target::default()
+                }));
+                self.meta.delete_manifest(repo, d).await?
+            }
         };
         if deleted {
+            for target in events {
+                self.emit(Action::Delete, target).await;
+            }
             Ok(())
         } else {
             Err(RegistryError::ManifestUnknown(reference.to_string()))

@@ -6,13 +6,17 @@
 //! (no status codes, no headers) and nothing of SQL or file paths.
 
 mod blobs;
+pub mod events;
 mod listing;
 mod manifests;
+mod purge;
 mod uploads;
 
 pub use blobs::BlobRead;
+pub use events::RequestInfo;
 pub use listing::Page;
 pub use manifests::{Accept, PushedManifest};
+pub use purge::PurgeReport;
 pub use uploads::{ChunkRange, UploadState};
 
 use crate::meta::{MetaError, MetaStore};
@@ -140,6 +144,8 @@ pub struct Registry {
     meta: Arc<dyn MetaStore>,
     settings: Settings,
     uploads: uploads::UploadCache,
+    /// Where notification events go; `None` when no endpoint is configured.
+    events: Option<events::EventSink>,
 }
 
 impl Registry {
@@ -153,6 +159,7 @@ impl Registry {
             meta,
             settings,
             uploads: uploads::UploadCache::default(),
+            events: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! after a restart, or when another node wrote the previous chunk — it is rebuilt from
 //! the stored bytes, so any node can continue any upload.
 
+use super::events::Action;
 use super::{Registry, RegistryError, Result};
 use crate::meta::{now, UploadSession};
 use crate::storage::{ByteStream, StorageError, UploadProgress};
@@ -55,11 +56,11 @@ impl UploadCache {
         slots.entry(id.to_string()).or_default().clone()
     }
 
-    async fn lock(&self, id: &str) -> Guard {
+    pub(super) async fn lock(&self, id: &str) -> Guard {
         self.slot(id).lock_owned().await
     }
 
-    fn forget(&self, id: &str) {
+    pub(super) fn forget(&self, id: &str) {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -183,6 +184,11 @@ impl Registry {
         match size {
             Some(size) if self.blobs.stat(digest).await?.is_some() => {
                 self.meta.link_blob(repo, digest, size).await?;
+                if self.events_enabled() {
+                    let mut target = self.blob_target(repo, digest, size);
+                    target.from_repository = from.map(RepoName::to_string).unwrap_or_default();
+                    self.emit(Action::Mount, target).await;
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -325,6 +331,8 @@ impl Registry {
         }
         self.blobs.commit_upload(id, digest).await?;
         self.meta.link_blob(repo, digest, progress.size).await?;
+        self.emit_blob(Action::Push, repo, digest, progress.size)
+            .await;
         Ok(())
     }
 

@@ -105,6 +105,7 @@ pub fn spawn_berth(args: &[&std::ffi::OsStr]) -> (Child, String) {
         .spawn()
         .expect("spawn berth");
     let stderr = child.stderr.take().expect("stderr");
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -117,6 +118,7 @@ pub fn spawn_berth(args: &[&std::ffi::OsStr]) -> (Child, String) {
                     let _ = tx.send(addr);
                 }
             }
+            log_sink(pid).lock().expect("log lock").push(line.clone());
             eprintln!("[berth] {line}");
         }
     });
@@ -181,5 +183,49 @@ impl Berth {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// One server's log lines.
+type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Log lines of every server this test process started, by process id.
+fn log_sink(pid: u32) -> LogLines {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static LOGS: OnceLock<Mutex<HashMap<u32, LogLines>>> = OnceLock::new();
+    LOGS.get_or_init(Default::default)
+        .lock()
+        .expect("logs lock")
+        .entry(pid)
+        .or_default()
+        .clone()
+}
+
+impl Berth {
+    /// The log lines the running server process has written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        log_sink(self.pid()).lock().expect("log lock").clone()
+    }
+
+    /// Wait (at most `timeout`) until more than `after` log lines contain `needle`;
+    /// return the matching lines.
+    pub fn wait_for_log(&self, needle: &str, after: usize, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let hits: Vec<String> = self
+                .log_lines()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .collect();
+            if hits.len() > after {
+                return hits;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new log line containing {needle:?} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -1,0 +1,133 @@
+//! SQLite implementation of the outbox and housekeeping traits (notifications, upload
+//! purging). Claims are a single `UPDATE ... RETURNING` on the head row of an endpoint,
+//! guarded by its lease, so two claimers can never both own an entry.
+
+use super::sqlite::SqliteMeta;
+use super::{now, Housekeeping, MetaError, Outbox, OutboxEntry, Result, UploadSession};
+use oci::{Digest, RepoName, Tag};
+use sqlx::Row;
+
+#[async_trait::async_trait]
+impl Outbox for SqliteMeta {
+    async fn enqueue(&self, endpoints: &[String], payload: &str) -> Result<()> {
+        if endpoints.is_empty() {
+            return Ok(());
+        }
+        let t = now();
+        let mut tx = self.writer.begin().await?;
+        for ep in endpoints {
+            sqlx::query("INSERT INTO outbox (endpoint, payload, created_at) VALUES (?1, ?2, ?3)")
+                .bind(ep)
+                .bind(payload)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        endpoint: &str,
+        owner: &str,
+        lease_secs: i64,
+    ) -> Result<Option<OutboxEntry>> {
+        let t = now();
+        let row = sqlx::query(
+            "UPDATE outbox
+                SET lease_until = ?3 + ?4, lease_owner = ?2, attempts = attempts + 1
+              WHERE seq = (SELECT seq FROM outbox WHERE endpoint = ?1 ORDER BY seq LIMIT 1)
+                AND (lease_until <= ?3 OR lease_owner = ?2)
+          RETURNING seq, endpoint, payload, attempts",
+        )
+        .bind(endpoint)
+        .bind(owner)
+        .bind(t)
+        .bind(lease_secs)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|r| OutboxEntry {
+            seq: r.get(0),
+            endpoint: r.get(1),
+            payload: r.get(2),
+            attempts: r.get(3),
+        }))
+    }
+
+    async fn complete(&self, seq: i64, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE seq = ?1 AND lease_owner = ?2")
+            .bind(seq)
+            .bind(owner)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, seq: i64, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET lease_until = 0, lease_owner = NULL WHERE seq = ?1 AND lease_owner = ?2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, endpoint: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE endpoint = ?1")
+            .bind(endpoint)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+#[async_trait::async_trait]
+impl Housekeeping for SqliteMeta {
+    async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
+        let rows = sqlx::query(
+            "SELECT id, repository, algorithm, created_at FROM uploads
+              WHERE created_at < ?1 ORDER BY created_at, id LIMIT ?2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let repo: String = r.get(1);
+                let alg: String = r.get(2);
+                Ok(UploadSession {
+                    id: r.get(0),
+                    repository: repo
+                        .parse()
+                        .map_err(|_| MetaError::Corrupt(format!("repository name {repo:?}")))?,
+                    algorithm: alg
+                        .parse()
+                        .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
+                    created_at: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
+        let rows = sqlx::query(
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
+              WHERE r.name = ?1 AND t.digest = ?2 ORDER BY t.name",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                name.parse()
+                    .map_err(|_| MetaError::Corrupt(format!("tag {name:?}")))
+            })
+            .collect()
+    }
+}

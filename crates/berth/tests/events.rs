@@ -1,0 +1,807 @@
+//! Black-box tests of notifications (webhooks) and upload purging: the real `berth`
+//! binary, a real HTTP receiver started by the test on 127.0.0.1:0 that records what it
+//! is sent, and raw registry requests.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as AxStatus};
+use axum::routing::post;
+use axum::Router;
+use common::Berth;
+use oci::{Algorithm, Digest};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const V1: &str = "application/vnd.docker.distribution.events.v1+json";
+const V2: &str = "application/vnd.docker.distribution.events.v2+json";
+
+fn sha256(data: &[u8]) -> Digest {
+    Digest::of(Algorithm::Sha256, data)
+}
+
+/// One POST the receiver accepted.
+#[derive(Debug, Clone)]
+struct Delivery {
+    content_type: String,
+    token: String,
+    body: String,
+}
+
+impl Delivery {
+    /// The one event of the envelope.
+    fn event(&self) -> Value {
+        let v: Value = serde_json::from_str(&self.body).expect("envelope is JSON");
+        let events = v["events"].as_array().expect("events array");
+        assert_eq!(events.len(), 1, "one event per POST: {}", self.body);
+        events[0].clone()
+    }
+}
+
+/// A webhook receiver: answers `status` (200 by default) and records accepted bodies.
+struct Receiver {
+    url: String,
+    status: Arc<AtomicU16>,
+    attempts: Arc<AtomicUsize>,
+    accepted: Arc<Mutex<Vec<Delivery>>>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    status: Arc<AtomicU16>,
+    attempts: Arc<AtomicUsize>,
+    accepted: Arc<Mutex<Vec<Delivery>>>,
+}
+
+async fn hook(State(s): State<ReceiverState>, headers: HeaderMap, body: String) -> AxStatus {
+    s.attempts.fetch_add(1, Ordering::SeqCst);
+    let status = AxStatus::from_u16(s.status.load(Ordering::SeqCst)).expect("status");
+    if status.is_success() {
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        s.accepted.lock().expect("lock").push(Delivery {
+            content_type: h("content-type"),
+            token: h("x-token"),
+            body,
+        });
+    }
+    status
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Receiver::on(listener).await
+    }
+
+    async fn on(listener: tokio::net::TcpListener) -> Receiver {
+        let addr = listener.local_addr().expect("addr");
+        let state = ReceiverState {
+            status: Arc::new(AtomicU16::new(200)),
+            attempts: Arc::default(),
+            accepted: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            status: state.status,
+            attempts: state.attempts,
+            accepted: state.accepted,
+        }
+    }
+
+    fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> Vec<Delivery> {
+        self.accepted.lock().expect("lock").clone()
+    }
+
+    /// Wait until `n` deliveries have been accepted; fail if more arrive.
+    async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Delivery> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.accepted();
+            if got.len() >= n {
+                assert_eq!(got.len(), n, "more events than expected: {got:#?}");
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} events arrived within {timeout:?}: {got:#?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_attempts(&self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.attempts.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the receiver saw fewer than {n} attempts within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn endpoint(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    url: {url}\n    timeout: 1s\n    threshold: 2\n    backoff: 100ms\n{extra}"
+    )
+}
+
+fn notifications(endpoints: &[String], include_references: bool) -> String {
+    format!(
+        "notifications:\n  events:\n    includereferences: {include_references}\n  endpoints:\n{}",
+        endpoints.concat()
+    )
+}
+
+struct Api {
+    b: Berth,
+    c: Client,
+}
+
+impl Api {
+    fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
+        self.c
+            .request(m, format!("{}{path}", self.b.url))
+            .basic_auth("alice", Some("secret"))
+            .header("user-agent", "events-test/1.0")
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let d = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
+        d
+    }
+
+    /// Push config + layer (two-step uploads) and a manifest by tag.
+    async fn push_image(&self, repo: &str, tag: &str) -> (Vec<u8>, Digest, Digest, Digest) {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let layer = b"layer bytes".to_vec();
+        let cd = self.push_blob(repo, &config).await;
+        // The layer through POST + PUT, as docker does it.
+        let r = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let location = r.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let ld = sha256(&layer);
+        let r = self
+            .c
+            .put(format!("{}{location}?digest={ld}", self.b.url))
+            .basic_auth("alice", Some("secret"))
+            .header("user-agent", "events-test/1.0")
+            .body(layer.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.as_str(), "size": layer.len()}],
+        });
+        let bytes = serde_json::to_vec_pretty(&m).expect("json");
+        let r = self
+            .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let md = sha256(&bytes);
+        (bytes, md, cd, ld)
+    }
+}
+
+/// (action, repository, digest, tag) of each event, for order checks.
+fn summary(deliveries: &[Delivery]) -> Vec<(String, String, String, String)> {
+    deliveries
+        .iter()
+        .map(|d| {
+            let e = d.event();
+            let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+            (
+                s(&e["action"]),
+                s(&e["target"]["repository"]),
+                s(&e["target"]["digest"]),
+                s(&e["target"]["tag"]),
+            )
+        })
+        .collect()
+}
+
+fn row(action: &str, repo: &str, digest: &str, tag: &str) -> (String, String, String, String) {
+    (action.into(), repo.into(), digest.into(), tag.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_pull_mount_delete_events_with_distribution_fields() {
+    let all = Receiver::start().await;
+    let filtered = Receiver::start().await;
+    let config = notifications(
+        &[
+            endpoint(
+                "all",
+                &all.url,
+                "    headers:\n      X-Token: [sesame]\n",
+            ),
+            endpoint(
+                "filtered",
+                &filtered.url,
+                "    mediatype: v2\n    ignore:\n      mediatypes: [application/octet-stream]\n      actions: [pull]\n",
+            ),
+            endpoint("off", "http://127.0.0.1:1/never", "    disabled: true\n"),
+        ],
+        true,
+    );
+    let api = Api {
+        b: Berth::start_with(&config),
+        c: Client::new(),
+    };
+    let (manifest, md, cd, ld) = api.push_image("team/app", "v1").await;
+
+    // Pulls: manifest by tag, blob HEAD and GET.
+    let r = api
+        .req(Method::GET, "/v2/team/app/manifests/v1")
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = api
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{ld}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = api
+        .req(Method::GET, &format!("/v2/team/app/blobs/{ld}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    // Requests that change nothing emit nothing: tags list, catalog, a missing blob.
+    for path in ["/v2/team/app/tags/list", "/v2/_catalog", "/v2/"] {
+        let r = api.req(Method::GET, path).send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    let missing = sha256(b"missing");
+    let r = api
+        .req(Method::GET, &format!("/v2/team/app/blobs/{missing}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Mount into another repository.
+    let r = api
+        .req(
+            Method::POST,
+            &format!("/v2/team/copy/blobs/uploads/?mount={ld}&from=team/app"),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Delete the manifest by digest (its tag goes too), then a blob.
+    let r = api
+        .req(Method::DELETE, &format!("/v2/team/app/manifests/{md}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = api
+        .req(Method::DELETE, &format!("/v2/team/copy/blobs/{ld}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    let (md, cd, ld) = (md.to_string(), cd.to_string(), ld.to_string());
+    let got = all.wait_for(10, Duration::from_secs(30)).await;
+    assert_eq!(
+        summary(&got),
+        vec![
+            row("push", "team/app", &cd, ""),
+            row("push", "team/app", &ld, ""),
+            row("push", "team/app", &md, "v1"),
+            row("pull", "team/app", &md, "v1"),
+            row("pull", "team/app", &ld, ""),
+            row("pull", "team/app", &ld, ""),
+            row("mount", "team/copy", &ld, ""),
+            row("delete", "team/app", &md, ""),
+            row("delete", "team/app", "", "v1"),
+            row("delete", "team/copy", &ld, ""),
+        ]
+    );
+    for d in &got {
+        assert_eq!(d.content_type, V1);
+        assert_eq!(d.token, "sesame", "configured headers are sent");
+        // Go's MarshalIndent layout with three spaces.
+        assert!(
+            d.body
+                .starts_with("{\n   \"events\": [\n      {\n         \"id\": "),
+            "{}",
+            d.body
+        );
+    }
+    let host = api.b.host.clone();
+    let base = format!("http://{host}");
+
+    // Blob push: Distribution's exact target and request fields.
+    let e = got[1].event();
+    assert_eq!(
+        e["target"],
+        json!({
+            "mediaType": "application/octet-stream",
+            "size": 11,
+            "digest": ld,
+            "length": 11,
+            "repository": "team/app",
+            "url": format!("{base}/v2/team/app/blobs/{ld}"),
+        })
+    );
+    assert_eq!(e["request"]["method"], "PUT");
+    assert_eq!(e["request"]["host"], host.as_str());
+    assert_eq!(e["request"]["useragent"], "events-test/1.0");
+    assert!(e["request"]["addr"]
+        .as_str()
+        .expect("addr")
+        .starts_with("127.0.0.1:"));
+    assert_eq!(e["request"]["id"].as_str().expect("id").len(), 36);
+    assert_eq!(e["actor"], json!({"name": "alice"}));
+    assert_eq!(e["id"].as_str().expect("id").len(), 36);
+    let ts = e["timestamp"].as_str().expect("timestamp");
+    assert!(
+        ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    let source = &e["source"];
+    assert!(source["addr"].as_str().expect("source addr").contains(':'));
+    let instance = source["instanceID"].as_str().expect("instance id");
+    assert!(got
+        .iter()
+        .all(|d| d.event()["source"]["instanceID"] == instance));
+    assert_eq!(got[0].event()["request"]["method"], "POST");
+
+    // Manifest push with references (includereferences: true).
+    let e = got[2].event();
+    assert_eq!(e["target"]["mediaType"], OCI_MANIFEST);
+    assert_eq!(e["target"]["size"], manifest.len());
+    assert_eq!(e["target"]["length"], manifest.len());
+    assert_eq!(
+        e["target"]["url"],
+        format!("{base}/v2/team/app/manifests/{md}")
+    );
+    assert_eq!(
+        e["target"]["references"],
+        json!([
+            {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 37, "digest": cd},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "size": 11, "digest": ld},
+        ])
+    );
+    // Pulls say how they were asked for.
+    assert_eq!(got[3].event()["request"]["method"], "GET");
+    assert_eq!(got[4].event()["request"]["method"], "HEAD");
+    // Mount names where from; deletes carry only what identifies them.
+    assert_eq!(got[6].event()["target"]["fromRepository"], "team/app");
+    assert_eq!(
+        got[6].event()["target"]["mediaType"],
+        "application/octet-stream"
+    );
+    assert_eq!(
+        got[7].event()["target"],
+        json!({"digest": md, "repository": "team/app"})
+    );
+    assert_eq!(
+        got[8].event()["target"],
+        json!({"repository": "team/app", "tag": "v1"})
+    );
+
+    // The filtered endpoint: no blob events (media type), no pulls (action), v2 type.
+    let f = filtered.wait_for(4, Duration::from_secs(30)).await;
+    assert_eq!(
+        summary(&f),
+        vec![
+            row("push", "team/app", &md, "v1"),
+            row("delete", "team/app", &md, ""),
+            row("delete", "team/app", "", "v1"),
+            row("delete", "team/copy", &ld, ""),
+        ]
+    );
+    assert!(f.iter().all(|d| d.content_type == V2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_that_are_down_get_every_event_in_order_later() {
+    // One receiver answers 500 at first; the other's port refuses connections at first.
+    let failing = Receiver::start().await;
+    failing.set_status(500);
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = reserved.local_addr().expect("addr");
+    drop(reserved);
+    let config = notifications(
+        &[
+            endpoint("failing", &failing.url, ""),
+            endpoint("closed", &format!("http://{closed_addr}/hook"), ""),
+        ],
+        false,
+    );
+    let api = Api {
+        b: Berth::start_with(&config),
+        c: Client::new(),
+    };
+    let mut digests = Vec::new();
+    for i in 0..5 {
+        digests.push(
+            api.push_blob("down/repo", format!("blob {i}").as_bytes())
+                .await,
+        );
+    }
+    // Retried past the threshold (and backing off), nothing accepted yet.
+    failing.wait_for_attempts(4, Duration::from_secs(30)).await;
+    assert!(failing.accepted().is_empty());
+
+    failing.set_status(200);
+    let late = Receiver::on(
+        tokio::net::TcpListener::bind(closed_addr)
+            .await
+            .expect("re-bind the reserved port"),
+    )
+    .await;
+    let expected: Vec<_> = digests
+        .iter()
+        .map(|d| row("push", "down/repo", d.as_str(), ""))
+        .collect();
+    for r in [&failing, &late] {
+        let got = r.wait_for(5, Duration::from_secs(30)).await;
+        assert_eq!(summary(&got), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_survive_a_crash() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(503);
+    let config = notifications(&[endpoint("hook", &receiver.url, "")], false);
+    let mut api = Api {
+        b: Berth::start_with(&config),
+        c: Client::new(),
+    };
+    let a = api.push_blob("crash/repo", b"first").await;
+    let b = api.push_blob("crash/repo", b"second").await;
+    receiver.wait_for_attempts(2, Duration::from_secs(30)).await;
+    assert!(receiver.accepted().is_empty());
+
+    // SIGKILL while the events are pending (one of them claimed), then restart.
+    api.b.crash_and_restart();
+    receiver.set_status(200);
+    let got = receiver.wait_for(2, Duration::from_secs(60)).await;
+    assert_eq!(
+        summary(&got),
+        vec![
+            row("push", "crash/repo", a.as_str(), ""),
+            row("push", "crash/repo", b.as_str(), ""),
+        ]
+    );
+    // Events after the restart follow.
+    let c = api.push_blob("crash/repo", b"third").await;
+    let got = receiver.wait_for(3, Duration::from_secs(30)).await;
+    assert_eq!(summary(&got)[2], row("push", "crash/repo", c.as_str(), ""));
+}
+
+fn purge_config(age: &str, dry_run: bool) -> String {
+    format!(
+        "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: {age}\n      interval: 1s\n      dryrun: {dry_run}\n"
+    )
+}
+
+/// Start Berth with `storage_extra` inside the `storage:` section.
+fn start_with_storage(storage_extra: &str) -> Berth {
+    Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\n{storage_extra}http:\n  addr: 127.0.0.1:0\n"
+    ))
+}
+
+async fn start_upload(c: &Client, b: &Berth, repo: &str) -> String {
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/", b.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string()
+}
+
+async fn upload_status(c: &Client, b: &Berth, location: &str) -> StatusCode {
+    c.get(format!("{}{location}", b.url))
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+fn upload_file(b: &Berth, location: &str) -> std::path::PathBuf {
+    let id = location.rsplit('/').next().expect("uuid");
+    b.data_dir().join("uploads").join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_purging_removes_abandoned_uploads_only() {
+    let b = start_with_storage(&purge_config("3s", false));
+    let c = Client::new();
+    let old = start_upload(&c, &b, "purge/repo").await;
+    let r = c
+        .patch(format!("{}{old}", b.url))
+        .body("some bytes")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(upload_file(&b, &old).exists());
+
+    // The abandoned upload disappears, session and bytes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while upload_status(&c, &b, &old).await != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old upload never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c.get(format!("{}{old}", b.url)).send().await.expect("send");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN");
+    assert!(
+        !upload_file(&b, &old).exists(),
+        "the upload's bytes are gone"
+    );
+
+    // A fresh upload survives the next purge runs.
+    let fresh = start_upload(&c, &b, "purge/repo").await;
+    let runs = b
+        .wait_for_log("Purge uploads finished", 0, Duration::from_secs(1))
+        .len();
+    let c2 = c.clone();
+    let url = format!("{}{fresh}", b.url);
+    let logs = tokio::task::spawn_blocking(move || {
+        b.wait_for_log("Purge uploads finished", runs, Duration::from_secs(10));
+        b
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        c2.get(url).send().await.expect("send").status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(upload_file(&logs, &fresh).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_purging_dry_run_keeps_everything() {
+    let b = start_with_storage(&purge_config("1s", true));
+    let c = Client::new();
+    let old = start_upload(&c, &b, "dry/repo").await;
+    // Wait for a purge that finds it old enough, and would have removed it.
+    let b = tokio::task::spawn_blocking(move || {
+        b.wait_for_log("deleted=1", 0, Duration::from_secs(30));
+        b
+    })
+    .await
+    .expect("join");
+    assert!(b
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("older than the purge age") && l.contains("dry_run=true")));
+    assert_eq!(upload_status(&c, &b, &old).await, StatusCode::NO_CONTENT);
+    assert!(upload_file(&b, &old).exists());
+}
+
+/// Start Debian's `docker-registry` (CNCF Distribution 2.8) with `config` (`DATA` is
+/// replaced by a temporary directory); returns the process, its `host:port` and the dir.
+fn start_distribution(config: &str) -> (std::process::Child, String, tempfile::TempDir) {
+    use std::io::BufRead;
+    let bin = common::require_tool("docker-registry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yml");
+    std::fs::write(
+        &path,
+        config.replace("DATA", &dir.path().join("data").display().to_string()),
+    )
+    .expect("write config");
+    let mut child = std::process::Command::new(bin)
+        .arg("serve")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn docker-registry");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(pos) = line.find("listening on ") {
+                let rest = &line[pos + "listening on ".len()..];
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            eprintln!("[docker-registry] {line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("docker-registry reports its address");
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    (child, format!("127.0.0.1:{port}"), dir)
+}
+
+/// The same requests against `base`: a two-step blob push with credentials, a manifest
+/// by tag, pulls, a mount and deletes.
+async fn reference_flow(c: &Client, base: &str) {
+    let blob = |loc: &str| {
+        if loc.starts_with("http") {
+            loc.to_string()
+        } else {
+            format!("{base}{loc}")
+        }
+    };
+    let mut digests = Vec::new();
+    for data in [&b"hello"[..], br#"{"architecture":"amd64","os":"linux"}"#] {
+        let r = c
+            .post(format!("{base}/v2/demo/blobs/uploads/"))
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let loc = blob(r.headers()["location"].to_str().expect("location"));
+        let r = c
+            .patch(&loc)
+            .basic_auth("bob", Some("pw"))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let loc = blob(r.headers()["location"].to_str().expect("location"));
+        let d = sha256(data);
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = c
+            .put(format!("{loc}{sep}digest={d}"))
+            .basic_auth("bob", Some("pw"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        digests.push(d);
+    }
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":5}}]}}"#,
+        digests[1], digests[0]
+    );
+    let steps: Vec<(Method, String, u16)> = vec![
+        (Method::PUT, "/v2/demo/manifests/v1".into(), 201),
+        (Method::GET, "/v2/demo/manifests/v1".into(), 200),
+        (Method::HEAD, format!("/v2/demo/blobs/{}", digests[0]), 200),
+        (
+            Method::POST,
+            format!("/v2/other/blobs/uploads/?mount={}&from=demo", digests[0]),
+            201,
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/demo/manifests/{}", sha256(m.as_bytes())),
+            202,
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/other/blobs/{}", digests[0]),
+            202,
+        ),
+    ];
+    for (method, path, status) in steps {
+        let r = c
+            .request(method.clone(), format!("{base}{path}"))
+            .header("content-type", OCI_MANIFEST)
+            .header("accept", OCI_MANIFEST)
+            .body(if method == Method::PUT {
+                m.clone()
+            } else {
+                String::new()
+            })
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+    }
+}
+
+/// A body with the values that differ by nature (ids, times, peer ports, the host
+/// name and port) replaced.
+fn normalized(d: &Delivery, host: &str) -> String {
+    let e = d.event();
+    let mut body = d.body.clone();
+    for v in [
+        &e["id"],
+        &e["timestamp"],
+        &e["request"]["id"],
+        &e["request"]["addr"],
+        &e["source"]["instanceID"],
+    ] {
+        body = body.replace(v.as_str().expect("string field"), "X");
+    }
+    body.replace(host, "HOST")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_match_distribution_byte_for_byte() {
+    let theirs = Receiver::start().await;
+    let ours = Receiver::start().await;
+    let config = |url: &str| {
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{}",
+            notifications(&[endpoint("hook", url, "")], true)
+        )
+    };
+    let (mut child, their_host, _dir) = start_distribution(&config(&theirs.url));
+    let c = Client::new();
+    reference_flow(&c, &format!("http://{their_host}")).await;
+    let b = Berth::start_with_config(&config(&ours.url));
+    reference_flow(&c, &b.url).await;
+
+    let expected = theirs.wait_for(9, Duration::from_secs(30)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = ours.wait_for(9, Duration::from_secs(30)).await;
+    for (t, o) in expected.iter().zip(&got) {
+        assert_eq!(o.content_type, t.content_type);
+        assert_eq!(normalized(o, &b.host), normalized(t, &their_host));
+    }
+}
