@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod meta;
 pub mod registry;
 pub mod state;

@@ -3,8 +3,11 @@
 
 use crate::config::Config;
 use crate::http::{self, HttpOptions};
+use crate::jobs::health::{HealthStatus, HealthWorker};
+use crate::jobs::Runner;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
+use crate::registry::gc::{GcOptions, GcReport};
 use crate::registry::Registry;
 use crate::storage::fs::FsBlobStore;
 use std::future::Future;
@@ -27,6 +30,10 @@ pub enum StartError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] http::metrics::MetricsError),
+    #[error("garbage collection failed: {0}")]
+    Gc(crate::registry::RegistryError),
 }
 
 /// Build the registry over the backends `config` names.
@@ -73,6 +80,43 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let registry = build_registry(&config).await?;
+    let health = HealthStatus::default();
+    let mut workers = Runner::default();
+    for check in &config.ops.checks {
+        workers.spawn(Box::new(HealthWorker::new(
+            check.clone(),
+            registry.clone(),
+            health.clone(),
+        )));
+    }
+    // Distribution serves metrics only on the debug server: without it, none are kept.
+    let metrics = if config.ops.prometheus && config.ops.debug_addr.is_some() {
+        Some(Arc::new(http::metrics::Metrics::new()?))
+    } else {
+        None
+    };
+    let (stop_debug, debug_stopped) = tokio::sync::watch::channel(false);
+    let mut debug_server = None;
+    if let Some(addr) = &config.ops.debug_addr {
+        let listener = bind(addr).await?;
+        let local = listener.local_addr().map_err(StartError::Serve)?;
+        let prometheus = metrics
+            .clone()
+            .map(|m| (m, config.ops.prometheus_path.clone()));
+        if prometheus.is_some() {
+            tracing::info!(
+                "providing prometheus metrics on {}",
+                config.ops.prometheus_path
+            );
+        }
+        let app = http::debug::router(registry.clone(), health.clone(), prometheus);
+        let mut stopped = debug_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tracing::info!("debug server listening {local}");
+        debug_server = Some(tokio::spawn(http::serve(listener, app, stop)));
+    }
     let listener = bind(&config.addr).await?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
     let app = http::router(
@@ -82,6 +126,8 @@ pub async fn run(
             prefix: config.http_prefix.clone(),
             host: config.http_host.clone(),
             absolute_urls: config.absolute_urls,
+            health,
+            metrics,
         },
     );
     tracing::info!(
@@ -89,7 +135,27 @@ pub async fn run(
         delete_enabled = config.delete_enabled,
         "listening on http://{local}"
     );
-    http::serve(listener, app, shutdown)
+    let served = http::serve(listener, app, shutdown).await;
+    let _ = stop_debug.send(true);
+    if let Some(task) = debug_server {
+        if let Ok(Err(e)) = task.await {
+            tracing::error!("debug server error: {e}");
+        }
+    }
+    workers.stop().await;
+    served.map_err(StartError::Serve)
+}
+
+/// `berth garbage-collect`: one collection over the storage `config` names, each report
+/// line handed to `out`.
+pub async fn garbage_collect(
+    config: &Config,
+    options: &GcOptions,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<GcReport, StartError> {
+    let registry = build_registry(config).await?;
+    registry
+        .garbage_collect(options, out)
         .await
-        .map_err(StartError::Serve)
+        .map_err(StartError::Gc)
 }

@@ -68,7 +68,7 @@ fn dependency_rules() {
         ),
         (
             "crate::registry",
-            &["registry", "http", "state", "config"],
+            &["registry", "http", "state", "config", "jobs"],
             "storage/ and meta/ sit below registry/",
         ),
         ("crate::state", &["state"], "state is the composition root"),

@@ -6,6 +6,8 @@
 //! checked against what Berth knows, and typed values are read with errors that name the
 //! key. This module knows nothing of the server: it produces a [`Config`].
 
+pub mod ops;
+
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct Config {
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
     pub chunk_min_length: u64,
+    /// `http.debug` (debug server, Prometheus) and `health` (checks gating the main port).
+    pub ops: ops::OpsConfig,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             body_idle_timeout: s.body_idle_timeout,
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
+            ops: ops::OpsConfig::default(),
         }
     }
 }
@@ -135,6 +140,15 @@ const IMPLEMENTED: &[&str] = &[
     "limits.bodyidletimeout",
     "limits.pageentries",
     "limits.chunkminlength",
+    "http.debug.addr",
+    "http.debug.prometheus.enabled",
+    "http.debug.prometheus.path",
+    "health.storagedriver.enabled",
+    "health.storagedriver.interval",
+    "health.storagedriver.threshold",
+    "health.file",
+    "health.http",
+    "health.tcp",
 ];
 
 /// Top-level sections of Distribution's configuration.
@@ -591,6 +605,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(n) = get_size(tree, "limits.chunkminlength")? {
         c.chunk_min_length = n;
     }
+    c.ops = ops::read(tree)?;
     Ok(c)
 }
 
@@ -624,15 +639,12 @@ mod tests {
         assert_eq!(l.config.root, PathBuf::from("/var/lib/docker-registry"));
         assert!(l.config.delete_enabled);
         let w = l.warnings.join("\n");
-        for key in [
-            "log.fields",
-            "storage.cache",
-            "http.headers",
-            "auth",
-            "health",
-        ] {
+        for key in ["log.fields", "storage.cache", "http.headers", "auth"] {
             assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
         }
+        // health.storagedriver is honoured: no warning, one check.
+        assert!(!w.contains("key health"), "{w}");
+        assert_eq!(l.config.ops.checks.len(), 1);
         assert!(w.contains("unauthenticated"));
     }
 

@@ -6,8 +6,10 @@
 //! (no status codes, no headers) and nothing of SQL or file paths.
 
 mod blobs;
+pub mod gc;
 mod listing;
 mod manifests;
+mod stats;
 mod uploads;
 
 pub use blobs::BlobRead;
