@@ -154,6 +154,72 @@ async fn tcp_check_follows_a_listener() {
     .await;
 }
 
+/// A tiny HTTP server on a thread: answers every request with the status in `status`
+/// and records the request heads it got.
+fn downstream(
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 2048];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn http_check_follows_a_downstream_service() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = std::sync::Arc::new(AtomicU16::new(200));
+    let (addr, seen) = downstream(status.clone());
+    let uri = format!("http://{addr}/healthz");
+    let (b, debug) = Berth::start_with_debug(&config(&format!(
+        "health:\n  http:\n    - uri: {uri}\n      headers:\n        X-Check: [berth]\n      statuscode: 200\n      timeout: 2s\n      interval: 100ms\n"
+    )));
+    let c = Client::new();
+    eventually("the first check", || async {
+        (!seen.lock().expect("lock").is_empty()).then_some(())
+    })
+    .await;
+    let head = seen.lock().expect("lock")[0].clone();
+    assert!(head.starts_with("HEAD /healthz HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("X-Check: berth\r\n"), "{head}");
+    assert_eq!(
+        status_of(&c, &format!("{}/v2/", b.url)).await,
+        StatusCode::OK
+    );
+
+    status.store(503, Ordering::SeqCst);
+    let (_, failing) = eventually("the http check to fail", || async {
+        let h = debug_health(&c, &debug).await;
+        (h.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        failing[uri.as_str()],
+        "downstream service returned unexpected status: 503"
+    );
+    assert_unavailable(&c, &format!("{}/v2/", b.url)).await;
+
+    status.store(200, Ordering::SeqCst);
+    eventually("the http check to pass", || async {
+        (status_of(&c, &format!("{}/v2/", b.url)).await == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
 /// The value of the sample `name{labels}` (labels as Prometheus prints them), or 0.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
