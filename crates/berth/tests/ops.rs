@@ -125,8 +125,15 @@ async fn tcp_check_follows_a_listener() {
         "health:\n  tcp:\n    - addr: {addr}\n      timeout: 1s\n      interval: 100ms\n      threshold: 2\n"
     )));
     let c = Client::new();
-    // Give the check a few runs against the open listener: it stays healthy.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The check connects (twice) while the listener is open: it stays healthy.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut accepted = 0;
+    eventually("two checks against the open listener", || {
+        accepted += usize::from(listener.accept().is_ok());
+        let done = accepted >= 2;
+        async move { done.then_some(()) }
+    })
+    .await;
     assert_eq!(debug_health(&c, &debug).await, (StatusCode::OK, json!({})));
     assert_eq!(
         status_of(&c, &format!("{}/v2/", b.url)).await,
