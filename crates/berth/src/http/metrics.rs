@@ -177,6 +177,22 @@ fn handler(endpoint: &Endpoint) -> &'static str {
     }
 }
 
+/// Counts a request in flight until dropped, also when the client goes away mid-request.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Middleware: measure every request that reaches an API route.
 pub(super) async fn measure(
     metrics: Arc<Metrics>,
@@ -195,13 +211,12 @@ pub(super) async fn measure(
     };
     let method = req.method().clone();
     let start = Instant::now();
-    let in_flight = metrics.in_flight.with_label_values(&[route]);
-    in_flight.inc();
+    let in_flight = InFlight::enter(metrics.in_flight.with_label_values(&[route]));
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
     let resp = next.run(req).await;
-    in_flight.dec();
+    drop(in_flight);
     let sent = if method == Method::HEAD {
         0
     } else {
