@@ -25,6 +25,28 @@ enum Command {
         /// A CNCF Distribution config.yml (version 0.1); REGISTRY_* variables override it.
         config: Option<PathBuf>,
     },
+    /// Delete blobs no manifest references (safe while the registry serves: blobs younger
+    /// than --grace are kept), as Distribution's `registry garbage-collect` does.
+    GarbageCollect {
+        /// Do everything except delete.
+        #[arg(short = 'd', long)]
+        dry_run: bool,
+        /// Delete manifests no tag reaches (index children and referrers of reachable
+        /// manifests are reachable), then the blobs only they referenced.
+        #[arg(short = 'm', long)]
+        delete_untagged: bool,
+        /// Keep anything younger than this (e.g. 30m, 1h, 24h).
+        #[arg(long, default_value = "1h", value_parser = parse_grace)]
+        grace: std::time::Duration,
+        /// The registry's config.yml; REGISTRY_* variables override it.
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: PathBuf,
+    },
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    berth::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 30m or 1h"))
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -82,6 +104,37 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(berth::state::run(loaded.config, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::GarbageCollect {
+            dry_run,
+            delete_untagged,
+            grace,
+            config,
+        } => {
+            let loaded =
+                Loaded::load(Some(&config), std::env::vars()).context("invalid configuration")?;
+            init_logging(&loaded.config.log_level, loaded.config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let options = berth::registry::gc::GcOptions {
+                dry_run,
+                delete_untagged,
+                grace,
+            };
+            let mut print = |line: String| {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "{line}");
+            };
+            runtime
+                .block_on(berth::state::garbage_collect(
+                    &loaded.config,
+                    &options,
+                    &mut print,
+                ))
+                .context("failed to garbage collect")?;
             Ok(())
         }
     }

@@ -3,12 +3,14 @@
 
 use crate::config::Config;
 use crate::http::{self, HttpOptions};
+use crate::jobs::health::{HealthStatus, HealthWorker};
 use crate::jobs::notify::NotifyWorker;
 use crate::jobs::purge::PurgeWorker;
 use crate::jobs::Jobs;
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::MetaError;
 use crate::registry::events::{EventSink, Source, Subscriber};
+use crate::registry::gc::{GcOptions, GcReport};
 use crate::registry::Registry;
 use crate::storage::fs::FsBlobStore;
 use std::future::Future;
@@ -33,6 +35,10 @@ pub enum StartError {
     Jobs(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] http::metrics::MetricsError),
+    #[error("garbage collection failed: {0}")]
+    Gc(crate::registry::RegistryError),
 }
 
 /// Build the registry over the backends `config` names.
@@ -129,7 +135,43 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (registry, jobs) = build_with_jobs(&config).await?;
+    let (registry, mut jobs) = build_with_jobs(&config).await?;
+    let health = HealthStatus::default();
+    for check in &config.ops.checks {
+        jobs.spawn(HealthWorker::new(
+            check.clone(),
+            registry.clone(),
+            health.clone(),
+        ));
+    }
+    // Distribution serves metrics only on the debug server: without it, none are kept.
+    let metrics = if config.ops.prometheus && config.ops.debug_addr.is_some() {
+        Some(Arc::new(http::metrics::Metrics::new()?))
+    } else {
+        None
+    };
+    let (stop_debug, debug_stopped) = tokio::sync::watch::channel(false);
+    let mut debug_server = None;
+    if let Some(addr) = &config.ops.debug_addr {
+        let listener = bind(addr).await?;
+        let local = listener.local_addr().map_err(StartError::Serve)?;
+        let prometheus = metrics
+            .clone()
+            .map(|m| (m, config.ops.prometheus_path.clone()));
+        if prometheus.is_some() {
+            tracing::info!(
+                "providing prometheus metrics on {}",
+                config.ops.prometheus_path
+            );
+        }
+        let app = http::debug::router(registry.clone(), health.clone(), prometheus);
+        let mut stopped = debug_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tracing::info!("debug server listening {local}");
+        debug_server = Some(tokio::spawn(http::serve(listener, app, stop)));
+    }
     let listener = bind(&config.addr).await?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
     let app = http::router(
@@ -139,6 +181,8 @@ pub async fn run(
             prefix: config.http_prefix.clone(),
             host: config.http_host.clone(),
             absolute_urls: config.absolute_urls,
+            health,
+            metrics,
         },
     );
     tracing::info!(
@@ -147,6 +191,26 @@ pub async fn run(
         "listening on http://{local}"
     );
     let served = http::serve(listener, app, shutdown).await;
+    let _ = stop_debug.send(true);
+    if let Some(task) = debug_server {
+        if let Ok(Err(e)) = task.await {
+            tracing::error!("debug server error: {e}");
+        }
+    }
     jobs.shutdown(std::time::Duration::from_secs(10)).await;
     served.map_err(StartError::Serve)
+}
+
+/// `berth garbage-collect`: one collection over the storage `config` names, each report
+/// line handed to `out`.
+pub async fn garbage_collect(
+    config: &Config,
+    options: &GcOptions,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<GcReport, StartError> {
+    let registry = build_registry(config).await?;
+    registry
+        .garbage_collect(options, out)
+        .await
+        .map_err(StartError::Gc)
 }

@@ -73,8 +73,8 @@ fn dependency_rules() {
         ),
         (
             "crate::jobs",
-            &["jobs", "state"],
-            "jobs are started by the composition root only",
+            &["jobs", "state", "http"],
+            "jobs are started by the composition root only (http/ only reads the health status)",
         ),
         (
             "reqwest",

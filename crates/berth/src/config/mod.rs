@@ -7,6 +7,7 @@
 //! key. This module knows nothing of the server: it produces a [`Config`].
 
 pub mod events;
+pub mod ops;
 
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,8 @@ pub struct Config {
     pub chunk_min_length: u64,
     /// `notifications` and `storage.maintenance.uploadpurging`.
     pub events: events::EventsConfig,
+    /// `http.debug` (debug server, Prometheus) and `health` (checks gating the main port).
+    pub ops: ops::OpsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
                 upload_purging: events::UploadPurging::default(),
                 skipped: Vec::new(),
             },
+            ops: ops::OpsConfig::default(),
         }
     }
 }
@@ -164,6 +168,15 @@ const IMPLEMENTED: &[&str] = &[
     "notifications.endpoints",
     "notifications.events.includereferences",
     "storage.maintenance.uploadpurging",
+    "http.debug.addr",
+    "http.debug.prometheus.enabled",
+    "http.debug.prometheus.path",
+    "health.storagedriver.enabled",
+    "health.storagedriver.interval",
+    "health.storagedriver.threshold",
+    "health.file",
+    "health.http",
+    "health.tcp",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -678,6 +691,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
         c.chunk_min_length = n;
     }
     c.events = events::read(tree)?;
+    c.ops = ops::read(tree)?;
     Ok(c)
 }
 
@@ -716,9 +730,12 @@ mod tests {
             "{:?}",
             l.notes
         );
-        for key in ["log.fields", "http.headers", "auth", "health"] {
+        for key in ["log.fields", "http.headers", "auth"] {
             assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
         }
+        // health.storagedriver is honoured: no warning, one check.
+        assert!(!w.contains("key health"), "{w}");
+        assert_eq!(l.config.ops.checks.len(), 1);
         assert!(w.contains("unauthenticated"));
     }
 

@@ -4,10 +4,12 @@
 
 mod blobs;
 mod body;
+pub mod debug;
 pub mod endpoint;
 mod error;
 mod listing;
 mod manifests;
+pub mod metrics;
 mod uploads;
 
 use crate::registry::{Registry, RequestInfo};
@@ -39,6 +41,10 @@ pub struct HttpOptions {
     /// Absolute `Location` URLs built from the request (`http.relativeurls: false` given
     /// explicitly); otherwise they are relative paths.
     pub absolute_urls: bool,
+    /// Health check results: while any check fails, every request gets 503.
+    pub health: crate::jobs::health::HealthStatus,
+    /// Record request metrics here (when Prometheus is enabled).
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 /// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
@@ -85,10 +91,20 @@ impl Req {
 /// The application: every request goes through [`dispatch`].
 pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     let log_requests = options.access_log;
-    let app = Router::new()
+    let health = options.health.clone();
+    let measured = options.metrics.clone().map(|m| (m, options.prefix.clone()));
+    let mut app = Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(App { registry, options }))
         .layer(middleware::map_response(api_version_header));
+    if let Some((m, prefix)) = measured {
+        app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+            metrics::measure(m.clone(), prefix.clone(), req, next)
+        }));
+    }
+    let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+        debug::gate(health.clone(), req, next)
+    }));
     if log_requests {
         app.layer(middleware::from_fn(access_log))
     } else {

@@ -1,6 +1,6 @@
 //! Background work: the [`Worker`] trait and the [`Jobs`] runner that drives workers until
-//! shutdown. Workers: [`notify::NotifyWorker`] (webhook delivery from the outbox) and
-//! [`purge::PurgeWorker`] (upload purging).
+//! shutdown. Workers: [`notify::NotifyWorker`] (webhook delivery from the outbox),
+//! [`purge::PurgeWorker`] (upload purging) and [`health::HealthWorker`] (health checks).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
 //! waits (`wait_for_work`) for a timer or a wake-up. The runner stops it between steps, or
@@ -9,6 +9,7 @@
 //! Workers go through `registry/`, never through HTTP. State that must survive a crash
 //! lives in `meta` (the outbox), never only in a worker.
 
+pub mod health;
 pub mod notify;
 pub mod purge;
 

@@ -7,6 +7,7 @@
 
 pub mod sqlite;
 mod sqlite_events;
+mod sqlite_ops;
 #[cfg(test)]
 mod testsuite;
 
@@ -162,9 +163,9 @@ pub trait Outbox: Send + Sync {
     async fn pending(&self, endpoint: &str) -> Result<u64>;
 }
 
-/// Questions asked by notifications and maintenance jobs.
+/// Questions asked by notifications and maintenance jobs (upload purging).
 #[async_trait::async_trait]
-pub trait Housekeeping: Send + Sync {
+pub trait Maintenance: Send + Sync {
     /// Upload sessions created before `before` (seconds since the epoch), oldest first,
     /// at most `limit`.
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>>;
@@ -172,9 +173,55 @@ pub trait Housekeeping: Send + Sync {
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>>;
 }
 
+/// What is stored, counted cheaply (for metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub repositories: u64,
+    pub manifests: u64,
+    /// Distinct blobs known to metadata and their total size.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub uploads: u64,
+}
+
+/// A manifest as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcManifest {
+    pub digest: Digest,
+    /// Some tag of the repository points at it.
+    pub tagged: bool,
+    pub subject: Option<Digest>,
+    /// Seconds since the epoch when it was stored.
+    pub created_at: i64,
+    /// Blobs (false) and child manifests (true) it references.
+    pub references: Vec<(Digest, bool)>,
+}
+
+/// Accounting and garbage collection: whole-store queries, and deletes that re-check
+/// their condition inside their transaction.
+#[async_trait::async_trait]
+pub trait Housekeeping: Send + Sync {
+    async fn stats(&self) -> Result<Stats>;
+    /// Every manifest of `repo`, in digest order.
+    async fn gc_manifests(&self, repo: &RepoName) -> Result<Vec<GcManifest>>;
+    /// Delete a manifest only if no tag points at it and no manifest of the repository
+    /// references it (checked in the same transaction); `false` if it was kept.
+    async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Forget a blob (its links included) only if no manifest references it and neither
+    /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch);
+    /// `false` if it was kept.
+    async fn gc_forget_blob(&self, digest: &Digest, cutoff: i64) -> Result<bool>;
+}
+
 /// Everything the registry needs from its metadata backend.
-pub trait MetaStore: Repositories + Manifests + Uploads + Outbox + Housekeeping + 'static {}
-impl<T: Repositories + Manifests + Uploads + Outbox + Housekeeping + 'static> MetaStore for T {}
+pub trait MetaStore:
+    Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + 'static
+{
+}
+impl<T: Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + 'static>
+    MetaStore for T
+{
+}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {

@@ -3,7 +3,7 @@
 //! guarded by its lease, so two claimers can never both own an entry.
 
 use super::sqlite::SqliteMeta;
-use super::{now, Housekeeping, MetaError, Outbox, OutboxEntry, Result, UploadSession};
+use super::{now, Maintenance, MetaError, Outbox, OutboxEntry, Result, UploadSession};
 use oci::{Digest, RepoName, Tag};
 use sqlx::Row;
 
@@ -85,7 +85,7 @@ impl Outbox for SqliteMeta {
 }
 
 #[async_trait::async_trait]
-impl Housekeeping for SqliteMeta {
+impl Maintenance for SqliteMeta {
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
         let rows = sqlx::query(
             "SELECT id, repository, algorithm, created_at FROM uploads

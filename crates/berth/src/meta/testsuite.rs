@@ -275,3 +275,75 @@ pub async fn run_events(m: &dyn MetaStore) {
     assert_eq!(tags, vec![tag("a"), tag("z")]);
     assert!(m.tags_of(&r, &d("other")).await.expect("tags").is_empty());
 }
+
+/// The [`super::Housekeeping`] contract: accounting and garbage collection's guarded deletes.
+pub async fn housekeeping(m: &dyn MetaStore) {
+    use super::Stats;
+    let a = repo("gc/app");
+    assert_eq!(m.stats().await.expect("stats"), Stats::default());
+    m.link_blob(&a, &d("layer"), 5).await.expect("link");
+    m.link_blob(&a, &d("loose"), 7).await.expect("link");
+    let mut child = manifest("child", None, None);
+    child.references = vec![(d("layer"), false)];
+    m.put_manifest(&a, &child, &[]).await.expect("child");
+    let mut index = manifest("index", None, None);
+    index.references = vec![(d("child"), true)];
+    m.put_manifest(&a, &index, &[tag("latest")])
+        .await
+        .expect("index");
+    let orphan = manifest("orphan", None, None);
+    m.put_manifest(&a, &orphan, &[]).await.expect("orphan");
+    m.create_upload(&UploadSession {
+        id: "gc-upload".into(),
+        repository: a.clone(),
+        algorithm: Algorithm::Sha256,
+        created_at: 1,
+    })
+    .await
+    .expect("upload");
+    assert_eq!(
+        m.stats().await.expect("stats"),
+        Stats {
+            repositories: 1,
+            manifests: 3,
+            blobs: 2,
+            blob_bytes: 12,
+            uploads: 1,
+        }
+    );
+
+    // GC's view: digest order, tags and references.
+    let all = m.gc_manifests(&a).await.expect("gc manifests");
+    let mut want = vec![d("child"), d("index"), d("orphan")];
+    want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(
+        all.iter().map(|g| g.digest.clone()).collect::<Vec<_>>(),
+        want
+    );
+    let by = |x: &str| all.iter().find(|g| g.digest == d(x)).expect("listed");
+    assert!(by("index").tagged && !by("child").tagged && !by("orphan").tagged);
+    assert_eq!(by("index").references, vec![(d("child"), true)]);
+    assert_eq!(by("child").references, vec![(d("layer"), false)]);
+
+    // Untagged deletes keep tagged and referenced manifests.
+    assert!(!m.gc_delete_untagged(&a, &d("index")).await.expect("tagged"));
+    assert!(!m.gc_delete_untagged(&a, &d("child")).await.expect("child"));
+    assert!(m
+        .gc_delete_untagged(&a, &d("orphan"))
+        .await
+        .expect("orphan"));
+    assert_eq!(m.gc_manifests(&a).await.expect("gc").len(), 2);
+
+    // Blobs: referenced ones and recently linked ones are kept.
+    let future = super::now() + 3600;
+    let past = super::now() - 3600;
+    assert!(!m
+        .gc_forget_blob(&d("layer"), future)
+        .await
+        .expect("referenced"));
+    assert!(!m.gc_forget_blob(&d("loose"), past).await.expect("recent"));
+    assert!(m.gc_forget_blob(&d("loose"), future).await.expect("forget"));
+    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
+    assert_eq!(m.linked_blob(&a, &d("loose")).await.expect("linked"), None);
+    assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
+}

@@ -7,9 +7,11 @@
 
 mod blobs;
 pub mod events;
+pub mod gc;
 mod listing;
 mod manifests;
 mod purge;
+mod stats;
 mod uploads;
 
 pub use blobs::BlobRead;

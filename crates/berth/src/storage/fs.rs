@@ -201,6 +201,47 @@ impl super::BlobStore for FsBlobStore {
         }
     }
 
+    async fn list(&self) -> Result<Vec<super::StoredBlob>> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let mut out = Vec::new();
+            let dirs = |p: &Path| -> io::Result<Vec<std::fs::DirEntry>> {
+                match std::fs::read_dir(p) {
+                    Ok(rd) => rd.collect(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                }
+            };
+            for alg in dirs(&root)? {
+                for fan in dirs(&alg.path())? {
+                    for file in dirs(&fan.path())? {
+                        let name = format!(
+                            "{}:{}",
+                            alg.file_name().to_string_lossy(),
+                            file.file_name().to_string_lossy()
+                        );
+                        let Ok(digest) = name.parse::<Digest>() else {
+                            continue;
+                        };
+                        let meta = match file.metadata() {
+                            Ok(m) if m.is_file() => m,
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(e.into()),
+                        };
+                        out.push(super::StoredBlob {
+                            digest,
+                            size: meta.len(),
+                            modified: meta.modified()?,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn create_upload(&self, id: &str) -> Result<()> {
         let path = self.upload_path(id)?;
         let dir = self.root.join("uploads");
@@ -359,6 +400,11 @@ impl super::BlobStore for FsBlobStore {
                     fsync_dir(parent)?;
                 }
             }
+            // A (re-)committed blob counts as new for garbage collection's grace period.
+            File::options()
+                .write(true)
+                .open(&from)?
+                .set_modified(std::time::SystemTime::now())?;
             std::fs::rename(&from, &to)?;
             fsync_dir(dir)?;
             Ok(())

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 pub struct MemoryBlobStore {
     blobs: Mutex<HashMap<Digest, Bytes>>,
     uploads: Mutex<HashMap<String, Vec<u8>>>,
+    /// When each blob was committed.
+    committed: Mutex<HashMap<Digest, std::time::SystemTime>>,
 }
 
 impl MemoryBlobStore {
@@ -44,7 +46,20 @@ impl super::BlobStore for MemoryBlobStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
+        lock(&self.committed).remove(digest);
         Ok(lock(&self.blobs).remove(digest).is_some())
+    }
+
+    async fn list(&self) -> Result<Vec<super::StoredBlob>> {
+        let committed = lock(&self.committed);
+        Ok(lock(&self.blobs)
+            .iter()
+            .map(|(d, b)| super::StoredBlob {
+                digest: d.clone(),
+                size: b.len() as u64,
+                modified: committed.get(d).copied().unwrap_or(std::time::UNIX_EPOCH),
+            })
+            .collect())
     }
 
     async fn create_upload(&self, id: &str) -> Result<()> {
@@ -114,6 +129,7 @@ impl super::BlobStore for MemoryBlobStore {
             .remove(id)
             .ok_or(StorageError::UploadNotFound)?;
         lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
+        lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
         Ok(())
     }
 

@@ -61,6 +61,15 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// A committed blob as [`BlobStore::list`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was committed (or last re-committed).
+    pub modified: std::time::SystemTime,
+}
+
 /// Where blob bytes live. Small on purpose (house rule 5).
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -70,6 +79,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Remove a committed blob; `false` if it was not there.
     async fn delete(&self, digest: &Digest) -> Result<bool>;
+    /// Every committed blob (for garbage collection), in no particular order. Files
+    /// that are not blobs are skipped.
+    async fn list(&self) -> Result<Vec<StoredBlob>>;
 
     /// Create an empty upload.
     async fn create_upload(&self, id: &str) -> Result<()>;

@@ -136,7 +136,24 @@ pub async fn run(store: &dyn BlobStore) {
         .delete_upload("u3")
         .await
         .expect("delete upload twice");
+    // Committed blobs are listed, with their size and a commit time.
+    let listed = store.list().await.expect("list");
+    let entry = listed
+        .iter()
+        .find(|b| b.digest == digest)
+        .expect("committed blob is listed");
+    assert_eq!(entry.size, data.len() as u64);
+    assert!(entry.modified.elapsed().unwrap_or_default() < std::time::Duration::from_secs(600));
     assert!(store.delete(&digest).await.expect("delete"));
+    assert!(
+        !store
+            .list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|b| b.digest == digest),
+        "a deleted blob is not listed"
+    );
     assert!(!store.delete(&digest).await.expect("delete twice"));
     assert_eq!(store.stat(&digest).await.expect("stat"), None);
 }

@@ -229,3 +229,70 @@ impl Berth {
         }
     }
 }
+
+/// Spawn `berth ARGS...` and wait until a log line containing each of `markers` has
+/// appeared; returns the child and, per marker, the word that follows it on its line.
+/// The server's log goes on to this test's stderr.
+pub fn spawn_berth_until(args: &[&std::ffi::OsStr], markers: &[&str]) -> (Child, Vec<String>) {
+    let mut child = Command::new(berth_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let wanted: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            for (i, m) in wanted.iter().enumerate() {
+                if let Some(pos) = line.find(m.as_str()) {
+                    let word: String = line[pos + m.len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send((i, word));
+                }
+            }
+            eprintln!("[berth] {line}");
+        }
+    });
+    let mut found: Vec<Option<String>> = vec![None; markers.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, word)) => found[i] = found[i].take().or(Some(word)),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("berth did not log {markers:?} within 30 s");
+            }
+        }
+    }
+    (child, found.into_iter().flatten().collect())
+}
+
+impl Berth {
+    /// Start with a complete config file (`DATA` replaced by the data directory) whose
+    /// `http.debug.addr` is set; returns the server and the debug server's `host:port`.
+    pub fn start_with_debug(config: &str) -> (Berth, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, text).expect("write config");
+        let (child, found) = spawn_berth_until(
+            &["serve".as_ref(), path.as_os_str()],
+            &["listening on http://", "debug server listening "],
+        );
+        let b = Berth {
+            host: found[0].clone(),
+            url: format!("http://{}", found[0]),
+            dir,
+            extra_config: String::new(),
+            child: Some(child),
+        };
+        (b, found[1].clone())
+    }
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics: the request middleware (counts, latency, sizes, in-flight, bytes
+//! in and out, by handler, method and status, with Distribution 2.8's metric names) and
+//! the text exposition, which also reports what is stored (computed from metadata at
+//! scrape time). Served on the debug server only.
+
+use super::body;
+use super::endpoint::Endpoint;
+use crate::registry::Registry;
+use axum::body::{Body, HttpBody as _};
+use axum::extract::Request;
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry as Prom, TextEncoder,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Every metric Berth exports, in its own Prometheus registry.
+pub struct Metrics {
+    prom: Prom,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    request_size: HistogramVec,
+    response_size: HistogramVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    repositories: IntGauge,
+    manifests: IntGauge,
+    blobs: IntGauge,
+    blob_bytes: IntGauge,
+    uploads: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// A metrics definition error (a bug in the names above, never a runtime condition).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    prom: &Prom,
+    metric: T,
+) -> Result<T, MetricsError> {
+    prom.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let prom = Prom::new();
+        let sizes = exponential_buckets(1024.0, 2.0, 22)?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
+            register(&prom, IntGauge::new(name, help)?)
+        };
+        Ok(Metrics {
+            requests: register(
+                &prom,
+                IntCounterVec::new(
+                    Opts::new(
+                        "registry_http_requests_total",
+                        "Requests by handler, status code and method.",
+                    ),
+                    &["handler", "code", "method"],
+                )?,
+            )?,
+            duration: register(
+                &prom,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "registry_http_request_duration_seconds",
+                        "Time to the response headers, by handler and method.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ]),
+                    &["handler", "method"],
+                )?,
+            )?,
+            in_flight: register(
+                &prom,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "registry_http_in_flight_requests",
+                        "Requests being served, by handler.",
+                    ),
+                    &["handler"],
+                )?,
+            )?,
+            request_size: register(
+                &prom,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "registry_http_request_size_bytes",
+                        "Request body sizes, by handler.",
+                    )
+                    .buckets(sizes.clone()),
+                    &["handler"],
+                )?,
+            )?,
+            response_size: register(
+                &prom,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "registry_http_response_size_bytes",
+                        "Response body sizes, by handler.",
+                    )
+                    .buckets(sizes),
+                    &["handler"],
+                )?,
+            )?,
+            bytes_in: register(
+                &prom,
+                IntCounterVec::new(
+                    Opts::new(
+                        "berth_http_received_bytes_total",
+                        "Request body bytes received, by handler.",
+                    ),
+                    &["handler"],
+                )?,
+            )?,
+            bytes_out: register(
+                &prom,
+                IntCounterVec::new(
+                    Opts::new(
+                        "berth_http_sent_bytes_total",
+                        "Response body bytes sent (by length), by handler.",
+                    ),
+                    &["handler"],
+                )?,
+            )?,
+            repositories: gauge("berth_repositories", "Repositories stored.")?,
+            manifests: gauge("berth_manifests", "Manifests stored (per repository).")?,
+            blobs: gauge("berth_blobs", "Distinct blobs stored.")?,
+            blob_bytes: gauge("berth_blob_bytes", "Bytes of the distinct blobs stored.")?,
+            uploads: gauge("berth_uploads_in_progress", "Upload sessions in progress.")?,
+            prom,
+        })
+    }
+
+    /// The text exposition, with the storage gauges refreshed from `registry`.
+    pub async fn render(&self, registry: &Registry) -> String {
+        match registry.stats().await {
+            Ok(s) => {
+                let set = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+                set(&self.repositories, s.repositories);
+                set(&self.manifests, s.manifests);
+                set(&self.blobs, s.blobs);
+                set(&self.blob_bytes, s.blob_bytes);
+                set(&self.uploads, s.uploads);
+            }
+            Err(e) => tracing::error!("metrics: cannot count stored content: {e}"),
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.prom.gather(), &mut out) {
+            tracing::error!("metrics: cannot encode: {e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The handler label: Distribution 2.8's names where it has the route.
+fn handler(endpoint: &Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Uploads { .. } => "blob_upload",
+        Endpoint::Upload { .. } => "blob_upload_chunk",
+        e => e.route(),
+    }
+}
+
+/// Counts a request in flight until dropped, also when the client goes away mid-request.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Middleware: measure every request that reaches an API route.
+pub(super) async fn measure(
+    metrics: Arc<Metrics>,
+    prefix: String,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .uri()
+        .path()
+        .strip_prefix(prefix.as_str())
+        .and_then(|p| Endpoint::parse(p).ok())
+        .map(|e| handler(&e));
+    let Some(route) = route else {
+        return next.run(req).await;
+    };
+    let method = req.method().clone();
+    let start = Instant::now();
+    let in_flight = InFlight::enter(metrics.in_flight.with_label_values(&[route]));
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
+    let resp = next.run(req).await;
+    drop(in_flight);
+    let sent = if method == Method::HEAD {
+        0
+    } else {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| resp.body().size_hint().exact())
+            .unwrap_or(0)
+    };
+    let received = received.load(Ordering::Relaxed);
+    let m = method.as_str().to_ascii_lowercase();
+    metrics
+        .requests
+        .with_label_values(&[route, resp.status().as_str(), m.as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[route, m.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .request_size
+        .with_label_values(&[route])
+        .observe(received as f64);
+    metrics
+        .response_size
+        .with_label_values(&[route])
+        .observe(sent as f64);
+    metrics
+        .bytes_in
+        .with_label_values(&[route])
+        .inc_by(received);
+    metrics.bytes_out.with_label_values(&[route]).inc_by(sent);
+    resp
+}

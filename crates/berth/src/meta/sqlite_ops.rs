@@ -1,0 +1,154 @@
+//! [`Housekeeping`] for SQLite: cheap COUNT/SUM accounting for metrics, and the
+//! garbage collector's queries. Every delete re-checks its condition inside its own write
+//! transaction, so a push that lands between GC's mark and its sweep wins.
+
+use super::sqlite::SqliteMeta;
+use super::{GcManifest, Housekeeping, MetaError, Result, Stats};
+use oci::{Digest, RepoName};
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+fn digest(s: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Housekeeping for SqliteMeta {
+    async fn stats(&self) -> Result<Stats> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM repositories),
+                    (SELECT COUNT(*) FROM manifests),
+                    (SELECT COUNT(*) FROM blobs),
+                    (SELECT COALESCE(SUM(size), 0) FROM blobs),
+                    (SELECT COUNT(*) FROM uploads)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Stats {
+            repositories: count(row.get(0)),
+            manifests: count(row.get(1)),
+            blobs: count(row.get(2)),
+            blob_bytes: count(row.get(3)),
+            uploads: count(row.get(4)),
+        })
+    }
+
+    async fn gc_manifests(&self, repo: &RepoName) -> Result<Vec<GcManifest>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.subject, m.created_at,
+                    EXISTS (SELECT 1 FROM tags t
+                            WHERE t.repository_id = m.repository_id AND t.digest = m.digest)
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id
+             WHERE r.name = ?1 ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let d: String = row.get(0);
+            let subject: Option<String> = row.get(1);
+            let m = GcManifest {
+                digest: digest(&d)?,
+                tagged: row.get::<i64, _>(3) != 0,
+                subject: subject.as_deref().map(digest).transpose()?,
+                created_at: row.get(2),
+                references: Vec::new(),
+            };
+            out.insert(d, m);
+        }
+        let refs = sqlx::query(
+            "SELECT x.manifest_digest, x.child_digest, x.child_is_manifest
+             FROM manifest_references x JOIN repositories r ON r.id = x.repository_id
+             WHERE r.name = ?1 ORDER BY x.manifest_digest, x.child_is_manifest, x.child_digest",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        for row in refs {
+            let parent: String = row.get(0);
+            let child: String = row.get(1);
+            if let Some(m) = out.get_mut(&parent) {
+                m.references
+                    .push((digest(&child)?, row.get::<i64, _>(2) != 0));
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn gc_delete_untagged(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM manifests
+             WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1) AND digest = ?2
+               AND NOT EXISTS (SELECT 1 FROM tags
+                               WHERE repository_id = manifests.repository_id AND digest = ?2)
+               AND NOT EXISTS (SELECT 1 FROM manifest_references
+                               WHERE repository_id = manifests.repository_id
+                                 AND child_digest = ?2)",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if done {
+            sqlx::query(
+                "DELETE FROM manifest_references
+                 WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
+                   AND manifest_digest = ?2",
+            )
+            .bind(repo.as_str())
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn gc_forget_blob(&self, d: &Digest, cutoff: i64) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let keep: i64 = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
+                 OR EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1 AND created_at > ?2)
+                 OR EXISTS (SELECT 1 FROM blobs WHERE digest = ?1 AND created_at > ?2)",
+        )
+        .bind(d.as_str())
+        .bind(cutoff)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        if keep != 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE digest = ?1")
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn housekeeping_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        crate::meta::testsuite::housekeeping(&meta).await;
+    }
+}

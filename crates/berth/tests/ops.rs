@@ -1,0 +1,649 @@
+//! Black-box tests of the operations side: the debug server (`/debug/health`, Prometheus
+//! metrics), health checks gating the main port, and `berth garbage-collect` run as a
+//! separate process while the server serves, checked with skopeo pulls.
+
+mod common;
+
+use common::{require_tool, run, Berth};
+use oci::{Algorithm, Digest};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn sha256(data: &[u8]) -> Digest {
+    Digest::of(Algorithm::Sha256, data)
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n{extra}"
+    )
+}
+
+/// Poll `f` until it returns `Some`, failing after 20 s.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status_of(c: &Client, url: &str) -> StatusCode {
+    c.get(url).send().await.expect("send").status()
+}
+
+/// `/debug/health`: status and the failing checks.
+async fn debug_health(c: &Client, debug: &str) -> (StatusCode, Value) {
+    let r = c
+        .get(format!("http://{debug}/debug/health"))
+        .send()
+        .await
+        .expect("send");
+    let status = r.status();
+    (status, r.json().await.expect("health body is JSON"))
+}
+
+async fn assert_unavailable(c: &Client, url: &str) {
+    let r = c.get(url).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{url}");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+}
+
+#[tokio::test]
+async fn file_check_gates_the_main_port() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let down = tmp.path().join("down");
+    let (b, debug) = Berth::start_with_debug(&config(&format!(
+        "health:\n  file:\n    - file: {}\n      interval: 100ms\n",
+        down.display()
+    )));
+    let c = Client::new();
+
+    // Healthy: `/` is the liveness answer, the API works, /debug/health says {}.
+    let r = c.get(format!("{}/", b.url)).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-cache")
+    );
+    assert!(r.bytes().await.expect("body").is_empty());
+    assert_eq!(
+        status_of(&c, &format!("{}/v2/", b.url)).await,
+        StatusCode::OK
+    );
+    assert_eq!(debug_health(&c, &debug).await, (StatusCode::OK, json!({})));
+
+    // The file appears: within an interval every request on the main port gets 503.
+    std::fs::write(&down, "maintenance").expect("write");
+    let (_, failing) = eventually("the file check to fail", || async {
+        let h = debug_health(&c, &debug).await;
+        (h.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        failing[down.display().to_string()],
+        "file exists",
+        "{failing}"
+    );
+    for path in ["/", "/v2/", "/v2/some/repo/tags/list", "/nowhere"] {
+        assert_unavailable(&c, &format!("{}{path}", b.url)).await;
+    }
+
+    // Removed: healthy again.
+    std::fs::remove_file(&down).expect("remove");
+    eventually("the main port to recover", || async {
+        (status_of(&c, &format!("{}/v2/", b.url)).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(debug_health(&c, &debug).await, (StatusCode::OK, json!({})));
+    assert_eq!(status_of(&c, &format!("{}/", b.url)).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tcp_check_follows_a_listener() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (b, debug) = Berth::start_with_debug(&config(&format!(
+        "health:\n  tcp:\n    - addr: {addr}\n      timeout: 1s\n      interval: 100ms\n      threshold: 2\n"
+    )));
+    let c = Client::new();
+    // The check connects (twice) while the listener is open: it stays healthy.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut accepted = 0;
+    eventually("two checks against the open listener", || {
+        accepted += usize::from(listener.accept().is_ok());
+        let done = accepted >= 2;
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(debug_health(&c, &debug).await, (StatusCode::OK, json!({})));
+    assert_eq!(
+        status_of(&c, &format!("{}/v2/", b.url)).await,
+        StatusCode::OK
+    );
+
+    drop(listener);
+    let (_, failing) = eventually("the tcp check to fail", || async {
+        let h = debug_health(&c, &debug).await;
+        (h.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        failing[addr.as_str()],
+        format!("connection to {addr} failed"),
+        "{failing}"
+    );
+    assert_unavailable(&c, &format!("{}/v2/", b.url)).await;
+
+    // The service comes back on the same address: healthy again.
+    let _listener = std::net::TcpListener::bind(&addr).expect("rebind the same address");
+    eventually("the tcp check to pass", || async {
+        (status_of(&c, &format!("{}/v2/", b.url)).await == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// A tiny HTTP server on a thread: answers every request with the status in `status`
+/// and records the request heads it got.
+fn downstream(
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 2048];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn http_check_follows_a_downstream_service() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = std::sync::Arc::new(AtomicU16::new(200));
+    let (addr, seen) = downstream(status.clone());
+    let uri = format!("http://{addr}/healthz");
+    let (b, debug) = Berth::start_with_debug(&config(&format!(
+        "health:\n  http:\n    - uri: {uri}\n      headers:\n        X-Check: [berth]\n      statuscode: 200\n      timeout: 2s\n      interval: 100ms\n"
+    )));
+    let c = Client::new();
+    eventually("the first check", || async {
+        (!seen.lock().expect("lock").is_empty()).then_some(())
+    })
+    .await;
+    let head = seen.lock().expect("lock")[0].clone();
+    assert!(head.starts_with("HEAD /healthz HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("X-Check: berth\r\n"), "{head}");
+    assert_eq!(
+        status_of(&c, &format!("{}/v2/", b.url)).await,
+        StatusCode::OK
+    );
+
+    status.store(503, Ordering::SeqCst);
+    let (_, failing) = eventually("the http check to fail", || async {
+        let h = debug_health(&c, &debug).await;
+        (h.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        failing[uri.as_str()],
+        "downstream service returned unexpected status: 503"
+    );
+    assert_unavailable(&c, &format!("{}/v2/", b.url)).await;
+
+    status.store(200, Ordering::SeqCst);
+    eventually("the http check to pass", || async {
+        (status_of(&c, &format!("{}/v2/", b.url)).await == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// The value of the sample `name{labels}` (labels as Prometheus prints them), or 0.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_move_with_pushes_and_pulls() {
+    let (b, debug) = Berth::start_with_debug(&config(""));
+    let c = Client::new();
+    let metrics = || async {
+        let r = c
+            .get(format!("http://{debug}/metrics"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.expect("text")
+    };
+    let before = metrics().await;
+    assert!(before.contains("# TYPE berth_blobs gauge"), "{before}");
+    assert_eq!(sample(&before, "berth_blobs"), 0.0);
+
+    // Push one blob and pull it twice.
+    let data = vec![7u8; 5000];
+    let d = sha256(&data);
+    let r = c
+        .post(format!(
+            "{}/v2/metrics/test/blobs/uploads/?digest={d}",
+            b.url
+        ))
+        .body(data.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for _ in 0..2 {
+        let r = c
+            .get(format!("{}/v2/metrics/test/blobs/{d}", b.url))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.bytes().await.expect("body").len(), 5000);
+    }
+    let after = metrics().await;
+    assert!(
+        after.contains("# TYPE registry_http_requests_total counter"),
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"registry_http_requests_total{code="201",handler="blob_upload",method="post"}"#
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"registry_http_requests_total{code="200",handler="blob",method="get"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"registry_http_request_duration_seconds_count{handler="blob",method="get"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"berth_http_received_bytes_total{handler="blob_upload"}"#
+        ),
+        5000.0
+    );
+    assert_eq!(
+        sample(&after, r#"berth_http_sent_bytes_total{handler="blob"}"#),
+        10000.0
+    );
+    assert_eq!(sample(&after, "berth_blobs"), 1.0);
+    assert_eq!(sample(&after, "berth_blob_bytes"), 5000.0);
+    assert_eq!(sample(&after, "berth_repositories"), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            r#"registry_http_in_flight_requests{handler="blob"}"#
+        ),
+        0.0
+    );
+
+    // An open upload session shows; metrics are not served on the main port.
+    let r = c
+        .post(format!("{}/v2/metrics/test/blobs/uploads/", b.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(sample(&metrics().await, "berth_uploads_in_progress"), 1.0);
+    assert_eq!(
+        status_of(&c, &format!("{}/metrics", b.url)).await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// garbage-collect
+// ---------------------------------------------------------------------------------------
+
+struct Pusher {
+    c: Client,
+    url: String,
+}
+
+impl Pusher {
+    async fn blob(&self, repo: &str, data: &[u8]) -> Value {
+        let d = sha256(data);
+        let r = self
+            .c
+            .post(format!("{}/v2/{repo}/blobs/uploads/?digest={d}", self.url))
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "push blob");
+        json!({"mediaType": OCI_LAYER, "digest": d.as_str(), "size": data.len()})
+    }
+
+    async fn manifest(&self, repo: &str, reference: &str, media_type: &str, m: &Value) -> Value {
+        let bytes = serde_json::to_vec(m).expect("json");
+        let r = self
+            .c
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.url))
+            .header("content-type", media_type)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "push manifest {m}");
+        json!({"mediaType": media_type, "digest": sha256(&bytes).as_str(), "size": bytes.len()})
+    }
+
+    /// An image whose layers are `layers` (pushed as blobs); tagged `tag` if given.
+    async fn image(&self, repo: &str, tag: Option<&str>, arch: &str, layers: &[&[u8]]) -> Value {
+        // The layers make each config unique, so configs are not shared between images.
+        let seed: Vec<String> = layers.iter().map(|l| sha256(l).to_string()).collect();
+        let cfg = json!({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "seed": seed});
+        let mut cdesc = self
+            .blob(repo, &serde_json::to_vec(&cfg).expect("json"))
+            .await;
+        cdesc["mediaType"] = json!(OCI_CONFIG);
+        let mut ls = Vec::new();
+        for l in layers {
+            ls.push(self.blob(repo, l).await);
+        }
+        let m =
+            json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc, "layers": ls});
+        let bytes = serde_json::to_vec(&m).expect("json");
+        let reference = tag
+            .map(str::to_string)
+            .unwrap_or_else(|| sha256(&bytes).to_string());
+        self.manifest(repo, &reference, OCI_MANIFEST, &m).await
+    }
+}
+
+fn digest_of(desc: &Value) -> Digest {
+    desc["digest"]
+        .as_str()
+        .expect("digest")
+        .parse()
+        .expect("digest")
+}
+
+fn blob_file(b: &Berth, d: &Digest) -> PathBuf {
+    let hex = d.hex();
+    b.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// Run `berth garbage-collect ARGS CONFIG` as its own process; returns stdout.
+fn gc(b: &Berth, args: &[&str]) -> String {
+    run(Command::new(common::berth_bin())
+        .arg("garbage-collect")
+        .args(args)
+        .arg(b.config_path())
+        .env("NO_COLOR", "1"))
+}
+
+fn skopeo_pulls(b: &Berth, image: &str, all: bool) {
+    require_tool("skopeo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--src-tls-verify=false"]);
+    if all {
+        cmd.arg("--all");
+    }
+    cmd.arg(format!("docker://{}/{image}", b.host))
+        .arg(format!("oci:{}:x", dir.path().display()));
+    run(&mut cmd);
+}
+
+#[tokio::test]
+async fn garbage_collect_while_serving() {
+    let b = Berth::start();
+    let p = Pusher {
+        c: Client::new(),
+        url: b.url.clone(),
+    };
+    let shared: &[u8] = b"shared layer";
+    let a = p
+        .image("app", Some("a"), "amd64", &[b"layer a", shared])
+        .await;
+    let only_b: &[u8] = b"layer only in b";
+    let img_b = p.image("app", Some("b"), "amd64", &[only_b, shared]).await;
+    let img_b_config = config_of(&p, "app", &img_b).await;
+    p.image("other", Some("c"), "amd64", &[shared, b"layer c"])
+        .await;
+    // A multi-arch index: untagged children, tagged index.
+    let amd = p.image("multi", None, "amd64", &[b"amd64 layer"]).await;
+    let arm = p.image("multi", None, "arm64", &[b"arm64 layer"]).await;
+    let mut amd_p = amd.clone();
+    amd_p["platform"] = json!({"architecture": "amd64", "os": "linux"});
+    let mut arm_p = arm.clone();
+    arm_p["platform"] = json!({"architecture": "arm64", "os": "linux"});
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd_p, arm_p]});
+    p.manifest("multi", "latest", OCI_INDEX, &index).await;
+    // An artifact whose subject is image a (untagged, found through the referrers API).
+    let sig_blob = p.blob("app", b"signature payload").await;
+    let empty = p.blob("app", b"{}").await;
+    let artifact = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty["digest"], "size": 2},
+        "layers": [sig_blob],
+        "subject": a,
+    });
+    let art_bytes = serde_json::to_vec(&artifact).expect("json");
+    let art = p
+        .manifest(
+            "app",
+            &sha256(&art_bytes).to_string(),
+            OCI_MANIFEST,
+            &artifact,
+        )
+        .await;
+    // An untagged manifest nothing reaches, with its own layer.
+    let orphan_layer: &[u8] = b"orphan layer";
+    let orphan = p.image("app", None, "amd64", &[orphan_layer]).await;
+
+    // Delete image b: its config and its own layer become garbage, the shared one not.
+    let r =
+        p.c.request(
+            Method::DELETE,
+            format!(
+                "{}/v2/app/manifests/{}",
+                b.url,
+                img_b["digest"].as_str().expect("d")
+            ),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let b_config = img_b_config.clone();
+    for d in [sha256(only_b), b_config.clone()] {
+        assert!(blob_file(&b, &d).exists(), "{d} is stored before GC");
+    }
+
+    // Dry run: reports, deletes nothing.
+    let out = gc(&b, &["--dry-run", "--grace", "0s"]);
+    assert!(
+        out.contains(&format!(
+            "app: marking manifest {} ",
+            a["digest"].as_str().expect("d")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("blob eligible for deletion: {}", sha256(only_b))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("blob eligible for deletion: {b_config}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("blobs marked, 2 blobs and 0 manifests eligible for deletion"),
+        "{out}"
+    );
+    assert!(
+        blob_file(&b, &sha256(only_b)).exists(),
+        "dry run deletes nothing"
+    );
+
+    // Default grace period (1h): everything was just pushed, so nothing is deleted.
+    let out = gc(&b, &[]);
+    assert!(out.contains("deleted 0 blobs"), "{out}");
+    assert!(
+        blob_file(&b, &sha256(only_b)).exists(),
+        "fresh blobs are kept"
+    );
+
+    // Real run, while the server serves: the unreferenced blobs go, nothing else.
+    let out = gc(&b, &["--grace", "0s"]);
+    assert!(out.contains("deleted 2 blobs"), "{out}");
+    assert!(
+        !blob_file(&b, &sha256(only_b)).exists(),
+        "unreferenced layer deleted"
+    );
+    assert!(
+        !blob_file(&b, &b_config).exists(),
+        "unreferenced config deleted"
+    );
+    assert!(out.contains("bytes freed"), "{out}");
+    let r =
+        p.c.get(format!("{}/v2/app/blobs/{}", b.url, sha256(only_b)))
+            .send()
+            .await
+            .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a collected blob is unknown, not broken"
+    );
+    for d in [
+        sha256(shared),
+        sha256(b"layer a"),
+        sha256(b"layer c"),
+        sha256(orphan_layer),
+    ] {
+        assert!(blob_file(&b, &d).exists(), "{d} is still referenced");
+    }
+    skopeo_pulls(&b, "app:a", false);
+    skopeo_pulls(&b, "other:c", false);
+    skopeo_pulls(&b, "multi:latest", true);
+
+    // --delete-untagged: the orphan manifest and its layer go; index children and the
+    // referrer of a tagged image stay.
+    let out = gc(&b, &["--delete-untagged", "--grace", "0s"]);
+    assert!(
+        out.contains(&format!(
+            "manifest eligible for deletion: {}",
+            orphan["digest"].as_str().expect("d")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("and 1 manifests eligible for deletion"),
+        "{out}"
+    );
+    assert!(
+        !blob_file(&b, &sha256(orphan_layer)).exists(),
+        "orphan's layer deleted"
+    );
+    let status = |repo: &'static str, desc: Value| {
+        let c = p.c.clone();
+        let url = format!(
+            "{}/v2/{repo}/manifests/{}",
+            b.url,
+            desc["digest"].as_str().expect("d")
+        );
+        async move {
+            c.get(url)
+                .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+                .send()
+                .await
+                .expect("send")
+                .status()
+        }
+    };
+    assert_eq!(status("app", orphan.clone()).await, StatusCode::NOT_FOUND);
+    assert_eq!(status("multi", amd.clone()).await, StatusCode::OK);
+    assert_eq!(status("multi", arm.clone()).await, StatusCode::OK);
+    assert_eq!(status("app", art.clone()).await, StatusCode::OK);
+    for d in [
+        digest_of(&sig_blob),
+        sha256(b"amd64 layer"),
+        sha256(b"arm64 layer"),
+    ] {
+        assert!(blob_file(&b, &d).exists(), "{d} is reachable and kept");
+    }
+    skopeo_pulls(&b, "multi:latest", true);
+    skopeo_pulls(&b, "app:a", false);
+    let r =
+        p.c.get(format!("{}/v2/app/blobs/{}", b.url, digest_of(&sig_blob)))
+            .send()
+            .await
+            .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the referrer's layer still pulls"
+    );
+}
+
+/// The config digest of an image manifest, read back from the registry.
+async fn config_of(p: &Pusher, repo: &str, desc: &Value) -> Digest {
+    let m: Value =
+        p.c.get(format!(
+            "{}/v2/{repo}/manifests/{}",
+            p.url,
+            desc["digest"].as_str().expect("d")
+        ))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    digest_of(&m["config"])
+}
