@@ -4,8 +4,9 @@
 //! is committed, once per endpoint that wants it; delivery is a job (`jobs/notify.rs`),
 //! never done on the request path.
 //!
-//! Who asked: the HTTP layer fills a plain [`RequestInfo`] and runs the request inside
-//! [`RequestInfo::scope`] (a tokio task-local), so registry methods need no extra
+//! Who asked: the HTTP layer (its `request_scope` middleware) fills a plain
+//! [`RequestInfo`] and runs the request inside [`RequestInfo::scope`] (a tokio
+//! task-local), so registry methods need no extra
 //! parameter and this module stays free of HTTP types. Events emitted outside a request
 //! (none today) carry an empty `request`.
 
