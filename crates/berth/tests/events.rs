@@ -805,3 +805,108 @@ async fn events_match_distribution_byte_for_byte() {
         assert_eq!(normalized(o, &b.host), normalized(t, &their_host));
     }
 }
+
+fn tool(name: &str, args: &[&str]) -> String {
+    common::run(std::process::Command::new(common::require_tool(name)).args(args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_push_and_pull_are_notified() {
+    let receiver = Receiver::start().await;
+    let config = notifications(&[endpoint("hook", &receiver.url, "")], false);
+    let b = Berth::start_with(&config);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layout = tmp.path().join("layout");
+    let layout_s = layout.to_str().expect("utf-8 path").to_string();
+    let image = format!("{layout_s}:v1");
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, format!("hello from {}", b.host)).expect("write");
+    let host = b.host.clone();
+    let out = tmp.path().join("pulled");
+    let out_s = out.to_str().expect("utf-8 path").to_string();
+    // The clients are blocking processes: run them off the runtime the receiver uses.
+    tokio::task::spawn_blocking(move || {
+        tool("umoci", &["init", "--layout", &layout_s]);
+        tool("umoci", &["new", "--image", &image]);
+        let f = file.to_str().expect("utf-8");
+        tool(
+            "umoci",
+            &["insert", "--rootless", "--image", &image, f, "/hello.txt"],
+        );
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("oci:{image}"),
+                &format!("docker://{host}/skopeo/app:v1"),
+            ],
+        );
+    })
+    .await
+    .expect("push");
+    // Two blobs (config and layer), then the manifest, by tag.
+    let pushed = receiver.wait_for(3, Duration::from_secs(30)).await;
+    let events: Vec<Value> = pushed.iter().map(Delivery::event).collect();
+    assert!(events.iter().all(|e| e["action"] == "push"), "{events:#?}");
+    assert!(events[..2]
+        .iter()
+        .all(|e| e["target"]["mediaType"] == "application/octet-stream"));
+    assert_eq!(events[2]["target"]["mediaType"], OCI_MANIFEST);
+    assert_eq!(events[2]["target"]["tag"], "v1");
+    assert!(events
+        .iter()
+        .all(|e| e["target"]["repository"] == "skopeo/app"));
+    let ua = events[2]["request"]["useragent"]
+        .as_str()
+        .expect("useragent");
+    assert!(ua.starts_with("skopeo/"), "skopeo's user agent: {ua}");
+
+    let host = b.host.clone();
+    tokio::task::spawn_blocking(move || {
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                &format!("docker://{host}/skopeo/app:v1"),
+                &format!("dir:{out_s}"),
+            ],
+        );
+    })
+    .await
+    .expect("pull");
+    // A pull: the manifest by tag, then both blobs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let pulls = loop {
+        let all: Vec<Value> = receiver.accepted().iter().map(Delivery::event).collect();
+        let pulls: Vec<Value> = all.into_iter().skip(3).collect();
+        let blobs = pulls
+            .iter()
+            .filter(|e| e["target"]["mediaType"] == "application/octet-stream")
+            .count();
+        if blobs >= 2 {
+            break pulls;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pull events: {pulls:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(pulls.iter().all(|e| e["action"] == "pull"), "{pulls:#?}");
+    assert!(pulls
+        .iter()
+        .any(|e| e["target"]["tag"] == "v1"
+            && e["target"]["digest"] == events[2]["target"]["digest"]));
+    let pulled: std::collections::BTreeSet<&str> = pulls
+        .iter()
+        .filter(|e| e["target"]["mediaType"] == "application/octet-stream")
+        .map(|e| e["target"]["digest"].as_str().expect("digest"))
+        .collect();
+    let pushed_blobs: std::collections::BTreeSet<&str> = events[..2]
+        .iter()
+        .map(|e| e["target"]["digest"].as_str().expect("digest"))
+        .collect();
+    assert_eq!(pulled, pushed_blobs);
+}

@@ -93,9 +93,11 @@ pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     let log_requests = options.access_log;
     let health = options.health.clone();
     let measured = options.metrics.clone().map(|m| (m, options.prefix.clone()));
+    let event_options = Arc::new(options.clone());
     let mut app = Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(App { registry, options }))
+        .layer(middleware::from_fn_with_state(event_options, request_scope))
         .layer(middleware::map_response(api_version_header));
     if let Some((m, prefix)) = measured {
         app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -255,15 +257,20 @@ fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> Re
     }
 }
 
-async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
+/// Run the request with its [`RequestInfo`] set, so registry methods attribute
+/// notification events to it (a task-local: no signature below http/ carries it).
+async fn request_scope(
+    State(options): State<Arc<HttpOptions>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = request.into_parts();
-    // Registry methods attribute notification events to this request (a task-local,
-    // so no signature below http/ carries it).
-    let info = request_info(&app.options, &parts);
-    info.scope(handle(app, parts, body)).await
+    let info = request_info(&options, &parts);
+    info.scope(next.run(Request::from_parts(parts, body))).await
 }
 
-async fn handle(app: Arc<App>, parts: axum::http::request::Parts, body: Body) -> Response {
+async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };

@@ -4,8 +4,9 @@
 //! is committed, once per endpoint that wants it; delivery is a job (`jobs/notify.rs`),
 //! never done on the request path.
 //!
-//! Who asked: the HTTP layer fills a plain [`RequestInfo`] and runs the request inside
-//! [`RequestInfo::scope`] (a tokio task-local), so registry methods need no extra
+//! Who asked: the HTTP layer (its `request_scope` middleware) fills a plain
+//! [`RequestInfo`] and runs the request inside [`RequestInfo::scope`] (a tokio
+//! task-local), so registry methods need no extra
 //! parameter and this module stays free of HTTP types. Events emitted outside a request
 //! (none today) carry an empty `request`.
 
@@ -294,7 +295,15 @@ impl Registry {
             }
         };
         let names: Vec<String> = subscribers.iter().map(|s| s.name.clone()).collect();
-        if let Err(e) = self.meta.enqueue(&names, &payload).await {
+        // In a task of its own, so a client hanging up at this moment (which drops the
+        // request's future) cannot lose the event of a change already committed.
+        let meta = self.meta.clone();
+        let write = tokio::spawn(async move { meta.enqueue(&names, &payload).await });
+        let written = match write.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
             tracing::error!(
                 error = %e,
                 action = action.as_str(),
