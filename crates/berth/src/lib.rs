@@ -4,6 +4,7 @@
 //! module) -> [`registry`] (OCI semantics) -> [`storage`] (blob bytes) and [`meta`]
 //! (metadata) -> the `oci` crate (vocabulary). See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod meta;

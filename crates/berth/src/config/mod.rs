@@ -6,6 +6,9 @@
 //! checked against what Berth knows, and typed values are read with errors that name the
 //! key. This module knows nothing of the server: it produces a [`Config`].
 
+mod auth;
+
+pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion};
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +57,8 @@ pub struct Config {
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
     pub chunk_min_length: u64,
+    /// Authentication, TLS, response headers, drain timeout, read-only mode.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             body_idle_timeout: s.body_idle_timeout,
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -135,6 +141,16 @@ const IMPLEMENTED: &[&str] = &[
     "limits.bodyidletimeout",
     "limits.pageentries",
     "limits.chunkminlength",
+    "auth.htpasswd.realm",
+    "auth.htpasswd.path",
+    "http.tls.certificate",
+    "http.tls.key",
+    "http.tls.clientcas",
+    "http.tls.minimumtls",
+    "http.http2.disabled",
+    "http.headers",
+    "http.draintimeout",
+    "storage.maintenance.readonly.enabled",
 ];
 
 /// Top-level sections of Distribution's configuration.
@@ -160,16 +176,16 @@ const DISTRIBUTION_SECTIONS: &[&str] = &[
 /// Keys whose absence of support changes security or where data goes: warned loudly.
 const SECURITY_SENSITIVE: &[(&str, &str)] = &[
     (
-        "auth",
-        "authentication is not implemented yet: this registry accepts unauthenticated requests",
+        "auth.token",
+        "token authentication is not implemented yet: this registry accepts unauthenticated requests",
     ),
     (
-        "http.tls",
-        "TLS is not implemented yet: this registry serves plain HTTP",
+        "auth.silly",
+        "silly authentication is not implemented yet: this registry accepts unauthenticated requests",
     ),
     (
-        "storage.maintenance.readonly",
-        "read-only mode is not implemented yet: writes are accepted",
+        "http.tls.letsencrypt",
+        "Let's Encrypt is not implemented yet: without http.tls.certificate this registry serves plain HTTP",
     ),
 ];
 
@@ -591,6 +607,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(n) = get_size(tree, "limits.chunkminlength")? {
         c.chunk_min_length = n;
     }
+    c.auth = auth::read(tree)?;
     Ok(c)
 }
 
@@ -624,16 +641,14 @@ mod tests {
         assert_eq!(l.config.root, PathBuf::from("/var/lib/docker-registry"));
         assert!(l.config.delete_enabled);
         let w = l.warnings.join("\n");
-        for key in [
-            "log.fields",
-            "storage.cache",
-            "http.headers",
-            "auth",
-            "health",
-        ] {
+        for key in ["log.fields", "storage.cache", "health"] {
             assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
         }
-        assert!(w.contains("unauthenticated"));
+        assert!(
+            !w.contains("http.headers") && !w.contains("key auth"),
+            "{w}"
+        );
+        assert!(l.config.auth.htpasswd.is_some());
     }
 
     #[test]
