@@ -25,6 +25,10 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot set up auth.htpasswd: {0}")]
+    Auth(#[from] crate::auth::htpasswd::ProvisionError),
+    #[error("cannot set up http.tls: {0}")]
+    Tls(#[from] http::server::TlsError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -75,6 +79,21 @@ pub async fn run(
     let registry = build_registry(&config).await?;
     let listener = bind(&config.addr).await?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
+    let a = &config.auth;
+    let authenticator: Option<Arc<dyn crate::auth::Authenticator>> = match &a.htpasswd {
+        Some(h) => Some(Arc::new(crate::auth::htpasswd::Htpasswd::open(
+            &h.realm, &h.path,
+        )?)),
+        None => None,
+    };
+    let serve_options = http::server::ServeOptions {
+        tls: match &a.tls {
+            Some(t) => Some(http::server::tls_config(t, !a.http2_disabled)?),
+            None => None,
+        },
+        http1_only: a.http2_disabled,
+        drain_timeout: a.drain_timeout,
+    };
     let app = http::router(
         registry,
         HttpOptions {
@@ -82,14 +101,20 @@ pub async fn run(
             prefix: config.http_prefix.clone(),
             host: config.http_host.clone(),
             absolute_urls: config.absolute_urls,
+            authenticator,
+            headers: a.headers.clone(),
+            read_only: a.read_only,
         },
     );
     tracing::info!(
         root = %config.root.display(),
         delete_enabled = config.delete_enabled,
-        "listening on http://{local}"
+        read_only = a.read_only,
+        auth = if a.htpasswd.is_some() { "htpasswd" } else { "none" },
+        "listening on {}://{local}",
+        if a.tls.is_some() { "https" } else { "http" }
     );
-    http::serve(listener, app, shutdown)
+    http::server::serve(listener, app, serve_options, shutdown)
         .await
         .map_err(StartError::Serve)
 }

@@ -1,15 +1,19 @@
 //! The only module that knows HTTP. Parses each request into an [`endpoint::Endpoint`],
 //! calls one `registry` service, and renders the answer; [`error`] is the one mapping
-//! from errors to responses. Also the access log and the listener loop.
+//! from errors to responses. Also the access log; [`server`] is the listener loop (TLS,
+//! draining), [`auth`] the authentication check every routed request passes.
 
+mod auth;
 mod blobs;
 mod body;
 pub mod endpoint;
 mod error;
 mod listing;
 mod manifests;
+pub mod server;
 mod uploads;
 
+use crate::auth::{Authenticator, Principal};
 use crate::registry::Registry;
 use axum::body::Body;
 use axum::body::HttpBody as _;
@@ -39,6 +43,12 @@ pub struct HttpOptions {
     /// Absolute `Location` URLs built from the request (`http.relativeurls: false` given
     /// explicitly); otherwise they are relative paths.
     pub absolute_urls: bool,
+    /// `auth`: who may call; `None` means open access.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// `http.headers`: added to every routed response (errors included).
+    pub headers: Vec<(String, String)>,
+    /// `storage.maintenance.readonly.enabled`: writes answer 405.
+    pub read_only: bool,
 }
 
 /// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
@@ -96,18 +106,14 @@ pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` completes, then drain in-flight requests.
+/// Serve `app` over plain HTTP on `listener` until `shutdown` completes, then drain
+/// in-flight requests ([`server::serve`] takes TLS and drain options).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    server::serve(listener, app, server::ServeOptions::default(), shutdown).await
 }
 
 async fn api_version_header(mut resp: Response) -> Response {
@@ -127,11 +133,15 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let mut user = String::new();
     // Count request bytes as the handler reads them (chunked bodies have no length).
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
     let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
     let resp = next.run(req).await;
+    if let Some(p) = resp.extensions().get::<Principal>() {
+        user.clone_from(&p.name);
+    }
     let bytes_out = if method == Method::HEAD {
         0
     } else {
@@ -151,6 +161,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         bytes_in = bytes_in.load(Ordering::Relaxed),
         bytes_out,
         remote,
+        user,
         "request"
     );
     resp
@@ -183,7 +194,7 @@ fn url_base(options: &HttpOptions, parts: &axum::http::request::Parts) -> String
 }
 
 async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
@@ -199,15 +210,56 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
             return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
         }
     };
+    let mut resp = route(&app, &mut parts, body, endpoint).await;
+    for (name, value) in &app.options.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    if let Some(p) = parts.extensions.get::<Principal>() {
+        resp.extensions_mut().insert(p.clone());
+    }
+    resp
+}
+
+/// Authenticate, enforce read-only mode, and call the endpoint's handler.
+async fn route(
+    app: &App,
+    parts: &mut axum::http::request::Parts,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    if let Some(authenticator) = &app.options.authenticator {
+        match auth::check(authenticator.as_ref(), &endpoint, parts).await {
+            // Kept in the request's extensions (and copied to the response's, for the
+            // access log) for whoever needs the caller: notifications' actor, RBAC.
+            Ok(p) => {
+                parts.extensions.insert(p);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    if app.options.read_only && is_write(&parts.method, &endpoint) {
+        return ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            "the registry is in read-only mode (storage.maintenance.readonly.enabled): pushes and deletes are refused",
+        )
+        .header(header::ALLOW, "GET, HEAD")
+        .into_response();
+    }
     let query = parts
         .uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let req = Req {
-        base: url_base(&app.options, &parts),
-        method: parts.method,
-        headers: parts.headers,
+        base: url_base(&app.options, parts),
+        method: parts.method.clone(),
+        headers: std::mem::take(&mut parts.headers),
         query,
     };
     let r = &app.registry;
@@ -249,6 +301,22 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Requests that change what is stored: refused in read-only mode.
+fn is_write(method: &Method, endpoint: &Endpoint) -> bool {
+    let changes = matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    changes
+        && matches!(
+            endpoint,
+            Endpoint::Manifest { .. }
+                | Endpoint::Blob { .. }
+                | Endpoint::Uploads { .. }
+                | Endpoint::Upload { .. }
+        )
 }
 
 fn base() -> Response {
