@@ -780,3 +780,54 @@ async fn read_only_mode_refuses_writes() {
         "the refused delete deleted nothing"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// http.draintimeout
+// ---------------------------------------------------------------------------------------
+
+/// With `draintimeout: 1s`, SIGTERM stops the server even though an upload is stuck in
+/// flight: the drain is bounded.
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let b = Berth::start_with_config(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  draintimeout: 1s\n",
+    );
+    let mut conn = std::net::TcpStream::connect(&b.host).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let digest = sha256(&[0u8; 1000]);
+    write!(
+        conn,
+        "POST /v2/drain/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+        b.host
+    )
+    .expect("request");
+    // The server says 100 Continue when the handler starts reading the body: from then
+    // on the request is in flight.
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 100"), "{status}");
+    conn.write_all(&[0u8; 10]).expect("part of the body");
+
+    let started = std::time::Instant::now();
+    run(Command::new("kill").args(["-TERM", &b.pid().to_string()]));
+    let stat = format!("/proc/{}/stat", b.pid());
+    loop {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        // Exited (a zombie until the harness reaps it) or gone.
+        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "berth still running 15 s after SIGTERM with draintimeout 1s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "berth did not wait for the in-flight request"
+    );
+}
