@@ -114,6 +114,16 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
             minimum,
         });
     }
+    if c.tls.is_none() {
+        for key in ["http.tls.key", "http.tls.clientcas", "http.tls.minimumtls"] {
+            if get(tree, key).is_some() {
+                return Err(bad(
+                    key,
+                    "is set but http.tls.certificate is not: set the certificate to serve HTTPS, or remove the key",
+                ));
+            }
+        }
+    }
     c.http2_disabled = get_bool(tree, "http.http2.disabled")?.unwrap_or(false);
     if let Some(headers) = get(tree, "http.headers") {
         let map = headers
@@ -220,6 +230,8 @@ mod tests {
         assert!(e.to_string().contains("tls1.2 or tls1.3"), "{e}");
         let e = read_yaml("http:\n  tls:\n    certificate: c\n").expect_err("no key");
         assert!(e.to_string().contains("http.tls.key"), "{e}");
+        let e = read_yaml("http:\n  tls:\n    clientcas: [a]\n").expect_err("no certificate");
+        assert!(e.to_string().contains("http.tls.certificate"), "{e}");
     }
 
     #[test]
