@@ -6,7 +6,8 @@
 
 use super::{quote, AuthError, Authenticator, Credentials, Principal};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use sha2::Digest as _;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -26,7 +27,17 @@ pub struct Htpasswd {
     realm: String,
     path: PathBuf,
     cache: Mutex<Option<Loaded>>,
+    /// Credentials bcrypt already accepted, as keyed SHA-256 of (user, password, hash):
+    /// a client sends the same Basic credentials with every request, and bcrypt costs
+    /// tens of milliseconds each time. The hash is part of the key, so a changed or
+    /// removed entry never matches an old success.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Per-process random key for [`Htpasswd::verified`].
+    secret: [u8; 32],
 }
+
+/// Most remembered successes before the set starts over.
+const MAX_VERIFIED: usize = 4096;
 
 /// Why the htpasswd file could not be prepared at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +75,24 @@ impl Htpasswd {
             realm: realm.to_string(),
             path: path.to_path_buf(),
             cache: Mutex::new(None),
+            verified: Mutex::new(HashSet::new()),
+            secret: {
+                use rand::RngCore as _;
+                let mut k = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut k);
+                k
+            },
         })
+    }
+
+    fn key(&self, user: &str, password: &str, hash: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        for part in [user, password, hash] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
     }
 
     /// The current entries, re-reading the file if it changed since last time.
@@ -106,6 +134,16 @@ impl Authenticator for Htpasswd {
         };
         let users = self.users()?;
         let hash = users.get(&user).cloned();
+        let key = hash.as_deref().map(|h| self.key(&user, &password, h));
+        let seen = |k: &[u8; 32]| {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(k)
+        };
+        if key.as_ref().is_some_and(seen) {
+            return Ok(Principal { name: user });
+        }
         // bcrypt is deliberately slow: keep it off the async workers.
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) if is_bcrypt(&h) => bcrypt::verify(&password, &h).unwrap_or(false),
@@ -118,6 +156,13 @@ impl Authenticator for Htpasswd {
         .await
         .unwrap_or(false);
         if ok {
+            if let Some(k) = key {
+                let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if verified.len() >= MAX_VERIFIED {
+                    verified.clear();
+                }
+                verified.insert(k);
+            }
             Ok(Principal { name: user })
         } else {
             tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password, unknown user or non-bcrypt entry");
@@ -238,6 +283,14 @@ mod tests {
                 Err(AuthError::Unauthenticated)
             ));
         }
+        // A remembered success does not outlive a password change.
+        let other = bcrypt::hash("new", 4).expect("hash");
+        std::fs::write(&path, format!("alice:{other}\n")).expect("write");
+        assert!(
+            h.authenticate(basic("alice", "pw")).await.is_err(),
+            "old password after change"
+        );
+        assert!(h.authenticate(basic("alice", "new")).await.is_ok());
         std::fs::write(&path, "garbage\n").expect("write");
         match h.authenticate(basic("alice", "pw")).await {
             Err(AuthError::Store(m)) => {
