@@ -5,6 +5,7 @@
 //! (metadata) -> the `oci` crate (vocabulary); [`jobs`] (background workers) sits beside
 //! [`http`] over [`registry`]. See ARCHITECTURE.md.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jobs;

@@ -33,6 +33,10 @@ pub enum StartError {
     },
     #[error("cannot start background jobs: {0}")]
     Jobs(String),
+    #[error("cannot set up auth.htpasswd: {0}")]
+    Auth(#[from] crate::auth::htpasswd::ProvisionError),
+    #[error("cannot set up http.tls: {0}")]
+    Tls(#[from] http::server::TlsError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
@@ -174,6 +178,21 @@ pub async fn run(
     }
     let listener = bind(&config.addr).await?;
     let local = listener.local_addr().map_err(StartError::Serve)?;
+    let a = &config.auth;
+    let authenticator: Option<Arc<dyn crate::auth::Authenticator>> = match &a.htpasswd {
+        Some(h) => Some(Arc::new(crate::auth::htpasswd::Htpasswd::open(
+            &h.realm, &h.path,
+        )?)),
+        None => None,
+    };
+    let serve_options = http::server::ServeOptions {
+        tls: match &a.tls {
+            Some(t) => Some(http::server::tls_config(t, !a.http2_disabled)?),
+            None => None,
+        },
+        http1_only: a.http2_disabled,
+        drain_timeout: a.drain_timeout,
+    };
     let app = http::router(
         registry,
         HttpOptions {
@@ -183,14 +202,20 @@ pub async fn run(
             absolute_urls: config.absolute_urls,
             health,
             metrics,
+            authenticator,
+            headers: a.headers.clone(),
+            read_only: a.read_only,
         },
     );
     tracing::info!(
         root = %config.root.display(),
         delete_enabled = config.delete_enabled,
-        "listening on http://{local}"
+        read_only = a.read_only,
+        auth = if a.htpasswd.is_some() { "htpasswd" } else { "none" },
+        "listening on {}://{local}",
+        if a.tls.is_some() { "https" } else { "http" }
     );
-    let served = http::serve(listener, app, shutdown).await;
+    let served = http::server::serve(listener, app, serve_options, shutdown).await;
     let _ = stop_debug.send(true);
     if let Some(task) = debug_server {
         if let Ok(Err(e)) = task.await {

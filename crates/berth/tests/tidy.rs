@@ -58,8 +58,8 @@ fn dependency_rules() {
         ),
         (
             "std::fs",
-            &["storage", "config"],
-            "file access stays in storage/ (config reads its own file)",
+            &["storage", "config", "auth"],
+            "file access stays in storage/ (config reads its own file, auth its htpasswd file)",
         ),
         (
             "crate::http",

@@ -9,6 +9,9 @@
 pub mod events;
 pub mod ops;
 
+mod auth;
+
+pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion};
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,6 +70,8 @@ pub struct Config {
     pub events: events::EventsConfig,
     /// `http.debug` (debug server, Prometheus) and `health` (checks gating the main port).
     pub ops: ops::OpsConfig,
+    /// Authentication, TLS, response headers, drain timeout, read-only mode.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -96,6 +101,7 @@ impl Default for Config {
                 skipped: Vec::new(),
             },
             ops: ops::OpsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -177,6 +183,16 @@ const IMPLEMENTED: &[&str] = &[
     "health.file",
     "health.http",
     "health.tcp",
+    "auth.htpasswd.realm",
+    "auth.htpasswd.path",
+    "http.tls.certificate",
+    "http.tls.key",
+    "http.tls.clientcas",
+    "http.tls.minimumtls",
+    "http.http2.disabled",
+    "http.headers",
+    "http.draintimeout",
+    "storage.maintenance.readonly.enabled",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -211,16 +227,16 @@ const DISTRIBUTION_SECTIONS: &[&str] = &[
 /// Keys whose absence of support changes security or where data goes: warned loudly.
 const SECURITY_SENSITIVE: &[(&str, &str)] = &[
     (
-        "auth",
-        "authentication is not implemented yet: this registry accepts unauthenticated requests",
+        "auth.token",
+        "token authentication is not implemented yet: this registry accepts unauthenticated requests",
     ),
     (
-        "http.tls",
-        "TLS is not implemented yet: this registry serves plain HTTP",
+        "auth.silly",
+        "silly authentication is not implemented yet: this registry accepts unauthenticated requests",
     ),
     (
-        "storage.maintenance.readonly",
-        "read-only mode is not implemented yet: writes are accepted",
+        "http.tls.letsencrypt",
+        "Let's Encrypt is not implemented yet: without http.tls.certificate this registry serves plain HTTP",
     ),
 ];
 
@@ -692,6 +708,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     }
     c.events = events::read(tree)?;
     c.ops = ops::read(tree)?;
+    c.auth = auth::read(tree)?;
     Ok(c)
 }
 
@@ -730,13 +747,15 @@ mod tests {
             "{:?}",
             l.notes
         );
-        for key in ["log.fields", "http.headers", "auth"] {
-            assert!(w.contains(&format!("key {key}")), "{key} missing from {w}");
-        }
-        // health.storagedriver is honoured: no warning, one check.
+        assert!(w.contains("key log.fields"), "{w}");
+        // health.storagedriver, http.headers and auth.htpasswd are honoured: no warnings.
         assert!(!w.contains("key health"), "{w}");
+        assert!(
+            !w.contains("http.headers") && !w.contains("key auth"),
+            "{w}"
+        );
         assert_eq!(l.config.ops.checks.len(), 1);
-        assert!(w.contains("unauthenticated"));
+        assert!(l.config.auth.htpasswd.is_some());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The only module that knows HTTP. Parses each request into an [`endpoint::Endpoint`],
 //! calls one `registry` service, and renders the answer; [`error`] is the one mapping
-//! from errors to responses. Also the access log and the listener loop.
+//! from errors to responses. Also the access log; [`server`] is the listener loop (TLS,
+//! draining), [`auth`] the authentication check every routed request passes.
 
+mod auth;
 mod blobs;
 mod body;
 pub mod debug;
@@ -10,8 +12,10 @@ mod error;
 mod listing;
 mod manifests;
 pub mod metrics;
+pub mod server;
 mod uploads;
 
+use crate::auth::{Authenticator, Principal};
 use crate::registry::{Registry, RequestInfo};
 use axum::body::Body;
 use axum::body::HttpBody as _;
@@ -45,6 +49,12 @@ pub struct HttpOptions {
     pub health: crate::jobs::health::HealthStatus,
     /// Record request metrics here (when Prometheus is enabled).
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// `auth`: who may call; `None` means open access.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// `http.headers`: added to every routed response (errors included).
+    pub headers: Vec<(String, String)>,
+    /// `storage.maintenance.readonly.enabled`: writes answer 405.
+    pub read_only: bool,
 }
 
 /// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
@@ -114,18 +124,14 @@ pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` completes, then drain in-flight requests.
+/// Serve `app` over plain HTTP on `listener` until `shutdown` completes, then drain
+/// in-flight requests ([`server::serve`] takes TLS and drain options).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    server::serve(listener, app, server::ServeOptions::default(), shutdown).await
 }
 
 async fn api_version_header(mut resp: Response) -> Response {
@@ -145,11 +151,15 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let mut user = String::new();
     // Count request bytes as the handler reads them (chunked bodies have no length).
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
     let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
     let resp = next.run(req).await;
+    if let Some(p) = resp.extensions().get::<Principal>() {
+        user.clone_from(&p.name);
+    }
     let bytes_out = if method == Method::HEAD {
         0
     } else {
@@ -169,6 +179,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         bytes_in = bytes_in.load(Ordering::Relaxed),
         bytes_out,
         remote,
+        user,
         "request"
     );
     resp
@@ -205,9 +216,10 @@ fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: 
     format!("{scheme}://{host}{}", options.prefix)
 }
 
-/// Who made the request, for notifications. The single place the actor comes from:
-/// today the Basic-auth user name; with authentication, the authenticated principal
-/// from the request extensions.
+/// Who made the request, for notifications. The single place the actor comes from: the
+/// Basic-auth user name, which for htpasswd is the authenticated principal (events are
+/// only emitted for requests that passed authentication). Token auth will need the
+/// principal from the request extensions here instead.
 fn actor(parts: &axum::http::request::Parts) -> Option<String> {
     use base64::Engine as _;
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -270,7 +282,7 @@ async fn request_scope(
 }
 
 async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
@@ -286,15 +298,56 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
             return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
         }
     };
+    let mut resp = route(&app, &mut parts, body, endpoint).await;
+    for (name, value) in &app.options.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    if let Some(p) = parts.extensions.get::<Principal>() {
+        resp.extensions_mut().insert(p.clone());
+    }
+    resp
+}
+
+/// Authenticate, enforce read-only mode, and call the endpoint's handler.
+async fn route(
+    app: &App,
+    parts: &mut axum::http::request::Parts,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    if let Some(authenticator) = &app.options.authenticator {
+        match auth::check(authenticator.as_ref(), &endpoint, parts).await {
+            // Kept in the request's extensions (and copied to the response's, for the
+            // access log) for whoever needs the caller: notifications' actor, RBAC.
+            Ok(p) => {
+                parts.extensions.insert(p);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    if app.options.read_only && is_write(&parts.method, &endpoint) {
+        return ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            "the registry is in read-only mode (storage.maintenance.readonly.enabled): pushes and deletes are refused",
+        )
+        .header(header::ALLOW, "GET, HEAD")
+        .into_response();
+    }
     let query = parts
         .uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let req = Req {
-        base: url_base(&app.options, &parts),
-        method: parts.method,
-        headers: parts.headers,
+        base: url_base(&app.options, parts),
+        method: parts.method.clone(),
+        headers: std::mem::take(&mut parts.headers),
         query,
     };
     let r = &app.registry;
@@ -341,6 +394,22 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
         )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Requests that change what is stored: refused in read-only mode.
+fn is_write(method: &Method, endpoint: &Endpoint) -> bool {
+    let changes = matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    changes
+        && matches!(
+            endpoint,
+            Endpoint::Manifest { .. }
+                | Endpoint::Blob { .. }
+                | Endpoint::Uploads { .. }
+                | Endpoint::Upload { .. }
+        )
 }
 
 fn base() -> Response {

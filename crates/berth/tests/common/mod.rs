@@ -296,3 +296,94 @@ impl Berth {
         (b, found[1].clone())
     }
 }
+
+/// Spawn `berth ARGS...` with extra environment variables, wait for its
+/// "listening on SCHEME://ADDR" log line and return the child and ADDR.
+pub fn spawn_berth_with(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    scheme: &str,
+) -> (Child, String) {
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn berth");
+    let stderr = child.stderr.take().expect("stderr");
+    let marker = format!("listening on {scheme}://");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(pos) = line.find(&marker) {
+                let rest = &line[pos + marker.len()..];
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            eprintln!("[berth] {line}");
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("berth did not report a {scheme} listening address within 30 s");
+        }
+    }
+}
+
+impl Berth {
+    /// Start with a complete config file (`DATA` replaced by the data directory) and
+    /// extra environment; `scheme` is `http` or `https` (with `http.tls` configured).
+    pub fn start_with_config_env(config: &str, env: &[(&str, &str)], scheme: &str) -> Berth {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, text).expect("write config");
+        let (child, addr) = spawn_berth_with(&["serve".as_ref(), path.as_os_str()], env, scheme);
+        Berth {
+            host: addr.clone(),
+            url: format!("{scheme}://{addr}"),
+            dir,
+            extra_config: String::new(),
+            child: Some(child),
+        }
+    }
+
+    /// Run `berth serve` with `config` and expect it to refuse to start; returns its
+    /// standard error.
+    pub fn fails_to_start(config: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, text).expect("write config");
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(berth_bin())
+            .args(["serve".as_ref(), path.as_os_str()])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn berth");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berth kept running with {config}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "berth exited successfully with {config}");
+        std::fs::read_to_string(&log).expect("read log")
+    }
+}

@@ -1,0 +1,302 @@
+//! htpasswd authentication as Distribution 2.8 does it: `user:hash` lines, only bcrypt
+//! hashes authenticate (`$2a$`, `$2b$`, `$2y$`; MD5, SHA1, crypt and plain entries are
+//! read but never match), the file is read lazily and re-read whenever its modification
+//! time or size changes, and a missing file is created at start-up with user `docker`
+//! and a random password that is logged once. Knows nothing of HTTP.
+
+use super::{quote, AuthError, Authenticator, Credentials, Principal};
+use async_trait::async_trait;
+use sha2::Digest as _;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// A bcrypt hash compared against when the user is unknown, so that unknown users take
+/// as long as wrong passwords.
+const DUMMY_HASH: &str = "$2y$10$6fofTOB5xMonFCNj6hIQBOM4zvoRgH9vg3XoFmEe65OH/EOTyzINK";
+
+/// Parsed entries, and the file version they came from.
+struct Loaded {
+    version: (SystemTime, u64),
+    users: Arc<HashMap<String, String>>,
+}
+
+/// Authenticates HTTP Basic credentials against an htpasswd file.
+pub struct Htpasswd {
+    realm: String,
+    path: PathBuf,
+    cache: Mutex<Option<Loaded>>,
+    /// Credentials bcrypt already accepted, as keyed SHA-256 of (user, password, hash):
+    /// a client sends the same Basic credentials with every request, and bcrypt costs
+    /// tens of milliseconds each time. The hash is part of the key, so a changed or
+    /// removed entry never matches an old success.
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Per-process random key for [`Htpasswd::verified`].
+    secret: [u8; 32],
+}
+
+/// Most remembered successes before the set starts over.
+const MAX_VERIFIED: usize = 4096;
+
+/// Why the htpasswd file could not be prepared at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("cannot open the htpasswd file {path}: {source} (check auth.htpasswd.path and its permissions)")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the default htpasswd file {path}: {source} (create it yourself with `htpasswd -Bbc {path} USER PASSWORD`)")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot hash the default password for {}: {reason}", path.display())]
+    Hash { path: PathBuf, reason: String },
+}
+
+impl Htpasswd {
+    /// Prepare authentication against `path`. As in Distribution, the file is not parsed
+    /// here (an invalid file fails requests, not start-up); a missing one is created with
+    /// user `docker` and a random password, logged as a warning.
+    pub fn open(realm: &str, path: &Path) -> Result<Htpasswd, ProvisionError> {
+        match std::fs::File::open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => provision(path)?,
+            Err(source) => {
+                return Err(ProvisionError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        Ok(Htpasswd {
+            realm: realm.to_string(),
+            path: path.to_path_buf(),
+            cache: Mutex::new(None),
+            verified: Mutex::new(HashSet::new()),
+            secret: {
+                use rand::RngCore as _;
+                let mut k = [0u8; 32];
+                rand::thread_rng().fill_bytes(&mut k);
+                k
+            },
+        })
+    }
+
+    fn key(&self, user: &str, password: &str, hash: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        for part in [user, password, hash] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// The current entries, re-reading the file if it changed since last time.
+    fn users(&self) -> Result<Arc<HashMap<String, String>>, AuthError> {
+        let store = |what: &str, e: &dyn std::fmt::Display| {
+            AuthError::Store(format!(
+                "cannot {what} the htpasswd file {}: {e} (fix auth.htpasswd.path or the file)",
+                self.path.display()
+            ))
+        };
+        let meta = std::fs::metadata(&self.path).map_err(|e| store("read", &e))?;
+        let version = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = cache.as_ref().filter(|l| l.version == version) {
+            return Ok(l.users.clone());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| store("read", &e))?;
+        let users = Arc::new(parse(&text).map_err(|e| store("parse", &e))?);
+        *cache = Some(Loaded {
+            version,
+            users: users.clone(),
+        });
+        Ok(users)
+    }
+}
+
+#[async_trait]
+impl Authenticator for Htpasswd {
+    fn challenge(&self) -> String {
+        format!("Basic realm={}", quote(&self.realm))
+    }
+
+    async fn authenticate(&self, credentials: Credentials) -> Result<Principal, AuthError> {
+        let Credentials::Basic { user, password } = credentials else {
+            return Err(AuthError::Unauthenticated);
+        };
+        let users = self.users()?;
+        let hash = users.get(&user).cloned();
+        let key = hash.as_deref().map(|h| self.key(&user, &password, h));
+        let seen = |k: &[u8; 32]| {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(k)
+        };
+        if key.as_ref().is_some_and(seen) {
+            return Ok(Principal { name: user });
+        }
+        // bcrypt is deliberately slow: keep it off the async workers.
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) if is_bcrypt(&h) => bcrypt::verify(&password, &h).unwrap_or(false),
+            Some(_) => false,
+            None => {
+                let _ = bcrypt::verify(&password, DUMMY_HASH);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            if let Some(k) = key {
+                let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if verified.len() >= MAX_VERIFIED {
+                    verified.clear();
+                }
+                verified.insert(k);
+            }
+            Ok(Principal { name: user })
+        } else {
+            tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password, unknown user or non-bcrypt entry");
+            Err(AuthError::Unauthenticated)
+        }
+    }
+}
+
+/// Only bcrypt entries can authenticate, as in Distribution.
+fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$", "$2x$"]
+        .iter()
+        .any(|p| hash.starts_with(p))
+}
+
+/// Why an htpasswd file does not parse.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("invalid entry at line {line}: {text:?} (expected user:hash)")]
+pub struct ParseError {
+    line: usize,
+    text: String,
+}
+
+/// `user:hash` per line; blank lines and `#` comments skipped; the hash is everything
+/// after the first `:`; a later duplicate replaces an earlier one.
+fn parse(text: &str) -> Result<HashMap<String, String>, ParseError> {
+    let mut users = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line.split_once(':').ok_or_else(|| ParseError {
+            line: i + 1,
+            text: line.to_string(),
+        })?;
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(users)
+}
+
+/// Create `path` with user `docker` and a random password, and log the password.
+fn provision(path: &Path) -> Result<(), ProvisionError> {
+    use rand::RngCore as _;
+    let create = |source| ProvisionError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let password = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+    let hash = bcrypt::hash(&password, 10).map_err(|e| ProvisionError::Hash {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(create)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(create)?;
+    std::io::Write::write_all(&mut file, format!("docker:{hash}").as_bytes()).map_err(create)?;
+    tracing::warn!(
+        user = "docker",
+        password = %password,
+        path = %path.display(),
+        "htpasswd is missing, provisioning with default user"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_like_distribution() {
+        let users =
+            parse("# comment\n\n  alice:$2y$05$abc:with:colons  \nbob:{SHA}x\nalice:second\n")
+                .expect("parse");
+        assert_eq!(users.get("alice").map(String::as_str), Some("second"));
+        assert_eq!(users.get("bob").map(String::as_str), Some("{SHA}x"));
+        let e = parse("ok:x\nbroken line\n").expect_err("no colon");
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().contains("line 2"));
+    }
+
+    #[tokio::test]
+    async fn verifies_bcrypt_only_and_provisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/htpasswd");
+        let h = Htpasswd::open("r", &path).expect("provision");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("docker:$2"), "{text}");
+        assert_eq!(h.challenge(), "Basic realm=\"r\"");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        std::fs::write(&path, format!("alice:{hash}\nplain:pw\n")).expect("write");
+        let basic = |u: &str, p: &str| Credentials::Basic {
+            user: u.into(),
+            password: p.into(),
+        };
+        let p = h.authenticate(basic("alice", "pw")).await.expect("alice");
+        assert_eq!(p.name, "alice");
+        for c in [
+            basic("alice", "no"),
+            basic("plain", "pw"),
+            basic("nobody", "pw"),
+            Credentials::None,
+        ] {
+            assert!(matches!(
+                h.authenticate(c).await,
+                Err(AuthError::Unauthenticated)
+            ));
+        }
+        // A remembered success does not outlive a password change.
+        let other = bcrypt::hash("new", 4).expect("hash");
+        std::fs::write(&path, format!("alice:{other}\n")).expect("write");
+        assert!(
+            h.authenticate(basic("alice", "pw")).await.is_err(),
+            "old password after change"
+        );
+        assert!(h.authenticate(basic("alice", "new")).await.is_ok());
+        std::fs::write(&path, "garbage\n").expect("write");
+        match h.authenticate(basic("alice", "pw")).await {
+            Err(AuthError::Store(m)) => {
+                assert!(m.contains("htpasswd") && m.contains("line 1"), "{m}")
+            }
+            other => panic!("expected a store error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Access and transport settings: `auth.htpasswd`, `http.tls`, `http.http2`,
+//! `http.headers`, `http.draintimeout` and `storage.maintenance.readonly`, read with
+//! Distribution 2.8's meaning. Produces plain values; knows nothing of HTTP or TLS
+//! libraries.
+
+use super::{bad, get, get_bool, get_str, parse_duration, ConfigError};
+use serde_yaml::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `auth.htpasswd`: Basic authentication against an htpasswd file of bcrypt hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HtpasswdConfig {
+    /// `realm`: named in the `WWW-Authenticate` challenge.
+    pub realm: String,
+    /// `path`: the htpasswd file (created with user `docker` when missing).
+    pub path: PathBuf,
+}
+
+/// The lowest TLS version the server accepts (`http.tls.minimumtls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// `http.tls`: serve HTTPS, optionally requiring client certificates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// `certificate`: PEM chain, server certificate first.
+    pub certificate: PathBuf,
+    /// `key`: PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// `clientcas`: PEM CA files; when non-empty every client must present a
+    /// certificate signed by one of them (mutual TLS).
+    pub client_cas: Vec<PathBuf>,
+    /// `minimumtls` (default tls1.2).
+    pub minimum: TlsVersion,
+}
+
+/// The access and transport section of [`super::Config`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthConfig {
+    /// `auth.htpasswd`; `None` means open access.
+    pub htpasswd: Option<HtpasswdConfig>,
+    /// `http.tls`; `None` means plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// `http.http2.disabled`: offer only HTTP/1.1 over TLS.
+    pub http2_disabled: bool,
+    /// `http.headers`: added to every API response, in order.
+    pub headers: Vec<(String, String)>,
+    /// `http.draintimeout`: how long shutdown waits for in-flight requests; `None` (or
+    /// 0) waits until they finish.
+    pub drain_timeout: Option<Duration>,
+    /// `storage.maintenance.readonly.enabled`: refuse every write with 405.
+    pub read_only: bool,
+}
+
+pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
+    let mut c = AuthConfig::default();
+    if get(tree, "auth.htpasswd").is_some() || has_key(tree, "auth", "htpasswd") {
+        let need = |key: &str| -> Result<String, ConfigError> {
+            get_str(tree, key)?
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| bad(key, "must be set for htpasswd authentication"))
+        };
+        c.htpasswd = Some(HtpasswdConfig {
+            realm: need("auth.htpasswd.realm")?,
+            path: PathBuf::from(need("auth.htpasswd.path")?),
+        });
+    }
+    if let Some(cert) = get_str(tree, "http.tls.certificate")?.filter(|s| !s.is_empty()) {
+        let key = get_str(tree, "http.tls.key")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("http.tls.key", "must be set when http.tls.certificate is"))?;
+        let client_cas = match get(tree, "http.tls.clientcas") {
+            None => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(PathBuf::from).ok_or_else(|| {
+                        bad("http.tls.clientcas", "expected a list of PEM file paths")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Value::String(s)) => vec![PathBuf::from(s)],
+            Some(_) => {
+                return Err(bad(
+                    "http.tls.clientcas",
+                    "expected a list of PEM file paths",
+                ))
+            }
+        };
+        let minimum = match get_str(tree, "http.tls.minimumtls")?.as_deref() {
+            None | Some("") | Some("tls1.2") => TlsVersion::Tls12,
+            Some("tls1.3") => TlsVersion::Tls13,
+            Some(v @ ("tls1.0" | "tls1.1")) => {
+                return Err(bad(
+                    "http.tls.minimumtls",
+                    format!("{v} is not supported (Berth speaks TLS 1.2 and 1.3 only): use tls1.2 or tls1.3"),
+                ))
+            }
+            Some(other) => {
+                return Err(bad(
+                    "http.tls.minimumtls",
+                    format!("unknown minimum TLS level {other:?}: use tls1.2 or tls1.3"),
+                ))
+            }
+        };
+        c.tls = Some(TlsConfig {
+            certificate: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            client_cas,
+            minimum,
+        });
+    }
+    if c.tls.is_none() {
+        for key in ["http.tls.key", "http.tls.clientcas", "http.tls.minimumtls"] {
+            if get(tree, key).is_some() {
+                return Err(bad(
+                    key,
+                    "is set but http.tls.certificate is not: set the certificate to serve HTTPS, or remove the key",
+                ));
+            }
+        }
+    }
+    c.http2_disabled = get_bool(tree, "http.http2.disabled")?.unwrap_or(false);
+    if let Some(headers) = get(tree, "http.headers") {
+        let map = headers
+            .as_mapping()
+            .ok_or_else(|| bad("http.headers", "expected a map of header name to values"))?;
+        for (name, values) in map {
+            let name = name
+                .as_str()
+                .ok_or_else(|| bad("http.headers", "header names must be strings"))?;
+            let key = format!("http.headers.{name}");
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(tchar) {
+                return Err(bad(&key, "not a valid HTTP header name"));
+            }
+            let values: Vec<String> = match values {
+                Value::Sequence(items) => items
+                    .iter()
+                    .map(|v| scalar(v).ok_or_else(|| bad(&key, "expected a list of strings")))
+                    .collect::<Result<_, _>>()?,
+                v => vec![scalar(v).ok_or_else(|| bad(&key, "expected a list of strings"))?],
+            };
+            for v in values {
+                if v.chars().any(|c| c.is_control() && c != '\t') {
+                    return Err(bad(
+                        &key,
+                        "header values must not contain control characters",
+                    ));
+                }
+                c.headers.push((name.to_string(), v));
+            }
+        }
+    }
+    if let Some(s) = get_str(tree, "http.draintimeout")? {
+        let d = parse_duration(&s).ok_or_else(|| {
+            bad(
+                "http.draintimeout",
+                format!("{s:?} is not a duration like 60s"),
+            )
+        })?;
+        c.drain_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(ro) = get(tree, "storage.maintenance.readonly") {
+        if !ro.is_mapping() {
+            return Err(bad(
+                "storage.maintenance.readonly",
+                "must be a map with the key enabled: true|false",
+            ));
+        }
+        c.read_only = get_bool(tree, "storage.maintenance.readonly.enabled")?.unwrap_or(false);
+    }
+    Ok(c)
+}
+
+/// `auth: {htpasswd: }` (null value) still names the htpasswd controller.
+fn has_key(tree: &Value, section: &str, key: &str) -> bool {
+    get(tree, section)
+        .and_then(Value::as_mapping)
+        .is_some_and(|m| m.contains_key(Value::String(key.into())))
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_yaml(yaml: &str) -> Result<AuthConfig, ConfigError> {
+        let tree: Value = serde_yaml::from_str(yaml).expect("yaml");
+        read(&tree)
+    }
+
+    #[test]
+    fn htpasswd_needs_realm_and_path() {
+        let c = read_yaml("auth:\n  htpasswd:\n    realm: r\n    path: /x\n").expect("ok");
+        assert_eq!(
+            c.htpasswd,
+            Some(HtpasswdConfig {
+                realm: "r".into(),
+                path: "/x".into()
+            })
+        );
+        let e = read_yaml("auth:\n  htpasswd:\n    path: /x\n").expect_err("no realm");
+        assert!(e.to_string().contains("auth.htpasswd.realm"), "{e}");
+        let e = read_yaml("auth:\n  htpasswd:\n").expect_err("empty");
+        assert!(e.to_string().contains("auth.htpasswd"), "{e}");
+    }
+
+    #[test]
+    fn tls_versions_and_clientcas() {
+        let c = read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    clientcas: [a, b]\n    minimumtls: tls1.3\n").expect("ok");
+        let tls = c.tls.expect("tls");
+        assert_eq!(tls.client_cas, vec![PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(tls.minimum, TlsVersion::Tls13);
+        let e =
+            read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    minimumtls: tls1.0\n")
+                .expect_err("1.0");
+        assert!(e.to_string().contains("tls1.2 or tls1.3"), "{e}");
+        let e = read_yaml("http:\n  tls:\n    certificate: c\n").expect_err("no key");
+        assert!(e.to_string().contains("http.tls.key"), "{e}");
+        let e = read_yaml("http:\n  tls:\n    clientcas: [a]\n").expect_err("no certificate");
+        assert!(e.to_string().contains("http.tls.certificate"), "{e}");
+    }
+
+    #[test]
+    fn headers_readonly_drain() {
+        let c = read_yaml("http:\n  headers:\n    X-Content-Type-Options: [nosniff]\n    X-Two: [a, b]\n  draintimeout: 5s\nstorage:\n  maintenance:\n    readonly:\n      enabled: true\n").expect("ok");
+        assert_eq!(
+            c.headers,
+            vec![
+                ("X-Content-Type-Options".to_string(), "nosniff".to_string()),
+                ("X-Two".to_string(), "a".to_string()),
+                ("X-Two".to_string(), "b".to_string()),
+            ]
+        );
+        assert!(c.read_only);
+        assert_eq!(c.drain_timeout, Some(Duration::from_secs(5)));
+        let e = read_yaml("storage:\n  maintenance:\n    readonly: true\n").expect_err("not map");
+        assert!(
+            e.to_string().contains("storage.maintenance.readonly"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! The listener: accepts TCP connections, optionally terminates TLS (rustls with the
+//! ring provider; client certificates required when `http.tls.clientcas` is set),
+//! serves HTTP/1.1 and HTTP/2 on each connection with hyper, and on shutdown stops
+//! accepting and drains in-flight requests, bounded by `http.draintimeout`. Each request
+//! carries the peer address (`ConnectInfo`) and, over TLS, a [`super::TlsConnection`] mark.
+
+use super::TlsConnection;
+use crate::config::{TlsConfig, TlsVersion};
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt as _;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the TLS configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {path}: {reason} (check http.tls and that the file is PEM)")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{path} holds no {what} (expected PEM \"-----BEGIN ...\" blocks)")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("cannot add the client CA {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+    #[error("invalid TLS setup (certificate {certificate}, key {key}): {reason}")]
+    Setup {
+        certificate: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+}
+
+/// How connections are served.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Terminate TLS with this configuration; plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer only HTTP/1.1 (`http.http2.disabled`).
+    pub http1_only: bool,
+    /// Bound on draining in-flight requests at shutdown; `None` waits for all of them.
+    pub drain_timeout: Option<Duration>,
+}
+
+/// Build the rustls server configuration for `tls`.
+pub fn tls_config(tls: &TlsConfig, http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let setup = |reason: String| TlsError::Setup {
+        certificate: tls.certificate.clone(),
+        key: tls.key.clone(),
+        reason,
+    };
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.minimum {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| setup(e.to_string()))?;
+    let builder = if tls.client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for path in &tls.client_cas {
+            for cert in read_certs(path, "client CA certificates")? {
+                roots.add(cert).map_err(|e| TlsError::ClientCa {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| setup(format!("client certificate verifier: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let certs = read_certs(&tls.certificate, "certificates")?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::Pem {
+        what: "a private key",
+        path: tls.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| setup(e.to_string()))?;
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |e: rustls::pki_types::pem::Error| TlsError::Pem {
+        what,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Serve `app` on `listener` until `shutdown` completes, then stop accepting and drain.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if options.http1_only {
+        builder = builder.http1_only();
+    }
+    let builder = Arc::new(builder);
+    let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::error!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let is_tls = acceptor.is_some();
+        let service = app
+            .clone()
+            .map_request(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                if is_tls {
+                    req.extensions_mut().insert(TlsConnection);
+                }
+                req
+            });
+        let service = TowerToHyperService::new(service);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, options.drain_timeout).await;
+    Ok(())
+}
+
+async fn drain(graceful: GracefulShutdown, timeout: Option<Duration>) {
+    match timeout {
+        None => graceful.shutdown().await,
+        Some(d) => {
+            tracing::info!("stopping server gracefully. Draining connections for {d:?}");
+            if tokio::time::timeout(d, graceful.shutdown()).await.is_err() {
+                tracing::warn!(
+                    "http.draintimeout of {d:?} elapsed with requests still running: closing them"
+                );
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only (the client went away during accept).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}

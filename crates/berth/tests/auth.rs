@@ -1,0 +1,833 @@
+//! Black-box tests of authentication (htpasswd), TLS and mutual TLS, `http.headers` and
+//! read-only mode: the real binary, driven by reqwest, curl, openssl, skopeo, podman and
+//! docker.
+
+mod common;
+
+use common::{require_tool, run, Berth};
+use serde_json::{json, Value};
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn exec(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn htpasswd_line(user: &str, password: &str) -> String {
+    require_tool("htpasswd");
+    run(Command::new("htpasswd").args(["-Bbn", user, password]))
+        .trim()
+        .to_string()
+}
+
+fn auth_config(htpasswd: &Path, extra: &str) -> String {
+    format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{extra}auth:\n  htpasswd:\n    realm: Berth Test Realm\n    path: {}\n",
+        htpasswd.display()
+    )
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn body_json(r: reqwest::Response) -> Value {
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Push a one-layer OCI image with plain HTTP requests; returns the manifest digest.
+async fn push_image(url: &str, repo: &str, tag: &str, auth: Option<(&str, &str)>) -> String {
+    let c = client();
+    let with = |r: reqwest::RequestBuilder| match auth {
+        Some((u, p)) => r.basic_auth(u, Some(p)),
+        None => r,
+    };
+    let layer = format!("layer of {repo}:{tag}").into_bytes();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let mut descriptors = Vec::new();
+    for blob in [&config, &layer] {
+        let digest = sha256(blob);
+        let r = with(c.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status().as_u16(), 201, "blob upload");
+        descriptors.push(json!({"digest": digest, "size": blob.len()}));
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": descriptors[0]["digest"], "size": descriptors[0]["size"]},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": descriptors[1]["digest"], "size": descriptors[1]["size"]}]
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let r = with(c.put(format!("{url}/v2/{repo}/manifests/{tag}")))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("put manifest");
+    assert_eq!(r.status().as_u16(), 201, "manifest put");
+    sha256(&bytes)
+}
+
+/// No credentials, wrong ones and non-bcrypt entries get 401 with the Basic challenge and
+/// Distribution's body; right ones get through; the file is re-read when it changes; an
+/// invalid file answers 400 naming the file.
+#[tokio::test]
+async fn htpasswd_challenges_and_reloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    require_tool("htpasswd");
+    let sha = run(Command::new("htpasswd").args(["-sbn", "shauser", "secret"]));
+    std::fs::write(
+        &file,
+        format!(
+            "# users\n{}\n{}\n",
+            htpasswd_line("alice", "s3cret"),
+            sha.trim()
+        ),
+    )
+    .expect("htpasswd");
+    let b = Berth::start_with_config(&auth_config(&file, ""));
+    let c = client();
+    let v2 = format!("{}/v2/", b.url);
+
+    let r = c.get(&v2).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Basic realm=\"Berth Test Realm\"")
+    );
+    assert_eq!(
+        body_json(r).await,
+        json!({"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]})
+    );
+
+    for (user, password) in [
+        ("alice", "wrong"),
+        ("nobody", "s3cret"),
+        ("shauser", "secret"),
+    ] {
+        let r = c
+            .get(&v2)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 401, "{user}:{password}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+
+    let r = c
+        .get(&v2)
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.expect("body"), "{}");
+
+    // Every endpoint is protected, with the access it asked for as detail.
+    let r = c
+        .get(format!("{}/v2/some/repo/tags/list", b.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        body_json(r).await["errors"][0]["detail"],
+        json!([{"Type":"repository","Class":"","Name":"some/repo","Action":"pull"}])
+    );
+    let r = c
+        .post(format!("{}/v2/some/repo/blobs/uploads/", b.url))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let digest = push_image(&b.url, "some/repo", "v1", Some(("alice", "s3cret"))).await;
+    let r = c
+        .get(format!("{}/v2/some/repo/manifests/{digest}", b.url))
+        .basic_auth("alice", Some("s3cret"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A user added while the server runs can log in at once.
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text.push_str(&htpasswd_line("carol", "n3w"));
+    text.push('\n');
+    std::fs::write(&file, text).expect("rewrite");
+    let r = c
+        .get(&v2)
+        .basic_auth("carol", Some("n3w"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "user added to the file while serving"
+    );
+
+    // A broken file: 400 with a message naming it, not a silent open door.
+    std::fs::write(&file, "this line has no colon\n").expect("break");
+    let r = c
+        .get(&v2)
+        .basic_auth("carol", Some("n3w"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 400);
+    let body = body_json(r).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&file.display().to_string()) && message.contains("line 1"),
+        "{body}"
+    );
+    // Without credentials it is still a challenge, as in Distribution.
+    assert_eq!(c.get(&v2).send().await.expect("get").status().as_u16(), 401);
+}
+
+/// A missing htpasswd file is created with user `docker` and a random password, which
+/// is logged once and works.
+#[tokio::test]
+async fn missing_htpasswd_is_provisioned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("auth/htpasswd");
+    let b = Berth::start_with_config(&auth_config(&file, ""));
+    let text = std::fs::read_to_string(&file).expect("provisioned file");
+    assert!(text.starts_with("docker:$2"), "{text}");
+    let r = client()
+        .get(format!("{}/v2/", b.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+fn podman(root: &Path) -> Command {
+    require_tool("podman");
+    let auth_file = root.join("auth.json");
+    if !auth_file.exists() {
+        std::fs::write(&auth_file, br#"{"auths":{}}"#).expect("auth.json");
+    }
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .arg("--tmpdir")
+        .arg(root.join("tmp"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "file",
+            "--cgroup-manager",
+            "cgroupfs",
+        ])
+        .env("REGISTRY_AUTH_FILE", auth_file);
+    c
+}
+
+fn rootfs_tar(path: &Path, salt: &str) {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(salt.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "salt", salt.as_bytes())
+        .expect("tar");
+    std::fs::write(path, builder.into_inner().expect("tar")).expect("rootfs");
+}
+
+/// podman login/push/pull and skopeo with credentials against an htpasswd-protected
+/// Berth; without credentials the clients are refused.
+#[test]
+fn podman_and_skopeo_with_htpasswd() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let file = root.join("htpasswd");
+    std::fs::write(&file, htpasswd_line("pusher", "pa55word") + "\n").expect("htpasswd");
+    let b = Berth::start_with_config(&auth_config(&file, ""));
+    let rootfs = root.join("rootfs.tar");
+    rootfs_tar(&rootfs, &format!("auth test {}\n", b.host));
+    let reference = format!("{}/auth/podman:v1", b.host);
+    run(podman(root).args(["import"]).arg(&rootfs).arg(&reference));
+
+    let refused = exec(podman(root).args(["push", "--tls-verify=false", &reference]));
+    assert!(!refused.status.success(), "push without login must fail");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("authentication required")
+            || String::from_utf8_lossy(&refused.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let bad = exec(podman(root).args([
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "pusher",
+        "-p",
+        "wrong",
+        &b.host,
+    ]));
+    assert!(
+        !bad.status.success(),
+        "login with a wrong password must fail"
+    );
+    run(podman(root).args([
+        "login",
+        "--tls-verify=false",
+        "-u",
+        "pusher",
+        "-p",
+        "pa55word",
+        &b.host,
+    ]));
+    run(podman(root).args(["push", "--tls-verify=false", &reference]));
+    run(podman(root).args(["rmi", &reference]));
+    run(podman(root).args(["pull", "--tls-verify=false", &reference]));
+
+    require_tool("skopeo");
+    let copy = |creds: Option<&str>| {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"]);
+        if let Some(creds) = creds {
+            c.args(["--src-creds", creds, "--dest-creds", creds]);
+        }
+        c.arg(format!("docker://{reference}"))
+            .arg(format!("docker://{}/auth/skopeo:v1", b.host))
+            .env("REGISTRY_AUTH_FILE", root.join("skopeo-auth.json"));
+        std::fs::write(root.join("skopeo-auth.json"), br#"{"auths":{}}"#).expect("auth");
+        exec(&mut c)
+    };
+    assert!(!copy(None).status.success(), "skopeo without credentials");
+    let ok = copy(Some("pusher:pa55word"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let inspect = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "pusher:pa55word",
+        &format!("docker://{}/auth/skopeo:v1", b.host),
+    ]));
+    let v: Value = serde_json::from_str(&inspect).expect("inspect json");
+    assert!(v["Digest"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("sha256:"));
+}
+
+/// `docker login` with a user from an htpasswd file, then a push/pull of a tiny image.
+#[test]
+fn docker_login_with_htpasswd() {
+    require_tool("docker");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("htpasswd");
+    std::fs::write(&file, htpasswd_line("dockeruser", "d0cker") + "\n").expect("htpasswd");
+    let b = Berth::start_with_config(&auth_config(&file, ""));
+    let config_dir = tmp.path().join("docker-config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let docker = || {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", &config_dir);
+        c
+    };
+    let login = |password: &str| {
+        let mut child = docker()
+            .args(["login", &b.host, "-u", "dockeruser", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker login");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(password.as_bytes())
+            .expect("password");
+        child.wait_with_output().expect("docker login output")
+    };
+    let bad = login("wrong");
+    assert!(!bad.status.success(), "docker login with a wrong password");
+    let ok = login("d0cker");
+    assert!(
+        ok.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let saved = std::fs::read_to_string(config_dir.join("config.json")).expect("config.json");
+    assert!(saved.contains(&b.host), "{saved}");
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the
+    /// `openssl` command.
+    fn new() -> Pki {
+        require_tool("openssl");
+        let pki = Pki {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let d = pki.dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(Command::new("openssl")
+            .current_dir(d)
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"])
+            .args(["-subj", "/CN=Berth Test CA"]));
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            (
+                "client",
+                "berth-test-client",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext).expect("ext");
+            run(Command::new("openssl")
+                .current_dir(d)
+                .arg("req")
+                .args(ec)
+                .args([
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ])
+                .args(["-subj", &format!("/CN={cn}")]));
+            run(Command::new("openssl").current_dir(d).args([
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ]));
+        }
+        pki
+    }
+
+    /// A skopeo/containers cert dir: ca.crt, plus client.cert/client.key when `client`.
+    fn cert_dir(&self, client: bool) -> PathBuf {
+        let dir = self.path(if client { "certs-client" } else { "certs-ca" });
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        std::fs::copy(self.path("ca.crt"), dir.join("ca.crt")).expect("ca");
+        if client {
+            std::fs::copy(self.path("client.crt"), dir.join("client.cert")).expect("cert");
+            std::fs::copy(self.path("client.key"), dir.join("client.key")).expect("key");
+        }
+        dir
+    }
+}
+
+fn tls_config(pki: &Pki, extra_tls: &str) -> String {
+    format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n{extra_tls}",
+        pki.path("server.crt").display(),
+        pki.path("server.key").display()
+    )
+}
+
+fn curl(args: &[&str]) -> Output {
+    require_tool("curl");
+    exec(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(args),
+    )
+}
+
+/// An OCI layout with one tiny image tagged `v1`, for skopeo to push.
+fn oci_layout(dir: &Path) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout");
+    let put = |bytes: &[u8]| {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).expect("blob");
+        json!({"digest": d, "size": bytes.len()})
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "tls", &b"tls"[..])
+        .expect("tar");
+    let layer = tar.into_inner().expect("tar");
+    let layer_d = put(&layer);
+    let config = json!({"architecture":"amd64","os":"linux",
+        "rootfs":{"type":"layers","diff_ids":[layer_d["digest"]]}});
+    let config_d = put(&serde_json::to_vec(&config).expect("json"));
+    let manifest = json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":config_d["digest"],"size":config_d["size"]},
+        "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":layer_d["digest"],"size":layer_d["size"]}]});
+    let manifest_d = put(&serde_json::to_vec(&manifest).expect("json"));
+    let index = json!({"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",
+        "digest":manifest_d["digest"],"size":manifest_d["size"],
+        "annotations":{"org.opencontainers.image.ref.name":"v1"}}]});
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+}
+
+/// HTTPS with a certificate from a private CA: curl and skopeo trust it through the CA,
+/// plain HTTP is not served, HTTP/2 is offered unless disabled; the server starts with
+/// AWS_CA_BUNDLE in its environment.
+#[test]
+fn tls_serves_https() {
+    let pki = Pki::new();
+    let b = Berth::start_with_config_env(
+        &tls_config(&pki, ""),
+        &[("AWS_CA_BUNDLE", &pki.path("ca.crt").display().to_string())],
+        "https",
+    );
+    let ca = pki.path("ca.crt").display().to_string();
+    let url = format!("{}/v2/", b.url);
+    let out = curl(&["--cacert", &ca, &url]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2", "{out:?}");
+    let out = curl(&["--cacert", &ca, "--http1.1", &url]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 1.1", "{out:?}");
+    assert!(
+        !curl(&[&url]).status.success(),
+        "an untrusted certificate must fail"
+    );
+    let plain = curl(&[&format!("http://{}/v2/", b.host)]);
+    assert_ne!(
+        String::from_utf8_lossy(&plain.stdout),
+        "200 1.1",
+        "plain HTTP served"
+    );
+
+    let layout = pki.path("layout");
+    oci_layout(&layout);
+    require_tool("skopeo");
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-cert-dir"])
+        .arg(pki.cert_dir(false))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/tls/img:v1", b.host)));
+    let back = pki.path("back");
+    run(Command::new("skopeo")
+        .args(["copy", "--src-cert-dir"])
+        .arg(pki.cert_dir(false))
+        .arg(format!("docker://{}/tls/img:v1", b.host))
+        .arg(format!("oci:{}:v1", back.display())));
+    assert!(back.join("index.json").is_file());
+
+    drop(b);
+    let b = Berth::start_with_config_env(
+        &tls_config(&pki, "  http2:\n    disabled: true\n"),
+        &[],
+        "https",
+    );
+    let out = curl(&["--cacert", &ca, &format!("{}/v2/", b.url)]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 1.1",
+        "http2.disabled"
+    );
+}
+
+/// `clientcas`: a client without a certificate is refused during the handshake; one
+/// with a certificate from the CA gets in (curl and skopeo).
+#[test]
+fn mutual_tls_requires_client_certificates() {
+    let pki = Pki::new();
+    let extra = format!("    clientcas:\n      - {}\n", pki.path("ca.crt").display());
+    let b = Berth::start_with_config_env(&tls_config(&pki, &extra), &[], "https");
+    let ca = pki.path("ca.crt").display().to_string();
+    let url = format!("{}/v2/", b.url);
+    let refused = curl(&["--cacert", &ca, &url]);
+    assert_ne!(
+        String::from_utf8_lossy(&refused.stdout),
+        "200 2",
+        "no client certificate"
+    );
+    let cert = pki.path("client.crt").display().to_string();
+    let key = pki.path("client.key").display().to_string();
+    let ok = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200 2", "{ok:?}");
+
+    let layout = pki.path("layout");
+    oci_layout(&layout);
+    let no_cert = exec(
+        Command::new("skopeo")
+            .args(["copy", "--dest-cert-dir"])
+            .arg(pki.cert_dir(false))
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{}/mtls/img:v1", b.host)),
+    );
+    assert!(
+        !no_cert.status.success(),
+        "skopeo without a client certificate"
+    );
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-cert-dir"])
+        .arg(pki.cert_dir(true))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/mtls/img:v1", b.host)));
+}
+
+/// `minimumtls: tls1.3` refuses TLS 1.2 clients; tls1.0/tls1.1 stop start-up with a
+/// message naming the key.
+#[test]
+fn minimum_tls_version_is_enforced() {
+    let pki = Pki::new();
+    let b =
+        Berth::start_with_config_env(&tls_config(&pki, "    minimumtls: tls1.3\n"), &[], "https");
+    let ca = pki.path("ca.crt").display().to_string();
+    let url = format!("{}/v2/", b.url);
+    let old = curl(&["--cacert", &ca, "--tls-max", "1.2", &url]);
+    assert!(
+        !old.status.success(),
+        "TLS 1.2 accepted under minimumtls tls1.3"
+    );
+    let new = curl(&["--cacert", &ca, "--tlsv1.3", &url]);
+    assert_eq!(String::from_utf8_lossy(&new.stdout), "200 2", "{new:?}");
+
+    let err = Berth::fails_to_start(&tls_config(&pki, "    minimumtls: tls1.0\n"));
+    assert!(err.contains("http.tls.minimumtls"), "{err}");
+    let err = Berth::fails_to_start(&format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n",
+        pki.path("missing.crt").display(),
+        pki.path("server.key").display()
+    ));
+    assert!(err.contains("missing.crt"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// http.headers and read-only mode
+// ---------------------------------------------------------------------------------------
+
+/// Configured headers appear on successful and error responses, and on the 401 of an
+/// authenticated registry.
+#[tokio::test]
+async fn configured_headers_on_every_api_response() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, htpasswd_line("u", "p") + "\n").expect("htpasswd");
+    let headers =
+        "  headers:\n    X-Content-Type-Options: [nosniff]\n    X-Berth-Test: [one, two]\n";
+    let b = Berth::start_with_config(&auth_config(&file, headers));
+    let c = client();
+    let check = |r: &reqwest::Response| {
+        assert_eq!(
+            r.headers()
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff")
+        );
+        let two: Vec<&str> = r
+            .headers()
+            .get_all("x-berth-test")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(two, ["one", "two"]);
+    };
+    let r = c.get(format!("{}/v2/", b.url)).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    check(&r);
+    let r = c
+        .get(format!("{}/v2/", b.url))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    check(&r);
+    let r = c
+        .get(format!("{}/v2/nothing/manifests/latest", b.url))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+    check(&r);
+}
+
+/// Read-only mode: what was pushed before stays readable; pushes and deletes answer
+/// 405 with `Allow: GET, HEAD` and an UNSUPPORTED error saying why.
+#[tokio::test]
+async fn read_only_mode_refuses_writes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = |readonly: bool| {
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    readonly:\n      enabled: {readonly}\nhttp:\n  addr: 127.0.0.1:0\n",
+            root.path().display()
+        )
+    };
+    let b = Berth::start_with_config(&config(false));
+    let digest = push_image(&b.url, "ro/img", "v1", None).await;
+    drop(b);
+
+    let b = Berth::start_with_config(&config(true));
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/ro/img/manifests/v1", b.url))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .get(format!("{}/v2/ro/img/tags/list", b.url))
+        .send()
+        .await
+        .expect("tags");
+    assert_eq!(r.status().as_u16(), 200);
+
+    let writes = [
+        c.post(format!("{}/v2/ro/img/blobs/uploads/", b.url)),
+        c.put(format!("{}/v2/ro/img/manifests/v2", b.url))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body("{}"),
+        c.delete(format!("{}/v2/ro/img/manifests/{digest}", b.url)),
+        c.delete(format!("{}/v2/ro/img/blobs/{}", b.url, sha256(b"x"))),
+        c.patch(format!("{}/v2/ro/img/blobs/uploads/some-id", b.url)),
+    ];
+    for w in writes {
+        let r = w.send().await.expect("write");
+        assert_eq!(r.status().as_u16(), 405);
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("GET, HEAD")
+        );
+        let body = body_json(r).await;
+        assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("read-only"),
+            "{body}"
+        );
+    }
+    let r = c
+        .get(format!("{}/v2/ro/img/manifests/{digest}", b.url))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "the refused delete deleted nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// http.draintimeout
+// ---------------------------------------------------------------------------------------
+
+/// With `draintimeout: 1s`, SIGTERM stops the server even though an upload is stuck in
+/// flight: the drain is bounded.
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let b = Berth::start_with_config(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  draintimeout: 1s\n",
+    );
+    let mut conn = std::net::TcpStream::connect(&b.host).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let digest = sha256(&[0u8; 1000]);
+    write!(
+        conn,
+        "POST /v2/drain/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
+        b.host
+    )
+    .expect("request");
+    // The server says 100 Continue when the handler starts reading the body: from then
+    // on the request is in flight.
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 100"), "{status}");
+    conn.write_all(&[0u8; 10]).expect("part of the body");
+
+    let started = std::time::Instant::now();
+    run(Command::new("kill").args(["-TERM", &b.pid().to_string()]));
+    let stat = format!("/proc/{}/stat", b.pid());
+    loop {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        // Exited (a zombie until the harness reaps it) or gone.
+        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "berth still running 15 s after SIGTERM with draintimeout 1s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "berth did not wait for the in-flight request"
+    );
+}
