@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod http;
+pub mod import;
 pub mod meta;
 pub mod registry;
 pub mod state;

@@ -25,6 +25,23 @@ enum Command {
         /// A CNCF Distribution config.yml (version 0.1); REGISTRY_* variables override it.
         config: Option<PathBuf>,
     },
+    /// Bring content from another registry's storage into Berth's.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Import every repository, tag, manifest and blob of a filesystem store written by
+    /// CNCF Distribution (registry:2). Stop Berth first, or import into a fresh root.
+    Distribution {
+        /// Distribution's storage.filesystem.rootdirectory (holds docker/registry/v2).
+        rootdirectory: PathBuf,
+        /// Berth's config.yml naming the target storage (default: ./berth-data).
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -77,5 +94,63 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(berth::state::run(loaded.config, shutdown_signal()))?;
             Ok(())
         }
+        Command::Import {
+            source:
+                ImportSource::Distribution {
+                    rootdirectory,
+                    config,
+                },
+        } => import_distribution(&rootdirectory, config.as_deref()),
     }
+}
+
+/// `berth import distribution`: progress on stdout, problems on stderr, a summary last;
+/// fails (non-zero exit) if anything was not imported.
+fn import_distribution(
+    root: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use berth::import::Event;
+    use std::io::Write as _;
+    let loaded = Loaded::load(config, std::env::vars()).context("invalid configuration")?;
+    init_logging("warn", loaded.config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let target = loaded.config.root.clone();
+    let summary = runtime.block_on(async {
+        let registry = berth::state::build_registry(&loaded.config).await?;
+        let mut on_event = |event: Event| {
+            let _ = match event {
+                Event::Repository {
+                    name,
+                    blobs,
+                    manifests,
+                    tags,
+                    errors,
+                } => writeln!(
+                    std::io::stdout(),
+                    "{name}: {blobs} blobs, {manifests} manifests, {tags} tags imported, {errors} errors"
+                ),
+                Event::Warning(w) => writeln!(std::io::stderr(), "warning: {w}"),
+                Event::Error(e) => writeln!(std::io::stderr(), "error: {e}"),
+            };
+        };
+        let summary = berth::import::import_distribution(&registry, root, &mut on_event).await?;
+        anyhow::Ok(summary)
+    })?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "imported {} into {}: {summary}",
+        root.display(),
+        target.display()
+    );
+    if summary.errors > 0 {
+        anyhow::bail!(
+            "{} items were not imported (see the errors above); fix or remove them in the source and run the import again: what is already imported is not imported twice",
+            summary.errors
+        );
+    }
+    Ok(())
 }

@@ -58,8 +58,8 @@ fn dependency_rules() {
         ),
         (
             "std::fs",
-            &["storage", "config"],
-            "file access stays in storage/ (config reads its own file)",
+            &["storage", "config", "import"],
+            "file access stays in storage/ (config reads its own file; import/ reads a foreign Distribution store, only through its reader)",
         ),
         (
             "crate::http",
@@ -68,8 +68,8 @@ fn dependency_rules() {
         ),
         (
             "crate::registry",
-            &["registry", "http", "state", "config"],
-            "storage/ and meta/ sit below registry/",
+            &["registry", "http", "state", "config", "import"],
+            "storage/ and meta/ sit below registry/ (import/ sits above it)",
         ),
         ("crate::state", &["state"], "state is the composition root"),
         (

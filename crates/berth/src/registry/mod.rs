@@ -6,11 +6,13 @@
 //! (no status codes, no headers) and nothing of SQL or file paths.
 
 mod blobs;
+mod import;
 mod listing;
 mod manifests;
 mod uploads;
 
 pub use blobs::BlobRead;
+pub use import::BlobImport;
 pub use listing::Page;
 pub use manifests::{Accept, PushedManifest};
 pub use uploads::{ChunkRange, UploadState};
