@@ -475,4 +475,42 @@ mod tests {
         let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
         assert_eq!(uploads.count(), 0, "no staged file left behind");
     }
+
+    /// Across filesystems a hard link is impossible: the blob is copied (and verified).
+    #[tokio::test]
+    async fn import_from_another_filesystem_is_a_verified_copy() {
+        use crate::storage::{BlobStore, Ingest, StorageError};
+        use std::os::unix::fs::MetadataExt;
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src_dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        let store = super::FsBlobStore::open(&dir.path().join("root")).expect("open");
+        let source = src_dir.path().join("data");
+        std::fs::write(&source, b"copied layer").expect("write");
+        let same_fs = std::fs::metadata(shm).expect("stat").dev()
+            == std::fs::metadata(dir.path()).expect("stat").dev();
+        let digest = oci::Digest::of(oci::Algorithm::Sha256, b"copied layer");
+        let (size, how) = store.import_file(&source, &digest).await.expect("import");
+        assert_eq!(size, 12);
+        assert_eq!(
+            how,
+            if same_fs {
+                Ingest::Linked
+            } else {
+                Ingest::Copied
+            }
+        );
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest)).expect("blob"),
+            b"copied layer"
+        );
+        let wrong = oci::Digest::of(oci::Algorithm::Sha256, b"something else");
+        assert!(matches!(
+            store.import_file(&source, &wrong).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert!(!store.blob_path(&wrong).exists());
+        let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
+        assert_eq!(uploads.count(), 0, "no staged copy left behind");
+    }
 }
