@@ -31,6 +31,11 @@ struct Distribution {
 
 impl Distribution {
     fn start(root: &Path) -> Distribution {
+        Distribution::start_with(root, "")
+    }
+
+    /// Start with `extra` YAML appended to the config.
+    fn start_with(root: &Path, extra: &str) -> Distribution {
         let bin = require_tool("docker-registry");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -42,7 +47,7 @@ impl Distribution {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{extra}",
                 root.display()
             ),
         )
@@ -501,4 +506,88 @@ fn corrupted_blob_in_source_is_reported_and_not_imported() {
         &format!("docker://{}/fine:v1", berth.host),
     ]));
     assert_eq!(sha256(raw.as_bytes()).to_string(), digest_of(&fine));
+}
+
+/// Docker schema1 manifests (pushable to 2.8 with `compatibility.schema1.enabled`) are
+/// skipped with a warning naming them, with their tags; the rest imports, exit status 0.
+#[test]
+fn schema1_manifests_are_skipped_with_a_warning() {
+    require_tool("docker");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = tmp.path().join("distribution");
+    let mut peer =
+        Distribution::start_with(&source, "compatibility:\n  schema1:\n    enabled: true\n");
+    let host = peer.host.clone();
+
+    // A schema1 image: skopeo converts a `docker import`ed image on the way.
+    let rootfs = tmp.path().join("rootfs.tar");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(4);
+    h.set_cksum();
+    builder
+        .append_data(&mut h, "old", &b"old\n"[..])
+        .expect("tar");
+    std::fs::write(&rootfs, builder.into_inner().expect("tar")).expect("write");
+    let local = format!("berth-import-schema1-{}:v1", std::process::id());
+    run(Command::new("docker")
+        .arg("import")
+        .arg(&rootfs)
+        .arg(&local));
+    let pushed = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--format", "v2s1"])
+        .arg(format!("docker-daemon:{local}"))
+        .arg(format!("docker://{host}/old/schema1:v1"))
+        .output();
+    let _ = Command::new("docker").args(["rmi", "-f", &local]).output();
+    let pushed = pushed.expect("run skopeo");
+    assert!(
+        pushed.status.success(),
+        "schema1 push: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let current = layout.put_image("amd64", &[&layer(&[("new", b"new\n")])]);
+    layout.tag(&current, "current");
+    push(&layout.dir, "current", &host, "new/image:v1");
+    peer.stop();
+    let link =
+        source.join("docker/registry/v2/repositories/old/schema1/_manifests/tags/v1/current/link");
+    let schema1 = std::fs::read_to_string(&link).expect("tag link");
+
+    let target = tempfile::tempdir().expect("tempdir");
+    let config = berth_config(target.path());
+    let out = import(&source, &config);
+    assert!(out.status.success(), "skipping is not a failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("warning:")
+            && l.contains(schema1.trim())
+            && l.contains("schema1")),
+        "a warning names the schema1 manifest: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 manifests imported") && stdout.contains("1 skipped, 0 errors"),
+        "summary: {stdout}"
+    );
+
+    let berth = Berth::serve_config_in(target, &config);
+    let raw = run(skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/new/image:v1", berth.host),
+    ]));
+    assert_eq!(sha256(raw.as_bytes()).to_string(), digest_of(&current));
+    assert_eq!(
+        curl_status(&format!(
+            "http://{}/v2/old/schema1/manifests/v1",
+            berth.host
+        )),
+        "404"
+    );
 }

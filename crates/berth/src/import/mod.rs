@@ -114,6 +114,7 @@ pub async fn import_distribution(
             manifests: 0,
             tags: 0,
             errors: 0,
+            skipped: HashSet::new(),
         };
         run.import(&name).await;
         let event = Event::Repository {
@@ -147,6 +148,8 @@ struct RepoRun<'a> {
     manifests: u64,
     tags: u64,
     errors: u64,
+    /// Manifests skipped on purpose (schema1): their tags are skipped too, not errors.
+    skipped: HashSet<Digest>,
 }
 
 impl RepoRun<'_> {
@@ -281,9 +284,12 @@ impl RepoRun<'_> {
                     children: m.manifests.iter().map(|d| d.digest.clone()).collect(),
                     content,
                 }),
-                Err(ManifestError::Schema1) => self.warn(format!(
-                    "repository {repo}: manifest {digest} is a Docker schema1 manifest, which Berth does not serve; skipped (re-push the image with a current client to convert it)"
-                )),
+                Err(ManifestError::Schema1) => {
+                    self.warn(format!(
+                        "repository {repo}: manifest {digest} is a Docker schema1 manifest, which Berth does not serve; skipped (re-push the image with a current client to convert it)"
+                    ));
+                    self.skipped.insert(digest);
+                }
                 Err(e) => self.error(format!(
                     "repository {repo}: manifest {digest} is not valid: {e}; skipped"
                 )),
@@ -330,6 +336,13 @@ impl RepoRun<'_> {
         }
         for (digest, names) in tags {
             let names: Vec<&str> = names.iter().map(|t| t.as_str()).collect();
+            if self.skipped.contains(&digest) {
+                (self.on_event)(Event::Warning(format!(
+                    "repository {repo}: tag(s) {} skipped with the schema1 manifest {digest}",
+                    names.join(", ")
+                )));
+                continue;
+            }
             self.error(format!(
                 "repository {repo}: tag(s) {} point at {digest}, which is not an importable manifest of this repository; not imported",
                 names.join(", ")
