@@ -34,6 +34,8 @@ declare -A PACKAGE_OF=(
     [curl]=curl
     [fuse-overlayfs]=fuse-overlayfs
     [newuidmap]=uidmap
+    [file]=file
+    [strip]=binutils
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)

@@ -21,6 +21,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "building the container image berth:dev (static release binary + docker build)"
+bash scripts/build-image.sh berth:dev
+
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
 

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod import;
 pub mod jobs;
 pub mod meta;
 pub mod registry;

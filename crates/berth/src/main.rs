@@ -42,6 +42,23 @@ enum Command {
         #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
         config: PathBuf,
     },
+    /// Bring content from another registry's storage into Berth's.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Import every repository, tag, manifest and blob of a filesystem store written by
+    /// CNCF Distribution (registry:2). Stop Berth first, or import into a fresh root.
+    Distribution {
+        /// Distribution's storage.filesystem.rootdirectory (holds docker/registry/v2).
+        rootdirectory: PathBuf,
+        /// Berth's config.yml naming the target storage (default: ./berth-data).
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
@@ -137,5 +154,63 @@ fn main() -> anyhow::Result<()> {
                 .context("failed to garbage collect")?;
             Ok(())
         }
+        Command::Import {
+            source:
+                ImportSource::Distribution {
+                    rootdirectory,
+                    config,
+                },
+        } => import_distribution(&rootdirectory, config.as_deref()),
     }
+}
+
+/// `berth import distribution`: progress on stdout, problems on stderr, a summary last;
+/// fails (non-zero exit) if anything was not imported.
+fn import_distribution(
+    root: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use berth::import::Event;
+    use std::io::Write as _;
+    let loaded = Loaded::load(config, std::env::vars()).context("invalid configuration")?;
+    init_logging("warn", loaded.config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let target = loaded.config.root.clone();
+    let summary = runtime.block_on(async {
+        let registry = berth::state::build_registry(&loaded.config).await?;
+        let mut on_event = |event: Event| {
+            let _ = match event {
+                Event::Repository {
+                    name,
+                    blobs,
+                    manifests,
+                    tags,
+                    errors,
+                } => writeln!(
+                    std::io::stdout(),
+                    "{name}: {blobs} blobs, {manifests} manifests, {tags} tags imported, {errors} errors"
+                ),
+                Event::Warning(w) => writeln!(std::io::stderr(), "warning: {w}"),
+                Event::Error(e) => writeln!(std::io::stderr(), "error: {e}"),
+            };
+        };
+        let summary = berth::import::import_distribution(&registry, root, &mut on_event).await?;
+        anyhow::Ok(summary)
+    })?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "imported {} into {}: {summary}",
+        root.display(),
+        target.display()
+    );
+    if summary.errors > 0 {
+        anyhow::bail!(
+            "{} items were not imported (see the errors above); fix or remove them in the source and run the import again: what is already imported is not imported twice",
+            summary.errors
+        );
+    }
+    Ok(())
 }

@@ -58,8 +58,8 @@ fn dependency_rules() {
         ),
         (
             "std::fs",
-            &["storage", "config", "auth"],
-            "file access stays in storage/ (config reads its own file, auth its htpasswd file)",
+            &["storage", "config", "auth", "import"],
+            "file access stays in storage/ (config reads its own file, auth its htpasswd file; import/ reads a foreign Distribution store, only through its reader)",
         ),
         (
             "crate::http",
@@ -68,8 +68,8 @@ fn dependency_rules() {
         ),
         (
             "crate::registry",
-            &["registry", "http", "state", "config", "jobs"],
-            "storage/ and meta/ sit below registry/ (jobs/ sits beside http/, above it)",
+            &["registry", "http", "state", "config", "jobs", "import"],
+            "storage/ and meta/ sit below registry/ (jobs/ and import/ sit above it)",
         ),
         (
             "crate::jobs",

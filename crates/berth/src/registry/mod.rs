@@ -8,6 +8,7 @@
 mod blobs;
 pub mod events;
 pub mod gc;
+mod import;
 mod listing;
 mod manifests;
 mod purge;
@@ -16,6 +17,7 @@ mod uploads;
 
 pub use blobs::BlobRead;
 pub use events::RequestInfo;
+pub use import::BlobImport;
 pub use listing::Page;
 pub use manifests::{Accept, PushedManifest};
 pub use purge::PurgeReport;

@@ -10,7 +10,7 @@
 //! followed by an fsync of the directory, so a crash never leaves a partial blob under a
 //! digest. Reads and writes run on blocking threads with large buffers.
 
-use super::{ByteRange, ByteStream, Result, StorageError, UploadProgress};
+use super::{ByteRange, ByteStream, Ingest, Result, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::{Algorithm, Digest, Hasher};
@@ -124,6 +124,47 @@ fn write_all_vectored(f: &mut File, bufs: &mut Vec<Bytes>) -> io::Result<()> {
     }
     bufs.clear();
     Ok(())
+}
+
+/// Put `source`'s content at `to` (a new path inside the store): a hard link if possible,
+/// else a copy, fsynced. Returns the size, the content's digest and how it got there.
+fn link_or_copy(source: &Path, to: &Path, algorithm: Algorithm) -> Result<(u64, Digest, Ingest)> {
+    let src_err = |e: io::Error| StorageError::Source {
+        path: source.to_path_buf(),
+        source: e,
+    };
+    let (mut reader, mut writer, how) = match std::fs::hard_link(source, to) {
+        Ok(()) => (File::open(to)?, None, Ingest::Linked),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !source.exists() => {
+            return Err(src_err(e))
+        }
+        // Another filesystem (EXDEV), or links refused: copy instead.
+        Err(_) => (
+            File::open(source).map_err(src_err)?,
+            Some(OpenOptions::new().write(true).create_new(true).open(to)?),
+            Ingest::Copied,
+        ),
+    };
+    let mut hasher = algorithm.hasher();
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(src_err(e)),
+        };
+        hasher.update(&buf[..n]);
+        if let Some(w) = writer.as_mut() {
+            w.write_all(&buf[..n])?;
+        }
+        size += n as u64;
+    }
+    if let Some(w) = writer {
+        w.sync_all()?;
+    }
+    Ok((size, hasher.finish(), how))
 }
 
 #[async_trait::async_trait]
@@ -412,6 +453,38 @@ impl super::BlobStore for FsBlobStore {
         .await
     }
 
+    async fn import_file(&self, source: &Path, digest: &Digest) -> Result<(u64, Ingest)> {
+        // Staged under uploads/ like any upload, verified, then committed by rename.
+        let id = uuid::Uuid::new_v4().to_string();
+        let staged = self.upload_path(&id)?;
+        let source = source.to_path_buf();
+        let expected = digest.clone();
+        let algorithm = digest.algorithm();
+        let staged2 = staged.clone();
+        let checked = blocking(move || {
+            let (size, actual, how) = link_or_copy(&source, &staged2, algorithm)?;
+            if actual != expected {
+                return Err(StorageError::DigestMismatch {
+                    path: source,
+                    expected,
+                    actual,
+                });
+            }
+            Ok((size, how))
+        })
+        .await;
+        let result = match checked {
+            Ok(ok) => self.commit_upload(&id, digest).await.map(|()| ok),
+            Err(e) => Err(e),
+        };
+        // Gone after a commit, except when the blob already existed as a link to the same
+        // file (rename then does nothing); after a failure, only the staged link goes.
+        if staged.exists() {
+            self.delete_upload(&id).await?;
+        }
+        result
+    }
+
     async fn delete_upload(&self, id: &str) -> Result<()> {
         let path = self.upload_path(id)?;
         match tokio::fs::remove_file(path).await {
@@ -429,5 +502,61 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = super::FsBlobStore::open(dir.path()).expect("open");
         crate::storage::testsuite::run(&store).await;
+        crate::storage::testsuite::import_file(&store).await;
+    }
+
+    #[tokio::test]
+    async fn import_on_one_filesystem_is_a_hard_link() {
+        use crate::storage::{BlobStore, Ingest};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::FsBlobStore::open(&dir.path().join("root")).expect("open");
+        let source = dir.path().join("data");
+        std::fs::write(&source, b"layer").expect("write");
+        let digest = oci::Digest::of(oci::Algorithm::Sha256, b"layer");
+        let (_, how) = store.import_file(&source, &digest).await.expect("import");
+        assert_eq!(how, Ingest::Linked);
+        let ino = |p: &std::path::Path| std::fs::metadata(p).expect("stat").ino();
+        assert_eq!(ino(&store.blob_path(&digest)), ino(&source));
+        let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
+        assert_eq!(uploads.count(), 0, "no staged file left behind");
+    }
+
+    /// Across filesystems a hard link is impossible: the blob is copied (and verified).
+    #[tokio::test]
+    async fn import_from_another_filesystem_is_a_verified_copy() {
+        use crate::storage::{BlobStore, Ingest, StorageError};
+        use std::os::unix::fs::MetadataExt;
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src_dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        let store = super::FsBlobStore::open(&dir.path().join("root")).expect("open");
+        let source = src_dir.path().join("data");
+        std::fs::write(&source, b"copied layer").expect("write");
+        let same_fs = std::fs::metadata(shm).expect("stat").dev()
+            == std::fs::metadata(dir.path()).expect("stat").dev();
+        let digest = oci::Digest::of(oci::Algorithm::Sha256, b"copied layer");
+        let (size, how) = store.import_file(&source, &digest).await.expect("import");
+        assert_eq!(size, 12);
+        assert_eq!(
+            how,
+            if same_fs {
+                Ingest::Linked
+            } else {
+                Ingest::Copied
+            }
+        );
+        assert_eq!(
+            std::fs::read(store.blob_path(&digest)).expect("blob"),
+            b"copied layer"
+        );
+        let wrong = oci::Digest::of(oci::Algorithm::Sha256, b"something else");
+        assert!(matches!(
+            store.import_file(&source, &wrong).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert!(!store.blob_path(&wrong).exists());
+        let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
+        assert_eq!(uploads.count(), 0, "no staged copy left behind");
     }
 }

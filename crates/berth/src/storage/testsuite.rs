@@ -157,3 +157,44 @@ pub async fn run(store: &dyn BlobStore) {
     assert!(!store.delete(&digest).await.expect("delete twice"));
     assert_eq!(store.stat(&digest).await.expect("stat"), None);
 }
+
+/// `import_file`: a file from outside the store comes in under its digest only if its
+/// content matches; the source is left as it was.
+pub async fn import_file(store: &dyn BlobStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good");
+    std::fs::write(&good, b"imported bytes").expect("write");
+    let digest = Digest::of(Algorithm::Sha256, b"imported bytes");
+    let (size, _) = store.import_file(&good, &digest).await.expect("import");
+    assert_eq!(size, 14);
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        b"imported bytes"
+    );
+    // Importing the same content again is not an error.
+    store
+        .import_file(&good, &digest)
+        .await
+        .expect("import again");
+    assert_eq!(
+        std::fs::read(&good).expect("source kept"),
+        b"imported bytes"
+    );
+
+    // Content that does not match its digest is refused and nothing is stored.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"changed bytes").expect("write");
+    let claimed = Digest::of(Algorithm::Sha256, b"original bytes");
+    assert!(matches!(
+        store.import_file(&bad, &claimed).await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.stat(&claimed).await.expect("stat"), None);
+
+    // A missing source names the file.
+    let missing = dir.path().join("missing");
+    assert!(matches!(
+        store.import_file(&missing, &claimed).await,
+        Err(StorageError::Source { .. })
+    ));
+}

@@ -387,3 +387,27 @@ impl Berth {
         std::fs::read_to_string(&log).expect("read log")
     }
 }
+
+impl Berth {
+    /// Start `berth serve CONFIG` on a config file the test wrote (and perhaps used for
+    /// other commands first) inside `dir`, which lives as long as the server.
+    pub fn serve_config_in(dir: tempfile::TempDir, config: &Path) -> Berth {
+        let (child, addr) = spawn_berth(&["serve".as_ref(), config.as_os_str()]);
+        Berth {
+            host: addr.clone(),
+            url: format!("http://{addr}"),
+            dir,
+            extra_config: String::new(),
+            child: Some(child),
+        }
+    }
+}
+
+/// Run `berth ARGS...` to completion and return its output, whatever the exit status.
+pub fn berth_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(berth_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run berth")
+}

@@ -1,0 +1,15 @@
+# Berth's container image, laid out as registry:2 is: data in /var/lib/registry, config
+# in /etc/docker/registry/config.yml, port 5000. The base is `scratch`, so building needs
+# no download: scripts/build-image.sh builds the static binary first, then this file.
+FROM scratch
+COPY target/image/berth /bin/berth
+COPY docker/config.yml /etc/docker/registry/config.yml
+# scratch has no /tmp (SQLite may put temporary files there); WORKDIR creates it.
+WORKDIR /tmp
+WORKDIR /
+ENV TMPDIR=/tmp
+VOLUME ["/var/lib/registry"]
+EXPOSE 5000
+# As registry:2: arguments after the image name replace the config path.
+ENTRYPOINT ["/bin/berth", "serve"]
+CMD ["/etc/docker/registry/config.yml"]

@@ -1,0 +1,246 @@
+//! Berth's container image (`Dockerfile`, `scripts/build-image.sh`) run the way the
+//! guides run registry:2, with the real Docker Engine: `docker run -d -p ...:5000
+//! --restart=always -v VOLUME:/var/lib/registry`, push and pull with the docker CLI, data
+//! surviving `docker rm -f` and a new container on the same volume, and `REGISTRY_*`
+//! variables given with `-e`. The image is built once per test run.
+//!
+//! The TLS and htpasswd deployments (`REGISTRY_HTTP_TLS_*`, `REGISTRY_AUTH_HTPASSWD_*` with
+//! mounted directories) are tested where those features live, not here.
+
+mod common;
+
+use common::{require_tool, run};
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "berth:dev";
+
+/// Build the image once for every test in this run (tests run as threads of one process).
+fn image() -> &'static str {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        require_tool("docker");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-image.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(IMAGE)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed:\n{}\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = built {
+        panic!("building the image: {e}");
+    }
+    IMAGE
+}
+
+fn docker() -> Command {
+    Command::new("docker")
+}
+
+/// A name no other test run uses.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Containers, volumes and local images a test made; removed when it ends, pass or fail.
+#[derive(Default)]
+struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker().args(["rm", "-f", c]).output();
+        }
+        for v in &self.volumes {
+            let _ = docker().args(["volume", "rm", "-f", v]).output();
+        }
+        for i in &self.images {
+            let _ = docker().args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+/// `docker run -d -p 127.0.0.1::5000 --restart=always -v VOLUME:/var/lib/registry [-e ...]`;
+/// returns `127.0.0.1:PORT` once the registry answers.
+fn run_registry(cleanup: &mut Cleanup, volume: &str, env: &[&str]) -> (String, String) {
+    let mut cmd = docker();
+    cmd.args([
+        "run",
+        "-d",
+        "-p",
+        "127.0.0.1::5000",
+        "--restart=always",
+        "-v",
+    ])
+    .arg(format!("{volume}:/var/lib/registry"));
+    for e in env {
+        cmd.args(["-e", e]);
+    }
+    cmd.arg(image());
+    let id = run(&mut cmd).trim().to_string();
+    cleanup.containers.push(id.clone());
+    let port = run(docker().args(["port", &id, "5000/tcp"]));
+    let addr = port
+        .lines()
+        .find(|l| l.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no 127.0.0.1 port published: {port}"))
+        .to_string();
+    // docker-proxy accepts connections before Berth listens: wait for an HTTP answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http_status("GET", &format!("http://{addr}/v2/"), &[]) == "200" {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs = docker().args(["logs", &id]).output().ok();
+            panic!(
+                "the container did not answer on {addr} within 60 s; logs:\n{}",
+                logs.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (id, addr)
+}
+
+fn http_status(method: &str, url: &str, headers: &[&str]) -> String {
+    require_tool("curl");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+    if method == "HEAD" {
+        cmd.arg("-I");
+    } else {
+        cmd.args(["-X", method]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url);
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A one-file image made with `docker import`, tagged `tag`.
+fn import_image(cleanup: &mut Cleanup, tag: &str, content: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar_path = dir.path().join("rootfs.tar");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(content.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    builder
+        .append_data(&mut h, "hello.txt", content)
+        .expect("tar");
+    std::fs::write(&tar_path, builder.into_inner().expect("tar")).expect("write tar");
+    run(docker().arg("import").arg(&tar_path).arg(tag));
+    cleanup.images.push(tag.to_string());
+}
+
+fn image_id(tag: &str) -> String {
+    run(docker().args(["image", "inspect", "--format", "{{.Id}}", tag]))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn container_serves_docker_and_keeps_data_on_its_volume() {
+    let mut cleanup = Cleanup::default();
+    let volume = unique("berth-test-data");
+    run(docker().args(["volume", "create", &volume]));
+    cleanup.volumes.push(volume.clone());
+
+    let (first, addr) = run_registry(&mut cleanup, &volume, &[]);
+    let tag = format!("{addr}/test/imported:v1");
+    import_image(&mut cleanup, &tag, b"hello from docker import\n");
+    let id = image_id(&tag);
+    run(docker().args(["push", &tag]));
+    run(docker().args(["rmi", &tag]));
+    run(docker().args(["pull", &tag]));
+    assert_eq!(image_id(&tag), id, "pulled back the pushed image");
+
+    // Data survives the container: a new one on the same volume serves it.
+    run(docker().args(["rm", "-f", &first]));
+    let (_second, addr2) = run_registry(&mut cleanup, &volume, &[]);
+    let tag2 = format!("{addr2}/test/imported:v1");
+    cleanup.images.push(tag2.clone());
+    run(docker().args(["rmi", &tag]));
+    run(docker().args(["pull", &tag2]));
+    assert_eq!(image_id(&tag2), id, "the new container serves the old data");
+}
+
+#[test]
+fn registry_variables_configure_the_container() {
+    let mut cleanup = Cleanup::default();
+    let accept = "Accept: application/vnd.docker.distribution.manifest.v2+json";
+
+    // The image's default config, as registry:2's: deletes are disabled.
+    let plain = unique("berth-test-plain");
+    cleanup.volumes.push(plain.clone());
+    let (_c, addr) = run_registry(&mut cleanup, &plain, &[]);
+    let tag = format!("{addr}/test/deletable:v1");
+    import_image(&mut cleanup, &tag, b"delete me\n");
+    run(docker().args(["push", &tag]));
+    let digest = manifest_digest(&addr, "test/deletable", "v1", accept);
+    let url = format!("http://{addr}/v2/test/deletable/manifests/{digest}");
+    assert_eq!(http_status("DELETE", &url, &[]), "405");
+
+    // REGISTRY_STORAGE_DELETE_ENABLED=true, given with -e, allows it.
+    let enabled = unique("berth-test-delete");
+    cleanup.volumes.push(enabled.clone());
+    let (_c, addr) = run_registry(
+        &mut cleanup,
+        &enabled,
+        &["REGISTRY_STORAGE_DELETE_ENABLED=true"],
+    );
+    let tag = format!("{addr}/test/deletable:v1");
+    import_image(&mut cleanup, &tag, b"delete me\n");
+    run(docker().args(["push", &tag]));
+    let digest = manifest_digest(&addr, "test/deletable", "v1", accept);
+    let url = format!("http://{addr}/v2/test/deletable/manifests/{digest}");
+    assert_eq!(http_status("DELETE", &url, &[]), "202");
+    assert_eq!(http_status("HEAD", &url, &[accept]), "404");
+}
+
+/// The `Docker-Content-Digest` of a manifest.
+fn manifest_digest(addr: &str, repo: &str, tag: &str, accept: &str) -> String {
+    let headers = run(Command::new("curl").args([
+        "-sf",
+        "-I",
+        "-H",
+        accept,
+        &format!("http://{addr}/v2/{repo}/manifests/{tag}"),
+    ]));
+    headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no Docker-Content-Digest in:\n{headers}"))
+}
