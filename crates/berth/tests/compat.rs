@@ -44,6 +44,10 @@ fn config(delete: bool) -> String {
 }
 
 fn start_distribution(config: &str) -> Distribution {
+    start_distribution_env(config, &[])
+}
+
+fn start_distribution_env(config: &str, env: &[(&str, &str)]) -> Distribution {
     let bin = require_tool("docker-registry");
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config.replace("DATA", &dir.path().join("data").display().to_string());
@@ -54,6 +58,7 @@ fn start_distribution(config: &str) -> Distribution {
         .arg(&path)
         // Debian's build panics on it with some drivers; the filesystem one does not need it.
         .env_remove("AWS_CA_BUNDLE")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -581,4 +586,79 @@ async fn same_answers_as_distribution_with_deletes_enabled() {
 #[tokio::test]
 async fn same_answers_as_distribution_with_deletes_disabled() {
     compare(false).await;
+}
+
+/// Debian's own `/etc/docker/registry/config.yml` (from the docker-registry package), used
+/// unchanged by both servers, with only the port and data directory moved by `REGISTRY_*`
+/// variables: both start, and answer alike. (Its `auth.htpasswd.path` is a directory, so
+/// requests with credentials get 400 from both; Berth's body says why.)
+#[tokio::test]
+async fn debians_config_file_starts_berth_unchanged() {
+    let file = std::path::Path::new("/etc/docker/registry/config.yml");
+    require_tool("docker-registry");
+    let text = std::fs::read_to_string(file).expect("Debian's docker-registry config");
+    let dist_dir = tempfile::tempdir().expect("tempdir");
+    let berth_dir = tempfile::tempdir().expect("tempdir");
+    let dist_root = dist_dir.path().display().to_string();
+    let berth_root = berth_dir.path().display().to_string();
+    let dist = start_distribution_env(
+        &text,
+        &[
+            ("REGISTRY_HTTP_ADDR", "127.0.0.1:0"),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &dist_root),
+        ],
+    );
+    let (mut child, addr) = common::spawn_berth_with(
+        &["serve".as_ref(), file.as_os_str()],
+        &[
+            ("REGISTRY_HTTP_ADDR", "127.0.0.1:0"),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &berth_root),
+        ],
+        "http",
+    );
+    let berth_url = format!("http://{addr}");
+    let c = Client::new();
+    // (what, path, Basic credentials)
+    type Request<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let requests: &[Request] = &[
+        ("GET /", "/", None),
+        ("GET /v2/ without credentials", "/v2/", None),
+        (
+            "GET /v2/ with credentials",
+            "/v2/",
+            Some(("docker", "secret")),
+        ),
+        (
+            "tags without credentials",
+            "/v2/library/app/tags/list",
+            None,
+        ),
+    ];
+    for (name, path, creds) in requests {
+        let mut answers = Vec::new();
+        for base in [&dist.url, &berth_url] {
+            let mut rb = c.get(format!("{base}{path}"));
+            if let Some((u, p)) = creds {
+                rb = rb.basic_auth(u, Some(p));
+            }
+            let r = rb.send().await.expect("send");
+            let status = r.status().as_u16();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let code = body["errors"][0]["code"].as_str().map(str::to_string);
+            answers.push((status, challenge, code));
+        }
+        let (d, b) = (&answers[0], &answers[1]);
+        assert_eq!(d.0, b.0, "{name}: status");
+        assert_eq!(d.1, b.1, "{name}: WWW-Authenticate");
+        if d.2.is_some() {
+            assert_eq!(d.2, b.2, "{name}: error code");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -4,8 +4,9 @@
 //! surviving `docker rm -f` and a new container on the same volume, and `REGISTRY_*`
 //! variables given with `-e`. The image is built once per test run.
 //!
-//! The TLS and htpasswd deployments (`REGISTRY_HTTP_TLS_*`, `REGISTRY_AUTH_HTPASSWD_*` with
-//! mounted directories) are tested where those features live, not here.
+//! And the guides' production deployment: TLS and htpasswd from `REGISTRY_HTTP_TLS_*` and
+//! `REGISTRY_AUTH*` variables with mounted `/certs` and `/auth` directories, then
+//! `docker login`, `docker push` and `docker pull`.
 
 mod common;
 
@@ -243,4 +244,199 @@ fn manifest_digest(addr: &str, repo: &str, tag: &str, accept: &str) -> String {
                 .then(|| v.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no Docker-Content-Digest in:\n{headers}"))
+}
+
+/// An openssl-made CA and a server certificate for 127.0.0.1 signed by it, in `dir`:
+/// `ca.crt`, `domain.crt`, `domain.key`.
+fn make_certs(dir: &Path) {
+    require_tool("openssl");
+    let ossl = |args: &[&str]| {
+        run(Command::new("openssl").args(args).current_dir(dir));
+    };
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=Berth test CA",
+    ]);
+    ossl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-keyout",
+        "domain.key",
+        "-out",
+        "domain.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "domain.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "domain.crt",
+    ]);
+    // The container's user must be able to read the key through the bind mount.
+    for f in ["domain.crt", "domain.key", "ca.crt"] {
+        let _ = std::fs::set_permissions(
+            dir.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        );
+    }
+}
+
+/// `curl --cacert` status of an HTTPS request (`-u` credentials optional).
+fn https_status(ca: &Path, url: &str, creds: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca);
+    if let Some(c) = creds {
+        cmd.args(["-u", c]);
+    }
+    cmd.arg(url);
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tls_and_htpasswd_deployment_from_the_guides() {
+    require_tool("htpasswd");
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let auth = dir.path().join("auth");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    std::fs::create_dir_all(&auth).expect("auth dir");
+    make_certs(&certs);
+    // As the guides do it: htpasswd -Bbn user password > auth/htpasswd
+    let entry = run(Command::new("htpasswd").args(["-Bbn", "testuser", "testpass"]));
+    std::fs::write(auth.join("htpasswd"), entry).expect("htpasswd");
+    let volume = unique("berth-test-tls");
+    cleanup.volumes.push(volume.clone());
+
+    let mut cmd = docker();
+    cmd.args([
+        "run",
+        "-d",
+        "-p",
+        "127.0.0.1::5000",
+        "--restart=always",
+        "-v",
+    ])
+    .arg(format!("{volume}:/var/lib/registry"))
+    .arg("-v")
+    .arg(format!("{}:/certs", certs.display()))
+    .arg("-v")
+    .arg(format!("{}:/auth", auth.display()))
+    .args([
+        "-e",
+        "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/domain.crt",
+        "-e",
+        "REGISTRY_HTTP_TLS_KEY=/certs/domain.key",
+        "-e",
+        "REGISTRY_AUTH=htpasswd",
+        "-e",
+        "REGISTRY_AUTH_HTPASSWD_REALM=Registry Realm",
+        "-e",
+        "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+    ])
+    .arg(image());
+    let id = run(&mut cmd).trim().to_string();
+    cleanup.containers.push(id.clone());
+    let port = run(docker().args(["port", &id, "5000/tcp"]));
+    let addr = port
+        .lines()
+        .find(|l| l.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no 127.0.0.1 port published: {port}"))
+        .to_string();
+    let ca = certs.join("ca.crt");
+    let base = format!("https://{addr}/v2/");
+    // Wait for TLS and the auth challenge: 401 without credentials.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while https_status(&ca, &base, None) != "401" {
+        if Instant::now() > deadline {
+            let logs = docker().args(["logs", &id]).output().ok();
+            panic!(
+                "the TLS container did not answer 401 on {base}; logs:\n{}",
+                logs.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(https_status(&ca, &base, Some("testuser:testpass")), "200");
+    assert_eq!(https_status(&ca, &base, Some("testuser:wrong")), "401");
+    // Plain HTTP is not served on a TLS port.
+    assert_ne!(
+        http_status("GET", &format!("http://{addr}/v2/"), &[]),
+        "200"
+    );
+
+    // docker login / push / pull with a config dir of its own.
+    let docker_config = tempfile::tempdir().expect("docker config");
+    let with_config = |args: &[&str]| {
+        let mut c = docker();
+        c.arg("--config").arg(docker_config.path()).args(args);
+        c
+    };
+    let tag = format!("{addr}/guides/secure:v1");
+    import_image(&mut cleanup, &tag, b"pushed over TLS with a password\n");
+    let id_before = image_id(&tag);
+    let refused = with_config(&["push", &tag]).output().expect("docker push");
+    assert!(
+        !refused.status.success(),
+        "push without login must be refused"
+    );
+    let login = with_config(&["login", &addr, "-u", "testuser", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(b"testpass")?;
+            }
+            child.wait_with_output()
+        })
+        .expect("docker login");
+    assert!(
+        login.status.success(),
+        "docker login failed: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    run(&mut with_config(&["push", &tag]));
+    run(docker().args(["rmi", &tag]));
+    run(&mut with_config(&["pull", &tag]));
+    assert_eq!(image_id(&tag), id_before, "pulled back what was pushed");
 }

@@ -6,9 +6,9 @@
 use super::body;
 use super::endpoint::Endpoint;
 use crate::registry::Registry;
-use axum::body::{Body, HttpBody as _};
+use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, Method};
+
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
@@ -217,16 +217,7 @@ pub(super) async fn measure(
     let req = req.map(|inner| Body::new(body::Counted { inner, counter }));
     let resp = next.run(req).await;
     drop(in_flight);
-    let sent = if method == Method::HEAD {
-        0
-    } else {
-        resp.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| resp.body().size_hint().exact())
-            .unwrap_or(0)
-    };
+    let sent = super::response_bytes(&method, &resp);
     let received = received.load(Ordering::Relaxed);
     let m = method.as_str().to_ascii_lowercase();
     metrics

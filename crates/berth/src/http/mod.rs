@@ -134,6 +134,19 @@ pub async fn serve(
     server::serve(listener, app, server::ServeOptions::default(), shutdown).await
 }
 
+/// Bytes a response sends: its length (none for HEAD).
+pub(crate) fn response_bytes(method: &Method, resp: &Response) -> u64 {
+    if method == Method::HEAD {
+        return 0;
+    }
+    resp.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| resp.body().size_hint().exact())
+        .unwrap_or(0)
+}
+
 async fn api_version_header(mut resp: Response) -> Response {
     resp.headers_mut().insert(
         "docker-distribution-api-version",
@@ -160,16 +173,7 @@ async fn access_log(req: Request, next: Next) -> Response {
     if let Some(p) = resp.extensions().get::<Principal>() {
         user.clone_from(&p.name);
     }
-    let bytes_out = if method == Method::HEAD {
-        0
-    } else {
-        resp.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| resp.body().size_hint().exact())
-            .unwrap_or(0)
-    };
+    let bytes_out = response_bytes(&method, &resp);
     tracing::info!(
         target: "berth::access",
         %method,

@@ -56,6 +56,22 @@ fn digest(s: String) -> Result<Digest> {
         .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
 }
 
+/// An `uploads` row (`id, repository, algorithm, created_at`) as a session.
+pub(super) fn upload_session(r: &sqlx::sqlite::SqliteRow) -> Result<UploadSession> {
+    let repo: String = r.get(1);
+    let alg: String = r.get(2);
+    Ok(UploadSession {
+        id: r.get(0),
+        repository: repo
+            .parse()
+            .map_err(|_| MetaError::Corrupt(format!("repository name {repo:?}")))?,
+        algorithm: alg
+            .parse()
+            .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
+        created_at: r.get(3),
+    })
+}
+
 const UPSERT_REPO: &str =
     "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
 
@@ -415,21 +431,7 @@ impl Uploads for SqliteMeta {
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?;
-        row.map(|r| {
-            let repo: String = r.get(1);
-            let alg: String = r.get(2);
-            Ok(UploadSession {
-                id: r.get(0),
-                repository: repo
-                    .parse()
-                    .map_err(|_| MetaError::Corrupt(format!("repository name {repo:?}")))?,
-                algorithm: alg
-                    .parse()
-                    .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
-                created_at: r.get(3),
-            })
-        })
-        .transpose()
+        row.as_ref().map(upload_session).transpose()
     }
 
     async fn delete_upload(&self, id: &str) -> Result<()> {

@@ -95,22 +95,7 @@ impl Maintenance for SqliteMeta {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let repo: String = r.get(1);
-                let alg: String = r.get(2);
-                Ok(UploadSession {
-                    id: r.get(0),
-                    repository: repo
-                        .parse()
-                        .map_err(|_| MetaError::Corrupt(format!("repository name {repo:?}")))?,
-                    algorithm: alg
-                        .parse()
-                        .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
-                    created_at: r.get(3),
-                })
-            })
-            .collect()
+        rows.iter().map(super::sqlite::upload_session).collect()
     }
 
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
