@@ -205,6 +205,7 @@ pub async fn run(
             authenticator,
             headers: a.headers.clone(),
             read_only: a.read_only,
+            notify: !config.events.endpoints.is_empty(),
         },
     );
     tracing::info!(

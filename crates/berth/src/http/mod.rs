@@ -55,6 +55,8 @@ pub struct HttpOptions {
     pub headers: Vec<(String, String)>,
     /// `storage.maintenance.readonly.enabled`: writes answer 405.
     pub read_only: bool,
+    /// Notification endpoints are configured: describe each request for their events.
+    pub notify: bool,
 }
 
 /// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
@@ -103,12 +105,16 @@ pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     let log_requests = options.access_log;
     let health = options.health.clone();
     let measured = options.metrics.clone().map(|m| (m, options.prefix.clone()));
-    let event_options = Arc::new(options.clone());
+    let event_options = options.notify.then(|| Arc::new(options.clone()));
     let mut app = Router::new()
         .fallback(dispatch)
-        .with_state(Arc::new(App { registry, options }))
-        .layer(middleware::from_fn_with_state(event_options, request_scope))
-        .layer(middleware::map_response(api_version_header));
+        .with_state(Arc::new(App { registry, options }));
+    // Without notification endpoints nothing reads the request description: skip building
+    // it on the hot path.
+    if let Some(event_options) = event_options {
+        app = app.layer(middleware::from_fn_with_state(event_options, request_scope));
+    }
+    let mut app = app.layer(middleware::map_response(api_version_header));
     if let Some((m, prefix)) = measured {
         app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
             metrics::measure(m.clone(), prefix.clone(), req, next)
