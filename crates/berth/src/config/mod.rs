@@ -537,7 +537,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "h" => value * 3600.0,
             _ => return None,
         };
-        total += Duration::from_secs_f64(secs);
+        total = total.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
         rest = next;
     }
     Some(total)
@@ -934,5 +934,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h2m3s"), Some(Duration::from_secs(3723)));
         assert_eq!(parse_duration("10"), None);
+        assert_eq!(
+            parse_duration("99999999999999999999h"),
+            None,
+            "too large is an error, not a panic"
+        );
     }
 }

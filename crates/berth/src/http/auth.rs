@@ -25,11 +25,12 @@ pub(super) async fn check(
         .detail(access_records(endpoint, parts))
         .header(header::WWW_AUTHENTICATE, &auth.challenge())),
         Err(AuthError::Store(message)) => {
+            // The cause (file, line) goes to the log only: a bad line can hold a hash.
             tracing::error!(error = %message, "error checking authorization");
             Err(ApiError::with_status(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unknown,
-                message,
+                "the registry cannot read its password file (auth.htpasswd.path): its log says why",
             ))
         }
     }

@@ -219,7 +219,14 @@ pub(super) async fn measure(
     drop(in_flight);
     let sent = super::response_bytes(&method, &resp);
     let received = received.load(Ordering::Relaxed);
-    let m = method.as_str().to_ascii_lowercase();
+    // Only the methods of the API as label values: anything else would let any client
+    // create new series without bound.
+    let m = match method.as_str() {
+        "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE" | "OPTIONS" => {
+            method.as_str().to_ascii_lowercase()
+        }
+        _ => "other".to_string(),
+    };
     metrics
         .requests
         .with_label_values(&[route, resp.status().as_str(), m.as_str()])

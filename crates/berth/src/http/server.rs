@@ -124,6 +124,9 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serve `app` on `listener` until `shutdown` completes, then stop accepting and drain.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -132,6 +135,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client must send its request headers within this time (no slowloris holding
+    // connections open for ever); bodies have their own idle timeout (limits.bodyidletimeout).
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     if options.http1_only {
         builder = builder.http1_only();
     }

@@ -21,6 +21,10 @@ pub enum MetaError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("metadata holds an invalid value: {0}")]
     Corrupt(String),
+    /// A manifest's content disappeared before it could be written (a concurrent delete
+    /// or garbage collection): nothing was written.
+    #[error("referenced content is no longer in the repository")]
+    MissingReferences(Vec<Digest>),
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
@@ -38,6 +42,11 @@ pub struct NewManifest {
     pub annotations: Option<String>,
     /// Blobs (false) and child manifests (true) it references.
     pub references: Vec<(Digest, bool)>,
+    /// Blobs that must still be linked into the repository, and manifests that must still
+    /// be in it, when the manifest is written: checked inside the write transaction, so a
+    /// concurrent delete or garbage collection cannot leave it pointing at nothing.
+    pub required_blobs: Vec<Digest>,
+    pub required_manifests: Vec<Digest>,
 }
 
 /// A stored manifest.

@@ -184,7 +184,9 @@ impl Repositories for SqliteMeta {
 impl Manifests for SqliteMeta {
     async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()> {
         let t = now();
-        let mut tx = self.writer.begin().await?;
+        // IMMEDIATE: take the write lock before reading, so the checks below and the
+        // writes see the same state even against another process (garbage-collect).
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(UPSERT_REPO)
             .bind(repo.as_str())
             .bind(t)
@@ -195,6 +197,33 @@ impl Manifests for SqliteMeta {
             .fetch_one(&mut *tx)
             .await?
             .get(0);
+        let mut missing = Vec::new();
+        for d in &m.required_blobs {
+            let linked = sqlx::query(
+                "SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if linked.is_none() {
+                missing.push(d.clone());
+            }
+        }
+        for d in &m.required_manifests {
+            let present =
+                sqlx::query("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")
+                    .bind(repo_id)
+                    .bind(d.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if present.is_none() {
+                missing.push(d.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(MetaError::MissingReferences(missing));
+        }
         let inserted = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, size, content, subject, artifact_type, annotations, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)

@@ -22,6 +22,8 @@ fn manifest(content: &str, subject: Option<Digest>, artifact_type: Option<&str>)
         artifact_type: artifact_type.map(str::to_string),
         annotations: Some(r#"{"k":"v"}"#.to_string()),
         references: vec![(d("layer"), false)],
+        required_blobs: Vec::new(),
+        required_manifests: Vec::new(),
     }
 }
 
@@ -47,6 +49,22 @@ pub async fn run(m: &dyn MetaStore) {
             .expect("linked"),
         vec![Some(5), None]
     );
+
+    // A manifest whose required content is gone is not written at all.
+    let mut needs = manifest("needs-blob", None, None);
+    needs.required_blobs = vec![d("layer"), d("never-linked")];
+    needs.required_manifests = vec![d("no-such-manifest")];
+    match m.put_manifest(&a, &needs, &[tag("needs")]).await {
+        Err(super::MetaError::MissingReferences(gone)) => {
+            assert_eq!(gone, vec![d("never-linked"), d("no-such-manifest")])
+        }
+        other => panic!("expected MissingReferences, got {other:?}"),
+    }
+    assert!(m
+        .get_manifest(&a, &Reference::Tag(tag("needs")))
+        .await
+        .expect("get")
+        .is_none());
 
     // Manifests and tags.
     let m1 = manifest("m1", None, None);

@@ -3,7 +3,7 @@
 
 use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
-use crate::meta::{NewManifest, StoredManifest};
+use crate::meta::{MetaError, NewManifest, StoredManifest};
 use oci::manifest::{Descriptor, Kind};
 use oci::{media, Digest, Reference, RepoName, Tag};
 
@@ -83,6 +83,10 @@ impl Registry {
                 )));
             }
         }
+        // What must still be there when the manifest is written (re-checked in the write
+        // transaction).
+        let mut required_blobs = Vec::new();
+        let mut required_manifests = Vec::new();
         match parsed.kind {
             Kind::Image => {
                 let wanted: Vec<&Descriptor> = parsed
@@ -107,6 +111,7 @@ impl Registry {
                 if !missing.is_empty() {
                     return Err(RegistryError::ManifestBlobUnknown(missing));
                 }
+                required_blobs = digests;
             }
             Kind::Index => {
                 // Entries are manifests, except in indexes such as BuildKit's registry cache,
@@ -117,12 +122,15 @@ impl Registry {
                 let mut missing = Vec::new();
                 for (d, present) in parsed.manifests.iter().zip(present) {
                     if present {
+                        required_manifests.push(d.digest.clone());
                         continue;
                     }
                     let is_manifest =
                         media::is_index(&d.media_type) || media::is_image_manifest(&d.media_type);
                     if is_manifest || self.meta.linked_blob(repo, &d.digest).await?.is_none() {
                         missing.push(d.digest.clone());
+                    } else {
+                        required_blobs.push(d.digest.clone());
                     }
                 }
                 if !missing.is_empty() {
@@ -169,9 +177,17 @@ impl Registry {
                 .as_ref()
                 .and_then(|a| serde_json::to_string(a).ok()),
             references,
+            required_blobs,
+            required_manifests,
             content,
         };
-        self.meta.put_manifest(repo, &record, &tags).await?;
+        self.meta
+            .put_manifest(repo, &record, &tags)
+            .await
+            .map_err(|e| match e {
+                MetaError::MissingReferences(gone) => RegistryError::ManifestBlobUnknown(gone),
+                other => other.into(),
+            })?;
         if let Some(target) = event {
             self.emit(Action::Push, target).await;
         }
