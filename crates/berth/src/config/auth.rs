@@ -3,7 +3,7 @@
 //! Distribution 2.8's meaning. Produces plain values; knows nothing of HTTP or TLS
 //! libraries.
 
-use super::{bad, get, get_bool, get_str, parse_duration, ConfigError};
+use super::{bad, get, get_bool, get_str, parse_duration, scalar, ConfigError};
 use serde_yaml::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -182,15 +182,6 @@ fn has_key(tree: &Value, section: &str, key: &str) -> bool {
     get(tree, section)
         .and_then(Value::as_mapping)
         .is_some_and(|m| m.contains_key(Value::String(key.into())))
-}
-
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! `storage.maintenance.uploadpurging`, read with Distribution 2.8's defaults. Produces
 //! plain data for `registry/events.rs` and `jobs/`; knows nothing of how they run.
 
-use super::{bad, get, get_bool, get_str, parse_duration, ConfigError};
+use super::{bad, get, get_bool, get_str, parse_duration, scalar, ConfigError};
 use serde_yaml::Value;
 use std::time::Duration;
 
@@ -202,15 +202,6 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
-}
-
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Name errors by the full key of the endpoint entry.

@@ -444,13 +444,22 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A string, number or boolean as text (YAML reads `0.1` or `true` as non-strings).
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 fn get_str(tree: &Value, key: &str) -> Result<Option<String>, ConfigError> {
     match get(tree, key) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
-        Some(_) => Err(bad(key, "expected a string")),
+        Some(v) => scalar(v)
+            .map(Some)
+            .ok_or_else(|| bad(key, "expected a string")),
     }
 }
 
