@@ -95,40 +95,9 @@ pub fn berth_bin() -> &'static str {
 }
 
 /// Spawn `berth ARGS...`, wait for its "listening on http://ADDR" log line and return the
-/// child and ADDR. The server's log goes on to this test's stderr.
+/// child and ADDR. The server's log goes on to this test's stderr (and to `log_lines`).
 pub fn spawn_berth(args: &[&std::ffi::OsStr]) -> (Child, String) {
-    let mut child = Command::new(berth_bin())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let stderr = child.stderr.take().expect("stderr");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(pos) = line.find("listening on http://") {
-                let rest = &line[pos + "listening on http://".len()..];
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-            log_sink(pid).lock().expect("log lock").push(line.clone());
-            eprintln!("[berth] {line}");
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => (child, addr),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("berth did not report a listening address within 30 s");
-        }
-    }
+    spawn_berth_with(args, &[], "http")
 }
 
 /// Fail loudly (never skip) when a client program the suite needs is missing.
@@ -298,7 +267,8 @@ impl Berth {
 }
 
 /// Spawn `berth ARGS...` with extra environment variables, wait for its
-/// "listening on SCHEME://ADDR" log line and return the child and ADDR.
+/// "listening on SCHEME://ADDR" log line and return the child and ADDR. The log goes to
+/// this test's stderr and is kept for `Berth::log_lines`.
 pub fn spawn_berth_with(
     args: &[&std::ffi::OsStr],
     env: &[(&str, &str)],
@@ -314,6 +284,7 @@ pub fn spawn_berth_with(
     }
     let mut child = cmd.spawn().expect("spawn berth");
     let stderr = child.stderr.take().expect("stderr");
+    let pid = child.id();
     let marker = format!("listening on {scheme}://");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -327,6 +298,7 @@ pub fn spawn_berth_with(
                     let _ = tx.send(addr);
                 }
             }
+            log_sink(pid).lock().expect("log lock").push(line.clone());
             eprintln!("[berth] {line}");
         }
     });
