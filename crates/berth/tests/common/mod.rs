@@ -340,6 +340,8 @@ impl Berth {
         let mut child = Command::new(berth_bin())
             .args(["serve".as_ref(), path.as_os_str()])
             .env("NO_COLOR", "1")
+            // A refusal is one line for an operator, even with backtraces asked for.
+            .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
