@@ -4,9 +4,10 @@
 //! Writes go through a single connection (SQLite has one writer anyway, and this avoids
 //! lock-upgrade deadlocks); reads use a pool of read-only connections in parallel.
 
+use super::sqlite_events::insert_events;
 use super::{
-    now, Manifests, MetaError, NewManifest, Referrer, Repositories, Result, StoredManifest,
-    UploadSession, Uploads,
+    now, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories, Result,
+    StoredManifest, UploadSession, Uploads,
 };
 use oci::{Digest, Reference, RepoName, Tag};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -77,9 +78,15 @@ const UPSERT_REPO: &str =
 
 #[async_trait::async_trait]
 impl Repositories for SqliteMeta {
-    async fn link_blob(&self, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        size: u64,
+        events: &[NewEvent],
+    ) -> Result<()> {
         let t = now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(UPSERT_REPO)
             .bind(repo.as_str())
             .bind(t)
@@ -101,8 +108,57 @@ impl Repositories for SqliteMeta {
         .bind(t)
         .execute(&mut *tx)
         .await?;
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>> {
+        let t = now();
+        // IMMEDIATE: the check that the blob is still recorded and the link are one step
+        // against garbage collection in another process.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let size = match from {
+            Some(from) => sqlx::query(
+                "SELECT b.size FROM repositories r
+                 JOIN repository_blobs rb ON rb.repository_id = r.id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE r.name = ?1 AND rb.digest = ?2",
+            )
+            .bind(from.as_str())
+            .bind(d.as_str()),
+            None => sqlx::query("SELECT size FROM blobs WHERE digest = ?1").bind(d.as_str()),
+        }
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get::<i64, _>(0) as u64);
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        sqlx::query(UPSERT_REPO)
+            .bind(repo.as_str())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at)
+             SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(Some(size))
     }
 
     async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
@@ -130,16 +186,23 @@ impl Repositories for SqliteMeta {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let r = sqlx::query(
+    async fn unlink_blob(&self, repo: &RepoName, d: &Digest, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = ?2
              AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if gone {
+            insert_events(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(gone)
     }
 
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
@@ -182,7 +245,13 @@ impl Repositories for SqliteMeta {
 
 #[async_trait::async_trait]
 impl Manifests for SqliteMeta {
-    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()> {
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        m: &NewManifest,
+        tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<()> {
         let t = now();
         // IMMEDIATE: take the write lock before reading, so the checks below and the
         // writes see the same state even against another process (garbage-collect).
@@ -267,6 +336,7 @@ impl Manifests for SqliteMeta {
             .execute(&mut *tx)
             .await?;
         }
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -328,8 +398,13 @@ impl Manifests for SqliteMeta {
         Ok(out)
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
             .bind(repo.as_str())
             .fetch_optional(&mut *tx)
@@ -359,20 +434,28 @@ impl Manifests for SqliteMeta {
         .bind(d.as_str())
         .execute(&mut *tx)
         .await?;
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let r = sqlx::query(
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query(
             "DELETE FROM tags WHERE name = ?2
              AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
         )
         .bind(repo.as_str())
         .bind(tag.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if gone {
+            insert_events(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(gone)
     }
 
     async fn list_tags(
@@ -482,6 +565,7 @@ mod tests {
             .expect("open");
         crate::meta::testsuite::run(&meta).await;
         crate::meta::testsuite::run_events(&meta).await;
+        crate::meta::testsuite::transactional_events(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);
         let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))

@@ -31,11 +31,11 @@ impl Registry {
         source: &Path,
     ) -> Result<BlobImport> {
         if let Some(size) = self.blobs.stat(digest).await? {
-            self.meta.link_blob(repo, digest, size).await?;
+            self.meta.link_blob(repo, digest, size, &[]).await?;
             return Ok(BlobImport::AlreadyPresent { size });
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
-        self.meta.link_blob(repo, digest, size).await?;
+        self.meta.link_blob(repo, digest, size, &[]).await?;
         Ok(BlobImport::Stored { size, how })
     }
 
