@@ -25,6 +25,9 @@ pub enum MetaError {
     /// or garbage collection): nothing was written.
     #[error("referenced content is no longer in the repository")]
     MissingReferences(Vec<Digest>),
+    /// Another writer held the database for longer than every attempt waited.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
@@ -267,8 +270,20 @@ pub trait Housekeeping: Send + Sync {
     async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Forget a blob (its links included) only if no manifest references it and neither
     /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch);
-    /// `false` if it was kept.
-    async fn gc_forget_blob(&self, digest: &Digest, cutoff: i64) -> Result<bool>;
+    /// `None` if it was kept. The forget is returned uncommitted, holding the write lock:
+    /// until it commits, no link to the blob can be written, so the caller removes the
+    /// file first and then commits (dropping it rolls back). See `registry/gc.rs`.
+    async fn gc_forget_blob(
+        &self,
+        digest: &Digest,
+        cutoff: i64,
+    ) -> Result<Option<Box<dyn PendingForget>>>;
+}
+
+/// A [`Housekeeping::gc_forget_blob`] not yet committed.
+#[async_trait::async_trait]
+pub trait PendingForget: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// Everything the registry needs from its metadata backend.

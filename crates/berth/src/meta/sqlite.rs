@@ -20,9 +20,14 @@ pub struct SqliteMeta {
     pub(super) writer: SqlitePool,
     /// Read-only connections.
     pub(super) reader: SqlitePool,
+    /// How long a statement waits for another process's write lock.
+    pub(super) busy_timeout: Duration,
 }
 
 const READERS: u32 = 8;
+/// How long a statement waits for another process's write lock (garbage collection and
+/// the server share the database).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SqliteMeta {
     /// Open (creating and migrating if needed) the database at `path`.
@@ -31,7 +36,7 @@ impl SqliteMeta {
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -48,7 +53,11 @@ impl SqliteMeta {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteMeta { writer, reader })
+        Ok(SqliteMeta {
+            writer,
+            reader,
+            busy_timeout: BUSY_TIMEOUT,
+        })
     }
 }
 

@@ -475,12 +475,31 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     // Blobs: referenced ones and recently linked ones are kept.
     let future = super::now() + 3600;
     let past = super::now() - 3600;
-    assert!(!m
+    assert!(m
         .gc_forget_blob(&d("layer"), future)
         .await
-        .expect("referenced"));
-    assert!(!m.gc_forget_blob(&d("loose"), past).await.expect("recent"));
-    assert!(m.gc_forget_blob(&d("loose"), future).await.expect("forget"));
+        .expect("referenced")
+        .is_none());
+    assert!(m
+        .gc_forget_blob(&d("loose"), past)
+        .await
+        .expect("recent")
+        .is_none());
+    // An uncommitted forget rolls back when dropped.
+    let pending = m
+        .gc_forget_blob(&d("loose"), future)
+        .await
+        .expect("forget")
+        .expect("eligible");
+    drop(pending);
+    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
+    m.gc_forget_blob(&d("loose"), future)
+        .await
+        .expect("forget")
+        .expect("eligible")
+        .commit()
+        .await
+        .expect("commit");
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.linked_blob(&a, &d("loose")).await.expect("linked"), None);
     // A forgotten blob cannot be mounted back: the mount records no blob.

@@ -185,6 +185,8 @@ impl Registry {
         if self.blobs.stat(digest).await?.is_none() {
             return Ok(false);
         }
+        #[cfg(test)]
+        super::gc::race::point("mount:checked").await;
         let events = if self.events_enabled() {
             let mut target = self.blob_target(repo, digest, size);
             target.from_repository = from.map(RepoName::to_string).unwrap_or_default();
@@ -336,6 +338,8 @@ impl Registry {
             )));
         }
         self.blobs.commit_upload(id, digest).await?;
+        #[cfg(test)]
+        super::gc::race::point("upload:committed").await;
         let events = if self.events_enabled() {
             let target = self.blob_target(repo, digest, progress.size);
             self.event_rows(Action::Push, &target)
@@ -346,6 +350,14 @@ impl Registry {
             .link_blob(repo, digest, progress.size, &events)
             .await?;
         self.wake(&events);
+        // Garbage collection may have taken the file between the commit and the link
+        // (it had forgotten an older copy of the same blob): the upload still holds the
+        // bytes, so commit them again. See `registry/gc.rs`.
+        if self.blobs.stat(digest).await?.is_none() {
+            tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
+            self.blobs.commit_upload(id, digest).await?;
+        }
+        self.blobs.delete_upload(id).await?;
         Ok(())
     }
 
