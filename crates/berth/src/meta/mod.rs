@@ -25,6 +25,9 @@ pub enum MetaError {
     /// or garbage collection): nothing was written.
     #[error("referenced content is no longer in the repository")]
     MissingReferences(Vec<Digest>),
+    /// Another writer held the database for longer than every attempt waited.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
@@ -76,17 +79,51 @@ pub struct UploadSession {
     pub created_at: i64,
 }
 
+/// A notification event to append to the outbox in the same transaction as the change it
+/// describes, for one endpoint. Writes take a slice of these, empty when no endpoint wants
+/// the event (then nothing extra is done).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub endpoint: String,
+    /// The event, as JSON.
+    pub payload: String,
+}
+
 /// Repositories and the blobs linked into them.
 #[async_trait::async_trait]
 pub trait Repositories: Send + Sync {
-    /// Record a committed blob and link it into `repo` (creating the repository).
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()>;
+    /// Record a committed blob and link it into `repo` (creating the repository), and
+    /// append `events` to the outbox, in one transaction.
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        events: &[NewEvent],
+    ) -> Result<()>;
+    /// Link a blob metadata already records into `repo` (a cross-repository mount) and
+    /// append `events`, in one transaction. With `from`, the blob must be linked there.
+    /// Never records a blob: its size if linked, `None` (nothing written) when the blob
+    /// is unknown — garbage collection may have forgotten it, and its file may be going.
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>>;
     /// Size of `digest` if it is linked into `repo`.
     async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// Size of `digest` if any repository has it.
     async fn known_blob(&self, digest: &Digest) -> Result<Option<u64>>;
-    /// Remove the link; `false` if there was none.
-    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Remove the link and append `events`, in one transaction; `false` (nothing written)
+    /// if there was no link.
+    async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool>;
     /// For each digest, its size if linked into `repo`.
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>>;
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
@@ -97,9 +134,16 @@ pub trait Repositories: Send + Sync {
 /// Manifests, tags and referrers.
 #[async_trait::async_trait]
 pub trait Manifests: Send + Sync {
-    /// Store a manifest (idempotent for the same digest) and point `tags` at it, in one
-    /// transaction.
-    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()>;
+    /// Store a manifest (idempotent for the same digest), point `tags` at it and append
+    /// `events` to the outbox, in one transaction. Refused (nothing written, no event)
+    /// when required content is missing.
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        m: &NewManifest,
+        tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<()>;
     async fn get_manifest(
         &self,
         repo: &RepoName,
@@ -107,10 +151,17 @@ pub trait Manifests: Send + Sync {
     ) -> Result<Option<StoredManifest>>;
     /// For each digest, whether it is a manifest in `repo`.
     async fn manifests_exist(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<bool>>;
-    /// Delete a manifest and every tag pointing at it; `false` if absent.
-    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
-    /// Delete one tag; `false` if absent.
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    /// Delete a manifest and every tag pointing at it, and append `events`, in one
+    /// transaction; `false` (nothing written) if absent.
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool>;
+    /// Delete one tag and append `events`, in one transaction; `false` (nothing written)
+    /// if absent.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool>;
     /// Tags after `last` in byte order, at most `limit`; `None` if the repository is unknown.
     async fn list_tags(
         &self,
@@ -153,7 +204,8 @@ pub struct OutboxEntry {
 /// The durable outbox of notification events (see `migrations/sqlite/0002_events.sql`).
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
-    /// Append one event for each endpoint in `endpoints`, in one transaction.
+    /// Append one event for each endpoint in `endpoints`, in one transaction (events that
+    /// describe no change, such as pulls; a change's events go with its own write).
     async fn enqueue(&self, endpoints: &[String], payload: &str) -> Result<()>;
     /// Claim the oldest pending entry of `endpoint` for `lease_secs` on behalf of `owner`.
     /// `None` when the endpoint has nothing pending, or when its oldest entry is leased by
@@ -218,8 +270,20 @@ pub trait Housekeeping: Send + Sync {
     async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Forget a blob (its links included) only if no manifest references it and neither
     /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch);
-    /// `false` if it was kept.
-    async fn gc_forget_blob(&self, digest: &Digest, cutoff: i64) -> Result<bool>;
+    /// `None` if it was kept. The forget is returned uncommitted, holding the write lock:
+    /// until it commits, no link to the blob can be written, so the caller removes the
+    /// file first and then commits (dropping it rolls back). See `registry/gc.rs`.
+    async fn gc_forget_blob(
+        &self,
+        digest: &Digest,
+        cutoff: i64,
+    ) -> Result<Option<Box<dyn PendingForget>>>;
+}
+
+/// A [`Housekeeping::gc_forget_blob`] not yet committed.
+#[async_trait::async_trait]
+pub trait PendingForget: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// Everything the registry needs from its metadata backend.

@@ -4,9 +4,10 @@
 //! Writes go through a single connection (SQLite has one writer anyway, and this avoids
 //! lock-upgrade deadlocks); reads use a pool of read-only connections in parallel.
 
+use super::sqlite_events::insert_events;
 use super::{
-    now, Manifests, MetaError, NewManifest, Referrer, Repositories, Result, StoredManifest,
-    UploadSession, Uploads,
+    now, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories, Result,
+    StoredManifest, UploadSession, Uploads,
 };
 use oci::{Digest, Reference, RepoName, Tag};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -19,9 +20,14 @@ pub struct SqliteMeta {
     pub(super) writer: SqlitePool,
     /// Read-only connections.
     pub(super) reader: SqlitePool,
+    /// How long a statement waits for another process's write lock.
+    pub(super) busy_timeout: Duration,
 }
 
 const READERS: u32 = 8;
+/// How long a statement waits for another process's write lock (garbage collection and
+/// the server share the database).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SqliteMeta {
     /// Open (creating and migrating if needed) the database at `path`.
@@ -30,7 +36,7 @@ impl SqliteMeta {
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -47,7 +53,11 @@ impl SqliteMeta {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteMeta { writer, reader })
+        Ok(SqliteMeta {
+            writer,
+            reader,
+            busy_timeout: BUSY_TIMEOUT,
+        })
     }
 }
 
@@ -77,9 +87,15 @@ const UPSERT_REPO: &str =
 
 #[async_trait::async_trait]
 impl Repositories for SqliteMeta {
-    async fn link_blob(&self, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        size: u64,
+        events: &[NewEvent],
+    ) -> Result<()> {
         let t = now();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(UPSERT_REPO)
             .bind(repo.as_str())
             .bind(t)
@@ -101,8 +117,57 @@ impl Repositories for SqliteMeta {
         .bind(t)
         .execute(&mut *tx)
         .await?;
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>> {
+        let t = now();
+        // IMMEDIATE: the check that the blob is still recorded and the link are one step
+        // against garbage collection in another process.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let size = match from {
+            Some(from) => sqlx::query(
+                "SELECT b.size FROM repositories r
+                 JOIN repository_blobs rb ON rb.repository_id = r.id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE r.name = ?1 AND rb.digest = ?2",
+            )
+            .bind(from.as_str())
+            .bind(d.as_str()),
+            None => sqlx::query("SELECT size FROM blobs WHERE digest = ?1").bind(d.as_str()),
+        }
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get::<i64, _>(0) as u64);
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        sqlx::query(UPSERT_REPO)
+            .bind(repo.as_str())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at)
+             SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo.as_str())
+        .bind(d.as_str())
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(Some(size))
     }
 
     async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
@@ -130,16 +195,23 @@ impl Repositories for SqliteMeta {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
-    async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let r = sqlx::query(
+    async fn unlink_blob(&self, repo: &RepoName, d: &Digest, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = ?2
              AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if gone {
+            insert_events(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(gone)
     }
 
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
@@ -182,7 +254,13 @@ impl Repositories for SqliteMeta {
 
 #[async_trait::async_trait]
 impl Manifests for SqliteMeta {
-    async fn put_manifest(&self, repo: &RepoName, m: &NewManifest, tags: &[Tag]) -> Result<()> {
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        m: &NewManifest,
+        tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<()> {
         let t = now();
         // IMMEDIATE: take the write lock before reading, so the checks below and the
         // writes see the same state even against another process (garbage-collect).
@@ -267,6 +345,7 @@ impl Manifests for SqliteMeta {
             .execute(&mut *tx)
             .await?;
         }
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -328,8 +407,13 @@ impl Manifests for SqliteMeta {
         Ok(out)
     }
 
-    async fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
             .bind(repo.as_str())
             .fetch_optional(&mut *tx)
@@ -359,20 +443,28 @@ impl Manifests for SqliteMeta {
         .bind(d.as_str())
         .execute(&mut *tx)
         .await?;
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        let r = sqlx::query(
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query(
             "DELETE FROM tags WHERE name = ?2
              AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
         )
         .bind(repo.as_str())
         .bind(tag.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if gone {
+            insert_events(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(gone)
     }
 
     async fn list_tags(
@@ -482,6 +574,7 @@ mod tests {
             .expect("open");
         crate::meta::testsuite::run(&meta).await;
         crate::meta::testsuite::run_events(&meta).await;
+        crate::meta::testsuite::transactional_events(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);
         let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))

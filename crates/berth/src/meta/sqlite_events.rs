@@ -3,9 +3,27 @@
 //! guarded by its lease, so two claimers can never both own an entry.
 
 use super::sqlite::SqliteMeta;
-use super::{now, Maintenance, MetaError, Outbox, OutboxEntry, Result, UploadSession};
+use super::{now, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, UploadSession};
 use oci::{Digest, RepoName, Tag};
 use sqlx::Row;
+
+/// Append `events` to the outbox inside the caller's transaction, so they commit (or
+/// roll back) with the change they describe.
+pub(super) async fn insert_events(
+    tx: &mut sqlx::SqliteConnection,
+    events: &[NewEvent],
+) -> Result<()> {
+    let t = now();
+    for e in events {
+        sqlx::query("INSERT INTO outbox (endpoint, payload, created_at) VALUES (?1, ?2, ?3)")
+            .bind(&e.endpoint)
+            .bind(&e.payload)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl Outbox for SqliteMeta {

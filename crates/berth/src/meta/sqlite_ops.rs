@@ -1,12 +1,88 @@
 //! [`Housekeeping`] for SQLite: cheap COUNT/SUM accounting for metrics, and the
 //! garbage collector's queries. Every delete re-checks its condition inside its own write
 //! transaction, so a push that lands between GC's mark and its sweep wins.
+//!
+//! Garbage collection runs in another process than the server, so its transactions take
+//! the write lock up front (`BEGIN IMMEDIATE`: a deferred one that reads first can fail
+//! with "database is locked" when the server writes in between), wait for it up to the
+//! busy timeout, and try again a bounded number of times.
 
 use super::sqlite::SqliteMeta;
-use super::{GcManifest, Housekeeping, MetaError, Result, Stats};
+use super::{GcManifest, Housekeeping, MetaError, PendingForget, Result, Stats};
 use oci::{Digest, RepoName};
-use sqlx::Row;
+use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Attempts to get the write lock, each waiting up to the connection's busy timeout.
+const LOCK_ATTEMPTS: u32 = 4;
+/// Pause between attempts.
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// SQLITE_BUSY or SQLITE_LOCKED, extended codes included.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
+impl SqliteMeta {
+    /// A write transaction holding the lock from its start, for `what`; retried when
+    /// another writer keeps the database locked past the busy timeout.
+    async fn begin_immediate(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
+        let mut attempt = 1;
+        loop {
+            match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => return Ok(tx),
+                Err(e) if is_busy(&e) && attempt < LOCK_ATTEMPTS => {
+                    tracing::warn!(
+                        attempt,
+                        "the metadata database is locked by another writer; {what} tries again"
+                    );
+                    tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+                    attempt += 1;
+                }
+                Err(e) if is_busy(&e) => {
+                    return Err(MetaError::Busy(format!(
+                        "{what}: the metadata database stayed locked by another writer through \
+                         {LOCK_ATTEMPTS} attempts of up to {}s each ({e}); nothing was changed \
+                         by this step — run the command again, and check for a process stuck \
+                         holding berth.db",
+                        self.busy_timeout.as_secs()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl SqliteMeta {
+    /// Tests: make every blob, link and manifest recorded so far look `secs` older.
+    pub async fn backdate(&self, secs: i64) -> Result<()> {
+        for table in ["blobs", "repository_blobs", "manifests"] {
+            sqlx::query(&format!("UPDATE {table} SET created_at = created_at - ?1"))
+                .bind(secs)
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct SqliteForget(Transaction<'static, Sqlite>);
+
+#[async_trait::async_trait]
+impl PendingForget for SqliteForget {
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
 
 fn digest(s: &str) -> Result<Digest> {
     s.parse()
@@ -82,7 +158,9 @@ impl Housekeeping for SqliteMeta {
     }
 
     async fn gc_delete_untagged(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self
+            .begin_immediate(&format!("deleting manifest {repo}@{d}"))
+            .await?;
         let done = sqlx::query(
             "DELETE FROM manifests
              WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1) AND digest = ?2
@@ -113,8 +191,12 @@ impl Housekeeping for SqliteMeta {
         Ok(done)
     }
 
-    async fn gc_forget_blob(&self, d: &Digest, cutoff: i64) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+    async fn gc_forget_blob(
+        &self,
+        d: &Digest,
+        cutoff: i64,
+    ) -> Result<Option<Box<dyn PendingForget>>> {
+        let mut tx = self.begin_immediate(&format!("deleting blob {d}")).await?;
         let keep: i64 = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
                  OR EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1 AND created_at > ?2)
@@ -126,7 +208,7 @@ impl Housekeeping for SqliteMeta {
         .await?
         .get(0);
         if keep != 0 {
-            return Ok(false);
+            return Ok(None);
         }
         sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
             .bind(d.as_str())
@@ -136,8 +218,7 @@ impl Housekeeping for SqliteMeta {
             .bind(d.as_str())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(Some(Box::new(SqliteForget(tx))))
     }
 }
 

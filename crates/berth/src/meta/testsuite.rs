@@ -1,6 +1,6 @@
 //! The contract every metadata backend must meet, run by each backend's tests.
 
-use super::{MetaStore, NewManifest, UploadSession};
+use super::{MetaStore, NewEvent, NewManifest, UploadSession};
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -34,8 +34,10 @@ pub async fn run(m: &dyn MetaStore) {
     // Blobs and links.
     assert!(!m.repository_exists(&a).await.expect("exists"));
     assert_eq!(m.known_blob(&d("layer")).await.expect("known"), None);
-    m.link_blob(&a, &d("layer"), 5).await.expect("link");
-    m.link_blob(&a, &d("layer"), 5).await.expect("link twice");
+    m.link_blob(&a, &d("layer"), 5, &[]).await.expect("link");
+    m.link_blob(&a, &d("layer"), 5, &[])
+        .await
+        .expect("link twice");
     assert!(m.repository_exists(&a).await.expect("exists"));
     assert_eq!(
         m.linked_blob(&a, &d("layer")).await.expect("linked"),
@@ -54,7 +56,7 @@ pub async fn run(m: &dyn MetaStore) {
     let mut needs = manifest("needs-blob", None, None);
     needs.required_blobs = vec![d("layer"), d("never-linked")];
     needs.required_manifests = vec![d("no-such-manifest")];
-    match m.put_manifest(&a, &needs, &[tag("needs")]).await {
+    match m.put_manifest(&a, &needs, &[tag("needs")], &[]).await {
         Err(super::MetaError::MissingReferences(gone)) => {
             assert_eq!(gone, vec![d("never-linked"), d("no-such-manifest")])
         }
@@ -68,10 +70,10 @@ pub async fn run(m: &dyn MetaStore) {
 
     // Manifests and tags.
     let m1 = manifest("m1", None, None);
-    m.put_manifest(&a, &m1, &[tag("v1"), tag("latest")])
+    m.put_manifest(&a, &m1, &[tag("v1"), tag("latest")], &[])
         .await
         .expect("put");
-    m.put_manifest(&a, &m1, &[tag("v1")])
+    m.put_manifest(&a, &m1, &[tag("v1")], &[])
         .await
         .expect("put again");
     let got = m
@@ -94,7 +96,7 @@ pub async fn run(m: &dyn MetaStore) {
     );
     // Tags list in byte order, paginated.
     let m2 = manifest("m2", None, None);
-    m.put_manifest(&a, &m2, &[tag("A"), tag("b"), tag("v1")])
+    m.put_manifest(&a, &m2, &[tag("A"), tag("b"), tag("v1")], &[])
         .await
         .expect("retag");
     assert_eq!(
@@ -116,8 +118,8 @@ pub async fn run(m: &dyn MetaStore) {
     // Referrers.
     let sig = manifest("sig", Some(m1.digest.clone()), Some("application/x.sig"));
     let sbom = manifest("sbom", Some(m1.digest.clone()), Some("application/x.sbom"));
-    m.put_manifest(&a, &sig, &[]).await.expect("sig");
-    m.put_manifest(&a, &sbom, &[]).await.expect("sbom");
+    m.put_manifest(&a, &sig, &[], &[]).await.expect("sig");
+    m.put_manifest(&a, &sbom, &[], &[]).await.expect("sbom");
     let all = m
         .referrers(&a, &m1.digest, None, None, 100)
         .await
@@ -148,35 +150,41 @@ pub async fn run(m: &dyn MetaStore) {
         .is_empty());
 
     // Deletes: a tag alone, then a manifest with its tags.
-    assert!(m.delete_tag(&a, &tag("A")).await.expect("delete tag"));
-    assert!(!m.delete_tag(&a, &tag("A")).await.expect("delete tag twice"));
+    assert!(m.delete_tag(&a, &tag("A"), &[]).await.expect("delete tag"));
+    assert!(!m
+        .delete_tag(&a, &tag("A"), &[])
+        .await
+        .expect("delete tag twice"));
     assert!(m
         .get_manifest(&a, &Reference::Digest(m2.digest.clone()))
         .await
         .expect("get")
         .is_some());
     assert!(m
-        .delete_manifest(&a, &m1.digest)
+        .delete_manifest(&a, &m1.digest, &[])
         .await
         .expect("delete manifest"));
     assert!(!m
-        .delete_manifest(&a, &m1.digest)
+        .delete_manifest(&a, &m1.digest, &[])
         .await
         .expect("delete twice"));
     assert!(!m
-        .delete_manifest(&b, &m1.digest)
+        .delete_manifest(&b, &m1.digest, &[])
         .await
         .expect("unknown repo"));
     assert_eq!(
         m.list_tags(&a, None, 100).await.expect("tags"),
         Some(vec!["b".into(), "v1".into()])
     );
-    assert!(m.unlink_blob(&a, &d("layer")).await.expect("unlink"));
-    assert!(!m.unlink_blob(&a, &d("layer")).await.expect("unlink twice"));
+    assert!(m.unlink_blob(&a, &d("layer"), &[]).await.expect("unlink"));
+    assert!(!m
+        .unlink_blob(&a, &d("layer"), &[])
+        .await
+        .expect("unlink twice"));
 
     // Catalog pagination.
     for i in 0..5 {
-        m.link_blob(&repo(&format!("cat/r{i}")), &d("x"), 1)
+        m.link_blob(&repo(&format!("cat/r{i}")), &d("x"), 1, &[])
             .await
             .expect("link");
     }
@@ -285,8 +293,8 @@ pub async fn run_events(m: &dyn MetaStore) {
 
     // Tags of a manifest.
     let man = manifest("tagged", None, None);
-    m.link_blob(&r, &d("layer"), 5).await.expect("link");
-    m.put_manifest(&r, &man, &[tag("z"), tag("a")])
+    m.link_blob(&r, &d("layer"), 5, &[]).await.expect("link");
+    m.put_manifest(&r, &man, &[tag("z"), tag("a")], &[])
         .await
         .expect("put");
     let tags = m.tags_of(&r, &man.digest).await.expect("tags");
@@ -294,23 +302,135 @@ pub async fn run_events(m: &dyn MetaStore) {
     assert!(m.tags_of(&r, &d("other")).await.expect("tags").is_empty());
 }
 
+fn events(what: &str) -> Vec<NewEvent> {
+    ["tx-a", "tx-b"]
+        .iter()
+        .map(|e| NewEvent {
+            endpoint: e.to_string(),
+            payload: what.to_string(),
+        })
+        .collect()
+}
+
+/// Every pending payload of `endpoint`, in order (claimed and completed, so it drains).
+async fn drain(m: &dyn MetaStore, endpoint: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(e) = m.claim(endpoint, "drain", 30).await.expect("claim") {
+        m.complete(e.seq, "drain").await.expect("complete");
+        out.push(e.payload);
+    }
+    out
+}
+
+/// A change and its events are one transaction: the events are in the outbox if and only
+/// if the change was written, in the order of the writes.
+pub async fn transactional_events(m: &dyn MetaStore) {
+    let r = repo("tx/app");
+    let other = repo("tx/other");
+    // Refused writes record nothing.
+    let mut needs = manifest("tx-needs", None, None);
+    needs.required_blobs = vec![d("tx-absent")];
+    assert!(matches!(
+        m.put_manifest(&r, &needs, &[tag("t")], &events("refused put"))
+            .await,
+        Err(super::MetaError::MissingReferences(_))
+    ));
+    assert_eq!(
+        m.mount_blob(&other, &d("tx-absent"), None, &events("refused mount"))
+            .await
+            .expect("mount"),
+        None
+    );
+    assert!(!m
+        .delete_tag(&r, &tag("nope"), &events("refused tag delete"))
+        .await
+        .expect("delete tag"));
+    assert!(!m
+        .delete_manifest(&r, &d("nope"), &events("refused delete"))
+        .await
+        .expect("delete"));
+    assert!(!m
+        .unlink_blob(&r, &d("nope"), &events("refused unlink"))
+        .await
+        .expect("unlink"));
+    assert_eq!(m.pending("tx-a").await.expect("pending"), 0);
+    assert_eq!(m.known_blob(&d("tx-absent")).await.expect("known"), None);
+
+    // Committed writes record theirs, for each endpoint.
+    m.link_blob(&r, &d("tx-layer"), 3, &events("push blob"))
+        .await
+        .expect("link");
+    let mut man = manifest("tx-man", None, None);
+    man.required_blobs = vec![d("tx-layer")];
+    m.put_manifest(&r, &man, &[tag("t")], &events("push manifest"))
+        .await
+        .expect("put");
+    // A mount needs the blob linked in `from` when given.
+    assert_eq!(
+        m.mount_blob(
+            &other,
+            &d("tx-layer"),
+            Some(&other),
+            &events("refused from")
+        )
+        .await
+        .expect("mount"),
+        None
+    );
+    assert_eq!(
+        m.mount_blob(&other, &d("tx-layer"), Some(&r), &events("mount"))
+            .await
+            .expect("mount"),
+        Some(3)
+    );
+    assert_eq!(
+        m.linked_blob(&other, &d("tx-layer")).await.expect("linked"),
+        Some(3)
+    );
+    m.put_manifest(&r, &man, &[tag("u")], &[])
+        .await
+        .expect("put without events");
+    assert!(m
+        .delete_tag(&r, &tag("u"), &events("delete tag"))
+        .await
+        .expect("delete tag"));
+    assert!(m
+        .delete_manifest(&r, &man.digest, &events("delete manifest"))
+        .await
+        .expect("delete"));
+    assert!(m
+        .unlink_blob(&other, &d("tx-layer"), &events("delete blob"))
+        .await
+        .expect("unlink"));
+    let want = [
+        "push blob",
+        "push manifest",
+        "mount",
+        "delete tag",
+        "delete manifest",
+        "delete blob",
+    ];
+    assert_eq!(drain(m, "tx-a").await, want);
+    assert_eq!(drain(m, "tx-b").await, want);
+}
+
 /// The [`super::Housekeeping`] contract: accounting and garbage collection's guarded deletes.
 pub async fn housekeeping(m: &dyn MetaStore) {
     use super::Stats;
     let a = repo("gc/app");
     assert_eq!(m.stats().await.expect("stats"), Stats::default());
-    m.link_blob(&a, &d("layer"), 5).await.expect("link");
-    m.link_blob(&a, &d("loose"), 7).await.expect("link");
+    m.link_blob(&a, &d("layer"), 5, &[]).await.expect("link");
+    m.link_blob(&a, &d("loose"), 7, &[]).await.expect("link");
     let mut child = manifest("child", None, None);
     child.references = vec![(d("layer"), false)];
-    m.put_manifest(&a, &child, &[]).await.expect("child");
+    m.put_manifest(&a, &child, &[], &[]).await.expect("child");
     let mut index = manifest("index", None, None);
     index.references = vec![(d("child"), true)];
-    m.put_manifest(&a, &index, &[tag("latest")])
+    m.put_manifest(&a, &index, &[tag("latest")], &[])
         .await
         .expect("index");
     let orphan = manifest("orphan", None, None);
-    m.put_manifest(&a, &orphan, &[]).await.expect("orphan");
+    m.put_manifest(&a, &orphan, &[], &[]).await.expect("orphan");
     m.create_upload(&UploadSession {
         id: "gc-upload".into(),
         repository: a.clone(),
@@ -355,13 +475,40 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     // Blobs: referenced ones and recently linked ones are kept.
     let future = super::now() + 3600;
     let past = super::now() - 3600;
-    assert!(!m
+    assert!(m
         .gc_forget_blob(&d("layer"), future)
         .await
-        .expect("referenced"));
-    assert!(!m.gc_forget_blob(&d("loose"), past).await.expect("recent"));
-    assert!(m.gc_forget_blob(&d("loose"), future).await.expect("forget"));
+        .expect("referenced")
+        .is_none());
+    assert!(m
+        .gc_forget_blob(&d("loose"), past)
+        .await
+        .expect("recent")
+        .is_none());
+    // An uncommitted forget rolls back when dropped.
+    let pending = m
+        .gc_forget_blob(&d("loose"), future)
+        .await
+        .expect("forget")
+        .expect("eligible");
+    drop(pending);
+    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
+    m.gc_forget_blob(&d("loose"), future)
+        .await
+        .expect("forget")
+        .expect("eligible")
+        .commit()
+        .await
+        .expect("commit");
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.linked_blob(&a, &d("loose")).await.expect("linked"), None);
+    // A forgotten blob cannot be mounted back: the mount records no blob.
+    assert_eq!(
+        m.mount_blob(&repo("gc/other"), &d("loose"), None, &[])
+            .await
+            .expect("mount"),
+        None
+    );
+    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
 }

@@ -17,7 +17,7 @@ impl Registry {
     /// Size of a blob linked into `repo` (a `HEAD`: a pull, for notifications).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let size = self.linked_size(repo, digest).await?;
-        self.emit_blob(Action::Pull, repo, digest, size).await;
+        self.emit_blob_pull(repo, digest, size).await;
         Ok(size)
     }
 
@@ -28,9 +28,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
-    pub(super) async fn emit_blob(&self, action: Action, repo: &RepoName, d: &Digest, size: u64) {
+    /// Record a pull of a blob (see `emit`).
+    async fn emit_blob_pull(&self, repo: &RepoName, d: &Digest, size: u64) {
         if self.events_enabled() {
-            self.emit(action, self.blob_target(repo, d, size)).await;
+            self.emit(Action::Pull, self.blob_target(repo, d, size))
+                .await;
         }
     }
 
@@ -45,7 +47,7 @@ impl Registry {
         let size = self.linked_size(repo, digest).await?;
         // Distribution reports a pull once the blob is found, even when the range is
         // then refused.
-        self.emit_blob(Action::Pull, repo, digest, size).await;
+        self.emit_blob_pull(repo, digest, size).await;
         let range = resolve(size)?;
         if size == 0 {
             return Ok(BlobRead {
@@ -68,15 +70,18 @@ impl Registry {
     /// unreferenced everywhere.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete_enabled()?;
-        if self.meta.unlink_blob(repo, digest).await? {
-            if self.events_enabled() {
-                let target = Target {
-                    digest: digest.to_string(),
-                    repository: repo.to_string(),
-                    ..Target::default()
-                };
-                self.emit(Action::Delete, target).await;
-            }
+        let events = if self.events_enabled() {
+            let target = Target {
+                digest: digest.to_string(),
+                repository: repo.to_string(),
+                ..Target::default()
+            };
+            self.event_rows(Action::Delete, &target)
+        } else {
+            Vec::new()
+        };
+        if self.meta.unlink_blob(repo, digest, &events).await? {
+            self.wake(&events);
             Ok(())
         } else {
             Err(RegistryError::BlobUnknown(digest.clone()))

@@ -1,8 +1,9 @@
 //! Notification events, Distribution's shape (§6 of its notifications): what happened
-//! (`push`, `pull`, `mount`, `delete`), to what, on whose request. The registry records
-//! each event in the durable outbox (`meta::Outbox`) right after the change it describes
-//! is committed, once per endpoint that wants it; delivery is a job (`jobs/notify.rs`),
-//! never done on the request path.
+//! (`push`, `pull`, `mount`, `delete`), to what, on whose request. The registry builds
+//! an event's outbox rows ([`NewEvent`], one per endpoint that wants it) before it writes
+//! the change, and the metadata write inserts them in the same transaction, so an event
+//! exists if and only if its change committed. Pulls change nothing and are enqueued on
+//! their own. Delivery is a job (`jobs/notify.rs`), never done on the request path.
 //!
 //! Who asked: the HTTP layer (its `request_scope` middleware) fills a plain
 //! [`RequestInfo`] and runs the request inside [`RequestInfo::scope`] (a tokio
@@ -12,6 +13,7 @@
 
 use super::Registry;
 use crate::config::events::Endpoint;
+use crate::meta::NewEvent;
 pub use crate::meta::OutboxEntry;
 use oci::manifest::Descriptor;
 use oci::{Digest, RepoName, Tag};
@@ -259,24 +261,29 @@ impl Registry {
         self.events.as_ref().is_some_and(|s| s.include_references)
     }
 
-    /// Record an event in the outbox for every endpoint that wants it. The change it
-    /// describes is already committed, so a failure here is logged, not returned.
-    pub(super) async fn emit(&self, action: Action, target: Target) {
-        let Some(sink) = &self.events else { return };
-        let subscribers: Vec<&Subscriber> = sink
+    /// The outbox rows of one event: one per endpoint that wants it, none when no endpoint
+    /// does (or none is configured). Built before the change is written, so the rows
+    /// commit in the same metadata transaction as the change (a crash loses neither
+    /// alone, and a refused change records nothing).
+    pub(super) fn event_rows(&self, action: Action, target: &Target) -> Vec<NewEvent> {
+        let Some(sink) = &self.events else {
+            return Vec::new();
+        };
+        let names: Vec<&str> = sink
             .subscribers
             .iter()
-            .filter(|s| s.wants(action, &target))
+            .filter(|s| s.wants(action, target))
+            .map(|s| s.name.as_str())
             .collect();
-        if subscribers.is_empty() {
-            return;
+        if names.is_empty() {
+            return Vec::new();
         }
         let req = RequestInfo::current();
         let event = Event {
             id: uuid::Uuid::new_v4().to_string(),
             timestamp: rfc3339_nano(SystemTime::now()),
             action,
-            target: &target,
+            target,
             request: Request {
                 id: req.id,
                 addr: req.addr,
@@ -291,12 +298,37 @@ impl Registry {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a notification event; it is dropped");
-                return;
+                return Vec::new();
             }
         };
-        let names: Vec<String> = subscribers.iter().map(|s| s.name.clone()).collect();
+        names
+            .into_iter()
+            .map(|n| NewEvent {
+                endpoint: n.to_string(),
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+
+    /// After the rows were committed: wake the delivery worker of each endpoint they are for.
+    pub(super) fn wake(&self, rows: &[NewEvent]) {
+        let Some(sink) = &self.events else { return };
+        for s in &sink.subscribers {
+            if rows.iter().any(|r| r.endpoint == s.name) {
+                s.wake.notify_one();
+            }
+        }
+    }
+
+    /// Record an event that describes no change (a pull) in the outbox for every endpoint
+    /// that wants it. Failures are logged, not returned: the pull itself succeeded.
+    pub(super) async fn emit(&self, action: Action, target: Target) {
+        let rows = self.event_rows(action, &target);
+        let Some(first) = rows.first() else { return };
+        let payload = first.payload.clone();
+        let names: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
         // In a task of its own, so a client hanging up at this moment (which drops the
-        // request's future) cannot lose the event of a change already committed.
+        // request's future) cannot cut the write short.
         let meta = self.meta.clone();
         let write = tokio::spawn(async move { meta.enqueue(&names, &payload).await });
         let written = match write.await {
@@ -312,9 +344,7 @@ impl Registry {
             );
             return;
         }
-        for s in subscribers {
-            s.wake.notify_one();
-        }
+        self.wake(&rows);
     }
 
     /// The target of a blob event in `repo`.

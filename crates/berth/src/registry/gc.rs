@@ -8,6 +8,46 @@
 //! children of a tagged index and referrers of a reachable manifest count as reachable,
 //! and manifests younger than the grace period are kept (a multi-arch push stores its
 //! children before the tagged index).
+//!
+//! # Sweeping one blob against concurrent writers
+//!
+//! The sweep of blob D (`gc` below), the server's upload commit of the same bytes
+//! (`up`), and a cross-repository mount of D (`mount`) run these steps:
+//!
+//! ```text
+//! gc:    G1  forget transaction (write lock held from its start): no manifest references
+//!            D, no link or record of D newer than the cutoff, else keep D and stop;
+//!            delete D's links and its `blobs` row — not yet committed
+//!        G2  hide the file (an atomic rename to a name of its own), still inside G1
+//!        G3  commit G1 (on failure: unhide, stop); then purge the hidden copy
+//! up:    U1  commit the upload's file under D (the upload keeps its bytes)
+//!        U2  link transaction: record D (row + link) and its push event
+//!        U3  if no file is under D, commit the upload's bytes again
+//!        U4  delete the upload
+//! mount: M1  link transaction: link D only if its `blobs` row exists (never creates it)
+//! ```
+//!
+//! Metadata transactions are serialized, and G1..G3 hold the write lock from the check to
+//! the commit, so U2 and M1 each come wholly before G1 or wholly after G3's commit.
+//!
+//! - M1 before G1: the link is newer than the cutoff, G1 keeps D, no file is touched.
+//! - M1 after G1: the row is gone, M1 links nothing and the mount falls back to an
+//!   upload session (202), as the spec allows. A link to a deleted file cannot appear.
+//! - U2 before G1: as for M1, the new link keeps D.
+//! - U2 after G1, U1 before G2: G2 hides the upload's own file, G3 purges it; U3 (after
+//!   U2, so after G2) finds no file and commits the kept bytes again.
+//! - U2 after G1, U1 after G2: U1's file is a new one under D, G3 purges only the hidden
+//!   older copy; U3 finds the file.
+//! - Two collections at once: the second's G1 waits for the first's lock, then finds no
+//!   row and a missing file (hide returns nothing).
+//! - A crash between G2 and G3's commit leaves the row with its file hidden; the next
+//!   collection first unhides every hidden copy (`recover`), which can never lose data: at
+//!   worst it brings back a file nothing records, and that one is swept again.
+//!
+//! Left: between U2 and U3 (one `stat`), a client other than the uploader can see D
+//! linked while its file is being committed again; it gets 404 for that instant. With a
+//! zero grace period, a blob linked in the same second as the cutoff can be collected
+//! (a later manifest push then fails with MANIFEST_BLOB_UNKNOWN, never a dangling link).
 
 use super::{Registry, Result};
 use crate::meta::GcManifest;
@@ -88,6 +128,9 @@ impl Registry {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let cutoff = epoch_secs(cutoff_time);
         let mut report = GcReport::default();
+        if !options.dry_run {
+            self.recover_hidden().await?;
+        }
         let mut marked: HashSet<Digest> = HashSet::new();
         let mut untagged: Vec<(RepoName, Digest)> = Vec::new();
 
@@ -168,17 +211,7 @@ impl Registry {
             }
         }
         for blob in &eligible {
-            // Metadata first, re-checked in its transaction: from then on nothing can
-            // link or reference the blob without uploading it again.
-            if !self.meta.gc_forget_blob(&blob.digest, cutoff).await? {
-                tracing::info!(
-                    "keeping blob {}: referenced or linked meanwhile",
-                    blob.digest
-                );
-                continue;
-            }
-            tracing::info!("deleting blob: {}", blob.digest);
-            if self.blobs.delete(&blob.digest).await? {
+            if self.sweep_blob(&blob.digest, cutoff).await? {
                 report.deleted_blobs += 1;
                 report.freed_bytes += blob.size;
             }
@@ -188,6 +221,88 @@ impl Registry {
             report.deleted_blobs, report.freed_bytes, report.deleted_manifests, report.young_blobs
         ));
         Ok(report)
+    }
+}
+
+impl Registry {
+    /// Put back every blob an interrupted collection left hidden (see the module comment).
+    async fn recover_hidden(&self) -> Result<()> {
+        for h in self.blobs.hidden().await? {
+            if self.blobs.unhide(&h).await? {
+                tracing::warn!(
+                    digest = %h.digest,
+                    "restored a blob an interrupted garbage collection had moved aside"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps G1..G3 of the module comment for one blob; `true` if its file was deleted.
+    pub(super) async fn sweep_blob(&self, digest: &Digest, cutoff: i64) -> Result<bool> {
+        let Some(forget) = self.meta.gc_forget_blob(digest, cutoff).await? else {
+            tracing::info!("keeping blob {digest}: referenced or linked meanwhile");
+            return Ok(false);
+        };
+        // Dropping `forget` on an error below rolls the metadata back.
+        let hidden = self.blobs.hide(digest).await?;
+        #[cfg(test)]
+        race::point("gc:hidden").await;
+        if let Err(e) = forget.commit().await {
+            if let Some(h) = &hidden {
+                self.blobs.unhide(h).await?;
+            }
+            return Err(e.into());
+        }
+        let Some(hidden) = hidden else {
+            return Ok(false);
+        };
+        tracing::info!("deleting blob: {digest}");
+        Ok(self.blobs.purge(&hidden).await?)
+    }
+}
+
+/// Tests: named points where a task can be held, so racing steps run in a chosen order.
+#[cfg(test)]
+pub(super) mod race {
+    use std::future::Future;
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    /// Hold the task at point `at`: `reached` is signalled, then it waits for `resume`.
+    #[derive(Clone)]
+    pub struct Pause {
+        pub at: &'static str,
+        pub reached: Arc<Notify>,
+        pub resume: Arc<Notify>,
+    }
+
+    impl Pause {
+        pub fn at(at: &'static str) -> Pause {
+            Pause {
+                at,
+                reached: Arc::new(Notify::new()),
+                resume: Arc::new(Notify::new()),
+            }
+        }
+
+        pub async fn scope<F: Future>(self, f: F) -> F::Output {
+            PAUSE.scope(self, f).await
+        }
+    }
+
+    tokio::task_local! {
+        static PAUSE: Pause;
+    }
+
+    pub async fn point(name: &'static str) {
+        let Ok(p) = PAUSE.try_with(Pause::clone) else {
+            return;
+        };
+        if p.at == name {
+            p.reached.notify_one();
+            p.resume.notified().await;
+        }
     }
 }
 
@@ -229,5 +344,302 @@ mod tests {
         assert!(!r.contains(&d("referrer-of-old")));
         let young = reachable(&all, |m| m.digest == d("old"));
         assert!(young.contains(&d("old")) && young.contains(&d("referrer-of-old")));
+    }
+}
+
+/// The interleavings of the module comment, run in their racy order over both blob
+/// stores (SQLite metadata).
+#[cfg(test)]
+mod races {
+    use super::race::Pause;
+    use super::GcOptions;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::{now, Repositories};
+    use crate::registry::{Registry, Settings};
+    use crate::storage::fs::FsBlobStore;
+    use crate::storage::memory::MemoryBlobStore;
+    use crate::storage::{BlobStore, ByteStream};
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use oci::{Algorithm, Digest, RepoName};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Setup {
+        registry: Arc<Registry>,
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<SqliteMeta>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn setup(fs: bool) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let blobs: Arc<dyn BlobStore> = if fs {
+            Arc::new(FsBlobStore::open(&dir.path().join("root")).expect("fs store"))
+        } else {
+            Arc::new(MemoryBlobStore::new())
+        };
+        let registry = Arc::new(Registry::new(
+            blobs.clone(),
+            meta.clone(),
+            Settings::default(),
+        ));
+        Setup {
+            registry,
+            blobs,
+            meta,
+            _dir: dir,
+        }
+    }
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().expect("repo")
+    }
+
+    const DATA: &[u8] = b"layer bytes that garbage collection races for";
+
+    fn body() -> ByteStream {
+        Box::pin(futures_util::stream::once(async {
+            Ok(Bytes::from_static(DATA))
+        }))
+    }
+
+    fn digest() -> Digest {
+        Digest::of(Algorithm::Sha256, DATA)
+    }
+
+    /// D pushed to `old/app` two hours ago, referenced by nothing.
+    async fn old_blob(s: &Setup) {
+        s.registry
+            .put_blob(&repo("old/app"), &digest(), body())
+            .await
+            .expect("push");
+        s.meta.backdate(7200).await.expect("backdate");
+    }
+
+    /// The cutoff of a collection with a one-hour grace period.
+    fn cutoff() -> i64 {
+        now() - 3600
+    }
+
+    /// Linked in `repo` and readable there, with the right content.
+    async fn readable(s: &Setup, r: &str) -> bool {
+        if s.meta
+            .linked_blob(&repo(r), &digest())
+            .await
+            .expect("linked")
+            .is_none()
+        {
+            return false;
+        }
+        let Ok(read) = s
+            .registry
+            .read_blob(&repo(r), &digest(), |_| Ok(None))
+            .await
+        else {
+            return false;
+        };
+        let mut bytes = Vec::new();
+        let mut body = read.body;
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.expect("chunk"));
+        }
+        Digest::of(Algorithm::Sha256, &bytes) == digest()
+    }
+
+    async fn both(f: impl Fn(bool) -> futures_util::future::BoxFuture<'static, ()>) {
+        f(false).await;
+        f(true).await;
+    }
+
+    /// U1, then the whole sweep (it hides the upload's own file), then U2..U4: the upload
+    /// commits its kept bytes again.
+    #[tokio::test]
+    async fn reupload_committed_before_the_sweep_linked_after() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                old_blob(&s).await;
+                let pause = Pause::at("upload:committed");
+                let registry = s.registry.clone();
+                let upload = tokio::spawn(pause.clone().scope(async move {
+                    registry.put_blob(&repo("new/app"), &digest(), body()).await
+                }));
+                pause.reached.notified().await;
+                assert!(s
+                    .registry
+                    .sweep_blob(&digest(), cutoff())
+                    .await
+                    .expect("sweep"));
+                pause.resume.notify_one();
+                upload.await.expect("join").expect("upload");
+                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(!readable(&s, "old/app").await, "the old link was collected");
+            })
+        })
+        .await;
+    }
+
+    /// G1+G2 (hidden, not committed), then U1 (a new file under D), then G3, then U2..U4:
+    /// the sweep purges only the hidden older copy.
+    #[tokio::test]
+    async fn reupload_committed_while_the_sweep_holds_the_lock() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                old_blob(&s).await;
+                let gc_pause = Pause::at("gc:hidden");
+                let registry = s.registry.clone();
+                let sweep = tokio::spawn(
+                    gc_pause
+                        .clone()
+                        .scope(async move { registry.sweep_blob(&digest(), cutoff()).await }),
+                );
+                gc_pause.reached.notified().await;
+                assert_eq!(s.blobs.stat(&digest()).await.expect("stat"), None);
+                let up_pause = Pause::at("upload:committed");
+                let registry = s.registry.clone();
+                let upload = tokio::spawn(up_pause.clone().scope(async move {
+                    registry.put_blob(&repo("new/app"), &digest(), body()).await
+                }));
+                up_pause.reached.notified().await;
+                gc_pause.resume.notify_one();
+                assert!(sweep.await.expect("join").expect("sweep"));
+                up_pause.resume.notify_one();
+                upload.await.expect("join").expect("upload");
+                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(s.blobs.hidden().await.expect("hidden").is_empty());
+            })
+        })
+        .await;
+    }
+
+    /// U1..U4 before the sweep: the fresh link keeps D, and its file is not touched.
+    #[tokio::test]
+    async fn reupload_before_the_sweep_keeps_the_blob() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                old_blob(&s).await;
+                s.registry
+                    .put_blob(&repo("new/app"), &digest(), body())
+                    .await
+                    .expect("upload");
+                assert!(!s
+                    .registry
+                    .sweep_blob(&digest(), cutoff())
+                    .await
+                    .expect("sweep"));
+                assert!(readable(&s, "new/app").await && readable(&s, "old/app").await);
+            })
+        })
+        .await;
+    }
+
+    /// A mount checks D (linked in `old/app`, file present), then the whole sweep runs,
+    /// then the mount links: it finds no record and links nothing (the client uploads).
+    #[tokio::test]
+    async fn mount_checked_before_the_sweep_linked_after() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                old_blob(&s).await;
+                let pause = Pause::at("mount:checked");
+                let registry = s.registry.clone();
+                let mount = tokio::spawn(pause.clone().scope(async move {
+                    registry
+                        .mount_blob(&repo("new/app"), &digest(), Some(&repo("old/app")))
+                        .await
+                }));
+                pause.reached.notified().await;
+                assert!(s
+                    .registry
+                    .sweep_blob(&digest(), cutoff())
+                    .await
+                    .expect("sweep"));
+                pause.resume.notify_one();
+                assert!(!mount.await.expect("join").expect("mount"), "fs={fs}");
+                assert_eq!(
+                    s.meta
+                        .linked_blob(&repo("new/app"), &digest())
+                        .await
+                        .expect("linked"),
+                    None
+                );
+                assert_eq!(s.meta.known_blob(&digest()).await.expect("known"), None);
+                // The client's fallback upload then works.
+                s.registry
+                    .put_blob(&repo("new/app"), &digest(), body())
+                    .await
+                    .expect("upload");
+                assert!(readable(&s, "new/app").await);
+            })
+        })
+        .await;
+    }
+
+    /// A mount before the sweep: the fresh link keeps D.
+    #[tokio::test]
+    async fn mount_before_the_sweep_keeps_the_blob() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                old_blob(&s).await;
+                assert!(s
+                    .registry
+                    .mount_blob(&repo("new/app"), &digest(), None)
+                    .await
+                    .expect("mount"));
+                assert!(!s
+                    .registry
+                    .sweep_blob(&digest(), cutoff())
+                    .await
+                    .expect("sweep"));
+                assert!(readable(&s, "new/app").await, "fs={fs}");
+            })
+        })
+        .await;
+    }
+
+    /// A collection interrupted after hiding a blob it then did not forget (its
+    /// transaction rolled back) leaves the blob recorded but hidden: the next collection
+    /// puts it back before it looks at anything.
+    #[tokio::test]
+    async fn hidden_blobs_of_an_interrupted_collection_come_back() {
+        both(|fs| {
+            Box::pin(async move {
+                let s = setup(fs).await;
+                s.registry
+                    .put_blob(&repo("new/app"), &digest(), body())
+                    .await
+                    .expect("upload");
+                s.blobs
+                    .hide(&digest())
+                    .await
+                    .expect("hide")
+                    .expect("hidden");
+                assert!(!readable(&s, "new/app").await);
+                let options = GcOptions {
+                    dry_run: false,
+                    delete_untagged: false,
+                    grace: Duration::from_secs(3600),
+                };
+                let report = s
+                    .registry
+                    .garbage_collect(&options, &mut |_| {})
+                    .await
+                    .expect("gc");
+                assert_eq!(report.deleted_blobs, 0);
+                assert_eq!(report.young_blobs, 1);
+                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(s.blobs.hidden().await.expect("hidden").is_empty());
+            })
+        })
+        .await;
     }
 }

@@ -31,11 +31,20 @@ impl Registry {
         source: &Path,
     ) -> Result<BlobImport> {
         if let Some(size) = self.blobs.stat(digest).await? {
-            self.meta.link_blob(repo, digest, size).await?;
-            return Ok(BlobImport::AlreadyPresent { size });
+            self.meta.link_blob(repo, digest, size, &[]).await?;
+            // Garbage collection may have swept the file between the stat and the link
+            // (see `registry/gc.rs`); then it is brought in below after all.
+            if self.blobs.stat(digest).await?.is_some() {
+                return Ok(BlobImport::AlreadyPresent { size });
+            }
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
-        self.meta.link_blob(repo, digest, size).await?;
+        self.meta.link_blob(repo, digest, size, &[]).await?;
+        if self.blobs.stat(digest).await?.is_none() {
+            // Swept between the import and the link: the link is there now, so a second
+            // import stays.
+            self.blobs.import_file(source, digest).await?;
+        }
         Ok(BlobImport::Stored { size, how })
     }
 

@@ -160,13 +160,16 @@ impl Registry {
             }))
             .collect();
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
-        let event = self.events_enabled().then(|| {
+        let events = if self.events_enabled() {
             let tag = match reference {
                 Reference::Tag(t) => Some(t),
                 Reference::Digest(_) => None,
             };
-            self.manifest_target(repo, &digest, &parsed.media_type, &content, tag)
-        });
+            let target = self.manifest_target(repo, &digest, &parsed.media_type, &content, tag);
+            self.event_rows(Action::Push, &target)
+        } else {
+            Vec::new()
+        };
         let record = NewManifest {
             digest: digest.clone(),
             media_type: parsed.media_type.clone(),
@@ -182,15 +185,13 @@ impl Registry {
             content,
         };
         self.meta
-            .put_manifest(repo, &record, &tags)
+            .put_manifest(repo, &record, &tags, &events)
             .await
             .map_err(|e| match e {
                 MetaError::MissingReferences(gone) => RegistryError::ManifestBlobUnknown(gone),
                 other => other.into(),
             })?;
-        if let Some(target) = event {
-            self.emit(Action::Push, target).await;
-        }
+        self.wake(&events);
         Ok(PushedManifest {
             digest,
             subject,
@@ -260,44 +261,56 @@ impl Registry {
     /// Delete a manifest by digest (with its tags), or only a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete_enabled()?;
-        let mut events = Vec::new();
+        let mut targets = Vec::new();
         let deleted = match reference {
             Reference::Tag(t) => {
-                events.push(Target {
-                    repository: repo.to_string(),
-                    tag: t.to_string(),
-                    ..Target::default()
-                });
-                self.meta.delete_tag(repo, t).await?
+                if self.events_enabled() {
+                    targets.push(Target {
+                        repository: repo.to_string(),
+                        tag: t.to_string(),
+                        ..Target::default()
+                    });
+                }
+                let events = self.delete_event_rows(&targets);
+                let deleted = self.meta.delete_tag(repo, t, &events).await?;
+                deleted.then_some(events)
             }
             Reference::Digest(d) => {
                 // Distribution reports the manifest, then each tag that pointed at it.
-                let tags = if self.events_enabled() {
-                    self.meta.tags_of(repo, d).await?
-                } else {
-                    Vec::new()
-                };
-                events.push(Target {
-                    digest: d.to_string(),
-                    repository: repo.to_string(),
-                    ..Target::default()
-                });
-                events.extend(tags.iter().map(|t| Target {
-                    repository: repo.to_string(),
-                    tag: t.to_string(),
-                    ..Target::default()
-                }));
-                self.meta.delete_manifest(repo, d).await?
+                // The tags are read before the delete: a tag added in between is deleted
+                // with the manifest but not reported.
+                if self.events_enabled() {
+                    let tags = self.meta.tags_of(repo, d).await?;
+                    targets.push(Target {
+                        digest: d.to_string(),
+                        repository: repo.to_string(),
+                        ..Target::default()
+                    });
+                    targets.extend(tags.iter().map(|t| Target {
+                        repository: repo.to_string(),
+                        tag: t.to_string(),
+                        ..Target::default()
+                    }));
+                }
+                let events = self.delete_event_rows(&targets);
+                let deleted = self.meta.delete_manifest(repo, d, &events).await?;
+                deleted.then_some(events)
             }
         };
-        if deleted {
-            for target in events {
-                self.emit(Action::Delete, target).await;
+        match deleted {
+            Some(events) => {
+                self.wake(&events);
+                Ok(())
             }
-            Ok(())
-        } else {
-            Err(RegistryError::ManifestUnknown(reference.to_string()))
+            None => Err(RegistryError::ManifestUnknown(reference.to_string())),
         }
+    }
+
+    fn delete_event_rows(&self, targets: &[Target]) -> Vec<crate::meta::NewEvent> {
+        targets
+            .iter()
+            .flat_map(|t| self.event_rows(Action::Delete, t))
+            .collect()
     }
 }
 

@@ -181,18 +181,26 @@ impl Registry {
             Some(from) => self.meta.linked_blob(from, digest).await?,
             None => self.meta.known_blob(digest).await?,
         };
-        match size {
-            Some(size) if self.blobs.stat(digest).await?.is_some() => {
-                self.meta.link_blob(repo, digest, size).await?;
-                if self.events_enabled() {
-                    let mut target = self.blob_target(repo, digest, size);
-                    target.from_repository = from.map(RepoName::to_string).unwrap_or_default();
-                    self.emit(Action::Mount, target).await;
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
+        let Some(size) = size else { return Ok(false) };
+        if self.blobs.stat(digest).await?.is_none() {
+            return Ok(false);
         }
+        #[cfg(test)]
+        super::gc::race::point("mount:checked").await;
+        let events = if self.events_enabled() {
+            let mut target = self.blob_target(repo, digest, size);
+            target.from_repository = from.map(RepoName::to_string).unwrap_or_default();
+            self.event_rows(Action::Mount, &target)
+        } else {
+            Vec::new()
+        };
+        // Links only a blob metadata still records (re-checked in the transaction): if
+        // garbage collection forgot it meanwhile, the client is asked to upload instead.
+        let mounted = self.meta.mount_blob(repo, digest, from, &events).await?;
+        if mounted.is_some() {
+            self.wake(&events);
+        }
+        Ok(mounted.is_some())
     }
 
     /// Where an upload stands.
@@ -330,9 +338,26 @@ impl Registry {
             )));
         }
         self.blobs.commit_upload(id, digest).await?;
-        self.meta.link_blob(repo, digest, progress.size).await?;
-        self.emit_blob(Action::Push, repo, digest, progress.size)
-            .await;
+        #[cfg(test)]
+        super::gc::race::point("upload:committed").await;
+        let events = if self.events_enabled() {
+            let target = self.blob_target(repo, digest, progress.size);
+            self.event_rows(Action::Push, &target)
+        } else {
+            Vec::new()
+        };
+        self.meta
+            .link_blob(repo, digest, progress.size, &events)
+            .await?;
+        self.wake(&events);
+        // Garbage collection may have taken the file between the commit and the link
+        // (it had forgotten an older copy of the same blob): the upload still holds the
+        // bytes, so commit them again. See `registry/gc.rs`.
+        if self.blobs.stat(digest).await?.is_none() {
+            tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
+            self.blobs.commit_upload(id, digest).await?;
+        }
+        self.blobs.delete_upload(id).await?;
         Ok(())
     }
 

@@ -5,10 +5,13 @@
 //! <root>/
 //!   blobs/<algorithm>/<first two hex>/<hex>   committed, immutable, content-addressed
 //!   uploads/<upload id>                       in-progress upload data
+//!   trash/<algorithm>-<hex>-<uuid>            blobs garbage collection moved aside
 //! ```
-//! Writes go to `uploads/`, are fsynced, and become visible by `rename` into `blobs/`
-//! followed by an fsync of the directory, so a crash never leaves a partial blob under a
-//! digest. Reads and writes run on blocking threads with large buffers.
+//! Writes go to `uploads/`, are fsynced, and become visible by a hard link of the upload
+//! renamed into `blobs/` followed by an fsync of the directory, so a crash never leaves a
+//! partial blob under a digest; the upload file stays until the registry deletes it (so
+//! it can commit again if garbage collection took the blob meanwhile). Reads and writes
+//! run on blocking threads with large buffers.
 
 use super::{ByteRange, ByteStream, Ingest, Result, StorageError, UploadProgress};
 use bytes::Bytes;
@@ -40,6 +43,7 @@ impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<FsBlobStore> {
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
+        std::fs::create_dir_all(root.join("trash"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
             stall_timeout: Duration::from_secs(60),
@@ -60,6 +64,24 @@ impl FsBlobStore {
             .join(d.algorithm().as_str())
             .join(&hex[..2])
             .join(hex)
+    }
+
+    fn hidden_path(&self, h: &super::HiddenBlob) -> Result<PathBuf> {
+        let valid = h.name.starts_with(&format!(
+            "{}-{}-",
+            h.digest.algorithm().as_str(),
+            h.digest.hex()
+        )) && h
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(StorageError::Io(io::Error::other(format!(
+                "{:?} does not name a hidden copy of {}",
+                h.name, h.digest
+            ))));
+        }
+        Ok(self.root.join("trash").join(&h.name))
     }
 
     fn upload_path(&self, id: &str) -> Result<PathBuf> {
@@ -446,9 +468,101 @@ impl super::BlobStore for FsBlobStore {
                 .write(true)
                 .open(&from)?
                 .set_modified(std::time::SystemTime::now())?;
-            std::fs::rename(&from, &to)?;
+            // A second name for the upload's file, renamed over the blob path (atomic,
+            // replacing an existing copy of the same content): the upload keeps its bytes.
+            let staged = from.with_extension("commit");
+            match std::fs::remove_file(&staged) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            if std::fs::hard_link(&from, &staged).is_err() {
+                // Links refused by this filesystem: a copy, made durable before it shows.
+                std::fs::copy(&from, &staged)?;
+                File::open(&staged)?.sync_all()?;
+            }
+            std::fs::rename(&staged, &to)?;
             fsync_dir(dir)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn hide(&self, digest: &Digest) -> Result<Option<super::HiddenBlob>> {
+        let hidden = super::HiddenBlob {
+            digest: digest.clone(),
+            name: format!(
+                "{}-{}-{}",
+                digest.algorithm().as_str(),
+                digest.hex(),
+                uuid::Uuid::new_v4()
+            ),
+        };
+        let to = self.hidden_path(&hidden)?;
+        match tokio::fs::rename(self.blob_path(digest), to).await {
+            Ok(()) => Ok(Some(hidden)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn unhide(&self, hidden: &super::HiddenBlob) -> Result<bool> {
+        let from = self.hidden_path(hidden)?;
+        let to = self.blob_path(&hidden.digest);
+        blocking(move || {
+            let dir = to
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            std::fs::create_dir_all(dir)?;
+            // A link never replaces: a blob committed meanwhile (same content) stays.
+            let restored = match std::fs::hard_link(&from, &to) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e.into()),
+            };
+            if restored {
+                fsync_dir(dir)?;
+            }
+            match std::fs::remove_file(&from) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(restored)
+        })
+        .await
+    }
+
+    async fn purge(&self, hidden: &super::HiddenBlob) -> Result<bool> {
+        match tokio::fs::remove_file(self.hidden_path(hidden)?).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn hidden(&self) -> Result<Vec<super::HiddenBlob>> {
+        let dir = self.root.join("trash");
+        blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd.collect::<io::Result<Vec<_>>>()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let mut parts = name.splitn(3, '-');
+                let (Some(alg), Some(hex), Some(_)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() {
+                    out.push(super::HiddenBlob { digest, name });
+                }
+            }
+            Ok(out)
         })
         .await
     }

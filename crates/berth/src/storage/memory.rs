@@ -13,6 +13,8 @@ pub struct MemoryBlobStore {
     uploads: Mutex<HashMap<String, Vec<u8>>>,
     /// When each blob was committed.
     committed: Mutex<HashMap<Digest, std::time::SystemTime>>,
+    /// Blobs moved aside by `hide`, by name.
+    hidden: Mutex<HashMap<String, (Digest, Bytes, std::time::SystemTime)>>,
 }
 
 impl MemoryBlobStore {
@@ -48,6 +50,55 @@ impl super::BlobStore for MemoryBlobStore {
     async fn delete(&self, digest: &Digest) -> Result<bool> {
         lock(&self.committed).remove(digest);
         Ok(lock(&self.blobs).remove(digest).is_some())
+    }
+
+    async fn hide(&self, digest: &Digest) -> Result<Option<super::HiddenBlob>> {
+        // One lock at a time (`list` takes `committed` before `blobs`).
+        let Some(bytes) = lock(&self.blobs).remove(digest) else {
+            return Ok(None);
+        };
+        let at = lock(&self.committed)
+            .remove(digest)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let name = format!("{}-{}", digest.hex(), uuid::Uuid::new_v4());
+        lock(&self.hidden).insert(name.clone(), (digest.clone(), bytes, at));
+        Ok(Some(super::HiddenBlob {
+            digest: digest.clone(),
+            name,
+        }))
+    }
+
+    async fn unhide(&self, hidden: &super::HiddenBlob) -> Result<bool> {
+        let Some((digest, bytes, at)) = lock(&self.hidden).remove(&hidden.name) else {
+            return Ok(false);
+        };
+        let restored = {
+            let mut blobs = lock(&self.blobs);
+            if blobs.contains_key(&digest) {
+                false
+            } else {
+                blobs.insert(digest.clone(), bytes);
+                true
+            }
+        };
+        if restored {
+            lock(&self.committed).entry(digest).or_insert(at);
+        }
+        Ok(restored)
+    }
+
+    async fn purge(&self, hidden: &super::HiddenBlob) -> Result<bool> {
+        Ok(lock(&self.hidden).remove(&hidden.name).is_some())
+    }
+
+    async fn hidden(&self) -> Result<Vec<super::HiddenBlob>> {
+        Ok(lock(&self.hidden)
+            .iter()
+            .map(|(name, (digest, _, _))| super::HiddenBlob {
+                digest: digest.clone(),
+                name: name.clone(),
+            })
+            .collect())
     }
 
     async fn list(&self) -> Result<Vec<super::StoredBlob>> {
@@ -126,7 +177,8 @@ impl super::BlobStore for MemoryBlobStore {
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
         let data = lock(&self.uploads)
-            .remove(id)
+            .get(id)
+            .cloned()
             .ok_or(StorageError::UploadNotFound)?;
         lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
         lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());

@@ -88,6 +88,15 @@ pub struct StoredBlob {
     pub modified: std::time::SystemTime,
 }
 
+/// A committed blob that garbage collection moved aside ([`BlobStore::hide`]): no longer
+/// readable under its digest, not yet gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiddenBlob {
+    pub digest: Digest,
+    /// The backend's name for the moved-aside copy (unique per hide).
+    pub name: String,
+}
+
 /// Where blob bytes live. Small on purpose (house rule 5).
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -97,6 +106,18 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Remove a committed blob; `false` if it was not there.
     async fn delete(&self, digest: &Digest) -> Result<bool>;
+    /// Move a committed blob aside, atomically, under a name no other call gets: from
+    /// then on it is not readable under its digest, and a blob committed again under the
+    /// digest is a separate file. `None` if there was no blob.
+    async fn hide(&self, digest: &Digest) -> Result<Option<HiddenBlob>>;
+    /// Put a hidden blob back under its digest, unless a blob of that digest exists again
+    /// (same content: the hidden copy is then dropped). `true` if it was put back; an
+    /// already purged or restored one is not an error.
+    async fn unhide(&self, hidden: &HiddenBlob) -> Result<bool>;
+    /// Remove a hidden blob for good; `false` if it was not there.
+    async fn purge(&self, hidden: &HiddenBlob) -> Result<bool>;
+    /// Every hidden blob (those an interrupted garbage collection left behind).
+    async fn hidden(&self) -> Result<Vec<HiddenBlob>>;
     /// Every committed blob (for garbage collection), in no particular order. Files
     /// that are not blobs are skipped.
     async fn list(&self) -> Result<Vec<StoredBlob>>;
@@ -118,8 +139,10 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<UploadProgress>;
     /// Hash an upload's content from the start (after a restart, or on another node).
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress>;
-    /// Make a verified upload visible as `digest`, atomically and durably, and remove the
-    /// upload. Committing content that already exists is not an error.
+    /// Make a verified upload visible as `digest`, atomically and durably. The upload
+    /// stays until [`BlobStore::delete_upload`], so the registry can commit it again if
+    /// garbage collection took the blob away before the upload was linked (see
+    /// `registry/gc.rs`). Committing content that already exists is not an error.
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()>;
     /// Remove an upload; absent uploads are not an error.
     async fn delete_upload(&self, id: &str) -> Result<()>;

@@ -100,9 +100,11 @@ pub async fn run(store: &dyn BlobStore) {
         .expect("rehash");
     assert_eq!(re512.hasher.digest(), Digest::of(Algorithm::Sha512, data));
 
-    // Commit makes it visible and removes the upload.
+    // Commit makes it visible; the upload stays until it is deleted.
     store.commit_upload("u1", &digest).await.expect("commit");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert_eq!(store.upload_size("u1").await.expect("kept"), 12);
+    store.delete_upload("u1").await.expect("delete upload");
     assert!(matches!(
         store.upload_size("u1").await,
         Err(StorageError::UploadNotFound)
@@ -127,6 +129,41 @@ pub async fn run(store: &dyn BlobStore) {
         .commit_upload("u2", &digest)
         .await
         .expect("commit again");
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+
+    // Hiding (garbage collection's first step): gone from its digest, back on unhide.
+    let h = store.hide(&digest).await.expect("hide").expect("hidden");
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert!(store.hide(&digest).await.expect("hide again").is_none());
+    assert_eq!(store.hidden().await.expect("hidden"), vec![h.clone()]);
+    assert!(store.unhide(&h).await.expect("unhide"));
+    assert!(!store.unhide(&h).await.expect("unhide twice"));
+    assert!(store.hidden().await.expect("hidden").is_empty());
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data
+    );
+    // A blob committed again while hidden stays; the hidden copy goes.
+    let h = store.hide(&digest).await.expect("hide").expect("hidden");
+    store
+        .commit_upload("u2", &digest)
+        .await
+        .expect("commit while hidden");
+    assert!(!store.unhide(&h).await.expect("unhide over a new commit"));
+    assert!(store.hidden().await.expect("hidden").is_empty());
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    // Purged: gone for good.
+    let h = store.hide(&digest).await.expect("hide").expect("hidden");
+    assert!(store.purge(&h).await.expect("purge"));
+    assert!(!store.purge(&h).await.expect("purge twice"));
+    assert!(!store.unhide(&h).await.expect("unhide purged"));
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    // The kept upload can commit the blob again.
+    store
+        .commit_upload("u2", &digest)
+        .await
+        .expect("commit again from the kept upload");
+    store.delete_upload("u2").await.expect("delete upload");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
 
     // Cancel and delete.
