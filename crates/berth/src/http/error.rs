@@ -101,7 +101,7 @@ impl From<RegistryError> for ApiError {
             }
             E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, msg),
             // The pull-through cache's upstream failed: a gateway error, with the cause
-            // (Distribution 2.8 answers a bare 500 UNKNOWN).
+            // (Distribution 2.8 answers 404 MANIFEST_UNKNOWN, losing the cause).
             E::Upstream(_) => {
                 tracing::warn!(error = %msg, "pull-through cache: upstream failed");
                 ApiError::with_status(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, msg)
