@@ -14,3 +14,4 @@ pub mod meta;
 pub mod registry;
 pub mod state;
 pub mod storage;
+pub mod upstream;

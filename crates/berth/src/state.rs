@@ -31,6 +31,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("configuration key proxy.remoteurl: {0}")]
+    Proxy(String),
     #[error("cannot start background jobs: {0}")]
     Jobs(String),
     #[error("cannot set up auth.htpasswd: {0}")]
@@ -61,11 +63,23 @@ async fn open_registry(config: &Config) -> Result<Registry, StartError> {
     let meta = SqliteMeta::open(&db)
         .await
         .map_err(|source| StartError::Meta { path: db, source })?;
-    Ok(Registry::new(
-        Arc::new(blobs),
-        Arc::new(meta),
-        config.settings(),
-    ))
+    let registry = Registry::new(Arc::new(blobs), Arc::new(meta), config.settings());
+    Ok(match &config.proxy {
+        Some(p) => {
+            let credentials = p.username.clone().zip(p.password.clone());
+            let upstream = crate::upstream::HttpUpstream::new(
+                &p.remote_url,
+                credentials,
+                config.max_manifest_bytes,
+            )
+            .map_err(StartError::Proxy)?;
+            registry.with_proxy(
+                Arc::new(upstream),
+                crate::registry::proxy::ProxyOptions { ttl: p.ttl },
+            )
+        }
+        None => registry,
+    })
 }
 
 /// The registry with notifications wired in, and the background jobs over it.
@@ -111,6 +125,20 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
             registry.clone(),
             events.upload_purging.clone(),
         ));
+    }
+    if let Some(p) = &config.proxy {
+        tracing::info!(
+            remote = %p.remote_url,
+            ttl = ?p.ttl,
+            authenticated = p.username.is_some(),
+            "pull-through cache: read-only for clients"
+        );
+        if p.ttl.is_some() {
+            jobs.spawn(crate::jobs::proxy::ProxyExpiryWorker::new(
+                registry.clone(),
+                p.expiry_interval,
+            ));
+        }
     }
     Ok((registry, jobs))
 }
@@ -205,6 +233,7 @@ pub async fn run(
             authenticator,
             headers: a.headers.clone(),
             read_only: a.read_only,
+            proxy: config.proxy.as_ref().map(|p| p.remote_url.clone()),
             notify: !config.events.endpoints.is_empty(),
         },
     );

@@ -68,8 +68,8 @@ fn dependency_rules() {
         ),
         (
             "crate::registry",
-            &["registry", "http", "state", "config", "jobs", "import"],
-            "storage/ and meta/ sit below registry/ (jobs/ and import/ sit above it)",
+            &["registry", "http", "state", "config", "jobs", "import", "upstream"],
+            "storage/ and meta/ sit below registry/ (jobs/, import/ and upstream/ sit above it)",
         ),
         (
             "crate::jobs",
@@ -78,10 +78,15 @@ fn dependency_rules() {
         ),
         (
             "reqwest",
-            &["jobs"],
-            "outgoing HTTP (webhooks) stays in jobs/",
+            &["jobs", "upstream"],
+            "outgoing HTTP stays in jobs/ (webhooks) and upstream/ (the pull-through cache's client)",
         ),
         ("crate::state", &["state"], "state is the composition root"),
+        (
+            "crate::upstream",
+            &["upstream", "state"],
+            "the registry uses the Upstream trait; only state picks the HTTP client",
+        ),
         (
             "FsBlobStore",
             &["storage", "state"],

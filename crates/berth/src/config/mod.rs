@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod ops;
+pub mod proxy;
 
 mod auth;
 
@@ -72,6 +73,8 @@ pub struct Config {
     pub ops: ops::OpsConfig,
     /// Authentication, TLS, response headers, drain timeout, read-only mode.
     pub auth: AuthConfig,
+    /// `proxy`: pull-through cache of an upstream registry (read-only for clients).
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             },
             ops: ops::OpsConfig::default(),
             auth: AuthConfig::default(),
+            proxy: None,
         }
     }
 }
@@ -193,6 +197,11 @@ const IMPLEMENTED: &[&str] = &[
     "http.headers",
     "http.draintimeout",
     "storage.maintenance.readonly.enabled",
+    "proxy.remoteurl",
+    "proxy.username",
+    "proxy.password",
+    "proxy.ttl",
+    "proxy.expiryinterval",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -718,6 +727,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     c.events = events::read(tree)?;
     c.ops = ops::read(tree)?;
     c.auth = auth::read(tree)?;
+    c.proxy = proxy::read(tree)?;
     Ok(c)
 }
 

@@ -100,6 +100,12 @@ impl From<RegistryError> for ApiError {
                     .header(header::CONTENT_RANGE, &format!("bytes */{size}"))
             }
             E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, msg),
+            // The pull-through cache's upstream failed: a gateway error, with the cause
+            // (Distribution 2.8 answers 404 MANIFEST_UNKNOWN, losing the cause).
+            E::Upstream(_) => {
+                tracing::warn!(error = %msg, "pull-through cache: upstream failed");
+                ApiError::with_status(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, msg)
+            }
             E::Body(io) => match io.kind() {
                 std::io::ErrorKind::InvalidData => ApiError::new(ErrorCode::SizeInvalid, msg),
                 std::io::ErrorKind::TimedOut => {

@@ -12,7 +12,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry as Prom, TextEncoder,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,9 @@ pub struct Metrics {
     blobs: IntGauge,
     blob_bytes: IntGauge,
     uploads: IntGauge,
+    proxy_requests: IntCounterVec,
+    proxy_bytes: IntCounter,
+    proxy_errors: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +146,30 @@ impl Metrics {
             blobs: gauge("berth_blobs", "Distinct blobs stored.")?,
             blob_bytes: gauge("berth_blob_bytes", "Bytes of the distinct blobs stored.")?,
             uploads: gauge("berth_uploads_in_progress", "Upload sessions in progress.")?,
+            proxy_requests: register(
+                &prom,
+                IntCounterVec::new(
+                    Opts::new(
+                        "berth_proxy_requests_total",
+                        "Pull-through cache reads by kind (manifest, blob) and result (hit, miss, stale).",
+                    ),
+                    &["kind", "result"],
+                )?,
+            )?,
+            proxy_bytes: register(
+                &prom,
+                IntCounter::new(
+                    "berth_proxy_upstream_bytes_total",
+                    "Blob bytes fetched from the pull-through cache's upstream.",
+                )?,
+            )?,
+            proxy_errors: register(
+                &prom,
+                IntCounter::new(
+                    "berth_proxy_upstream_errors_total",
+                    "Failed requests to the pull-through cache's upstream (not counting 404s).",
+                )?,
+            )?,
             prom,
         })
     }
@@ -159,6 +186,27 @@ impl Metrics {
                 set(&self.uploads, s.uploads);
             }
             Err(e) => tracing::error!("metrics: cannot count stored content: {e}"),
+        }
+        if let Some(c) = registry.proxy_counters() {
+            // The registry counts; bring the exported counters up to its values.
+            let sync = |counter: &IntCounter, value: &AtomicU64| {
+                let v = value.load(Ordering::Relaxed);
+                counter.inc_by(v.saturating_sub(counter.get()));
+            };
+            for (kind, result, value) in [
+                ("manifest", "hit", &c.manifest_hit),
+                ("manifest", "miss", &c.manifest_miss),
+                ("manifest", "stale", &c.manifest_stale),
+                ("blob", "hit", &c.blob_hit),
+                ("blob", "miss", &c.blob_miss),
+            ] {
+                sync(
+                    &self.proxy_requests.with_label_values(&[kind, result]),
+                    value,
+                );
+            }
+            sync(&self.proxy_bytes, &c.upstream_bytes);
+            sync(&self.proxy_errors, &c.upstream_errors);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.prom.gather(), &mut out) {

@@ -55,6 +55,8 @@ pub struct HttpOptions {
     pub headers: Vec<(String, String)>,
     /// `storage.maintenance.readonly.enabled`: writes answer 405.
     pub read_only: bool,
+    /// `proxy.remoteurl`: a pull-through cache of this upstream; writes answer 405.
+    pub proxy: Option<String>,
     /// Notification endpoints are configured: describe each request for their events.
     pub notify: bool,
 }
@@ -348,6 +350,17 @@ async fn route(
         )
         .header(header::ALLOW, "GET, HEAD")
         .into_response();
+    }
+    if let Some(upstream) = &app.options.proxy {
+        if is_write(&parts.method, &endpoint) {
+            return ApiError::with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::Unsupported,
+                format!("this registry is a pull-through cache of {upstream} (proxy.remoteurl): pushes and deletes are refused; push to the upstream registry instead"),
+            )
+            .header(header::ALLOW, "GET, HEAD")
+            .into_response();
+        }
     }
     let query = parts
         .uri

@@ -1,6 +1,7 @@
 //! Background work: the [`Worker`] trait and the [`Jobs`] runner that drives workers until
 //! shutdown. Workers: [`notify::NotifyWorker`] (webhook delivery from the outbox),
-//! [`purge::PurgeWorker`] (upload purging) and [`health::HealthWorker`] (health checks).
+//! [`purge::PurgeWorker`] (upload purging), [`health::HealthWorker`] (health checks) and
+//! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
 //! waits (`wait_for_work`) for a timer or a wake-up. The runner stops it between steps, or
@@ -11,6 +12,7 @@
 
 pub mod health;
 pub mod notify;
+pub mod proxy;
 pub mod purge;
 
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,7 @@
 pub mod sqlite;
 mod sqlite_events;
 mod sqlite_ops;
+mod sqlite_proxy;
 #[cfg(test)]
 mod testsuite;
 
@@ -286,13 +287,53 @@ pub trait PendingForget: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// A cached manifest or blob link of the pull-through cache, with when it was last used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    pub repository: RepoName,
+    pub digest: Digest,
+    pub is_manifest: bool,
+    /// Seconds since the epoch.
+    pub last_used: i64,
+}
+
+/// The pull-through cache's bookkeeping (`proxy.ttl`), kept with the metadata so it
+/// survives restarts and is shared by every node.
+#[async_trait::async_trait]
+pub trait ProxyCache: Send + Sync {
+    /// Record that cached content was fetched or served at `at`. Entries already used
+    /// after `fresh_after` are left alone (saves a write per hit).
+    async fn cache_touch(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        is_manifest: bool,
+        at: i64,
+        fresh_after: i64,
+    ) -> Result<()>;
+    /// Entries last used before `before`, oldest first, at most `limit`.
+    async fn cache_expired(&self, before: i64, limit: u32) -> Result<Vec<CacheEntry>>;
+    /// In one transaction, if `entry` is still unused since before `before`: remove it and
+    /// what it stands for (a manifest with its tags, or a blob link), and the repository
+    /// when nothing is left in it. `false` when it was used meanwhile (or already gone).
+    async fn cache_expire(&self, entry: &CacheEntry, before: i64) -> Result<bool>;
+}
+
 /// Everything the registry needs from its metadata backend.
 pub trait MetaStore:
-    Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + 'static
+    Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + ProxyCache + 'static
 {
 }
-impl<T: Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + 'static>
-    MetaStore for T
+impl<
+        T: Repositories
+            + Manifests
+            + Uploads
+            + Outbox
+            + Maintenance
+            + Housekeeping
+            + ProxyCache
+            + 'static,
+    > MetaStore for T
 {
 }
 

@@ -575,6 +575,7 @@ mod tests {
         crate::meta::testsuite::run(&meta).await;
         crate::meta::testsuite::run_events(&meta).await;
         crate::meta::testsuite::transactional_events(&meta).await;
+        crate::meta::testsuite::proxy_cache(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);
         let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))

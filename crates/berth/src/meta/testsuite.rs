@@ -512,3 +512,59 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
 }
+
+/// The pull-through cache's bookkeeping: touch, list expired, expire (re-checked).
+pub async fn proxy_cache(m: &dyn MetaStore) {
+    let r = repo("cache/app");
+    let img = manifest("cached image", None, None);
+    m.link_blob(&r, &d("layer"), 5, &[]).await.expect("link");
+    m.put_manifest(&r, &img, &[tag("v1")], &[])
+        .await
+        .expect("put");
+    m.cache_touch(&r, &img.digest, true, 100, 0)
+        .await
+        .expect("touch");
+    m.cache_touch(&r, &d("layer"), false, 200, 0)
+        .await
+        .expect("touch");
+    // A touch within the freshness window is skipped; a later one moves it forward.
+    m.cache_touch(&r, &img.digest, true, 150, 99)
+        .await
+        .expect("fresh");
+    let expired = m.cache_expired(160, 10).await.expect("expired");
+    assert_eq!(expired.len(), 1);
+    assert!(expired[0].is_manifest && expired[0].last_used == 100);
+    m.cache_touch(&r, &img.digest, true, 300, 250)
+        .await
+        .expect("touch");
+    assert!(
+        !m.cache_expire(&expired[0], 160).await.expect("expire"),
+        "used meanwhile: kept"
+    );
+    assert!(m
+        .get_manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .expect("get")
+        .is_some());
+    let all = m.cache_expired(1000, 10).await.expect("expired");
+    assert_eq!(all.len(), 2, "oldest first: blob, then manifest");
+    assert!(!all[0].is_manifest);
+    for e in &all {
+        assert!(m.cache_expire(e, 1000).await.expect("expire"));
+    }
+    assert!(m
+        .get_manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(m.linked_blob(&r, &d("layer")).await.expect("linked"), None);
+    assert!(
+        !m.repository_exists(&r).await.expect("exists"),
+        "emptied repository is gone"
+    );
+    assert!(m
+        .cache_expired(i64::MAX, 10)
+        .await
+        .expect("none")
+        .is_empty());
+}

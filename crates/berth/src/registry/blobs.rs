@@ -16,7 +16,14 @@ pub struct BlobRead {
 impl Registry {
     /// Size of a blob linked into `repo` (a `HEAD`: a pull, for notifications).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let size = self.linked_size(repo, digest).await?;
+        let size = match self.meta.linked_blob(repo, digest).await? {
+            Some(size) => {
+                self.proxy_hit(repo, digest).await;
+                size
+            }
+            None if self.proxy.is_some() => self.proxy_blob_size(repo, digest).await?,
+            None => return Err(RegistryError::BlobUnknown(digest.clone())),
+        };
         self.emit_blob_pull(repo, digest, size).await;
         Ok(size)
     }
@@ -29,7 +36,7 @@ impl Registry {
     }
 
     /// Record a pull of a blob (see `emit`).
-    async fn emit_blob_pull(&self, repo: &RepoName, d: &Digest, size: u64) {
+    pub(super) async fn emit_blob_pull(&self, repo: &RepoName, d: &Digest, size: u64) {
         if self.events_enabled() {
             self.emit(Action::Pull, self.blob_target(repo, d, size))
                 .await;
@@ -39,6 +46,24 @@ impl Registry {
     /// Open a blob linked into `repo`, or the range `(start, end_inclusive)` resolved by
     /// `resolve` against its size.
     pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
+    ) -> Result<BlobRead> {
+        if self.proxy.is_some() {
+            if self.meta.linked_blob(repo, digest).await?.is_some() {
+                self.proxy_hit(repo, digest).await;
+            } else {
+                // Reports its own pull (once), whether served locally or by a fill.
+                return self.proxy_read_blob(repo, digest, resolve).await;
+            }
+        }
+        self.read_linked_blob(repo, digest, resolve).await
+    }
+
+    /// [`Registry::read_blob`] of a blob linked into `repo`.
+    pub(super) async fn read_linked_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,

@@ -34,6 +34,9 @@ impl Registry {
         last: Option<&str>,
         n: Option<u32>,
     ) -> Result<Page> {
+        if let Some(page) = self.proxy_tags(repo, last, n).await? {
+            return Ok(page);
+        }
         let n = self.page_size(n, self.settings.max_page_entries);
         let items = self
             .meta

@@ -43,6 +43,41 @@ fn is_foreign(d: &Descriptor) -> bool {
         || d.media_type.contains("foreign")
 }
 
+/// The metadata record of a parsed manifest.
+pub(super) fn manifest_record(
+    parsed: &oci::manifest::Manifest,
+    digest: Digest,
+    content: Vec<u8>,
+    required_blobs: Vec<Digest>,
+    required_manifests: Vec<Digest>,
+) -> NewManifest {
+    let references = parsed
+        .config
+        .iter()
+        .chain(parsed.layers.iter())
+        .map(|d| (d.digest.clone(), false))
+        .chain(parsed.manifests.iter().map(|d| {
+            let is_manifest =
+                media::is_index(&d.media_type) || media::is_image_manifest(&d.media_type);
+            (d.digest.clone(), is_manifest)
+        }))
+        .collect();
+    NewManifest {
+        digest,
+        media_type: parsed.media_type.clone(),
+        subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+        artifact_type: parsed.referrer_artifact_type().map(str::to_string),
+        annotations: parsed
+            .annotations
+            .as_ref()
+            .and_then(|a| serde_json::to_string(a).ok()),
+        references,
+        required_blobs,
+        required_manifests,
+        content,
+    }
+}
+
 impl Registry {
     /// Validate and store a manifest pushed to `reference`, also tagging it with `extra_tags`.
     pub async fn put_manifest(
@@ -148,18 +183,6 @@ impl Registry {
                 tags.push(t);
             }
         }
-        let references = parsed
-            .config
-            .iter()
-            .chain(parsed.layers.iter())
-            .map(|d| (d.digest.clone(), false))
-            .chain(parsed.manifests.iter().map(|d| {
-                let is_manifest =
-                    media::is_index(&d.media_type) || media::is_image_manifest(&d.media_type);
-                (d.digest.clone(), is_manifest)
-            }))
-            .collect();
-        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         let events = if self.events_enabled() {
             let tag = match reference {
                 Reference::Tag(t) => Some(t),
@@ -170,20 +193,14 @@ impl Registry {
         } else {
             Vec::new()
         };
-        let record = NewManifest {
-            digest: digest.clone(),
-            media_type: parsed.media_type.clone(),
-            subject: subject.clone(),
-            artifact_type: parsed.referrer_artifact_type().map(str::to_string),
-            annotations: parsed
-                .annotations
-                .as_ref()
-                .and_then(|a| serde_json::to_string(a).ok()),
-            references,
+        let record = manifest_record(
+            &parsed,
+            digest.clone(),
+            content,
             required_blobs,
             required_manifests,
-            content,
-        };
+        );
+        let subject = record.subject.clone();
         self.meta
             .put_manifest(repo, &record, &tags, &events)
             .await
@@ -207,6 +224,7 @@ impl Registry {
         reference: &Reference,
         accept: &Accept,
     ) -> Result<StoredManifest> {
+        self.proxy_manifest(repo, reference).await?;
         let m = self.find_manifest(repo, reference, accept).await?;
         if self.events_enabled() {
             let tag = match reference {

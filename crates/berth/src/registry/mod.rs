@@ -11,9 +11,11 @@ pub mod gc;
 mod import;
 mod listing;
 mod manifests;
+pub mod proxy;
 mod purge;
 mod stats;
 mod uploads;
+pub mod upstream;
 
 pub use blobs::BlobRead;
 pub use events::RequestInfo;
@@ -115,6 +117,9 @@ pub enum RegistryError {
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The pull-through cache's upstream failed and nothing cached could stand in.
+    #[error("{0}")]
+    Upstream(String),
     #[error("reading the request body failed: {0}")]
     Body(std::io::Error),
     #[error(transparent)]
@@ -150,6 +155,8 @@ pub struct Registry {
     uploads: uploads::UploadCache,
     /// Where notification events go; `None` when no endpoint is configured.
     events: Option<events::EventSink>,
+    /// The pull-through cache, when `proxy` is configured.
+    proxy: Option<proxy::Proxy>,
 }
 
 impl Registry {
@@ -164,6 +171,7 @@ impl Registry {
             settings,
             uploads: uploads::UploadCache::default(),
             events: None,
+            proxy: None,
         }
     }
 

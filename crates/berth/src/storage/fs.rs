@@ -205,55 +205,16 @@ impl super::BlobStore for FsBlobStore {
             File::open(path).map_err(|e| not_found_as(e, StorageError::BlobNotFound))
         })
         .await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
-        let handle = tokio::runtime::Handle::current();
-        let stall = self.stall_timeout;
-        tokio::task::spawn_blocking(move || {
-            let (mut pos, end) = match range {
-                Some(r) => (r.start, r.end + 1),
-                None => match file.metadata() {
-                    Ok(m) => (0, m.len()),
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                },
-            };
-            while pos < end {
-                let want = usize::try_from(end - pos)
-                    .unwrap_or(READ_CHUNK)
-                    .min(READ_CHUNK);
-                let mut buf = vec![0u8; want];
-                let mut filled = 0;
-                while filled < want {
-                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if filled < want {
-                    let _ = tx.blocking_send(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob file is shorter than expected",
-                    )));
-                    return;
-                }
-                pos += filled as u64;
-                let sent =
-                    handle.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(buf)))));
-                if !matches!(sent, Ok(Ok(()))) {
-                    return; // the client went away, or stopped reading
-                }
-            }
-        });
-        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+        Ok(self.stream_file(file, range))
+    }
+
+    async fn read_upload(&self, id: &str, range: ByteRange) -> Result<ByteStream> {
+        let path = self.upload_path(id)?;
+        let file = blocking(move || {
+            File::open(path).map_err(|e| not_found_as(e, StorageError::UploadNotFound))
+        })
+        .await?;
+        Ok(self.stream_file(file, Some(range)))
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
@@ -606,6 +567,59 @@ impl super::BlobStore for FsBlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl FsBlobStore {
+    /// Stream `file` (or `range` of it) from a blocking thread, read ahead a little.
+    fn stream_file(&self, file: File, range: Option<ByteRange>) -> ByteStream {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        let handle = tokio::runtime::Handle::current();
+        let stall = self.stall_timeout;
+        tokio::task::spawn_blocking(move || {
+            let (mut pos, end) = match range {
+                Some(r) => (r.start, r.end + 1),
+                None => match file.metadata() {
+                    Ok(m) => (0, m.len()),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                },
+            };
+            while pos < end {
+                let want = usize::try_from(end - pos)
+                    .unwrap_or(READ_CHUNK)
+                    .min(READ_CHUNK);
+                let mut buf = vec![0u8; want];
+                let mut filled = 0;
+                while filled < want {
+                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if filled < want {
+                    let _ = tx.blocking_send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than expected",
+                    )));
+                    return;
+                }
+                pos += filled as u64;
+                let sent =
+                    handle.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(buf)))));
+                if !matches!(sent, Ok(Ok(()))) {
+                    return; // the client went away, or stopped reading
+                }
+            }
+        });
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
 

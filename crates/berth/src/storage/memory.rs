@@ -125,6 +125,19 @@ impl super::BlobStore for MemoryBlobStore {
             .ok_or(StorageError::UploadNotFound)
     }
 
+    async fn read_upload(&self, id: &str, range: ByteRange) -> Result<ByteStream> {
+        let upload = lock(&self.uploads)
+            .get(id)
+            .cloned()
+            .ok_or(StorageError::UploadNotFound)?;
+        let end = (range.end as usize + 1).min(upload.len());
+        let start = (range.start as usize).min(end);
+        let bytes = Bytes::copy_from_slice(&upload[start..end]);
+        Ok(Box::pin(futures_util::stream::once(
+            async move { Ok(bytes) },
+        )))
+    }
+
     async fn append_upload(
         &self,
         id: &str,

@@ -126,6 +126,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn create_upload(&self, id: &str) -> Result<()>;
     /// Bytes written to an upload so far.
     async fn upload_size(&self, id: &str) -> Result<u64>;
+    /// Stream `range` of an upload's bytes written so far (the pull-through cache serves
+    /// a blob while it is still being fetched). The range must lie within what was written.
+    async fn read_upload(&self, id: &str, range: ByteRange) -> Result<ByteStream>;
     /// Append `body` to an upload that must hold exactly `progress.size` bytes, hashing it
     /// into `progress.hasher` as it is written, refusing to grow past `limit` bytes. On any
     /// error the upload is cut back to where it was. The appended data is durable when this

@@ -86,6 +86,19 @@ pub async fn run(store: &dyn BlobStore) {
         Err(StorageError::TooLarge { limit: 14 })
     ));
     assert_eq!(store.upload_size("u1").await.expect("size"), 12);
+    // What was written so far can be read back while the upload is open.
+    let part = store
+        .read_upload("u1", ByteRange { start: 2, end: 8 })
+        .await
+        .expect("read upload");
+    assert_eq!(collect(part).await, b"llo, be");
+    assert!(matches!(
+        store
+            .read_upload("nope", ByteRange { start: 0, end: 0 })
+            .await
+            .err(),
+        Some(StorageError::UploadNotFound)
+    ));
 
     // Rehashing from storage gives the same state as hashing while writing.
     let re = store

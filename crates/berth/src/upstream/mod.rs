@@ -1,0 +1,447 @@
+//! The pull-through cache's client of its upstream registry: the distribution API over
+//! HTTP(S) (reqwest, rustls, the system trust store), implementing
+//! [`crate::registry::upstream::Upstream`]. With `jobs/`, the only module that makes
+//! outgoing HTTP requests.
+//!
+//! Authentication as real registries require it: anonymous first; on a 401 the
+//! `WWW-Authenticate` challenge decides — Basic with `proxy.username`/`password`, or a
+//! Bearer token from the challenge's realm (Docker token spec, scope
+//! `repository:NAME:pull`, Basic credentials when configured), cached per scope until
+//! shortly before `expires_in`. A request is retried once after authenticating.
+
+pub mod auth;
+
+use crate::registry::upstream::{Upstream, UpstreamBlob, UpstreamError, UpstreamManifest};
+use auth::{parse_challenge, TokenCache, TokenResponse};
+use futures_util::{StreamExt, TryStreamExt};
+use oci::{media, Digest, Reference, RepoName, Tag};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::{Method, Response};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Every manifest type the cache asks for: it stores what the upstream holds and does
+/// content negotiation itself.
+const MANIFEST_TYPES: &[&str] = &[
+    media::OCI_INDEX,
+    media::DOCKER_MANIFEST_LIST,
+    media::OCI_MANIFEST,
+    media::DOCKER_MANIFEST,
+];
+
+/// Connecting to the upstream gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response (headers, or the next bytes of a body) may take this long.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the upstream wants to be authenticated, learnt from its last challenge.
+#[derive(Debug, Clone, PartialEq)]
+enum Scheme {
+    Unknown,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// The HTTP client of one upstream registry.
+pub struct HttpUpstream {
+    base: String,
+    client: reqwest::Client,
+    credentials: Option<(String, String)>,
+    scheme: Mutex<Scheme>,
+    tokens: TokenCache,
+    max_manifest_bytes: usize,
+}
+
+impl HttpUpstream {
+    /// A client for the registry at `base` (`https://registry-1.docker.io`).
+    pub fn new(
+        base: &str,
+        credentials: Option<(String, String)>,
+        max_manifest_bytes: usize,
+    ) -> Result<HttpUpstream, String> {
+        let url = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "{base:?} is not an http:// or https:// URL with a host"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!(
+                "berth/",
+                env!("CARGO_PKG_VERSION"),
+                " (pull-through cache)"
+            ))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(HttpUpstream {
+            base: base.trim_end_matches('/').to_string(),
+            client,
+            credentials,
+            scheme: Mutex::new(Scheme::Unknown),
+            tokens: TokenCache::default(),
+            max_manifest_bytes,
+        })
+    }
+
+    fn failed(&self, what: &str, cause: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Failed(format!("upstream registry {} {what}: {cause}", self.base))
+    }
+
+    fn scheme(&self) -> Scheme {
+        self.scheme
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn basic(&self) -> Option<String> {
+        use base64::Engine as _;
+        self.credentials.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+    }
+
+    /// The Authorization header to send for `scope`, from what is known so far.
+    fn authorization(&self, scope: &str) -> Option<String> {
+        match self.scheme() {
+            Scheme::Unknown => None,
+            Scheme::Basic => self.basic(),
+            Scheme::Bearer { .. } => self.tokens.get(scope).map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// Learn from a 401's challenge; fetch a token when it asks for Bearer. `Ok(false)`
+    /// when there is nothing new to try.
+    async fn authenticate(&self, resp: &Response, scope: &str) -> Result<bool, UpstreamError> {
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(parse_challenge)
+            .find(|c| c.scheme == "bearer" || c.scheme == "basic");
+        let Some(challenge) = challenge else {
+            return Ok(false);
+        };
+        let scheme = if challenge.scheme == "basic" {
+            Scheme::Basic
+        } else {
+            let realm = challenge.param("realm").unwrap_or_default().to_string();
+            if realm.is_empty() {
+                return Err(self.failed(
+                    "sent a Bearer challenge without a realm",
+                    "cannot get a token",
+                ));
+            }
+            Scheme::Bearer {
+                realm,
+                service: challenge.param("service").map(str::to_string),
+            }
+        };
+        *self.scheme.lock().unwrap_or_else(|p| p.into_inner()) = scheme.clone();
+        match scheme {
+            Scheme::Basic => Ok(self.credentials.is_some()),
+            Scheme::Bearer { realm, service } => {
+                self.fetch_token(&realm, service.as_deref(), scope).await?;
+                Ok(true)
+            }
+            Scheme::Unknown => Ok(false),
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(), UpstreamError> {
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| self.failed(&format!("named token realm {realm:?}"), e))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.client.get(url);
+        if let Some(b) = self.basic() {
+            req = req.header(AUTHORIZATION, b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.failed(&format!("token service {realm}"), error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let hint = if matches!(status.as_u16(), 401 | 403) {
+                ": check proxy.username and proxy.password"
+            } else {
+                ""
+            };
+            return Err(self.failed(
+                &format!("token service {realm}"),
+                format!("refused a token for {scope} with {status}{hint}"),
+            ));
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| {
+            self.failed(
+                &format!("token service {realm}"),
+                format!("sent an unreadable answer: {e}"),
+            )
+        })?;
+        let (token, lifetime) = body.into_token().ok_or_else(|| {
+            self.failed(
+                &format!("token service {realm}"),
+                "answered without a token",
+            )
+        })?;
+        self.tokens.put(scope, token, lifetime);
+        Ok(())
+    }
+
+    /// Send `method path` for `repo`, authenticating and retrying once on a 401. Returns
+    /// the response whatever its status, except that a 401 after authenticating is an error.
+    async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, UpstreamError> {
+        let scope = format!("repository:{repo}:pull");
+        let url = format!("{}{path}", self.base);
+        let mut retried = false;
+        loop {
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .headers(headers.clone());
+            if let Some(a) = self.authorization(&scope) {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.failed("is unreachable", error_chain(&e)))?;
+            if resp.status().as_u16() != 401 {
+                return Ok(resp);
+            }
+            if !retried {
+                self.tokens.forget(&scope);
+                if self.authenticate(&resp, &scope).await? {
+                    retried = true;
+                    continue;
+                }
+            }
+            let hint = if self.credentials.is_some() {
+                "refused the configured credentials (401): check proxy.username and proxy.password"
+            } else {
+                "requires credentials (401): set proxy.username and proxy.password"
+            };
+            return Err(UpstreamError::Failed(format!(
+                "upstream registry {} {hint}",
+                self.base
+            )));
+        }
+    }
+
+    /// Map a non-success status to an error (404 -> not found).
+    fn check(&self, resp: Response, what: &str) -> Result<Response, UpstreamError> {
+        let status = resp.status();
+        if status.is_success() {
+            Ok(resp)
+        } else if status.as_u16() == 404 {
+            Err(UpstreamError::NotFound)
+        } else {
+            Err(self.failed(&format!("answered {what} with"), status))
+        }
+    }
+}
+
+/// An error with its causes ("error sending request: connection refused").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+fn manifest_accept() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&MANIFEST_TYPES.join(", ")) {
+        h.insert(ACCEPT, v);
+    }
+    h
+}
+
+fn header_digest(resp: &Response) -> Option<Digest> {
+    resp.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[async_trait::async_trait]
+impl Upstream for HttpUpstream {
+    fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn tag_digest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, UpstreamError> {
+        let path = format!("/v2/{repo}/manifests/{tag}");
+        let resp = self
+            .send(Method::HEAD, repo, &path, manifest_accept())
+            .await?;
+        let resp = self.check(resp, &format!("HEAD {path}"))?;
+        Ok(header_digest(&resp))
+    }
+
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<UpstreamManifest, UpstreamError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self
+            .send(Method::GET, repo, &path, manifest_accept())
+            .await?;
+        let resp = self.check(resp, &format!("GET {path}"))?;
+        let header = header_digest(&resp);
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| media::essence(v).to_string())
+            .unwrap_or_default();
+        let limit = self.max_manifest_bytes;
+        let mut content = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| self.failed(&format!("broke off GET {path}"), error_chain(&e)))?;
+            if content.len() + chunk.len() > limit {
+                return Err(self.failed(
+                    &format!("sent a manifest for {path}"),
+                    format!("larger than limits.manifestsize ({limit} bytes)"),
+                ));
+            }
+            content.extend_from_slice(&chunk);
+        }
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &content);
+                if &actual != d {
+                    return Err(self.failed(
+                        &format!("sent the wrong content for {path}"),
+                        format!("its digest is {actual}"),
+                    ));
+                }
+                actual
+            }
+            Reference::Tag(_) => {
+                let algorithm = header
+                    .as_ref()
+                    .map_or(oci::Algorithm::Sha256, |h| h.algorithm());
+                let actual = Digest::of(algorithm, &content);
+                if header.as_ref().is_some_and(|h| h != &actual) {
+                    return Err(self.failed(
+                        &format!("sent content for {path}"),
+                        format!(
+                            "whose digest {actual} is not the Docker-Content-Digest it claimed"
+                        ),
+                    ));
+                }
+                actual
+            }
+        };
+        Ok(UpstreamManifest {
+            digest,
+            media_type,
+            content,
+        })
+    }
+
+    async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let resp = self
+            .send(Method::HEAD, repo, &path, HeaderMap::new())
+            .await?;
+        let resp = self.check(resp, &format!("HEAD {path}"))?;
+        resp.content_length().ok_or_else(|| {
+            self.failed(&format!("answered HEAD {path}"), "without a Content-Length")
+        })
+    }
+
+    async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<UpstreamBlob, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let resp = self
+            .send(Method::GET, repo, &path, HeaderMap::new())
+            .await?;
+        let resp = self.check(resp, &format!("GET {path}"))?;
+        let size = resp.content_length();
+        let body = resp
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(error_chain(&e)));
+        Ok(UpstreamBlob {
+            size,
+            body: Box::pin(body),
+        })
+    }
+
+    async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, UpstreamError> {
+        let mut path = format!("/v2/{repo}/tags/list");
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                query.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = last {
+                query.append_pair("last", l);
+            }
+            query.finish()
+        };
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let resp = self
+            .send(Method::GET, repo, &path, HeaderMap::new())
+            .await?;
+        let resp = self.check(resp, &format!("GET {path}"))?;
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let list: TagList = resp.json().await.map_err(|e| {
+            self.failed(
+                &format!("answered GET {path} with"),
+                format!("an unreadable tag list: {e}"),
+            )
+        })?;
+        Ok(list.tags.unwrap_or_default())
+    }
+}

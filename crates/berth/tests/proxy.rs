@@ -1,0 +1,810 @@
+//! The pull-through cache (`proxy`) against a real upstream: Debian's `docker-registry`
+//! (CNCF Distribution 2.8.2) with htpasswd auth on a loopback port, images pushed to it
+//! with skopeo, pulled through Berth with skopeo, the Docker CLI and podman. Upstream
+//! requests are counted from docker-registry's own access log.
+
+mod common;
+
+use common::{require_tool, run, Berth};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const USER: &str = "mirror";
+const PASSWORD: &str = "s3cret-pull";
+
+fn sha256(bytes: &[u8]) -> oci::Digest {
+    oci::Digest::of(oci::Algorithm::Sha256, bytes)
+}
+
+/// A real `docker-registry serve` with htpasswd auth; its access log goes to a file.
+struct Upstream {
+    host: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let bin = require_tool("docker-registry");
+        require_tool("htpasswd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD])),
+        )
+        .expect("htpasswd");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
+            ),
+        )
+        .expect("config");
+        let mut up = Upstream {
+            host,
+            dir,
+            child: None,
+        };
+        let log = std::fs::File::create(up.log_path()).expect("log");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .env_remove("AWS_CA_BUNDLE")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        up.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&up.host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        up
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+
+    /// Successful requests `METHOD path` in the access log (2.8 logs every request,
+    /// `"GET /v2/... HTTP/1.1" 200 ...`; the 401 that precedes authentication is not
+    /// counted).
+    fn requests(&self, method: &str, path: &str) -> usize {
+        let needle = format!("\"{method} {path} HTTP/1.1\" 200 ");
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.host)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Berth as a pull-through cache of `up`, configured through the environment, with
+/// `extra` YAML in its config file.
+fn proxy_of(up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Berth {
+    let url = up.url();
+    let mut all = vec![
+        ("REGISTRY_PROXY_REMOTEURL", url.as_str()),
+        ("REGISTRY_PROXY_USERNAME", USER),
+        ("REGISTRY_PROXY_PASSWORD", PASSWORD),
+    ];
+    all.extend_from_slice(env);
+    Berth::start_with_config_env(
+        &format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n{extra}"),
+        &all,
+        "http",
+    )
+}
+
+fn skopeo() -> Command {
+    require_tool("skopeo");
+    let mut c = Command::new("skopeo");
+    c.env_remove("AWS_CA_BUNDLE");
+    c
+}
+
+/// Push `layout:tag` to the upstream as `target` (with its credentials).
+fn push(up: &Upstream, layout: &Path, tag: &str, target: &str) {
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+        ])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{}/{target}", up.host)));
+}
+
+/// `skopeo inspect --raw` of a manifest through an anonymous client: its digest.
+fn raw_digest(host: &str, reference: &str, creds: bool) -> oci::Digest {
+    let mut c = skopeo();
+    c.args(["inspect", "--raw", "--tls-verify=false"]);
+    if creds {
+        c.args(["--creds", &format!("{USER}:{PASSWORD}")]);
+    }
+    let out = c
+        .arg(format!("docker://{host}/{reference}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {host}/{reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sha256(&out.stdout)
+}
+
+fn exec(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn curl(args: &[&str]) -> String {
+    require_tool("curl");
+    run(Command::new("curl").args(args))
+}
+
+/// Status code and body of `METHOD url`.
+fn http(method: &str, url: &str, extra: &[&str]) -> (u16, String) {
+    let out = curl(
+        &[
+            &[
+                "-s",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "60",
+            ],
+            extra,
+            &[url],
+        ]
+        .concat(),
+    );
+    let (body, code) = out.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status"), body.to_string())
+}
+
+/// A gzipped tar holding `files`; returns (gzipped bytes, digest of the plain tar).
+fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, oci::Digest) {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        builder.append_data(&mut h, path, *data).expect("tar");
+    }
+    let tar = builder.into_inner().expect("tar");
+    let diff_id = sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    gz.write_all(&tar).expect("gzip");
+    (gz.finish().expect("gzip"), diff_id)
+}
+
+/// Deterministic incompressible bytes.
+fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut block = sha256(seed.as_bytes()).hex().as_bytes().to_vec();
+    while out.len() < len {
+        block = sha256(&block).hex().as_bytes().to_vec();
+        out.extend_from_slice(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+/// An OCI image layout written by the test.
+struct Layout {
+    dir: PathBuf,
+    refs: Vec<Value>,
+}
+
+impl Layout {
+    fn create(dir: &Path) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .expect("oci-layout");
+        Layout {
+            dir: dir.to_path_buf(),
+            refs: Vec::new(),
+        }
+    }
+
+    fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Value {
+        let digest = sha256(bytes);
+        std::fs::write(self.dir.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
+        json!({"mediaType": media_type, "digest": digest.as_str(), "size": bytes.len()})
+    }
+
+    /// A runnable-looking image whose layers hold `files` (one layer each).
+    fn put_image(&self, arch: &str, layers: &[Vec<(&str, Vec<u8>)>]) -> Value {
+        let mut descriptors = Vec::new();
+        let mut diff_ids = Vec::new();
+        for files in layers {
+            let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+            let (gz, diff_id) = layer(&files);
+            descriptors.push(self.put_blob(OCI_LAYER_GZIP, &gz));
+            diff_ids.push(diff_id.to_string());
+        }
+        let config = json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/hello"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config = self.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": descriptors,
+        });
+        self.put_blob(OCI_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
+    }
+
+    fn put_index(&self, manifests: &[(Value, &str)]) -> Value {
+        let manifests: Vec<Value> = manifests
+            .iter()
+            .map(|(d, arch)| {
+                let mut d = d.clone();
+                d["platform"] = json!({"architecture": arch, "os": "linux"});
+                d
+            })
+            .collect();
+        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        self.put_blob(OCI_INDEX, &serde_json::to_vec(&index).expect("json"))
+    }
+
+    fn tag(&mut self, descriptor: &Value, tag: &str) {
+        let mut d = descriptor.clone();
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        self.refs.push(d);
+        let index = json!({"schemaVersion": 2, "manifests": self.refs});
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).expect("json"),
+        )
+        .expect("index.json");
+    }
+
+    fn json(&self, descriptor: &Value) -> Value {
+        let d: oci::Digest = digest_of(descriptor);
+        serde_json::from_slice(
+            &std::fs::read(self.dir.join("blobs/sha256").join(d.hex())).expect("blob"),
+        )
+        .expect("json")
+    }
+}
+
+fn digest_of(descriptor: &Value) -> oci::Digest {
+    descriptor["digest"]
+        .as_str()
+        .expect("digest")
+        .parse()
+        .expect("digest")
+}
+
+/// A small image unique to `salt`: two layers.
+fn small_image(layout: &Layout, arch: &str, salt: &str) -> Value {
+    layout.put_image(
+        arch,
+        &[
+            vec![("etc/hostname", format!("{salt}\n").into_bytes())],
+            vec![("data/noise.bin", noise(salt, 300_000))],
+        ],
+    )
+}
+
+/// Wait until `f` holds, for at most `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn catalog(b: &Berth) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&curl(&["-sSf", &format!("{}/v2/_catalog", b.url)])).expect("json");
+    v["repositories"]
+        .as_array()
+        .expect("repositories")
+        .iter()
+        .map(|r| r.as_str().expect("name").to_string())
+        .collect()
+}
+
+/// skopeo (single image and `copy --all` of a multi-arch index), the Docker CLI and podman
+/// pull through the cache and get the upstream's digests; the cache then serves what it
+/// holds, counted in the metrics.
+#[test]
+fn clients_pull_through_the_cache() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let hello = small_image(&layout, "amd64", "hello through the cache");
+    layout.tag(&hello, "v1");
+    let amd = small_image(&layout, "amd64", "multi amd64");
+    let arm = small_image(&layout, "arm64", "multi arm64");
+    let index = layout.put_index(&[(amd.clone(), "amd64"), (arm.clone(), "arm64")]);
+    layout.tag(&index, "multi");
+    push(&up, &layout.dir, "v1", "library/hello:v1");
+    push(&up, &layout.dir, "multi", "multi/arch:multi");
+
+    let debug_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let b = proxy_of(
+        &up,
+        &format!(
+            "  debug:\n    addr: 127.0.0.1:{debug_port}\n    prometheus:\n      enabled: true\n"
+        ),
+        &[],
+    );
+
+    // skopeo: same digest as upstream, by tag; the whole image copied.
+    let upstream_digest = raw_digest(&up.host, "library/hello:v1", true);
+    assert_eq!(upstream_digest, digest_of(&hello));
+    assert_eq!(
+        raw_digest(&b.host, "library/hello:v1", false),
+        upstream_digest
+    );
+    let out_dir = tmp.path().join("copied");
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        .arg(format!("docker://{}/library/hello:v1", b.host))
+        .arg(format!("oci:{}:v1", out_dir.display())));
+    let copied: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(copied["manifests"][0]["digest"], hello["digest"]);
+
+    // Multi-arch: skopeo copy --all brings the index and both images, digests intact.
+    let multi_dir = tmp.path().join("multi");
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+        ])
+        .arg(format!("docker://{}/multi/arch:multi", b.host))
+        .arg(format!("oci:{}:multi", multi_dir.display())));
+    let copied: Value =
+        serde_json::from_slice(&std::fs::read(multi_dir.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(copied["manifests"][0]["digest"], index["digest"]);
+    for image in [&amd, &arm] {
+        let d = digest_of(image);
+        assert!(
+            multi_dir.join("blobs/sha256").join(d.hex()).is_file(),
+            "child {d} copied"
+        );
+        let m = layout.json(image);
+        for l in m["layers"].as_array().expect("layers") {
+            let d = digest_of(l);
+            let bytes = std::fs::read(multi_dir.join("blobs/sha256").join(d.hex())).expect("layer");
+            assert_eq!(sha256(&bytes), d, "layer content");
+        }
+    }
+
+    // The Docker CLI (its own config dir, so no credentials of the user's are used).
+    require_tool("docker");
+    let docker_config = tempfile::tempdir().expect("tempdir");
+    let docker = |args: &[&str]| {
+        let mut c = Command::new("docker");
+        c.arg("--config").arg(docker_config.path()).args(args);
+        c
+    };
+    let reference = format!("{}/library/hello:v1", b.host);
+    let pulled = run(&mut docker(&["pull", &reference]));
+    let _ = exec(&mut docker(&["rmi", "-f", &reference]));
+    let digest = pulled
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("no digest in docker pull output:\n{pulled}"));
+    assert_eq!(
+        digest.trim(),
+        upstream_digest.as_str(),
+        "docker pull digest"
+    );
+
+    // podman, into an empty storage.
+    require_tool("podman");
+    let root = tmp.path().join("podman");
+    std::fs::create_dir_all(&root).expect("podman root");
+    let auth = root.join("auth.json");
+    std::fs::write(&auth, br#"{"auths":{}}"#).expect("auth.json");
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .arg("--tmpdir")
+            .arg(root.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--events-backend",
+                "file",
+                "--cgroup-manager",
+                "cgroupfs",
+            ])
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", &auth);
+        c
+    };
+    let multi_ref = format!("{}/multi/arch:multi", b.host);
+    run(&mut podman(&[
+        "pull",
+        "--tls-verify=false",
+        "--arch",
+        "arm64",
+        &multi_ref,
+    ]));
+    let inspect: Value =
+        serde_json::from_str(&run(&mut podman(&["image", "inspect", &multi_ref]))).expect("json");
+    assert_eq!(inspect[0]["Digest"], index["digest"], "podman digest");
+    assert_eq!(inspect[0]["Architecture"], "arm64");
+
+    // Everything pulled is now in the catalog; layers were fetched once each.
+    assert_eq!(catalog(&b), ["library/hello", "multi/arch"]);
+    let hello_manifest = layout.json(&hello);
+    for l in hello_manifest["layers"].as_array().expect("layers") {
+        let path = format!("/v2/library/hello/blobs/{}", digest_of(l));
+        assert_eq!(up.requests("GET", &path), 1, "{path} fetched once upstream");
+    }
+    let metrics = curl(&["-sSf", &format!("http://127.0.0.1:{debug_port}/metrics")]);
+    let value = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line} not in metrics:\n{metrics}"))
+    };
+    assert!(value("berth_proxy_requests_total{kind=\"blob\",result=\"hit\"}") >= 2);
+    assert!(value("berth_proxy_requests_total{kind=\"blob\",result=\"miss\"}") >= 4);
+    assert!(value("berth_proxy_requests_total{kind=\"manifest\",result=\"hit\"}") >= 1);
+    assert!(value("berth_proxy_requests_total{kind=\"manifest\",result=\"miss\"}") >= 3);
+    assert!(value("berth_proxy_upstream_bytes_total") > 600_000);
+    assert_eq!(value("berth_proxy_upstream_errors_total"), 0);
+}
+
+/// Push an image whose second layer holds `size` bytes of noise; returns that layer's
+/// digest and size.
+fn big_layer_image(up: &Upstream, dir: &Path, repo: &str, size: usize) -> (oci::Digest, u64) {
+    let mut layout = Layout::create(dir);
+    let image = layout.put_image(
+        "amd64",
+        &[
+            vec![("etc/hostname", b"big\n".to_vec())],
+            vec![("data/big.bin", noise(repo, size))],
+        ],
+    );
+    layout.tag(&image, "v1");
+    push(up, &layout.dir, "v1", &format!("{repo}:v1"));
+    let layer = &layout.json(&image)["layers"][1];
+    (digest_of(layer), layer["size"].as_u64().expect("size"))
+}
+
+/// 20 clients asking for the same uncached blob at once cause exactly one upstream GET
+/// and all get the right bytes; a client that hangs up half-way through another blob does
+/// not break its fill: the next pull is a hit with no new upstream GET.
+#[test]
+fn one_upstream_fetch_per_blob() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (shared, _) = big_layer_image(&up, &tmp.path().join("a"), "single/flight", 24 << 20);
+    let (large, large_size) = big_layer_image(&up, &tmp.path().join("b"), "hang/up", 32 << 20);
+    let b = proxy_of(&up, "", &[]);
+
+    require_tool("curl");
+    let path = format!("/v2/single/flight/blobs/{shared}");
+    let clients: Vec<(Child, PathBuf)> = (0..20)
+        .map(|i| {
+            let out = tmp.path().join(format!("client-{i}"));
+            let child = Command::new("curl")
+                .args(["-sSf", "--max-time", "120", "-o"])
+                .arg(&out)
+                .arg(format!("{}{path}", b.url))
+                .spawn()
+                .expect("curl");
+            (child, out)
+        })
+        .collect();
+    for (mut child, out) in clients {
+        let status = child.wait().expect("curl");
+        assert!(status.success(), "client {} failed", out.display());
+        let bytes = std::fs::read(&out).expect("downloaded");
+        assert_eq!(
+            sha256(&bytes),
+            shared,
+            "client {} got the blob",
+            out.display()
+        );
+    }
+    assert_eq!(up.requests("GET", &path), 1, "exactly one upstream GET");
+    let berth_gets = b
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("berth::access") && l.contains(&path) && l.contains("status=200"))
+        .count();
+    assert_eq!(berth_gets, 20, "all 20 were served by Berth");
+
+    // A client reads 1 MiB of a 32 MiB uncached blob and hangs up.
+    let big_path = format!("/v2/hang/up/blobs/{large}");
+    {
+        let mut s = std::net::TcpStream::connect(&b.host).expect("connect");
+        write!(s, "GET {big_path} HTTP/1.1\r\nHost: {}\r\n\r\n", b.host).expect("request");
+        let mut buf = vec![0u8; 1 << 20];
+        s.read_exact(&mut buf).expect("first MiB");
+    }
+    let blob_file = b
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&large.hex()[..2])
+        .join(large.hex());
+    wait_until(
+        "the fill completes without its client",
+        Duration::from_secs(60),
+        || blob_file.is_file(),
+    );
+    assert!(b.upload_file_sizes().is_empty(), "no upload left behind");
+    let fetched = curl(&[
+        "-sSf",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("{}{big_path}", b.url),
+    ]);
+    assert_eq!(fetched.trim(), large_size.to_string());
+    let bytes = std::fs::read(&blob_file).expect("blob");
+    assert_eq!(sha256(&bytes), large);
+    assert_eq!(
+        up.requests("GET", &big_path),
+        1,
+        "the later pull was a cache hit"
+    );
+}
+
+/// A tag moved upstream is seen on the next pull; writes are refused with 405 UNSUPPORTED
+/// and change nothing; with the upstream stopped, cached images (by tag too) still pull
+/// and an uncached one gets an error naming the upstream.
+#[test]
+fn tags_follow_upstream_and_cache_survives_it() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let first = small_image(&layout, "amd64", "first");
+    layout.tag(&first, "v1");
+    let second = small_image(&layout, "amd64", "second");
+    layout.tag(&second, "v2");
+    let other = small_image(&layout, "amd64", "never pulled");
+    layout.tag(&other, "other");
+    push(&up, &layout.dir, "v1", "app/moving:latest");
+    push(&up, &layout.dir, "other", "app/uncached:latest");
+    let b = proxy_of(&up, "", &[]);
+
+    assert_eq!(
+        raw_digest(&b.host, "app/moving:latest", false),
+        digest_of(&first)
+    );
+    push(&up, &layout.dir, "v2", "app/moving:latest");
+    assert_eq!(
+        raw_digest(&b.host, "app/moving:latest", false),
+        digest_of(&second),
+        "the moved tag is seen"
+    );
+    let copy = |reference: &str, to: &str| {
+        exec(
+            skopeo()
+                .args(["copy", "--src-tls-verify=false"])
+                .arg(format!("docker://{}/{reference}", b.host))
+                .arg(format!("oci:{}:x", tmp.path().join(to).display())),
+        )
+    };
+    let out = copy("app/moving:latest", "pulled");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, tags) = http("GET", &format!("{}/v2/app/moving/tags/list", b.url), &[]);
+    assert_eq!(code, 200);
+    assert!(tags.contains("latest"), "{tags}");
+
+    // Pushes and deletes: 405 UNSUPPORTED, nothing changes.
+    let before = catalog(&b);
+    let writes = [
+        ("POST", "/v2/app/new/blobs/uploads/".to_string()),
+        ("PUT", "/v2/app/moving/manifests/latest".to_string()),
+        (
+            "DELETE",
+            format!("/v2/app/moving/manifests/{}", digest_of(&second)),
+        ),
+        (
+            "DELETE",
+            format!("/v2/app/moving/blobs/{}", digest_of(&second)),
+        ),
+    ];
+    for (method, path) in &writes {
+        let (code, body) = http(
+            method,
+            &format!("{}{path}", b.url),
+            &[
+                "-H",
+                "content-type: application/vnd.oci.image.manifest.v1+json",
+                "--data-binary",
+                "{}",
+            ],
+        );
+        assert_eq!(code, 405, "{method} {path}: {body}");
+        assert!(
+            body.contains("UNSUPPORTED") && body.contains("pull-through cache"),
+            "{body}"
+        );
+    }
+    assert_eq!(catalog(&b), before);
+    assert_eq!(
+        raw_digest(&b.host, "app/moving:latest", false),
+        digest_of(&second)
+    );
+
+    // Upstream gone: the cached tag still pulls (stale), a whole image too.
+    let mut up = up;
+    up.stop();
+    assert_eq!(
+        raw_digest(&b.host, "app/moving:latest", false),
+        digest_of(&second),
+        "stale-if-error by tag"
+    );
+    let out = copy("app/moving:latest", "offline");
+    assert!(
+        out.status.success(),
+        "offline pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(b
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("serving the cached tag")));
+    // Not cached: a clear error naming the upstream.
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/app/uncached/manifests/latest", b.url),
+        &[],
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains(&up.url()) && body.contains("unreachable") && body.contains("not cached"),
+        "{body}"
+    );
+    let out = copy("app/uncached:latest", "never");
+    assert!(
+        !out.status.success(),
+        "an uncached image cannot be pulled offline"
+    );
+}
+
+/// `proxy.ttl`: content unused for the ttl leaves the metadata and the catalog.
+#[test]
+fn unused_content_expires() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let image = small_image(&layout, "amd64", "short lived");
+    layout.tag(&image, "v1");
+    push(&up, &layout.dir, "v1", "brief/stay:v1");
+    let b = proxy_of(
+        &up,
+        "",
+        &[
+            ("REGISTRY_PROXY_TTL", "2s"),
+            ("REGISTRY_PROXY_EXPIRYINTERVAL", "500ms"),
+        ],
+    );
+    let out = exec(
+        skopeo()
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/brief/stay:v1", b.host))
+            .arg(format!("oci:{}:x", tmp.path().join("pulled").display())),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(catalog(&b), ["brief/stay"]);
+    wait_until(
+        "the cached repository expires",
+        Duration::from_secs(15),
+        || catalog(&b).is_empty(),
+    );
+    let expired = b
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("expired from the pull-through cache"))
+        .count();
+    assert_eq!(expired, 4, "manifest, config and two layers");
+    // Gone from metadata: with the upstream stopped, the manifest is no longer served.
+    let mut up = up;
+    up.stop();
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/brief/stay/manifests/{}", b.url, digest_of(&image)),
+        &[],
+    );
+    assert_eq!(code, 502, "{body}");
+}
+
+/// Wrong upstream credentials give the client a clear error, quickly; a bad remote URL
+/// stops start-up naming the key.
+#[test]
+fn upstream_credentials_and_url_errors() {
+    let up = Upstream::start();
+    let b = proxy_of(&up, "", &[("REGISTRY_PROXY_PASSWORD", "wrong")]);
+    let start = Instant::now();
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/library/any/manifests/latest", b.url),
+        &[],
+    );
+    assert!(start.elapsed() < Duration::from_secs(10), "no hang");
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("proxy.username and proxy.password"), "{body}");
+
+    let err = Berth::fails_to_start(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: ftp://example.com\n",
+    );
+    assert!(err.contains("proxy.remoteurl"), "{err}");
+}
