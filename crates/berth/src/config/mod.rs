@@ -37,6 +37,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `log.accesslog.disabled`: no per-request log lines.
     pub access_log: bool,
+    /// `log.fields`: added to every log line, in configuration order.
+    pub log_fields: Vec<(String, serde_json::Value)>,
     /// `storage.filesystem.rootdirectory`: where blobs and the metadata database live.
     pub root: PathBuf,
     /// `storage.filesystem.maxthreads`: most threads doing filesystem work at once
@@ -81,6 +83,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             access_log: true,
+            log_fields: Vec::new(),
             root: PathBuf::from(DEFAULT_ROOT),
             delete_enabled: s.delete_enabled,
             max_threads: None,
@@ -155,6 +158,7 @@ const IMPLEMENTED: &[&str] = &[
     "log.level",
     "log.formatter",
     "log.accesslog.disabled",
+    "log.fields",
     "storage.filesystem.rootdirectory",
     "storage.filesystem.maxthreads",
     "storage.delete.enabled",
@@ -564,6 +568,34 @@ fn get_size(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
     }
 }
 
+/// `log.fields`: a map of names to scalar values (strings, numbers, booleans).
+fn log_fields(tree: &Value) -> Result<Vec<(String, serde_json::Value)>, ConfigError> {
+    let Some(v) = get(tree, "log.fields") else {
+        return Ok(Vec::new());
+    };
+    let map = v
+        .as_mapping()
+        .ok_or_else(|| bad("log.fields", "expected a map of field names to values"))?;
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = scalar(k).ok_or_else(|| bad("log.fields", "field names must be strings"))?;
+        let value = match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Number(n) => serde_json::to_value(n).unwrap_or(serde_json::Value::Null),
+            Value::String(s) => serde_json::Value::String(s.clone()),
+            _ => {
+                return Err(bad(
+                    &format!("log.fields.{key}"),
+                    "expected a string, number or boolean (nested values are not supported)",
+                ))
+            }
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     let mut c = Config::default();
     if let Some(v) = get_str(tree, "version")? {
@@ -607,6 +639,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(disabled) = get_bool(tree, "log.accesslog.disabled")? {
         c.access_log = !disabled;
     }
+    c.log_fields = log_fields(tree)?;
     if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
         let drivers: Vec<&str> = storage
             .keys()
@@ -756,7 +789,11 @@ mod tests {
             "{:?}",
             l.notes
         );
-        assert!(w.contains("key log.fields"), "{w}");
+        assert!(!w.contains("key log.fields"), "{w}");
+        assert_eq!(
+            l.config.log_fields,
+            vec![("service".to_string(), serde_json::json!("registry"))]
+        );
         // health.storagedriver, http.headers and auth.htpasswd are honoured: no warnings.
         assert!(!w.contains("key health"), "{w}");
         assert!(

@@ -293,7 +293,11 @@ pub fn spawn_berth_with(
             let Ok(line) = line else { break };
             if let Some(pos) = line.find(&marker) {
                 let rest = &line[pos + marker.len()..];
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                // Text lines end the address at a space, JSON lines at the closing quote.
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(addr);
                 }
