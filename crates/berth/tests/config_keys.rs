@@ -4,9 +4,12 @@
 
 mod common;
 
-use common::Berth;
+use common::{require_tool, run, spawn_berth_until, Berth, Pki};
 use serde_json::Value;
-use std::time::Duration;
+use sha2::Digest as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn base(extra: &str) -> String {
     format!(
@@ -65,4 +68,207 @@ async fn log_fields_end_text_lines() {
     );
     let startup = b.wait_for_log("listening on", 0, Duration::from_secs(1));
     assert!(startup[0].ends_with(" service=registry note=\"two words\""));
+}
+
+// ---------------------------------------------------------------------------------------
+// http.net: unix
+// ---------------------------------------------------------------------------------------
+
+fn unix_config(socket: &Path, extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  net: unix\n  addr: {}\n{extra}",
+        socket.display()
+    )
+}
+
+/// `curl --unix-socket SOCKET ARGS...`: the status code (the body goes where ARGS say).
+fn curl_unix(socket: &Path, args: &[&str]) -> String {
+    require_tool("curl");
+    run(Command::new("curl")
+        .args(["-sS", "-w", "%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .args(args))
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Push a blob through the socket (POST, then PUT with the digest) and read it back.
+fn push_and_pull_blob(socket: &Path, scheme_args: &[&str], base: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blob = b"a blob through a unix socket".repeat(100);
+    let file = dir.path().join("blob");
+    std::fs::write(&file, &blob).expect("write");
+    let headers = dir.path().join("headers");
+    let mut args: Vec<String> = scheme_args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "-o".into(),
+        "/dev/null".into(),
+        "-D".into(),
+        headers.display().to_string(),
+        "-X".into(),
+        "POST".into(),
+        format!("{base}/v2/sock/blobs/uploads/"),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl_unix(socket, &refs), "202");
+    let text = std::fs::read_to_string(&headers).expect("headers");
+    let location = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("Location header");
+    assert!(
+        location.starts_with("/v2/sock/blobs/uploads/"),
+        "{location}"
+    );
+    let digest = sha256(&blob);
+    let mut args: Vec<String> = scheme_args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "-o".into(),
+        "/dev/null".into(),
+        "-X".into(),
+        "PUT".into(),
+        "-H".into(),
+        "Content-Type: application/octet-stream".into(),
+        "--data-binary".into(),
+        format!("@{}", file.display()),
+        format!("{base}{location}?digest={digest}"),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl_unix(socket, &refs), "201");
+    let pulled = dir.path().join("pulled");
+    let mut args: Vec<String> = scheme_args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "-o".into(),
+        pulled.display().to_string(),
+        format!("{base}/v2/sock/blobs/{digest}"),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl_unix(socket, &refs), "200");
+    assert_eq!(std::fs::read(&pulled).expect("pulled"), blob);
+}
+
+/// Wait until process `pid` has exited (a zombie until reaped, or gone).
+fn wait_exit(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
+    let started = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "berth still running 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn unix_socket_serves_the_api() {
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("berth.sock");
+    // A socket file left by a process that is gone: replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("config.yml");
+    std::fs::write(
+        &config,
+        unix_config(&socket, "  debug:\n    addr: 127.0.0.1:0\n")
+            .replace("DATA", &data.path().join("data").display().to_string()),
+    )
+    .expect("config");
+    let (mut child, found) = spawn_berth_until(
+        &["serve".as_ref(), config.as_os_str()],
+        &["listening on http+unix://", "debug server listening "],
+    );
+    assert_eq!(found[0], socket.display().to_string());
+    assert_eq!(
+        curl_unix(&socket, &["-o", "/dev/null", "http://localhost/v2/"]),
+        "200"
+    );
+    push_and_pull_blob(&socket, &[], "http://localhost");
+    // The debug server still listens on TCP.
+    let health = run(Command::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/debug/health", found[1]),
+    ]));
+    assert_eq!(health, "200");
+
+    // While it serves, a second server on the same socket refuses to start.
+    let err = Berth::fails_to_start(&unix_config(&socket, ""));
+    assert!(
+        err.contains("another server is accepting connections"),
+        "{err}"
+    );
+
+    // SIGTERM: graceful stop, the socket file is removed.
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    wait_exit(child.id());
+    let _ = child.wait();
+    assert!(!socket.exists(), "socket file left behind after shutdown");
+
+    // A regular file at the path is never deleted.
+    std::fs::write(&socket, "not a socket").expect("file");
+    let err = Berth::fails_to_start(&unix_config(&socket, ""));
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&socket).expect("kept"),
+        "not a socket"
+    );
+}
+
+#[test]
+fn unix_socket_with_tls() {
+    let pki = Pki::new();
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("tls.sock");
+    let b = Berth::start_with_config_env(
+        &unix_config(
+            &socket,
+            &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                pki.path("server.crt").display(),
+                pki.path("server.key").display()
+            ),
+        ),
+        &[],
+        "https+unix",
+    );
+    assert_eq!(b.host, socket.display().to_string());
+    let ca = pki.path("ca.crt").display().to_string();
+    assert_eq!(
+        curl_unix(
+            &socket,
+            &["--cacert", &ca, "-o", "/dev/null", "https://127.0.0.1/v2/"]
+        ),
+        "200"
+    );
+    push_and_pull_blob(&socket, &["--cacert", &ca], "https://127.0.0.1");
+    // Plain HTTP on the TLS socket is refused.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&socket)
+        .arg("http://127.0.0.1/v2/")
+        .output()
+        .expect("curl");
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }

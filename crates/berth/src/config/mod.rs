@@ -22,6 +22,15 @@ pub const DEFAULT_ROOT: &str = "./berth-data";
 /// driver without a root directory.
 pub const DISTRIBUTION_DEFAULT_ROOT: &str = "/var/lib/registry";
 
+/// What `http.addr` names (`http.net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// `host:port`.
+    Tcp,
+    /// A Unix domain socket path.
+    Unix,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -46,8 +55,11 @@ pub struct Config {
     pub max_threads: Option<usize>,
     /// `storage.delete.enabled`: allow deleting manifests, tags and blobs.
     pub delete_enabled: bool,
-    /// `http.addr`: `host:port`, or `:port` for every interface.
+    /// `http.addr`: `host:port`, or `:port` for every interface; with `http.net: unix`,
+    /// the path of a Unix domain socket.
     pub addr: String,
+    /// `http.net`: `tcp` (default) or `unix`.
+    pub net: Net,
     /// `http.prefix`: the API is served under this path (normalized: `/path`, or empty).
     pub http_prefix: String,
     /// `http.host`: absolute base URL (scheme and host) for the URLs the registry hands out.
@@ -88,6 +100,7 @@ impl Default for Config {
             delete_enabled: s.delete_enabled,
             max_threads: None,
             addr: ":5000".into(),
+            net: Net::Tcp,
             layer_urls: crate::registry::UrlPolicy::default(),
             http_prefix: String::new(),
             http_host: None,
@@ -163,6 +176,7 @@ const IMPLEMENTED: &[&str] = &[
     "storage.filesystem.maxthreads",
     "storage.delete.enabled",
     "http.addr",
+    "http.net",
     "http.prefix",
     "http.host",
     "http.relativeurls",
@@ -682,7 +696,27 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(d) = get_bool(tree, "storage.delete.enabled")? {
         c.delete_enabled = d;
     }
-    if let Some(addr) = get_str(tree, "http.addr")? {
+    c.net = match get_str(tree, "http.net")?.as_deref() {
+        None | Some("") | Some("tcp") => Net::Tcp,
+        Some("unix") => Net::Unix,
+        Some(other) => {
+            return Err(bad(
+                "http.net",
+                format!("unknown network {other:?}: use tcp or unix"),
+            ))
+        }
+    };
+    if c.net == Net::Unix {
+        let path = get_str(tree, "http.addr")?
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "http.addr",
+                    "must be the path of the socket file when http.net is unix",
+                )
+            })?;
+        c.addr = path;
+    } else if let Some(addr) = get_str(tree, "http.addr")? {
         if !addr.contains(':') {
             return Err(bad(
                 "http.addr",
@@ -926,6 +960,19 @@ mod tests {
         assert!(get(&t, "http.headers.x-frame-options")
             .and_then(Value::as_sequence)
             .is_some());
+    }
+
+    #[test]
+    fn http_net_unix() {
+        let l = load("http:\n  net: unix\n  addr: /run/berth.sock\n", &[]).expect("load");
+        assert_eq!(l.config.net, Net::Unix);
+        assert_eq!(l.config.addr, "/run/berth.sock");
+        let e = load("http:\n  net: unix\n", &[]).expect_err("no path");
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = load("http:\n  net: udp\n  addr: :5000\n", &[]).expect_err("udp");
+        assert!(e.to_string().contains("http.net"), "{e}");
+        let l = load("http:\n  net: tcp\n  addr: :5000\n", &[]).expect("tcp");
+        assert_eq!(l.config.net, Net::Tcp);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The listener: accepts TCP connections, optionally terminates TLS (rustls with the
+//! The listener: accepts TCP or Unix-socket connections, optionally terminates TLS (rustls with the
 //! ring provider; client certificates required when `http.tls.clientcas` is set),
 //! serves HTTP/1.1 and HTTP/2 on each connection with hyper, and on shutdown stops
 //! accepting and drains in-flight requests, bounded by `http.draintimeout`. Each request
@@ -15,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,13 +128,27 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the server accepts connections.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    /// A Unix domain socket (`http.net: unix`): requests carry no peer address.
+    Unix(tokio::net::UnixListener),
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(l: tokio::net::TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` completes, then stop accepting and drain.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client must send its request headers within this time (no slowloris holding
     // connections open for ever); bodies have their own idle timeout (limits.bodyidletimeout).
@@ -144,47 +159,89 @@ pub async fn serve(
     if options.http1_only {
         builder = builder.http1_only();
     }
-    let builder = Arc::new(builder);
-    let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let conns = Connections {
+        builder: Arc::new(builder),
+        acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        graceful: GracefulShutdown::new(),
+        app,
+    };
     tokio::pin!(shutdown);
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if !is_connection_error(&e) {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let is_tls = acceptor.is_some();
-        let service = app
+        match accepted {
+            Ok(Accepted::Tcp(stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                conns.spawn(stream, Some(remote));
+            }
+            Ok(Accepted::Unix(stream)) => conns.spawn(stream, None),
+            Err(e) => {
+                if !is_connection_error(&e) {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drain(conns.graceful, options.drain_timeout).await;
+    Ok(())
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// What every connection is served with.
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    graceful: GracefulShutdown,
+    app: Router,
+}
+
+impl Connections {
+    /// Serve one accepted connection on its own task (TLS handshake first, if any).
+    fn spawn<S>(&self, stream: S, remote: Option<SocketAddr>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let is_tls = self.acceptor.is_some();
+        let service = self
+            .app
             .clone()
             .map_request(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(remote) = remote {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                }
                 if is_tls {
                     req.extensions_mut().insert(TlsConnection);
                 }
                 req
             });
         let service = TowerToHyperService::new(service);
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let acceptor = self.acceptor.clone();
+        let peer = remote.map_or_else(|| "unix socket".to_string(), |r| r.to_string());
         tokio::spawn(async move {
             match acceptor {
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
                     }
                 }
                 Some(acceptor) => {
@@ -193,25 +250,22 @@ pub async fn serve(
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "TLS handshake failed");
+                            tracing::info!(remote = %peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::info!(%remote, "TLS handshake timed out");
+                            tracing::info!(remote = %peer, "TLS handshake timed out");
                             return;
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
                     }
                 }
             }
         });
     }
-    drop(listener);
-    drain(graceful, options.drain_timeout).await;
-    Ok(())
 }
 
 async fn drain(graceful: GracefulShutdown, timeout: Option<Duration>) {
