@@ -118,6 +118,9 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // One crypto provider for every rustls user in the process: the server's TLS (which
+    // also names ring explicitly) and reqwest's client for https webhooks.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {

@@ -98,12 +98,14 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
     let registry = Arc::new(registry.with_events(sink));
     let mut jobs = Jobs::new();
     for (endpoint, sub) in events.endpoints.iter().zip(&subscribers) {
+        // Header names only: values are often credentials (Authorization: Bearer ...).
+        let header_names: Vec<&str> = endpoint.headers.iter().map(|(k, _)| k.as_str()).collect();
         tracing::info!(
             "configuring endpoint {} ({}), timeout={:?}, headers={:?}",
             endpoint.name,
             endpoint.url,
             endpoint.timeout,
-            endpoint.headers
+            header_names
         );
         match NotifyWorker::new(
             registry.clone(),

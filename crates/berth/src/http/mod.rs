@@ -226,9 +226,10 @@ fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: 
     format!("{scheme}://{host}{}", options.prefix)
 }
 
-/// Who made the request, for notifications. The single place the actor comes from: the
-/// Basic-auth user name, which for htpasswd is the authenticated principal (events are
-/// only emitted for requests that passed authentication). Token auth will need the
+/// Who made the request, for notifications, when authentication is configured. The
+/// single place the actor comes from: the Basic-auth user name, which for htpasswd is the
+/// authenticated principal (events are only emitted for requests that passed
+/// authentication). Token auth will need the
 /// principal from the request extensions here instead.
 fn actor(parts: &axum::http::request::Parts) -> Option<String> {
     use base64::Engine as _;
@@ -274,7 +275,9 @@ fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> Re
         host: header("host").to_string(),
         method: parts.method.to_string(),
         user_agent: header("user-agent").to_string(),
-        actor: actor(parts),
+        // Without authentication nobody is known, whatever Basic header a client sends
+        // (Distribution 2.8 leaves the actor empty too).
+        actor: options.authenticator.as_ref().and_then(|_| actor(parts)),
         url_base: base_of(options, parts, true),
     }
 }
