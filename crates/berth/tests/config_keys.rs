@@ -272,3 +272,84 @@ fn unix_socket_with_tls() {
         .expect("curl");
     assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }
+
+// ---------------------------------------------------------------------------------------
+// http.tls.ciphersuites and http.tls.letsencrypt
+// ---------------------------------------------------------------------------------------
+
+fn tls_config(pki: &Pki, extra_tls: &str) -> String {
+    format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n{extra_tls}",
+        pki.path("server.crt").display(),
+        pki.path("server.key").display()
+    )
+}
+
+/// `openssl s_client` to `host` with `args`: whether the handshake succeeded, and the
+/// output.
+fn s_client(host: &str, args: &[&str]) -> (bool, String) {
+    require_tool("openssl");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", host])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn cipher_suites_limit_tls12() {
+    let pki = Pki::new();
+    // The test certificate is ECDSA: the ECDSA suites are the ones a client can use.
+    let b = Berth::start_with_config_env(
+        &tls_config(
+            &pki,
+            "    ciphersuites:\n      - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n      - TLS_AES_128_GCM_SHA256\n",
+        ),
+        &[],
+        "https",
+    );
+    let listed = s_client(
+        &b.host,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    );
+    assert!(listed.0, "a listed suite is refused: {}", listed.1);
+    assert!(
+        listed.1.contains("ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{}",
+        listed.1
+    );
+    for unlisted in [
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ] {
+        let (ok, text) = s_client(&b.host, &["-tls1_2", "-cipher", unlisted]);
+        assert!(!ok, "{unlisted} accepted though not listed: {text}");
+    }
+    // TLS 1.3 suites stay on, listed or not (as in Go).
+    for suite in ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"] {
+        let (ok, text) = s_client(&b.host, &["-tls1_3", "-ciphersuites", suite]);
+        assert!(ok, "TLS 1.3 {suite} refused: {text}");
+    }
+
+    let err = Berth::fails_to_start(&tls_config(
+        &pki,
+        "    ciphersuites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n",
+    ));
+    assert!(
+        err.contains("TLS_RSA_WITH_AES_128_CBC_SHA is not supported")
+            && err.contains("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+        "{err}"
+    );
+    let err = Berth::fails_to_start(&tls_config(&pki, "    ciphersuites: [TLS_NO_SUCH_SUITE]\n"));
+    assert!(
+        err.contains("http.tls.ciphersuites") && err.contains("TLS_NO_SUCH_SUITE"),
+        "{err}"
+    );
+}

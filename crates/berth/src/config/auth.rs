@@ -36,7 +36,39 @@ pub struct TlsConfig {
     pub client_cas: Vec<PathBuf>,
     /// `minimumtls` (default tls1.2).
     pub minimum: TlsVersion,
+    /// `ciphersuites`: Go/IANA names of the TLS 1.2 suites to offer (empty: the
+    /// defaults). TLS 1.3 suites are always on, as in Go; naming them changes nothing.
+    pub cipher_suites: Vec<String>,
 }
+
+/// Every name Distribution 2.8 accepts in `http.tls.ciphersuites` (Go's names).
+pub const GO_CIPHER_SUITES: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
 
 /// The access and transport section of [`super::Config`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -107,15 +139,45 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
                 ))
             }
         };
+        let cipher_suites = match get(tree, "http.tls.ciphersuites") {
+            None => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .map(|v| {
+                    let name = v.as_str().ok_or_else(|| {
+                        bad("http.tls.ciphersuites", "expected a list of cipher suite names")
+                    })?;
+                    if !GO_CIPHER_SUITES.contains(&name) {
+                        return Err(bad(
+                            "http.tls.ciphersuites",
+                            format!("unknown TLS cipher suite {name:?} (names as in Go and IANA, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"),
+                        ));
+                    }
+                    Ok(name.to_string())
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(bad(
+                    "http.tls.ciphersuites",
+                    "expected a list of cipher suite names",
+                ))
+            }
+        };
         c.tls = Some(TlsConfig {
             certificate: PathBuf::from(cert),
             key: PathBuf::from(key),
             client_cas,
             minimum,
+            cipher_suites,
         });
     }
     if c.tls.is_none() {
-        for key in ["http.tls.key", "http.tls.clientcas", "http.tls.minimumtls"] {
+        for key in [
+            "http.tls.key",
+            "http.tls.clientcas",
+            "http.tls.minimumtls",
+            "http.tls.ciphersuites",
+        ] {
             if get(tree, key).is_some() {
                 return Err(bad(
                     key,
@@ -223,6 +285,17 @@ mod tests {
         assert!(e.to_string().contains("http.tls.key"), "{e}");
         let e = read_yaml("http:\n  tls:\n    clientcas: [a]\n").expect_err("no certificate");
         assert!(e.to_string().contains("http.tls.certificate"), "{e}");
+    }
+
+    #[test]
+    fn cipher_suite_names() {
+        let c = read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]\n").expect("ok");
+        assert_eq!(c.tls.expect("tls").cipher_suites.len(), 2);
+        let e = read_yaml(
+            "http:\n  tls:\n    certificate: c\n    key: k\n    ciphersuites: [TLS_MADE_UP]\n",
+        )
+        .expect_err("unknown");
+        assert!(e.to_string().contains("TLS_MADE_UP"), "{e}");
     }
 
     #[test]

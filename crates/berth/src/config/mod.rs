@@ -11,7 +11,7 @@ pub mod ops;
 
 mod auth;
 
-pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion};
+pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion, GO_CIPHER_SUITES};
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -207,6 +207,7 @@ const IMPLEMENTED: &[&str] = &[
     "http.tls.key",
     "http.tls.clientcas",
     "http.tls.minimumtls",
+    "http.tls.ciphersuites",
     "http.http2.disabled",
     "http.headers",
     "http.draintimeout",

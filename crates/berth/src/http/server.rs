@@ -37,6 +37,8 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf },
     #[error("cannot add the client CA {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error("http.tls.ciphersuites: {name} is not supported (Berth's TLS library offers only AEAD suites with forward secrecy): use {supported}")]
+    CipherSuite { name: String, supported: String },
     #[error("invalid TLS setup (certificate {certificate}, key {key}): {reason}")]
     Setup {
         certificate: PathBuf,
@@ -58,7 +60,7 @@ pub struct ServeOptions {
 
 /// Build the rustls server configuration for `tls`.
 pub fn tls_config(tls: &TlsConfig, http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider_with_suites(&tls.cipher_suites)?);
     let setup = |reason: String| TlsError::Setup {
         certificate: tls.certificate.clone(),
         key: tls.key.clone(),
@@ -104,6 +106,42 @@ pub fn tls_config(tls: &TlsConfig, http2: bool) -> Result<Arc<rustls::ServerConf
         vec![b"http/1.1".to_vec()]
     };
     Ok(Arc::new(config))
+}
+
+/// The ring provider offering, for TLS 1.2, only the suites `names` lists (all of them
+/// when empty); TLS 1.3 suites always stay on, as in Go, whose configuration cannot
+/// change them either.
+fn provider_with_suites(names: &[String]) -> Result<rustls::crypto::CryptoProvider, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if names.is_empty() {
+        return Ok(provider);
+    }
+    let all = provider.cipher_suites.clone();
+    let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+    let is13 = |s: &rustls::SupportedCipherSuite| s.version() == &rustls::version::TLS13;
+    let mut chosen: Vec<rustls::SupportedCipherSuite> = all.iter().copied().filter(is13).collect();
+    for name in names {
+        // rustls spells TLS 1.3 suites TLS13_...; Go and IANA spell them TLS_...
+        if all
+            .iter()
+            .any(|s| is13(s) && name_of(s).replacen("TLS13_", "TLS_", 1) == *name)
+        {
+            continue;
+        }
+        match all.iter().find(|s| !is13(s) && name_of(s) == *name) {
+            Some(s) if !chosen.iter().any(|c| c.suite() == s.suite()) => chosen.push(*s),
+            Some(_) => {}
+            None => {
+                let supported: Vec<String> = all.iter().filter(|s| !is13(s)).map(name_of).collect();
+                return Err(TlsError::CipherSuite {
+                    name: name.clone(),
+                    supported: supported.join(", "),
+                });
+            }
+        }
+    }
+    provider.cipher_suites = chosen;
+    Ok(provider)
 }
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
