@@ -353,3 +353,37 @@ fn cipher_suites_limit_tls12() {
         "{err}"
     );
 }
+
+#[test]
+fn letsencrypt_is_refused_without_a_certificate() {
+    let err = Berth::fails_to_start(&base(
+        "  tls:\n    letsencrypt:\n      cachefile: /tmp/le.cache\n      email: ops@example.com\n",
+    ));
+    assert!(
+        err.contains("http.tls.letsencrypt")
+            && err.contains("certbot")
+            && err.contains("http.tls.certificate"),
+        "{err}"
+    );
+    // With a certificate too: served over HTTPS with that certificate, and a warning.
+    let pki = Pki::new();
+    let b = Berth::start_with_config_env(
+        &tls_config(&pki, "    letsencrypt:\n      cachefile: /tmp/le.cache\n"),
+        &[],
+        "https",
+    );
+    let warned = b.wait_for_log("http.tls.letsencrypt is ignored", 0, Duration::from_secs(5));
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    let ca = pki.path("ca.crt").display().to_string();
+    let code = run(Command::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        &ca,
+        &format!("{}/v2/", b.url),
+    ]));
+    assert_eq!(code, "200");
+}

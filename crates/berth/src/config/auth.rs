@@ -86,6 +86,9 @@ pub struct AuthConfig {
     pub drain_timeout: Option<Duration>,
     /// `storage.maintenance.readonly.enabled`: refuse every write with 405.
     pub read_only: bool,
+    /// Accepted settings that do nothing, to log at start-up (`http.tls.letsencrypt`
+    /// beside a certificate).
+    pub warnings: Vec<String>,
 }
 
 pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
@@ -171,6 +174,7 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
             cipher_suites,
         });
     }
+    letsencrypt(tree, &mut c)?;
     if c.tls.is_none() {
         for key in [
             "http.tls.key",
@@ -239,6 +243,33 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     Ok(c)
 }
 
+/// `http.tls.letsencrypt`: Berth obtains no certificates itself (its users are often
+/// air-gapped, and ACME needs the registry reachable from the internet). Active in 2.8
+/// when `cachefile` is set: then Berth refuses to start unless a certificate is
+/// configured too, in which case the section is ignored with a warning (2.8 refuses
+/// that combination outright).
+fn letsencrypt(tree: &Value, c: &mut AuthConfig) -> Result<(), ConfigError> {
+    if get(tree, "http.tls.letsencrypt").is_none() {
+        return Ok(());
+    }
+    let active = get_str(tree, "http.tls.letsencrypt.cachefile")?.is_some_and(|f| !f.is_empty());
+    if !active {
+        c.warnings.push(
+            "configuration key http.tls.letsencrypt has no cachefile, so it does nothing (as in Distribution): remove it".into(),
+        );
+    } else if c.tls.is_some() {
+        c.warnings.push(
+            "configuration key http.tls.letsencrypt is ignored: Berth does not fetch certificates from Let's Encrypt and serves the configured http.tls.certificate".into(),
+        );
+    } else {
+        return Err(bad(
+            "http.tls.letsencrypt",
+            "Berth does not obtain certificates from Let's Encrypt (it runs where the ACME servers may be unreachable): get a certificate and key (e.g. `certbot certonly --standalone -d registry.example.com`, or from your own CA) and set http.tls.certificate and http.tls.key to their files, then remove http.tls.letsencrypt",
+        ));
+    }
+    Ok(())
+}
+
 /// `auth: {htpasswd: }` (null value) still names the htpasswd controller.
 fn has_key(tree: &Value, section: &str, key: &str) -> bool {
     get(tree, section)
@@ -285,6 +316,19 @@ mod tests {
         assert!(e.to_string().contains("http.tls.key"), "{e}");
         let e = read_yaml("http:\n  tls:\n    clientcas: [a]\n").expect_err("no certificate");
         assert!(e.to_string().contains("http.tls.certificate"), "{e}");
+    }
+
+    #[test]
+    fn letsencrypt_needs_a_certificate() {
+        let e =
+            read_yaml("http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n      email: a@b\n")
+                .expect_err("refused");
+        assert!(e.to_string().contains("certbot"), "{e}");
+        let c = read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    letsencrypt:\n      cachefile: /c\n").expect("ok");
+        assert!(c.tls.is_some());
+        assert!(c.warnings[0].contains("is ignored"), "{:?}", c.warnings);
+        let c = read_yaml("http:\n  tls:\n    letsencrypt:\n      email: a@b\n").expect("inactive");
+        assert!(c.tls.is_none() && c.warnings[0].contains("no cachefile"));
     }
 
     #[test]

@@ -208,6 +208,7 @@ const IMPLEMENTED: &[&str] = &[
     "http.tls.clientcas",
     "http.tls.minimumtls",
     "http.tls.ciphersuites",
+    "http.tls.letsencrypt",
     "http.http2.disabled",
     "http.headers",
     "http.draintimeout",
@@ -252,10 +253,6 @@ const SECURITY_SENSITIVE: &[(&str, &str)] = &[
     (
         "auth.silly",
         "silly authentication is not implemented yet: this registry accepts unauthenticated requests",
-    ),
-    (
-        "http.tls.letsencrypt",
-        "Let's Encrypt is not implemented yet: without http.tls.certificate this registry serves plain HTTP",
     ),
 ];
 
@@ -304,6 +301,7 @@ impl Loaded {
             .map(|(key, why)| format!("configuration key {key}: {why}"))
             .collect();
         let config = read_config(&tree, path.is_some())?;
+        warnings.extend(config.auth.warnings.iter().cloned());
         Ok(Loaded {
             config,
             warnings,
