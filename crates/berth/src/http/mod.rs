@@ -367,6 +367,17 @@ async fn route(
     let result = match (&req.method, endpoint) {
         // Clients probe /v2/ with GET or HEAD; Distribution answers any method.
         (_, Endpoint::Base) => Ok(base()),
+        // 2.8 answers OPTIONS with 200, no body, and the route's methods in Allow (an
+        // upload's only once the upload is known).
+        (&Method::OPTIONS, Endpoint::Upload { repo, id }) => uploads::status(r, &req, &repo, &id)
+            .await
+            .map(|_| allow("DELETE, GET, PATCH, PUT")),
+        (&Method::OPTIONS, e) => Ok(allow(match e {
+            Endpoint::Manifest { .. } => "DELETE, GET, HEAD, PUT",
+            Endpoint::Blob { .. } => "DELETE, GET, HEAD",
+            Endpoint::Uploads { .. } => "GET, POST",
+            _ => "GET",
+        })),
         (&Method::GET, Endpoint::Catalog) => listing::catalog(r, &req).await,
         (&Method::GET, Endpoint::Tags { repo }) => listing::tags(r, &req, &repo).await,
         (&Method::GET, Endpoint::Referrers { repo, digest }) => {
@@ -432,6 +443,11 @@ fn base() -> Response {
         "{}",
     )
         .into_response()
+}
+
+/// The answer to OPTIONS: 200, no body, the methods the resource takes.
+fn allow(methods: &str) -> Response {
+    empty(StatusCode::OK, &[("allow", methods.to_string())])
 }
 
 /// Build a response from a status and headers, with an empty body.
