@@ -249,6 +249,7 @@ pub async fn run(
         },
         http1_only: a.http2_disabled,
         drain_timeout: a.drain_timeout,
+        header_read_timeout: Some(config.header_read_timeout),
     };
     let app = http::router(
         registry,

@@ -387,3 +387,70 @@ fn letsencrypt_is_refused_without_a_certificate() {
     ]));
     assert_eq!(code, "200");
 }
+
+// ---------------------------------------------------------------------------------------
+// limits.headerreadtimeout
+// ---------------------------------------------------------------------------------------
+
+/// A client that sends its request headers slowly (slowloris) is cut off once
+/// `limits.headerreadtimeout` passes; a prompt one is served.
+#[test]
+fn slow_request_headers_are_cut_off() {
+    use std::io::{Read as _, Write as _};
+    let b = Berth::start_with_config(&base("limits:\n  headerreadtimeout: 1s\n"));
+    let mut prompt = std::net::TcpStream::connect(&b.host).expect("connect");
+    write!(
+        prompt,
+        "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        b.host
+    )
+    .expect("request");
+    let mut answer = String::new();
+    prompt.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let mut slow = std::net::TcpStream::connect(&b.host).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\n").expect("start");
+    // One header line every 300 ms: never finishes within the limit.
+    let mut closed_after = None;
+    for i in 0..30 {
+        std::thread::sleep(Duration::from_millis(300));
+        if slow
+            .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+            .is_err()
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        slow.set_nonblocking(true).expect("nonblocking");
+        let read = slow.read(&mut buf);
+        slow.set_nonblocking(false).expect("blocking");
+        match read {
+            Ok(0) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => {
+                // hyper may answer 408 before closing.
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.expect("the slow connection was never closed");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "closed after {closed_after:?} with a 1s limit"
+    );
+    let err = Berth::fails_to_start(&base("limits:\n  headerreadtimeout: soon\n"));
+    assert!(err.contains("limits.headerreadtimeout"), "{err}");
+}

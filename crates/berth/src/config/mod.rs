@@ -76,6 +76,9 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// `limits.bodyidletimeout`: how long an upload may stall before it is failed (default 60s).
     pub body_idle_timeout: Duration,
+    /// `limits.headerreadtimeout`: how long a client may take to send a request's
+    /// headers before the connection is closed (default 30s).
+    pub header_read_timeout: Duration,
     /// `limits.pageentries`: most entries in one tags or catalog page (default 10000).
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
@@ -108,6 +111,7 @@ impl Default for Config {
             max_manifest_bytes: s.max_manifest_bytes,
             max_blob_bytes: s.max_blob_bytes,
             body_idle_timeout: s.body_idle_timeout,
+            header_read_timeout: Duration::from_secs(30),
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
             events: events::EventsConfig {
@@ -187,6 +191,7 @@ const IMPLEMENTED: &[&str] = &[
     "limits.manifestsize",
     "limits.blobsize",
     "limits.bodyidletimeout",
+    "limits.headerreadtimeout",
     "limits.pageentries",
     "limits.chunkminlength",
     "notifications.endpoints",
@@ -769,6 +774,14 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
             bad(
                 "limits.bodyidletimeout",
                 format!("{s:?} is not a duration like 60s or 2m"),
+            )
+        })?;
+    }
+    if let Some(s) = get_str(tree, "limits.headerreadtimeout")? {
+        c.header_read_timeout = parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(
+                "limits.headerreadtimeout",
+                format!("{s:?} is not a duration like 30s or 1m"),
             )
         })?;
     }

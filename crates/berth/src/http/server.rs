@@ -56,6 +56,9 @@ pub struct ServeOptions {
     pub http1_only: bool,
     /// Bound on draining in-flight requests at shutdown; `None` waits for all of them.
     pub drain_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers (`limits.headerreadtimeout`);
+    /// `None`: [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Build the rustls server configuration for `tls`.
@@ -163,8 +166,8 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, by default.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the server accepts connections.
 pub enum Listener {
@@ -193,7 +196,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT));
     if options.http1_only {
         builder = builder.http1_only();
     }
