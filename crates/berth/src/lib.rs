@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod import;
 pub mod jobs;
+pub mod logging;
 pub mod meta;
 pub mod registry;
 pub mod state;

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use berth::config::{Loaded, LogFormat};
+use berth::logging::WithFields;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,17 +67,34 @@ fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a duration like 30m or 1h"))
 }
 
-fn init_logging(level: &str, format: LogFormat) {
+fn init_logging(config: &berth::config::Config) {
+    init_logging_at(&config.log_level, config);
+}
+
+/// Logging at `level` with the formatter and `log.fields` of `config`.
+fn init_logging_at(level: &str, config: &berth::config::Config) {
+    use tracing_subscriber::fmt::format;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")));
+    let fields = &config.log_fields;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+    match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .event_format(WithFields::new(format().json(), fields, true))
             .init(),
+        LogFormat::Text => {
+            // With log.fields the line is assembled in a buffer, which keeps no colours.
+            let ansi = fields.is_empty()
+                && std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none();
+            builder
+                .with_ansi(ansi)
+                .event_format(WithFields::new(format().with_ansi(ansi), fields, false))
+                .init()
+        }
     }
 }
 
@@ -100,6 +118,9 @@ async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
+    // One crypto provider for every rustls user in the process: the server's TLS (which
+    // also names ring explicitly) and reqwest's client for https webhooks and upstreams.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -117,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let loaded = Loaded::load(config.as_deref(), std::env::vars())
                 .context("invalid configuration")?;
-            init_logging(&loaded.config.log_level, loaded.config.log_format);
+            init_logging(&loaded.config);
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
@@ -143,7 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let loaded =
                 Loaded::load(Some(&config), std::env::vars()).context("invalid configuration")?;
-            init_logging(&loaded.config.log_level, loaded.config.log_format);
+            init_logging(&loaded.config);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -185,7 +206,7 @@ fn import_distribution(
     use berth::import::Event;
     use std::io::Write as _;
     let loaded = Loaded::load(config, std::env::vars()).context("invalid configuration")?;
-    init_logging("warn", loaded.config.log_format);
+    init_logging_at("warn", &loaded.config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

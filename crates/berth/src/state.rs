@@ -1,7 +1,7 @@
 //! Composition root: the only place that picks concrete backends (filesystem blobs,
 //! SQLite metadata), builds the registry and the HTTP app, binds the listener and runs.
 
-use crate::config::Config;
+use crate::config::{Config, Net};
 use crate::http::{self, HttpOptions};
 use crate::jobs::health::{HealthStatus, HealthWorker};
 use crate::jobs::notify::NotifyWorker;
@@ -33,6 +33,8 @@ pub enum StartError {
     },
     #[error("configuration key proxy.remoteurl: {0}")]
     Proxy(String),
+    #[error("cannot listen on the Unix socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
     #[error("cannot start background jobs: {0}")]
     Jobs(String),
     #[error("cannot set up auth.htpasswd: {0}")]
@@ -91,24 +93,33 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
     }
     let subscribers: Vec<Subscriber> = events.endpoints.iter().map(Subscriber::new).collect();
     let instance_id = uuid::Uuid::new_v4().to_string();
-    let port = config.addr.rsplit(':').next().unwrap_or_default();
+    let host = crate::config::events::hostname();
+    let source_addr = match config.net {
+        Net::Tcp => format!(
+            "{host}:{}",
+            config.addr.rsplit(':').next().unwrap_or_default()
+        ),
+        Net::Unix => host,
+    };
     let sink = EventSink {
         subscribers: subscribers.clone(),
         include_references: events.include_references,
         source: Source {
-            addr: format!("{}:{port}", crate::config::events::hostname()),
+            addr: source_addr,
             instance_id: instance_id.clone(),
         },
     };
     let registry = Arc::new(registry.with_events(sink));
     let mut jobs = Jobs::new();
     for (endpoint, sub) in events.endpoints.iter().zip(&subscribers) {
+        // Header names only: values are often credentials (Authorization: Bearer ...).
+        let header_names: Vec<&str> = endpoint.headers.iter().map(|(k, _)| k.as_str()).collect();
         tracing::info!(
             "configuring endpoint {} ({}), timeout={:?}, headers={:?}",
             endpoint.name,
             endpoint.url,
             endpoint.timeout,
-            endpoint.headers
+            header_names
         );
         match NotifyWorker::new(
             registry.clone(),
@@ -162,6 +173,42 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(err)
 }
 
+/// Bind a Unix domain socket at `path` (`http.net: unix`). A socket file left behind by
+/// a process that is gone (nothing accepts on it) is replaced; a socket someone still
+/// serves on, or a file that is not a socket, is an error: Berth never takes over another
+/// server's socket or deletes a regular file. (Distribution 2.8 removes any socket.)
+pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let fail = |reason: String| StartError::Socket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(fail(
+                "the file exists and is not a socket: remove it or choose another http.addr"
+                    .into(),
+            ))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(fail(
+                    "another server is accepting connections on it: stop it or choose another http.addr".into(),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!("removing stale socket {} (nothing listens on it)", path.display());
+                std::fs::remove_file(path)
+                    .map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?;
+            }
+            Err(e) => return Err(fail(format!("cannot check whether it is in use: {e}"))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    tokio::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))
+}
+
 /// Run the registry described by `config` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -204,8 +251,18 @@ pub async fn run(
         tracing::info!("debug server listening {local}");
         debug_server = Some(tokio::spawn(http::serve(listener, app, stop)));
     }
-    let listener = bind(&config.addr).await?;
-    let local = listener.local_addr().map_err(StartError::Serve)?;
+    let (listener, local): (http::server::Listener, String) = match config.net {
+        Net::Tcp => {
+            let l = bind(&config.addr).await?;
+            let local = l.local_addr().map_err(StartError::Serve)?.to_string();
+            (l.into(), local)
+        }
+        Net::Unix => {
+            let path = PathBuf::from(&config.addr);
+            let l = bind_unix(&path)?;
+            (http::server::Listener::Unix(l), path.display().to_string())
+        }
+    };
     let a = &config.auth;
     let authenticator: Option<Arc<dyn crate::auth::Authenticator>> = match &a.htpasswd {
         Some(h) => Some(Arc::new(crate::auth::htpasswd::Htpasswd::open(
@@ -220,6 +277,7 @@ pub async fn run(
         },
         http1_only: a.http2_disabled,
         drain_timeout: a.drain_timeout,
+        header_read_timeout: Some(config.header_read_timeout),
     };
     let app = http::router(
         registry,
@@ -242,10 +300,17 @@ pub async fn run(
         delete_enabled = config.delete_enabled,
         read_only = a.read_only,
         auth = if a.htpasswd.is_some() { "htpasswd" } else { "none" },
-        "listening on {}://{local}",
-        if a.tls.is_some() { "https" } else { "http" }
+        "listening on {}{}://{local}",
+        if a.tls.is_some() { "https" } else { "http" },
+        if config.net == Net::Unix { "+unix" } else { "" }
     );
     let served = http::server::serve(listener, app, serve_options, shutdown).await;
+    if config.net == Net::Unix {
+        // As Go's listener does on close: the next start finds no socket file.
+        if let Err(e) = std::fs::remove_file(&config.addr) {
+            tracing::warn!("cannot remove the socket {}: {e}", config.addr);
+        }
+    }
     let _ = stop_debug.send(true);
     if let Some(task) = debug_server {
         if let Ok(Err(e)) = task.await {

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{require_tool, run, Berth};
+use common::{require_tool, run, Berth, Pki};
 use serde_json::{json, Value};
 use sha2::Digest as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn exec(cmd: &mut Command) -> Output {
@@ -400,94 +400,6 @@ fn docker_login_with_htpasswd() {
 // ---------------------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------------------
-
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the
-    /// `openssl` command.
-    fn new() -> Pki {
-        require_tool("openssl");
-        let pki = Pki {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        let d = pki.dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(Command::new("openssl")
-            .current_dir(d)
-            .args(["req", "-x509"])
-            .args(ec)
-            .args(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"])
-            .args(["-subj", "/CN=Berth Test CA"]));
-        for (name, cn, ext) in [
-            (
-                "server",
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            (
-                "client",
-                "berth-test-client",
-                "extendedKeyUsage=clientAuth\n",
-            ),
-        ] {
-            std::fs::write(d.join(format!("{name}.ext")), ext).expect("ext");
-            run(Command::new("openssl")
-                .current_dir(d)
-                .arg("req")
-                .args(ec)
-                .args([
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ])
-                .args(["-subj", &format!("/CN={cn}")]));
-            run(Command::new("openssl").current_dir(d).args([
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.crt"),
-                "-extfile",
-                &format!("{name}.ext"),
-            ]));
-        }
-        pki
-    }
-
-    /// A skopeo/containers cert dir: ca.crt, plus client.cert/client.key when `client`.
-    fn cert_dir(&self, client: bool) -> PathBuf {
-        let dir = self.path(if client { "certs-client" } else { "certs-ca" });
-        std::fs::create_dir_all(&dir).expect("cert dir");
-        std::fs::copy(self.path("ca.crt"), dir.join("ca.crt")).expect("ca");
-        if client {
-            std::fs::copy(self.path("client.crt"), dir.join("client.cert")).expect("cert");
-            std::fs::copy(self.path("client.key"), dir.join("client.key")).expect("key");
-        }
-        dir
-    }
-}
 
 fn tls_config(pki: &Pki, extra_tls: &str) -> String {
     format!(

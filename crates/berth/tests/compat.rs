@@ -96,6 +96,8 @@ fn start_distribution_env(config: &str, env: &[(&str, &str)]) -> Distribution {
 struct Answer {
     status: u16,
     code: Option<String>,
+    /// The `Allow` header, recorded for OPTIONS rows.
+    allow: Option<String>,
 }
 
 struct Run<'a> {
@@ -122,8 +124,14 @@ impl Run<'_> {
         let r = rb.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
         let status = r.status().as_u16();
         // The error code, if any, is filled in by `call` once the body is read.
-        self.rows
-            .push((name.to_string(), Answer { status, code: None }));
+        self.rows.push((
+            name.to_string(),
+            Answer {
+                status,
+                code: None,
+                allow: None,
+            },
+        ));
         r
     }
 
@@ -147,6 +155,25 @@ impl Run<'_> {
             }
         }
         (status, body, headers)
+    }
+
+    /// OPTIONS `path`: status, error code and (when `allow`) the `Allow` header.
+    async fn options(&mut self, name: &str, path: &str, allow: bool) {
+        let (_, body, headers) = self.call(name, self.req(Method::OPTIONS, path)).await;
+        if let Some(last) = self.rows.last_mut() {
+            if allow {
+                last.1.allow = Some(
+                    headers
+                        .get("allow")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(none)")
+                        .to_string(),
+                );
+            }
+            if last.1.status == 200 && name != "OPTIONS /v2/" {
+                assert!(body.is_empty(), "{name}: OPTIONS answered with a body");
+            }
+        }
     }
 
     fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
@@ -502,6 +529,42 @@ async fn scenario(c: &Client, base: &str) -> Vec<(String, Answer)> {
         ),
     )
     .await;
+
+    // OPTIONS: 200 and the resource's methods, as 2.8's router answers.
+    r.options("OPTIONS /v2/", "/v2/", false).await;
+    r.options(
+        "OPTIONS manifest",
+        &format!("/v2/compat/app/manifests/{od}"),
+        true,
+    )
+    .await;
+    r.options(
+        "OPTIONS unknown manifest",
+        "/v2/compat/app/manifests/nope",
+        true,
+    )
+    .await;
+    r.options(
+        "OPTIONS blob",
+        &format!("/v2/compat/app/blobs/{}", sha256(b"z")),
+        true,
+    )
+    .await;
+    r.options("OPTIONS catalog", "/v2/_catalog", true).await;
+    r.options("OPTIONS tags", "/v2/compat/app/tags/list", true)
+        .await;
+    // Upload routes: Distribution lists every method of its upload handler; Berth the
+    // ones it serves (the status is compared).
+    r.options("OPTIONS uploads", "/v2/compat/app/blobs/uploads/", false)
+        .await;
+    let (_, _, h) = r
+        .call(
+            "start upload for OPTIONS",
+            r.req(Method::POST, "/v2/compat/app/blobs/uploads/"),
+        )
+        .await;
+    let location = r.abs(h["location"].to_str().expect("location"));
+    r.options("OPTIONS upload", &location, false).await;
 
     // Catalog.
     r.call("catalog", r.req(Method::GET, "/v2/_catalog")).await;

@@ -817,3 +817,57 @@ async fn garbage_collect_during_continuous_pushes() {
         "linked blobs without a file: {missing:?}"
     );
 }
+
+/// A method outside the API is counted under `method="other"`, never under its own
+/// name (any client could otherwise create series without bound).
+#[tokio::test]
+async fn metrics_label_unknown_methods_other() {
+    let (b, debug) = Berth::start_with_debug(&config(""));
+    let c = Client::new();
+    for method in ["BREW", "PROPFIND", "BREW"] {
+        let m = Method::from_bytes(method.as_bytes()).expect("method");
+        let r = c
+            .request(m, format!("{}/v2/", b.url))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "/v2/ answers any method");
+    }
+    let r = c
+        .request(
+            Method::from_bytes(b"BREW").expect("method"),
+            format!("{}/v2/some/repo/manifests/latest", b.url),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let text = c
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        sample(
+            &text,
+            r#"registry_http_requests_total{code="200",handler="base",method="other"}"#
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"registry_http_requests_total{code="405",handler="manifest",method="other"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("brew") && !text.contains("BREW") && !text.contains("propfind"),
+        "{text}"
+    );
+}

@@ -58,8 +58,8 @@ fn dependency_rules() {
         ),
         (
             "std::fs",
-            &["storage", "config", "auth", "import"],
-            "file access stays in storage/ (config reads its own file, auth its htpasswd file; import/ reads a foreign Distribution store, only through its reader)",
+            &["storage", "config", "auth", "import", "state"],
+            "file access stays in storage/ (config reads its own file, auth its htpasswd file; import/ reads a foreign Distribution store, only through its reader; state binds and removes the http.net: unix socket file)",
         ),
         (
             "crate::http",

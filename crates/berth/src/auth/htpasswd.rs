@@ -12,14 +12,38 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// A bcrypt hash compared against when the user is unknown, so that unknown users take
-/// as long as wrong passwords.
+/// A bcrypt hash (of a random password) compared against when the user is unknown or
+/// the entry is not bcrypt, so that those answers take as long as a wrong password. Its
+/// cost field is replaced by the file's (see [`dummy_hash`]).
 const DUMMY_HASH: &str = "$2y$10$6fofTOB5xMonFCNj6hIQBOM4zvoRgH9vg3XoFmEe65OH/EOTyzINK";
+
+/// Cost of the dummy check when the file has no bcrypt entry (nobody can log in then).
+const DEFAULT_COST: u32 = 10;
+
+/// The entries of one version of the file.
+struct Users {
+    entries: HashMap<String, String>,
+    /// [`DUMMY_HASH`] at the cost of the file's first bcrypt entry: `htpasswd -B`
+    /// writes cost 5 by default, so a fixed cost 10 would make unknown users 32 times
+    /// slower than real ones, telling an attacker which names exist.
+    dummy: String,
+}
 
 /// Parsed entries, and the file version they came from.
 struct Loaded {
     version: (SystemTime, u64),
-    users: Arc<HashMap<String, String>>,
+    users: Arc<Users>,
+}
+
+/// [`DUMMY_HASH`] with the cost of the first bcrypt entry among `hashes`.
+fn dummy_hash<'a>(hashes: impl IntoIterator<Item = &'a String>) -> String {
+    let cost = hashes
+        .into_iter()
+        .filter(|h| is_bcrypt(h))
+        .find_map(|h| h.get(4..6)?.parse::<u32>().ok())
+        .filter(|c| (4..=31).contains(c))
+        .unwrap_or(DEFAULT_COST);
+    format!("$2y${cost:02}{}", &DUMMY_HASH[6..])
 }
 
 /// Authenticates HTTP Basic credentials against an htpasswd file.
@@ -96,7 +120,7 @@ impl Htpasswd {
     }
 
     /// The current entries, re-reading the file if it changed since last time.
-    fn users(&self) -> Result<Arc<HashMap<String, String>>, AuthError> {
+    fn users(&self) -> Result<Arc<Users>, AuthError> {
         let store = |what: &str, e: &dyn std::fmt::Display| {
             AuthError::Store(format!(
                 "cannot {what} the htpasswd file {}: {e} (fix auth.htpasswd.path or the file)",
@@ -113,7 +137,15 @@ impl Htpasswd {
             return Ok(l.users.clone());
         }
         let text = std::fs::read_to_string(&self.path).map_err(|e| store("read", &e))?;
-        let users = Arc::new(parse(&text).map_err(|e| store("parse", &e))?);
+        let entries = parse(&text).map_err(|e| store("parse", &e))?;
+        // "First" in file order: the map has none, so take the first line's user.
+        let first = text
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .filter_map(|(u, _)| entries.get(u))
+            .find(|h| is_bcrypt(h));
+        let dummy = dummy_hash(first.into_iter().chain(entries.values()));
+        let users = Arc::new(Users { entries, dummy });
         *cache = Some(Loaded {
             version,
             users: users.clone(),
@@ -133,7 +165,7 @@ impl Authenticator for Htpasswd {
             return Err(AuthError::Unauthenticated);
         };
         let users = self.users()?;
-        let hash = users.get(&user).cloned();
+        let hash = users.entries.get(&user).cloned();
         let key = hash.as_deref().map(|h| self.key(&user, &password, h));
         let seen = |k: &[u8; 32]| {
             self.verified
@@ -145,11 +177,12 @@ impl Authenticator for Htpasswd {
             return Ok(Principal { name: user });
         }
         // bcrypt is deliberately slow: keep it off the async workers.
+        let dummy = users.dummy.clone();
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) if is_bcrypt(&h) => bcrypt::verify(&password, &h).unwrap_or(false),
-            Some(_) => false,
-            None => {
-                let _ = bcrypt::verify(&password, DUMMY_HASH);
+            // Unknown user or an entry that can never match: the same work as a real check.
+            _ => {
+                let _ = bcrypt::verify(&password, &dummy);
                 false
             }
         })
@@ -254,6 +287,60 @@ mod tests {
         let e = parse("ok:x\nbroken line\n").expect_err("no colon");
         assert_eq!(e.line, 2);
         assert!(e.to_string().contains("line 2"));
+    }
+
+    #[test]
+    fn dummy_cost_follows_the_file() {
+        let h5 = bcrypt::hash("pw", 5).expect("hash");
+        let h7 = bcrypt::hash("pw", 7).expect("hash");
+        let plain = "{SHA}x".to_string();
+        assert!(dummy_hash([&plain, &h5, &h7]).starts_with("$2y$05$"));
+        assert!(dummy_hash([&h7]).starts_with("$2y$07$"));
+        assert!(dummy_hash([&plain]).starts_with("$2y$10$"));
+        // Still a well-formed hash that bcrypt checks (and that never matches).
+        let d = dummy_hash([&h5]);
+        assert_eq!(d.len(), DUMMY_HASH.len());
+        assert!(matches!(bcrypt::verify("pw", &d), Ok(false)));
+    }
+
+    /// Median time of `n` failed authentications of `user`.
+    async fn median_failure(h: &Htpasswd, user: &str, n: usize) -> std::time::Duration {
+        let mut times = Vec::new();
+        for i in 0..n {
+            let start = std::time::Instant::now();
+            let r = h
+                .authenticate(Credentials::Basic {
+                    user: user.into(),
+                    password: format!("wrong{i}"),
+                })
+                .await;
+            assert!(matches!(r, Err(AuthError::Unauthenticated)));
+            times.push(start.elapsed());
+        }
+        times.sort();
+        times[n / 2]
+    }
+
+    /// With `htpasswd -B`'s default cost 5, an unknown user and a non-bcrypt entry cost
+    /// about what a wrong password for a real user costs (within a factor of 2; a fixed
+    /// cost-10 dummy made them 32 times slower).
+    #[tokio::test]
+    async fn unknown_users_cost_what_real_ones_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("pw", 5).expect("hash");
+        std::fs::write(&path, format!("alice:{hash}\nplain:pw\n")).expect("write");
+        let h = Htpasswd::open("r", &path).expect("open");
+        let _ = median_failure(&h, "alice", 2).await; // warm up: file read, threads
+        let real = median_failure(&h, "alice", 9).await;
+        for user in ["nobody", "plain"] {
+            let other = median_failure(&h, user, 9).await;
+            let ratio = other.as_secs_f64() / real.as_secs_f64();
+            assert!(
+                (0.5..2.0).contains(&ratio),
+                "{user}: {other:?} against {real:?} for a real user"
+            );
+        }
     }
 
     #[tokio::test]

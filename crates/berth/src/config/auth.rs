@@ -36,7 +36,39 @@ pub struct TlsConfig {
     pub client_cas: Vec<PathBuf>,
     /// `minimumtls` (default tls1.2).
     pub minimum: TlsVersion,
+    /// `ciphersuites`: Go/IANA names of the TLS 1.2 suites to offer (empty: the
+    /// defaults). TLS 1.3 suites are always on, as in Go; naming them changes nothing.
+    pub cipher_suites: Vec<String>,
 }
+
+/// Every name Distribution 2.8 accepts in `http.tls.ciphersuites` (Go's names).
+pub const GO_CIPHER_SUITES: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
 
 /// The access and transport section of [`super::Config`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -54,6 +86,9 @@ pub struct AuthConfig {
     pub drain_timeout: Option<Duration>,
     /// `storage.maintenance.readonly.enabled`: refuse every write with 405.
     pub read_only: bool,
+    /// Accepted settings that do nothing, to log at start-up (`http.tls.letsencrypt`
+    /// beside a certificate).
+    pub warnings: Vec<String>,
 }
 
 pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
@@ -107,15 +142,46 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
                 ))
             }
         };
+        let cipher_suites = match get(tree, "http.tls.ciphersuites") {
+            None => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .map(|v| {
+                    let name = v.as_str().ok_or_else(|| {
+                        bad("http.tls.ciphersuites", "expected a list of cipher suite names")
+                    })?;
+                    if !GO_CIPHER_SUITES.contains(&name) {
+                        return Err(bad(
+                            "http.tls.ciphersuites",
+                            format!("unknown TLS cipher suite {name:?} (names as in Go and IANA, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"),
+                        ));
+                    }
+                    Ok(name.to_string())
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(bad(
+                    "http.tls.ciphersuites",
+                    "expected a list of cipher suite names",
+                ))
+            }
+        };
         c.tls = Some(TlsConfig {
             certificate: PathBuf::from(cert),
             key: PathBuf::from(key),
             client_cas,
             minimum,
+            cipher_suites,
         });
     }
+    letsencrypt(tree, &mut c)?;
     if c.tls.is_none() {
-        for key in ["http.tls.key", "http.tls.clientcas", "http.tls.minimumtls"] {
+        for key in [
+            "http.tls.key",
+            "http.tls.clientcas",
+            "http.tls.minimumtls",
+            "http.tls.ciphersuites",
+        ] {
             if get(tree, key).is_some() {
                 return Err(bad(
                     key,
@@ -177,6 +243,33 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     Ok(c)
 }
 
+/// `http.tls.letsencrypt`: Berth obtains no certificates itself (its users are often
+/// air-gapped, and ACME needs the registry reachable from the internet). Active in 2.8
+/// when `cachefile` is set: then Berth refuses to start unless a certificate is
+/// configured too, in which case the section is ignored with a warning (2.8 refuses
+/// that combination outright).
+fn letsencrypt(tree: &Value, c: &mut AuthConfig) -> Result<(), ConfigError> {
+    if get(tree, "http.tls.letsencrypt").is_none() {
+        return Ok(());
+    }
+    let active = get_str(tree, "http.tls.letsencrypt.cachefile")?.is_some_and(|f| !f.is_empty());
+    if !active {
+        c.warnings.push(
+            "configuration key http.tls.letsencrypt has no cachefile, so it does nothing (as in Distribution): remove it".into(),
+        );
+    } else if c.tls.is_some() {
+        c.warnings.push(
+            "configuration key http.tls.letsencrypt is ignored: Berth does not fetch certificates from Let's Encrypt and serves the configured http.tls.certificate".into(),
+        );
+    } else {
+        return Err(bad(
+            "http.tls.letsencrypt",
+            "Berth does not obtain certificates from Let's Encrypt (it runs where the ACME servers may be unreachable): get a certificate and key (e.g. `certbot certonly --standalone -d registry.example.com`, or from your own CA) and set http.tls.certificate and http.tls.key to their files, then remove http.tls.letsencrypt",
+        ));
+    }
+    Ok(())
+}
+
 /// `auth: {htpasswd: }` (null value) still names the htpasswd controller.
 fn has_key(tree: &Value, section: &str, key: &str) -> bool {
     get(tree, section)
@@ -223,6 +316,30 @@ mod tests {
         assert!(e.to_string().contains("http.tls.key"), "{e}");
         let e = read_yaml("http:\n  tls:\n    clientcas: [a]\n").expect_err("no certificate");
         assert!(e.to_string().contains("http.tls.certificate"), "{e}");
+    }
+
+    #[test]
+    fn letsencrypt_needs_a_certificate() {
+        let e =
+            read_yaml("http:\n  tls:\n    letsencrypt:\n      cachefile: /c\n      email: a@b\n")
+                .expect_err("refused");
+        assert!(e.to_string().contains("certbot"), "{e}");
+        let c = read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    letsencrypt:\n      cachefile: /c\n").expect("ok");
+        assert!(c.tls.is_some());
+        assert!(c.warnings[0].contains("is ignored"), "{:?}", c.warnings);
+        let c = read_yaml("http:\n  tls:\n    letsencrypt:\n      email: a@b\n").expect("inactive");
+        assert!(c.tls.is_none() && c.warnings[0].contains("no cachefile"));
+    }
+
+    #[test]
+    fn cipher_suite_names() {
+        let c = read_yaml("http:\n  tls:\n    certificate: c\n    key: k\n    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256]\n").expect("ok");
+        assert_eq!(c.tls.expect("tls").cipher_suites.len(), 2);
+        let e = read_yaml(
+            "http:\n  tls:\n    certificate: c\n    key: k\n    ciphersuites: [TLS_MADE_UP]\n",
+        )
+        .expect_err("unknown");
+        assert!(e.to_string().contains("TLS_MADE_UP"), "{e}");
     }
 
     #[test]

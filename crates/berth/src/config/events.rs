@@ -120,14 +120,11 @@ fn endpoint(
     }
     let url =
         at("url")?.ok_or_else(|| bad(&key("url"), "missing: the URL events are POSTed to"))?;
-    if url.starts_with("https://") {
-        warnings.push(format!(
-            "notification endpoint {name}: https URLs are not supported yet (no TLS client built in), skipping {url}"
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(bad(
+            &key("url"),
+            format!("{url:?} is not an http:// or https:// URL"),
         ));
-        return Ok(None);
-    }
-    if !url.starts_with("http://") {
-        return Err(bad(&key("url"), format!("{url:?} is not an http:// URL")));
     }
     let mut headers = Vec::new();
     match get(node, "headers") {

@@ -12,7 +12,7 @@ pub mod proxy;
 
 mod auth;
 
-pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion};
+pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion, GO_CIPHER_SUITES};
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +22,15 @@ pub const DEFAULT_ROOT: &str = "./berth-data";
 /// Distribution's default filesystem root, used when a config file names the filesystem
 /// driver without a root directory.
 pub const DISTRIBUTION_DEFAULT_ROOT: &str = "/var/lib/registry";
+
+/// What `http.addr` names (`http.net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// `host:port`.
+    Tcp,
+    /// A Unix domain socket path.
+    Unix,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -38,6 +47,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `log.accesslog.disabled`: no per-request log lines.
     pub access_log: bool,
+    /// `log.fields`: added to every log line, in configuration order.
+    pub log_fields: Vec<(String, serde_json::Value)>,
     /// `storage.filesystem.rootdirectory`: where blobs and the metadata database live.
     pub root: PathBuf,
     /// `storage.filesystem.maxthreads`: most threads doing filesystem work at once
@@ -45,8 +56,11 @@ pub struct Config {
     pub max_threads: Option<usize>,
     /// `storage.delete.enabled`: allow deleting manifests, tags and blobs.
     pub delete_enabled: bool,
-    /// `http.addr`: `host:port`, or `:port` for every interface.
+    /// `http.addr`: `host:port`, or `:port` for every interface; with `http.net: unix`,
+    /// the path of a Unix domain socket.
     pub addr: String,
+    /// `http.net`: `tcp` (default) or `unix`.
+    pub net: Net,
     /// `http.prefix`: the API is served under this path (normalized: `/path`, or empty).
     pub http_prefix: String,
     /// `http.host`: absolute base URL (scheme and host) for the URLs the registry hands out.
@@ -63,6 +77,9 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// `limits.bodyidletimeout`: how long an upload may stall before it is failed (default 60s).
     pub body_idle_timeout: Duration,
+    /// `limits.headerreadtimeout`: how long a client may take to send a request's
+    /// headers before the connection is closed (default 30s).
+    pub header_read_timeout: Duration,
     /// `limits.pageentries`: most entries in one tags or catalog page (default 10000).
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
@@ -84,10 +101,12 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             access_log: true,
+            log_fields: Vec::new(),
             root: PathBuf::from(DEFAULT_ROOT),
             delete_enabled: s.delete_enabled,
             max_threads: None,
             addr: ":5000".into(),
+            net: Net::Tcp,
             layer_urls: crate::registry::UrlPolicy::default(),
             http_prefix: String::new(),
             http_host: None,
@@ -95,6 +114,7 @@ impl Default for Config {
             max_manifest_bytes: s.max_manifest_bytes,
             max_blob_bytes: s.max_blob_bytes,
             body_idle_timeout: s.body_idle_timeout,
+            header_read_timeout: Duration::from_secs(30),
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
             events: events::EventsConfig {
@@ -159,10 +179,12 @@ const IMPLEMENTED: &[&str] = &[
     "log.level",
     "log.formatter",
     "log.accesslog.disabled",
+    "log.fields",
     "storage.filesystem.rootdirectory",
     "storage.filesystem.maxthreads",
     "storage.delete.enabled",
     "http.addr",
+    "http.net",
     "http.prefix",
     "http.host",
     "http.relativeurls",
@@ -173,6 +195,7 @@ const IMPLEMENTED: &[&str] = &[
     "limits.manifestsize",
     "limits.blobsize",
     "limits.bodyidletimeout",
+    "limits.headerreadtimeout",
     "limits.pageentries",
     "limits.chunkminlength",
     "notifications.endpoints",
@@ -193,6 +216,8 @@ const IMPLEMENTED: &[&str] = &[
     "http.tls.key",
     "http.tls.clientcas",
     "http.tls.minimumtls",
+    "http.tls.ciphersuites",
+    "http.tls.letsencrypt",
     "http.http2.disabled",
     "http.headers",
     "http.draintimeout",
@@ -243,10 +268,6 @@ const SECURITY_SENSITIVE: &[(&str, &str)] = &[
         "auth.silly",
         "silly authentication is not implemented yet: this registry accepts unauthenticated requests",
     ),
-    (
-        "http.tls.letsencrypt",
-        "Let's Encrypt is not implemented yet: without http.tls.certificate this registry serves plain HTTP",
-    ),
 ];
 
 impl Loaded {
@@ -294,6 +315,7 @@ impl Loaded {
             .map(|(key, why)| format!("configuration key {key}: {why}"))
             .collect();
         let config = read_config(&tree, path.is_some())?;
+        warnings.extend(config.auth.warnings.iter().cloned());
         Ok(Loaded {
             config,
             warnings,
@@ -573,6 +595,34 @@ fn get_size(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
     }
 }
 
+/// `log.fields`: a map of names to scalar values (strings, numbers, booleans).
+fn log_fields(tree: &Value) -> Result<Vec<(String, serde_json::Value)>, ConfigError> {
+    let Some(v) = get(tree, "log.fields") else {
+        return Ok(Vec::new());
+    };
+    let map = v
+        .as_mapping()
+        .ok_or_else(|| bad("log.fields", "expected a map of field names to values"))?;
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = scalar(k).ok_or_else(|| bad("log.fields", "field names must be strings"))?;
+        let value = match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Number(n) => serde_json::to_value(n).unwrap_or(serde_json::Value::Null),
+            Value::String(s) => serde_json::Value::String(s.clone()),
+            _ => {
+                return Err(bad(
+                    &format!("log.fields.{key}"),
+                    "expected a string, number or boolean (nested values are not supported)",
+                ))
+            }
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     let mut c = Config::default();
     if let Some(v) = get_str(tree, "version")? {
@@ -616,6 +666,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(disabled) = get_bool(tree, "log.accesslog.disabled")? {
         c.access_log = !disabled;
     }
+    c.log_fields = log_fields(tree)?;
     if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
         let drivers: Vec<&str> = storage
             .keys()
@@ -658,7 +709,27 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(d) = get_bool(tree, "storage.delete.enabled")? {
         c.delete_enabled = d;
     }
-    if let Some(addr) = get_str(tree, "http.addr")? {
+    c.net = match get_str(tree, "http.net")?.as_deref() {
+        None | Some("") | Some("tcp") => Net::Tcp,
+        Some("unix") => Net::Unix,
+        Some(other) => {
+            return Err(bad(
+                "http.net",
+                format!("unknown network {other:?}: use tcp or unix"),
+            ))
+        }
+    };
+    if c.net == Net::Unix {
+        let path = get_str(tree, "http.addr")?
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "http.addr",
+                    "must be the path of the socket file when http.net is unix",
+                )
+            })?;
+        c.addr = path;
+    } else if let Some(addr) = get_str(tree, "http.addr")? {
         if !addr.contains(':') {
             return Err(bad(
                 "http.addr",
@@ -715,6 +786,14 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
             )
         })?;
     }
+    if let Some(s) = get_str(tree, "limits.headerreadtimeout")? {
+        c.header_read_timeout = parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(
+                "limits.headerreadtimeout",
+                format!("{s:?} is not a duration like 30s or 1m"),
+            )
+        })?;
+    }
     if let Some(n) = get_size(tree, "limits.pageentries")? {
         c.max_page_entries = u32::try_from(n)
             .ok()
@@ -766,7 +845,11 @@ mod tests {
             "{:?}",
             l.notes
         );
-        assert!(w.contains("key log.fields"), "{w}");
+        assert!(!w.contains("key log.fields"), "{w}");
+        assert_eq!(
+            l.config.log_fields,
+            vec![("service".to_string(), serde_json::json!("registry"))]
+        );
         // health.storagedriver, http.headers and auth.htpasswd are honoured: no warnings.
         assert!(!w.contains("key health"), "{w}");
         assert!(
@@ -899,6 +982,19 @@ mod tests {
         assert!(get(&t, "http.headers.x-frame-options")
             .and_then(Value::as_sequence)
             .is_some());
+    }
+
+    #[test]
+    fn http_net_unix() {
+        let l = load("http:\n  net: unix\n  addr: /run/berth.sock\n", &[]).expect("load");
+        assert_eq!(l.config.net, Net::Unix);
+        assert_eq!(l.config.addr, "/run/berth.sock");
+        let e = load("http:\n  net: unix\n", &[]).expect_err("no path");
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = load("http:\n  net: udp\n  addr: :5000\n", &[]).expect_err("udp");
+        assert!(e.to_string().contains("http.net"), "{e}");
+        let l = load("http:\n  net: tcp\n  addr: :5000\n", &[]).expect("tcp");
+        assert_eq!(l.config.net, Net::Tcp);
     }
 
     #[test]

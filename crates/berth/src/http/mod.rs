@@ -228,9 +228,10 @@ fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: 
     format!("{scheme}://{host}{}", options.prefix)
 }
 
-/// Who made the request, for notifications. The single place the actor comes from: the
-/// Basic-auth user name, which for htpasswd is the authenticated principal (events are
-/// only emitted for requests that passed authentication). Token auth will need the
+/// Who made the request, for notifications, when authentication is configured. The
+/// single place the actor comes from: the Basic-auth user name, which for htpasswd is the
+/// authenticated principal (events are only emitted for requests that passed
+/// authentication). Token auth will need the
 /// principal from the request extensions here instead.
 fn actor(parts: &axum::http::request::Parts) -> Option<String> {
     use base64::Engine as _;
@@ -276,7 +277,9 @@ fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> Re
         host: header("host").to_string(),
         method: parts.method.to_string(),
         user_agent: header("user-agent").to_string(),
-        actor: actor(parts),
+        // Without authentication nobody is known, whatever Basic header a client sends
+        // (Distribution 2.8 leaves the actor empty too).
+        actor: options.authenticator.as_ref().and_then(|_| actor(parts)),
         url_base: base_of(options, parts, true),
     }
 }
@@ -377,6 +380,17 @@ async fn route(
     let result = match (&req.method, endpoint) {
         // Clients probe /v2/ with GET or HEAD; Distribution answers any method.
         (_, Endpoint::Base) => Ok(base()),
+        // 2.8 answers OPTIONS with 200, no body, and the route's methods in Allow (an
+        // upload's only once the upload is known).
+        (&Method::OPTIONS, Endpoint::Upload { repo, id }) => uploads::status(r, &req, &repo, &id)
+            .await
+            .map(|_| allow("DELETE, GET, PATCH, PUT")),
+        (&Method::OPTIONS, e) => Ok(allow(match e {
+            Endpoint::Manifest { .. } => "DELETE, GET, HEAD, PUT",
+            Endpoint::Blob { .. } => "DELETE, GET, HEAD",
+            Endpoint::Uploads { .. } => "GET, POST",
+            _ => "GET",
+        })),
         (&Method::GET, Endpoint::Catalog) => listing::catalog(r, &req).await,
         (&Method::GET, Endpoint::Tags { repo }) => listing::tags(r, &req, &repo).await,
         (&Method::GET, Endpoint::Referrers { repo, digest }) => {
@@ -442,6 +456,11 @@ fn base() -> Response {
         "{}",
     )
         .into_response()
+}
+
+/// The answer to OPTIONS: 200, no body, the methods the resource takes.
+fn allow(methods: &str) -> Response {
+    empty(StatusCode::OK, &[("allow", methods.to_string())])
 }
 
 /// Build a response from a status and headers, with an empty body.

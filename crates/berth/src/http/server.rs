@@ -1,4 +1,4 @@
-//! The listener: accepts TCP connections, optionally terminates TLS (rustls with the
+//! The listener: accepts TCP or Unix-socket connections, optionally terminates TLS (rustls with the
 //! ring provider; client certificates required when `http.tls.clientcas` is set),
 //! serves HTTP/1.1 and HTTP/2 on each connection with hyper, and on shutdown stops
 //! accepting and drains in-flight requests, bounded by `http.draintimeout`. Each request
@@ -15,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf },
     #[error("cannot add the client CA {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error("http.tls.ciphersuites: {name} is not supported (Berth's TLS library offers only AEAD suites with forward secrecy): use {supported}")]
+    CipherSuite { name: String, supported: String },
     #[error("invalid TLS setup (certificate {certificate}, key {key}): {reason}")]
     Setup {
         certificate: PathBuf,
@@ -53,11 +56,14 @@ pub struct ServeOptions {
     pub http1_only: bool,
     /// Bound on draining in-flight requests at shutdown; `None` waits for all of them.
     pub drain_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers (`limits.headerreadtimeout`);
+    /// `None`: [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Build the rustls server configuration for `tls`.
 pub fn tls_config(tls: &TlsConfig, http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider_with_suites(&tls.cipher_suites)?);
     let setup = |reason: String| TlsError::Setup {
         certificate: tls.certificate.clone(),
         key: tls.key.clone(),
@@ -105,6 +111,42 @@ pub fn tls_config(tls: &TlsConfig, http2: bool) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(config))
 }
 
+/// The ring provider offering, for TLS 1.2, only the suites `names` lists (all of them
+/// when empty); TLS 1.3 suites always stay on, as in Go, whose configuration cannot
+/// change them either.
+fn provider_with_suites(names: &[String]) -> Result<rustls::crypto::CryptoProvider, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if names.is_empty() {
+        return Ok(provider);
+    }
+    let all = provider.cipher_suites.clone();
+    let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+    let is13 = |s: &rustls::SupportedCipherSuite| s.version() == &rustls::version::TLS13;
+    let mut chosen: Vec<rustls::SupportedCipherSuite> = all.iter().copied().filter(is13).collect();
+    for name in names {
+        // rustls spells TLS 1.3 suites TLS13_...; Go and IANA spell them TLS_...
+        if all
+            .iter()
+            .any(|s| is13(s) && name_of(s).replacen("TLS13_", "TLS_", 1) == *name)
+        {
+            continue;
+        }
+        match all.iter().find(|s| !is13(s) && name_of(s) == *name) {
+            Some(s) if !chosen.iter().any(|c| c.suite() == s.suite()) => chosen.push(*s),
+            Some(_) => {}
+            None => {
+                let supported: Vec<String> = all.iter().filter(|s| !is13(s)).map(name_of).collect();
+                return Err(TlsError::CipherSuite {
+                    name: name.clone(),
+                    supported: supported.join(", "),
+                });
+            }
+        }
+    }
+    provider.cipher_suites = chosen;
+    Ok(provider)
+}
+
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = |e: rustls::pki_types::pem::Error| TlsError::Pem {
         what,
@@ -124,67 +166,123 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, by default.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the server accepts connections.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    /// A Unix domain socket (`http.net: unix`): requests carry no peer address.
+    Unix(tokio::net::UnixListener),
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(l: tokio::net::TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
 
 /// Serve `app` on `listener` until `shutdown` completes, then stop accepting and drain.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<Listener>,
     app: Router,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client must send its request headers within this time (no slowloris holding
     // connections open for ever); bodies have their own idle timeout (limits.bodyidletimeout).
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT));
     if options.http1_only {
         builder = builder.http1_only();
     }
-    let builder = Arc::new(builder);
-    let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let conns = Connections {
+        builder: Arc::new(builder),
+        acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        graceful: GracefulShutdown::new(),
+        app,
+    };
     tokio::pin!(shutdown);
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if !is_connection_error(&e) {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let is_tls = acceptor.is_some();
-        let service = app
+        match accepted {
+            Ok(Accepted::Tcp(stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                conns.spawn(stream, Some(remote));
+            }
+            Ok(Accepted::Unix(stream)) => conns.spawn(stream, None),
+            Err(e) => {
+                if !is_connection_error(&e) {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    drain(conns.graceful, options.drain_timeout).await;
+    Ok(())
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// What every connection is served with.
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    graceful: GracefulShutdown,
+    app: Router,
+}
+
+impl Connections {
+    /// Serve one accepted connection on its own task (TLS handshake first, if any).
+    fn spawn<S>(&self, stream: S, remote: Option<SocketAddr>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let is_tls = self.acceptor.is_some();
+        let service = self
+            .app
             .clone()
             .map_request(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(remote) = remote {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                }
                 if is_tls {
                     req.extensions_mut().insert(TlsConnection);
                 }
                 req
             });
         let service = TowerToHyperService::new(service);
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let acceptor = self.acceptor.clone();
+        let peer = remote.map_or_else(|| "unix socket".to_string(), |r| r.to_string());
         tokio::spawn(async move {
             match acceptor {
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
                     }
                 }
                 Some(acceptor) => {
@@ -193,25 +291,22 @@ pub async fn serve(
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "TLS handshake failed");
+                            tracing::info!(remote = %peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::info!(%remote, "TLS handshake timed out");
+                            tracing::info!(remote = %peer, "TLS handshake timed out");
                             return;
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
                     }
                 }
             }
         });
     }
-    drop(listener);
-    drain(graceful, options.drain_timeout).await;
-    Ok(())
 }
 
 async fn drain(graceful: GracefulShutdown, timeout: Option<Duration>) {
