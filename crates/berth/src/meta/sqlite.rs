@@ -101,7 +101,9 @@ impl Repositories for SqliteMeta {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO NOTHING")
+        // A (re-)committed blob and its link count as new for garbage collection's grace
+        // period: a collection that read the old rows must not take the fresh file.
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at")
             .bind(d.as_str())
             .bind(size as i64)
             .bind(t)
@@ -110,7 +112,7 @@ impl Repositories for SqliteMeta {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at)
              SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
@@ -158,7 +160,7 @@ impl Repositories for SqliteMeta {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at)
              SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
@@ -582,5 +584,52 @@ mod tests {
             .await
             .expect("reopen");
         crate::meta::testsuite::check_persisted(&meta).await;
+    }
+
+    /// Pushing or mounting a blob again renews its rows, so a collection that started
+    /// before (cutoff older than the renewal) keeps it: the client was told it is stored.
+    #[tokio::test]
+    async fn relinking_renews_the_grace_period() {
+        use crate::meta::{Housekeeping, Repositories};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        let repo: oci::RepoName = "renew/app".parse().expect("repo");
+        let other: oci::RepoName = "renew/other".parse().expect("repo");
+        let d = oci::Digest::of(oci::Algorithm::Sha256, b"renewed");
+        meta.link_blob(&repo, &d, 7, &[]).await.expect("link");
+        meta.link_blob(&other, &d, 7, &[]).await.expect("link");
+        meta.backdate(7200).await.expect("backdate");
+        let cutoff = super::now() - 3600;
+        // Old rows only: eligible (the forget is dropped, so it rolls back).
+        assert!(meta
+            .gc_forget_blob(&d, cutoff)
+            .await
+            .expect("forget")
+            .is_some());
+        // Uploaded again into the same repository: kept.
+        meta.link_blob(&repo, &d, 7, &[]).await.expect("relink");
+        assert!(meta
+            .gc_forget_blob(&d, cutoff)
+            .await
+            .expect("forget")
+            .is_none());
+        // Mounted again into a repository that already links it: kept.
+        meta.backdate(7200).await.expect("backdate");
+        assert!(meta
+            .gc_forget_blob(&d, cutoff)
+            .await
+            .expect("forget")
+            .is_some());
+        meta.mount_blob(&other, &d, Some(&repo), &[])
+            .await
+            .expect("mount")
+            .expect("mounted");
+        assert!(meta
+            .gc_forget_blob(&d, cutoff)
+            .await
+            .expect("forget")
+            .is_none());
     }
 }
