@@ -177,7 +177,9 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
 /// a process that is gone (nothing accepts on it) is replaced; a socket someone still
 /// serves on, or a file that is not a socket, is an error: Berth never takes over another
 /// server's socket or deletes a regular file. (Distribution 2.8 removes any socket.)
-pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
+pub fn bind_unix(
+    path: &std::path::Path,
+) -> Result<(tokio::net::UnixListener, SocketFile), StartError> {
     use std::os::unix::fs::FileTypeExt as _;
     let fail = |reason: String| StartError::Socket {
         path: path.to_path_buf(),
@@ -206,7 +208,46 @@ pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, Sta
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e.to_string())),
     }
-    tokio::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    let file = SocketFile::of(path).map_err(|e| fail(e.to_string()))?;
+    Ok((listener, file))
+}
+
+/// The socket file a listener created, known by device and inode, so that shutting down
+/// removes that file and not one a newer instance (a rolling restart) bound at the same
+/// path meanwhile.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &std::path::Path) -> std::io::Result<SocketFile> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    /// Remove the file if it is still the one this process bound.
+    pub fn remove(&self) {
+        match SocketFile::of(&self.path) {
+            Ok(now) if now.id == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => tracing::info!(
+                "leaving the socket {}: another server has bound it since",
+                self.path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot check the socket {}: {e}", self.path.display()),
+        }
+    }
 }
 
 /// Run the registry described by `config` until `shutdown` completes.
@@ -251,6 +292,7 @@ pub async fn run(
         tracing::info!("debug server listening {local}");
         debug_server = Some(tokio::spawn(http::serve(listener, app, stop)));
     }
+    let mut socket_file = None;
     let (listener, local): (http::server::Listener, String) = match config.net {
         Net::Tcp => {
             let l = bind(&config.addr).await?;
@@ -259,7 +301,8 @@ pub async fn run(
         }
         Net::Unix => {
             let path = PathBuf::from(&config.addr);
-            let l = bind_unix(&path)?;
+            let (l, file) = bind_unix(&path)?;
+            socket_file = Some(file);
             (http::server::Listener::Unix(l), path.display().to_string())
         }
     };
@@ -305,11 +348,9 @@ pub async fn run(
         if config.net == Net::Unix { "+unix" } else { "" }
     );
     let served = http::server::serve(listener, app, serve_options, shutdown).await;
-    if config.net == Net::Unix {
+    if let Some(file) = socket_file {
         // As Go's listener does on close: the next start finds no socket file.
-        if let Err(e) = std::fs::remove_file(&config.addr) {
-            tracing::warn!("cannot remove the socket {}: {e}", config.addr);
-        }
+        file.remove();
     }
     let _ = stop_debug.send(true);
     if let Some(task) = debug_server {

@@ -454,3 +454,31 @@ fn slow_request_headers_are_cut_off() {
     let err = Berth::fails_to_start(&base("limits:\n  headerreadtimeout: soon\n"));
     assert!(err.contains("limits.headerreadtimeout"), "{err}");
 }
+
+/// A rolling restart on one socket path: the new instance binds while the old one
+/// drains; the old one's shutdown must not remove the new instance's socket.
+#[test]
+fn shutdown_leaves_a_newer_socket_alone() {
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("berth.sock");
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("config.yml");
+    std::fs::write(
+        &config,
+        unix_config(&socket, "").replace("DATA", &data.path().join("data").display().to_string()),
+    )
+    .expect("config");
+    let (mut child, _) = spawn_berth_until(
+        &["serve".as_ref(), config.as_os_str()],
+        &["listening on http+unix://"],
+    );
+    // The newer instance: its own socket file at the same path.
+    std::fs::remove_file(&socket).expect("unlink the old socket");
+    let newer = std::os::unix::net::UnixListener::bind(&socket).expect("newer socket");
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    wait_exit(child.id());
+    let _ = child.wait();
+    assert!(socket.exists(), "the old instance removed the newer socket");
+    std::os::unix::net::UnixStream::connect(&socket).expect("the newer socket still answers");
+    drop(newer);
+}
