@@ -4,6 +4,10 @@
 FROM scratch
 COPY target/image/berth /bin/berth
 COPY docker/config.yml /etc/docker/registry/config.yml
+# CA certificates for outgoing TLS (proxy upstreams, webhooks), staged from the build
+# machine's Debian bundle. To trust a private CA, mount a bundle over this file or set
+# SSL_CERT_FILE to one (it then replaces this store).
+COPY target/image/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # scratch has no /tmp (SQLite may put temporary files there); WORKDIR creates it.
 WORKDIR /tmp
 WORKDIR /

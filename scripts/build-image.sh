@@ -28,5 +28,14 @@ if command -v strip >/dev/null 2>&1; then
 fi
 mv target/image/berth.new target/image/berth
 
+# The trust store for outgoing TLS (an https proxy upstream, https webhooks): the build
+# machine's Debian CA bundle (package ca-certificates), at the path the binary probes.
+ca=/etc/ssl/certs/ca-certificates.crt
+if [ ! -s "$ca" ]; then
+    echo "build-image.sh: $ca is missing: install Debian's ca-certificates package" >&2
+    exit 1
+fi
+cp "$ca" target/image/ca-certificates.crt
+
 echo "build-image.sh: docker build -t $tag ." >&2
 docker build -q -t "$tag" .
