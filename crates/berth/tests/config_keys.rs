@@ -482,3 +482,24 @@ fn shutdown_leaves_a_newer_socket_alone() {
     std::os::unix::net::UnixStream::connect(&socket).expect("the newer socket still answers");
     drop(newer);
 }
+
+/// A client that connects and never sends a byte (plain or after the TLS handshake, where
+/// hyper's own header timer has not started) is cut off after the header-read limit.
+#[test]
+fn silent_connections_are_cut_off() {
+    use std::io::Read as _;
+    let b = Berth::start_with_config(&base("limits:\n  headerreadtimeout: 1s\n"));
+    let mut silent = std::net::TcpStream::connect(&b.host).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let elapsed = started.elapsed();
+    assert_eq!(n, 0, "the server answered a silent connection");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "closed after {elapsed:?} with a 1s limit"
+    );
+}

@@ -17,7 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::ServiceExt as _;
 
@@ -202,6 +204,7 @@ pub async fn serve(
     }
     let conns = Connections {
         builder: Arc::new(builder),
+        first_byte_timeout: options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT),
         acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         graceful: GracefulShutdown::new(),
         app,
@@ -247,6 +250,8 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
 /// What every connection is served with.
 struct Connections {
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// How long a new connection may stay silent (the header-read limit).
+    first_byte_timeout: Duration,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     graceful: GracefulShutdown,
     app: Router,
@@ -275,10 +280,12 @@ impl Connections {
         let builder = self.builder.clone();
         let watcher = self.graceful.watcher();
         let acceptor = self.acceptor.clone();
+        let first_byte = self.first_byte_timeout;
         let peer = remote.map_or_else(|| "unix socket".to_string(), |r| r.to_string());
         tokio::spawn(async move {
             match acceptor {
                 None => {
+                    let stream = FirstByteDeadline::new(stream, first_byte);
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -299,6 +306,7 @@ impl Connections {
                             return;
                         }
                     };
+                    let tls = FirstByteDeadline::new(tls, first_byte);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
@@ -306,6 +314,89 @@ impl Connections {
                 }
             }
         });
+    }
+}
+
+/// A connection that must send its first byte within a deadline. hyper's header-read
+/// timer only starts once it has seen bytes (the auto builder first waits, untimed, to
+/// tell HTTP/1 from the HTTP/2 preface), so a client that connects and says nothing, or
+/// opens an HTTP/2 connection without its preface, would otherwise hold a connection and
+/// a task for ever.
+struct FirstByteDeadline<S> {
+    inner: S,
+    /// `None` once the first byte arrived.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = match this.deadline.as_mut() {
+                    Some(d) => d.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the header-read limit",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
