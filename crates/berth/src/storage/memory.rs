@@ -11,6 +11,9 @@ use std::sync::Mutex;
 pub struct MemoryBlobStore {
     blobs: Mutex<HashMap<Digest, Bytes>>,
     uploads: Mutex<HashMap<String, Vec<u8>>>,
+    /// Committed uploads' bytes, kept until the upload is deleted (the fs backend's
+    /// `uploads/<id>.kept`): no append, size or read finds them.
+    kept: Mutex<HashMap<String, Vec<u8>>>,
     /// When each blob was committed.
     committed: Mutex<HashMap<Digest, std::time::SystemTime>>,
     /// Blobs moved aside by `hide`, by name.
@@ -189,10 +192,15 @@ impl super::BlobStore for MemoryBlobStore {
     }
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
-        let data = lock(&self.uploads)
-            .get(id)
-            .cloned()
-            .ok_or(StorageError::UploadNotFound)?;
+        // The first commit moves the upload to its kept bytes; later ones commit those.
+        let open = lock(&self.uploads).remove(id);
+        let data = {
+            let mut kept = lock(&self.kept);
+            if let Some(open) = open {
+                kept.insert(id.to_string(), open);
+            }
+            kept.get(id).cloned().ok_or(StorageError::UploadNotFound)?
+        };
         lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
         lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
         Ok(())
@@ -222,6 +230,7 @@ impl super::BlobStore for MemoryBlobStore {
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).remove(id);
+        lock(&self.kept).remove(id);
         Ok(())
     }
 }

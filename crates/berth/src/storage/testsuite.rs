@@ -113,15 +113,58 @@ pub async fn run(store: &dyn BlobStore) {
         .expect("rehash");
     assert_eq!(re512.hasher.digest(), Digest::of(Algorithm::Sha512, data));
 
-    // Commit makes it visible; the upload stays until it is deleted.
+    // Commit makes it visible. From then on the upload cannot be written, sized, hashed
+    // or read (a client retrying into the session must start over), but its bytes are
+    // kept for a commit again until the upload is deleted.
     store.commit_upload("u1", &digest).await.expect("commit");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
-    assert_eq!(store.upload_size("u1").await.expect("kept"), 12);
+    assert!(matches!(
+        store
+            .append_upload("u1", p.clone(), stream_of(vec![b"trailing"]), u64::MAX)
+            .await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store.upload_size("u1").await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store.rehash_upload("u1", Algorithm::Sha256).await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store
+            .read_upload("u1", ByteRange { start: 0, end: 0 })
+            .await
+            .err(),
+        Some(StorageError::UploadNotFound)
+    ));
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data,
+        "an append after the commit left the committed blob as it was"
+    );
+    assert!(store.delete(&digest).await.expect("delete"));
+    store
+        .commit_upload("u1", &digest)
+        .await
+        .expect("commit again");
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data
+    );
     store.delete_upload("u1").await.expect("delete upload");
     assert!(matches!(
         store.upload_size("u1").await,
         Err(StorageError::UploadNotFound)
     ));
+    assert!(
+        matches!(
+            store.commit_upload("u1", &digest).await,
+            Err(StorageError::UploadNotFound)
+        ),
+        "deleting an upload removes its kept bytes too"
+    );
     assert_eq!(
         collect(store.get(&digest, None).await.expect("get")).await,
         data
