@@ -586,6 +586,35 @@ impl super::BlobStore for FsBlobStore {
         result
     }
 
+    async fn list_uploads(&self) -> Result<Vec<super::StoredUpload>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let mut by_id: std::collections::HashMap<String, std::time::SystemTime> =
+                std::collections::HashMap::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(id) = upload_id_of(&name) else {
+                    continue;
+                };
+                let modified = match entry.metadata() {
+                    Ok(m) if m.is_file() => m.modified()?,
+                    Ok(_) => continue,
+                    // Deleted or committed meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let latest = by_id.entry(id.to_string()).or_insert(modified);
+                *latest = (*latest).max(modified);
+            }
+            Ok(by_id
+                .into_iter()
+                .map(|(id, modified)| super::StoredUpload { id, modified })
+                .collect())
+        })
+        .await
+    }
+
     async fn delete_upload(&self, id: &str) -> Result<()> {
         let open = self.upload_path(id)?;
         blocking(move || {
@@ -596,6 +625,15 @@ impl super::BlobStore for FsBlobStore {
         })
         .await
     }
+}
+
+/// The upload id a file in `uploads/` belongs to (`<id>`, `<id>.kept`, `<id>.commit`).
+fn upload_id_of(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".kept")
+        .or_else(|| name.strip_suffix(".commit"))
+        .unwrap_or(name);
+    super::valid_upload_id(id).then_some(id)
 }
 
 impl FsBlobStore {

@@ -14,6 +14,8 @@ pub struct MemoryBlobStore {
     /// Committed uploads' bytes, kept until the upload is deleted (the fs backend's
     /// `uploads/<id>.kept`): no append, size or read finds them.
     kept: Mutex<HashMap<String, Vec<u8>>>,
+    /// When each upload was last written or committed.
+    touched: Mutex<HashMap<String, std::time::SystemTime>>,
     /// When each blob was committed.
     committed: Mutex<HashMap<Digest, std::time::SystemTime>>,
     /// Blobs moved aside by `hide`, by name.
@@ -23,6 +25,10 @@ pub struct MemoryBlobStore {
 impl MemoryBlobStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn touch(&self, id: &str) {
+        lock(&self.touched).insert(id.to_string(), std::time::SystemTime::now());
     }
 }
 
@@ -118,6 +124,7 @@ impl super::BlobStore for MemoryBlobStore {
 
     async fn create_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).insert(id.to_string(), Vec::new());
+        self.touch(id);
         Ok(())
     }
 
@@ -174,10 +181,10 @@ impl super::BlobStore for MemoryBlobStore {
             });
         }
         u.extend_from_slice(&data);
-        Ok(UploadProgress {
-            size: u.len() as u64,
-            hasher,
-        })
+        let size = u.len() as u64;
+        drop(uploads);
+        self.touch(id);
+        Ok(UploadProgress { size, hasher })
     }
 
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
@@ -201,6 +208,7 @@ impl super::BlobStore for MemoryBlobStore {
             }
             kept.get(id).cloned().ok_or(StorageError::UploadNotFound)?
         };
+        self.touch(id);
         lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
         lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
         Ok(())
@@ -228,9 +236,25 @@ impl super::BlobStore for MemoryBlobStore {
         Ok((size, super::Ingest::Copied))
     }
 
+    async fn list_uploads(&self) -> Result<Vec<super::StoredUpload>> {
+        let mut ids: Vec<String> = lock(&self.uploads).keys().cloned().collect();
+        ids.extend(lock(&self.kept).keys().cloned());
+        ids.sort_unstable();
+        ids.dedup();
+        let touched = lock(&self.touched);
+        Ok(ids
+            .into_iter()
+            .map(|id| super::StoredUpload {
+                modified: touched.get(&id).copied().unwrap_or(std::time::UNIX_EPOCH),
+                id,
+            })
+            .collect())
+    }
+
     async fn delete_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).remove(id);
         lock(&self.kept).remove(id);
+        lock(&self.touched).remove(id);
         Ok(())
     }
 }

@@ -88,6 +88,15 @@ pub struct StoredBlob {
     pub modified: std::time::SystemTime,
 }
 
+/// An upload as [`BlobStore::list_uploads`] reports it: open or committed, by any of its
+/// names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUpload {
+    pub id: String,
+    /// When it was last written (or committed): the latest of its names.
+    pub modified: std::time::SystemTime,
+}
+
 /// A committed blob that garbage collection moved aside ([`BlobStore::hide`]): no longer
 /// readable under its digest, not yet gone.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +162,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove an upload, open or committed, with every name it has; absent uploads are
     /// not an error.
     async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Every upload in storage, open or committed and not yet deleted (upload purging
+    /// finds those nothing records), one entry per id, in no particular order.
+    async fn list_uploads(&self) -> Result<Vec<StoredUpload>>;
 
     /// Bring the file at `source` (outside the store) in as blob `digest`: a hard link when
     /// the backend can make one, a copy otherwise. Either way the stored content is hashed

@@ -222,9 +222,31 @@ pub async fn run(store: &dyn BlobStore) {
     store.delete_upload("u2").await.expect("delete upload");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
 
-    // Cancel and delete.
+    // Uploads are listed, open or committed, once each, until deleted.
     store.create_upload("u3").await.expect("create");
+    store.create_upload("u4").await.expect("create");
+    store
+        .append_upload("u4", fresh(), stream_of(vec![b"hello, berth"]), u64::MAX)
+        .await
+        .expect("append");
+    store.commit_upload("u4", &digest).await.expect("commit");
+    let mut listed = store.list_uploads().await.expect("list uploads");
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        listed.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        ["u3", "u4"]
+    );
+    for u in &listed {
+        assert!(u.modified.elapsed().unwrap_or_default() < std::time::Duration::from_secs(600));
+    }
+    store.delete_upload("u4").await.expect("delete upload");
+
+    // Cancel and delete.
     store.delete_upload("u3").await.expect("delete upload");
+    assert!(
+        store.list_uploads().await.expect("list uploads").is_empty(),
+        "deleted uploads are not listed"
+    );
     store
         .delete_upload("u3")
         .await
