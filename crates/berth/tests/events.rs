@@ -649,6 +649,71 @@ async fn upload_purging_dry_run_keeps_everything() {
     assert!(upload_file(&b, &old).exists());
 }
 
+/// Plant an upload file no session records, last written an hour ago (what a crash
+/// mid pull-through fill or mid monolithic push leaves, or a kept copy whose cleanup
+/// failed).
+fn plant_orphan(b: &Berth, name: &str) -> std::path::PathBuf {
+    let path = b.data_dir().join("uploads").join(name);
+    std::fs::write(&path, b"bytes nothing records").expect("plant orphan");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("backdate orphan");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_purging_removes_upload_files_nothing_records() {
+    let b = start_with_storage(&purge_config("1h", false));
+    let c = Client::new();
+    let fill = plant_orphan(&b, "0b5e0c55-6b8e-4c1f-9a51-1d2a3b4c5d6e");
+    let kept = plant_orphan(&b, "1c6f1d66-7c9f-4d20-8b62-2e3b4c5d6e7f.kept");
+    let staged = plant_orphan(&b, "1c6f1d66-7c9f-4d20-8b62-2e3b4c5d6e7f.commit");
+    let stray = plant_orphan(&b, "not-an-upload.txt");
+    // A session of the same age is not an orphan: it goes by its start time (just now).
+    let live = start_upload(&c, &b, "orphan/repo").await;
+    let live_file = upload_file(&b, &live);
+    std::fs::File::options()
+        .write(true)
+        .open(&live_file)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("backdate session file");
+    let b = tokio::task::spawn_blocking(move || {
+        b.wait_for_log("orphans=2", 0, Duration::from_secs(30));
+        b
+    })
+    .await
+    .expect("join");
+    assert!(!fill.exists() && !kept.exists() && !staged.exists());
+    assert!(stray.exists(), "a file that names no upload is left alone");
+    assert!(live_file.exists());
+    assert_eq!(upload_status(&c, &b, &live).await, StatusCode::NO_CONTENT);
+    let lines = b.log_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("without a session")
+            && l.contains("0b5e0c55-6b8e-4c1f-9a51-1d2a3b4c5d6e")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_purging_dry_run_keeps_orphan_files() {
+    let b = start_with_storage(&purge_config("1h", true));
+    let orphan = plant_orphan(&b, "2d7a2e77-8da0-4e31-9c73-3f4c5d6e7f80");
+    let b = tokio::task::spawn_blocking(move || {
+        b.wait_for_log("orphans=1", 0, Duration::from_secs(30));
+        b
+    })
+    .await
+    .expect("join");
+    assert!(b
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("without a session") && l.contains("dry_run=true")));
+    assert!(orphan.exists());
+}
+
 /// Start Debian's `docker-registry` (CNCF Distribution 2.8) with `config` (`DATA` is
 /// replaced by a temporary directory); returns the process, its `host:port` and the dir.
 fn start_distribution(config: &str) -> (std::process::Child, String, tempfile::TempDir) {

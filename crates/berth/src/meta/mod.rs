@@ -26,12 +26,25 @@ pub enum MetaError {
     /// or garbage collection): nothing was written.
     #[error("referenced content is no longer in the repository")]
     MissingReferences(Vec<Digest>),
-    /// Another writer held the database for longer than every attempt waited.
+    /// Another writer held the database for longer than every attempt waited (or kept
+    /// changing what the write depended on).
     #[error("{0}")]
     Busy(String),
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// What [`Manifests::delete_manifest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestDeletion {
+    /// Deleted with its tags; the events were appended.
+    Deleted,
+    /// No such manifest in the repository: nothing written.
+    NotFound,
+    /// Other tags point at the manifest than the caller named (a tag was pushed or
+    /// deleted meanwhile): nothing written. These are the tags now, in byte order.
+    TagsChanged(Vec<Tag>),
+}
 
 /// A manifest to store.
 #[derive(Debug, Clone)]
@@ -153,13 +166,17 @@ pub trait Manifests: Send + Sync {
     /// For each digest, whether it is a manifest in `repo`.
     async fn manifests_exist(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<bool>>;
     /// Delete a manifest and every tag pointing at it, and append `events`, in one
-    /// transaction; `false` (nothing written) if absent.
+    /// transaction. With `tags` (the tags the caller built `events` from), the transaction
+    /// first checks that exactly those tags point at the manifest, so the events name
+    /// the tags really deleted; if not, nothing is written and the tags found are
+    /// returned ([`ManifestDeletion::TagsChanged`]) for the caller to try again.
     async fn delete_manifest(
         &self,
         repo: &RepoName,
         digest: &Digest,
+        tags: Option<&[Tag]>,
         events: &[NewEvent],
-    ) -> Result<bool>;
+    ) -> Result<ManifestDeletion>;
     /// Delete one tag and append `events`, in one transaction; `false` (nothing written)
     /// if absent.
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool>;

@@ -6,8 +6,8 @@
 
 use super::sqlite_events::insert_events;
 use super::{
-    now, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories, Result,
-    StoredManifest, UploadSession, Uploads,
+    now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
+    Result, StoredManifest, UploadSession, Uploads,
 };
 use oci::{Digest, Reference, RepoName, Tag};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -413,8 +413,9 @@ impl Manifests for SqliteMeta {
         &self,
         repo: &RepoName,
         d: &Digest,
+        tags: Option<&[Tag]>,
         events: &[NewEvent],
-    ) -> Result<bool> {
+    ) -> Result<ManifestDeletion> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
             .bind(repo.as_str())
@@ -422,7 +423,7 @@ impl Manifests for SqliteMeta {
             .await?
             .map(|r| r.get::<i64, _>(0))
         else {
-            return Ok(false);
+            return Ok(ManifestDeletion::NotFound);
         };
         let gone = sqlx::query("DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2")
             .bind(repo_id)
@@ -431,7 +432,31 @@ impl Manifests for SqliteMeta {
             .await?
             .rows_affected();
         if gone == 0 {
-            return Ok(false);
+            return Ok(ManifestDeletion::NotFound);
+        }
+        if let Some(expected) = tags {
+            // Under the write lock: the tags deleted below are exactly these.
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM tags WHERE repository_id = ?1 AND digest = ?2 ORDER BY name",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut expected: Vec<&str> = expected.iter().map(Tag::as_str).collect();
+            expected.sort_unstable();
+            expected.dedup();
+            if found.iter().map(String::as_str).ne(expected) {
+                tx.rollback().await?;
+                let found = found
+                    .into_iter()
+                    .map(|t| {
+                        t.parse()
+                            .map_err(|_| MetaError::Corrupt(format!("tag {t:?}")))
+                    })
+                    .collect::<Result<_>>()?;
+                return Ok(ManifestDeletion::TagsChanged(found));
+            }
         }
         sqlx::query("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2")
             .bind(repo_id)
@@ -447,7 +472,7 @@ impl Manifests for SqliteMeta {
         .await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(ManifestDeletion::Deleted)
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {

@@ -1,6 +1,6 @@
 //! The contract every metadata backend must meet, run by each backend's tests.
 
-use super::{MetaStore, NewEvent, NewManifest, UploadSession};
+use super::{ManifestDeletion, MetaStore, NewEvent, NewManifest, UploadSession};
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -160,18 +160,24 @@ pub async fn run(m: &dyn MetaStore) {
         .await
         .expect("get")
         .is_some());
-    assert!(m
-        .delete_manifest(&a, &m1.digest, &[])
-        .await
-        .expect("delete manifest"));
-    assert!(!m
-        .delete_manifest(&a, &m1.digest, &[])
-        .await
-        .expect("delete twice"));
-    assert!(!m
-        .delete_manifest(&b, &m1.digest, &[])
-        .await
-        .expect("unknown repo"));
+    assert_eq!(
+        m.delete_manifest(&a, &m1.digest, None, &[])
+            .await
+            .expect("delete manifest"),
+        ManifestDeletion::Deleted
+    );
+    assert_eq!(
+        m.delete_manifest(&a, &m1.digest, None, &[])
+            .await
+            .expect("delete twice"),
+        ManifestDeletion::NotFound
+    );
+    assert_eq!(
+        m.delete_manifest(&b, &m1.digest, None, &[])
+            .await
+            .expect("unknown repo"),
+        ManifestDeletion::NotFound
+    );
     assert_eq!(
         m.list_tags(&a, None, 100).await.expect("tags"),
         Some(vec!["b".into(), "v1".into()])
@@ -345,10 +351,12 @@ pub async fn transactional_events(m: &dyn MetaStore) {
         .delete_tag(&r, &tag("nope"), &events("refused tag delete"))
         .await
         .expect("delete tag"));
-    assert!(!m
-        .delete_manifest(&r, &d("nope"), &events("refused delete"))
-        .await
-        .expect("delete"));
+    assert_eq!(
+        m.delete_manifest(&r, &d("nope"), Some(&[]), &events("refused delete"))
+            .await
+            .expect("delete"),
+        ManifestDeletion::NotFound
+    );
     assert!(!m
         .unlink_blob(&r, &d("nope"), &events("refused unlink"))
         .await
@@ -394,10 +402,55 @@ pub async fn transactional_events(m: &dyn MetaStore) {
         .delete_tag(&r, &tag("u"), &events("delete tag"))
         .await
         .expect("delete tag"));
-    assert!(m
-        .delete_manifest(&r, &man.digest, &events("delete manifest"))
+    // The tags the events were built from must be the manifest's tags at the delete: a
+    // tag moved to another manifest meanwhile refuses it, and nothing is written.
+    m.put_manifest(&r, &man, &[tag("v")], &[])
         .await
-        .expect("delete"));
+        .expect("tag v");
+    let tags_read = m.tags_of(&r, &man.digest).await.expect("tags of");
+    assert_eq!(tags_read, vec![tag("t"), tag("v")]);
+    let other_man = manifest("tx-other", None, None);
+    m.put_manifest(&r, &other_man, &[tag("v")], &[])
+        .await
+        .expect("move tag v");
+    assert_eq!(
+        m.delete_manifest(&r, &man.digest, Some(&tags_read), &events("stale delete"))
+            .await
+            .expect("stale delete"),
+        ManifestDeletion::TagsChanged(vec![tag("t")])
+    );
+    assert!(m
+        .get_manifest(&r, &Reference::Digest(man.digest.clone()))
+        .await
+        .expect("get")
+        .is_some());
+    assert_eq!(
+        m.tags_of(&r, &man.digest).await.expect("tags of"),
+        vec![tag("t")]
+    );
+    // A tag added meanwhile refuses it too (it would be deleted unreported).
+    assert_eq!(
+        m.delete_manifest(&r, &man.digest, Some(&[]), &events("stale delete"))
+            .await
+            .expect("stale delete"),
+        ManifestDeletion::TagsChanged(vec![tag("t")])
+    );
+    assert_eq!(
+        m.delete_manifest(
+            &r,
+            &man.digest,
+            Some(&[tag("t")]),
+            &events("delete manifest")
+        )
+        .await
+        .expect("delete"),
+        ManifestDeletion::Deleted
+    );
+    assert_eq!(
+        m.list_tags(&r, None, 100).await.expect("tags"),
+        Some(vec!["v".into()]),
+        "the moved tag is live"
+    );
     assert!(m
         .unlink_blob(&other, &d("tx-layer"), &events("delete blob"))
         .await

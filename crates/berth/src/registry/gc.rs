@@ -20,7 +20,7 @@
 //!            delete D's links and its `blobs` row — not yet committed
 //!        G2  hide the file (an atomic rename to a name of its own), still inside G1
 //!        G3  commit G1 (on failure: unhide, stop); then purge the hidden copy
-//! up:    U1  commit the upload's file under D (the upload keeps its bytes)
+//! up:    U1  commit the upload's file under D (its bytes are kept, never appended to)
 //!        U2  link transaction: record D (row + link) and its push event
 //!        U3  if no file is under D, commit the upload's bytes again
 //!        U4  delete the upload

@@ -3,9 +3,12 @@
 
 use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
-use crate::meta::{MetaError, NewManifest, StoredManifest};
+use crate::meta::{ManifestDeletion, MetaError, NewManifest, StoredManifest};
 use oci::manifest::{Descriptor, Kind};
 use oci::{media, Digest, Reference, RepoName, Tag};
+
+/// Attempts at deleting a manifest while its tags keep changing under the delete.
+const DELETE_ATTEMPTS: usize = 5;
 
 /// The result of a manifest push.
 #[derive(Debug, Clone)]
@@ -293,27 +296,7 @@ impl Registry {
                 let deleted = self.meta.delete_tag(repo, t, &events).await?;
                 deleted.then_some(events)
             }
-            Reference::Digest(d) => {
-                // Distribution reports the manifest, then each tag that pointed at it.
-                // The tags are read before the delete: a tag added in between is deleted
-                // with the manifest but not reported.
-                if self.events_enabled() {
-                    let tags = self.meta.tags_of(repo, d).await?;
-                    targets.push(Target {
-                        digest: d.to_string(),
-                        repository: repo.to_string(),
-                        ..Target::default()
-                    });
-                    targets.extend(tags.iter().map(|t| Target {
-                        repository: repo.to_string(),
-                        tag: t.to_string(),
-                        ..Target::default()
-                    }));
-                }
-                let events = self.delete_event_rows(&targets);
-                let deleted = self.meta.delete_manifest(repo, d, &events).await?;
-                deleted.then_some(events)
-            }
+            Reference::Digest(d) => self.delete_manifest_and_tags(repo, d).await?,
         };
         match deleted {
             Some(events) => {
@@ -322,6 +305,57 @@ impl Registry {
             }
             None => Err(RegistryError::ManifestUnknown(reference.to_string())),
         }
+    }
+
+    /// Delete a manifest with its tags. Distribution reports the manifest, then each tag
+    /// that pointed at it. The metadata store deletes only if the tags the events name are
+    /// still exactly the manifest's (re-read inside its transaction), so a tag moved to
+    /// another manifest meanwhile is never reported deleted (a mirror following the
+    /// events would delete a live tag); on a change the events are rebuilt from the tags
+    /// it found, at most [`DELETE_ATTEMPTS`] times. `None` if there is no such manifest.
+    async fn delete_manifest_and_tags(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<Vec<crate::meta::NewEvent>>> {
+        let mut tags = if self.events_enabled() {
+            Some(self.meta.tags_of(repo, d).await?)
+        } else {
+            None
+        };
+        #[cfg(test)]
+        super::gc::race::point("delete:tags-read").await;
+        for _ in 0..DELETE_ATTEMPTS {
+            let mut targets = Vec::new();
+            if let Some(tags) = &tags {
+                targets.push(Target {
+                    digest: d.to_string(),
+                    repository: repo.to_string(),
+                    ..Target::default()
+                });
+                targets.extend(tags.iter().map(|t| Target {
+                    repository: repo.to_string(),
+                    tag: t.to_string(),
+                    ..Target::default()
+                }));
+            }
+            let events = self.delete_event_rows(&targets);
+            match self
+                .meta
+                .delete_manifest(repo, d, tags.as_deref(), &events)
+                .await?
+            {
+                ManifestDeletion::Deleted => return Ok(Some(events)),
+                ManifestDeletion::NotFound => return Ok(None),
+                ManifestDeletion::TagsChanged(now) => {
+                    tracing::debug!(%repo, digest = %d, "tags changed while the manifest was deleted; trying again");
+                    tags = Some(now);
+                }
+            }
+        }
+        Err(RegistryError::Meta(MetaError::Busy(format!(
+            "the tags of {d} in {repo} changed during each of {DELETE_ATTEMPTS} attempts to delete it; nothing was deleted, try again"
+        ))))
     }
 
     fn delete_event_rows(&self, targets: &[Target]) -> Vec<crate::meta::NewEvent> {
@@ -350,5 +384,136 @@ mod tests {
         assert!(wild.allows(oci::media::OCI_INDEX));
         assert!(!wild.allows("text/plain"));
         assert!(Accept(vec!["*/*".into()]).allows("text/plain"));
+    }
+
+    /// A tag moved to another manifest between the delete's read of the tags and its
+    /// transaction: the delete is tried again with the fresh tags, and no event reports
+    /// the moved (live) tag deleted.
+    #[tokio::test]
+    async fn a_tag_moved_during_a_delete_is_not_reported_deleted() {
+        use super::super::events::{EventSink, Source, Subscriber};
+        use super::super::gc::race::Pause;
+        use crate::meta::sqlite::SqliteMeta;
+        use crate::registry::{Registry, Settings};
+        use crate::storage::memory::MemoryBlobStore;
+        use oci::{Algorithm, Digest, Reference, RepoName, Tag};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("meta");
+        let sink = EventSink {
+            subscribers: vec![Subscriber {
+                name: "hook".into(),
+                ignored_media_types: vec![],
+                ignored_actions: vec![],
+                wake: Arc::new(tokio::sync::Notify::new()),
+            }],
+            include_references: false,
+            source: Source {
+                addr: "localhost:5000".into(),
+                instance_id: "test".into(),
+            },
+        };
+        let registry = Arc::new(
+            Registry::new(
+                Arc::new(MemoryBlobStore::new()),
+                Arc::new(meta),
+                Settings {
+                    delete_enabled: true,
+                    ..Settings::default()
+                },
+            )
+            .with_events(sink),
+        );
+        let repo: RepoName = "app".parse().expect("repo");
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let config_digest = Digest::of(Algorithm::Sha256, config);
+        registry
+            .put_blob(
+                &repo,
+                &config_digest,
+                Box::pin(futures_util::stream::once(async move {
+                    Ok(bytes::Bytes::from_static(config))
+                })),
+            )
+            .await
+            .expect("config");
+        let manifest = |n: u32| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[],"annotations":{{"n":"{n}"}}}}"#,
+                config.len()
+            )
+            .into_bytes()
+        };
+        let tag = |t: &str| t.parse::<Tag>().expect("tag");
+        let push = |n: u32, t: &'static str| {
+            let registry = registry.clone();
+            let repo = repo.clone();
+            let content = manifest(n);
+            async move {
+                registry
+                    .put_manifest(
+                        &repo,
+                        &Reference::Tag(t.parse().expect("tag")),
+                        Some("application/vnd.oci.image.manifest.v1+json"),
+                        content,
+                        vec![],
+                    )
+                    .await
+                    .expect("push")
+                    .digest
+            }
+        };
+        let old = push(1, "live").await;
+        push(1, "stays-with-old").await;
+
+        let pause = Pause::at("delete:tags-read");
+        let (r, rp, d) = (registry.clone(), repo.clone(), old.clone());
+        let delete = tokio::spawn(
+            pause
+                .clone()
+                .scope(async move { r.delete_manifest(&rp, &Reference::Digest(d)).await }),
+        );
+        pause.reached.notified().await;
+        let new = push(2, "live").await;
+        pause.resume.notify_one();
+        delete.await.expect("join").expect("delete");
+
+        let live = registry
+            .get_manifest(&repo, &Reference::Tag(tag("live")), &Accept::default())
+            .await
+            .expect("the moved tag still resolves");
+        assert_eq!(live.digest, new);
+        let mut deleted = Vec::new();
+        while let Some(e) = registry
+            .claim_event("hook", "test", 60)
+            .await
+            .expect("claim")
+        {
+            registry
+                .complete_event(e.seq, "test")
+                .await
+                .expect("complete");
+            let v: serde_json::Value = serde_json::from_str(&e.payload).expect("json");
+            if v["action"] == "delete" {
+                let t = &v["target"];
+                deleted.push(format!(
+                    "{}{}",
+                    t["digest"].as_str().unwrap_or(""),
+                    t["tag"]
+                        .as_str()
+                        .filter(|t| !t.is_empty())
+                        .map(|t| format!("tag:{t}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        assert_eq!(
+            deleted,
+            vec![old.to_string(), "tag:stays-with-old".to_string()],
+            "the delete events name the manifest and only the tag deleted with it"
+        );
     }
 }

@@ -1,6 +1,13 @@
 //! Upload purging (`storage.maintenance.uploadpurging`): upload sessions started before a
 //! cut-off are removed, session row and stored bytes, as Distribution's purger removes
-//! old `_uploads` directories. Committed blobs are never touched.
+//! old `_uploads` directories. Then upload files no session records (a pull-through fill
+//! or a monolithic push cut off by a crash or shutdown, a committed upload's kept bytes
+//! whose cleanup failed) are removed once they were last written before the cut-off.
+//! Those writers have no session row, so their age is all there is to go by: a live fill
+//! or monolithic push writes its file at least every body idle timeout (60 s by default)
+//! and commits within a request, far inside any sensible `age` (168h by default), so the
+//! assumption is that `age` is longer than the longest pause in writing one upload.
+//! Committed blobs are never touched.
 
 use super::{Registry, Result};
 use std::time::{Duration, SystemTime};
@@ -8,7 +15,10 @@ use std::time::{Duration, SystemTime};
 /// What one purge did (or, in a dry run, would have done).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeReport {
+    /// Upload sessions removed (or, in a dry run, found).
     pub deleted: u64,
+    /// Upload files without a session removed (or, in a dry run, found).
+    pub orphans: u64,
     pub errors: u64,
 }
 
@@ -73,12 +83,62 @@ impl Registry {
                 break;
             }
         }
+        self.purge_orphan_uploads(age, dry_run, &mut report).await?;
         tracing::info!(
             deleted = report.deleted,
+            orphans = report.orphans,
             errors = report.errors,
             dry_run,
             "Purge uploads finished"
         );
         Ok(report)
+    }
+
+    /// Remove upload files last written more than `age` ago that no session records.
+    async fn purge_orphan_uploads(
+        &self,
+        age: Duration,
+        dry_run: bool,
+        report: &mut PurgeReport,
+    ) -> Result<()> {
+        let cutoff = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for upload in self.blobs.list_uploads().await? {
+            if upload.modified >= cutoff {
+                continue;
+            }
+            // A session's upload is purged by its start time, above.
+            if self.meta.get_upload(&upload.id).await?.is_some() {
+                continue;
+            }
+            let written = upload
+                .modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            tracing::info!(
+                upload = %upload.id,
+                last_written = written,
+                dry_run,
+                "upload file without a session is older than the purge age; removing it"
+            );
+            if dry_run {
+                report.orphans += 1;
+                continue;
+            }
+            // Not while a monolithic push is writing it.
+            let lock = self.uploads.lock(&upload.id).await;
+            match self.blobs.delete_upload(&upload.id).await {
+                Ok(()) => report.orphans += 1,
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(upload = %upload.id, error = %e, "cannot purge upload file");
+                }
+            }
+            drop(lock);
+            self.uploads.forget(&upload.id);
+        }
+        Ok(())
     }
 }

@@ -138,13 +138,25 @@ impl Registry {
         }
     }
 
-    /// The cached progress if it matches the stored size, else a rebuilt one.
+    /// The cached progress if it matches the stored size, else a rebuilt one. Called
+    /// under the upload's lock. A session whose upload storage no longer has was
+    /// committed by a finish that failed afterwards (or was dropped): its bytes may now be
+    /// a blob, so they are never written again; the session is removed and the client,
+    /// told the upload is unknown, starts a new one.
     async fn progress(
         &self,
         cached: Option<UploadProgress>,
         s: &UploadSession,
     ) -> Result<UploadProgress> {
-        let stored = self.blobs.upload_size(&s.id).await?;
+        let stored = match self.blobs.upload_size(&s.id).await {
+            Ok(size) => size,
+            Err(StorageError::UploadNotFound) => {
+                tracing::info!(upload = %s.id, repository = %s.repository, "upload was committed by an earlier request that failed after the commit; removing the session");
+                self.discard_upload(&s.id).await?;
+                return Err(RegistryError::UploadUnknown);
+            }
+            Err(e) => return Err(e.into()),
+        };
         match cached {
             Some(p) if p.size == stored => Ok(p),
             _ => Ok(self.blobs.rehash_upload(&s.id, s.algorithm).await?),
@@ -406,5 +418,127 @@ impl Registry {
             self.blobs.delete_upload(&id).await?;
         }
         result
+    }
+}
+
+/// A finish that fails after its commit must never let a retry write into the committed
+/// blob (over the filesystem store the upload and the blob share an inode).
+#[cfg(test)]
+mod tests {
+    use super::super::gc::race::Pause;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::Uploads;
+    use crate::registry::{Registry, RegistryError, Settings};
+    use crate::storage::fs::FsBlobStore;
+    use crate::storage::memory::MemoryBlobStore;
+    use crate::storage::{BlobStore, ByteStream};
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use oci::{Algorithm, Digest, RepoName};
+    use std::sync::Arc;
+
+    const DATA: &[u8] = b"a layer committed before its request failed";
+
+    fn body(b: &'static [u8]) -> ByteStream {
+        Box::pin(futures_util::stream::once(async move {
+            Ok(Bytes::from_static(b))
+        }))
+    }
+
+    async fn retry_after_a_failed_finish(fs: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let root = dir.path().join("root");
+        let blobs: Arc<dyn BlobStore> = if fs {
+            Arc::new(FsBlobStore::open(&root).expect("fs store"))
+        } else {
+            Arc::new(MemoryBlobStore::new())
+        };
+        let registry = Arc::new(Registry::new(
+            blobs.clone(),
+            meta.clone(),
+            Settings::default(),
+        ));
+        let repo: RepoName = "app".parse().expect("repo");
+        let digest = Digest::of(Algorithm::Sha256, DATA);
+
+        let up = registry
+            .start_upload(&repo, Algorithm::Sha256)
+            .await
+            .expect("start");
+        registry
+            .upload_chunk(&repo, &up.id, None, body(DATA))
+            .await
+            .expect("chunk");
+        // The finish commits the blob, then fails before the link and the session's
+        // removal (here: its request is dropped, as when the client goes away).
+        let pause = Pause::at("upload:committed");
+        let (r, repo2, id) = (registry.clone(), repo.clone(), up.id.clone());
+        let d = digest.clone();
+        let finish = tokio::spawn(
+            pause
+                .clone()
+                .scope(async move { r.finish_upload(&repo2, &id, &d, None, None).await }),
+        );
+        pause.reached.notified().await;
+        finish.abort();
+        assert!(finish.await.expect_err("aborted").is_cancelled());
+        assert!(meta.get_upload(&up.id).await.expect("get").is_some());
+
+        // The client retries with a final chunk: refused, and the blob is unchanged.
+        let retried = registry
+            .finish_upload(&repo, &up.id, &digest, None, Some(body(b"trailing")))
+            .await;
+        let mut read = blobs.get(&digest, None).await.expect("blob");
+        let mut bytes = Vec::new();
+        while let Some(chunk) = read.next().await {
+            bytes.extend_from_slice(&chunk.expect("chunk"));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(DATA),
+            "fs={fs}: the committed blob is intact"
+        );
+        assert!(
+            matches!(retried, Err(RegistryError::UploadUnknown)),
+            "fs={fs}: {retried:?}"
+        );
+        // The session and every file of it are gone; a PATCH is refused the same way.
+        assert!(meta.get_upload(&up.id).await.expect("get").is_none());
+        assert!(matches!(
+            registry
+                .upload_chunk(&repo, &up.id, None, body(b"more"))
+                .await,
+            Err(RegistryError::UploadUnknown)
+        ));
+        if fs {
+            let left: Vec<_> = std::fs::read_dir(root.join("uploads"))
+                .expect("ls")
+                .collect();
+            assert!(left.is_empty(), "upload files left: {left:?}");
+        }
+        // Pushing the blob again works as usual.
+        let up = registry
+            .start_upload(&repo, Algorithm::Sha256)
+            .await
+            .expect("start");
+        registry
+            .finish_upload(&repo, &up.id, &digest, None, Some(body(DATA)))
+            .await
+            .expect("push again");
+        assert_eq!(
+            blobs.stat(&digest).await.expect("stat"),
+            Some(DATA.len() as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_commit_cannot_change_the_blob() {
+        retry_after_a_failed_finish(true).await;
+        retry_after_a_failed_finish(false).await;
     }
 }

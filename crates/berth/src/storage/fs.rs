@@ -4,14 +4,18 @@
 //! ```text
 //! <root>/
 //!   blobs/<algorithm>/<first two hex>/<hex>   committed, immutable, content-addressed
-//!   uploads/<upload id>                       in-progress upload data
+//!   uploads/<upload id>                       in-progress upload data (appends go here)
+//!   uploads/<upload id>.kept                  a committed upload's bytes, until deleted
+//!   uploads/<upload id>.commit                a commit's staging link (transient)
 //!   trash/<algorithm>-<hex>-<uuid>            blobs garbage collection moved aside
 //! ```
-//! Writes go to `uploads/`, are fsynced, and become visible by a hard link of the upload
-//! renamed into `blobs/` followed by an fsync of the directory, so a crash never leaves a
-//! partial blob under a digest; the upload file stays until the registry deletes it (so
-//! it can commit again if garbage collection took the blob meanwhile). Reads and writes
-//! run on blocking threads with large buffers.
+//! Writes go to `uploads/`, are fsynced, and become visible when the upload is renamed to
+//! its kept name and a hard link of that is renamed into `blobs/`, followed by an fsync of
+//! each directory, so a crash never leaves a partial blob under a digest. The kept file
+//! stays until the registry deletes the upload (so it can commit again if garbage
+//! collection took the blob meanwhile); appends, sizes and reads only open the upload's
+//! own name, so after a commit they find no upload and nothing can write into the file
+//! the blob shares. Reads and writes run on blocking threads with large buffers.
 
 use super::{ByteRange, ByteStream, Ingest, Result, StorageError, UploadProgress};
 use bytes::Bytes;
@@ -104,6 +108,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageError::Io(io::Error::other(e)))?
+}
+
+/// The name an upload's file has once committed (`uploads/<id>.kept`): never opened for
+/// appending, so a blob sharing its inode cannot change.
+fn kept_path(upload: &Path) -> PathBuf {
+    upload.with_extension("kept")
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -399,14 +417,27 @@ impl super::BlobStore for FsBlobStore {
     }
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
-        let from = self.upload_path(id)?;
+        let open = self.upload_path(id)?;
+        let kept = kept_path(&open);
+        let staged = open.with_extension("commit");
+        let uploads = self.root.join("uploads");
         let to = self.blob_path(digest);
         blocking(move || {
+            // The first commit renames the upload to its kept name, which no append ever
+            // opens: the blob about to share its inode can never grow afterwards, even if
+            // the client retries into the same session. Durable before the blob link is.
+            match std::fs::rename(&open, &kept) {
+                Ok(()) => fsync_dir(&uploads)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Committed before: commit again from the kept name.
+                    if !kept.exists() {
+                        return Err(StorageError::UploadNotFound);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
             // The data was fsynced by the appends; the rename makes it visible under its
             // digest, and fsyncing each directory that changed makes that durable.
-            if !from.exists() {
-                return Err(StorageError::UploadNotFound);
-            }
             let dir = to
                 .parent()
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;
@@ -427,22 +458,20 @@ impl super::BlobStore for FsBlobStore {
             // A (re-)committed blob counts as new for garbage collection's grace period.
             File::options()
                 .write(true)
-                .open(&from)?
+                .open(&kept)?
                 .set_modified(std::time::SystemTime::now())?;
-            // A second name for the upload's file, renamed over the blob path (atomic,
+            // A second name for the kept file, renamed over the blob path (atomic,
             // replacing an existing copy of the same content): the upload keeps its bytes.
-            let staged = from.with_extension("commit");
-            match std::fs::remove_file(&staged) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            if std::fs::hard_link(&from, &staged).is_err() {
+            remove_if_present(&staged)?;
+            if std::fs::hard_link(&kept, &staged).is_err() {
                 // Links refused by this filesystem: a copy, made durable before it shows.
-                std::fs::copy(&from, &staged)?;
+                std::fs::copy(&kept, &staged)?;
                 File::open(&staged)?.sync_all()?;
             }
             std::fs::rename(&staged, &to)?;
+            // A rename between two names of one file does nothing: the blob path already
+            // was this file. The staged name is not needed either way.
+            remove_if_present(&staged)?;
             fsync_dir(dir)?;
             Ok(())
         })
@@ -552,22 +581,59 @@ impl super::BlobStore for FsBlobStore {
             Ok(ok) => self.commit_upload(&id, digest).await.map(|()| ok),
             Err(e) => Err(e),
         };
-        // Gone after a commit, except when the blob already existed as a link to the same
-        // file (rename then does nothing); after a failure, only the staged link goes.
-        if staged.exists() {
-            self.delete_upload(&id).await?;
-        }
+        // Every name of the staged upload goes (the source file itself is never one).
+        self.delete_upload(&id).await?;
         result
     }
 
-    async fn delete_upload(&self, id: &str) -> Result<()> {
-        let path = self.upload_path(id)?;
-        match tokio::fs::remove_file(path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    async fn list_uploads(&self) -> Result<Vec<super::StoredUpload>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let mut by_id: std::collections::HashMap<String, std::time::SystemTime> =
+                std::collections::HashMap::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(id) = upload_id_of(&name) else {
+                    continue;
+                };
+                let modified = match entry.metadata() {
+                    Ok(m) if m.is_file() => m.modified()?,
+                    Ok(_) => continue,
+                    // Deleted or committed meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let latest = by_id.entry(id.to_string()).or_insert(modified);
+                *latest = (*latest).max(modified);
+            }
+            Ok(by_id
+                .into_iter()
+                .map(|(id, modified)| super::StoredUpload { id, modified })
+                .collect())
+        })
+        .await
     }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        let open = self.upload_path(id)?;
+        blocking(move || {
+            remove_if_present(&open)?;
+            remove_if_present(&kept_path(&open))?;
+            remove_if_present(&open.with_extension("commit"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The upload id a file in `uploads/` belongs to (`<id>`, `<id>.kept`, `<id>.commit`).
+fn upload_id_of(name: &str) -> Option<&str> {
+    let id = name
+        .strip_suffix(".kept")
+        .or_else(|| name.strip_suffix(".commit"))
+        .unwrap_or(name);
+    super::valid_upload_id(id).then_some(id)
 }
 
 impl FsBlobStore {

@@ -11,6 +11,11 @@ use std::sync::Mutex;
 pub struct MemoryBlobStore {
     blobs: Mutex<HashMap<Digest, Bytes>>,
     uploads: Mutex<HashMap<String, Vec<u8>>>,
+    /// Committed uploads' bytes, kept until the upload is deleted (the fs backend's
+    /// `uploads/<id>.kept`): no append, size or read finds them.
+    kept: Mutex<HashMap<String, Vec<u8>>>,
+    /// When each upload was last written or committed.
+    touched: Mutex<HashMap<String, std::time::SystemTime>>,
     /// When each blob was committed.
     committed: Mutex<HashMap<Digest, std::time::SystemTime>>,
     /// Blobs moved aside by `hide`, by name.
@@ -20,6 +25,10 @@ pub struct MemoryBlobStore {
 impl MemoryBlobStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn touch(&self, id: &str) {
+        lock(&self.touched).insert(id.to_string(), std::time::SystemTime::now());
     }
 }
 
@@ -115,6 +124,7 @@ impl super::BlobStore for MemoryBlobStore {
 
     async fn create_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).insert(id.to_string(), Vec::new());
+        self.touch(id);
         Ok(())
     }
 
@@ -171,10 +181,10 @@ impl super::BlobStore for MemoryBlobStore {
             });
         }
         u.extend_from_slice(&data);
-        Ok(UploadProgress {
-            size: u.len() as u64,
-            hasher,
-        })
+        let size = u.len() as u64;
+        drop(uploads);
+        self.touch(id);
+        Ok(UploadProgress { size, hasher })
     }
 
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
@@ -189,10 +199,16 @@ impl super::BlobStore for MemoryBlobStore {
     }
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
-        let data = lock(&self.uploads)
-            .get(id)
-            .cloned()
-            .ok_or(StorageError::UploadNotFound)?;
+        // The first commit moves the upload to its kept bytes; later ones commit those.
+        let open = lock(&self.uploads).remove(id);
+        let data = {
+            let mut kept = lock(&self.kept);
+            if let Some(open) = open {
+                kept.insert(id.to_string(), open);
+            }
+            kept.get(id).cloned().ok_or(StorageError::UploadNotFound)?
+        };
+        self.touch(id);
         lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
         lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
         Ok(())
@@ -220,8 +236,25 @@ impl super::BlobStore for MemoryBlobStore {
         Ok((size, super::Ingest::Copied))
     }
 
+    async fn list_uploads(&self) -> Result<Vec<super::StoredUpload>> {
+        let mut ids: Vec<String> = lock(&self.uploads).keys().cloned().collect();
+        ids.extend(lock(&self.kept).keys().cloned());
+        ids.sort_unstable();
+        ids.dedup();
+        let touched = lock(&self.touched);
+        Ok(ids
+            .into_iter()
+            .map(|id| super::StoredUpload {
+                modified: touched.get(&id).copied().unwrap_or(std::time::UNIX_EPOCH),
+                id,
+            })
+            .collect())
+    }
+
     async fn delete_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).remove(id);
+        lock(&self.kept).remove(id);
+        lock(&self.touched).remove(id);
         Ok(())
     }
 }

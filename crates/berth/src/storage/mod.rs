@@ -88,6 +88,15 @@ pub struct StoredBlob {
     pub modified: std::time::SystemTime,
 }
 
+/// An upload as [`BlobStore::list_uploads`] reports it: open or committed, by any of its
+/// names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUpload {
+    pub id: String,
+    /// When it was last written (or committed): the latest of its names.
+    pub modified: std::time::SystemTime,
+}
+
 /// A committed blob that garbage collection moved aside ([`BlobStore::hide`]): no longer
 /// readable under its digest, not yet gone.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,13 +151,20 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<UploadProgress>;
     /// Hash an upload's content from the start (after a restart, or on another node).
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress>;
-    /// Make a verified upload visible as `digest`, atomically and durably. The upload
-    /// stays until [`BlobStore::delete_upload`], so the registry can commit it again if
-    /// garbage collection took the blob away before the upload was linked (see
-    /// `registry/gc.rs`). Committing content that already exists is not an error.
+    /// Make a verified upload visible as `digest`, atomically and durably. From then on
+    /// the upload is closed: append, size, rehash and read answer
+    /// [`StorageError::UploadNotFound`], so nothing can ever change the committed bytes.
+    /// Its bytes are kept until [`BlobStore::delete_upload`], so the registry can commit
+    /// them again (this method, again) if garbage collection took the blob away before
+    /// the upload was linked (see `registry/gc.rs`). Committing content that already
+    /// exists is not an error.
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()>;
-    /// Remove an upload; absent uploads are not an error.
+    /// Remove an upload, open or committed, with every name it has; absent uploads are
+    /// not an error.
     async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Every upload in storage, open or committed and not yet deleted (upload purging
+    /// finds those nothing records), one entry per id, in no particular order.
+    async fn list_uploads(&self) -> Result<Vec<StoredUpload>>;
 
     /// Bring the file at `source` (outside the store) in as blob `digest`: a hard link when
     /// the backend can make one, a copy otherwise. Either way the stored content is hashed

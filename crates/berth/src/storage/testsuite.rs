@@ -113,15 +113,58 @@ pub async fn run(store: &dyn BlobStore) {
         .expect("rehash");
     assert_eq!(re512.hasher.digest(), Digest::of(Algorithm::Sha512, data));
 
-    // Commit makes it visible; the upload stays until it is deleted.
+    // Commit makes it visible. From then on the upload cannot be written, sized, hashed
+    // or read (a client retrying into the session must start over), but its bytes are
+    // kept for a commit again until the upload is deleted.
     store.commit_upload("u1", &digest).await.expect("commit");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
-    assert_eq!(store.upload_size("u1").await.expect("kept"), 12);
+    assert!(matches!(
+        store
+            .append_upload("u1", p.clone(), stream_of(vec![b"trailing"]), u64::MAX)
+            .await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store.upload_size("u1").await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store.rehash_upload("u1", Algorithm::Sha256).await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store
+            .read_upload("u1", ByteRange { start: 0, end: 0 })
+            .await
+            .err(),
+        Some(StorageError::UploadNotFound)
+    ));
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data,
+        "an append after the commit left the committed blob as it was"
+    );
+    assert!(store.delete(&digest).await.expect("delete"));
+    store
+        .commit_upload("u1", &digest)
+        .await
+        .expect("commit again");
+    assert_eq!(
+        collect(store.get(&digest, None).await.expect("get")).await,
+        data
+    );
     store.delete_upload("u1").await.expect("delete upload");
     assert!(matches!(
         store.upload_size("u1").await,
         Err(StorageError::UploadNotFound)
     ));
+    assert!(
+        matches!(
+            store.commit_upload("u1", &digest).await,
+            Err(StorageError::UploadNotFound)
+        ),
+        "deleting an upload removes its kept bytes too"
+    );
     assert_eq!(
         collect(store.get(&digest, None).await.expect("get")).await,
         data
@@ -179,9 +222,31 @@ pub async fn run(store: &dyn BlobStore) {
     store.delete_upload("u2").await.expect("delete upload");
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
 
-    // Cancel and delete.
+    // Uploads are listed, open or committed, once each, until deleted.
     store.create_upload("u3").await.expect("create");
+    store.create_upload("u4").await.expect("create");
+    store
+        .append_upload("u4", fresh(), stream_of(vec![b"hello, berth"]), u64::MAX)
+        .await
+        .expect("append");
+    store.commit_upload("u4", &digest).await.expect("commit");
+    let mut listed = store.list_uploads().await.expect("list uploads");
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        listed.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        ["u3", "u4"]
+    );
+    for u in &listed {
+        assert!(u.modified.elapsed().unwrap_or_default() < std::time::Duration::from_secs(600));
+    }
+    store.delete_upload("u4").await.expect("delete upload");
+
+    // Cancel and delete.
     store.delete_upload("u3").await.expect("delete upload");
+    assert!(
+        store.list_uploads().await.expect("list uploads").is_empty(),
+        "deleted uploads are not listed"
+    );
     store
         .delete_upload("u3")
         .await
