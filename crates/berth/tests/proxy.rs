@@ -1038,7 +1038,7 @@ impl Issuer {
     }
 
     /// The requests Berth made (its User-Agent), in order.
-    fn from_berth(&self) -> Vec<TokenRequest> {
+    fn berth_requests(&self) -> Vec<TokenRequest> {
         self.state
             .requests
             .lock()
@@ -1050,7 +1050,7 @@ impl Issuer {
     }
 
     fn granted_for(&self, scope: &str) -> usize {
-        self.from_berth()
+        self.berth_requests()
             .iter()
             .filter(|r| r.granted && r.scopes.iter().any(|s| s == scope))
             .count()
@@ -1084,7 +1084,7 @@ fn bearer_token_upstream_over_tls() {
         // skopeo gets its own push token from the issuer.
         push(&up, &layout.dir, "v1", &format!("{repo}:v1"));
     }
-    assert!(issuer.from_berth().is_empty());
+    assert!(issuer.berth_requests().is_empty());
 
     // Anonymous: the upstream refuses (the issuer wants credentials).
     let out = exec(
@@ -1141,7 +1141,7 @@ fn bearer_token_upstream_over_tls() {
             "{path} fetched once, with a token"
         );
     }
-    let requests = issuer.from_berth();
+    let requests = issuer.berth_requests();
     assert_eq!(
         requests.len(),
         1,
@@ -1162,7 +1162,7 @@ fn bearer_token_upstream_over_tls() {
         digest_of(&image)
     );
     assert_eq!(issuer.granted_for("repository:other/repo:pull"), 1);
-    assert_eq!(issuer.from_berth().len(), 2);
+    assert_eq!(issuer.berth_requests().len(), 2);
 
     // A token with expires_in 2 s is renewed after it expired.
     issuer
@@ -1209,7 +1209,7 @@ fn bearer_token_upstream_over_tls() {
     );
     *issuer.state.jwt_lifetime.lock().expect("lock") = None;
     let scopes: Vec<String> = issuer
-        .from_berth()
+        .berth_requests()
         .iter()
         .flat_map(|r| r.scopes.clone())
         .collect();
@@ -1236,7 +1236,7 @@ fn bearer_token_upstream_over_tls() {
             && body.contains("proxy.username and proxy.password"),
         "{body}"
     );
-    assert!(issuer.from_berth().iter().any(|r| !r.granted));
+    assert!(issuer.berth_requests().iter().any(|r| !r.granted));
 
     // A CA that did not issue the upstream's certificate: a TLS error naming the upstream.
     let other = Pki::new();
@@ -1251,4 +1251,160 @@ fn bearer_token_upstream_over_tls() {
         body.contains(&url) && body.to_lowercase().contains("certificate"),
         "{body}"
     );
+}
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// `GET url` with `Accept: accept` (and Basic credentials when `creds`): status, the
+/// `Content-Type` and `Docker-Content-Digest` headers, and the body.
+fn get_manifest(url: &str, accept: &str, creds: bool) -> (u16, String, String, Vec<u8>) {
+    require_tool("curl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (headers, body) = (dir.path().join("headers"), dir.path().join("body"));
+    let mut c = Command::new("curl");
+    c.args(["-s", "--max-time", "60", "-H", &format!("Accept: {accept}")])
+        .arg("-D")
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body);
+    if creds {
+        c.args(["-u", &format!("{USER}:{PASSWORD}")]);
+    }
+    run(c.arg(url));
+    let headers = std::fs::read_to_string(&headers).expect("headers");
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    (
+        status,
+        header("content-type"),
+        header("docker-content-digest"),
+        std::fs::read(&body).unwrap_or_default(),
+    )
+}
+
+/// An old client asking for a multi-arch image by tag with an `Accept` that leaves out
+/// manifest lists gets the list's linux/amd64 image, as Distribution does, even when the
+/// cache does not hold that image yet: it is fetched (once) through the cache.
+#[test]
+fn old_clients_get_the_amd64_image_of_a_list() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let amd = small_image(&layout, "amd64", "old client amd64");
+    let arm = small_image(&layout, "arm64", "old client arm64");
+    let index = layout.put_index(&[(arm, "arm64"), (amd, "amd64")]);
+    layout.tag(&index, "multi");
+    // As a Docker manifest list of Docker images (2.8 picks a child only for those).
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+        ])
+        .arg(format!("oci:{}:multi", layout.dir.display()))
+        .arg(format!("docker://{}/old/client:latest", up.host)));
+    let path = "/v2/old/client/manifests/latest";
+    let (status, media_type, list_digest, list) =
+        get_manifest(&format!("{}{path}", up.url()), DOCKER_LIST, true);
+    assert_eq!((status, media_type.as_str()), (200, DOCKER_LIST));
+    let list: Value = serde_json::from_slice(&list).expect("json");
+    let amd64 = list["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .map(digest_of)
+        .expect("an amd64 image");
+    // The upstream itself (Distribution 2.8) answers an old client with the amd64 image.
+    let (status, _, digest, _) =
+        get_manifest(&format!("{}{path}", up.url()), DOCKER_MANIFEST, true);
+    assert_eq!((status, digest.as_str()), (200, amd64.as_str()));
+
+    let b = proxy_of(&up, "", &[]);
+    let child_path = format!("/v2/old/client/manifests/{amd64}");
+    let before = up.requests("GET", &child_path);
+    for round in 0..2 {
+        let (status, media_type, digest, body) =
+            get_manifest(&format!("{}{path}", b.url), DOCKER_MANIFEST, false);
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(media_type, DOCKER_MANIFEST, "round {round}");
+        assert_eq!(digest, amd64.as_str(), "round {round}");
+        assert_eq!(sha256(&body), amd64, "round {round}");
+    }
+    assert_eq!(
+        up.requests("GET", &child_path),
+        before + 1,
+        "the amd64 image was fetched once, then served from the cache"
+    );
+    // A client that accepts lists still gets the list.
+    let (status, media_type, digest, _) = get_manifest(
+        &format!("{}{path}", b.url),
+        &format!("{DOCKER_LIST}, {DOCKER_MANIFEST}"),
+        false,
+    );
+    assert_eq!(
+        (status, media_type.as_str(), digest.as_str()),
+        (200, DOCKER_LIST, list_digest.as_str())
+    );
+}
+
+/// `SSL_CERT_FILE` replaces the system's certificates for outgoing HTTPS; set to a file
+/// that cannot be read or holds no certificate it would leave Berth trusting nothing, so
+/// start-up says so, naming the variable.
+#[test]
+fn unusable_ssl_cert_file_is_reported_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty = tmp.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("file");
+    let missing = tmp.path().join("missing.pem");
+    let pki = Pki::new();
+    let good = pki.path("ca.crt");
+    let cases = [
+        (&missing, Some("cannot be read")),
+        (&empty, Some("holds no PEM certificate")),
+        (&good, None),
+    ];
+    for (file, expected) in cases {
+        let file = file.display().to_string();
+        let b = Berth::start_with_config_env(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+            &[("SSL_CERT_FILE", &file)],
+            "http",
+        );
+        let warning = b
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("SSL_CERT_FILE="));
+        match expected {
+            Some(why) => {
+                let w = warning.unwrap_or_else(|| panic!("no warning for {file}"));
+                assert!(
+                    w.contains("WARN")
+                        && w.contains(&format!("SSL_CERT_FILE={file}"))
+                        && w.contains(why)
+                        && w.contains("trust no certificate authority"),
+                    "{w}"
+                );
+            }
+            None => assert!(warning.is_none(), "{warning:?}"),
+        }
+    }
 }
