@@ -1,6 +1,6 @@
 //! `berth-bench`: measures an OCI registry over raw HTTP (push, pull, blob fan-out,
-//! small pushes, manifest GET/HEAD, catalog pagination) and compares Berth with CNCF
-//! Distribution.
+//! small pushes, manifest GET/HEAD, catalog pagination, and, in `compare`, a
+//! pull-through cache scenario) and compares Berth with CNCF Distribution.
 //!
 //! This file is the command line only: `run` benchmarks a registry that is already
 //! running, `compare` starts both servers itself and prints a table of medians. The
@@ -12,13 +12,14 @@
 
 mod client;
 mod procfs;
+mod proxy;
 mod report;
 mod servers;
 mod stats;
 mod workloads;
 
 use anyhow::{ensure, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Registry;
 use report::Figure;
 use servers::{Server, ServerSpec};
@@ -64,9 +65,20 @@ enum Cmd {
         /// directory). Both servers use the same file system.
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Which scenarios to run: the standard workloads, the pull-through cache
+        /// scenario (each server as a proxy of a Distribution upstream), or both.
+        #[arg(long, value_enum, default_value_t = Scenario::All)]
+        scenario: Scenario,
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Standard,
+    Proxy,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +116,7 @@ async fn main() -> Result<()> {
                 distribution,
                 rounds,
                 workdir,
+                scenario,
                 common,
             } => {
                 let servers = [
@@ -117,7 +130,7 @@ async fn main() -> Result<()> {
                     },
                 ];
                 let rounds = rounds.unwrap_or(if common.quick { 1 } else { 3 });
-                compare(&servers, rounds, workdir, &common.options()).await
+                compare(&servers, rounds, workdir, scenario, &common.options()).await
             }
         }
     };
@@ -152,6 +165,7 @@ async fn compare(
     servers: &[ServerSpec; 2],
     rounds: usize,
     workdir: Option<PathBuf>,
+    scenario: Scenario,
     opts: &Options,
 ) -> Result<()> {
     ensure!(rounds >= 1, "--rounds must be at least 1");
@@ -164,21 +178,46 @@ async fn compare(
         );
     }
     let mut results: [Vec<Vec<Figure>>; 2] = [Vec::new(), Vec::new()];
+    // The pull-through scenario's upstream is Distribution (the second server), shared by
+    // every round; each round's caches start empty.
+    let upstream = if scenario == Scenario::Standard {
+        None
+    } else {
+        eprintln!("== upstream for the pull-through scenario: pushing images");
+        Some(proxy::Upstream::start(&servers[1], workdir.as_deref(), opts).await?)
+    };
     for round in 1..=rounds {
         for (spec, rounds_of_server) in servers.iter().zip(results.iter_mut()) {
             eprintln!("== {} round {round}/{rounds}", spec.name);
-            let server = Server::start(spec, workdir.as_deref()).await?;
-            let registry = Registry::new(server.url())?;
-            let probe = server.probe()?;
             let prefix = format!("{} round={round} ", spec.name);
-            let figures =
-                workloads::run_all(&registry, Some(&probe), opts, |f| print_figures(&prefix, f))
+            let mut figures = Vec::new();
+            if scenario != Scenario::Proxy {
+                let server = Server::start(spec, workdir.as_deref()).await?;
+                let registry = Registry::new(server.url())?;
+                let probe = server.probe()?;
+                figures = workloads::run_all(&registry, Some(&probe), opts, |f| {
+                    print_figures(&prefix, f)
+                })
+                .await
+                .map_err(|e| e.context(format!("server log tail:\n{}", server.log_tail())))
+                .with_context(|| format!("{} round {round}", spec.name))?;
+                server.stop()?;
+            }
+            if let Some(up) = &upstream {
+                let label = format!("{}-{round}", spec.name);
+                let more = proxy::run(spec, workdir.as_deref(), up, opts, &label)
                     .await
-                    .map_err(|e| e.context(format!("server log tail:\n{}", server.log_tail())))
-                    .with_context(|| format!("{} round {round}", spec.name))?;
-            server.stop()?;
+                    .with_context(|| {
+                        format!("{} round {round}, pull-through scenario", spec.name)
+                    })?;
+                print_figures(&prefix, &more);
+                figures.extend(more);
+            }
             rounds_of_server.push(figures);
         }
+    }
+    if let Some(up) = upstream {
+        up.stop()?;
     }
     println!();
     println!(

@@ -29,6 +29,15 @@ fn scrubbed_env() -> Vec<String> {
         .collect()
 }
 
+/// Configuration beyond the common base, for the pull-through cache scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Write the access log (to `server.log`), so requests can be counted.
+    pub access_log: bool,
+    /// Top-level YAML appended to the config, e.g. a `proxy:` section.
+    pub yaml: String,
+}
+
 /// A registry program to benchmark.
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
@@ -52,6 +61,15 @@ impl Server {
     /// Starts `spec` with a fresh data directory under `workdir` (or the system temp
     /// directory) and waits until it is ready.
     pub async fn start(spec: &ServerSpec, workdir: Option<&Path>) -> Result<Server> {
+        Server::start_with(spec, workdir, &Extra::default()).await
+    }
+
+    /// [`Server::start`] with `extra` configuration (the same for every server).
+    pub async fn start_with(
+        spec: &ServerSpec,
+        workdir: Option<&Path>,
+        extra: &Extra,
+    ) -> Result<Server> {
         let prefix = format!("berth-bench-{}-", spec.name);
         let mut builder = tempfile::Builder::new();
         builder.prefix(&prefix);
@@ -64,7 +82,7 @@ impl Server {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
         let config = dir.path().join("config.yml");
-        std::fs::write(&config, config_yaml(&data, port))
+        std::fs::write(&config, config_yaml(&data, port, extra))
             .with_context(|| format!("writing {}", config.display()))?;
         let log = dir.path().join("server.log");
         let stdout = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -154,6 +172,11 @@ impl Server {
         }
     }
 
+    /// The whole log (stdout and stderr; the access log when enabled).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the server's log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -198,14 +221,17 @@ fn free_port() -> Result<u16> {
 }
 
 /// A Distribution-format config: filesystem storage in `data`, deletes enabled, quiet
-/// logs, listening on `127.0.0.1:port`.
-fn config_yaml(data: &Path, port: u16) -> String {
+/// logs (the access log only when `extra` asks), listening on `127.0.0.1:port`, then
+/// `extra.yaml`.
+fn config_yaml(data: &Path, port: u16, extra: &Extra) -> String {
     format!(
         "version: 0.1\n\
-         log:\n  level: error\n  accesslog:\n    disabled: true\n\
+         log:\n  level: error\n  accesslog:\n    disabled: {no_access_log}\n\
          storage:\n  filesystem:\n    rootdirectory: {data:?}\n  delete:\n    enabled: true\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
+         http:\n  addr: 127.0.0.1:{port}\n{yaml}",
         data = data.display().to_string(),
+        no_access_log = !extra.access_log,
+        yaml = extra.yaml,
     )
 }
 
@@ -215,11 +241,19 @@ mod tests {
 
     #[test]
     fn config_has_the_distribution_keys() {
-        let yaml = config_yaml(Path::new("/tmp/x y/data"), 5123);
+        let yaml = config_yaml(Path::new("/tmp/x y/data"), 5123, &Extra::default());
         assert!(yaml.starts_with("version: 0.1\n"));
         assert!(yaml.contains("  filesystem:\n    rootdirectory: \"/tmp/x y/data\"\n"));
         assert!(yaml.contains("  delete:\n    enabled: true\n"));
         assert!(yaml.contains("http:\n  addr: 127.0.0.1:5123\n"));
         assert!(yaml.contains("  accesslog:\n    disabled: true\n"));
+        let extra = Extra {
+            access_log: true,
+            yaml: "proxy:\n  remoteurl: http://127.0.0.1:1\n".into(),
+        };
+        let yaml = config_yaml(Path::new("/d"), 5123, &extra);
+        assert!(yaml.contains("  accesslog:\n    disabled: false\n"));
+        assert!(yaml
+            .ends_with("http:\n  addr: 127.0.0.1:5123\nproxy:\n  remoteurl: http://127.0.0.1:1\n"));
     }
 }

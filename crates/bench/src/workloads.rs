@@ -47,6 +47,12 @@ pub struct Scale {
     pub catalog_walks: usize,
     pub catalog_first_page_samples: usize,
     pub catalog_setup_concurrency: usize,
+    /// Pull-through cache scenario (`compare` only): images in the upstream, their layers
+    /// and layer size, and the clients pulling one uncached image at once.
+    pub proxy_images: usize,
+    pub proxy_layers: usize,
+    pub proxy_layer_size: usize,
+    pub proxy_clients: usize,
 }
 
 impl Scale {
@@ -68,6 +74,10 @@ impl Scale {
             catalog_walks: 10,
             catalog_first_page_samples: 50,
             catalog_setup_concurrency: 8,
+            proxy_images: 8,
+            proxy_layers: 4,
+            proxy_layer_size: 8 * MIB,
+            proxy_clients: 10,
         }
     }
 
@@ -82,6 +92,8 @@ impl Scale {
             catalog_page: 10,
             catalog_walks: 3,
             catalog_first_page_samples: 10,
+            proxy_images: 2,
+            proxy_layer_size: MIB,
             ..Scale::full()
         }
     }
@@ -182,7 +194,7 @@ pub async fn run_all(
 }
 
 /// Generates `count` random blobs of `size` bytes on blocking threads.
-async fn random_blobs(count: usize, size: usize) -> Result<Vec<Blob>> {
+pub(crate) async fn random_blobs(count: usize, size: usize) -> Result<Vec<Blob>> {
     let mut tasks = JoinSet::new();
     for i in 0..count {
         tasks.spawn_blocking(move || (i, Blob::random(size)));

@@ -91,6 +91,13 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
     for note in &events.skipped {
         tracing::warn!("{note}");
     }
+    if config.proxy.is_some() || !events.endpoints.is_empty() {
+        if let Some(problem) =
+            std::env::var_os("SSL_CERT_FILE").and_then(|f| cert_file_problem(f.as_ref()))
+        {
+            tracing::warn!("{problem}");
+        }
+    }
     let subscribers: Vec<Subscriber> = events.endpoints.iter().map(Subscriber::new).collect();
     let instance_id = uuid::Uuid::new_v4().to_string();
     let host = crate::config::events::hostname();
@@ -152,6 +159,31 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
         }
     }
     Ok((registry, jobs))
+}
+
+/// Why the `SSL_CERT_FILE` at `path` would leave outgoing HTTPS (proxy.remoteurl,
+/// notification endpoints) trusting nothing, if it would: when the variable is set, the
+/// HTTP client (rustls-native-certs) reads only that file instead of the system store,
+/// and an unreadable file or one without certificates silently gives it no roots.
+fn cert_file_problem(path: &std::path::Path) -> Option<String> {
+    let consequence = "outgoing HTTPS connections (proxy.remoteurl, notification endpoints) will trust no certificate authority and fail; fix the file or unset SSL_CERT_FILE to use the system's certificates";
+    match std::fs::read(path) {
+        Err(e) => Some(format!(
+            "SSL_CERT_FILE={} cannot be read ({e}): {consequence}",
+            path.display()
+        )),
+        Ok(bytes)
+            if !bytes
+                .windows(27)
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----") =>
+        {
+            Some(format!(
+                "SSL_CERT_FILE={} holds no PEM certificate: {consequence}",
+                path.display()
+            ))
+        }
+        Ok(_) => None,
+    }
 }
 
 /// Bind `http.addr`: `:port` means every interface (IPv6 and IPv4 where available).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{require_tool, run, Berth};
+use common::{require_tool, run, Berth, Pki};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,38 +26,78 @@ fn sha256(bytes: &[u8]) -> oci::Digest {
 /// A real `docker-registry serve` with htpasswd auth; its access log goes to a file.
 struct Upstream {
     host: String,
+    /// `http` or `https`.
+    scheme: &'static str,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
+/// How the test upstream authenticates, and whether it serves HTTPS.
+enum UpstreamAuth<'a> {
+    /// htpasswd (Basic) with `USER`/`PASSWORD`, plain HTTP.
+    Htpasswd,
+    /// `auth: token` trusting tokens from `issuer`, TLS with the server certificate of
+    /// `pki` (a CA made with openssl).
+    Token { issuer: &'a Issuer, pki: &'a Pki },
+}
+
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::start_with(UpstreamAuth::Htpasswd)
+    }
+
+    fn start_with(auth: UpstreamAuth) -> Upstream {
         let bin = require_tool("docker-registry");
-        require_tool("htpasswd");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let host = format!("127.0.0.1:{port}");
-        let htpasswd = dir.path().join("htpasswd");
-        std::fs::write(
-            &htpasswd,
-            run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD])),
-        )
-        .expect("htpasswd");
+        let (auth_yaml, tls_yaml, scheme) = match auth {
+            UpstreamAuth::Htpasswd => {
+                require_tool("htpasswd");
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(
+                    &htpasswd,
+                    run(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD])),
+                )
+                .expect("htpasswd");
+                (
+                    format!(
+                        "  htpasswd:\n    realm: upstream\n    path: {}\n",
+                        htpasswd.display()
+                    ),
+                    String::new(),
+                    "http",
+                )
+            }
+            UpstreamAuth::Token { issuer, pki } => (
+                format!(
+                    "  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    issuer.realm,
+                    pki.path("ca.crt").display()
+                ),
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    pki.path("server.crt").display(),
+                    pki.path("server.key").display()
+                ),
+                "https",
+            ),
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: upstream\n    path: {}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{tls_yaml}auth:\n{auth_yaml}",
                 dir.path().join("data").display(),
-                htpasswd.display()
             ),
         )
         .expect("config");
         let mut up = Upstream {
             host,
+            scheme,
             dir,
             child: None,
         };
@@ -87,14 +127,18 @@ impl Upstream {
     }
 
     /// Successful requests `METHOD path` in the access log (2.8 logs every request,
-    /// `"GET /v2/... HTTP/1.1" 200 ...`; the 401 that precedes authentication is not
-    /// counted).
+    /// `"GET /v2/... HTTP/1.1" 200 ...`, `HTTP/2.0` over TLS; the 401 that precedes
+    /// authentication is not counted).
     fn requests(&self, method: &str, path: &str) -> usize {
-        let needle = format!("\"{method} {path} HTTP/1.1\" 200 ");
+        let needle = format!("\"{method} {path} HTTP/");
         std::fs::read_to_string(self.log_path())
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(&needle))
+            .filter(|l| {
+                l.split_once(&needle)
+                    .and_then(|(_, rest)| rest.split_once("\" "))
+                    .is_some_and(|(_, rest)| rest.starts_with("200 "))
+            })
             .count()
     }
 
@@ -106,7 +150,7 @@ impl Upstream {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.host)
+        format!("{}://{}", self.scheme, self.host)
     }
 }
 
@@ -807,4 +851,560 @@ fn upstream_credentials_and_url_errors() {
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: ftp://example.com\n",
     );
     assert!(err.contains("proxy.remoteurl"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A Bearer-token upstream: docker-registry with `auth: token`, over TLS
+// ---------------------------------------------------------------------------------------
+
+const TOKEN_SERVICE: &str = "upstream.test";
+const TOKEN_ISSUER: &str = "berth-test-issuer";
+
+/// One request the token issuer answered.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    user_agent: String,
+    scopes: Vec<String>,
+    service: Option<String>,
+    granted: bool,
+}
+
+struct IssuerState {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+    /// The signing certificate (DER, standard base64) for the JWT header's `x5c`.
+    x5c: String,
+    /// `expires_in` of the answers, seconds.
+    expires_in: std::sync::atomic::AtomicI64,
+    /// When set, the JWT's `exp` claim says this many seconds from now instead of
+    /// `expires_in` (so the registry refuses a token its holder still thinks valid).
+    jwt_lifetime: std::sync::Mutex<Option<i64>>,
+    requests: std::sync::Mutex<Vec<TokenRequest>>,
+}
+
+/// A token issuer as the Docker token spec describes one, in the test process: checks
+/// Basic credentials (`USER`/`PASSWORD`), grants the scopes asked for, and signs an ES256
+/// JWT whose header carries `x5c` = [a certificate issued by the test CA], which is what
+/// Distribution 2.8's `auth: token` verifies against its `rootcertbundle`.
+struct Issuer {
+    realm: String,
+    state: std::sync::Arc<IssuerState>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl IssuerState {
+    fn token(&self, scopes: &[String]) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let lifetime = self
+            .jwt_lifetime
+            .lock()
+            .expect("lock")
+            .unwrap_or_else(|| self.expires_in.load(std::sync::atomic::Ordering::SeqCst));
+        let access: Vec<Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect();
+        let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [self.x5c]});
+        let claims = json!({
+            "iss": TOKEN_ISSUER,
+            "sub": USER,
+            "aud": TOKEN_SERVICE,
+            "exp": now + lifetime,
+            "nbf": now - 1,
+            "iat": now,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "access": access,
+        });
+        let signed = format!(
+            "{}.{}",
+            b64url(&serde_json::to_vec(&header).expect("json")),
+            b64url(&serde_json::to_vec(&claims).expect("json"))
+        );
+        let signature = self.key.sign(&self.rng, signed.as_bytes()).expect("sign");
+        format!("{signed}.{}", b64url(signature.as_ref()))
+    }
+}
+
+async fn issue(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<IssuerState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> (axum::http::StatusCode, String) {
+    use base64::Engine as _;
+    let mut scopes = Vec::new();
+    let mut service = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "scope" => scopes.push(v.into_owned()),
+            "service" => service = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let granted = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected);
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    state.requests.lock().expect("lock").push(TokenRequest {
+        user_agent,
+        scopes: scopes.clone(),
+        service,
+        granted,
+    });
+    if !granted {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            r#"{"details":"incorrect username or password"}"#.into(),
+        );
+    }
+    let expires_in = state.expires_in.load(std::sync::atomic::Ordering::SeqCst);
+    let token = state.token(&scopes);
+    (
+        axum::http::StatusCode::OK,
+        json!({"token": token, "access_token": token, "expires_in": expires_in, "issued_at": "2024-01-01T00:00:00Z"}).to_string(),
+    )
+}
+
+impl Issuer {
+    /// Sign with `pki`'s client key and certificate (issued by its CA).
+    fn start(pki: &Pki) -> Issuer {
+        use base64::Engine as _;
+        let pkcs8 = pki.path("signer.p8");
+        run(Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER"])
+            .arg("-in")
+            .arg(pki.path("client.key"))
+            .arg("-out")
+            .arg(&pkcs8));
+        let der = pki.path("signer.der");
+        run(Command::new("openssl")
+            .args(["x509", "-outform", "DER"])
+            .arg("-in")
+            .arg(pki.path("client.crt"))
+            .arg("-out")
+            .arg(&der));
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &std::fs::read(&pkcs8).expect("key"),
+            &rng,
+        )
+        .expect("P-256 key");
+        let state = std::sync::Arc::new(IssuerState {
+            key,
+            rng,
+            x5c: base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(&der).expect("cert")),
+            expires_in: std::sync::atomic::AtomicI64::new(300),
+            jwt_lifetime: std::sync::Mutex::new(None),
+            requests: std::sync::Mutex::default(),
+        });
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(issue))
+            .with_state(state.clone());
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await
+        });
+        Issuer {
+            realm: format!("http://{addr}/token"),
+            state,
+            _runtime: runtime,
+        }
+    }
+
+    /// The requests Berth made (its User-Agent), in order.
+    fn berth_requests(&self) -> Vec<TokenRequest> {
+        self.state
+            .requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.user_agent.starts_with("berth/"))
+            .cloned()
+            .collect()
+    }
+
+    fn granted_for(&self, scope: &str) -> usize {
+        self.berth_requests()
+            .iter()
+            .filter(|r| r.granted && r.scopes.iter().any(|s| s == scope))
+            .count()
+    }
+}
+
+/// The way real registries (Docker Hub) work: the upstream is HTTPS and wants a Bearer
+/// token from an issuer that checks Berth's `proxy.username`/`password`. Anonymous pulls
+/// are refused upstream; Berth gets a token per repository scope, reuses it while valid,
+/// renews it when it expires or the upstream stops accepting it, and reports refused
+/// credentials or an untrusted certificate as a clear error, quickly.
+#[test]
+fn bearer_token_upstream_over_tls() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let issuer = Issuer::start(&pki);
+    let up = Upstream::start_with(UpstreamAuth::Token {
+        issuer: &issuer,
+        pki: &pki,
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let image = small_image(&layout, "amd64", "behind a token");
+    layout.tag(&image, "v1");
+    for repo in [
+        "library/tokened",
+        "other/repo",
+        "short/lived",
+        "stale/token",
+    ] {
+        // skopeo gets its own push token from the issuer.
+        push(&up, &layout.dir, "v1", &format!("{repo}:v1"));
+    }
+    assert!(issuer.berth_requests().is_empty());
+
+    // Anonymous: the upstream refuses (the issuer wants credentials).
+    let out = exec(
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/library/tokened:v1", up.host)),
+    );
+    assert!(!out.status.success(), "anonymous pull refused upstream");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") || err.contains("unauthorized"), "{err}");
+
+    let ca = pki.path("ca.crt").display().to_string();
+    let url = up.url();
+    assert!(url.starts_with("https://"));
+    let proxy = |password: &str, ca: &str| {
+        Berth::start_with_config_env(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n",
+            &[
+                ("REGISTRY_PROXY_REMOTEURL", url.as_str()),
+                ("REGISTRY_PROXY_USERNAME", USER),
+                ("REGISTRY_PROXY_PASSWORD", password),
+                ("SSL_CERT_FILE", ca),
+            ],
+            "http",
+        )
+    };
+    let b = proxy(PASSWORD, &ca);
+
+    // A whole image through the cache, digests intact, one token for the scope.
+    let out_dir = tmp.path().join("copied");
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        .arg(format!("docker://{}/library/tokened:v1", b.host))
+        .arg(format!("oci:{}:v1", out_dir.display())));
+    let copied: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(copied["manifests"][0]["digest"], image["digest"]);
+    let manifest = layout.json(&image);
+    let mut blobs: Vec<oci::Digest> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(digest_of)
+        .collect();
+    blobs.push(digest_of(&manifest["config"]));
+    for d in &blobs {
+        let bytes = std::fs::read(out_dir.join("blobs/sha256").join(d.hex())).expect("blob");
+        assert_eq!(sha256(&bytes), *d, "blob content");
+        let path = format!("/v2/library/tokened/blobs/{d}");
+        assert_eq!(
+            up.requests("GET", &path),
+            1,
+            "{path} fetched once, with a token"
+        );
+    }
+    let requests = issuer.berth_requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "one token for the whole pull: {requests:?}"
+    );
+    assert!(requests[0].granted);
+    assert_eq!(requests[0].scopes, ["repository:library/tokened:pull"]);
+    assert_eq!(requests[0].service.as_deref(), Some(TOKEN_SERVICE));
+
+    // While valid the token is reused; another repository is another scope.
+    assert_eq!(
+        raw_digest(&b.host, "library/tokened:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(issuer.granted_for("repository:library/tokened:pull"), 1);
+    assert_eq!(
+        raw_digest(&b.host, "other/repo:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(issuer.granted_for("repository:other/repo:pull"), 1);
+    assert_eq!(issuer.berth_requests().len(), 2);
+
+    // A token with expires_in 2 s is renewed after it expired.
+    issuer
+        .state
+        .expires_in
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        raw_digest(&b.host, "short/lived:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(issuer.granted_for("repository:short/lived:pull"), 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        raw_digest(&b.host, "short/lived:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(
+        issuer.granted_for("repository:short/lived:pull"),
+        2,
+        "the expired token was renewed"
+    );
+
+    // A token Berth holds as valid (expires_in 300) that the upstream no longer accepts
+    // (its exp claim passed; 2.8 allows 60 s of leeway): the 401 makes Berth get a new one.
+    issuer
+        .state
+        .expires_in
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    *issuer.state.jwt_lifetime.lock().expect("lock") = Some(4 - 60);
+    assert_eq!(
+        raw_digest(&b.host, "stale/token:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(issuer.granted_for("repository:stale/token:pull"), 1);
+    std::thread::sleep(Duration::from_millis(5500));
+    assert_eq!(
+        raw_digest(&b.host, "stale/token:v1", false),
+        digest_of(&image)
+    );
+    assert_eq!(
+        issuer.granted_for("repository:stale/token:pull"),
+        2,
+        "a refused token was replaced"
+    );
+    *issuer.state.jwt_lifetime.lock().expect("lock") = None;
+    let scopes: Vec<String> = issuer
+        .berth_requests()
+        .iter()
+        .flat_map(|r| r.scopes.clone())
+        .collect();
+    assert!(
+        scopes
+            .iter()
+            .all(|s| s.starts_with("repository:") && s.ends_with(":pull")),
+        "Berth asks for pull only: {scopes:?}"
+    );
+
+    // Wrong credentials: the issuer refuses, the client gets a clear 502, quickly.
+    let wrong = proxy("wrong", &ca);
+    let start = Instant::now();
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/library/tokened/manifests/v1", wrong.url),
+        &[],
+    );
+    assert!(start.elapsed() < Duration::from_secs(10), "no hang");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("token service")
+            && body.contains("401")
+            && body.contains("proxy.username and proxy.password"),
+        "{body}"
+    );
+    assert!(issuer.berth_requests().iter().any(|r| !r.granted));
+
+    // A CA that did not issue the upstream's certificate: a TLS error naming the upstream.
+    let other = Pki::new();
+    let untrusting = proxy(PASSWORD, &other.path("ca.crt").display().to_string());
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/library/tokened/manifests/v1", untrusting.url),
+        &[],
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains(&url) && body.to_lowercase().contains("certificate"),
+        "{body}"
+    );
+}
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// `GET url` with `Accept: accept` (and Basic credentials when `creds`): status, the
+/// `Content-Type` and `Docker-Content-Digest` headers, and the body.
+fn get_manifest(url: &str, accept: &str, creds: bool) -> (u16, String, String, Vec<u8>) {
+    require_tool("curl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (headers, body) = (dir.path().join("headers"), dir.path().join("body"));
+    let mut c = Command::new("curl");
+    c.args(["-s", "--max-time", "60", "-H", &format!("Accept: {accept}")])
+        .arg("-D")
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body);
+    if creds {
+        c.args(["-u", &format!("{USER}:{PASSWORD}")]);
+    }
+    run(c.arg(url));
+    let headers = std::fs::read_to_string(&headers).expect("headers");
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    (
+        status,
+        header("content-type"),
+        header("docker-content-digest"),
+        std::fs::read(&body).unwrap_or_default(),
+    )
+}
+
+/// An old client asking for a multi-arch image by tag with an `Accept` that leaves out
+/// manifest lists gets the list's linux/amd64 image, as Distribution does, even when the
+/// cache does not hold that image yet: it is fetched (once) through the cache.
+#[test]
+fn old_clients_get_the_amd64_image_of_a_list() {
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let amd = small_image(&layout, "amd64", "old client amd64");
+    let arm = small_image(&layout, "arm64", "old client arm64");
+    let index = layout.put_index(&[(arm, "arm64"), (amd, "amd64")]);
+    layout.tag(&index, "multi");
+    // As a Docker manifest list of Docker images (2.8 picks a child only for those).
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+        ])
+        .arg(format!("oci:{}:multi", layout.dir.display()))
+        .arg(format!("docker://{}/old/client:latest", up.host)));
+    let path = "/v2/old/client/manifests/latest";
+    let (status, media_type, list_digest, list) =
+        get_manifest(&format!("{}{path}", up.url()), DOCKER_LIST, true);
+    assert_eq!((status, media_type.as_str()), (200, DOCKER_LIST));
+    let list: Value = serde_json::from_slice(&list).expect("json");
+    let amd64 = list["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .map(digest_of)
+        .expect("an amd64 image");
+    // The upstream itself (Distribution 2.8) answers an old client with the amd64 image.
+    let (status, _, digest, _) =
+        get_manifest(&format!("{}{path}", up.url()), DOCKER_MANIFEST, true);
+    assert_eq!((status, digest.as_str()), (200, amd64.as_str()));
+
+    let b = proxy_of(&up, "", &[]);
+    let child_path = format!("/v2/old/client/manifests/{amd64}");
+    let before = up.requests("GET", &child_path);
+    for round in 0..2 {
+        let (status, media_type, digest, body) =
+            get_manifest(&format!("{}{path}", b.url), DOCKER_MANIFEST, false);
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(media_type, DOCKER_MANIFEST, "round {round}");
+        assert_eq!(digest, amd64.as_str(), "round {round}");
+        assert_eq!(sha256(&body), amd64, "round {round}");
+    }
+    assert_eq!(
+        up.requests("GET", &child_path),
+        before + 1,
+        "the amd64 image was fetched once, then served from the cache"
+    );
+    // A client that accepts lists still gets the list.
+    let (status, media_type, digest, _) = get_manifest(
+        &format!("{}{path}", b.url),
+        &format!("{DOCKER_LIST}, {DOCKER_MANIFEST}"),
+        false,
+    );
+    assert_eq!(
+        (status, media_type.as_str(), digest.as_str()),
+        (200, DOCKER_LIST, list_digest.as_str())
+    );
+}
+
+/// `SSL_CERT_FILE` replaces the system's certificates for outgoing HTTPS; set to a file
+/// that cannot be read or holds no certificate it would leave Berth trusting nothing, so
+/// start-up says so, naming the variable.
+#[test]
+fn unusable_ssl_cert_file_is_reported_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let empty = tmp.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("file");
+    let missing = tmp.path().join("missing.pem");
+    let pki = Pki::new();
+    let good = pki.path("ca.crt");
+    let cases = [
+        (&missing, Some("cannot be read")),
+        (&empty, Some("holds no PEM certificate")),
+        (&good, None),
+    ];
+    for (file, expected) in cases {
+        let file = file.display().to_string();
+        let b = Berth::start_with_config_env(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+            &[("SSL_CERT_FILE", &file)],
+            "http",
+        );
+        let warning = b
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("SSL_CERT_FILE="));
+        match expected {
+            Some(why) => {
+                let w = warning.unwrap_or_else(|| panic!("no warning for {file}"));
+                assert!(
+                    w.contains("WARN")
+                        && w.contains(&format!("SSL_CERT_FILE={file}"))
+                        && w.contains(why)
+                        && w.contains("trust no certificate authority"),
+                    "{w}"
+                );
+            }
+            None => assert!(warning.is_none(), "{warning:?}"),
+        }
+    }
 }

@@ -220,7 +220,8 @@ impl Registry {
     }
 
     /// Fetch a manifest. An index asked for by tag by a client that accepts only image
-    /// manifests gets the linux/amd64 image it lists, as Distribution does for old clients.
+    /// manifests gets the linux/amd64 image it lists, as Distribution does for old clients
+    /// (in proxy mode fetched from the upstream when not cached yet).
     pub async fn get_manifest(
         &self,
         repo: &RepoName,
@@ -268,11 +269,15 @@ impl Registry {
                     .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
         });
         if let Some(child) = child {
-            if let Some(c) = self
-                .meta
-                .get_manifest(repo, &Reference::Digest(child.digest.clone()))
-                .await?
-            {
+            let by_digest = Reference::Digest(child.digest.clone());
+            // A pull-through cache may not hold the child yet: fetch it like any manifest
+            // by digest. If the upstream cannot give it, the client gets the index.
+            if self.proxy.is_some() {
+                if let Err(e) = self.proxy_manifest(repo, &by_digest).await {
+                    tracing::warn!(%repo, digest = %child.digest, "serving the index: its linux/amd64 child cannot be fetched: {e}");
+                }
+            }
+            if let Some(c) = self.meta.get_manifest(repo, &by_digest).await? {
                 return Ok(c);
             }
         }
