@@ -172,8 +172,15 @@ impl HttpUpstream {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.client.get(url);
+        let base = reqwest::Url::parse(&self.base).map_err(|e| self.failed("is not a URL", e))?;
+        let mut req = self.client.get(url.clone());
         if let Some(b) = self.basic() {
+            if !credentials_may_go_to(&base, &url) {
+                return Err(self.failed(
+                    &format!("named the token service {realm}"),
+                    "it is plain http while the registry is https: the proxy credentials are not sent over it",
+                ));
+            }
             req = req.header(AUTHORIZATION, b);
         }
         let resp = req
@@ -235,6 +242,14 @@ impl HttpUpstream {
             if resp.status().as_u16() != 401 {
                 return Ok(resp);
             }
+            // Only the registry itself says how to authenticate: a 401 from where it
+            // redirected to (a CDN, storage) must not steer the credentials elsewhere.
+            if !same_origin(resp.url().as_str(), &url) {
+                return Err(self.failed(
+                    &format!("redirected {path} to {}", resp.url()),
+                    "which answered 401",
+                ));
+            }
             if !retried {
                 self.tokens.forget(&scope);
                 if self.authenticate(&resp, &scope).await? {
@@ -264,6 +279,20 @@ impl HttpUpstream {
         } else {
             Err(self.failed(&format!("answered {what} with"), status))
         }
+    }
+}
+
+/// Whether the proxy's credentials may be sent to the token service at `realm` for the
+/// registry at `base`: never downgraded from https to plain http.
+fn credentials_may_go_to(base: &reqwest::Url, realm: &reqwest::Url) -> bool {
+    realm.scheme() == "https" || base.scheme() == "http"
+}
+
+/// Whether two URLs share scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
     }
 }
 
@@ -428,20 +457,141 @@ impl Upstream for HttpUpstream {
         if !query.is_empty() {
             path = format!("{path}?{query}");
         }
-        let resp = self
-            .send(Method::GET, repo, &path, HeaderMap::new())
-            .await?;
-        let resp = self.check(resp, &format!("GET {path}"))?;
         #[derive(serde::Deserialize)]
         struct TagList {
             tags: Option<Vec<String>>,
         }
-        let list: TagList = resp.json().await.map_err(|e| {
-            self.failed(
-                &format!("answered GET {path} with"),
-                format!("an unreadable tag list: {e}"),
+        let mut tags = Vec::new();
+        // With no `n` the client wants the whole list, as Distribution's proxy returns it:
+        // follow the upstream's `Link` pages (bounded, against a link loop).
+        for _ in 0..MAX_TAG_PAGES {
+            let resp = self
+                .send(Method::GET, repo, &path, HeaderMap::new())
+                .await?;
+            let resp = self.check(resp, &format!("GET {path}"))?;
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| next_page(&self.base, v));
+            let list: TagList = resp.json().await.map_err(|e| {
+                self.failed(
+                    &format!("answered GET {path} with"),
+                    format!("an unreadable tag list: {e}"),
+                )
+            })?;
+            tags.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(p) if n.is_none() => path = p,
+                _ => return Ok(tags),
+            }
+        }
+        Err(self.failed(
+            &format!("listed the tags of {repo} in more than {MAX_TAG_PAGES} pages"),
+            "giving up (a Link loop?)",
+        ))
+    }
+}
+
+/// Most upstream tag-list pages one listing follows.
+const MAX_TAG_PAGES: usize = 1000;
+
+/// The path (and query) of a `Link: <...>; rel="next"` target on the registry at `base`;
+/// `None` without one, or when it points to another origin.
+fn next_page(base: &str, link: &str) -> Option<String> {
+    let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+    if !params.split(';').any(|p| {
+        matches!(
+            p.trim().replace(' ', "").as_str(),
+            "rel=\"next\"" | "rel=next"
+        )
+    }) {
+        return None;
+    }
+    if target.starts_with('/') {
+        return Some(target.to_string());
+    }
+    let url = reqwest::Url::parse(target).ok()?;
+    if !same_origin(url.as_str(), base) {
+        return None;
+    }
+    Some(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn credentials_are_never_downgraded_to_plain_http() {
+        let https = url("https://registry-1.docker.io");
+        let http = url("http://127.0.0.1:5000");
+        assert!(credentials_may_go_to(
+            &https,
+            &url("https://auth.docker.io/token")
+        ));
+        assert!(!credentials_may_go_to(
+            &https,
+            &url("http://auth.example/token")
+        ));
+        assert!(credentials_may_go_to(
+            &http,
+            &url("http://127.0.0.1:5001/token")
+        ));
+        assert!(credentials_may_go_to(
+            &http,
+            &url("https://auth.example/token")
+        ));
+    }
+
+    #[test]
+    fn tag_list_links() {
+        let base = "https://registry.example";
+        assert_eq!(
+            next_page(base, r#"</v2/a/tags/list?last=b&n=100>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?last=b&n=100")
+        );
+        assert_eq!(
+            next_page(
+                base,
+                r#"<https://registry.example/v2/a/tags/list?last=b>; rel="next""#
             )
-        })?;
-        Ok(list.tags.unwrap_or_default())
+            .as_deref(),
+            Some("/v2/a/tags/list?last=b")
+        );
+        assert_eq!(
+            next_page(
+                base,
+                r#"<https://elsewhere.example/v2/a/tags/list>; rel="next""#
+            ),
+            None
+        );
+        assert_eq!(
+            next_page(base, r#"</v2/a/tags/list?last=b>; rel="prev""#),
+            None
+        );
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin(
+            "https://registry-1.docker.io/v2/library/alpine/blobs/sha256:00",
+            "https://registry-1.docker.io/v2/x"
+        ));
+        assert!(!same_origin(
+            "https://cdn.example/blob?sig=1",
+            "https://registry-1.docker.io/v2/x"
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:5000/v2/",
+            "http://127.0.0.1:5001/v2/"
+        ));
     }
 }
