@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{require_tool, run, spawn_berth_until, Berth, Pki};
+use common::pki::Pki;
+use common::{require_tool, run, spawn_berth_until, Berth};
 use serde_json::Value;
 use sha2::Digest as _;
 use std::path::Path;

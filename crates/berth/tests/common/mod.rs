@@ -3,6 +3,12 @@
 //! test file (`mod common;`).
 #![allow(dead_code)]
 
+pub mod layout;
+pub mod pki;
+pub mod push;
+pub mod registry2;
+pub mod tools;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -388,94 +394,4 @@ pub fn berth_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("run berth")
-}
-
-/// A test certificate authority with a server certificate for 127.0.0.1 and a client
-/// certificate (`ca.crt`, `server.crt`/`.key`, `client.crt`/`.key` in `dir`).
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-}
-
-impl Pki {
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the
-    /// `openssl` command.
-    pub fn new() -> Pki {
-        require_tool("openssl");
-        let pki = Pki {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        let d = pki.dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(Command::new("openssl")
-            .current_dir(d)
-            .args(["req", "-x509"])
-            .args(ec)
-            .args(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"])
-            .args(["-subj", "/CN=Berth Test CA"]));
-        for (name, cn, ext) in [
-            (
-                "server",
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            (
-                "client",
-                "berth-test-client",
-                "extendedKeyUsage=clientAuth\n",
-            ),
-        ] {
-            std::fs::write(d.join(format!("{name}.ext")), ext).expect("ext");
-            run(Command::new("openssl")
-                .current_dir(d)
-                .arg("req")
-                .args(ec)
-                .args([
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ])
-                .args(["-subj", &format!("/CN={cn}")]));
-            run(Command::new("openssl").current_dir(d).args([
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.crt"),
-                "-extfile",
-                &format!("{name}.ext"),
-            ]));
-        }
-        pki
-    }
-
-    /// A skopeo/containers cert dir: ca.crt, plus client.cert/client.key when `client`.
-    pub fn cert_dir(&self, client: bool) -> PathBuf {
-        let dir = self.path(if client { "certs-client" } else { "certs-ca" });
-        std::fs::create_dir_all(&dir).expect("cert dir");
-        std::fs::copy(self.path("ca.crt"), dir.join("ca.crt")).expect("ca");
-        if client {
-            std::fs::copy(self.path("client.crt"), dir.join("client.cert")).expect("cert");
-            std::fs::copy(self.path("client.key"), dir.join("client.key")).expect("key");
-        }
-        dir
-    }
 }
