@@ -91,6 +91,17 @@ impl Layout {
         layout
     }
 
+    /// The layout in `dir` as written before, its tags kept.
+    pub fn open(dir: &Path) -> Layout {
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+                .expect("index.json");
+        Layout {
+            dir: dir.to_path_buf(),
+            refs: index["manifests"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
     fn write_index(&self) {
         let index = json!({"schemaVersion": 2, "manifests": self.refs});
         std::fs::write(

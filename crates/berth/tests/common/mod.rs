@@ -136,18 +136,7 @@ pub fn run(cmd: &mut Command) -> String {
 impl Berth {
     /// Start with a complete config file; `DATA` in it is replaced by the data directory.
     pub fn start_with_config(config: &str) -> Berth {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
-        let (child, addr) = spawn_berth(&["serve".as_ref(), path.as_os_str()]);
-        Berth {
-            host: addr.clone(),
-            url: format!("http://{addr}"),
-            dir,
-            extra_config: String::new(),
-            child: Some(child),
-        }
+        Berth::start_with_config_env(config, &[], "http")
     }
 
     /// Sizes of the files in the upload area.
@@ -159,6 +148,16 @@ impl Berth {
             })
             .unwrap_or_default()
     }
+}
+
+/// A temporary directory holding `config.yml` with `config`, `DATA` in it replaced by the
+/// directory's `data/`; returns the directory and the file's path.
+fn write_config(config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
 }
 
 /// One server's log lines.
@@ -253,10 +252,7 @@ impl Berth {
     /// Start with a complete config file (`DATA` replaced by the data directory) whose
     /// `http.debug.addr` is set; returns the server and the debug server's `host:port`.
     pub fn start_with_debug(config: &str) -> (Berth, String) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let (child, found) = spawn_berth_until(
             &["serve".as_ref(), path.as_os_str()],
             &["listening on http://", "debug server listening "],
@@ -325,10 +321,7 @@ impl Berth {
     /// Start with a complete config file (`DATA` replaced by the data directory) and
     /// extra environment; `scheme` is `http` or `https` (with `http.tls` configured).
     pub fn start_with_config_env(config: &str, env: &[(&str, &str)], scheme: &str) -> Berth {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let (child, addr) = spawn_berth_with(&["serve".as_ref(), path.as_os_str()], env, scheme);
         Berth {
             host: addr.clone(),
@@ -342,10 +335,7 @@ impl Berth {
     /// Run `berth serve` with `config` and expect it to refuse to start; returns its
     /// standard error.
     pub fn fails_to_start(config: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(berth_bin())
             .args(["serve".as_ref(), path.as_os_str()])
