@@ -581,11 +581,7 @@ async fn read_only_mode_refuses_writes() {
             .header("content-type", "application/vnd.oci.image.manifest.v1+json")
             .body("{}"),
         c.delete(format!("{}/v2/ro/img/manifests/{digest}", b.url)),
-        c.delete(format!(
-            "{}/v2/ro/img/blobs/{}",
-            b.url,
-            sha256(b"x").to_string()
-        )),
+        c.delete(format!("{}/v2/ro/img/blobs/{}", b.url, sha256(b"x"))),
         c.patch(format!("{}/v2/ro/img/blobs/uploads/some-id", b.url)),
     ];
     for w in writes {
