@@ -4,9 +4,12 @@
 
 mod common;
 
-use common::{require_tool, run, Berth, Pki};
+use common::layout::{plain_tar, Layout};
+use common::pki::Pki;
+use common::push::{image_manifest, sha256, Registry, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
+use common::tools::podman;
+use common::{require_tool, run, Berth};
 use serde_json::{json, Value};
-use sha2::Digest as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -38,48 +41,20 @@ async fn body_json(r: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 /// Push a one-layer OCI image with plain HTTP requests; returns the manifest digest.
 async fn push_image(url: &str, repo: &str, tag: &str, auth: Option<(&str, &str)>) -> String {
-    let c = client();
-    let with = |r: reqwest::RequestBuilder| match auth {
-        Some((u, p)) => r.basic_auth(u, Some(p)),
-        None => r,
-    };
+    let mut reg = Registry::new(url);
+    if let Some((u, p)) = auth {
+        reg = reg.with_auth(u, p);
+    }
     let layer = format!("layer of {repo}:{tag}").into_bytes();
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-    let mut descriptors = Vec::new();
-    for blob in [&config, &layer] {
-        let digest = sha256(blob);
-        let r = with(c.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}")))
-            .header("content-type", "application/octet-stream")
-            .body(blob.clone())
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(r.status().as_u16(), 201, "blob upload");
-        descriptors.push(json!({"digest": digest, "size": blob.len()}));
-    }
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": descriptors[0]["digest"], "size": descriptors[0]["size"]},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": descriptors[1]["digest"], "size": descriptors[1]["size"]}]
-    });
-    let bytes = serde_json::to_vec(&manifest).expect("json");
-    let r = with(c.put(format!("{url}/v2/{repo}/manifests/{tag}")))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(bytes.clone())
-        .send()
-        .await
-        .expect("put manifest");
+    reg.push_blob(repo, &config).await;
+    reg.push_blob(repo, &layer).await;
+    let bytes = serde_json::to_vec(&image_manifest(&config, &layer)).expect("json");
+    let r = reg.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
     assert_eq!(r.status().as_u16(), 201, "manifest put");
-    sha256(&bytes)
+    sha256(&bytes).to_string()
 }
 
 /// No credentials, wrong ones and non-bcrypt entries get 401 with the Basic challenge and
@@ -234,41 +209,8 @@ async fn missing_htpasswd_is_provisioned() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
-fn podman(root: &Path) -> Command {
-    require_tool("podman");
-    let auth_file = root.join("auth.json");
-    if !auth_file.exists() {
-        std::fs::write(&auth_file, br#"{"auths":{}}"#).expect("auth.json");
-    }
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .arg("--tmpdir")
-        .arg(root.join("tmp"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "file",
-            "--cgroup-manager",
-            "cgroupfs",
-        ])
-        .env("REGISTRY_AUTH_FILE", auth_file);
-    c
-}
-
 fn rootfs_tar(path: &Path, salt: &str) {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(salt.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "salt", salt.as_bytes())
-        .expect("tar");
-    std::fs::write(path, builder.into_inner().expect("tar")).expect("rootfs");
+    std::fs::write(path, plain_tar(&[("salt", salt.as_bytes())])).expect("rootfs");
 }
 
 /// podman login/push/pull and skopeo with credentials against an htpasswd-protected
@@ -401,14 +343,6 @@ fn docker_login_with_htpasswd() {
 // TLS
 // ---------------------------------------------------------------------------------------
 
-fn tls_config(pki: &Pki, extra_tls: &str) -> String {
-    format!(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n{extra_tls}",
-        pki.path("server.crt").display(),
-        pki.path("server.key").display()
-    )
-}
-
 fn curl(args: &[&str]) -> Output {
     require_tool("curl");
     exec(
@@ -426,38 +360,13 @@ fn curl(args: &[&str]) -> Output {
 
 /// An OCI layout with one tiny image tagged `v1`, for skopeo to push.
 fn oci_layout(dir: &Path) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("layout");
-    let put = |bytes: &[u8]| {
-        let d = sha256(bytes);
-        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).expect("blob");
-        json!({"digest": d, "size": bytes.len()})
-    };
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(3);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "tls", &b"tls"[..])
-        .expect("tar");
-    let layer = tar.into_inner().expect("tar");
-    let layer_d = put(&layer);
+    let mut layout = Layout::create(dir);
+    let layer = layout.put_blob(OCI_LAYER, &plain_tar(&[("tls", b"tls")]));
     let config = json!({"architecture":"amd64","os":"linux",
-        "rootfs":{"type":"layers","diff_ids":[layer_d["digest"]]}});
-    let config_d = put(&serde_json::to_vec(&config).expect("json"));
-    let manifest = json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
-        "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":config_d["digest"],"size":config_d["size"]},
-        "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":layer_d["digest"],"size":layer_d["size"]}]});
-    let manifest_d = put(&serde_json::to_vec(&manifest).expect("json"));
-    let index = json!({"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",
-        "digest":manifest_d["digest"],"size":manifest_d["size"],
-        "annotations":{"org.opencontainers.image.ref.name":"v1"}}]});
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&index).expect("json"),
-    )
-    .expect("index");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+        "rootfs":{"type":"layers","diff_ids":[layer["digest"]]}});
+    let config = layout.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
+    let manifest = layout.put_manifest(config, vec![layer], false);
+    layout.tag(&manifest, "v1");
 }
 
 /// HTTPS with a certificate from a private CA: curl and skopeo trust it through the CA,
@@ -467,7 +376,7 @@ fn oci_layout(dir: &Path) {
 fn tls_serves_https() {
     let pki = Pki::new();
     let b = Berth::start_with_config_env(
-        &tls_config(&pki, ""),
+        &pki.tls_config(""),
         &[("AWS_CA_BUNDLE", &pki.path("ca.crt").display().to_string())],
         "https",
     );
@@ -506,7 +415,7 @@ fn tls_serves_https() {
 
     drop(b);
     let b = Berth::start_with_config_env(
-        &tls_config(&pki, "  http2:\n    disabled: true\n"),
+        &pki.tls_config("  http2:\n    disabled: true\n"),
         &[],
         "https",
     );
@@ -524,7 +433,7 @@ fn tls_serves_https() {
 fn mutual_tls_requires_client_certificates() {
     let pki = Pki::new();
     let extra = format!("    clientcas:\n      - {}\n", pki.path("ca.crt").display());
-    let b = Berth::start_with_config_env(&tls_config(&pki, &extra), &[], "https");
+    let b = Berth::start_with_config_env(&pki.tls_config(&extra), &[], "https");
     let ca = pki.path("ca.crt").display().to_string();
     let url = format!("{}/v2/", b.url);
     let refused = curl(&["--cacert", &ca, &url]);
@@ -563,8 +472,7 @@ fn mutual_tls_requires_client_certificates() {
 #[test]
 fn minimum_tls_version_is_enforced() {
     let pki = Pki::new();
-    let b =
-        Berth::start_with_config_env(&tls_config(&pki, "    minimumtls: tls1.3\n"), &[], "https");
+    let b = Berth::start_with_config_env(&pki.tls_config("    minimumtls: tls1.3\n"), &[], "https");
     let ca = pki.path("ca.crt").display().to_string();
     let url = format!("{}/v2/", b.url);
     let old = curl(&["--cacert", &ca, "--tls-max", "1.2", &url]);
@@ -575,7 +483,7 @@ fn minimum_tls_version_is_enforced() {
     let new = curl(&["--cacert", &ca, "--tlsv1.3", &url]);
     assert_eq!(String::from_utf8_lossy(&new.stdout), "200 2", "{new:?}");
 
-    let err = Berth::fails_to_start(&tls_config(&pki, "    minimumtls: tls1.0\n"));
+    let err = Berth::fails_to_start(&pki.tls_config("    minimumtls: tls1.0\n"));
     assert!(err.contains("http.tls.minimumtls"), "{err}");
     let err = Berth::fails_to_start(&format!(
         "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n",

@@ -14,10 +14,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::layout::{layer_tar_gz, noise, plain_tar, Layout};
+use common::push::{sha256, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
+use common::tools::{buildah, podman, skopeo};
 use common::{require_tool, Berth};
 use serde_json::{json, Value};
 
@@ -25,10 +28,6 @@ use serde_json::{json, Value};
 // Media types and small helpers
 // ---------------------------------------------------------------------------------------
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -40,27 +39,6 @@ fn manifest_accept() -> String {
 
 /// A client process that takes longer than this is treated as hung.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn sha256(bytes: &[u8]) -> oci::Digest {
-    oci::Digest::of(oci::Algorithm::Sha256, bytes)
-}
-
-/// `len` incompressible bytes determined by `seed` (so layers are really streamed, not
-/// squeezed into a few kilobytes by gzip).
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    use sha2::Digest as _;
-    let mut out = Vec::with_capacity(len + 32);
-    let mut counter = 0u64;
-    while out.len() < len {
-        let mut h = sha2::Sha256::new();
-        h.update(seed.as_bytes());
-        h.update(counter.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
 
 fn parse_digest(s: &str) -> oci::Digest {
     s.trim()
@@ -332,145 +310,29 @@ fn tags_list(b: &Berth, name: &str) -> Vec<String> {
 // OCI image layouts: built here, or read back from what a client wrote
 // ---------------------------------------------------------------------------------------
 
-/// A gzip-compressed tar of `files` (deterministic headers), and the tar's own digest
-/// (the layer's diff_id).
-fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, oci::Digest) {
-    let tar = plain_tar(files);
-    let diff_id = sha256(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
-    (gz.finish().expect("gzip"), diff_id)
-}
-
-/// An uncompressed tar of `files` (paths may contain directories, created as needed).
-fn plain_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut dirs = BTreeSet::new();
-    for (path, data) in files {
-        let mut parent = Path::new(path).parent();
-        let mut to_create = Vec::new();
-        while let Some(p) = parent {
-            if p.as_os_str().is_empty() || !dirs.insert(p.to_path_buf()) {
-                break;
-            }
-            to_create.push(p.to_path_buf());
-            parent = p.parent();
-        }
-        for dir in to_create.into_iter().rev() {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            h.set_mtime(1_700_000_000);
-            h.set_cksum();
-            builder
-                .append_data(&mut h, format!("{}/", dir.display()), std::io::empty())
-                .expect("tar dir");
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        builder.append_data(&mut h, path, *data).expect("tar file");
+/// An image with one layer per entry of `layers` (its files), with the config and
+/// history a built image has; returns the manifest's descriptor.
+fn put_image(layout: &Layout, arch: &str, layers: &[&[(&str, &[u8])]]) -> Value {
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut history = Vec::new();
+    for files in layers {
+        let (gz, diff_id) = layer_tar_gz(files);
+        descriptors.push(layout.put_blob(OCI_LAYER_GZIP, &gz));
+        diff_ids.push(diff_id.to_string());
+        history
+            .push(json!({"created": "2024-01-01T00:00:00Z", "created_by": "berth clients test"}));
     }
-    builder.into_inner().expect("tar")
-}
-
-/// An OCI image layout written by the test.
-struct Layout {
-    dir: PathBuf,
-    refs: Vec<Value>,
-}
-
-impl Layout {
-    fn create(dir: &Path) -> Layout {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-            .expect("oci-layout");
-        let layout = Layout {
-            dir: dir.to_path_buf(),
-            refs: Vec::new(),
-        };
-        layout.write_index();
-        layout
-    }
-
-    fn write_index(&self) {
-        let index = json!({"schemaVersion": 2, "manifests": self.refs});
-        std::fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&index).expect("json"),
-        )
-        .expect("index.json");
-    }
-
-    fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Value {
-        let digest = sha256(bytes);
-        std::fs::write(self.dir.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
-        json!({"mediaType": media_type, "digest": digest.as_str(), "size": bytes.len()})
-    }
-
-    /// An image with one layer per entry of `layers`; returns the manifest's descriptor.
-    fn put_image(&self, arch: &str, layers: &[&[(&str, &[u8])]]) -> Value {
-        let mut descriptors = Vec::new();
-        let mut diff_ids = Vec::new();
-        let mut history = Vec::new();
-        for files in layers {
-            let (gz, diff_id) = layer_tar_gz(files);
-            descriptors.push(self.put_blob(OCI_LAYER_GZIP, &gz));
-            diff_ids.push(diff_id.to_string());
-            history.push(
-                json!({"created": "2024-01-01T00:00:00Z", "created_by": "berth clients test"}),
-            );
-        }
-        let config = json!({
-            "created": "2024-01-01T00:00:00Z",
-            "architecture": arch,
-            "os": "linux",
-            "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/true"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": history,
-        });
-        let config = self.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config,
-            "layers": descriptors,
-        });
-        self.put_blob(
-            OCI_MANIFEST,
-            &serde_json::to_vec_pretty(&manifest).expect("json"),
-        )
-    }
-
-    /// An image index over `(manifest descriptor, architecture)`.
-    fn put_index(&self, manifests: &[(Value, &str)]) -> Value {
-        let manifests: Vec<Value> = manifests
-            .iter()
-            .map(|(d, arch)| {
-                let mut d = d.clone();
-                d["platform"] = json!({"architecture": arch, "os": "linux"});
-                d
-            })
-            .collect();
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": manifests,
-            "annotations": {"org.opencontainers.image.description": "berth clients test"},
-        });
-        self.put_blob(OCI_INDEX, &serde_json::to_vec(&index).expect("json"))
-    }
-
-    fn tag(&mut self, descriptor: &Value, tag: &str) {
-        let mut d = descriptor.clone();
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-        self.refs.push(d);
-        self.write_index();
-    }
+    let config = json!({
+        "created": "2024-01-01T00:00:00Z",
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    });
+    let config = layout.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
+    layout.put_manifest(config, descriptors, true)
 }
 
 fn layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
@@ -553,7 +415,8 @@ fn three_layer_image(layout: &Layout, salt: &str) -> Value {
     let a = format!("layer one {salt}\n");
     let b = vec![b'x'; 70_000];
     let c = format!("#!/bin/sh\necho {salt}\n");
-    layout.put_image(
+    put_image(
+        layout,
         "amd64",
         &[
             &[("etc/berth-release", a.as_bytes())],
@@ -566,11 +429,6 @@ fn three_layer_image(layout: &Layout, salt: &str) -> Value {
 // ---------------------------------------------------------------------------------------
 // skopeo (and umoci)
 // ---------------------------------------------------------------------------------------
-
-fn skopeo() -> Command {
-    require_tool("skopeo");
-    Command::new("skopeo")
-}
 
 fn umoci(args: &[&str]) -> String {
     require_tool("umoci");
@@ -690,15 +548,19 @@ fn multi_arch_layout(dir: &Path, tag: &str, salt: &str) -> Value {
     let mut layout = Layout::create(dir);
     let amd = format!("amd64 {salt}\n");
     let arm = format!("arm64 {salt}\n");
-    let amd64 = layout.put_image("amd64", &[&[("etc/arch", amd.as_bytes())]]);
-    let arm64 = layout.put_image(
+    let amd64 = put_image(&layout, "amd64", &[&[("etc/arch", amd.as_bytes())]]);
+    let arm64 = put_image(
+        &layout,
         "arm64",
         &[
             &[("etc/arch", arm.as_bytes())],
             &[("etc/extra", b"arm only\n")],
         ],
     );
-    let index = layout.put_index(&[(amd64, "amd64"), (arm64, "arm64")]);
+    let index = layout.put_index(
+        &[(amd64, "amd64"), (arm64, "arm64")],
+        json!({"org.opencontainers.image.description": "berth clients test"}),
+    );
     layout.tag(&index, tag);
     index
 }
@@ -770,10 +632,7 @@ fn skopeo_copy_between_two_berths() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("src");
     let index = multi_arch_layout(&src, "multi", &a.host);
-    let mut layout = Layout {
-        dir: src.clone(),
-        refs: vec![layout_ref(&src, "multi")],
-    };
+    let mut layout = Layout::open(&src);
     let single = three_layer_image(&layout, &a.host);
     layout.tag(&single, "single");
 
@@ -830,7 +689,7 @@ fn skopeo_list_tags() {
     let mut layout = Layout::create(&src);
     let image = three_layer_image(&layout, &b.host);
     layout.tag(&image, "v1");
-    let other = layout.put_image("arm64", &[&[("other", b"other image\n")]]);
+    let other = put_image(&layout, "arm64", &[&[("other", b"other image\n")]]);
     layout.tag(&other, "other");
 
     let mut expected = BTreeSet::new();
@@ -921,7 +780,8 @@ fn skopeo_delete_by_digest() {
     let mut layout = Layout::create(&src);
     let keep = three_layer_image(&layout, &format!("keep {}", b.host));
     layout.tag(&keep, "keep");
-    let gone = layout.put_image(
+    let gone = put_image(
+        &layout,
         "amd64",
         &[
             &[("etc/gone", b"to be deleted\n")],
@@ -1263,50 +1123,6 @@ fn docker_pull_missing_is_not_found() {
 // podman and buildah, with vfs storage in a temporary root
 // ---------------------------------------------------------------------------------------
 
-/// An empty auth file of the test's own, so that the user's credentials are never used.
-fn empty_auth_file(root: &Path) -> PathBuf {
-    let path = root.join("auth.json");
-    if !path.exists() {
-        std::fs::create_dir_all(root).expect("root dir");
-        std::fs::write(&path, br#"{"auths":{}}"#).expect("auth.json");
-    }
-    path
-}
-
-fn podman(root: &Path) -> Command {
-    require_tool("podman");
-    let mut c = Command::new("podman");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .arg("--tmpdir")
-        .arg(root.join("tmp"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "file",
-            "--cgroup-manager",
-            "cgroupfs",
-        ])
-        .env("REGISTRY_AUTH_FILE", empty_auth_file(root));
-    c
-}
-
-fn buildah(root: &Path) -> Command {
-    require_tool("buildah");
-    let mut c = Command::new("buildah");
-    c.arg("--root")
-        .arg(root.join("root"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .args(["--storage-driver", "vfs"])
-        .env("REGISTRY_AUTH_FILE", empty_auth_file(root))
-        .env("TMPDIR", root);
-    c
-}
-
 fn podman_inspect(root: &Path, reference: &str) -> Value {
     let out = run(podman(root).args(["image", "inspect", reference]));
     json_of(out.as_bytes())[0].clone()
@@ -1493,7 +1309,7 @@ fn podman_search_catalog_and_tags() {
     let src = root.join("layout");
     let mut layout = Layout::create(&src);
     let salt = format!("search {}\n", b.host);
-    let image = layout.put_image("amd64", &[&[("salt", salt.as_bytes())]]);
+    let image = put_image(&layout, "amd64", &[&[("salt", salt.as_bytes())]]);
     layout.tag(&image, "v1");
     for target in [
         "search/alpha:v1",

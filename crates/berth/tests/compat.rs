@@ -7,88 +7,22 @@
 
 mod common;
 
+use common::push::{sha256, OCI_INDEX, OCI_MANIFEST};
+use common::registry2::Registry2;
 use common::{require_tool, Berth};
-use oci::{Algorithm, Digest};
+use oci::Digest;
 use reqwest::{Client, Method, Response};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-/// A running `docker-registry serve CONFIG`.
-struct Distribution {
-    url: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The config both servers get; DATA becomes each one's own directory.
 fn config(delete: bool) -> String {
     format!(
         "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: {delete}\nhttp:\n  addr: 127.0.0.1:0\n"
     )
-}
-
-fn start_distribution(config: &str) -> Distribution {
-    start_distribution_env(config, &[])
-}
-
-fn start_distribution_env(config: &str, env: &[(&str, &str)]) -> Distribution {
-    let bin = require_tool("docker-registry");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-    let path = dir.path().join("config.yml");
-    std::fs::write(&path, text).expect("write config");
-    let mut child = Command::new(bin)
-        .arg("serve")
-        .arg(&path)
-        // Debian's build panics on it with some drivers; the filesystem one does not need it.
-        .env_remove("AWS_CA_BUNDLE")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn docker-registry");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            // 2.8 logs `msg="listening on 127.0.0.1:PORT"` once it is serving.
-            if let Some(pos) = line.find("listening on ") {
-                let addr: String = line[pos + 13..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',')
-                    .collect();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("docker-registry did not report its address");
-    Distribution {
-        url: format!("http://{addr}"),
-        child,
-        _dir: dir,
-    }
 }
 
 /// One row of the table: what was asked and what came back.
@@ -104,10 +38,6 @@ struct Run<'a> {
     c: &'a Client,
     base: &'a str,
     rows: Vec<(String, Answer)>,
-}
-
-fn sha256(b: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha256, b)
 }
 
 impl Run<'_> {
@@ -612,7 +542,7 @@ async fn scenario(c: &Client, base: &str) -> Vec<(String, Answer)> {
 
 async fn compare(delete: bool) {
     let cfg = config(delete);
-    let dist = start_distribution(&cfg);
+    let dist = Registry2::start(&cfg);
     let berth = Berth::start_with_config(&cfg);
     let c = Client::new();
     let theirs = scenario(&c, &dist.url).await;
@@ -664,7 +594,7 @@ async fn debians_config_file_starts_berth_unchanged() {
     let berth_dir = tempfile::tempdir().expect("tempdir");
     let dist_root = dist_dir.path().display().to_string();
     let berth_root = berth_dir.path().display().to_string();
-    let dist = start_distribution_env(
+    let dist = Registry2::start_env(
         &text,
         &[
             ("REGISTRY_HTTP_ADDR", "127.0.0.1:0"),

@@ -8,21 +8,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxStatus};
 use axum::routing::post;
 use axum::Router;
+use common::push::{image_manifest, sha256, Registry, OCI_MANIFEST};
+use common::registry2::Registry2;
 use common::Berth;
-use oci::{Algorithm, Digest};
+use oci::Digest;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const V1: &str = "application/vnd.docker.distribution.events.v1+json";
 const V2: &str = "application/vnd.docker.distribution.events.v2+json";
-
-fn sha256(data: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha256, data)
-}
 
 /// One POST the receiver accepted.
 #[derive(Debug, Clone)]
@@ -161,69 +158,32 @@ struct Api {
 }
 
 impl Api {
+    /// The registry as the test's client `alice` sees it (asked each time: the URL changes
+    /// when the server is restarted).
+    fn reg(&self) -> Registry {
+        Registry::with_client(self.c.clone(), &self.b.url)
+            .with_auth("alice", "secret")
+            .with_user_agent("events-test/1.0")
+    }
+
     fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
-        self.c
-            .request(m, format!("{}{path}", self.b.url))
-            .basic_auth("alice", Some("secret"))
-            .header("user-agent", "events-test/1.0")
+        self.reg().req(m, path)
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
-        d
+        self.reg().push_blob(repo, data).await
     }
 
     /// Push config + layer (two-step uploads) and a manifest by tag.
     async fn push_image(&self, repo: &str, tag: &str) -> (Vec<u8>, Digest, Digest, Digest) {
         let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
         let layer = b"layer bytes".to_vec();
-        let cd = self.push_blob(repo, &config).await;
+        let reg = self.reg();
+        let cd = reg.push_blob(repo, &config).await;
         // The layer through POST + PUT, as docker does it.
-        let r = self
-            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let location = r.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_string();
-        let ld = sha256(&layer);
-        let r = self
-            .c
-            .put(format!("{}{location}?digest={ld}", self.b.url))
-            .basic_auth("alice", Some("secret"))
-            .header("user-agent", "events-test/1.0")
-            .body(layer.clone())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.as_str(), "size": layer.len()}],
-        });
-        let bytes = serde_json::to_vec_pretty(&m).expect("json");
-        let r = self
-            .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
-            .header("content-type", OCI_MANIFEST)
-            .body(bytes.clone())
-            .send()
-            .await
-            .expect("send");
+        let ld = reg.push_blob_two_step(repo, &layer).await;
+        let bytes = serde_json::to_vec_pretty(&image_manifest(&config, &layer)).expect("json");
+        let r = reg.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let md = sha256(&bytes);
         (bytes, md, cd, ld)
@@ -714,51 +674,6 @@ async fn upload_purging_dry_run_keeps_orphan_files() {
     assert!(orphan.exists());
 }
 
-/// Start Debian's `docker-registry` (CNCF Distribution 2.8) with `config` (`DATA` is
-/// replaced by a temporary directory); returns the process, its `host:port` and the dir.
-fn start_distribution(config: &str) -> (std::process::Child, String, tempfile::TempDir) {
-    use std::io::BufRead;
-    let bin = common::require_tool("docker-registry");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yml");
-    std::fs::write(
-        &path,
-        config.replace("DATA", &dir.path().join("data").display().to_string()),
-    )
-    .expect("write config");
-    let mut child = std::process::Command::new(bin)
-        .arg("serve")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn docker-registry");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(pos) = line.find("listening on ") {
-                let rest = &line[pos + "listening on ".len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-            eprintln!("[docker-registry] {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("docker-registry reports its address");
-    let port = addr.rsplit(':').next().expect("port").to_string();
-    (child, format!("127.0.0.1:{port}"), dir)
-}
-
 /// The same requests against `base`: a two-step blob push with credentials, a manifest
 /// by tag, pulls, a mount and deletes.
 async fn reference_flow(c: &Client, base: &str) {
@@ -868,15 +783,15 @@ async fn events_match_distribution_byte_for_byte() {
             notifications(&[endpoint("hook", url, "")], true)
         )
     };
-    let (mut child, their_host, _dir) = start_distribution(&config(&theirs.url));
+    let mut peer = Registry2::start(&config(&theirs.url));
+    let their_host = peer.host.clone();
     let c = Client::new();
     reference_flow(&c, &format!("http://{their_host}")).await;
     let b = Berth::start_with_config(&config(&ours.url));
     reference_flow(&c, &b.url).await;
 
     let expected = theirs.wait_for(9, Duration::from_secs(30)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    peer.stop();
     let got = ours.wait_for(9, Duration::from_secs(30)).await;
     // Deliberate difference: with no authentication configured, 2.8 reports the user
     // name of any Basic header (unverified, so anyone can claim any name); Berth leaves
@@ -1012,25 +927,6 @@ async fn skopeo_push_and_pull_are_notified() {
 /// An HTTPS webhook receiver on 127.0.0.1:0 with `cert`/`key` (tokio-rustls + hyper):
 /// every connection is served the same router as [`Receiver`].
 async fn https_receiver(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .expect("cert")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(key).expect("key");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let state = ReceiverState {
         status: Arc::new(AtomicU16::new(200)),
         attempts: Arc::default(),
@@ -1039,27 +935,7 @@ async fn https_receiver(cert: &std::path::Path, key: &std::path::Path) -> Receiv
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(state.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                // A client that does not trust the certificate fails here: nothing recorded.
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-            });
-        }
-    });
+    let addr = common::pki::serve_https(app, cert, key).await;
     Receiver {
         url: format!("https://127.0.0.1:{}/hook", addr.port()),
         status: state.status,
@@ -1083,7 +959,7 @@ fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Berth {
 /// actor is empty even though the client sent a Basic header (as in Distribution 2.8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_endpoints_use_the_system_trust_store() {
-    let pki = common::Pki::new();
+    let pki = common::pki::Pki::new();
     let receiver = https_receiver(&pki.path("server.crt"), &pki.path("server.key")).await;
     let config = notifications(
         &[endpoint(
@@ -1117,8 +993,8 @@ async fn https_endpoints_use_the_system_trust_store() {
 /// and the logged error names the TLS failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_https_endpoints_keep_events_queued() {
-    let pki = common::Pki::new();
-    let other = common::Pki::new();
+    let pki = common::pki::Pki::new();
+    let other = common::pki::Pki::new();
     let receiver = https_receiver(&pki.path("server.crt"), &pki.path("server.key")).await;
     let config = notifications(&[endpoint("secure", &receiver.url, "")], false);
     let wrong_ca = other.path("ca.crt").display().to_string();

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::layout::plain_tar;
+use common::pki::{make_ca, make_cert, Key};
 use common::{require_tool, run};
 use std::path::Path;
 use std::process::Command;
@@ -107,22 +109,29 @@ fn run_registry(cleanup: &mut Cleanup, volume: &str, env: &[&str]) -> (String, S
         .unwrap_or_else(|| panic!("no 127.0.0.1 port published: {port}"))
         .to_string();
     // docker-proxy accepts connections before Berth listens: wait for an HTTP answer.
+    wait_for_container(
+        &id,
+        &format!("the container did not answer on {addr} within 60 s"),
+        || http_status("GET", &format!("http://{addr}/v2/"), &[]) == "200",
+    );
+    (id, addr)
+}
+
+/// Wait (at most 60 s) until `ready` holds for container `id`; else panic with `what` and
+/// the container's log.
+fn wait_for_container(id: &str, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if http_status("GET", &format!("http://{addr}/v2/"), &[]) == "200" {
-            break;
-        }
+    while !ready() {
         if Instant::now() > deadline {
-            let logs = docker().args(["logs", &id]).output().ok();
+            let logs = docker().args(["logs", id]).output().ok();
             panic!(
-                "the container did not answer on {addr} within 60 s; logs:\n{}",
+                "{what}; logs:\n{}",
                 logs.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
                     .unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    (id, addr)
 }
 
 fn http_status(method: &str, url: &str, headers: &[&str]) -> String {
@@ -147,17 +156,7 @@ fn http_status(method: &str, url: &str, headers: &[&str]) -> String {
 fn import_image(cleanup: &mut Cleanup, tag: &str, content: &[u8]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let tar_path = dir.path().join("rootfs.tar");
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_size(content.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_cksum();
-    builder
-        .append_data(&mut h, "hello.txt", content)
-        .expect("tar");
-    std::fs::write(&tar_path, builder.into_inner().expect("tar")).expect("write tar");
+    std::fs::write(&tar_path, plain_tar(&[("hello.txt", content)])).expect("write tar");
     run(docker().arg("import").arg(&tar_path).arg(tag));
     cleanup.images.push(tag.to_string());
 }
@@ -249,62 +248,14 @@ fn manifest_digest(addr: &str, repo: &str, tag: &str, accept: &str) -> String {
 /// An openssl-made CA and a server certificate for 127.0.0.1 signed by it, in `dir`:
 /// `ca.crt`, `domain.crt`, `domain.key`.
 fn make_certs(dir: &Path) {
-    require_tool("openssl");
-    let ossl = |args: &[&str]| {
-        run(Command::new("openssl").args(args).current_dir(dir));
-    };
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-sha256",
-        "-days",
-        "2",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=Berth test CA",
-    ]);
-    ossl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-sha256",
-        "-keyout",
-        "domain.key",
-        "-out",
-        "domain.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
+    make_ca(dir, Key::Rsa2048, "Berth test CA");
+    make_cert(
+        dir,
+        Key::Rsa2048,
+        "domain",
+        "127.0.0.1",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        "domain.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-sha256",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "domain.crt",
-    ]);
+    );
     // The container's user must be able to read the key through the bind mount.
     for f in ["domain.crt", "domain.key", "ca.crt"] {
         let _ = std::fs::set_permissions(
@@ -382,18 +333,11 @@ fn tls_and_htpasswd_deployment_from_the_guides() {
     let ca = certs.join("ca.crt");
     let base = format!("https://{addr}/v2/");
     // Wait for TLS and the auth challenge: 401 without credentials.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while https_status(&ca, &base, None) != "401" {
-        if Instant::now() > deadline {
-            let logs = docker().args(["logs", &id]).output().ok();
-            panic!(
-                "the TLS container did not answer 401 on {base}; logs:\n{}",
-                logs.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                    .unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_container(
+        &id,
+        &format!("the TLS container did not answer 401 on {base}"),
+        || https_status(&ca, &base, None) == "401",
+    );
     assert_eq!(https_status(&ca, &base, Some("testuser:testpass")), "200");
     assert_eq!(https_status(&ca, &base, Some("testuser:wrong")), "401");
     // Plain HTTP is not served on a TLS port.

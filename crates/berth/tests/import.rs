@@ -5,101 +5,24 @@
 
 mod common;
 
+use common::layout::{layer_tar_gz, noise, Layout};
+use common::push::{sha256, OCI_CONFIG, OCI_LAYER_GZIP};
+use common::registry2::Registry2;
+use common::tools::skopeo;
 use common::{berth_command, require_tool, run, Berth};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn sha256(bytes: &[u8]) -> oci::Digest {
-    oci::Digest::of(oci::Algorithm::Sha256, bytes)
-}
-
-/// A real `docker-registry serve` (CNCF Distribution 2.8) on a free loopback port.
-struct Distribution {
-    host: String,
-    child: Option<Child>,
-    _config_dir: tempfile::TempDir,
-}
-
-impl Distribution {
-    fn start(root: &Path) -> Distribution {
-        Distribution::start_with(root, "")
-    }
-
-    /// Start with `extra` YAML appended to the config.
-    fn start_with(root: &Path, extra: &str) -> Distribution {
-        let bin = require_tool("docker-registry");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let host = format!("127.0.0.1:{port}");
-        let config_dir = tempfile::tempdir().expect("tempdir");
-        let config = config_dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{extra}",
-                root.display()
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .env_remove("AWS_CA_BUNDLE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn docker-registry");
-        let mut peer = Distribution {
-            host,
-            child: Some(child),
-            _config_dir: config_dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&peer.host).is_err() {
-            if let Some(status) = peer
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("docker-registry exited with {status} before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        peer
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn skopeo() -> Command {
-    require_tool("skopeo");
-    Command::new("skopeo")
+/// A real `docker-registry serve` (CNCF Distribution 2.8) whose filesystem store is
+/// `root`, with `extra` YAML appended to its config.
+fn distribution(root: &Path, extra: &str) -> Registry2 {
+    Registry2::start(&format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{extra}",
+        root.display()
+    ))
 }
 
 fn push(layout: &Path, layout_tag: &str, host: &str, target: &str) {
@@ -135,132 +58,24 @@ fn tags_of(host: &str, repo: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// A gzipped tar holding `files`, with fixed headers.
+/// A gzipped tar holding `files`.
 fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        builder.append_data(&mut h, path, *data).expect("tar");
-    }
-    let tar = builder.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
-    gz.finish().expect("gzip")
+    layer_tar_gz(files).0
 }
 
-/// Deterministic incompressible bytes.
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut block = sha256(seed.as_bytes()).hex().as_bytes().to_vec();
-    while out.len() < len {
-        block = hex_bytes(&sha256(&block));
-        out.extend_from_slice(&block);
-    }
-    out.truncate(len);
-    out
-}
-
-fn hex_bytes(d: &oci::Digest) -> Vec<u8> {
-    (0..32)
-        .map(|i| u8::from_str_radix(&d.hex()[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// An OCI image layout written by the test.
-struct Layout {
-    dir: PathBuf,
-    refs: Vec<Value>,
-}
-
-impl Layout {
-    fn create(dir: &Path) -> Layout {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-            .expect("oci-layout");
-        Layout {
-            dir: dir.to_path_buf(),
-            refs: Vec::new(),
-        }
-    }
-
-    fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Value {
-        let digest = sha256(bytes);
-        std::fs::write(self.dir.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
-        json!({"mediaType": media_type, "digest": digest.as_str(), "size": bytes.len()})
-    }
-
-    /// An image of the given (already built) layers; returns its manifest's descriptor.
-    fn put_image(&self, arch: &str, layers: &[&[u8]]) -> Value {
-        let descriptors: Vec<Value> = layers
-            .iter()
-            .map(|l| self.put_blob(OCI_LAYER_GZIP, l))
-            .collect();
-        let config = json!({
-            "architecture": arch,
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": descriptors.iter().map(|d| d["digest"].clone()).collect::<Vec<_>>()},
-        });
-        let config = self.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config,
-            "layers": descriptors,
-        });
-        self.put_blob(OCI_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
-    }
-
-    fn put_index(&self, manifests: &[(Value, &str)]) -> Value {
-        let manifests: Vec<Value> = manifests
-            .iter()
-            .map(|(d, arch)| {
-                let mut d = d.clone();
-                d["platform"] = json!({"architecture": arch, "os": "linux"});
-                d
-            })
-            .collect();
-        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
-        self.put_blob(OCI_INDEX, &serde_json::to_vec(&index).expect("json"))
-    }
-
-    fn tag(&mut self, descriptor: &Value, tag: &str) {
-        let mut d = descriptor.clone();
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-        self.refs.push(d);
-        let index = json!({"schemaVersion": 2, "manifests": self.refs});
-        std::fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&index).expect("json"),
-        )
-        .expect("index.json");
-    }
-
-    fn layers_of(&self, manifest: &Value) -> Vec<oci::Digest> {
-        let d: oci::Digest = manifest["digest"]
-            .as_str()
-            .expect("digest")
-            .parse()
-            .expect("digest");
-        let bytes = std::fs::read(self.dir.join("blobs/sha256").join(d.hex())).expect("manifest");
-        let m: Value = serde_json::from_slice(&bytes).expect("json");
-        m["layers"]
-            .as_array()
-            .expect("layers")
-            .iter()
-            .map(|l| {
-                l["digest"]
-                    .as_str()
-                    .expect("digest")
-                    .parse()
-                    .expect("digest")
-            })
-            .collect()
-    }
+/// An image of the given (already built) layers; returns its manifest's descriptor.
+fn put_image(layout: &Layout, arch: &str, layers: &[&[u8]]) -> Value {
+    let descriptors: Vec<Value> = layers
+        .iter()
+        .map(|l| layout.put_blob(OCI_LAYER_GZIP, l))
+        .collect();
+    let config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": descriptors.iter().map(|d| d["digest"].clone()).collect::<Vec<_>>()},
+    });
+    let config = layout.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
+    layout.put_manifest(config, descriptors, false)
 }
 
 fn digest_of(descriptor: &Value) -> String {
@@ -311,26 +126,35 @@ fn import(source: &Path, config: &Path) -> std::process::Output {
 fn import_distribution_store_then_pull_everything_from_berth() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = tmp.path().join("distribution");
-    let mut peer = Distribution::start(&source);
+    let mut peer = distribution(&source, "");
 
     let mut layout = Layout::create(&tmp.path().join("layout"));
     let base = layer(&[("etc/os-release", b"ID=berth-test\n")]);
     let big = layer(&[("usr/lib/big.bin", &noise("big", 512 * 1024))]);
     let shared = layer(&[("usr/share/common", b"shared by two repositories\n")]);
-    let app_v1 = layout.put_image("amd64", &[&base, &big, &layer(&[("app/version", b"1\n")])]);
-    let app_v2 = layout.put_image("amd64", &[&base, &layer(&[("app/version", b"2\n")])]);
-    let amd64 = layout.put_image("amd64", &[&layer(&[("etc/arch", b"amd64\n")])]);
-    let arm64 = layout.put_image(
+    let app_v1 = put_image(
+        &layout,
+        "amd64",
+        &[&base, &big, &layer(&[("app/version", b"1\n")])],
+    );
+    let app_v2 = put_image(
+        &layout,
+        "amd64",
+        &[&base, &layer(&[("app/version", b"2\n")])],
+    );
+    let amd64 = put_image(&layout, "amd64", &[&layer(&[("etc/arch", b"amd64\n")])]);
+    let arm64 = put_image(
+        &layout,
         "arm64",
         &[
             &layer(&[("etc/arch", b"arm64\n")]),
             &layer(&[("etc/x", b"arm\n")]),
         ],
     );
-    let index = layout.put_index(&[(amd64, "amd64"), (arm64, "arm64")]);
-    let one = layout.put_image("amd64", &[&shared, &layer(&[("one", b"1\n")])]);
-    let two = layout.put_image("amd64", &[&shared, &layer(&[("two", b"2\n")])]);
-    let abc = layout.put_image("amd64", &[&layer(&[("nested", b"a/b/c\n")])]);
+    let index = layout.put_index(&[(amd64, "amd64"), (arm64, "arm64")], Value::Null);
+    let one = put_image(&layout, "amd64", &[&shared, &layer(&[("one", b"1\n")])]);
+    let two = put_image(&layout, "amd64", &[&shared, &layer(&[("two", b"2\n")])]);
+    let abc = put_image(&layout, "amd64", &[&layer(&[("nested", b"a/b/c\n")])]);
     for (d, t) in [
         (&app_v1, "app-v1"),
         (&app_v2, "app-v2"),
@@ -447,16 +271,17 @@ fn import_distribution_store_then_pull_everything_from_berth() {
 fn corrupted_blob_in_source_is_reported_and_not_imported() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = tmp.path().join("distribution");
-    let mut peer = Distribution::start(&source);
+    let mut peer = distribution(&source, "");
     let mut layout = Layout::create(&tmp.path().join("layout"));
-    let broken = layout.put_image(
+    let broken = put_image(
+        &layout,
         "amd64",
         &[
             &layer(&[("ok", b"fine\n")]),
             &layer(&[("bad", b"to be corrupted\n")]),
         ],
     );
-    let fine = layout.put_image("amd64", &[&layer(&[("fine", b"untouched\n")])]);
+    let fine = put_image(&layout, "amd64", &[&layer(&[("fine", b"untouched\n")])]);
     layout.tag(&broken, "broken");
     layout.tag(&fine, "fine");
     let host = peer.host.clone();
@@ -515,8 +340,7 @@ fn schema1_manifests_are_skipped_with_a_warning() {
     require_tool("docker");
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = tmp.path().join("distribution");
-    let mut peer =
-        Distribution::start_with(&source, "compatibility:\n  schema1:\n    enabled: true\n");
+    let mut peer = distribution(&source, "compatibility:\n  schema1:\n    enabled: true\n");
     let host = peer.host.clone();
 
     // A schema1 image: skopeo converts a `docker import`ed image on the way.
@@ -550,7 +374,7 @@ fn schema1_manifests_are_skipped_with_a_warning() {
     );
 
     let mut layout = Layout::create(&tmp.path().join("layout"));
-    let current = layout.put_image("amd64", &[&layer(&[("new", b"new\n")])]);
+    let current = put_image(&layout, "amd64", &[&layer(&[("new", b"new\n")])]);
     layout.tag(&current, "current");
     push(&layout.dir, "current", &host, "new/image:v1");
     peer.stop();

@@ -4,22 +4,14 @@
 
 mod common;
 
+use common::push::{digest_of, sha256, Registry, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 use common::{require_tool, run, Berth};
-use oci::{Algorithm, Digest};
+use oci::Digest;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-
-fn sha256(data: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha256, data)
-}
 
 fn config(extra: &str) -> String {
     format!(
@@ -259,17 +251,9 @@ async fn metrics_move_with_pushes_and_pulls() {
 
     // Push one blob and pull it twice.
     let data = vec![7u8; 5000];
-    let d = sha256(&data);
-    let r = c
-        .post(format!(
-            "{}/v2/metrics/test/blobs/uploads/?digest={d}",
-            b.url
-        ))
-        .body(data.clone())
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let d = Registry::with_client(c.clone(), &b.url)
+        .push_blob("metrics/test", &data)
+        .await;
     for _ in 0..2 {
         let r = c
             .get(format!("{}/v2/metrics/test/blobs/{d}", b.url))
@@ -351,29 +335,21 @@ struct Pusher {
 }
 
 impl Pusher {
+    fn reg(&self) -> Registry {
+        Registry::with_client(self.c.clone(), &self.url)
+    }
+
     async fn blob(&self, repo: &str, data: &[u8]) -> Value {
-        let d = sha256(data);
-        let r = self
-            .c
-            .post(format!("{}/v2/{repo}/blobs/uploads/?digest={d}", self.url))
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "push blob");
+        let d = self.reg().push_blob(repo, data).await;
         json!({"mediaType": OCI_LAYER, "digest": d.as_str(), "size": data.len()})
     }
 
     async fn manifest(&self, repo: &str, reference: &str, media_type: &str, m: &Value) -> Value {
         let bytes = serde_json::to_vec(m).expect("json");
         let r = self
-            .c
-            .put(format!("{}/v2/{repo}/manifests/{reference}", self.url))
-            .header("content-type", media_type)
-            .body(bytes.clone())
-            .send()
-            .await
-            .expect("send");
+            .reg()
+            .put_manifest(repo, reference, media_type, &bytes)
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED, "push manifest {m}");
         json!({"mediaType": media_type, "digest": sha256(&bytes).as_str(), "size": bytes.len()})
     }
@@ -399,14 +375,6 @@ impl Pusher {
             .unwrap_or_else(|| sha256(&bytes).to_string());
         self.manifest(repo, &reference, OCI_MANIFEST, &m).await
     }
-}
-
-fn digest_of(desc: &Value) -> Digest {
-    desc["digest"]
-        .as_str()
-        .expect("digest")
-        .parse()
-        .expect("digest")
 }
 
 fn blob_file(b: &Berth, d: &Digest) -> PathBuf {
@@ -675,13 +643,9 @@ async fn load_blob(c: &Client, url: &str, repo: &str, data: &[u8], mount_from: O
             s => panic!("mount answered {s}"),
         }
     }
-    let r = c
-        .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={d}"))
-        .body(data.to_vec())
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED, "push blob");
+    Registry::with_client(c.clone(), url)
+        .push_blob(repo, data)
+        .await;
 }
 
 /// 200 small images pushed in a loop (a shared layer uploaded again each time or

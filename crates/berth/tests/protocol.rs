@@ -4,18 +4,13 @@
 
 mod common;
 
+use common::push::{image_manifest, sha256, Registry, OCI_INDEX, OCI_MANIFEST};
 use common::Berth;
 use oci::{Algorithm, Digest};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-fn sha256(data: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha256, data)
-}
 
 fn hdr<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -74,19 +69,14 @@ impl Api {
         self.c.request(m, self.url(path))
     }
 
+    /// The registry through this test's client (asked each time: the URL changes when
+    /// the server is restarted).
+    fn reg(&self) -> Registry {
+        Registry::with_client(self.c.clone(), &self.b.url)
+    }
+
     async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
-        d
+        self.reg().push_blob(repo, data).await
     }
 
     async fn start_upload(&self, repo: &str) -> String {
@@ -108,26 +98,18 @@ impl Api {
         media_type: &str,
         body: &[u8],
     ) -> Response {
-        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("content-type", media_type)
-            .body(body.to_vec())
-            .send()
+        self.reg()
+            .put_manifest(repo, reference, media_type, body)
             .await
-            .expect("send")
     }
 
     /// Push an image with one layer; returns (manifest bytes, digest).
     async fn push_image(&self, repo: &str, tag: &str, seed: &str) -> (Vec<u8>, Digest) {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
         let layer = format!("layer-{seed}");
-        let cd = self.push_blob(repo, config.as_bytes()).await;
-        let ld = self.push_blob(repo, layer.as_bytes()).await;
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.as_str(), "size": layer.len()}],
-        });
+        self.push_blob(repo, config.as_bytes()).await;
+        self.push_blob(repo, layer.as_bytes()).await;
+        let m = image_manifest(config.as_bytes(), layer.as_bytes());
         let bytes = serde_json::to_vec_pretty(&m).expect("json");
         let r = self.put_manifest(repo, tag, OCI_MANIFEST, &bytes).await;
         assert_eq!(r.status(), StatusCode::CREATED, "push image");

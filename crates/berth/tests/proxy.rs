@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{require_tool, run, Berth, Pki};
+use common::pki::Pki;
+use common::{require_tool, run, Berth};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -1020,18 +1021,18 @@ impl Issuer {
             requests: std::sync::Mutex::default(),
         });
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
         let app = axum::Router::new()
             .route("/token", axum::routing::get(issue))
             .with_state(state.clone());
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            axum::serve(listener, app).await
-        });
+        // Over HTTPS like Docker Hub's auth.docker.io: Berth sends its credentials to a
+        // token service only over TLS when the registry is https.
+        let addr = runtime.block_on(common::pki::serve_https(
+            app,
+            &pki.path("server.crt"),
+            &pki.path("server.key"),
+        ));
         Issuer {
-            realm: format!("http://{addr}/token"),
+            realm: format!("https://{addr}/token"),
             state,
             _runtime: runtime,
         }

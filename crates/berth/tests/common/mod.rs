@@ -3,6 +3,12 @@
 //! test file (`mod common;`).
 #![allow(dead_code)]
 
+pub mod layout;
+pub mod pki;
+pub mod push;
+pub mod registry2;
+pub mod tools;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,18 +136,7 @@ pub fn run(cmd: &mut Command) -> String {
 impl Berth {
     /// Start with a complete config file; `DATA` in it is replaced by the data directory.
     pub fn start_with_config(config: &str) -> Berth {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
-        let (child, addr) = spawn_berth(&["serve".as_ref(), path.as_os_str()]);
-        Berth {
-            host: addr.clone(),
-            url: format!("http://{addr}"),
-            dir,
-            extra_config: String::new(),
-            child: Some(child),
-        }
+        Berth::start_with_config_env(config, &[], "http")
     }
 
     /// Sizes of the files in the upload area.
@@ -153,6 +148,16 @@ impl Berth {
             })
             .unwrap_or_default()
     }
+}
+
+/// A temporary directory holding `config.yml` with `config`, `DATA` in it replaced by the
+/// directory's `data/`; returns the directory and the file's path.
+fn write_config(config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
 }
 
 /// One server's log lines.
@@ -247,10 +252,7 @@ impl Berth {
     /// Start with a complete config file (`DATA` replaced by the data directory) whose
     /// `http.debug.addr` is set; returns the server and the debug server's `host:port`.
     pub fn start_with_debug(config: &str) -> (Berth, String) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let (child, found) = spawn_berth_until(
             &["serve".as_ref(), path.as_os_str()],
             &["listening on http://", "debug server listening "],
@@ -319,10 +321,7 @@ impl Berth {
     /// Start with a complete config file (`DATA` replaced by the data directory) and
     /// extra environment; `scheme` is `http` or `https` (with `http.tls` configured).
     pub fn start_with_config_env(config: &str, env: &[(&str, &str)], scheme: &str) -> Berth {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let (child, addr) = spawn_berth_with(&["serve".as_ref(), path.as_os_str()], env, scheme);
         Berth {
             host: addr.clone(),
@@ -336,10 +335,7 @@ impl Berth {
     /// Run `berth serve` with `config` and expect it to refuse to start; returns its
     /// standard error.
     pub fn fails_to_start(config: &str) -> String {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = config.replace("DATA", &dir.path().join("data").display().to_string());
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, text).expect("write config");
+        let (dir, path) = write_config(config);
         let log = dir.path().join("stderr.log");
         let mut child = Command::new(berth_bin())
             .args(["serve".as_ref(), path.as_os_str()])
@@ -388,94 +384,4 @@ pub fn berth_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("run berth")
-}
-
-/// A test certificate authority with a server certificate for 127.0.0.1 and a client
-/// certificate (`ca.crt`, `server.crt`/`.key`, `client.crt`/`.key` in `dir`).
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-}
-
-impl Pki {
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with the
-    /// `openssl` command.
-    pub fn new() -> Pki {
-        require_tool("openssl");
-        let pki = Pki {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        let d = pki.dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(Command::new("openssl")
-            .current_dir(d)
-            .args(["req", "-x509"])
-            .args(ec)
-            .args(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"])
-            .args(["-subj", "/CN=Berth Test CA"]));
-        for (name, cn, ext) in [
-            (
-                "server",
-                "127.0.0.1",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            (
-                "client",
-                "berth-test-client",
-                "extendedKeyUsage=clientAuth\n",
-            ),
-        ] {
-            std::fs::write(d.join(format!("{name}.ext")), ext).expect("ext");
-            run(Command::new("openssl")
-                .current_dir(d)
-                .arg("req")
-                .args(ec)
-                .args([
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                ])
-                .args(["-subj", &format!("/CN={cn}")]));
-            run(Command::new("openssl").current_dir(d).args([
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.crt"),
-                "-extfile",
-                &format!("{name}.ext"),
-            ]));
-        }
-        pki
-    }
-
-    /// A skopeo/containers cert dir: ca.crt, plus client.cert/client.key when `client`.
-    pub fn cert_dir(&self, client: bool) -> PathBuf {
-        let dir = self.path(if client { "certs-client" } else { "certs-ca" });
-        std::fs::create_dir_all(&dir).expect("cert dir");
-        std::fs::copy(self.path("ca.crt"), dir.join("ca.crt")).expect("ca");
-        if client {
-            std::fs::copy(self.path("client.crt"), dir.join("client.cert")).expect("cert");
-            std::fs::copy(self.path("client.key"), dir.join("client.key")).expect("key");
-        }
-        dir
-    }
 }
