@@ -660,6 +660,28 @@ fn one_upstream_fetch_per_blob() {
         1,
         "the later pull was a cache hit"
     );
+
+    // The cached blob asked for through a repository the upstream does not have: 404,
+    // and the cache invents no repository.
+    let (status, body) = http("GET", &format!("{}/v2/made/up/blobs/{large}", b.url), &[]);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("BLOB_UNKNOWN"), "{body}");
+    assert!(!catalog(&b).contains(&"made/up".to_string()));
+    // Through another repository the upstream has it in: served from the cache after a
+    // HEAD upstream, no second GET.
+    push(&up, &tmp.path().join("b"), "v1", "hang/copy:v1");
+    let copy_path = format!("/v2/hang/copy/blobs/{large}");
+    let fetched = curl(&[
+        "-sSf",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("{}{copy_path}", b.url),
+    ]);
+    assert_eq!(fetched.trim(), large_size.to_string());
+    assert_eq!(up.requests("GET", &copy_path), 0, "served from the cache");
+    assert!(catalog(&b).contains(&"hang/copy".to_string()));
 }
 
 /// A tag moved upstream is seen on the next pull; writes are refused with 405 UNSUPPORTED

@@ -6,7 +6,7 @@
 //!   says where the tag points now; a cached tag already there is served, else the manifest
 //!   is fetched by digest and the tag moved. An unreachable or failing upstream serves the
 //!   cached tag (stale-if-error).
-//! - Blobs: one background fill per digest ([`Fill`]), independent of any client: the
+//! - Blobs: one background fill per repository and digest ([`Fill`]), independent of any client: the
 //!   upstream body is written into an ordinary upload in segments (hashed while written),
 //!   verified, committed and linked. Every client asking meanwhile reads the growing upload
 //!   up to the mark a `watch` channel publishes; the last byte is only released once the
@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -58,7 +58,7 @@ fn bump(c: &AtomicU64) {
 pub(super) struct Proxy {
     upstream: Arc<dyn Upstream>,
     options: ProxyOptions,
-    fills: Arc<tokio::sync::Mutex<HashMap<Digest, Arc<Fill>>>>,
+    fills: Fills,
     counters: Arc<ProxyCounters>,
 }
 
@@ -90,13 +90,16 @@ struct FillState {
     outcome: Option<Result<(), FillError>>,
 }
 
-/// One background fetch of a blob from upstream.
+/// One background fetch of a blob from upstream, for one repository.
 struct Fill {
     upload_id: String,
     state: watch::Sender<FillState>,
-    /// Repositories to link the blob into once committed (everyone who asked).
-    repos: Mutex<Vec<RepoName>>,
 }
+
+/// The fills in progress, by repository and digest: pulls of one blob through one
+/// repository share a fetch; a pull through another repository (which the upstream may
+/// not serve it from, or may refuse) never rides on, or spoils, someone else's.
+type Fills = Arc<tokio::sync::Mutex<HashMap<(RepoName, Digest), Arc<Fill>>>>;
 
 /// What a blob request found.
 enum Source {
@@ -111,7 +114,7 @@ struct FillTask {
     upstream: Arc<dyn Upstream>,
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
-    fills: Arc<tokio::sync::Mutex<HashMap<Digest, Arc<Fill>>>>,
+    fills: Fills,
     counters: Arc<ProxyCounters>,
     fill: Arc<Fill>,
     repo: RepoName,
@@ -126,7 +129,7 @@ impl FillTask {
         let outcome = match result {
             Ok(size) => self.record(size).await,
             Err(e) => {
-                self.fills.lock().await.remove(&self.digest);
+                self.fills.lock().await.remove(&self.key());
                 let _ = self.blobs.delete_upload(&self.fill.upload_id).await;
                 if let FillError::Failed(msg) = &e {
                     bump(&self.counters.upstream_errors);
@@ -138,20 +141,17 @@ impl FillTask {
         self.fill.state.send_modify(|s| s.outcome = Some(outcome));
     }
 
-    /// After the commit: record the blob in metadata, link it into every repository that
-    /// asked, and retire the fill.
+    fn key(&self) -> (RepoName, Digest) {
+        (self.repo.clone(), self.digest.clone())
+    }
+
+    /// After the commit: record the blob in metadata, link it into the repository, and
+    /// retire the fill.
     async fn record(&self, size: u64) -> Result<(), FillError> {
-        // The blob row first, while the fill is still findable: a request that no longer
-        // finds the fill mounts the recorded blob instead of fetching it again.
+        // The link first, while the fill is still findable: a request that no longer
+        // finds the fill finds the linked blob instead of fetching it again.
         let mut linked = self.link(&self.repo, size).await;
-        let repos = {
-            let mut fills = self.fills.lock().await;
-            fills.remove(&self.digest);
-            std::mem::take(&mut *self.fill.repos.lock().unwrap_or_else(|p| p.into_inner()))
-        };
-        for repo in repos.iter().filter(|r| **r != self.repo) {
-            linked = linked.and(self.link(repo, size).await);
-        }
+        self.fills.lock().await.remove(&self.key());
         // Garbage collection may have taken the file between the commit and the link
         // (see registry/gc.rs); the upload still holds the bytes, so commit them again.
         let kept = async {
@@ -576,33 +576,22 @@ impl Registry {
     /// Find where to read `digest` for `repo` in proxy mode: local, or a fill (joined or
     /// started). `None` when not in proxy mode.
     async fn blob_source(&self, p: &Proxy, repo: &RepoName, digest: &Digest) -> Result<Source> {
-        let mut fills = p.fills.lock().await;
-        if let Some(fill) = fills.get(digest) {
-            let fill = fill.clone();
-            fill.repos
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(repo.clone());
-            return Ok(Source::Filling(fill));
+        let key = (repo.clone(), digest.clone());
+        if let Some(fill) = p.fills.lock().await.get(&key) {
+            return Ok(Source::Filling(fill.clone()));
         }
-        // A blob metadata records is complete on disk; one it does not record may be
-        // garbage being collected (registry/gc.rs), so it is fetched again.
-        if self
-            .meta
-            .mount_blob(repo, digest, None, &[])
-            .await?
-            .is_some()
-        {
-            drop(fills);
-            self.touch(repo, digest, false).await;
+        if self.mount_cached(p, repo, digest).await?.is_some() {
             return Ok(Source::Local);
+        }
+        let mut fills = p.fills.lock().await;
+        if let Some(fill) = fills.get(&key) {
+            return Ok(Source::Filling(fill.clone()));
         }
         let fill = Arc::new(Fill {
             upload_id: uuid::Uuid::new_v4().to_string(),
             state: watch::channel(FillState::default()).0,
-            repos: Mutex::new(vec![repo.clone()]),
         });
-        fills.insert(digest.clone(), fill.clone());
+        fills.insert(key, fill.clone());
         drop(fills);
         let task = FillTask {
             upstream: p.upstream.clone(),
@@ -620,20 +609,50 @@ impl Registry {
         Ok(Source::Filling(fill))
     }
 
+    /// Link a blob the cache already holds (fetched through another repository) into
+    /// `repo` once the upstream confirms `repo` has it, with a HEAD: the cache never
+    /// invents repositories. If the upstream cannot answer, the cached bytes are served
+    /// (they are content-addressed). `None` when the cache does not hold the blob (or
+    /// garbage collection just forgot it).
+    async fn mount_cached(
+        &self,
+        p: &Proxy,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        if self.meta.known_blob(digest).await?.is_none() {
+            return Ok(None);
+        }
+        match p.upstream.blob_size(repo, digest).await {
+            Ok(_) => {}
+            Err(UpstreamError::NotFound) => return Err(RegistryError::BlobUnknown(digest.clone())),
+            Err(UpstreamError::Failed(msg)) => {
+                bump(&p.counters.upstream_errors);
+                tracing::warn!(%repo, %digest, "serving a cached blob unconfirmed: the upstream failed: {msg}");
+            }
+        }
+        let size = self.meta.mount_blob(repo, digest, None, &[]).await?;
+        if size.is_some() {
+            self.touch(repo, digest, false).await;
+        }
+        Ok(size)
+    }
+
     /// Size of a blob not linked into `repo`, in proxy mode: local, being fetched, or a
     /// HEAD upstream (nothing is fetched).
     pub(super) async fn proxy_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let Some(p) = &self.proxy else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
-        if let Some(size) = self.meta.mount_blob(repo, digest, None, &[]).await? {
-            self.touch(repo, digest, false).await;
+        if let Some(size) = self.mount_cached(p, repo, digest).await? {
             bump(&p.counters.blob_hit);
             return Ok(size);
         }
         if let Some(size) = {
             let fills = p.fills.lock().await;
-            fills.get(digest).and_then(|f| f.state.borrow().size)
+            fills
+                .get(&(repo.clone(), digest.clone()))
+                .and_then(|f| f.state.borrow().size)
         } {
             return Ok(size);
         }
