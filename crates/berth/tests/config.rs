@@ -31,6 +31,11 @@ fn bad_value_stops_startup_with_one_line_naming_the_key() {
             "version: 0.1\nstorage:\n  inmemory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
             "storage.inmemory",
         ),
+        // Authentication Berth cannot do: never an open registry instead.
+        (
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  token:\n    realm: https://auth.example/token\n    service: registry\n    issuer: auth\n    rootcertbundle: /etc/ca.pem\n",
+            "auth.token",
+        ),
     ];
     for (config, key) in cases {
         let stderr = Berth::fails_to_start(config);

@@ -93,6 +93,16 @@ pub struct AuthConfig {
 
 pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     let mut c = AuthConfig::default();
+    // An operator who asked for authentication Berth cannot do must not get an open
+    // registry: refuse to start rather than serve everyone.
+    for (provider, what) in [("token", "token"), ("silly", "silly")] {
+        if has_key(tree, "auth", provider) {
+            return Err(bad(
+                &format!("auth.{provider}"),
+                format!("{what} authentication is not implemented yet, and Berth does not start open when authentication was asked for: use auth.htpasswd, or authenticate in a reverse proxy in front of Berth and remove auth.{provider}"),
+            ));
+        }
+    }
     if get(tree, "auth.htpasswd").is_some() || has_key(tree, "auth", "htpasswd") {
         let need = |key: &str| -> Result<String, ConfigError> {
             get_str(tree, key)?

@@ -258,18 +258,6 @@ const DISTRIBUTION_SECTIONS: &[&str] = &[
     "policy",
 ];
 
-/// Keys whose absence of support changes security or where data goes: warned loudly.
-const SECURITY_SENSITIVE: &[(&str, &str)] = &[
-    (
-        "auth.token",
-        "token authentication is not implemented yet: this registry accepts unauthenticated requests",
-    ),
-    (
-        "auth.silly",
-        "silly authentication is not implemented yet: this registry accepts unauthenticated requests",
-    ),
-];
-
 impl Loaded {
     /// Load `path` (or the embedded defaults when `None`) with `REGISTRY_*` overrides from `env`.
     pub fn load(
@@ -433,10 +421,6 @@ fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
         } else {
             format!("{prefix}.{k}")
         };
-        if let Some((_, why)) = SECURITY_SENSITIVE.iter().find(|(p, _)| *p == path) {
-            warnings.push(format!("configuration key {path}: {why}"));
-            continue;
-        }
         if IMPLEMENTED.contains(&path.as_str()) || BY_DESIGN.iter().any(|(k, _)| *k == path) {
             continue;
         }
