@@ -5,7 +5,9 @@
 
 mod common;
 
+use common::layout::{layer_tar_gz_at, noise, Layout};
 use common::pki::Pki;
+use common::push::{digest_of, sha256, OCI_CONFIG, OCI_LAYER_GZIP};
 use common::{require_tool, run, Berth};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -13,16 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const USER: &str = "mirror";
 const PASSWORD: &str = "s3cret-pull";
-
-fn sha256(bytes: &[u8]) -> oci::Digest {
-    oci::Digest::of(oci::Algorithm::Sha256, bytes)
-}
 
 /// A real `docker-registry serve` with htpasswd auth; its access log goes to a file.
 struct Upstream {
@@ -179,8 +173,7 @@ fn proxy_of(up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Berth {
 }
 
 fn skopeo() -> Command {
-    require_tool("skopeo");
-    let mut c = Command::new("skopeo");
+    let mut c = common::tools::skopeo();
     c.env_remove("AWS_CA_BUNDLE");
     c
 }
@@ -252,131 +245,31 @@ fn http(method: &str, url: &str, extra: &[&str]) -> (u16, String) {
     (code.trim().parse().expect("status"), body.to_string())
 }
 
-/// A gzipped tar holding `files`; returns (gzipped bytes, digest of the plain tar).
-fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, oci::Digest) {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        builder.append_data(&mut h, path, *data).expect("tar");
+/// A runnable-looking image in `layout` whose layers hold `files` (one layer each, gzip
+/// level 0: the noise layers are incompressible and large).
+fn put_image(layout: &Layout, arch: &str, layers: &[Vec<(&str, Vec<u8>)>]) -> Value {
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    for files in layers {
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+        let (gz, diff_id) = layer_tar_gz_at(&files, flate2::Compression::none());
+        descriptors.push(layout.put_blob(OCI_LAYER_GZIP, &gz));
+        diff_ids.push(diff_id.to_string());
     }
-    let tar = builder.into_inner().expect("tar");
-    let diff_id = sha256(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
-    gz.write_all(&tar).expect("gzip");
-    (gz.finish().expect("gzip"), diff_id)
-}
-
-/// Deterministic incompressible bytes.
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 64);
-    let mut block = sha256(seed.as_bytes()).hex().as_bytes().to_vec();
-    while out.len() < len {
-        block = sha256(&block).hex().as_bytes().to_vec();
-        out.extend_from_slice(&block);
-    }
-    out.truncate(len);
-    out
-}
-
-/// An OCI image layout written by the test.
-struct Layout {
-    dir: PathBuf,
-    refs: Vec<Value>,
-}
-
-impl Layout {
-    fn create(dir: &Path) -> Layout {
-        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dir");
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-            .expect("oci-layout");
-        Layout {
-            dir: dir.to_path_buf(),
-            refs: Vec::new(),
-        }
-    }
-
-    fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Value {
-        let digest = sha256(bytes);
-        std::fs::write(self.dir.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
-        json!({"mediaType": media_type, "digest": digest.as_str(), "size": bytes.len()})
-    }
-
-    /// A runnable-looking image whose layers hold `files` (one layer each).
-    fn put_image(&self, arch: &str, layers: &[Vec<(&str, Vec<u8>)>]) -> Value {
-        let mut descriptors = Vec::new();
-        let mut diff_ids = Vec::new();
-        for files in layers {
-            let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            let (gz, diff_id) = layer(&files);
-            descriptors.push(self.put_blob(OCI_LAYER_GZIP, &gz));
-            diff_ids.push(diff_id.to_string());
-        }
-        let config = json!({
-            "architecture": arch,
-            "os": "linux",
-            "config": {"Cmd": ["/hello"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        });
-        let config = self.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config,
-            "layers": descriptors,
-        });
-        self.put_blob(OCI_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
-    }
-
-    fn put_index(&self, manifests: &[(Value, &str)]) -> Value {
-        let manifests: Vec<Value> = manifests
-            .iter()
-            .map(|(d, arch)| {
-                let mut d = d.clone();
-                d["platform"] = json!({"architecture": arch, "os": "linux"});
-                d
-            })
-            .collect();
-        let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
-        self.put_blob(OCI_INDEX, &serde_json::to_vec(&index).expect("json"))
-    }
-
-    fn tag(&mut self, descriptor: &Value, tag: &str) {
-        let mut d = descriptor.clone();
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-        self.refs.push(d);
-        let index = json!({"schemaVersion": 2, "manifests": self.refs});
-        std::fs::write(
-            self.dir.join("index.json"),
-            serde_json::to_vec(&index).expect("json"),
-        )
-        .expect("index.json");
-    }
-
-    fn json(&self, descriptor: &Value) -> Value {
-        let d: oci::Digest = digest_of(descriptor);
-        serde_json::from_slice(
-            &std::fs::read(self.dir.join("blobs/sha256").join(d.hex())).expect("blob"),
-        )
-        .expect("json")
-    }
-}
-
-fn digest_of(descriptor: &Value) -> oci::Digest {
-    descriptor["digest"]
-        .as_str()
-        .expect("digest")
-        .parse()
-        .expect("digest")
+    let config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = layout.put_blob(OCI_CONFIG, &serde_json::to_vec(&config).expect("json"));
+    layout.put_manifest(config, descriptors, false)
 }
 
 /// A small image unique to `salt`: two layers.
 fn small_image(layout: &Layout, arch: &str, salt: &str) -> Value {
-    layout.put_image(
+    put_image(
+        layout,
         arch,
         &[
             vec![("etc/hostname", format!("{salt}\n").into_bytes())],
@@ -417,7 +310,10 @@ fn clients_pull_through_the_cache() {
     layout.tag(&hello, "v1");
     let amd = small_image(&layout, "amd64", "multi amd64");
     let arm = small_image(&layout, "arm64", "multi arm64");
-    let index = layout.put_index(&[(amd.clone(), "amd64"), (arm.clone(), "arm64")]);
+    let index = layout.put_index(
+        &[(amd.clone(), "amd64"), (arm.clone(), "arm64")],
+        Value::Null,
+    );
     layout.tag(&index, "multi");
     push(&up, &layout.dir, "v1", "library/hello:v1");
     push(&up, &layout.dir, "multi", "multi/arch:multi");
@@ -502,29 +398,10 @@ fn clients_pull_through_the_cache() {
     );
 
     // podman, into an empty storage.
-    require_tool("podman");
     let root = tmp.path().join("podman");
-    std::fs::create_dir_all(&root).expect("podman root");
-    let auth = root.join("auth.json");
-    std::fs::write(&auth, br#"{"auths":{}}"#).expect("auth.json");
     let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(root.join("root"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .arg("--tmpdir")
-            .arg(root.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--events-backend",
-                "file",
-                "--cgroup-manager",
-                "cgroupfs",
-            ])
-            .args(args)
-            .env("REGISTRY_AUTH_FILE", &auth);
+        let mut c = common::tools::podman(&root);
+        c.args(args);
         c
     };
     let multi_ref = format!("{}/multi/arch:multi", b.host);
@@ -568,7 +445,8 @@ fn clients_pull_through_the_cache() {
 /// digest and size.
 fn big_layer_image(up: &Upstream, dir: &Path, repo: &str, size: usize) -> (oci::Digest, u64) {
     let mut layout = Layout::create(dir);
-    let image = layout.put_image(
+    let image = put_image(
+        &layout,
         "amd64",
         &[
             vec![("etc/hostname", b"big\n".to_vec())],
@@ -1329,7 +1207,7 @@ fn old_clients_get_the_amd64_image_of_a_list() {
     let mut layout = Layout::create(&tmp.path().join("layout"));
     let amd = small_image(&layout, "amd64", "old client amd64");
     let arm = small_image(&layout, "arm64", "old client arm64");
-    let index = layout.put_index(&[(arm, "arm64"), (amd, "amd64")]);
+    let index = layout.put_index(&[(arm, "arm64"), (amd, "amd64")], Value::Null);
     layout.tag(&index, "multi");
     // As a Docker manifest list of Docker images (2.8 picks a child only for those).
     run(skopeo()

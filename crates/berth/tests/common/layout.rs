@@ -64,9 +64,18 @@ pub fn plain_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
 /// A gzip-compressed `plain_tar` of `files`, and the tar's own digest (the layer's
 /// diff_id).
 pub fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, oci::Digest) {
+    layer_tar_gz_at(files, flate2::Compression::default())
+}
+
+/// [`layer_tar_gz`] at gzip `level` (`Compression::none()` for large incompressible
+/// layers: still a valid gzip stream, without the compressor's time).
+pub fn layer_tar_gz_at(
+    files: &[(&str, &[u8])],
+    level: flate2::Compression,
+) -> (Vec<u8>, oci::Digest) {
     let tar = plain_tar(files);
     let diff_id = sha256(&tar);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), level);
     std::io::Write::write_all(&mut gz, &tar).expect("gzip");
     (gz.finish().expect("gzip"), diff_id)
 }
