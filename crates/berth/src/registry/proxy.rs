@@ -105,8 +105,21 @@ type Fills = Arc<tokio::sync::Mutex<HashMap<(RepoName, Digest), Arc<Fill>>>>;
 enum Source {
     /// Present locally (now linked into the repository).
     Local,
+    /// Present locally, not confirmed for this repository (the upstream failed): served,
+    /// not linked.
+    Unlinked(u64),
     /// Being fetched.
     Filling(Arc<Fill>),
+}
+
+/// What the cache holds of a blob asked for through a repository it is not linked into.
+enum Cached {
+    /// Linked now (the upstream confirmed the repository has it).
+    Linked(u64),
+    /// Held, but the upstream could not confirm: serve without linking.
+    Unlinked(u64),
+    /// Not held.
+    No,
 }
 
 /// Everything a fill task needs, owned (the task outlives the request that started it).
@@ -192,7 +205,7 @@ impl FillTask {
             .await
             .map_err(|e| match e {
                 UpstreamError::NotFound => FillError::NotFound,
-                UpstreamError::Failed(m) => FillError::Failed(m),
+                UpstreamError::Failed(m) | UpstreamError::Denied(m) => FillError::Failed(m),
             })?;
         let url = self.upstream.url().to_string();
         let failed = |what: String| {
@@ -507,10 +520,11 @@ impl Registry {
                     Err(UpstreamError::NotFound) => {
                         Err(RegistryError::ManifestUnknown(reference.to_string()))
                     }
-                    Err(UpstreamError::Failed(msg)) => Err(self.upstream_failed(
-                        p,
-                        format!("{msg}; manifest {d} of {repo} is not cached"),
-                    )),
+                    Err(UpstreamError::Failed(msg) | UpstreamError::Denied(msg)) => Err(self
+                        .upstream_failed(
+                            p,
+                            format!("{msg}; manifest {d} of {repo} is not cached"),
+                        )),
                 }
             }
             Reference::Tag(tag) => {
@@ -551,7 +565,7 @@ impl Registry {
                     Err(UpstreamError::NotFound) => {
                         Err(RegistryError::ManifestUnknown(reference.to_string()))
                     }
-                    Err(UpstreamError::Failed(msg)) => {
+                    Err(UpstreamError::Failed(msg) | UpstreamError::Denied(msg)) => {
                         bump(&p.counters.upstream_errors);
                         match cached {
                             Some(c) => {
@@ -580,8 +594,10 @@ impl Registry {
         if let Some(fill) = p.fills.lock().await.get(&key) {
             return Ok(Source::Filling(fill.clone()));
         }
-        if self.mount_cached(p, repo, digest).await?.is_some() {
-            return Ok(Source::Local);
+        match self.mount_cached(p, repo, digest).await? {
+            Cached::Linked(_) => return Ok(Source::Local),
+            Cached::Unlinked(size) => return Ok(Source::Unlinked(size)),
+            Cached::No => {}
         }
         let mut fills = p.fills.lock().await;
         if let Some(fill) = fills.get(&key) {
@@ -611,31 +627,34 @@ impl Registry {
 
     /// Link a blob the cache already holds (fetched through another repository) into
     /// `repo` once the upstream confirms `repo` has it, with a HEAD: the cache never
-    /// invents repositories. If the upstream cannot answer, the cached bytes are served
-    /// (they are content-addressed). `None` when the cache does not hold the blob (or
-    /// garbage collection just forgot it).
-    async fn mount_cached(
-        &self,
-        p: &Proxy,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<u64>> {
+    /// invents repositories. If the upstream cannot answer (unreachable, 5xx), the cached
+    /// bytes are served (they are content-addressed) without linking them; if it refuses
+    /// (401, 403) or does not have the blob there, the blob is unknown to `repo`.
+    async fn mount_cached(&self, p: &Proxy, repo: &RepoName, digest: &Digest) -> Result<Cached> {
         if self.meta.known_blob(digest).await?.is_none() {
-            return Ok(None);
+            return Ok(Cached::No);
         }
         match p.upstream.blob_size(repo, digest).await {
             Ok(_) => {}
-            Err(UpstreamError::NotFound) => return Err(RegistryError::BlobUnknown(digest.clone())),
+            Err(UpstreamError::NotFound | UpstreamError::Denied(_)) => {
+                return Err(RegistryError::BlobUnknown(digest.clone()))
+            }
             Err(UpstreamError::Failed(msg)) => {
                 bump(&p.counters.upstream_errors);
-                tracing::warn!(%repo, %digest, "serving a cached blob unconfirmed: the upstream failed: {msg}");
+                tracing::warn!(%repo, %digest, "serving a cached blob unconfirmed (not linked): the upstream failed: {msg}");
+                return Ok(match self.blobs.stat(digest).await? {
+                    Some(size) => Cached::Unlinked(size),
+                    None => Cached::No,
+                });
             }
         }
-        let size = self.meta.mount_blob(repo, digest, None, &[]).await?;
-        if size.is_some() {
-            self.touch(repo, digest, false).await;
-        }
-        Ok(size)
+        Ok(match self.meta.mount_blob(repo, digest, None, &[]).await? {
+            Some(size) => {
+                self.touch(repo, digest, false).await;
+                Cached::Linked(size)
+            }
+            None => Cached::No,
+        })
     }
 
     /// Size of a blob not linked into `repo`, in proxy mode: local, being fetched, or a
@@ -644,7 +663,9 @@ impl Registry {
         let Some(p) = &self.proxy else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
-        if let Some(size) = self.mount_cached(p, repo, digest).await? {
+        if let Cached::Linked(size) | Cached::Unlinked(size) =
+            self.mount_cached(p, repo, digest).await?
+        {
             bump(&p.counters.blob_hit);
             return Ok(size);
         }
@@ -659,7 +680,7 @@ impl Registry {
         match p.upstream.blob_size(repo, digest).await {
             Ok(size) => Ok(size),
             Err(UpstreamError::NotFound) => Err(RegistryError::BlobUnknown(digest.clone())),
-            Err(UpstreamError::Failed(msg)) => {
+            Err(UpstreamError::Failed(msg) | UpstreamError::Denied(msg)) => {
                 Err(self.upstream_failed(p, format!("{msg}; blob {digest} is not cached")))
             }
         }
@@ -680,6 +701,17 @@ impl Registry {
             Source::Local => {
                 bump(&p.counters.blob_hit);
                 return self.read_linked_blob(repo, digest, resolve).await;
+            }
+            Source::Unlinked(size) => {
+                bump(&p.counters.blob_hit);
+                self.emit_blob_pull(repo, digest, size).await;
+                let range = resolve(size)?;
+                let body = if size == 0 {
+                    Box::pin(futures_util::stream::empty()) as ByteStream
+                } else {
+                    self.blobs.get(digest, range).await?
+                };
+                return Ok(super::BlobRead { size, range, body });
             }
             Source::Filling(f) => f,
         };
@@ -748,7 +780,7 @@ impl Registry {
                 Ok(Some(Page { items, more }))
             }
             Err(UpstreamError::NotFound) => Err(RegistryError::NameUnknown),
-            Err(UpstreamError::Failed(msg)) => {
+            Err(UpstreamError::Failed(msg) | UpstreamError::Denied(msg)) => {
                 bump(&p.counters.upstream_errors);
                 tracing::warn!(%repo, "listing the cached tags: the upstream failed: {msg}");
                 Ok(None)

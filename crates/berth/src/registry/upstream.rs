@@ -12,8 +12,12 @@ pub enum UpstreamError {
     /// The upstream says the manifest, blob or repository does not exist.
     #[error("not found upstream")]
     NotFound,
-    /// Anything else: unreachable, timed out, a 5xx, refused credentials, a bad answer.
-    /// The message names the upstream and the cause.
+    /// The upstream refused access (401 with the configured credentials, 403): for a
+    /// repository it does not serve to us, as good as not found. The message says why.
+    #[error("{0}")]
+    Denied(String),
+    /// Anything else: unreachable, timed out, a 5xx, a bad answer. The message names the
+    /// upstream and the cause.
     #[error("{0}")]
     Failed(String),
 }

@@ -262,7 +262,7 @@ impl HttpUpstream {
             } else {
                 "requires credentials (401): set proxy.username and proxy.password"
             };
-            return Err(UpstreamError::Failed(format!(
+            return Err(UpstreamError::Denied(format!(
                 "upstream registry {} {hint}",
                 self.base
             )));
@@ -276,6 +276,11 @@ impl HttpUpstream {
             Ok(resp)
         } else if status.as_u16() == 404 {
             Err(UpstreamError::NotFound)
+        } else if status.as_u16() == 403 {
+            Err(UpstreamError::Denied(format!(
+                "upstream registry {} refused {what} with {status}",
+                self.base
+            )))
         } else {
             Err(self.failed(&format!("answered {what} with"), status))
         }
