@@ -168,6 +168,10 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long a client may take to send a request's headers, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -199,6 +203,12 @@ pub async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT));
+    // An HTTP/2 peer that stops answering pings is dropped (an idle but live one stays).
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT);
     if options.http1_only {
         builder = builder.http1_only();
     }
@@ -317,22 +327,45 @@ impl Connections {
     }
 }
 
-/// A connection that must send its first byte within a deadline. hyper's header-read
-/// timer only starts once it has seen bytes (the auto builder first waits, untimed, to
-/// tell HTTP/1 from the HTTP/2 preface), so a client that connects and says nothing, or
-/// opens an HTTP/2 connection without its preface, would otherwise hold a connection and
-/// a task for ever.
+/// A connection that must show what it speaks within a deadline. hyper's header-read
+/// timer only starts once the auto builder has told HTTP/1 from HTTP/2, which it does by
+/// reading, untimed, until the bytes leave or complete the HTTP/2 preface; a client that
+/// connects and says nothing, or sends part of the preface and stops, would otherwise
+/// hold a connection and a task for ever.
 struct FirstByteDeadline<S> {
     inner: S,
-    /// `None` once the first byte arrived.
+    /// `None` once hyper's own timers take over.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// How many bytes read so far match the HTTP/2 connection preface.
+    preface_matched: usize,
 }
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4). hyper-util's version detection
+/// reads, untimed, until these bytes are complete or one differs.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> FirstByteDeadline<S> {
     fn new(inner: S, timeout: Duration) -> Self {
         FirstByteDeadline {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            preface_matched: 0,
+        }
+    }
+
+    /// Account for `bytes` just read: the deadline ends when they leave the preface (an
+    /// HTTP/1 request, whose header timer hyper runs) or complete it (HTTP/2, with its
+    /// keep-alive pings).
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.deadline.is_none() {
+            return;
+        }
+        let rest = &H2_PREFACE[self.preface_matched..];
+        let n = bytes.len().min(rest.len());
+        if bytes[..n] != rest[..n] || self.preface_matched + n == H2_PREFACE.len() {
+            self.deadline = None;
+        } else {
+            self.preface_matched += n;
         }
     }
 }
@@ -347,8 +380,9 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    this.deadline = None;
+                if this.deadline.is_some() && buf.filled().len() > before {
+                    let new = buf.filled()[before..].to_vec();
+                    this.saw(&new);
                 }
                 Poll::Ready(r)
             }
