@@ -36,6 +36,10 @@ fn bad_value_stops_startup_with_one_line_naming_the_key() {
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  token:\n    realm: https://auth.example/token\n    service: registry\n    issuer: auth\n    rootcertbundle: /etc/ca.pem\n",
             "auth.token",
         ),
+        (
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpassword:\n    realm: r\n    path: /etc/registry/htpasswd\n",
+            "auth.htpassword",
+        ),
     ];
     for (config, key) in cases {
         let stderr = Berth::fails_to_start(config);
@@ -542,5 +546,21 @@ fn silent_connections_are_cut_off() {
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
         "closed after {elapsed:?} with a 1s limit"
+    );
+
+    // Part of the HTTP/2 preface, then silence: hyper would wait for the rest for ever.
+    use std::io::Write as _;
+    let mut partial = std::net::TcpStream::connect(&b.host).expect("connect");
+    partial
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    partial.write_all(b"PRI * HT").expect("write");
+    let n = partial.read(&mut buf).unwrap_or(0);
+    let elapsed = started.elapsed();
+    assert_eq!(n, 0, "the server answered half a preface");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "half a preface closed after {elapsed:?} with a 1s limit"
     );
 }

@@ -95,11 +95,21 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     let mut c = AuthConfig::default();
     // An operator who asked for authentication Berth cannot do must not get an open
     // registry: refuse to start rather than serve everyone.
-    for (provider, what) in [("token", "token"), ("silly", "silly")] {
-        if has_key(tree, "auth", provider) {
+    // Any access controller but htpasswd is refused, as Distribution refuses one it
+    // does not know (a typo included).
+    if let Some(section) = get(tree, "auth").and_then(Value::as_mapping) {
+        for key in section.keys() {
+            let name = key.as_str().unwrap_or("?");
+            if name == "htpasswd" {
+                continue;
+            }
+            let why = match name {
+                "token" | "silly" => format!("{name} authentication is not implemented yet"),
+                _ => "this access controller is unknown (Distribution knows htpasswd, token and silly)".to_string(),
+            };
             return Err(bad(
-                &format!("auth.{provider}"),
-                format!("{what} authentication is not implemented yet, and Berth does not start open when authentication was asked for: use auth.htpasswd, or authenticate in a reverse proxy in front of Berth and remove auth.{provider}"),
+                &format!("auth.{name}"),
+                format!("{why}, and Berth does not start open when authentication was asked for: use auth.htpasswd, or authenticate in a reverse proxy in front of Berth and remove auth.{name}"),
             ));
         }
     }
