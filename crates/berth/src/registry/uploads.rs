@@ -187,7 +187,16 @@ impl Registry {
         from: Option<&RepoName>,
     ) -> Result<bool> {
         if self.meta.linked_blob(repo, digest).await?.is_some() {
-            return Ok(true);
+            // Already here: the mount still renews the link's time, so that a collection
+            // running now keeps the blob for the manifest that is about to name it.
+            if self
+                .meta
+                .mount_blob(repo, digest, Some(repo), &[])
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
         }
         let size = match from {
             Some(from) => self.meta.linked_blob(from, digest).await?,
