@@ -92,10 +92,20 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
         tracing::warn!("{note}");
     }
     if config.proxy.is_some() || !events.endpoints.is_empty() {
-        if let Some(problem) =
-            std::env::var_os("SSL_CERT_FILE").and_then(|f| cert_file_problem(f.as_ref()))
-        {
-            tracing::warn!("{problem}");
+        let file = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty());
+        let dir = std::env::var_os("SSL_CERT_DIR").filter(|d| !d.is_empty());
+        let file_problem = file.as_ref().and_then(|f| cert_file_problem(f.as_ref()));
+        let dir_problem = dir.as_ref().and_then(|d| cert_dir_problem(d.as_ref()));
+        // Either variable replaces the system store; together they add up.
+        let no_roots = (file.is_none() || file_problem.is_some())
+            && (dir.is_none() || dir_problem.is_some())
+            && (file.is_some() || dir.is_some());
+        for problem in [file_problem, dir_problem].into_iter().flatten() {
+            if no_roots {
+                tracing::warn!("{problem}: outgoing HTTPS connections (proxy.remoteurl, notification endpoints) will trust no certificate authority and fail; fix it or unset the variable to use the system's certificates");
+            } else {
+                tracing::warn!("{problem}: its certificates are not trusted");
+            }
         }
     }
     let subscribers: Vec<Subscriber> = events.endpoints.iter().map(Subscriber::new).collect();
@@ -161,15 +171,14 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
     Ok((registry, jobs))
 }
 
-/// Why the `SSL_CERT_FILE` at `path` would leave outgoing HTTPS (proxy.remoteurl,
-/// notification endpoints) trusting nothing, if it would: when the variable is set, the
-/// HTTP client (rustls-native-certs) reads only that file instead of the system store,
-/// and an unreadable file or one without certificates silently gives it no roots.
+/// What is wrong with the `SSL_CERT_FILE` at `path`, if anything: when the variable
+/// is set, the HTTP client (rustls-native-certs) reads that file (with `SSL_CERT_DIR`)
+/// instead of the system store, and an unreadable file or one without certificates
+/// silently adds no roots.
 fn cert_file_problem(path: &std::path::Path) -> Option<String> {
-    let consequence = "outgoing HTTPS connections (proxy.remoteurl, notification endpoints) will trust no certificate authority and fail; fix the file or unset SSL_CERT_FILE to use the system's certificates";
     match std::fs::read(path) {
         Err(e) => Some(format!(
-            "SSL_CERT_FILE={} cannot be read ({e}): {consequence}",
+            "SSL_CERT_FILE={} cannot be read ({e})",
             path.display()
         )),
         Ok(bytes)
@@ -178,12 +187,23 @@ fn cert_file_problem(path: &std::path::Path) -> Option<String> {
                 .any(|w| w == b"-----BEGIN CERTIFICATE-----") =>
         {
             Some(format!(
-                "SSL_CERT_FILE={} holds no PEM certificate: {consequence}",
+                "SSL_CERT_FILE={} holds no PEM certificate",
                 path.display()
             ))
         }
         Ok(_) => None,
     }
+}
+
+/// The same for `SSL_CERT_DIR` (one or more directories, `:`-separated): a problem when
+/// none of them can be listed or holds any file.
+fn cert_dir_problem(dirs: &std::ffi::OsStr) -> Option<String> {
+    let text = dirs.to_string_lossy();
+    let usable = text
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| std::fs::read_dir(d).is_ok_and(|mut entries| entries.any(|e| e.is_ok())));
+    (!usable).then(|| format!("SSL_CERT_DIR={text} holds no readable certificate files"))
 }
 
 /// Bind `http.addr`: `:port` means every interface (IPv6 and IPv4 where available).

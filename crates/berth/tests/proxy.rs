@@ -645,9 +645,33 @@ fn tags_follow_upstream_and_cache_survives_it() {
         digest_of(&second)
     );
 
+    // A tag the upstream no longer has is gone from the cache too: not found now, and
+    // not brought back as stale when the upstream is down later.
+    push(&up, &layout.dir, "other", "app/dropped:latest");
+    assert_eq!(
+        raw_digest(&b.host, "app/dropped:latest", false),
+        digest_of(&other)
+    );
+    let (code, body) = http(
+        "DELETE",
+        &format!(
+            "http://{}/v2/app/dropped/manifests/{}",
+            up.host,
+            digest_of(&other)
+        ),
+        &["-u", &format!("{USER}:{PASSWORD}")],
+    );
+    assert_eq!(code, 202, "upstream delete: {body}");
+    let dropped = format!("{}/v2/app/dropped/manifests/latest", b.url);
+    let (code, body) = http("GET", &dropped, &[]);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("MANIFEST_UNKNOWN"), "{body}");
+
     // Upstream gone: the cached tag still pulls (stale), a whole image too.
     let mut up = up;
     up.stop();
+    let (code, body) = http("GET", &dropped, &[]);
+    assert_ne!(code, 200, "a tag gone upstream came back as stale: {body}");
     assert_eq!(
         raw_digest(&b.host, "app/moving:latest", false),
         digest_of(&second),
@@ -1287,7 +1311,8 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
         let file = file.display().to_string();
         let b = Berth::start_with_config_env(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
-            &[("SSL_CERT_FILE", &file)],
+            // SSL_CERT_DIR would add its own roots (the machine may set it): empty is unset.
+            &[("SSL_CERT_FILE", &file), ("SSL_CERT_DIR", "")],
             "http",
         );
         let warning = b
@@ -1308,4 +1333,31 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
             None => assert!(warning.is_none(), "{warning:?}"),
         }
     }
+    // A bad file beside a usable SSL_CERT_DIR: reported, but roots remain.
+    let file = empty.display().to_string();
+    let b = Berth::start_with_config_env(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+        &[("SSL_CERT_FILE", &file), ("SSL_CERT_DIR", "/etc/ssl/certs")],
+        "http",
+    );
+    let w = b
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("SSL_CERT_FILE="))
+        .expect("warning");
+    assert!(w.contains("its certificates are not trusted"), "{w}");
+    // An empty SSL_CERT_DIR alone leaves no roots.
+    let dir = tmp.path().join("no-certs");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let b = Berth::start_with_config_env(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+        &[("SSL_CERT_FILE", ""), ("SSL_CERT_DIR", &dir.display().to_string())],
+        "http",
+    );
+    let w = b
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("SSL_CERT_DIR="))
+        .expect("warning");
+    assert!(w.contains("trust no certificate authority"), "{w}");
 }

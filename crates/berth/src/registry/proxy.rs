@@ -563,6 +563,13 @@ impl Registry {
                             .await
                     }
                     Err(UpstreamError::NotFound) => {
+                        // Gone upstream: the cached tag goes too, so a later outage does
+                        // not bring it back as stale.
+                        if cached.is_some() {
+                            if let Err(e) = self.meta.delete_tag(repo, tag, &[]).await {
+                                tracing::warn!(%repo, %tag, "cannot drop a tag the upstream no longer has: {e}");
+                            }
+                        }
                         Err(RegistryError::ManifestUnknown(reference.to_string()))
                     }
                     Err(UpstreamError::Failed(msg) | UpstreamError::Denied(msg)) => {
@@ -607,7 +614,7 @@ impl Registry {
             upload_id: uuid::Uuid::new_v4().to_string(),
             state: watch::channel(FillState::default()).0,
         });
-        fills.insert(key, fill.clone());
+        fills.insert(key.clone(), fill.clone());
         drop(fills);
         let task = FillTask {
             upstream: p.upstream.clone(),
@@ -621,7 +628,31 @@ impl Registry {
             max_blob_bytes: self.settings.max_blob_bytes,
             touch: self.touch_times(),
         };
-        tokio::spawn(task.run());
+        let (map, watched) = (p.fills.clone(), fill.clone());
+        tokio::spawn(async move {
+            use futures_util::FutureExt as _;
+            // A panic in the fill must not leave its readers waiting for ever, nor later
+            // requests joining a dead fill: retire it with an error.
+            if std::panic::AssertUnwindSafe(task.run())
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(repo = %key.0, digest = %key.1, "the pull-through fetch task panicked");
+                let mut map = map.lock().await;
+                if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &watched)) {
+                    map.remove(&key);
+                }
+                drop(map);
+                watched.state.send_modify(|s| {
+                    if s.outcome.is_none() {
+                        s.outcome = Some(Err(FillError::Failed(
+                            "the fetch from the upstream failed unexpectedly".into(),
+                        )));
+                    }
+                });
+            }
+        });
         Ok(Source::Filling(fill))
     }
 
