@@ -304,6 +304,13 @@ impl Loaded {
             .collect();
         let config = read_config(&tree, path.is_some())?;
         warnings.extend(config.auth.warnings.iter().cloned());
+        let purging = &config.events.upload_purging;
+        if purging.enabled && !purging.dry_run && purging.age < config.body_idle_timeout {
+            warnings.push(format!(
+                "configuration key storage.maintenance.uploadpurging.age: {:?} is shorter than limits.bodyidletimeout ({:?}): an upload or pull-through fetch that is slow but alive can be purged; use an age of hours (Distribution's default is 168h)",
+                purging.age, config.body_idle_timeout
+            ));
+        }
         Ok(Loaded {
             config,
             warnings,

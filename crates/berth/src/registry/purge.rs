@@ -127,8 +127,19 @@ impl Registry {
                 report.orphans += 1;
                 continue;
             }
-            // Not while a monolithic push is writing it.
+            // Not while a monolithic push is writing it: under its lock, look again (the
+            // push may have written since the listing, or committed it).
             let lock = self.uploads.lock(&upload.id).await;
+            let still_old = self
+                .blobs
+                .list_uploads()
+                .await?
+                .into_iter()
+                .any(|u| u.id == upload.id && u.modified < cutoff);
+            if !still_old {
+                drop(lock);
+                continue;
+            }
             match self.blobs.delete_upload(&upload.id).await {
                 Ok(()) => report.orphans += 1,
                 Err(e) => {
