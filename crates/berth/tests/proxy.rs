@@ -1361,3 +1361,50 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
         .expect("warning");
     assert!(w.contains("trust no certificate authority"), "{w}");
 }
+
+/// Tag lists through the cache from an upstream that pages them (a Berth whose pages hold
+/// at most 2 entries): `n=5` gets 5 tags and a `Link`, no `n` gets the whole list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_follow_upstream_pages() {
+    use common::push::{image_manifest, Registry, OCI_MANIFEST};
+    let upstream = Berth::start_with("limits:\n  pageentries: 2\n");
+    let push = Registry::new(&upstream.url);
+    let (config, layer) = (b"{}".as_slice(), b"paged layer".as_slice());
+    push.push_blob("paged/app", config).await;
+    push.push_blob("paged/app", layer).await;
+    let manifest = serde_json::to_vec(&image_manifest(config, layer)).expect("json");
+    let tags: Vec<String> = (1..=7).map(|i| format!("t{i}")).collect();
+    for t in &tags {
+        let r = push
+            .put_manifest("paged/app", t, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let b = Berth::start_with_config_env(
+        &format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: {}\n",
+            upstream.url
+        ),
+        &[],
+        "http",
+    );
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{}/v2/paged/app/tags/list?n=5", b.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("link"), "a Link to the rest");
+    let page: Value = r.json().await.expect("json");
+    assert_eq!(page["tags"], json!(tags[..5]));
+    let all: Value = c
+        .get(format!("{}/v2/paged/app/tags/list", b.url))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(all["tags"], json!(tags));
+}

@@ -56,7 +56,8 @@ pub trait Upstream: Send + Sync + 'static {
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, UpstreamError>;
     /// Stream a blob (not verified here: the cache hashes it as it stores it).
     async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<UpstreamBlob, UpstreamError>;
-    /// One page of the repository's tags.
+    /// The repository's tags after `last`: at least `n` of them when the upstream has
+    /// that many (following its pages), all of them without `n`.
     async fn tags(
         &self,
         repo: &RepoName,

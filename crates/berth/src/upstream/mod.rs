@@ -486,8 +486,10 @@ impl Upstream for HttpUpstream {
                 )
             })?;
             tags.extend(list.tags.unwrap_or_default());
+            // With `n`, pages until `n` tags are in hand: an upstream may cap its pages
+            // below `n`, and a short page would tell the client the list has ended.
             match next {
-                Some(p) if n.is_none() => path = p,
+                Some(p) if n.is_none_or(|n| tags.len() < n as usize) => path = p,
                 _ => return Ok(tags),
             }
         }
