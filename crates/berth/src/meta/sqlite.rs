@@ -85,6 +85,33 @@ pub(super) fn upload_session(r: &sqlx::sqlite::SqliteRow) -> Result<UploadSessio
 const UPSERT_REPO: &str =
     "INSERT INTO repositories (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
 
+/// Link `d` into `repo` (creating the repository) at time `t`, inside `tx`. A link that
+/// exists is renewed: a blob pushed or mounted again counts as new for garbage
+/// collection's grace period.
+async fn link_in(
+    tx: &mut sqlx::SqliteConnection,
+    repo: &RepoName,
+    d: &Digest,
+    t: i64,
+) -> Result<()> {
+    sqlx::query(UPSERT_REPO)
+        .bind(repo.as_str())
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository_id, digest, created_at)
+         SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
+         ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
+    )
+    .bind(repo.as_str())
+    .bind(d.as_str())
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Repositories for SqliteMeta {
     async fn link_blob(
@@ -96,11 +123,6 @@ impl Repositories for SqliteMeta {
     ) -> Result<()> {
         let t = now();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(UPSERT_REPO)
-            .bind(repo.as_str())
-            .bind(t)
-            .execute(&mut *tx)
-            .await?;
         // A (re-)committed blob and its link count as new for garbage collection's grace
         // period: a collection that read the old rows must not take the fresh file.
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at")
@@ -109,16 +131,7 @@ impl Repositories for SqliteMeta {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest, created_at)
-             SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
-             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
-        )
-        .bind(repo.as_str())
-        .bind(d.as_str())
-        .bind(t)
-        .execute(&mut *tx)
-        .await?;
+        link_in(&mut tx, repo, d, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -152,21 +165,7 @@ impl Repositories for SqliteMeta {
         let Some(size) = size else {
             return Ok(None);
         };
-        sqlx::query(UPSERT_REPO)
-            .bind(repo.as_str())
-            .bind(t)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest, created_at)
-             SELECT id, ?2, ?3 FROM repositories WHERE name = ?1
-             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
-        )
-        .bind(repo.as_str())
-        .bind(d.as_str())
-        .bind(t)
-        .execute(&mut *tx)
-        .await?;
+        link_in(&mut tx, repo, d, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(Some(size))
