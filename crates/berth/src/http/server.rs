@@ -381,8 +381,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if this.deadline.is_some() && buf.filled().len() > before {
-                    let new = buf.filled()[before..].to_vec();
-                    this.saw(&new);
+                    this.saw(&buf.filled()[before..]);
                 }
                 Poll::Ready(r)
             }
