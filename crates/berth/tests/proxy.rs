@@ -1291,6 +1291,9 @@ fn old_clients_get_the_amd64_image_of_a_list() {
     );
 }
 
+/// A proxy whose upstream is never reached: only its start-up is looked at.
+const UNREACHED_PROXY: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n";
+
 /// `SSL_CERT_FILE` replaces the system's certificates for outgoing HTTPS; set to a file
 /// that cannot be read or holds no certificate it would leave Berth trusting nothing, so
 /// start-up says so, naming the variable.
@@ -1310,7 +1313,7 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
     for (file, expected) in cases {
         let file = file.display().to_string();
         let b = Berth::start_with_config_env(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+            UNREACHED_PROXY,
             // SSL_CERT_DIR would add its own roots (the machine may set it): empty is unset.
             &[("SSL_CERT_FILE", &file), ("SSL_CERT_DIR", "")],
             "http",
@@ -1336,7 +1339,7 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
     // A bad file beside a usable SSL_CERT_DIR: reported, but roots remain.
     let file = empty.display().to_string();
     let b = Berth::start_with_config_env(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
+        UNREACHED_PROXY,
         &[("SSL_CERT_FILE", &file), ("SSL_CERT_DIR", "/etc/ssl/certs")],
         "http",
     );
@@ -1350,8 +1353,11 @@ fn unusable_ssl_cert_file_is_reported_at_start() {
     let dir = tmp.path().join("no-certs");
     std::fs::create_dir_all(&dir).expect("dir");
     let b = Berth::start_with_config_env(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: https://127.0.0.1:9\n",
-        &[("SSL_CERT_FILE", ""), ("SSL_CERT_DIR", &dir.display().to_string())],
+        UNREACHED_PROXY,
+        &[
+            ("SSL_CERT_FILE", ""),
+            ("SSL_CERT_DIR", &dir.display().to_string()),
+        ],
         "http",
     );
     let w = b
