@@ -55,12 +55,10 @@ pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError
 }
 
 async fn open_registry(config: &Config) -> Result<Registry, StartError> {
-    let blobs = FsBlobStore::open(&config.root)
-        .map_err(|source| StartError::Storage {
-            path: config.root.clone(),
-            source,
-        })?
-        .with_stall_timeout(config.body_idle_timeout);
+    let blobs = FsBlobStore::open(&config.root).map_err(|source| StartError::Storage {
+        path: config.root.clone(),
+        source,
+    })?;
     let db = config.root.join("berth.db");
     let meta = SqliteMeta::open(&db)
         .await
@@ -373,6 +371,7 @@ pub async fn run(
         http1_only: a.http2_disabled,
         drain_timeout: a.drain_timeout,
         header_read_timeout: Some(config.header_read_timeout),
+        send_stall_timeout: Some(config.body_idle_timeout),
     };
     let app = http::router(
         registry,

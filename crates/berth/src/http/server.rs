@@ -61,6 +61,9 @@ pub struct ServeOptions {
     /// How long a client may take to send a request's headers (`limits.headerreadtimeout`);
     /// `None`: [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Option<Duration>,
+    /// How long a response may wait for a client that takes no bytes
+    /// (`limits.bodyidletimeout`); `None`: [`SEND_STALL_TIMEOUT`].
+    pub send_stall_timeout: Option<Duration>,
 }
 
 /// Build the rustls server configuration for `tls`.
@@ -174,6 +177,8 @@ const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a client may take to send a request's headers, by default.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a response may wait for a client that takes no bytes, by default.
+pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the server accepts connections.
 pub enum Listener {
@@ -215,6 +220,7 @@ pub async fn serve(
     let conns = Connections {
         builder: Arc::new(builder),
         first_byte_timeout: options.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT),
+        send_stall: options.send_stall_timeout.unwrap_or(SEND_STALL_TIMEOUT),
         acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         graceful: GracefulShutdown::new(),
         app,
@@ -262,6 +268,8 @@ struct Connections {
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// How long a new connection may stay silent (the header-read limit).
     first_byte_timeout: Duration,
+    /// How long a write may wait for the peer.
+    send_stall: Duration,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     graceful: GracefulShutdown,
     app: Router,
@@ -291,11 +299,12 @@ impl Connections {
         let watcher = self.graceful.watcher();
         let acceptor = self.acceptor.clone();
         let first_byte = self.first_byte_timeout;
+        let send_stall = self.send_stall;
         let peer = remote.map_or_else(|| "unix socket".to_string(), |r| r.to_string());
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    let stream = FirstByteDeadline::new(stream, first_byte);
+                    let stream = FirstByteDeadline::new(stream, first_byte, send_stall);
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -316,7 +325,7 @@ impl Connections {
                             return;
                         }
                     };
-                    let tls = FirstByteDeadline::new(tls, first_byte);
+                    let tls = FirstByteDeadline::new(tls, first_byte, send_stall);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
@@ -327,17 +336,23 @@ impl Connections {
     }
 }
 
-/// A connection that must show what it speaks within a deadline. hyper's header-read
+/// A connection with two deadlines hyper does not keep. First, it must show what it
+/// speaks within the header-read limit: hyper's header-read
 /// timer only starts once the auto builder has told HTTP/1 from HTTP/2, which it does by
 /// reading, untimed, until the bytes leave or complete the HTTP/2 preface; a client that
 /// connects and says nothing, or sends part of the preface and stops, would otherwise
-/// hold a connection and a task for ever.
+/// hold a connection and a task for ever. Second, a write may wait for the peer to take
+/// bytes for at most the send-stall limit ([`FirstByteDeadline::watch_send`]).
 struct FirstByteDeadline<S> {
     inner: S,
     /// `None` once hyper's own timers take over.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// How many bytes read so far match the HTTP/2 connection preface.
     preface_matched: usize,
+    /// How long a write may wait for the peer.
+    send_stall: Duration,
+    /// Running while a write waits for the peer.
+    send_stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What an HTTP/2 client sends first (RFC 9113, 3.4). hyper-util's version detection
@@ -345,11 +360,13 @@ struct FirstByteDeadline<S> {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
+    fn new(inner: S, timeout: Duration, send_stall: Duration) -> Self {
         FirstByteDeadline {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             preface_matched: 0,
+            send_stall,
+            send_stalled: None,
         }
     }
 
@@ -403,13 +420,49 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
     }
 }
 
+impl<S> FirstByteDeadline<S> {
+    /// Pass a write's outcome through, failing it once the peer has taken no bytes for
+    /// the send-stall limit: a client that stops reading (a zero TCP window) is cut
+    /// off and the connection's buffers freed, instead of holding them for ever.
+    fn watch_send<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.send_stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.send_stall;
+                let timer = self
+                    .send_stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the client took no response bytes for {} s (limits.bodyidletimeout)",
+                            limit.as_secs()
+                        ),
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
 impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_send(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -417,7 +470,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadli
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_send(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -425,11 +479,13 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadli
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_send(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch_send(cx, polled)
     }
 }
 

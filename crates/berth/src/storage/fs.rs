@@ -22,10 +22,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::{Algorithm, Digest, Hasher};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Bytes gathered before one write to disk (and read at once when rehashing).
 const IO_CHUNK: usize = 1024 * 1024;
@@ -33,13 +33,11 @@ const IO_CHUNK: usize = 1024 * 1024;
 /// CPU cache when the socket write copies them (measured: 128 KiB beat 256 KiB and 1 MiB
 /// on 8 concurrent 64 MiB GETs).
 const READ_CHUNK: usize = 128 * 1024;
-/// Chunks a reader may run ahead of the network (1 MiB in flight per GET).
-const READ_AHEAD: usize = 8;
+/// Chunks read ahead of the network per GET (in flight or waiting to be sent).
+const READ_AHEAD: usize = 4;
 
 pub struct FsBlobStore {
     root: PathBuf,
-    /// How long a blob reader waits for a client that stopped reading.
-    stall_timeout: Duration,
 }
 
 impl FsBlobStore {
@@ -50,15 +48,7 @@ impl FsBlobStore {
         std::fs::create_dir_all(root.join("trash"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
-            stall_timeout: Duration::from_secs(60),
         })
-    }
-
-    /// Give up on a blob download whose client has not taken any bytes for `timeout`,
-    /// so a stalled client cannot hold a reader thread for ever.
-    pub fn with_stall_timeout(mut self, timeout: Duration) -> FsBlobStore {
-        self.stall_timeout = timeout;
-        self
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -658,55 +648,132 @@ fn upload_id_of(name: &str) -> Option<&str> {
 }
 
 impl FsBlobStore {
-    /// Stream `file` (or `range` of it) from a blocking thread, read ahead a little.
+    /// Stream `file` (or `range` of it): one read on the reader pool per chunk, a little
+    /// ahead of the network.
     fn stream_file(&self, file: File, range: Option<ByteRange>) -> ByteStream {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
-        let handle = tokio::runtime::Handle::current();
-        let stall = self.stall_timeout;
-        tokio::task::spawn_blocking(move || {
-            let (mut pos, end) = match range {
-                Some(r) => (r.start, r.end + 1),
-                None => match file.metadata() {
-                    Ok(m) => (0, m.len()),
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                },
-            };
-            while pos < end {
-                let want = usize::try_from(end - pos)
-                    .unwrap_or(READ_CHUNK)
-                    .min(READ_CHUNK);
-                let mut buf = vec![0u8; want];
-                let mut filled = 0;
-                while filled < want {
-                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                if filled < want {
-                    let _ = tx.blocking_send(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob file is shorter than expected",
-                    )));
-                    return;
-                }
-                pos += filled as u64;
-                let sent =
-                    handle.block_on(tokio::time::timeout(stall, tx.send(Ok(Bytes::from(buf)))));
-                if !matches!(sent, Ok(Ok(()))) {
-                    return; // the client went away, or stopped reading
-                }
+        Box::pin(FileChunks {
+            file: std::sync::Arc::new(file),
+            range,
+            pos: 0,
+            end: None,
+            in_flight: std::collections::VecDeque::with_capacity(READ_AHEAD),
+        })
+    }
+}
+
+/// Threads of the reader pool: enough for many disk reads at once, each one chunk long.
+const READ_THREADS: usize = 64;
+
+/// The reader pool: blocking threads that serve downloads only, one chunk read at a time.
+/// It is apart from the runtime's blocking pool (capped by `storage.filesystem.maxthreads`)
+/// that upload writes, fsyncs and password checks use, so downloads never queue those up
+/// and those never queue downloads. A download holds no thread between chunks: a client
+/// that reads slowly or not at all costs a file handle and the chunks read ahead, and the
+/// server's send-stall limit (see `http/server.rs`) ends it.
+fn reader_pool() -> &'static tokio::runtime::Handle {
+    static POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(READ_THREADS)
+            .thread_name("berth-blob-read")
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the blob reader pool: {e}"))
+    })
+    .handle()
+}
+
+type ReadJob = tokio::task::JoinHandle<io::Result<Bytes>>;
+
+/// A file as a stream of chunks, each read by one blocking call on the reader pool.
+struct FileChunks {
+    file: std::sync::Arc<File>,
+    range: Option<ByteRange>,
+    /// Next offset to ask for.
+    pos: u64,
+    /// End offset (exclusive), known once the first read has started.
+    end: Option<u64>,
+    /// Reads started and not yet yielded, in file order.
+    in_flight: std::collections::VecDeque<ReadJob>,
+}
+
+impl FileChunks {
+    /// Start reads until `READ_AHEAD` are in flight or the end is reached.
+    fn fill(&mut self) -> io::Result<()> {
+        let end = match self.end {
+            Some(end) => end,
+            None => {
+                let (start, end) = match self.range {
+                    Some(r) => (r.start, r.end + 1),
+                    None => (0, self.file.metadata()?.len()),
+                };
+                self.pos = start;
+                self.end = Some(end);
+                end
             }
-        });
-        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+        };
+        while self.in_flight.len() < READ_AHEAD && self.pos < end {
+            let want = usize::try_from(end - self.pos)
+                .unwrap_or(READ_CHUNK)
+                .min(READ_CHUNK);
+            let (file, at) = (self.file.clone(), self.pos);
+            self.in_flight
+                .push_back(reader_pool().spawn_blocking(move || read_chunk(&file, at, want)));
+            self.pos += want as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Read exactly `want` bytes at `at`.
+fn read_chunk(file: &File, at: u64, want: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buf[filled..], at + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob file is shorter than expected",
+                ))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+impl futures_util::Stream for FileChunks {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Err(e) = self.fill() {
+            self.end = Some(self.pos);
+            return Poll::Ready(Some(Err(e)));
+        }
+        let Some(job) = self.in_flight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let read = match std::pin::Pin::new(job).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(read) => read,
+        };
+        self.in_flight.pop_front();
+        let read = read.unwrap_or_else(|join| Err(io::Error::other(join)));
+        if read.is_err() {
+            // Nothing after a failed chunk: stop reading and end with the error.
+            for job in self.in_flight.drain(..) {
+                job.abort();
+            }
+            self.end = Some(self.pos);
+        }
+        Poll::Ready(Some(read))
     }
 }
 
