@@ -1635,6 +1635,82 @@ async fn layer_url_validation() {
     }
 }
 
+/// A layer's media type never exempts it from being pushed: only `urls` does, and those
+/// are validated on every descriptor, the config's included.
+#[tokio::test]
+async fn foreign_media_types_without_urls_are_checked() {
+    let a = Api::with_config(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nvalidation:\n  manifests:\n    urls:\n      allow:\n        - ^https://layers\\.example\\.com/\n",
+    );
+    let cfg = a.push_blob("f", b"{}").await;
+    let config = json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.as_str(), "size": 2});
+    let put = |config: Value, layers: Value| {
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers,
+        }))
+        .expect("json");
+        let a = &a;
+        async move { a.put_manifest("f", "t", OCI_MANIFEST, &body).await }
+    };
+    // A non-distributable layer with a made-up digest and no URLs.
+    let made_up = sha256(b"nowhere");
+    let r = put(
+        config.clone(),
+        json!([{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                "digest": made_up.as_str(), "size": 7}]),
+    )
+    .await;
+    expect_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+    // Docker's foreign layer type without URLs.
+    let r = put(
+        config.clone(),
+        json!([{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                "digest": made_up.as_str(), "size": 7}]),
+    )
+    .await;
+    expect_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+    // A config whose media type says "foreign" is still a blob the registry must have.
+    let r = put(
+        json!({"mediaType": "application/x-foreign-config", "digest": made_up.as_str(), "size": 7}),
+        json!([]),
+    )
+    .await;
+    expect_error(r, 400, "MANIFEST_BLOB_UNKNOWN").await;
+    // URLs on the config are validated too, and a config with URLs is still required.
+    let r = put(
+        json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.as_str(), "size": 2,
+               "urls": ["https://elsewhere.example.org/c"]}),
+        json!([]),
+    )
+    .await;
+    expect_error(r, 400, "MANIFEST_INVALID").await;
+    // Not http(s), or with a fragment: refused as Distribution does.
+    for url in [
+        "ftp://layers.example.com/l",
+        "https://layers.example.com/l#x",
+    ] {
+        let r = put(
+            config.clone(),
+            json!([{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                    "digest": made_up.as_str(), "size": 7, "urls": [url]}]),
+        )
+        .await;
+        expect_error(r, 400, "MANIFEST_INVALID").await;
+    }
+    // Nothing was stored by any of these; a layer with an allowed URL is accepted.
+    assert_eq!(
+        a.get("/v2/f/manifests/t").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = put(
+        config,
+        json!([{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                "digest": made_up.as_str(), "size": 7, "urls": ["https://layers.example.com/l"]}]),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn referrers_paginate_with_link() {
     let a = Api::with("limits:\n  pageentries: 2\n");

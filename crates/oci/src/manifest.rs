@@ -79,13 +79,24 @@ impl Manifest {
         }
     }
 
-    /// Blobs this manifest needs in the repository (config and layers), skipping
-    /// foreign layers that are fetched from their `urls`.
+    /// Blobs this manifest needs in the repository: the config, and every layer except
+    /// those with `urls` (clients fetch those from there). A layer's media type alone
+    /// ("foreign", "nondistributable") never exempts it: without `urls` there is nowhere
+    /// else to fetch it from.
     pub fn blob_references(&self) -> impl Iterator<Item = &Descriptor> {
         self.config
             .iter()
+            .chain(self.layers.iter().filter(|d| d.urls.is_empty()))
+    }
+
+    /// Every descriptor of the manifest (config, layers, index entries, subject), for
+    /// checks that apply to all of them.
+    pub fn descriptors(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config
+            .iter()
             .chain(self.layers.iter())
-            .filter(|d| d.urls.is_empty())
+            .chain(self.manifests.iter())
+            .chain(self.subject.iter())
     }
 }
 

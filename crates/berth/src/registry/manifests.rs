@@ -39,13 +39,6 @@ impl Accept {
     }
 }
 
-/// Layers a registry is not expected to hold: they are fetched from elsewhere.
-fn is_foreign(d: &Descriptor) -> bool {
-    !d.urls.is_empty()
-        || d.media_type.contains("nondistributable")
-        || d.media_type.contains("foreign")
-}
-
 /// The metadata record of a parsed manifest.
 pub(super) fn manifest_record(
     parsed: &oci::manifest::Manifest,
@@ -110,14 +103,13 @@ impl Registry {
         let parsed = oci::manifest::parse(content_type, &content)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
 
-        for (i, layer) in parsed.layers.iter().enumerate() {
-            if let Some(url) = layer
-                .urls
-                .iter()
-                .find(|u| !self.settings.layer_urls.permits(u))
-            {
+        // URLs are checked on every descriptor that has them, config included (a layer
+        // with URLs is the only one that may be absent, below).
+        for d in parsed.descriptors() {
+            if let Some(url) = d.urls.iter().find(|u| !self.settings.layer_urls.permits(u)) {
                 return Err(RegistryError::ManifestInvalid(format!(
-                    "layers[{i}] names URL {url:?}, which validation.manifests.urls does not allow"
+                    "descriptor {} names URL {url:?}, which is not an http(s) URL without a fragment allowed by validation.manifests.urls",
+                    d.digest
                 )));
             }
         }
@@ -127,10 +119,7 @@ impl Registry {
         let mut required_manifests = Vec::new();
         match parsed.kind {
             Kind::Image => {
-                let wanted: Vec<&Descriptor> = parsed
-                    .blob_references()
-                    .filter(|d| !is_foreign(d))
-                    .collect();
+                let wanted: Vec<&Descriptor> = parsed.blob_references().collect();
                 let digests: Vec<Digest> = wanted.iter().map(|d| d.digest.clone()).collect();
                 let sizes = self.meta.linked_blobs(repo, &digests).await?;
                 let mut missing = Vec::new();

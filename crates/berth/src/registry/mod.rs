@@ -61,8 +61,13 @@ pub struct UrlPolicy {
 }
 
 impl UrlPolicy {
+    /// An http or https URL without a fragment (as Distribution requires), matching the
+    /// patterns.
     pub fn permits(&self, url: &str) -> bool {
-        (self.allow.is_empty() || self.allow.iter().any(|r| r.is_match(url)))
+        let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+        let web = lower.starts_with("http://") || lower.starts_with("https://");
+        web && !url.contains('#')
+            && (self.allow.is_empty() || self.allow.iter().any(|r| r.is_match(url)))
             && !self.deny.iter().any(|r| r.is_match(url))
     }
 }
