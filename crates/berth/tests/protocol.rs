@@ -1711,6 +1711,55 @@ async fn foreign_media_types_without_urls_are_checked() {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
+/// Each referrer can carry large annotations: a page is bounded by bytes too (the
+/// manifest size limit, as a client reads the page as an index), not only by count.
+#[tokio::test]
+async fn referrers_pages_are_bounded_by_bytes() {
+    let a = Api::with("limits:\n  manifestsize: 8192\n");
+    let (subject, sd) = a.push_image("fat", "v1", "m").await;
+    let empty = a.push_blob("fat", b"{}").await;
+    let mut want = Vec::new();
+    for i in 0..6 {
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.note",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": sd.as_str(), "size": subject.len()},
+            "annotations": {"n": i.to_string(), "pad": "x".repeat(3000)},
+        }))
+        .expect("json");
+        let d = sha256(&m);
+        assert_eq!(
+            a.put_manifest("fat", d.as_str(), OCI_MANIFEST, &m)
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+        want.push(d.to_string());
+    }
+    want.sort();
+    let mut got = Vec::new();
+    let mut next = Some(format!("/v2/fat/referrers/{sd}"));
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        let r = a.get(&path).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        next = hdr(&r, "link").map(|l| l[1..l.find('>').expect(">")].to_string());
+        let body = r.bytes().await.expect("body");
+        assert!(body.len() <= 8192, "a page of {} bytes", body.len());
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        let page = v["manifests"].as_array().expect("manifests");
+        assert!(!page.is_empty());
+        got.extend(
+            page.iter()
+                .map(|m| m["digest"].as_str().expect("digest").to_string()),
+        );
+    }
+    assert_eq!(pages, 3, "two entries of about 3 KB per 8 KiB page");
+    assert_eq!(got, want);
+}
+
 #[tokio::test]
 async fn referrers_paginate_with_link() {
     let a = Api::with("limits:\n  pageentries: 2\n");

@@ -84,6 +84,17 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
+impl Referrer {
+    /// About how many bytes this entry takes in a referrers listing.
+    pub fn listed_bytes(&self) -> u64 {
+        let text = self.digest.as_str().len()
+            + self.media_type.len()
+            + self.artifact_type.as_deref().map_or(0, str::len)
+            + self.annotations.as_deref().map_or(0, str::len);
+        text as u64 + 96
+    }
+}
+
 /// An upload session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadSession {
@@ -188,7 +199,10 @@ pub trait Manifests: Send + Sync {
         limit: u32,
     ) -> Result<Option<Vec<String>>>;
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type,
-    /// in digest order after `after`, at most `limit`.
+    /// in digest order after `after`: at most `limit`, stopping after the first entry
+    /// (other than the first one) at which the running total of
+    /// [`Referrer::listed_bytes`] exceeds `max_bytes`, so that large annotations stay
+    /// bounded in memory and the caller still sees whether more follow its page.
     async fn referrers(
         &self,
         repo: &RepoName,
@@ -196,6 +210,7 @@ pub trait Manifests: Send + Sync {
         artifact_type: Option<&str>,
         after: Option<&str>,
         limit: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Referrer>>;
 }
 

@@ -9,6 +9,7 @@ use super::{
     now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
     Result, StoredManifest, UploadSession, Uploads,
 };
+use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -528,8 +529,9 @@ impl Manifests for SqliteMeta {
         artifact_type: Option<&str>,
         after: Option<&str>,
         limit: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Referrer>> {
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
              FROM repositories r JOIN manifests m ON m.repository_id = r.id
              WHERE r.name = ?1 AND m.subject = ?2 AND (?3 IS NULL OR m.artifact_type = ?3)
@@ -541,19 +543,24 @@ impl Manifests for SqliteMeta {
         .bind(artifact_type)
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Referrer {
-                    digest: digest(r.get(0))?,
-                    media_type: r.get(1),
-                    size: r.get::<i64, _>(2) as u64,
-                    artifact_type: r.get(3),
-                    annotations: r.get(4),
-                })
-            })
-            .collect()
+        .fetch(&self.reader);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(r) = rows.try_next().await? {
+            let referrer = Referrer {
+                digest: digest(r.get(0))?,
+                media_type: r.get(1),
+                size: r.get::<i64, _>(2) as u64,
+                artifact_type: r.get(3),
+                annotations: r.get(4),
+            };
+            bytes += referrer.listed_bytes();
+            out.push(referrer);
+            if bytes > max_bytes && out.len() > 1 {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -121,30 +121,59 @@ pub async fn run(m: &dyn MetaStore) {
     m.put_manifest(&a, &sig, &[], &[]).await.expect("sig");
     m.put_manifest(&a, &sbom, &[], &[]).await.expect("sbom");
     let all = m
-        .referrers(&a, &m1.digest, None, None, 100)
+        .referrers(&a, &m1.digest, None, None, 100, u64::MAX)
         .await
         .expect("referrers");
     assert_eq!(all.len(), 2);
     let only = m
-        .referrers(&a, &m1.digest, Some("application/x.sig"), None, 100)
+        .referrers(
+            &a,
+            &m1.digest,
+            Some("application/x.sig"),
+            None,
+            100,
+            u64::MAX,
+        )
         .await
         .expect("referrers");
     assert_eq!(only.len(), 1);
     let first = m
-        .referrers(&a, &m1.digest, None, None, 1)
+        .referrers(&a, &m1.digest, None, None, 1, u64::MAX)
         .await
         .expect("referrers page");
     let rest = m
-        .referrers(&a, &m1.digest, None, Some(first[0].digest.as_str()), 10)
+        .referrers(
+            &a,
+            &m1.digest,
+            None,
+            Some(first[0].digest.as_str()),
+            10,
+            u64::MAX,
+        )
         .await
         .expect("referrers page");
     assert_eq!(first.len() + rest.len(), 2);
     assert!(first[0].digest < rest[0].digest);
+    // A byte budget: the entry past it is returned (so the caller sees more follow),
+    // and the first entry always comes with the one after it.
+    let one = all[0].listed_bytes();
+    for (budget, want) in [(0, 2), (one, 2), (u64::MAX, 2)] {
+        let got = m
+            .referrers(&a, &m1.digest, None, None, 100, budget)
+            .await
+            .expect("referrers by bytes");
+        assert_eq!(got.len(), want, "budget {budget}");
+    }
+    let got = m
+        .referrers(&a, &m1.digest, None, Some(first[0].digest.as_str()), 100, 0)
+        .await
+        .expect("referrers by bytes");
+    assert_eq!(got.len(), 1, "the last entry alone");
     assert_eq!(only[0].digest, sig.digest);
     assert_eq!(only[0].size, 3);
     assert_eq!(only[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
     assert!(m
-        .referrers(&b, &m1.digest, None, None, 100)
+        .referrers(&b, &m1.digest, None, None, 100, u64::MAX)
         .await
         .expect("referrers")
         .is_empty());

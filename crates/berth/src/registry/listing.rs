@@ -76,13 +76,33 @@ impl Registry {
         artifact_type: Option<&str>,
         last: Option<&str>,
     ) -> Result<(Vec<Referrer>, Option<String>)> {
-        let n = self.settings.max_page_entries;
+        // A page is bounded by entries and by bytes: each entry may carry annotations
+        // up to a manifest's size, and a page is an image index a client reads whole,
+        // so it is kept within the manifest size limit (one entry at least).
+        let n = self.settings.max_page_entries as usize;
+        let max_bytes = self.settings.max_manifest_bytes as u64;
         let mut list = self
             .meta
-            .referrers(repo, subject, artifact_type, last, n.saturating_add(1))
+            .referrers(
+                repo,
+                subject,
+                artifact_type,
+                last,
+                self.settings.max_page_entries.saturating_add(1),
+                max_bytes,
+            )
             .await?;
-        let next = (list.len() > n as usize).then(|| {
-            list.truncate(n as usize);
+        let mut bytes = 0u64;
+        let fits = list
+            .iter()
+            .enumerate()
+            .take_while(|(i, r)| {
+                bytes += r.listed_bytes();
+                *i == 0 || (*i < n && bytes <= max_bytes)
+            })
+            .count();
+        let next = (list.len() > fits).then(|| {
+            list.truncate(fits);
             list.last().map(|r| r.digest.to_string())
         });
         Ok((list, next.flatten()))
