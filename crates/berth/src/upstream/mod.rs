@@ -199,7 +199,15 @@ impl HttpUpstream {
                 format!("refused a token for {scope} with {status}{hint}"),
             ));
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| {
+        let body = self
+            .read_limited(
+                resp,
+                MAX_TOKEN_RESPONSE_BYTES,
+                &format!("token service {realm}"),
+                "the token response limit",
+            )
+            .await?;
+        let body: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             self.failed(
                 &format!("token service {realm}"),
                 format!("sent an unreadable answer: {e}"),
@@ -267,6 +275,31 @@ impl HttpUpstream {
                 self.base
             )));
         }
+    }
+
+    /// Read a whole answer of at most `limit` bytes (`limit_name` says which limit in
+    /// the error); `what` names the request in errors.
+    async fn read_limited(
+        &self,
+        resp: Response,
+        limit: usize,
+        what: &str,
+        limit_name: &str,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let mut content = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| self.failed(&format!("broke off {what}"), error_chain(&e)))?;
+            if content.len() + chunk.len() > limit {
+                return Err(self.failed(
+                    &format!("answered {what}"),
+                    format!("with more than {limit} bytes ({limit_name})"),
+                ));
+            }
+            content.extend_from_slice(&chunk);
+        }
+        Ok(content)
     }
 
     /// Map a non-success status to an error (404 -> not found).
@@ -367,20 +400,14 @@ impl Upstream for HttpUpstream {
             .and_then(|v| v.to_str().ok())
             .map(|v| media::essence(v).to_string())
             .unwrap_or_default();
-        let limit = self.max_manifest_bytes;
-        let mut content = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk
-                .map_err(|e| self.failed(&format!("broke off GET {path}"), error_chain(&e)))?;
-            if content.len() + chunk.len() > limit {
-                return Err(self.failed(
-                    &format!("sent a manifest for {path}"),
-                    format!("larger than limits.manifestsize ({limit} bytes)"),
-                ));
-            }
-            content.extend_from_slice(&chunk);
-        }
+        let content = self
+            .read_limited(
+                resp,
+                self.max_manifest_bytes,
+                &format!("GET {path}"),
+                "limits.manifestsize",
+            )
+            .await?;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &content);
@@ -479,13 +506,27 @@ impl Upstream for HttpUpstream {
                 .get(reqwest::header::LINK)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| next_page(&self.base, v));
-            let list: TagList = resp.json().await.map_err(|e| {
+            let body = self
+                .read_limited(
+                    resp,
+                    MAX_TAG_PAGE_BYTES,
+                    &format!("GET {path}"),
+                    "the tag-list page limit",
+                )
+                .await?;
+            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
                 self.failed(
                     &format!("answered GET {path} with"),
                     format!("an unreadable tag list: {e}"),
                 )
             })?;
             tags.extend(list.tags.unwrap_or_default());
+            if tags.len() > MAX_TAGS {
+                return Err(self.failed(
+                    &format!("listed more than {MAX_TAGS} tags for {repo}"),
+                    "giving up: ask for pages with n and last",
+                ));
+            }
             // With `n`, pages until `n` tags are in hand: an upstream may cap its pages
             // below `n`, and a short page would tell the client the list has ended.
             match next {
@@ -501,7 +542,13 @@ impl Upstream for HttpUpstream {
 }
 
 /// Most upstream tag-list pages one listing follows.
-const MAX_TAG_PAGES: usize = 1000;
+const MAX_TAG_PAGES: usize = 100;
+/// Most tags one listing gathers from the upstream.
+const MAX_TAGS: usize = 100_000;
+/// Largest upstream tag-list page read.
+const MAX_TAG_PAGE_BYTES: usize = 8 << 20;
+/// Largest token-service answer read (a JWT with a certificate chain is a few KiB).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
 
 /// The path (and query) of a `Link: <...>; rel="next"` target on the registry at `base`;
 /// `None` without one, or when it points to another origin.
@@ -534,6 +581,89 @@ mod tests {
 
     fn url(s: &str) -> reqwest::Url {
         reqwest::Url::parse(s).expect("url")
+    }
+
+    /// A one-route-at-a-time HTTP/1.1 server on 127.0.0.1 answering every request with
+    /// `answer(path, base)` (status line and headers, body); returns its base URL.
+    async fn tiny_server(
+        answer: impl Fn(&str, &str) -> (String, Vec<u8>) + Send + Sync + 'static,
+    ) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let answer = std::sync::Arc::new(answer);
+        let b = base.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (answer, base) = (answer.clone(), b.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (head, body) = answer(&path, &base);
+                    let head = format!(
+                        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn upstream_answers_are_bounded() {
+        let repo: RepoName = "lib/app".parse().expect("repo");
+        // A token service answering with more than a token could ever need.
+        let base = tiny_server(|path, base| {
+            if path.starts_with("/token") {
+                ("HTTP/1.1 200 OK".into(), vec![b' '; 2 << 20])
+            } else {
+                (
+                    format!("HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"{base}/token\",service=\"t\""),
+                    Vec::new(),
+                )
+            }
+        })
+        .await;
+        let up = HttpUpstream::new(&base, None, 1 << 20).expect("upstream");
+        let err = up
+            .tags(&repo, None, None)
+            .await
+            .expect_err("huge token answer");
+        assert!(err.to_string().contains("token response limit"), "{err}");
+
+        // Tag lists: an endless chain of Link pages, and one oversized page.
+        let base = tiny_server(|path, _| {
+            if path.contains("huge") {
+                let mut body = br#"{"tags":[""#.to_vec();
+                body.extend(vec![b'a'; 9 << 20]);
+                body.extend(br#""]}"#);
+                return ("HTTP/1.1 200 OK".into(), body);
+            }
+            (
+                "HTTP/1.1 200 OK\r\nlink: </v2/lib/app/tags/list?last=x>; rel=\"next\"".into(),
+                br#"{"tags":["x"]}"#.to_vec(),
+            )
+        })
+        .await;
+        let up = HttpUpstream::new(&base, None, 1 << 20).expect("upstream");
+        let err = up.tags(&repo, None, None).await.expect_err("endless pages");
+        assert!(err.to_string().contains("more than 100 pages"), "{err}");
+        let huge: RepoName = "lib/huge".parse().expect("repo");
+        let err = up.tags(&huge, None, None).await.expect_err("huge page");
+        assert!(err.to_string().contains("tag-list page limit"), "{err}");
     }
 
     #[test]
