@@ -535,7 +535,7 @@ async fn upload_status(c: &Client, b: &Berth, location: &str) -> StatusCode {
 
 fn upload_file(b: &Berth, location: &str) -> std::path::PathBuf {
     let id = location.rsplit('/').next().expect("uuid");
-    b.data_dir().join("uploads").join(id)
+    b.upload_path(id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +613,8 @@ async fn upload_purging_dry_run_keeps_everything() {
 /// mid pull-through fill or mid monolithic push leaves, or a kept copy whose cleanup
 /// failed).
 fn plant_orphan(b: &Berth, name: &str) -> std::path::PathBuf {
-    let path = b.data_dir().join("uploads").join(name);
+    let path = b.upload_path(name);
+    std::fs::create_dir_all(path.parent().expect("fan-out")).expect("mkdir");
     std::fs::write(&path, b"bytes nothing records").expect("plant orphan");
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     std::fs::File::options()

@@ -1244,9 +1244,7 @@ async fn blobs_are_content_addressed_files() {
             .join(&d.hex()[..2])
             .join(d.hex());
     assert_eq!(std::fs::read(&path).expect("blob file"), b"dedup me");
-    let uploads: Vec<_> = std::fs::read_dir(a.b.data_dir().join("uploads"))
-        .expect("uploads")
-        .collect();
+    let uploads = a.b.upload_files();
     assert!(
         uploads.is_empty(),
         "no upload files left behind: {uploads:?}"

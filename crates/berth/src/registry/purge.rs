@@ -132,10 +132,9 @@ impl Registry {
             let lock = self.uploads.lock(&upload.id).await;
             let still_old = self
                 .blobs
-                .list_uploads()
+                .upload_written(&upload.id)
                 .await?
-                .into_iter()
-                .any(|u| u.id == upload.id && u.modified < cutoff);
+                .is_some_and(|written| written < cutoff);
             if !still_old {
                 drop(lock);
                 continue;

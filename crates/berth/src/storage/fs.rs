@@ -4,9 +4,9 @@
 //! ```text
 //! <root>/
 //!   blobs/<algorithm>/<first two hex>/<hex>   committed, immutable, content-addressed
-//!   uploads/<upload id>                       in-progress upload data (appends go here)
-//!   uploads/<upload id>.kept                  a committed upload's bytes, until deleted
-//!   uploads/<upload id>.commit                a commit's staging link (transient)
+//!   uploads/<id[0..2]>/<upload id>           in-progress upload data (appends go here)
+//!   uploads/<id[0..2]>/<upload id>.kept       a committed upload's bytes, until deleted
+//!   uploads/<id[0..2]>/<upload id>.commit     a commit's staging link (transient)
 //!   trash/<algorithm>-<hex>-<uuid>            blobs garbage collection moved aside
 //! ```
 //! Writes go to `uploads/`, are fsynced, and become visible when the upload is renamed to
@@ -45,6 +45,7 @@ impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<FsBlobStore> {
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
+        fan_out_legacy_uploads(&root.join("uploads"))?;
         std::fs::create_dir_all(root.join("trash"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
@@ -82,7 +83,13 @@ impl FsBlobStore {
         if !super::valid_upload_id(id) {
             return Err(StorageError::InvalidUploadId);
         }
-        Ok(self.root.join("uploads").join(id))
+        Ok(self.upload_dir(id).join(id))
+    }
+
+    /// The directory an upload's files live in: fanned out by the id's first two
+    /// characters, so no one directory holds every upload.
+    fn upload_dir(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(id.get(..2).unwrap_or(id))
     }
 }
 
@@ -276,8 +283,13 @@ impl super::BlobStore for FsBlobStore {
 
     async fn create_upload(&self, id: &str) -> Result<()> {
         let path = self.upload_path(id)?;
-        let dir = self.root.join("uploads");
+        let dir = self.upload_dir(id);
+        let uploads = self.root.join("uploads");
         blocking(move || {
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)?;
+                fsync_dir(&uploads)?;
+            }
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -410,7 +422,7 @@ impl super::BlobStore for FsBlobStore {
         let open = self.upload_path(id)?;
         let kept = kept_path(&open);
         let staged = open.with_extension("commit");
-        let uploads = self.root.join("uploads");
+        let uploads = self.upload_dir(id);
         let to = self.blob_path(digest);
         blocking(move || {
             // The first commit renames the upload to its kept name, which no append ever
@@ -576,7 +588,9 @@ impl super::BlobStore for FsBlobStore {
         let expected = digest.clone();
         let algorithm = digest.algorithm();
         let staged2 = staged.clone();
+        let dir = self.upload_dir(&id);
         let checked = blocking(move || {
+            std::fs::create_dir_all(&dir)?;
             let (size, actual, how) = link_or_copy(&source, &staged2, algorithm)?;
             if actual != expected {
                 return Err(StorageError::DigestMismatch {
@@ -602,26 +616,49 @@ impl super::BlobStore for FsBlobStore {
         blocking(move || {
             let mut by_id: std::collections::HashMap<String, std::time::SystemTime> =
                 std::collections::HashMap::new();
-            for entry in std::fs::read_dir(&dir)? {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(id) = upload_id_of(&name) else {
+            for fan in std::fs::read_dir(&dir)? {
+                let fan = fan?;
+                if !fan.file_type()?.is_dir() {
                     continue;
-                };
-                let modified = match entry.metadata() {
-                    Ok(m) if m.is_file() => m.modified()?,
-                    Ok(_) => continue,
-                    // Deleted or committed meanwhile.
+                }
+                let entries = match std::fs::read_dir(fan.path()) {
+                    Ok(entries) => entries,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let latest = by_id.entry(id.to_string()).or_insert(modified);
-                *latest = (*latest).max(modified);
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some(id) = upload_id_of(&name) else {
+                        continue;
+                    };
+                    let Some(modified) = modified_file(entry.metadata())? else {
+                        continue;
+                    };
+                    let latest = by_id.entry(id.to_string()).or_insert(modified);
+                    *latest = (*latest).max(modified);
+                }
             }
             Ok(by_id
                 .into_iter()
                 .map(|(id, modified)| super::StoredUpload { id, modified })
                 .collect())
+        })
+        .await
+    }
+
+    async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>> {
+        let open = self.upload_path(id)?;
+        blocking(move || {
+            let mut latest = None;
+            for name in [
+                open.clone(),
+                kept_path(&open),
+                open.with_extension("commit"),
+            ] {
+                latest = latest.max(modified_file(std::fs::metadata(&name))?);
+            }
+            Ok(latest)
         })
         .await
     }
@@ -636,6 +673,44 @@ impl super::BlobStore for FsBlobStore {
         })
         .await
     }
+}
+
+/// When a file was last written; `None` for a directory or a file gone meanwhile
+/// (deleted or committed).
+fn modified_file(meta: io::Result<std::fs::Metadata>) -> io::Result<Option<std::time::SystemTime>> {
+    match meta {
+        Ok(m) if m.is_file() => m.modified().map(Some),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Move upload files of the flat layout older versions wrote (`uploads/<id>`) into
+/// their fanned-out directories, so sessions in flight across an upgrade go on. Only
+/// finds anything on the first start after an upgrade; renames are atomic, so an
+/// interrupted move resumes at the next start.
+fn fan_out_legacy_uploads(uploads: &Path) -> io::Result<()> {
+    let mut moved = false;
+    for entry in std::fs::read_dir(uploads)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = upload_id_of(&name) else {
+            continue;
+        };
+        let dir = uploads.join(id.get(..2).unwrap_or(id));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(entry.path(), dir.join(&name))?;
+        fsync_dir(&dir)?;
+        moved = true;
+    }
+    if moved {
+        fsync_dir(uploads)?;
+    }
+    Ok(())
 }
 
 /// The upload id a file in `uploads/` belongs to (`<id>`, `<id>.kept`, `<id>.commit`).
@@ -778,13 +853,85 @@ impl futures_util::Stream for FileChunks {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// Every file under `root/uploads/`, at any depth.
+    pub(crate) fn upload_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&root.join("uploads"), &mut out);
+        out
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = super::FsBlobStore::open(dir.path()).expect("open");
         crate::storage::testsuite::run(&store).await;
         crate::storage::testsuite::import_file(&store).await;
+    }
+
+    #[tokio::test]
+    async fn uploads_fan_out_and_legacy_ones_move_in() {
+        use crate::storage::BlobStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let store = super::FsBlobStore::open(&root).expect("open");
+        store.create_upload("abcd").await.expect("create");
+        assert_eq!(upload_files(&root), [root.join("uploads/ab/abcd")]);
+        legacy_uploads_move_in().await;
+    }
+
+    async fn legacy_uploads_move_in() {
+        use crate::storage::{BlobStore, UploadProgress};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        // An upload in flight in the flat layout of older versions.
+        let id = "0b6c3c1e-6f0a-4c9e-9a57-2d4b6d1c1f00";
+        std::fs::create_dir_all(root.join("uploads")).expect("mkdir");
+        std::fs::write(root.join("uploads").join(id), b"hello, ").expect("legacy upload");
+        let store = super::FsBlobStore::open(&root).expect("open");
+        assert!(
+            root.join("uploads/0b").join(id).is_file(),
+            "moved into its fan-out"
+        );
+        assert!(!root.join("uploads").join(id).exists());
+        assert_eq!(store.upload_size(id).await.expect("size"), 7);
+        let progress = store
+            .rehash_upload(id, oci::Algorithm::Sha256)
+            .await
+            .expect("rehash");
+        let UploadProgress { size, .. } = store
+            .append_upload(
+                id,
+                progress,
+                Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from_static(
+                    b"berth",
+                ))])),
+                u64::MAX,
+            )
+            .await
+            .expect("append");
+        assert_eq!(size, 12);
+        // New uploads go into their own fan-out directory.
+        store.create_upload("ffee-1").await.expect("create");
+        assert!(root.join("uploads/ff/ffee-1").is_file());
+        let mut ids: Vec<String> = store
+            .list_uploads()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|u| u.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, [id, "ffee-1"]);
     }
 
     #[tokio::test]
@@ -800,8 +947,11 @@ mod tests {
         assert_eq!(how, Ingest::Linked);
         let ino = |p: &std::path::Path| std::fs::metadata(p).expect("stat").ino();
         assert_eq!(ino(&store.blob_path(&digest)), ino(&source));
-        let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
-        assert_eq!(uploads.count(), 0, "no staged file left behind");
+        assert_eq!(
+            upload_files(&dir.path().join("root")).len(),
+            0,
+            "no staged file left behind"
+        );
     }
 
     /// Across filesystems a hard link is impossible: the blob is copied (and verified).
@@ -838,7 +988,10 @@ mod tests {
             Err(StorageError::DigestMismatch { .. })
         ));
         assert!(!store.blob_path(&wrong).exists());
-        let uploads = std::fs::read_dir(dir.path().join("root/uploads")).expect("ls");
-        assert_eq!(uploads.count(), 0, "no staged copy left behind");
+        assert_eq!(
+            upload_files(&dir.path().join("root")).len(),
+            0,
+            "no staged copy left behind"
+        );
     }
 }

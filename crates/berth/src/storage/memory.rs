@@ -251,6 +251,16 @@ impl super::BlobStore for MemoryBlobStore {
             .collect())
     }
 
+    async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>> {
+        let present = lock(&self.uploads).contains_key(id) || lock(&self.kept).contains_key(id);
+        Ok(present.then(|| {
+            lock(&self.touched)
+                .get(id)
+                .copied()
+                .unwrap_or(std::time::UNIX_EPOCH)
+        }))
+    }
+
     async fn delete_upload(&self, id: &str) -> Result<()> {
         lock(&self.uploads).remove(id);
         lock(&self.kept).remove(id);

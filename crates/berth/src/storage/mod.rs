@@ -68,6 +68,24 @@ pub enum StorageError {
     Source { path: PathBuf, source: io::Error },
 }
 
+impl StorageError {
+    /// The filesystem or object store ran out of space (or quota).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StorageError::Io(e) | StorageError::Source { source: e, .. } => out_of_space(e),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// How [`BlobStore::import_file`] brought a file in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingest {
@@ -165,6 +183,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Every upload in storage, open or committed and not yet deleted (upload purging
     /// finds those nothing records), one entry per id, in no particular order.
     async fn list_uploads(&self) -> Result<Vec<StoredUpload>>;
+    /// When one upload was last written (or committed), by the latest of its names;
+    /// `None` when it has none left.
+    async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>>;
 
     /// Bring the file at `source` (outside the store) in as blob `digest`: a hard link when
     /// the backend can make one, a copy otherwise. Either way the stored content is hashed

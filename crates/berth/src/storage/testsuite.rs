@@ -238,8 +238,14 @@ pub async fn run(store: &dyn BlobStore) {
     );
     for u in &listed {
         assert!(u.modified.elapsed().unwrap_or_default() < std::time::Duration::from_secs(600));
+        // One upload's time, without listing them all, agrees with the listing.
+        assert_eq!(
+            store.upload_written(&u.id).await.expect("written"),
+            Some(u.modified)
+        );
     }
     store.delete_upload("u4").await.expect("delete upload");
+    assert_eq!(store.upload_written("u4").await.expect("written"), None);
 
     // Cancel and delete.
     store.delete_upload("u3").await.expect("delete upload");

@@ -141,12 +141,38 @@ impl Berth {
 
     /// Sizes of the files in the upload area.
     pub fn upload_file_sizes(&self) -> Vec<u64> {
-        std::fs::read_dir(self.data_dir().join("uploads"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.metadata().ok().map(|m| m.len()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.upload_files()
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+            .collect()
+    }
+
+    /// The files in the upload area (`uploads/<first two characters>/<name>`).
+    pub fn upload_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for fan in std::fs::read_dir(self.data_dir().join("uploads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            files.extend(
+                std::fs::read_dir(fan.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+        files
+    }
+
+    /// Where the upload area keeps the file named `name` (an upload id, or
+    /// `<id>.kept`).
+    pub fn upload_path(&self, name: &str) -> PathBuf {
+        self.data_dir()
+            .join("uploads")
+            .join(name.get(..2).unwrap_or(name))
+            .join(name)
     }
 }
 
