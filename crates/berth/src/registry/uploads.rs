@@ -8,7 +8,7 @@
 
 use super::events::Action;
 use super::{Registry, RegistryError, Result};
-use crate::meta::{now, UploadSession};
+use crate::meta::{now, SessionCapReached, UploadSession};
 use crate::storage::{ByteStream, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -18,6 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Where an upload stands.
 #[derive(Debug, Clone)]
@@ -38,22 +39,44 @@ type Slot = Arc<tokio::sync::Mutex<Option<UploadProgress>>>;
 /// An upload's lock, owning the cached state; it can move into a task.
 type Guard = tokio::sync::OwnedMutexGuard<Option<UploadProgress>>;
 
-/// Upload hash states by upload id.
+/// Upload hash states by upload id, with when each was last asked for.
 #[derive(Default)]
 pub(super) struct UploadCache {
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_id: HashMap<String, (Slot, Instant)>,
+    last_sweep: Option<Instant>,
 }
 
 /// Beyond this many cached states, idle ones are dropped (they can be rebuilt).
 const MAX_CACHED_UPLOADS: usize = 4096;
+/// A state nobody has asked for in this long belongs to a session nobody is writing
+/// to: it is dropped (the next chunk, if one ever comes, rebuilds it from storage).
+const IDLE_STATE: Duration = Duration::from_secs(60);
 
 impl UploadCache {
     fn slot(&self, id: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if slots.len() >= MAX_CACHED_UPLOADS && !slots.contains_key(id) {
-            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        let now = Instant::now();
+        let full = slots.by_id.len() >= MAX_CACHED_UPLOADS && !slots.by_id.contains_key(id);
+        let due = slots
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= IDLE_STATE / 4);
+        if full || due {
+            slots.last_sweep = Some(now);
+            slots.by_id.retain(|_, (s, used)| {
+                Arc::strong_count(s) > 1 || (!full && now.duration_since(*used) < IDLE_STATE)
+            });
         }
-        slots.entry(id.to_string()).or_default().clone()
+        let entry = slots
+            .by_id
+            .entry(id.to_string())
+            .or_insert_with(|| (Slot::default(), now));
+        entry.1 = now;
+        entry.0.clone()
     }
 
     pub(super) async fn lock(&self, id: &str) -> Guard {
@@ -64,6 +87,7 @@ impl UploadCache {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_id
             .remove(id);
     }
 }
@@ -166,15 +190,34 @@ impl Registry {
     /// Open an upload session.
     pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadState> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.blobs.create_upload(&id).await?;
-        self.meta
-            .create_upload(&UploadSession {
-                id: id.clone(),
-                repository: repo.clone(),
-                algorithm,
-                created_at: now(),
-            })
+        let caps = self.settings.upload_sessions;
+        let recorded = self
+            .meta
+            .create_upload(
+                &UploadSession {
+                    id: id.clone(),
+                    repository: repo.clone(),
+                    algorithm,
+                    created_at: now(),
+                },
+                caps,
+            )
             .await?;
+        if let Err(reached) = recorded {
+            let (limit, whose, key) = match reached {
+                SessionCapReached::Repository(n) => {
+                    (n, "this repository", "limits.repositoryuploadsessions")
+                }
+                SessionCapReached::Total(n) => (n, "the registry", "limits.uploadsessions"),
+            };
+            return Err(RegistryError::TooManyUploads(format!(
+                "{whose} already has {limit} open upload sessions ({key}): finish or cancel some, or wait for abandoned ones to be purged, then retry"
+            )));
+        }
+        if let Err(e) = self.blobs.create_upload(&id).await {
+            self.meta.delete_upload(&id).await?;
+            return Err(e.into());
+        }
         Ok(UploadState { id, size: 0 })
     }
 
@@ -525,9 +568,7 @@ mod tests {
             Err(RegistryError::UploadUnknown)
         ));
         if fs {
-            let left: Vec<_> = std::fs::read_dir(root.join("uploads"))
-                .expect("ls")
-                .collect();
+            let left = crate::storage::fs::tests::upload_files(&root);
             assert!(left.is_empty(), "upload files left: {left:?}");
         }
         // Pushing the blob again works as usual.
@@ -549,5 +590,54 @@ mod tests {
     async fn a_retry_after_a_commit_cannot_change_the_blob() {
         retry_after_a_failed_finish(true).await;
         retry_after_a_failed_finish(false).await;
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    impl UploadCache {
+        fn held(&self) -> usize {
+            self.slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_id
+                .len()
+        }
+
+        /// Pretend every state was last asked for `ago` earlier than it was.
+        fn age(&self, ago: Duration) {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, used) in slots.by_id.values_mut() {
+                *used = used.checked_sub(ago).unwrap_or(*used);
+            }
+            slots.last_sweep = slots.last_sweep.and_then(|t| t.checked_sub(ago));
+        }
+    }
+
+    #[tokio::test]
+    async fn states_of_abandoned_sessions_are_dropped() {
+        let cache = UploadCache::default();
+        for i in 0..100 {
+            let mut guard = cache.lock(&format!("abandoned-{i}")).await;
+            *guard = Some(UploadProgress {
+                size: 1,
+                hasher: Algorithm::Sha256.hasher(),
+            });
+        }
+        let busy = cache.lock("busy").await;
+        assert_eq!(cache.held(), 101);
+        // Within the idle time nothing goes; after it, every state nobody holds does.
+        drop(cache.lock("fresh").await);
+        assert_eq!(cache.held(), 102);
+        cache.age(IDLE_STATE + Duration::from_secs(1));
+        drop(cache.lock("fresh").await);
+        assert_eq!(
+            cache.held(),
+            2,
+            "only the held lock and the fresh state stay"
+        );
+        drop(busy);
     }
 }
