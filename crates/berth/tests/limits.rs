@@ -140,3 +140,127 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(sha256(&r.bytes().await.expect("body")), d);
 }
+
+/// `POST .../blobs/uploads/`: the status, the error code if any, and the Location.
+async fn open_session(url: &str, repo: &str) -> (StatusCode, String, Option<String>) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .expect("post");
+    let status = r.status();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = r.text().await.expect("body");
+    (status, body, location)
+}
+
+#[tokio::test]
+async fn open_upload_sessions_are_capped() {
+    let b = Berth::start_with_config(&config(
+        "limits:\n  uploadsessions: 5\n  repositoryuploadsessions: 3\n",
+    ));
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (status, _, location) = open_session(&b.url, "capped/one").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        sessions.push(location.expect("location"));
+    }
+    let (status, body, _) = open_session(&b.url, "capped/one").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+    assert!(body.contains("limits.repositoryuploadsessions"), "{body}");
+    for _ in 0..2 {
+        let (status, _, _) = open_session(&b.url, "capped/two").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let (status, body, _) = open_session(&b.url, "capped/three").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body.contains("limits.uploadsessions"), "{body}");
+    // At the cap, a whole blob in one request (no session) still goes in.
+    let reg = Registry::new(&b.url);
+    reg.push_blob("capped/three", b"monolithic").await;
+    // A cancelled session makes room.
+    let cancelled = reqwest::Client::new()
+        .delete(format!("{}{}", b.url, sessions[0]))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(cancelled.status(), StatusCode::NO_CONTENT);
+    let (status, _, _) = open_session(&b.url, "capped/three").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Upload files live in fanned-out directories, not one flat one.
+    let files = b.upload_files();
+    assert_eq!(files.len(), 5, "{files:?}");
+    for f in files {
+        let fan = f.parent().and_then(|p| p.file_name()).expect("fan-out dir");
+        let name = f.file_name().expect("name").to_string_lossy().into_owned();
+        assert_eq!(fan.to_string_lossy(), name[..2], "{f:?}");
+    }
+}
+
+/// A full disk: the client is told the registry is out of space (in the spec's error
+/// envelope), and what was stored before stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a 24 MiB tmpfs failed: this test needs root (the README's test command runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+        mount.join("data").display()
+    ));
+    let reg = Registry::new(&b.url);
+    let small = reg
+        .push_blob("full/app", b"stored before the disk filled")
+        .await;
+    let big: Vec<u8> = (0..40u32 << 20).map(|i| (i % 241) as u8).collect();
+    let d = sha256(&big);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/full/app/blobs/uploads/?digest={d}", b.url))
+        .body(big)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("\"errors\""), "the spec's envelope: {body}");
+    assert!(body.contains("out of storage space"), "{body}");
+    let logged = b.log_lines().join("\n");
+    assert!(
+        logged.contains("No space left on device"),
+        "ENOSPC is logged: {logged}"
+    );
+    // Nothing half-written is visible, what was there is intact, and space comes back.
+    let r = reqwest::get(format!("{}/v2/full/app/blobs/{d}", b.url))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = reqwest::get(format!("{}/v2/full/app/blobs/{small}", b.url))
+        .await
+        .expect("get");
+    assert_eq!(sha256(&r.bytes().await.expect("body")), small);
+    reg.push_blob("full/app", b"after the failed push").await;
+}

@@ -84,6 +84,9 @@ pub struct Config {
     pub max_page_entries: u32,
     /// `limits.chunkminlength`: the `OCI-Chunk-Min-Length` advertised (default 0: none).
     pub chunk_min_length: u64,
+    /// `limits.uploadsessions` and `limits.repositoryuploadsessions`: most open upload
+    /// sessions overall and per repository.
+    pub upload_sessions: crate::meta::SessionCaps,
     /// `notifications` and `storage.maintenance.uploadpurging`.
     pub events: events::EventsConfig,
     /// `http.debug` (debug server, Prometheus) and `health` (checks gating the main port).
@@ -117,6 +120,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(30),
             max_page_entries: s.max_page_entries,
             chunk_min_length: s.chunk_min_length,
+            upload_sessions: s.upload_sessions,
             events: events::EventsConfig {
                 endpoints: Vec::new(),
                 include_references: false,
@@ -139,6 +143,7 @@ impl Config {
             max_page_entries: self.max_page_entries,
             body_idle_timeout: self.body_idle_timeout,
             chunk_min_length: self.chunk_min_length,
+            upload_sessions: self.upload_sessions,
             layer_urls: self.layer_urls.clone(),
             ..Default::default()
         }
@@ -198,6 +203,8 @@ const IMPLEMENTED: &[&str] = &[
     "limits.headerreadtimeout",
     "limits.pageentries",
     "limits.chunkminlength",
+    "limits.uploadsessions",
+    "limits.repositoryuploadsessions",
     "notifications.endpoints",
     "notifications.events.includereferences",
     "storage.maintenance.uploadpurging",
@@ -793,6 +800,19 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     }
     if let Some(n) = get_size(tree, "limits.chunkminlength")? {
         c.chunk_min_length = n;
+    }
+    for (key, cap) in [
+        ("limits.uploadsessions", &mut c.upload_sessions.total),
+        (
+            "limits.repositoryuploadsessions",
+            &mut c.upload_sessions.per_repository,
+        ),
+    ] {
+        if let Some(n) = get_size(tree, key)? {
+            *cap = Some(n)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(key, "must be at least 1"))?;
+        }
     }
     c.events = events::read(tree)?;
     c.ops = ops::read(tree)?;

@@ -100,6 +100,7 @@ impl From<RegistryError> for ApiError {
                     .header(header::CONTENT_RANGE, &format!("bytes */{size}"))
             }
             E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, msg),
+            E::TooManyUploads(_) => ApiError::new(ErrorCode::TooManyRequests, msg),
             // The pull-through cache's upstream failed: a gateway error, with the cause
             // (Distribution 2.8 answers 404 MANIFEST_UNKNOWN, losing the cause).
             E::Upstream(_) => {
@@ -113,6 +114,14 @@ impl From<RegistryError> for ApiError {
                 }
                 _ => ApiError::new(ErrorCode::BlobUploadInvalid, msg),
             },
+            E::Storage(_) | E::Meta(_) if e.is_out_of_space() => {
+                tracing::error!(error = %msg, "request failed: the registry is out of storage space");
+                ApiError::with_status(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    ErrorCode::Unknown,
+                    "the registry is out of storage space: nothing was stored; its operator must free space or grow the volume, then retry",
+                )
+            }
             E::Storage(_) | E::Meta(_) => {
                 tracing::error!(error = %msg, "request failed");
                 ApiError::with_status(

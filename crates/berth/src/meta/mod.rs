@@ -32,6 +32,17 @@ pub enum MetaError {
     Busy(String),
 }
 
+impl MetaError {
+    /// The database's disk is full (SQLITE_FULL, ENOSPC).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            MetaError::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("13"),
+            MetaError::Database(sqlx::Error::Io(e)) => crate::storage::out_of_space(e),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
 /// What [`Manifests::delete_manifest`] did.
@@ -214,10 +225,41 @@ pub trait Manifests: Send + Sync {
     ) -> Result<Vec<Referrer>>;
 }
 
+/// Most open upload sessions allowed (`limits.uploadsessions`,
+/// `limits.repositoryuploadsessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    pub total: u64,
+    pub per_repository: u64,
+}
+
+impl Default for SessionCaps {
+    fn default() -> Self {
+        SessionCaps {
+            total: 10_000,
+            per_repository: 1_000,
+        }
+    }
+}
+
+/// Which cap kept a new upload session from being recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCapReached {
+    /// The repository already has this many open sessions.
+    Repository(u64),
+    /// The registry already has this many open sessions.
+    Total(u64),
+}
+
 /// Upload sessions.
 #[async_trait::async_trait]
 pub trait Uploads: Send + Sync {
-    async fn create_upload(&self, session: &UploadSession) -> Result<()>;
+    /// Record a new session unless `caps` are reached (checked and inserted atomically).
+    async fn create_upload(
+        &self,
+        session: &UploadSession,
+        caps: SessionCaps,
+    ) -> Result<std::result::Result<(), SessionCapReached>>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
 }

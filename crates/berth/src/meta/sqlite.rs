@@ -7,7 +7,7 @@
 use super::sqlite_events::insert_events;
 use super::{
     now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
-    Result, StoredManifest, UploadSession, Uploads,
+    Result, SessionCapReached, SessionCaps, StoredManifest, UploadSession, Uploads,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -566,17 +566,41 @@ impl Manifests for SqliteMeta {
 
 #[async_trait::async_trait]
 impl Uploads for SqliteMeta {
-    async fn create_upload(&self, s: &UploadSession) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO uploads (id, repository, algorithm, created_at) VALUES (?1, ?2, ?3, ?4)",
+    async fn create_upload(
+        &self,
+        s: &UploadSession,
+        caps: SessionCaps,
+    ) -> Result<std::result::Result<(), SessionCapReached>> {
+        // One statement on the single writer: the counts and the insert cannot interleave
+        // with another session's.
+        let inserted = sqlx::query(
+            "INSERT INTO uploads (id, repository, algorithm, created_at)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE (SELECT COUNT(*) FROM uploads WHERE repository = ?2) < ?5
+               AND (SELECT COUNT(*) FROM uploads) < ?6",
         )
         .bind(&s.id)
         .bind(s.repository.as_str())
         .bind(s.algorithm.as_str())
         .bind(s.created_at)
+        .bind(i64::try_from(caps.per_repository).unwrap_or(i64::MAX))
+        .bind(i64::try_from(caps.total).unwrap_or(i64::MAX))
         .execute(&self.writer)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Ok(()));
+        }
+        let in_repository: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE repository = ?1")
+                .bind(s.repository.as_str())
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(Err(if in_repository as u64 >= caps.per_repository {
+            SessionCapReached::Repository(caps.per_repository)
+        } else {
+            SessionCapReached::Total(caps.total)
+        }))
     }
 
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {

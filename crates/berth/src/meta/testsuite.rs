@@ -1,6 +1,9 @@
 //! The contract every metadata backend must meet, run by each backend's tests.
 
-use super::{ManifestDeletion, MetaStore, NewEvent, NewManifest, UploadSession};
+use super::{
+    ManifestDeletion, MetaStore, NewEvent, NewManifest, SessionCapReached, SessionCaps,
+    UploadSession,
+};
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
@@ -235,7 +238,10 @@ pub async fn run(m: &dyn MetaStore) {
         algorithm: Algorithm::Sha512,
         created_at: 42,
     };
-    m.create_upload(&s).await.expect("create upload");
+    m.create_upload(&s, SessionCaps::default())
+        .await
+        .expect("create upload")
+        .expect("under the caps");
     assert_eq!(m.get_upload("abc-123").await.expect("get upload"), Some(s));
     assert_eq!(m.get_upload("zzz").await.expect("get upload"), None);
     let keep = UploadSession {
@@ -244,7 +250,10 @@ pub async fn run(m: &dyn MetaStore) {
         algorithm: Algorithm::Sha256,
         created_at: 1,
     };
-    m.create_upload(&keep).await.expect("create upload");
+    m.create_upload(&keep, SessionCaps::default())
+        .await
+        .expect("create upload")
+        .expect("under the caps");
     m.delete_upload("abc-123").await.expect("delete upload");
     assert_eq!(m.get_upload("abc-123").await.expect("get upload"), None);
 }
@@ -304,14 +313,64 @@ pub async fn run_events(m: &dyn MetaStore) {
     // Uploads by age.
     let r = repo("purge/me");
     for (id, at) in [("old-1", 100), ("old-2", 200), ("new", 10_000)] {
-        m.create_upload(&UploadSession {
-            id: id.into(),
-            repository: r.clone(),
-            algorithm: Algorithm::Sha256,
-            created_at: at,
-        })
+        m.create_upload(
+            &UploadSession {
+                id: id.into(),
+                repository: r.clone(),
+                algorithm: Algorithm::Sha256,
+                created_at: at,
+            },
+            SessionCaps::default(),
+        )
         .await
-        .expect("create upload");
+        .expect("create upload")
+        .expect("under the caps");
+    }
+    // Caps on open sessions: per repository, then overall; refused ones leave no row.
+    let session = |id: &str, r: &RepoName| UploadSession {
+        id: id.into(),
+        repository: r.clone(),
+        algorithm: Algorithm::Sha256,
+        created_at: 20_000,
+    };
+    let per_repository = |n| SessionCaps {
+        total: u64::MAX,
+        per_repository: n,
+    };
+    assert_eq!(
+        m.create_upload(&session("capped-1", &r), per_repository(3))
+            .await
+            .expect("create"),
+        Err(SessionCapReached::Repository(3))
+    );
+    assert!(m.get_upload("capped-1").await.expect("get").is_none());
+    let other = repo("purge/other");
+    assert_eq!(
+        m.create_upload(&session("other-1", &other), per_repository(3))
+            .await
+            .expect("create"),
+        Ok(())
+    );
+    assert_eq!(
+        m.create_upload(&session("other-2", &other), per_repository(2))
+            .await
+            .expect("create"),
+        Ok(())
+    );
+    let total = SessionCaps {
+        total: 5,
+        per_repository: 100,
+    };
+    assert_eq!(
+        m.create_upload(&session("other-3", &other), total)
+            .await
+            .expect("create"),
+        Err(SessionCapReached::Total(5)),
+        "at least five sessions are open by now"
+    );
+    assert!(m.get_upload("other-3").await.expect("get").is_none());
+    for id in ["other-1", "other-2"] {
+        m.delete_upload(id).await.expect("delete");
     }
     let old = m.uploads_created_before(1000, 100).await.expect("old");
     let ids: Vec<&str> = old
@@ -513,14 +572,18 @@ pub async fn housekeeping(m: &dyn MetaStore) {
         .expect("index");
     let orphan = manifest("orphan", None, None);
     m.put_manifest(&a, &orphan, &[], &[]).await.expect("orphan");
-    m.create_upload(&UploadSession {
-        id: "gc-upload".into(),
-        repository: a.clone(),
-        algorithm: Algorithm::Sha256,
-        created_at: 1,
-    })
+    m.create_upload(
+        &UploadSession {
+            id: "gc-upload".into(),
+            repository: a.clone(),
+            algorithm: Algorithm::Sha256,
+            created_at: 1,
+        },
+        SessionCaps::default(),
+    )
     .await
-    .expect("upload");
+    .expect("upload")
+    .expect("under the caps");
     assert_eq!(
         m.stats().await.expect("stats"),
         Stats {

@@ -48,6 +48,8 @@ pub struct Settings {
     pub body_idle_timeout: Duration,
     /// The `OCI-Chunk-Min-Length` advertised for chunked uploads.
     pub chunk_min_length: u64,
+    /// Most open upload sessions, overall and per repository.
+    pub upload_sessions: crate::meta::SessionCaps,
     /// `validation.manifests.urls`: which URLs layers fetched from elsewhere may name.
     pub layer_urls: UrlPolicy,
 }
@@ -82,6 +84,7 @@ impl Default for Settings {
             default_catalog_entries: 100,
             body_idle_timeout: Duration::from_secs(60),
             chunk_min_length: 0,
+            upload_sessions: crate::meta::SessionCaps::default(),
             layer_urls: UrlPolicy::default(),
         }
     }
@@ -122,6 +125,9 @@ pub enum RegistryError {
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A cap on open upload sessions was reached.
+    #[error("{0}")]
+    TooManyUploads(String),
     /// The pull-through cache's upstream failed and nothing cached could stand in.
     #[error("{0}")]
     Upstream(String),
@@ -134,6 +140,17 @@ pub enum RegistryError {
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+impl RegistryError {
+    /// Blob storage or the metadata database ran out of space.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            RegistryError::Storage(e) => e.is_out_of_space(),
+            RegistryError::Meta(e) => e.is_out_of_space(),
+            _ => false,
+        }
+    }
+}
 
 /// Storage errors that are not faults become domain errors here, explicitly.
 impl From<StorageError> for RegistryError {
