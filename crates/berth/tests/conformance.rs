@@ -1,0 +1,110 @@
+//! The official OCI distribution-spec conformance suites (`../shared/tools/conformance`
+//! beside the checkout: the v1.1.1 release suite and the redesigned one of the spec's
+//! main branch) against the real binary, in each storage and authentication mode Berth
+//! has: open, and htpasswd. Every case must pass; the suites' logs stay in a temporary
+//! directory and the failing wrapper's output is shown.
+
+mod common;
+
+use common::{require_tool, run, Berth};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Where the prebuilt suites live: `shared/` beside the repository.
+fn suites() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/conformance");
+    assert!(
+        dir.join("run.sh").is_file() && dir.join("run-next.sh").is_file(),
+        "the conformance suites are not at {} (shared/ must sit beside the checkout)",
+        dir.display()
+    );
+    dir
+}
+
+/// Run one wrapper against `url`; returns (passed, failed, skipped) from its summary.
+fn suite(script: &str, url: &str, credentials: Option<(&str, &str)>) -> (u64, u64, u64) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("bash");
+    cmd.arg(suites().join(script))
+        .arg(url)
+        .arg(work.path().join("results"))
+        .env("OCI_AUTOMATIC_CROSSMOUNT", "1");
+    if let Some((user, password)) = credentials {
+        cmd.env("OCI_USERNAME", user).env("OCI_PASSWORD", password);
+    }
+    let out = cmd.output().expect("run the conformance wrapper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or_else(|| {
+            panic!(
+                "{script} printed no summary (exit {:?}):\n{stdout}\n{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let count = |word: &str| -> u64 {
+        summary
+            .split(',')
+            .find(|p| p.trim().ends_with(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {word} count in {summary:?}"))
+    };
+    let counts = (count("passed"), count("failed"), count("skipped"));
+    if counts.1 > 0 || !out.status.success() {
+        let log =
+            std::fs::read_to_string(work.path().join("results/suite.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(200).collect();
+        panic!(
+            "{script} against {url}: {summary}\n--- last lines of its log ---\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    eprintln!("{script} against {url}: {summary}");
+    counts
+}
+
+/// Both suites against one running server; the release suite must run all but its
+/// four optional cases, the redesigned one every case it has.
+fn both_suites(b: &Berth, credentials: Option<(&str, &str)>) {
+    let (passed, _, skipped) = suite("run.sh", &b.url, credentials);
+    assert!(
+        passed >= 75 && skipped <= 4,
+        "release suite: {passed} passed, {skipped} skipped"
+    );
+    let (passed, _, skipped) = suite("run-next.sh", &b.url, credentials);
+    assert!(
+        passed >= 793 && skipped == 0,
+        "redesigned suite: {passed} passed, {skipped} skipped"
+    );
+}
+
+#[test]
+fn conformance_open_filesystem() {
+    let b = Berth::start();
+    both_suites(&b, None);
+}
+
+#[test]
+fn conformance_htpasswd_filesystem() {
+    require_tool("htpasswd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    let line = run(Command::new("htpasswd").args(["-Bbn", "conformance", "s3cret-pass"]));
+    std::fs::write(&file, line).expect("htpasswd file");
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpasswd:\n    realm: conformance\n    path: {}\n",
+        file.display()
+    ));
+    // Without credentials nothing passes the door.
+    let denied = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/v2/", b.url))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "401");
+    both_suites(&b, Some(("conformance", "s3cret-pass")));
+}
