@@ -2,9 +2,10 @@
 //! verify-then-commit step.
 //!
 //! The running hash of an upload is kept in memory between chunks (one lock per upload,
-//! so concurrent chunks to one session are serialized). When it is missing or stale —
-//! after a restart, or when another node wrote the previous chunk — it is rebuilt from
-//! the stored bytes, so any node can continue any upload.
+//! so concurrent chunks to one session are serialized), and dropped once nobody has
+//! written to the upload for a minute. When it is missing or stale — after a restart,
+//! after such a pause, or when another node wrote the previous chunk — it is rebuilt
+//! from the stored bytes, so any node can continue any upload.
 
 use super::events::Action;
 use super::{Registry, RegistryError, Result};
