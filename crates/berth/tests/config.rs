@@ -564,3 +564,24 @@ fn silent_connections_are_cut_off() {
         "half a preface closed after {elapsed:?} with a 1s limit"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Literal strings
+// ---------------------------------------------------------------------------------------
+
+/// Strings reach the wire as written, from the file and from `REGISTRY_*` variables:
+/// YAML would read them as numbers or booleans (`1.10` -> 1.1, `0x1F` -> 31).
+#[tokio::test]
+async fn strings_reach_the_wire_as_written() {
+    let b = Berth::start_with_config_env(
+        &base("  headers:\n    X-Version: [1.10]\n    X-Hex: [0x1F]\n"),
+        &[("REGISTRY_HTTP_HEADERS_X-FLAG", "True")],
+        "http",
+    );
+    let r = reqwest::get(format!("{}/v2/", b.url)).await.expect("get");
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-version"], "1.10");
+    assert_eq!(h["x-hex"], "0x1F");
+    assert_eq!(h["x-flag"], "True");
+}

@@ -1,21 +1,26 @@
 //! Configuration: CNCF Distribution's `config.yml` (version 0.1) with `REGISTRY_*`
 //! environment overrides, plus Berth's own sections beside it (`limits`).
 //!
-//! The file is read as a YAML tree, environment overrides are applied to the tree
-//! (`REGISTRY_STORAGE_DELETE_ENABLED=true` sets `storage.delete.enabled`), every key is
-//! checked against what Berth knows, and typed values are read with errors that name the
-//! key. This module knows nothing of the server: it produces a [`Config`].
+//! The file is read as a YAML tree whose scalars keep their text (`yaml.rs`), environment
+//! overrides are applied to the tree (`REGISTRY_STORAGE_DELETE_ENABLED=true` sets
+//! `storage.delete.enabled`), sections that must be maps are checked to be maps, every key
+//! is checked against what Berth knows, and typed values are read from the text with
+//! errors that name the key: a key whose type is a string gets the text as written. This
+//! module knows nothing of the server: it produces a [`Config`].
 
 pub mod events;
 pub mod ops;
 pub mod proxy;
 
 mod auth;
+#[cfg(test)]
+mod load_tests;
+mod yaml;
 
 pub use auth::{AuthConfig, HtpasswdConfig, TlsConfig, TlsVersion, GO_CIPHER_SUITES};
-use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use yaml::{Mapping, Value};
 
 /// Root directory when Berth runs with no configuration file.
 pub const DEFAULT_ROOT: &str = "./berth-data";
@@ -152,10 +157,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("configuration file {path} is not valid YAML: {source}")]
+    #[error("configuration file {path} is not valid YAML: {reason}")]
     Yaml {
         path: PathBuf,
-        source: serde_yaml::Error,
+        reason: yaml::YamlError,
     },
     #[error("configuration key {key}: {reason}")]
     Value { key: String, reason: String },
@@ -270,9 +275,9 @@ impl Loaded {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                match serde_yaml::from_str::<Value>(&text).map_err(|source| ConfigError::Yaml {
+                match yaml::parse(&text).map_err(|reason| ConfigError::Yaml {
                     path: p.to_path_buf(),
-                    source,
+                    reason,
                 })? {
                     Value::Null => Value::Mapping(Mapping::new()),
                     v @ Value::Mapping(_) => v,
@@ -360,8 +365,9 @@ fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
             break;
         }
     }
-    let parsed: Value =
-        serde_yaml::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    // As Distribution does (yaml.Unmarshal of the value into the field): YAML, and a
+    // scalar keeps its text, so `0x1F` is the string "0x1F" for a string key.
+    let parsed = yaml::parse(value).unwrap_or_else(|_| Value::plain(value));
     set_path(tree, &path, parsed).map_err(|reason| ConfigError::Env {
         var: var.into(),
         reason,
@@ -390,9 +396,7 @@ fn set_path(node: &mut Value, path: &[String], value: Value) -> Result<(), Strin
     }
     match node {
         Value::Mapping(map) => {
-            let child = map
-                .entry(Value::String(first.clone()))
-                .or_insert(Value::Null);
+            let child = map.entry(first.clone());
             set_path(child, rest, value)
         }
         _ => Err("cannot set a key inside a non-map value".into()),
@@ -405,24 +409,19 @@ fn set_path(node: &mut Value, path: &[String], value: Value) -> Result<(), Strin
 fn normalize_sections(tree: &mut Value) {
     let Value::Mapping(map) = tree else { return };
     for section in ["storage", "auth"] {
-        let key = Value::String(section.into());
-        if let Some(Value::String(name)) = map.get(&key).cloned() {
+        if let Some(Value::Scalar(s)) = map.get(section).cloned() {
             let mut inner = Mapping::new();
-            if !(section == "auth" && name.eq_ignore_ascii_case("none")) {
-                inner.insert(
-                    Value::String(name.to_ascii_lowercase()),
-                    Value::Mapping(Mapping::new()),
-                );
+            if !(section == "auth" && s.text.eq_ignore_ascii_case("none")) {
+                inner.insert(s.text.to_ascii_lowercase(), Value::Mapping(Mapping::new()));
             }
-            map.insert(key, Value::Mapping(inner));
+            map.insert(section.to_string(), Value::Mapping(inner));
         }
     }
 }
 
 fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
     let Value::Mapping(map) = v else { return };
-    for (k, child) in map {
-        let Some(k) = k.as_str() else { continue };
+    for (k, child) in map.iter() {
         let path = if prefix.is_empty() {
             k.to_string()
         } else {
@@ -454,7 +453,7 @@ fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
 fn get<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
     let mut node = tree;
     for seg in path.split('.') {
-        node = node.as_mapping()?.get(Value::String(seg.to_string()))?;
+        node = node.as_mapping()?.get(seg)?;
     }
     (!node.is_null()).then_some(node)
 }
@@ -466,14 +465,9 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A string, number or boolean as text (YAML reads `0.1` or `true` as non-strings).
+/// A scalar's text as written (`0x1F` stays `0x1F`, `1.10` stays `1.10`).
 fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
+    v.as_str().map(str::to_string)
 }
 
 fn get_str(tree: &Value, key: &str) -> Result<Option<String>, ConfigError> {
@@ -485,16 +479,55 @@ fn get_str(tree: &Value, key: &str) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// A boolean: `true`/`false`, or YAML 1.1's `yes`/`no`/`on`/`off`/`y`/`n` as Go's
+/// yaml.v2 reads them for Distribution (any case).
 fn get_bool(tree: &Value, key: &str) -> Result<Option<bool>, ConfigError> {
     match get(tree, key) {
         None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ => Err(bad(key, format!("expected true or false, got {s:?}"))),
+        Some(Value::Scalar(s)) => match s.text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "y" => Ok(Some(true)),
+            "false" | "no" | "off" | "n" => Ok(Some(false)),
+            _ => Err(bad(
+                key,
+                format!("expected true or false, got {:?}", s.text),
+            )),
         },
         Some(_) => Err(bad(key, "expected true or false")),
+    }
+}
+
+/// A whole number written plainly (decimal, or `0x`/`0o`/`0b`): a quoted one is a string,
+/// as in Distribution.
+fn parse_int(text: &str) -> Option<i64> {
+    let t = text.replace('_', "");
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(&t)),
+    };
+    let n = if let Some(h) = digits.strip_prefix("0x") {
+        i64::from_str_radix(h, 16).ok()?
+    } else if let Some(o) = digits.strip_prefix("0o") {
+        i64::from_str_radix(o, 8).ok()?
+    } else if let Some(b) = digits.strip_prefix("0b") {
+        i64::from_str_radix(b, 2).ok()?
+    } else if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+        digits.parse().ok()?
+    } else {
+        return None;
+    };
+    Some(if negative { -n } else { n })
+}
+
+/// `key` as a whole number (see [`parse_int`]).
+fn get_int(tree: &Value, key: &str) -> Result<Option<i64>, ConfigError> {
+    match get(tree, key) {
+        None => Ok(None),
+        Some(v) => v.as_plain().and_then(parse_int).map(Some).ok_or_else(|| {
+            bad(
+                key,
+                format!("expected a whole number, got {}", v.describe()),
+            )
+        }),
     }
 }
 
@@ -595,13 +628,14 @@ fn log_fields(tree: &Value) -> Result<Vec<(String, serde_json::Value)>, ConfigEr
         .as_mapping()
         .ok_or_else(|| bad("log.fields", "expected a map of field names to values"))?;
     let mut out = Vec::new();
-    for (k, v) in map {
-        let key = scalar(k).ok_or_else(|| bad("log.fields", "field names must be strings"))?;
+    for (key, v) in map.iter() {
+        let key = key.to_string();
         let value = match v {
             Value::Null => serde_json::Value::Null,
-            Value::Bool(b) => serde_json::Value::Bool(*b),
-            Value::Number(n) => serde_json::to_value(n).unwrap_or(serde_json::Value::Null),
-            Value::String(s) => serde_json::Value::String(s.clone()),
+            // Fields are untyped: a plain scalar is a boolean or a number when it reads
+            // as one (YAML 1.2's core schema), a quoted one is a string.
+            Value::Scalar(s) if !s.quoted => plain_json(&s.text),
+            Value::Scalar(s) => serde_json::Value::String(s.text.clone()),
             _ => {
                 return Err(bad(
                     &format!("log.fields.{key}"),
@@ -612,6 +646,28 @@ fn log_fields(tree: &Value) -> Result<Vec<(String, serde_json::Value)>, ConfigEr
         out.push((key, value));
     }
     Ok(out)
+}
+
+/// A plain scalar of `log.fields` as JSON: `true`/`false`, a number, else the text.
+fn plain_json(text: &str) -> serde_json::Value {
+    match text {
+        "true" | "True" | "TRUE" => return serde_json::Value::Bool(true),
+        "false" | "False" | "FALSE" => return serde_json::Value::Bool(false),
+        _ => {}
+    }
+    if let Some(n) = parse_int(text) {
+        return n.into();
+    }
+    let numeric = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+        && text.chars().any(|c| c.is_ascii_digit());
+    match text.parse::<f64>() {
+        Ok(f) if numeric => serde_json::Number::from_f64(f)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|| serde_json::Value::String(text.to_string())),
+        _ => serde_json::Value::String(text.to_string()),
+    }
 }
 
 fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
@@ -661,7 +717,6 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
         let drivers: Vec<&str> = storage
             .keys()
-            .filter_map(Value::as_str)
             .filter(|k| !["delete", "maintenance", "cache", "redirect", "tag"].contains(k))
             .collect();
         if drivers.len() > 1 {
@@ -679,9 +734,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
                 "this storage driver is not supported yet; use storage.filesystem",
             ));
         }
-        if get(tree, "storage.filesystem").is_some()
-            || storage.contains_key(Value::String("filesystem".into()))
-        {
+        if get(tree, "storage.filesystem").is_some() || storage.contains_key("filesystem") {
             c.root = PathBuf::from(DISTRIBUTION_DEFAULT_ROOT);
         }
     }
@@ -884,7 +937,7 @@ mod tests {
     }
 
     fn tree_after(yaml: &str, env: &[(&str, &str)]) -> Value {
-        let mut tree: Value = serde_yaml::from_str(yaml).expect("yaml");
+        let mut tree: Value = yaml::parse(yaml).expect("yaml");
         let mut env: Vec<_> = env.to_vec();
         env.sort();
         for (k, v) in env {
@@ -938,8 +991,8 @@ mod tests {
             ],
         );
         assert_eq!(
-            get(&t, "notifications.events.includereferences").and_then(Value::as_bool),
-            Some(true)
+            get(&t, "notifications.events.includereferences").and_then(Value::as_str),
+            Some("true")
         );
         assert_eq!(
             get(&t, "health.file.0.file").and_then(Value::as_str),

@@ -1,0 +1,163 @@
+//! Loading as an operator meets it, through `Loaded::load` with a file and `REGISTRY_*`
+//! pairs: strings keep the text they were written with.
+
+use super::*;
+
+/// A file naming the filesystem driver, for tests about other keys.
+const FS: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /data\n";
+
+fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("config.yml");
+    std::fs::write(&p, yaml).expect("write");
+    Loaded::load(
+        Some(&p),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn refused(yaml: &str, env: &[(&str, &str)], key: &str) -> String {
+    let e = match load(yaml, env) {
+        Ok(l) => panic!(
+            "accepted, expected an error naming {key}: {yaml}\n{env:?}\n{:?}",
+            l.config
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(&format!("configuration key {key}:"))
+            || e.contains(&format!("configuration key {key} "))
+            || e.contains(&format!("environment variable {key}")),
+        "{key} not named: {e}"
+    );
+    assert!(!e.contains('\n'), "one line: {e}");
+    e
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 5: literal strings
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn strings_keep_their_text_from_the_file() {
+    let yaml = format!(
+        "{FS}auth:\n  htpasswd:\n    realm: 1.10\n    path: 0x1F\n\
+         proxy:\n  remoteurl: https://up.example\n  username: True\n  password: 0x1F\n\
+         notifications:\n  endpoints:\n  - name: 1e3\n    url: http://hook/\n    headers:\n      X-Version: [1.10]\n      X-Flag: True\n\
+         http:\n  headers:\n    X-Num: [1e3]\n    X-Hex: 0o17\n  prefix: 010\n\
+         validation:\n  manifests:\n    urls:\n      allow: [1.10]\n"
+    );
+    let c = load(&yaml, &[]).expect("load").config;
+    let h = c.auth.htpasswd.expect("htpasswd");
+    assert_eq!(h.realm, "1.10");
+    assert_eq!(h.path, PathBuf::from("0x1F"));
+    let p = c.proxy.expect("proxy");
+    assert_eq!(p.username.as_deref(), Some("True"));
+    assert_eq!(p.password.as_deref(), Some("0x1F"));
+    let ep = &c.events.endpoints[0];
+    assert_eq!(ep.name, "1e3");
+    assert_eq!(
+        ep.headers,
+        vec![
+            ("X-Version".to_string(), "1.10".to_string()),
+            ("X-Flag".to_string(), "True".to_string())
+        ]
+    );
+    assert_eq!(
+        c.auth.headers,
+        vec![
+            ("X-Num".to_string(), "1e3".to_string()),
+            ("X-Hex".to_string(), "0o17".to_string())
+        ]
+    );
+    assert_eq!(c.http_prefix, "/010");
+    assert!(c.layer_urls.permits("1.10"));
+    assert!(!c.layer_urls.permits("1.1"));
+}
+
+#[test]
+fn strings_keep_their_text_from_the_environment() {
+    let env = [
+        ("REGISTRY_AUTH", "htpasswd"),
+        ("REGISTRY_AUTH_HTPASSWD_REALM", "1.10"),
+        ("REGISTRY_AUTH_HTPASSWD_PATH", "1e3"),
+        ("REGISTRY_PROXY_REMOTEURL", "https://up.example"),
+        ("REGISTRY_PROXY_USERNAME", "True"),
+        ("REGISTRY_PROXY_PASSWORD", "0x1F"),
+        ("REGISTRY_HTTP_HEADERS_X-NUM", "[1.10, 0x1F]"),
+        (
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS",
+            "[{name: a, url: 'http://hook/'}]",
+        ),
+        ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_HEADERS_X-V", "[1e3]"),
+        ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_NAME", "0x10"),
+    ];
+    let c = load(FS, &env).expect("load").config;
+    let h = c.auth.htpasswd.expect("htpasswd");
+    assert_eq!(h.realm, "1.10");
+    assert_eq!(h.path, PathBuf::from("1e3"));
+    let p = c.proxy.expect("proxy");
+    assert_eq!(p.username.as_deref(), Some("True"));
+    assert_eq!(p.password.as_deref(), Some("0x1F"));
+    assert_eq!(
+        c.auth.headers,
+        vec![
+            ("x-num".to_string(), "1.10".to_string()),
+            ("x-num".to_string(), "0x1F".to_string())
+        ]
+    );
+    let ep = &c.events.endpoints[0];
+    assert_eq!(ep.name, "0x10");
+    assert_eq!(ep.headers, vec![("x-v".to_string(), "1e3".to_string())]);
+}
+
+#[test]
+fn typed_keys_still_read_their_text() {
+    let yaml = format!(
+        "{FS}  delete:\n    enabled: True\nlimits:\n  manifestsize: 1048576\n  pageentries: 50\n\
+         health:\n  storagedriver:\n    enabled: yes\n    interval: 1000000000\n    threshold: 3\n\
+         log:\n  fields:\n    n: 3\n    f: 1.5\n    b: true\n    s: '3'\n"
+    );
+    let c = load(&yaml, &[]).expect("load").config;
+    assert!(c.delete_enabled);
+    assert_eq!(c.max_manifest_bytes, 1 << 20);
+    assert_eq!(c.max_page_entries, 50);
+    assert_eq!(c.ops.checks[0].interval, Duration::from_secs(1));
+    assert_eq!(c.ops.checks[0].threshold, 3);
+    assert_eq!(
+        c.log_fields,
+        vec![
+            ("n".to_string(), serde_json::json!(3)),
+            ("f".to_string(), serde_json::json!(1.5)),
+            ("b".to_string(), serde_json::json!(true)),
+            ("s".to_string(), serde_json::json!("3")),
+        ]
+    );
+    // A version is text too: 0.10 is not 0.1.
+    refused("version: 0.10\nstorage: filesystem\n", &[], "version");
+    // A quoted number is a string, not a count.
+    refused(
+        &format!("{FS}health:\n  storagedriver:\n    enabled: true\n    threshold: '3'\n"),
+        &[],
+        "health.storagedriver.threshold",
+    );
+}
+
+#[test]
+fn yaml_errors_name_file_line_and_column() {
+    let e = load("version: 0.1\nstorage:\n  filesystem: [\n", &[])
+        .expect_err("bad yaml")
+        .to_string();
+    assert!(e.contains("config.yml") && e.contains("line"), "{e}");
+    let e = load(&format!("{FS}http:\n  addr: :1\n  addr: :2\n"), &[])
+        .expect_err("duplicate key")
+        .to_string();
+    assert!(e.contains("addr") && e.contains("line 7"), "{e}");
+    // Anchors and aliases still work.
+    let l = load(
+        &format!("{FS}http:\n  headers:\n    X-A: &v [shared]\n    X-B: *v\n"),
+        &[],
+    )
+    .expect("aliases");
+    assert_eq!(l.config.auth.headers.len(), 2);
+}
