@@ -113,6 +113,12 @@ fn endpoint(
     warnings: &mut Vec<String>,
 ) -> Result<Option<Endpoint>, ConfigError> {
     let key = |k: &str| format!("notifications.endpoints[{i}].{k}");
+    if !node.is_mapping() {
+        return Err(bad(
+            &format!("notifications.endpoints[{i}]"),
+            format!("must be a map with name and url; got {}", node.describe()),
+        ));
+    }
     let at = |k: &str| -> Result<Option<String>, ConfigError> {
         get_str(node, k).map_err(|_| bad(&key(k), "expected a string"))
     };

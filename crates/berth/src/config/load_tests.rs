@@ -1,5 +1,6 @@
 //! Loading as an operator meets it, through `Loaded::load` with a file and `REGISTRY_*`
-//! pairs: strings keep the text they were written with.
+//! pairs: strings keep the text they were written with, malformed security sections are
+//! refused.
 
 use super::*;
 
@@ -160,4 +161,92 @@ fn yaml_errors_name_file_line_and_column() {
     )
     .expect("aliases");
     assert_eq!(l.config.auth.headers.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 2: malformed security sections
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn malformed_sections_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        ("auth: [htpasswd]\n", "auth"),
+        ("auth: true\n", "auth"),
+        (
+            "auth:\n  - htpasswd:\n      realm: r\n      path: /etc/htpasswd\n",
+            "auth",
+        ),
+        ("auth:\n  htpasswd: [realm, path]\n", "auth.htpasswd"),
+        (
+            "http:\n  tls:\n  - certificate: /c\n    key: /k\n",
+            "http.tls",
+        ),
+        ("http:\n  tls: true\n", "http.tls"),
+        ("http: [addr]\n", "http"),
+        ("proxy: [https://up.example]\n", "proxy"),
+        ("proxy: https://up.example\n", "proxy"),
+        (
+            "notifications:\n  - name: a\n    url: http://hook/\n",
+            "notifications",
+        ),
+        ("notifications: true\n", "notifications"),
+        (
+            "notifications:\n  endpoints:\n  - http://hook/\n",
+            "notifications.endpoints[0]",
+        ),
+    ];
+    for (section, key) in cases {
+        refused(&format!("{FS}{section}"), &[], key);
+    }
+    let storage: &[(&str, &str)] = &[
+        ("storage: [filesystem]\n", "storage"),
+        (
+            "storage:\n  - filesystem:\n      rootdirectory: /x\n",
+            "storage",
+        ),
+        ("storage: true\n", "storage"),
+        ("storage:\n  filesystem: /data\n", "storage.filesystem"),
+        (
+            "storage:\n  filesystem:\n    rootdirectory: /x\n  delete: true\n",
+            "storage.delete",
+        ),
+    ];
+    for (yaml, key) in storage {
+        refused(&format!("version: 0.1\n{yaml}"), &[], key);
+    }
+}
+
+#[test]
+fn malformed_sections_from_the_environment_are_refused() {
+    for (var, value, key) in [
+        ("REGISTRY_AUTH", "true", "auth"),
+        ("REGISTRY_AUTH", "[htpasswd]", "auth"),
+        ("REGISTRY_HTTP_TLS", "[/c, /k]", "http.tls"),
+        ("REGISTRY_PROXY", "https://up.example", "proxy"),
+        ("REGISTRY_NOTIFICATIONS", "[a]", "notifications"),
+        ("REGISTRY_STORAGE", "[filesystem]", "storage"),
+    ] {
+        refused(FS, &[(var, value)], key);
+    }
+}
+
+#[test]
+fn valid_string_forms_still_work() {
+    let l = load("version: 0.1\nstorage: filesystem\n", &[]).expect("storage: filesystem");
+    assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
+    let l = load(
+        &format!("{FS}auth: htpasswd\n"),
+        &[
+            ("REGISTRY_AUTH_HTPASSWD_REALM", "r"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", "/p"),
+        ],
+    )
+    .expect("auth: htpasswd");
+    assert!(l.config.auth.htpasswd.is_some());
+    let l = load(&format!("{FS}auth: none\n"), &[]).expect("auth: none");
+    assert!(l.config.auth.htpasswd.is_none());
+    // Present but empty is absent, as in Distribution.
+    let l = load(&format!("{FS}auth:\nproxy:\nhttp:\n  tls:\n"), &[]).expect("empty sections");
+    assert!(l.config.auth.htpasswd.is_none() && l.config.auth.tls.is_none());
+    assert!(l.config.proxy.is_none());
 }

@@ -299,7 +299,8 @@ impl Loaded {
         for (var, value) in env {
             apply_env(&mut tree, &var, &value)?;
         }
-        normalize_sections(&mut tree);
+        normalize_sections(&mut tree)?;
+        check_shapes(&tree)?;
         let mut warnings = Vec::new();
         check_keys(&tree, "", &mut warnings);
         let notes = BY_DESIGN
@@ -403,20 +404,113 @@ fn set_path(node: &mut Value, path: &[String], value: Value) -> Result<(), Strin
     }
 }
 
+/// Storage drivers of Distribution 2.8 and 3, which `storage: NAME` may name.
+const STORAGE_DRIVERS: &[&str] = &[
+    "filesystem",
+    "inmemory",
+    "s3",
+    "s3-aws",
+    "azure",
+    "gcs",
+    "swift",
+    "oss",
+];
+/// Access controllers of Distribution, which `auth: NAME` may name (`none`: Berth's
+/// spelling of no authentication).
+const ACCESS_CONTROLLERS: &[&str] = &["htpasswd", "token", "silly", "none"];
+
 /// `storage: filesystem` and `auth: htpasswd` (or the same through `REGISTRY_STORAGE`/
 /// `REGISTRY_AUTH`) name a driver without parameters: make them maps. `auth: none`
-/// means no authentication.
-fn normalize_sections(tree: &mut Value) {
-    let Value::Mapping(map) = tree else { return };
-    for section in ["storage", "auth"] {
-        if let Some(Value::Scalar(s)) = map.get(section).cloned() {
-            let mut inner = Mapping::new();
-            if !(section == "auth" && s.text.eq_ignore_ascii_case("none")) {
-                inner.insert(s.text.to_ascii_lowercase(), Value::Mapping(Mapping::new()));
-            }
-            map.insert(section.to_string(), Value::Mapping(inner));
+/// means no authentication. A scalar that names no driver (`auth: true`) is refused:
+/// Distribution refuses it too, and guessing would start an open registry.
+fn normalize_sections(tree: &mut Value) -> Result<(), ConfigError> {
+    let Value::Mapping(map) = tree else {
+        return Ok(());
+    };
+    for (section, names, what) in [
+        ("storage", STORAGE_DRIVERS, "storage driver"),
+        ("auth", ACCESS_CONTROLLERS, "access controller"),
+    ] {
+        let Some(Value::Scalar(s)) = map.get(section).cloned() else {
+            continue;
+        };
+        let name = s.text.to_ascii_lowercase();
+        if !names.contains(&name.as_str()) {
+            let example = SECTION_SHAPES
+                .iter()
+                .find(|(k, _)| *k == section)
+                .map_or("", |(_, e)| *e);
+            let hint = format!("write the section as a map, {example}");
+            return Err(bad(
+                section,
+                format!(
+                    "{:?} names no {what} ({}): {hint}",
+                    s.text,
+                    names.join(", ")
+                ),
+            ));
         }
+        let mut inner = Mapping::new();
+        if name != "none" {
+            inner.insert(name, Value::Mapping(Mapping::new()));
+        }
+        map.insert(section.to_string(), Value::Mapping(inner));
     }
+    Ok(())
+}
+
+/// How the sections that must be maps look, for the error when one is not.
+const SECTION_SHAPES: &[(&str, &str)] = &[
+    (
+        "auth",
+        "e.g. `auth: {htpasswd: {realm: Registry, path: /auth/htpasswd}}`",
+    ),
+    (
+        "storage",
+        "e.g. `storage: {filesystem: {rootdirectory: /var/lib/registry}}`",
+    ),
+    (
+        "http.tls",
+        "e.g. `tls: {certificate: /certs/domain.crt, key: /certs/domain.key}`",
+    ),
+    (
+        "proxy",
+        "e.g. `proxy: {remoteurl: https://registry-1.docker.io}`",
+    ),
+    (
+        "notifications",
+        "e.g. `notifications: {endpoints: [{name: hook, url: https://hook.example/events}]}`",
+    ),
+];
+
+/// Every section Berth reads keys from (each proper prefix of an [`IMPLEMENTED`] key)
+/// must be a map when present: a list or a scalar there would otherwise read as "not
+/// set" and start Berth open (`auth: [htpasswd]`), on plain HTTP (`http.tls` as a list)
+/// or as an ordinary registry (`proxy`). Distribution refuses such files; so does Berth.
+fn check_shapes(tree: &Value) -> Result<(), ConfigError> {
+    let mut sections: Vec<&str> = IMPLEMENTED
+        .iter()
+        .flat_map(|key| key.match_indices('.').map(move |(i, _)| &key[..i]))
+        .collect();
+    sections.sort_by_key(|s| (s.matches('.').count(), *s));
+    sections.dedup();
+    for section in sections {
+        let Some(node) = get(tree, section) else {
+            continue;
+        };
+        if node.is_mapping() {
+            continue;
+        }
+        let example = SECTION_SHAPES
+            .iter()
+            .find(|(k, _)| *k == section)
+            .map_or(String::new(), |(_, e)| format!(", {e}"));
+        return Err(bad(
+            section,
+            format!("must be a map of keys{example}; got {}", node.describe()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
@@ -435,6 +529,10 @@ fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
             .any(|i| i.starts_with(&format!("{path}.")));
         if is_prefix && child.is_mapping() {
             check_keys(child, &path, warnings);
+            continue;
+        }
+        if is_prefix && child.is_null() {
+            // An empty section Berth knows (`auth:`): nothing set.
             continue;
         }
         let top = path.split('.').next().unwrap_or("");
@@ -943,7 +1041,7 @@ mod tests {
         for (k, v) in env {
             apply_env(&mut tree, k, v).expect("apply");
         }
-        normalize_sections(&mut tree);
+        normalize_sections(&mut tree).expect("normalize");
         tree
     }
 
