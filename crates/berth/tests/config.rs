@@ -566,7 +566,7 @@ fn silent_connections_are_cut_off() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Malformed sections, literal strings
+// Malformed sections, missing storage driver, literal strings
 // ---------------------------------------------------------------------------------------
 
 /// One `error:` line naming `key`, and the server never listened.
@@ -625,6 +625,25 @@ fn malformed_sections_stop_startup() {
         );
         one_error_line_naming(&stderr, key);
     }
+}
+
+/// A file without a storage driver would put the data in the working directory (`/` in
+/// the container image, outside its volume): refused, as Distribution refuses it.
+#[test]
+fn a_file_without_a_storage_driver_stops_startup() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let stderr = Berth::fails_to_start_in(
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+        &[],
+        Some(cwd.path()),
+    );
+    one_error_line_naming(&stderr, "storage");
+    assert!(stderr.contains("rootdirectory"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).expect("cwd").count(),
+        0,
+        "nothing may be written to the working directory"
+    );
 }
 
 /// Strings reach the wire as written, from the file and from `REGISTRY_*` variables:

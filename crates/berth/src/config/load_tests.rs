@@ -1,6 +1,6 @@
 //! Loading as an operator meets it, through `Loaded::load` with a file and `REGISTRY_*`
-//! pairs: strings keep the text they were written with, malformed security sections are
-//! refused.
+//! pairs: strings keep the text they were written with, malformed security sections and
+//! files without a storage driver are refused.
 
 use super::*;
 
@@ -249,4 +249,41 @@ fn valid_string_forms_still_work() {
     let l = load(&format!("{FS}auth:\nproxy:\nhttp:\n  tls:\n"), &[]).expect("empty sections");
     assert!(l.config.auth.htpasswd.is_none() && l.config.auth.tls.is_none());
     assert!(l.config.proxy.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 3: a file must name a storage driver
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_file_without_a_storage_driver_is_refused() {
+    for yaml in [
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\n",
+        "version: 0.1\nhttp:\n  addr: :5000\n",
+        "",
+        "storage:\n",
+    ] {
+        let e = refused(yaml, &[], "storage");
+        assert!(e.contains("rootdirectory"), "{e}");
+    }
+    // The driver named by the environment counts.
+    let l = load(
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\n",
+        &[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/srv/r")],
+    )
+    .expect("driver from env");
+    assert_eq!(l.config.root, PathBuf::from("/srv/r"));
+    let l = load("version: 0.1\n", &[("REGISTRY_STORAGE", "filesystem")]).expect("env driver");
+    assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
+    // Without a file the built-in default stays.
+    let l = Loaded::load(
+        None,
+        [(
+            "REGISTRY_STORAGE_DELETE_ENABLED".to_string(),
+            "true".to_string(),
+        )],
+    )
+    .expect("no file");
+    assert_eq!(l.config.root, PathBuf::from(DEFAULT_ROOT));
+    assert!(l.config.delete_enabled);
 }

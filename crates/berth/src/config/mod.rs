@@ -812,11 +812,25 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
         c.access_log = !disabled;
     }
     c.log_fields = log_fields(tree)?;
+    let drivers: Vec<&str> = get(tree, "storage")
+        .and_then(Value::as_mapping)
+        .map(|storage| {
+            storage
+                .keys()
+                .filter(|k| !["delete", "maintenance", "cache", "redirect", "tag"].contains(k))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Distribution refuses a file without a driver ("no storage configuration
+    // provided"); Berth's own default, ./berth-data, is for running without a file: in
+    // the container image the working directory is /, outside the data volume.
+    if drivers.is_empty() && from_file {
+        return Err(bad(
+            "storage",
+            "no storage driver is configured, so nothing says where the data goes: add `storage: {filesystem: {rootdirectory: /var/lib/registry}}` (a directory of your choice) or set REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+        ));
+    }
     if let Some(storage) = get(tree, "storage").and_then(Value::as_mapping) {
-        let drivers: Vec<&str> = storage
-            .keys()
-            .filter(|k| !["delete", "maintenance", "cache", "redirect", "tag"].contains(k))
-            .collect();
         if drivers.len() > 1 {
             return Err(bad(
                 "storage",
@@ -957,6 +971,12 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        // A file must name a storage driver; these tests are about other keys.
+        let yaml = if yaml.contains("storage:") {
+            yaml.to_string()
+        } else {
+            format!("storage: filesystem\n{yaml}")
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("config.yml");
         std::fs::write(&p, yaml).expect("write");
@@ -1022,7 +1042,11 @@ mod tests {
         assert_eq!(l.config.max_manifest_bytes, 1 << 20);
         assert_eq!(l.config.body_idle_timeout, Duration::from_secs(90));
 
-        let e = load("storage:\n  delete:\n    enabled: maybe\n", &[]).expect_err("bad bool");
+        let e = load(
+            "storage:\n  filesystem:\n  delete:\n    enabled: maybe\n",
+            &[],
+        )
+        .expect_err("bad bool");
         assert!(e.to_string().contains("storage.delete.enabled"), "{e}");
         let e = load("http:\n  addr: 5000\n", &[]).expect_err("no port");
         assert!(e.to_string().contains("http.addr"), "{e}");
