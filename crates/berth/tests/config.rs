@@ -564,3 +564,101 @@ fn silent_connections_are_cut_off() {
         "half a preface closed after {elapsed:?} with a 1s limit"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Malformed sections, missing storage driver, literal strings
+// ---------------------------------------------------------------------------------------
+
+/// One `error:` line naming `key`, and the server never listened.
+fn one_error_line_naming(stderr: &str, key: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(&format!("configuration key {key}:")),
+        "{key} not named:\n{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// A security-relevant section that is not a map (or whose driver cannot be read) must
+/// never give an open, plain-HTTP or ordinary registry: Distribution refuses such files.
+#[test]
+fn malformed_sections_stop_startup() {
+    let fs = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\n";
+    let cases = [
+        (format!("{fs}http:\n  addr: 127.0.0.1:0\nauth: [htpasswd]\n"), "auth"),
+        (format!("{fs}http:\n  addr: 127.0.0.1:0\nauth: true\n"), "auth"),
+        (
+            format!("{fs}http:\n  addr: 127.0.0.1:0\nauth:\n  - htpasswd:\n      realm: r\n      path: DATA/htpasswd\n"),
+            "auth",
+        ),
+        (
+            format!("{fs}http:\n  addr: 127.0.0.1:0\n  tls:\n  - certificate: /etc/c.pem\n    key: /etc/k.pem\n"),
+            "http.tls",
+        ),
+        (
+            format!("{fs}http:\n  addr: 127.0.0.1:0\nproxy:\n  - remoteurl: https://registry-1.docker.io\n"),
+            "proxy",
+        ),
+        (
+            format!("{fs}http:\n  addr: 127.0.0.1:0\nnotifications:\n  - name: a\n    url: http://127.0.0.1:9/\n"),
+            "notifications",
+        ),
+        (
+            "version: 0.1\nstorage:\n  - filesystem:\n      rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n".to_string(),
+            "storage",
+        ),
+    ];
+    for (config, key) in &cases {
+        one_error_line_naming(&Berth::fails_to_start(config), key);
+    }
+    // The same through REGISTRY_* variables.
+    for (var, value, key) in [
+        ("REGISTRY_AUTH", "true", "auth"),
+        ("REGISTRY_HTTP_TLS", "[/etc/c.pem, /etc/k.pem]", "http.tls"),
+    ] {
+        let stderr = Berth::fails_to_start_in(
+            &format!("{fs}http:\n  addr: 127.0.0.1:0\n"),
+            &[(var, value)],
+            None,
+        );
+        one_error_line_naming(&stderr, key);
+    }
+}
+
+/// A file without a storage driver would put the data in the working directory (`/` in
+/// the container image, outside its volume): refused, as Distribution refuses it.
+#[test]
+fn a_file_without_a_storage_driver_stops_startup() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let stderr = Berth::fails_to_start_in(
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+        &[],
+        Some(cwd.path()),
+    );
+    one_error_line_naming(&stderr, "storage");
+    assert!(stderr.contains("rootdirectory"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).expect("cwd").count(),
+        0,
+        "nothing may be written to the working directory"
+    );
+}
+
+/// Strings reach the wire as written, from the file and from `REGISTRY_*` variables:
+/// YAML would read them as numbers or booleans (`1.10` -> 1.1, `0x1F` -> 31).
+#[tokio::test]
+async fn strings_reach_the_wire_as_written() {
+    let b = Berth::start_with_config_env(
+        &base("  headers:\n    X-Version: [1.10]\n    X-Hex: [0x1F]\n"),
+        &[("REGISTRY_HTTP_HEADERS_X-FLAG", "True")],
+        "http",
+    );
+    let r = reqwest::get(format!("{}/v2/", b.url)).await.expect("get");
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-version"], "1.10");
+    assert_eq!(h["x-hex"], "0x1F");
+    assert_eq!(h["x-flag"], "True");
+}

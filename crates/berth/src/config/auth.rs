@@ -3,8 +3,8 @@
 //! Distribution 2.8's meaning. Produces plain values; knows nothing of HTTP or TLS
 //! libraries.
 
+use super::yaml::Value;
 use super::{bad, get, get_bool, get_str, parse_duration, scalar, ConfigError};
-use serde_yaml::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -98,8 +98,7 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     // Any access controller but htpasswd is refused, as Distribution refuses one it
     // does not know (a typo included).
     if let Some(section) = get(tree, "auth").and_then(Value::as_mapping) {
-        for key in section.keys() {
-            let name = key.as_str().unwrap_or("?");
+        for name in section.keys() {
             if name == "htpasswd" {
                 continue;
             }
@@ -138,7 +137,7 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            Some(Value::String(s)) => vec![PathBuf::from(s)],
+            Some(Value::Scalar(s)) => vec![PathBuf::from(&s.text)],
             Some(_) => {
                 return Err(bad(
                     "http.tls.clientcas",
@@ -215,10 +214,7 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
         let map = headers
             .as_mapping()
             .ok_or_else(|| bad("http.headers", "expected a map of header name to values"))?;
-        for (name, values) in map {
-            let name = name
-                .as_str()
-                .ok_or_else(|| bad("http.headers", "header names must be strings"))?;
+        for (name, values) in map.iter() {
             let key = format!("http.headers.{name}");
             let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
             if name.is_empty() || !name.chars().all(tchar) {
@@ -294,7 +290,7 @@ fn letsencrypt(tree: &Value, c: &mut AuthConfig) -> Result<(), ConfigError> {
 fn has_key(tree: &Value, section: &str, key: &str) -> bool {
     get(tree, section)
         .and_then(Value::as_mapping)
-        .is_some_and(|m| m.contains_key(Value::String(key.into())))
+        .is_some_and(|m| m.contains_key(key))
 }
 
 #[cfg(test)]
@@ -302,7 +298,7 @@ mod tests {
     use super::*;
 
     fn read_yaml(yaml: &str) -> Result<AuthConfig, ConfigError> {
-        let tree: Value = serde_yaml::from_str(yaml).expect("yaml");
+        let tree = super::super::yaml::parse(yaml).expect("yaml");
         read(&tree)
     }
 

@@ -2,8 +2,8 @@
 //! `storage.maintenance.uploadpurging`, read with Distribution 2.8's defaults. Produces
 //! plain data for `registry/events.rs` and `jobs/`; knows nothing of how they run.
 
-use super::{bad, get, get_bool, get_str, parse_duration, scalar, ConfigError};
-use serde_yaml::Value;
+use super::yaml::Value;
+use super::{bad, get, get_bool, get_int, get_str, parse_duration, parse_int, scalar, ConfigError};
 use std::time::Duration;
 
 /// Which envelope media type an endpoint receives.
@@ -76,7 +76,10 @@ fn duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
     match get(tree, key) {
         None => Ok(None),
         // A bare number is nanoseconds, as in Go.
-        Some(Value::Number(n)) => Ok(Some(Duration::from_nanos(n.as_u64().unwrap_or(0)))),
+        Some(v) if v.as_plain().and_then(parse_int).is_some() => {
+            let n = v.as_plain().and_then(parse_int).unwrap_or(0);
+            Ok(Some(Duration::from_nanos(u64::try_from(n).unwrap_or(0))))
+        }
         Some(_) => {
             let s = get_str(tree, key)?.unwrap_or_default();
             parse_duration(&s).map(Some).ok_or_else(|| {
@@ -110,6 +113,12 @@ fn endpoint(
     warnings: &mut Vec<String>,
 ) -> Result<Option<Endpoint>, ConfigError> {
     let key = |k: &str| format!("notifications.endpoints[{i}].{k}");
+    if !node.is_mapping() {
+        return Err(bad(
+            &format!("notifications.endpoints[{i}]"),
+            format!("must be a map with name and url; got {}", node.describe()),
+        ));
+    }
     let at = |k: &str| -> Result<Option<String>, ConfigError> {
         get_str(node, k).map_err(|_| bad(&key(k), "expected a string"))
     };
@@ -130,8 +139,7 @@ fn endpoint(
     match get(node, "headers") {
         None => {}
         Some(Value::Mapping(map)) => {
-            for (k, v) in map {
-                let Some(k) = k.as_str() else { continue };
+            for (k, v) in map.iter() {
                 let values: Vec<String> = match v {
                     Value::Sequence(vs) => vs.iter().filter_map(scalar).collect(),
                     other => scalar(other).into_iter().collect(),
@@ -152,13 +160,10 @@ fn endpoint(
         |d: Option<Duration>| d.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(1));
     let timeout = positive(duration(node, "timeout").map_err(|e| rekey(e, &key("timeout")))?);
     let backoff = positive(duration(node, "backoff").map_err(|e| rekey(e, &key("backoff")))?);
-    let threshold = match get(node, "threshold") {
+    let threshold = match get_int(node, "threshold").map_err(|e| rekey(e, &key("threshold")))? {
         None => 10,
-        Some(v) => match v.as_i64() {
-            Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
-            Some(_) => 10,
-            None => return Err(bad(&key("threshold"), "expected a whole number")),
-        },
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(_) => 10,
     };
     let mut ignored_media_types =
         strings(node, "ignoredmediatypes").map_err(|e| rekey(e, &key("ignoredmediatypes")))?;
@@ -294,7 +299,7 @@ mod tests {
     use super::*;
 
     fn read_yaml(yaml: &str) -> Result<(EventsConfig, Vec<String>), ConfigError> {
-        let tree: Value = serde_yaml::from_str(yaml).expect("yaml");
+        let tree = super::super::yaml::parse(yaml).expect("yaml");
         read(&tree).map(|c| {
             let w = c.skipped.clone();
             (c, w)

@@ -3,8 +3,8 @@
 //! checks), read into [`OpsConfig`] with Distribution 2.8's defaults. Knows nothing of
 //! how the checks run or how the debug server serves.
 
-use super::{bad, get, get_bool, get_str, parse_duration, ConfigError};
-use serde_yaml::Value;
+use super::yaml::Value;
+use super::{bad, get, get_bool, get_int, get_str, parse_duration, parse_int, ConfigError};
 use std::time::Duration;
 
 /// Distribution's default interval for every health check.
@@ -69,7 +69,10 @@ fn duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
     match get(tree, key) {
         None => Ok(None),
         // A bare number is nanoseconds in Distribution (Go's time.Duration).
-        Some(Value::Number(n)) => Ok(Some(Duration::from_nanos(n.as_u64().unwrap_or(0)))),
+        Some(v) if v.as_plain().and_then(parse_int).is_some() => {
+            let n = v.as_plain().and_then(parse_int).unwrap_or(0);
+            Ok(Some(Duration::from_nanos(u64::try_from(n).unwrap_or(0))))
+        }
         Some(_) => {
             let s = get_str(tree, key)?.unwrap_or_default();
             parse_duration(&s)
@@ -80,13 +83,11 @@ fn duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
 }
 
 fn number(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
-    match get(tree, key) {
+    match get_int(tree, key)? {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
+        Some(n) => u64::try_from(n)
             .map(Some)
-            .ok_or_else(|| bad(key, "expected a non-negative whole number")),
-        Some(_) => Err(bad(key, "expected a whole number")),
+            .map_err(|_| bad(key, "expected a non-negative whole number")),
     }
 }
 
@@ -157,14 +158,14 @@ pub(super) fn read(tree: &Value) -> Result<OpsConfig, ConfigError> {
         }
         let mut headers = Vec::new();
         if let Some(Value::Mapping(m)) = get(item, "headers") {
-            for (k, v) in m {
-                let name = k.as_str().unwrap_or_default().to_string();
+            for (k, v) in m.iter() {
+                let name = k.to_string();
                 let values: Vec<String> = match v {
                     Value::Sequence(s) => s
                         .iter()
                         .filter_map(|x| x.as_str().map(str::to_string))
                         .collect(),
-                    Value::String(s) => vec![s.clone()],
+                    Value::Scalar(s) => vec![s.text.clone()],
                     _ => Vec::new(),
                 };
                 headers.extend(values.into_iter().map(|v| (name.clone(), v)));
@@ -202,7 +203,7 @@ mod tests {
     use super::*;
 
     fn ops(yaml: &str) -> Result<OpsConfig, ConfigError> {
-        read(&serde_yaml::from_str(yaml).expect("yaml"))
+        read(&super::super::yaml::parse(yaml).expect("yaml"))
     }
 
     #[test]

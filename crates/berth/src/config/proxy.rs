@@ -2,8 +2,8 @@
 //! `proxy.remoteurl`, `username`, `password`, and 3.x's `ttl`), plus Berth's own
 //! `proxy.expiryinterval` (how often expired cache entries are looked for).
 
+use super::yaml::Value;
 use super::{bad, get, get_str, parse_duration, ConfigError};
-use serde_yaml::Value;
 use std::time::Duration;
 
 /// Distribution 3's default `proxy.ttl`.
@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     fn read_yaml(s: &str) -> Result<Option<ProxyConfig>, ConfigError> {
-        read(&serde_yaml::from_str(s).expect("yaml"))
+        read(&super::super::yaml::parse(s).expect("yaml"))
     }
 
     #[test]

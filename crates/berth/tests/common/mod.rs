@@ -361,17 +361,26 @@ impl Berth {
     /// Run `berth serve` with `config` and expect it to refuse to start; returns its
     /// standard error.
     pub fn fails_to_start(config: &str) -> String {
+        Berth::fails_to_start_in(config, &[], None)
+    }
+
+    /// Like [`Berth::fails_to_start`], with extra environment variables and, when given,
+    /// `cwd` as the working directory.
+    pub fn fails_to_start_in(config: &str, env: &[(&str, &str)], cwd: Option<&Path>) -> String {
         let (dir, path) = write_config(config);
         let log = dir.path().join("stderr.log");
-        let mut child = Command::new(berth_bin())
-            .args(["serve".as_ref(), path.as_os_str()])
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["serve".as_ref(), path.as_os_str()])
             .env("NO_COLOR", "1")
             // A refusal is one line for an operator, even with backtraces asked for.
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn berth");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().expect("spawn berth");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -380,6 +389,12 @@ impl Berth {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("berth kept running with {config}");
+            }
+            let so_far = std::fs::read_to_string(&log).unwrap_or_default();
+            if so_far.contains("listening on ") {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("berth started serving with {config}\n{so_far}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };

@@ -1,0 +1,289 @@
+//! Loading as an operator meets it, through `Loaded::load` with a file and `REGISTRY_*`
+//! pairs: strings keep the text they were written with, malformed security sections and
+//! files without a storage driver are refused.
+
+use super::*;
+
+/// A file naming the filesystem driver, for tests about other keys.
+const FS: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /data\n";
+
+fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("config.yml");
+    std::fs::write(&p, yaml).expect("write");
+    Loaded::load(
+        Some(&p),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn refused(yaml: &str, env: &[(&str, &str)], key: &str) -> String {
+    let e = match load(yaml, env) {
+        Ok(l) => panic!(
+            "accepted, expected an error naming {key}: {yaml}\n{env:?}\n{:?}",
+            l.config
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(&format!("configuration key {key}:"))
+            || e.contains(&format!("configuration key {key} "))
+            || e.contains(&format!("environment variable {key}")),
+        "{key} not named: {e}"
+    );
+    assert!(!e.contains('\n'), "one line: {e}");
+    e
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 5: literal strings
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn strings_keep_their_text_from_the_file() {
+    let yaml = format!(
+        "{FS}auth:\n  htpasswd:\n    realm: 1.10\n    path: 0x1F\n\
+         proxy:\n  remoteurl: https://up.example\n  username: True\n  password: 0x1F\n\
+         notifications:\n  endpoints:\n  - name: 1e3\n    url: http://hook/\n    headers:\n      X-Version: [1.10]\n      X-Flag: True\n\
+         http:\n  headers:\n    X-Num: [1e3]\n    X-Hex: 0o17\n  prefix: 010\n\
+         validation:\n  manifests:\n    urls:\n      allow: [1.10]\n"
+    );
+    let c = load(&yaml, &[]).expect("load").config;
+    let h = c.auth.htpasswd.expect("htpasswd");
+    assert_eq!(h.realm, "1.10");
+    assert_eq!(h.path, PathBuf::from("0x1F"));
+    let p = c.proxy.expect("proxy");
+    assert_eq!(p.username.as_deref(), Some("True"));
+    assert_eq!(p.password.as_deref(), Some("0x1F"));
+    let ep = &c.events.endpoints[0];
+    assert_eq!(ep.name, "1e3");
+    assert_eq!(
+        ep.headers,
+        vec![
+            ("X-Version".to_string(), "1.10".to_string()),
+            ("X-Flag".to_string(), "True".to_string())
+        ]
+    );
+    assert_eq!(
+        c.auth.headers,
+        vec![
+            ("X-Num".to_string(), "1e3".to_string()),
+            ("X-Hex".to_string(), "0o17".to_string())
+        ]
+    );
+    assert_eq!(c.http_prefix, "/010");
+    assert!(c.layer_urls.permits("1.10"));
+    assert!(!c.layer_urls.permits("1.1"));
+}
+
+#[test]
+fn strings_keep_their_text_from_the_environment() {
+    let env = [
+        ("REGISTRY_AUTH", "htpasswd"),
+        ("REGISTRY_AUTH_HTPASSWD_REALM", "1.10"),
+        ("REGISTRY_AUTH_HTPASSWD_PATH", "1e3"),
+        ("REGISTRY_PROXY_REMOTEURL", "https://up.example"),
+        ("REGISTRY_PROXY_USERNAME", "True"),
+        ("REGISTRY_PROXY_PASSWORD", "0x1F"),
+        ("REGISTRY_HTTP_HEADERS_X-NUM", "[1.10, 0x1F]"),
+        (
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS",
+            "[{name: a, url: 'http://hook/'}]",
+        ),
+        ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_HEADERS_X-V", "[1e3]"),
+        ("REGISTRY_NOTIFICATIONS_ENDPOINTS_0_NAME", "0x10"),
+    ];
+    let c = load(FS, &env).expect("load").config;
+    let h = c.auth.htpasswd.expect("htpasswd");
+    assert_eq!(h.realm, "1.10");
+    assert_eq!(h.path, PathBuf::from("1e3"));
+    let p = c.proxy.expect("proxy");
+    assert_eq!(p.username.as_deref(), Some("True"));
+    assert_eq!(p.password.as_deref(), Some("0x1F"));
+    assert_eq!(
+        c.auth.headers,
+        vec![
+            ("x-num".to_string(), "1.10".to_string()),
+            ("x-num".to_string(), "0x1F".to_string())
+        ]
+    );
+    let ep = &c.events.endpoints[0];
+    assert_eq!(ep.name, "0x10");
+    assert_eq!(ep.headers, vec![("x-v".to_string(), "1e3".to_string())]);
+}
+
+#[test]
+fn typed_keys_still_read_their_text() {
+    let yaml = format!(
+        "{FS}  delete:\n    enabled: True\nlimits:\n  manifestsize: 1048576\n  pageentries: 50\n\
+         health:\n  storagedriver:\n    enabled: yes\n    interval: 1000000000\n    threshold: 3\n\
+         log:\n  fields:\n    n: 3\n    f: 1.5\n    b: true\n    s: '3'\n"
+    );
+    let c = load(&yaml, &[]).expect("load").config;
+    assert!(c.delete_enabled);
+    assert_eq!(c.max_manifest_bytes, 1 << 20);
+    assert_eq!(c.max_page_entries, 50);
+    assert_eq!(c.ops.checks[0].interval, Duration::from_secs(1));
+    assert_eq!(c.ops.checks[0].threshold, 3);
+    assert_eq!(
+        c.log_fields,
+        vec![
+            ("n".to_string(), serde_json::json!(3)),
+            ("f".to_string(), serde_json::json!(1.5)),
+            ("b".to_string(), serde_json::json!(true)),
+            ("s".to_string(), serde_json::json!("3")),
+        ]
+    );
+    // A version is text too: 0.10 is not 0.1.
+    refused("version: 0.10\nstorage: filesystem\n", &[], "version");
+    // A quoted number is a string, not a count.
+    refused(
+        &format!("{FS}health:\n  storagedriver:\n    enabled: true\n    threshold: '3'\n"),
+        &[],
+        "health.storagedriver.threshold",
+    );
+}
+
+#[test]
+fn yaml_errors_name_file_line_and_column() {
+    let e = load("version: 0.1\nstorage:\n  filesystem: [\n", &[])
+        .expect_err("bad yaml")
+        .to_string();
+    assert!(e.contains("config.yml") && e.contains("line"), "{e}");
+    let e = load(&format!("{FS}http:\n  addr: :1\n  addr: :2\n"), &[])
+        .expect_err("duplicate key")
+        .to_string();
+    assert!(e.contains("addr") && e.contains("line 7"), "{e}");
+    // Anchors and aliases still work.
+    let l = load(
+        &format!("{FS}http:\n  headers:\n    X-A: &v [shared]\n    X-B: *v\n"),
+        &[],
+    )
+    .expect("aliases");
+    assert_eq!(l.config.auth.headers.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 2: malformed security sections
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn malformed_sections_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        ("auth: [htpasswd]\n", "auth"),
+        ("auth: true\n", "auth"),
+        (
+            "auth:\n  - htpasswd:\n      realm: r\n      path: /etc/htpasswd\n",
+            "auth",
+        ),
+        ("auth:\n  htpasswd: [realm, path]\n", "auth.htpasswd"),
+        (
+            "http:\n  tls:\n  - certificate: /c\n    key: /k\n",
+            "http.tls",
+        ),
+        ("http:\n  tls: true\n", "http.tls"),
+        ("http: [addr]\n", "http"),
+        ("proxy: [https://up.example]\n", "proxy"),
+        ("proxy: https://up.example\n", "proxy"),
+        (
+            "notifications:\n  - name: a\n    url: http://hook/\n",
+            "notifications",
+        ),
+        ("notifications: true\n", "notifications"),
+        (
+            "notifications:\n  endpoints:\n  - http://hook/\n",
+            "notifications.endpoints[0]",
+        ),
+    ];
+    for (section, key) in cases {
+        refused(&format!("{FS}{section}"), &[], key);
+    }
+    let storage: &[(&str, &str)] = &[
+        ("storage: [filesystem]\n", "storage"),
+        (
+            "storage:\n  - filesystem:\n      rootdirectory: /x\n",
+            "storage",
+        ),
+        ("storage: true\n", "storage"),
+        ("storage:\n  filesystem: /data\n", "storage.filesystem"),
+        (
+            "storage:\n  filesystem:\n    rootdirectory: /x\n  delete: true\n",
+            "storage.delete",
+        ),
+    ];
+    for (yaml, key) in storage {
+        refused(&format!("version: 0.1\n{yaml}"), &[], key);
+    }
+}
+
+#[test]
+fn malformed_sections_from_the_environment_are_refused() {
+    for (var, value, key) in [
+        ("REGISTRY_AUTH", "true", "auth"),
+        ("REGISTRY_AUTH", "[htpasswd]", "auth"),
+        ("REGISTRY_HTTP_TLS", "[/c, /k]", "http.tls"),
+        ("REGISTRY_PROXY", "https://up.example", "proxy"),
+        ("REGISTRY_NOTIFICATIONS", "[a]", "notifications"),
+        ("REGISTRY_STORAGE", "[filesystem]", "storage"),
+    ] {
+        refused(FS, &[(var, value)], key);
+    }
+}
+
+#[test]
+fn valid_string_forms_still_work() {
+    let l = load("version: 0.1\nstorage: filesystem\n", &[]).expect("storage: filesystem");
+    assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
+    let l = load(
+        &format!("{FS}auth: htpasswd\n"),
+        &[
+            ("REGISTRY_AUTH_HTPASSWD_REALM", "r"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", "/p"),
+        ],
+    )
+    .expect("auth: htpasswd");
+    assert!(l.config.auth.htpasswd.is_some());
+    let l = load(&format!("{FS}auth: none\n"), &[]).expect("auth: none");
+    assert!(l.config.auth.htpasswd.is_none());
+    // Present but empty is absent, as in Distribution.
+    let l = load(&format!("{FS}auth:\nproxy:\nhttp:\n  tls:\n"), &[]).expect("empty sections");
+    assert!(l.config.auth.htpasswd.is_none() && l.config.auth.tls.is_none());
+    assert!(l.config.proxy.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 3: a file must name a storage driver
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_file_without_a_storage_driver_is_refused() {
+    for yaml in [
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\n",
+        "version: 0.1\nhttp:\n  addr: :5000\n",
+        "",
+        "storage:\n",
+    ] {
+        let e = refused(yaml, &[], "storage");
+        assert!(e.contains("rootdirectory"), "{e}");
+    }
+    // The driver named by the environment counts.
+    let l = load(
+        "version: 0.1\nstorage:\n  delete:\n    enabled: true\n",
+        &[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/srv/r")],
+    )
+    .expect("driver from env");
+    assert_eq!(l.config.root, PathBuf::from("/srv/r"));
+    let l = load("version: 0.1\n", &[("REGISTRY_STORAGE", "filesystem")]).expect("env driver");
+    assert_eq!(l.config.root, PathBuf::from(DISTRIBUTION_DEFAULT_ROOT));
+    // Without a file the built-in default stays.
+    let l = Loaded::load(
+        None,
+        [(
+            "REGISTRY_STORAGE_DELETE_ENABLED".to_string(),
+            "true".to_string(),
+        )],
+    )
+    .expect("no file");
+    assert_eq!(l.config.root, PathBuf::from(DEFAULT_ROOT));
+    assert!(l.config.delete_enabled);
+}
