@@ -36,6 +36,7 @@ declare -A PACKAGE_OF=(
     [newuidmap]=uidmap
     [file]=file
     [strip]=binutils
+    [sqlite3]=sqlite3
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)

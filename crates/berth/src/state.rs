@@ -146,6 +146,11 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
             Err(e) => return Err(StartError::Jobs(e.to_string())),
         }
     }
+    if !events.endpoints.is_empty() {
+        jobs.spawn(crate::jobs::pull_events::PullEventsWorker::new(
+            registry.clone(),
+        ));
+    }
     if events.upload_purging.enabled {
         jobs.spawn(PurgeWorker::new(
             registry.clone(),

@@ -1019,3 +1019,267 @@ async fn untrusted_https_endpoints_keep_events_queued() {
     }
     assert!(receiver.accepted().is_empty());
 }
+
+/// Another process holding the metadata database's write lock (as `berth
+/// garbage-collect` or a long write does), through the `sqlite3` shell: taken when
+/// `take` returns, given back (rolled back) by `release` or on drop.
+struct WriteLock(std::process::Child);
+
+impl WriteLock {
+    fn take(db: &std::path::Path) -> WriteLock {
+        use std::io::{BufRead as _, Write as _};
+        let mut child = std::process::Command::new(common::require_tool("sqlite3"))
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sqlite3");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(b".timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .expect("write to sqlite3");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read from sqlite3");
+        assert_eq!(line.trim(), "locked", "sqlite3 did not take the write lock");
+        WriteLock(child)
+    }
+
+    fn release(mut self) {
+        drop(self.0.stdin.take());
+        self.0.wait().expect("sqlite3 exits");
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pull never waits for the metadata writer: with another process holding the write
+/// lock, manifest and blob pulls answer at once (they used to wait for the lock, up to the
+/// 30 s busy timeout, to record their events), and their events reach the receiver, in
+/// order, once the lock is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_do_not_wait_for_a_busy_metadata_writer() {
+    let receiver = Receiver::start().await;
+    let config = notifications(&[endpoint("hook", &receiver.url, "")], false);
+    let api = Api {
+        b: Berth::start_with(&config),
+        c: Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client"),
+    };
+    let (_, md, _, ld) = api.push_image("busy/app", "v1").await;
+    receiver.wait_for(3, Duration::from_secs(30)).await;
+
+    let lock = WriteLock::take(&api.b.data_dir().join("berth.db"));
+    let pulls = [
+        (Method::GET, "/v2/busy/app/manifests/v1".to_string()),
+        (Method::HEAD, format!("/v2/busy/app/blobs/{ld}")),
+        (Method::GET, format!("/v2/busy/app/blobs/{ld}")),
+    ];
+    for (method, path) in &pulls {
+        let start = std::time::Instant::now();
+        let r = api
+            .req(method.clone(), path)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("the pull answers while the writer is busy");
+        assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
+        r.bytes().await.expect("body");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{method} {path} waited {:?} for the metadata writer",
+            start.elapsed()
+        );
+    }
+    assert_eq!(receiver.accepted().len(), 3, "nothing written while locked");
+    lock.release();
+
+    let got = receiver.wait_for(6, Duration::from_secs(30)).await;
+    let (md, ld) = (md.to_string(), ld.to_string());
+    assert_eq!(
+        summary(&got[3..]),
+        vec![
+            row("pull", "busy/app", &md, "v1"),
+            row("pull", "busy/app", &ld, ""),
+            row("pull", "busy/app", &ld, ""),
+        ]
+    );
+}
+
+/// Many pulls in a row reach the receiver in the order they were made, and a change made
+/// after them (a push, whose event is written with the change) comes after them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_pull_events_keep_their_order() {
+    let receiver = Receiver::start().await;
+    let config = notifications(&[endpoint("hook", &receiver.url, "")], false);
+    let api = Api {
+        b: Berth::start_with(&config),
+        c: Client::new(),
+    };
+    let (manifest, md, _, _) = api.push_image("order/app", "t0").await;
+    let reg = api.reg();
+    const TAGS: usize = 30;
+    for i in 1..TAGS {
+        let r = reg
+            .put_manifest("order/app", &format!("t{i}"), OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let pushes = 2 + TAGS;
+    receiver
+        .wait_for(pushes, Duration::from_secs(30))
+        .await;
+
+    for i in 0..TAGS {
+        let r = api
+            .req(Method::GET, &format!("/v2/order/app/manifests/t{i}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let after = api.push_blob("order/app", b"pushed after the pulls").await;
+
+    let got = receiver
+        .wait_for(pushes + TAGS + 1, Duration::from_secs(30))
+        .await;
+    let md = md.to_string();
+    let mut expected: Vec<_> = (0..TAGS)
+        .map(|i| row("pull", "order/app", &md, &format!("t{i}")))
+        .collect();
+    expected.push(row("push", "order/app", after.as_str(), ""));
+    assert_eq!(summary(&got[pushes..]), expected);
+}
+
+/// Read `series` (name with labels) from a Prometheus text exposition.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Rows of the outbox for `endpoint`, read by another process.
+fn outbox_rows(b: &Berth, endpoint: &str) -> usize {
+    let out = common::run(
+        std::process::Command::new(common::require_tool("sqlite3"))
+            .arg(b.data_dir().join("berth.db"))
+            .arg(format!(
+                "SELECT COUNT(*) FROM outbox WHERE endpoint = '{endpoint}'"
+            )),
+    );
+    out.trim().parse().expect("a count")
+}
+
+/// An endpoint that stays down does not grow the outbox without bound: past its
+/// `maxevents` the oldest undelivered events are dropped (not the one being retried),
+/// counted in `berth_notification_events_dropped_total`; when the receiver comes back it
+/// gets the event it was being sent and the newest ones, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_endpoint_keeps_at_most_maxevents() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let config = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n{}",
+        notifications(
+            &[endpoint("capped", &receiver.url, "    maxevents: 5\n")],
+            false
+        )
+    );
+    let (b, debug) = Berth::start_with_debug(&config);
+    let api = Api {
+        b,
+        c: Client::new(),
+    };
+    let mut digests = vec![api.push_blob("cap/repo", b"blob 0").await];
+    // The first event is being retried (and so leased) before the others arrive.
+    receiver
+        .wait_for_attempts(1, Duration::from_secs(30))
+        .await;
+    for i in 1..12 {
+        digests.push(
+            api.push_blob("cap/repo", format!("blob {i}").as_bytes())
+                .await,
+        );
+    }
+
+    let series = "berth_notification_events_dropped_total{endpoint=\"capped\",reason=\"outbox_full\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = api
+            .c
+            .get(format!("http://{debug}/metrics"))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text");
+        if metric(&text, series) == Some(7.0) {
+            assert_eq!(
+                metric(&text, "berth_notification_events_dropped_total{endpoint=\"capped\",reason=\"queue_full\"}"),
+                Some(0.0),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "7 drops never counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outbox_rows(&api.b, "capped"), 5);
+    assert!(receiver.accepted().is_empty());
+
+    receiver.set_status(200);
+    let got = receiver.wait_for(5, Duration::from_secs(30)).await;
+    let expected: Vec<_> = [0, 8, 9, 10, 11]
+        .iter()
+        .map(|&i| row("push", "cap/repo", digests[i].as_str(), ""))
+        .collect();
+    assert_eq!(summary(&got), expected);
+}
+
+/// A graceful stop writes the pull events still queued: stopped right after a pull, the
+/// server delivers that pull's event after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_keeps_queued_pull_events() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(503);
+    let config = notifications(&[endpoint("hook", &receiver.url, "")], false);
+    let mut api = Api {
+        b: Berth::start_with(&config),
+        c: Client::new(),
+    };
+    let d = api.push_blob("stop/repo", b"pulled, then stopped").await;
+    let r = api
+        .req(Method::HEAD, &format!("/v2/stop/repo/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    api.b.stop_and_restart();
+    receiver.set_status(200);
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(
+        summary(&got),
+        vec![
+            row("push", "stop/repo", d.as_str(), ""),
+            row("pull", "stop/repo", d.as_str(), ""),
+        ]
+    );
+}

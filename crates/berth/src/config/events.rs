@@ -1,4 +1,5 @@
-//! The `notifications` section (webhook endpoints, `events.includereferences`) and
+//! The `notifications` section (webhook endpoints with Berth's outbox caps `maxevents`
+//! and `maxage`, `events.includereferences`) and
 //! `storage.maintenance.uploadpurging`, read with Distribution 2.8's defaults. Produces
 //! plain data for `registry/events.rs` and `jobs/`; knows nothing of how they run.
 
@@ -35,7 +36,16 @@ pub struct Endpoint {
     pub ignored_actions: Vec<String>,
     /// Berth addition: `mediatype: v2` selects the v2 envelope media type.
     pub envelope: EnvelopeVersion,
+    /// Berth addition, `maxevents`: most undelivered events kept for this endpoint; the
+    /// oldest beyond it are dropped (0: no limit).
+    pub max_events: u64,
+    /// Berth addition, `maxage`: undelivered events older than this are dropped (absent
+    /// or 0: no limit).
+    pub max_age: Option<Duration>,
 }
+
+/// Undelivered events kept per endpoint when `maxevents` is not set.
+pub const DEFAULT_MAX_EVENTS: u64 = 100_000;
 
 /// `notifications` and `storage.maintenance.uploadpurging`.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +191,22 @@ fn endpoint(
         }
         Some(other) => return Err(bad(&key("mediatype"), format!("{other:?} is not v1 or v2"))),
     };
+    let max_events = match get(node, "maxevents") {
+        None => DEFAULT_MAX_EVENTS,
+        Some(v) => match v.as_i64() {
+            Some(0) => u64::MAX,
+            Some(n) if n > 0 => n as u64,
+            _ => {
+                return Err(bad(
+                    &key("maxevents"),
+                    "expected a whole number of events (0: no limit)",
+                ))
+            }
+        },
+    };
+    let max_age = duration(node, "maxage")
+        .map_err(|e| rekey(e, &key("maxage")))?
+        .filter(|d| !d.is_zero());
     Ok(Some(Endpoint {
         name,
         url,
@@ -191,6 +217,8 @@ fn endpoint(
         ignored_media_types,
         ignored_actions,
         envelope,
+        max_events,
+        max_age,
     }))
 }
 
@@ -322,7 +350,30 @@ mod tests {
         assert_eq!(e.ignored_media_types, vec!["x/a", "x/b"]);
         assert_eq!(e.ignored_actions, vec!["pull"]);
         assert_eq!(e.envelope, EnvelopeVersion::V2);
+        assert_eq!((e.max_events, e.max_age), (DEFAULT_MAX_EVENTS, None));
         assert!(w[0].contains("off disabled"), "{w:?}");
+    }
+
+    #[test]
+    fn outbox_caps_per_endpoint() {
+        let (c, _) = read_yaml(
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://hook/a\n    maxevents: 500\n    maxage: 72h\n  - name: b\n    url: http://hook/b\n    maxevents: 0\n    maxage: 0s\n",
+        )
+        .expect("read");
+        let (a, b) = (&c.endpoints[0], &c.endpoints[1]);
+        assert_eq!(a.max_events, 500);
+        assert_eq!(a.max_age, Some(Duration::from_secs(72 * 3600)));
+        assert_eq!((b.max_events, b.max_age), (u64::MAX, None));
+        let err = read_yaml(
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://hook/a\n    maxevents: -3\n",
+        )
+        .expect_err("negative");
+        assert!(err.to_string().contains("endpoints[0].maxevents"), "{err}");
+        let err = read_yaml(
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://hook/a\n    maxage: soon\n",
+        )
+        .expect_err("not a duration");
+        assert!(err.to_string().contains("endpoints[0].maxage"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the request middleware (counts, latency, sizes, in-flight, bytes
 //! in and out, by handler, method and status, with Distribution 2.8's metric names) and
 //! the text exposition, which also reports what is stored (computed from metadata at
-//! scrape time). Served on the debug server only.
+//! scrape time) and the registry's own counters (pull-through cache, dropped events). Served on the debug server only.
 
 use super::body;
 use super::endpoint::Endpoint;
@@ -37,6 +37,7 @@ pub struct Metrics {
     proxy_requests: IntCounterVec,
     proxy_bytes: IntCounter,
     proxy_errors: IntCounter,
+    events_dropped: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +171,16 @@ impl Metrics {
                     "Failed requests to the pull-through cache's upstream (not counting 404s).",
                 )?,
             )?,
+            events_dropped: register(
+                &prom,
+                IntCounterVec::new(
+                    Opts::new(
+                        "berth_notification_events_dropped_total",
+                        "Notification events dropped before delivery, by endpoint and reason (queue_full: pull events while the outbox could not keep up; outbox_full, outbox_expired: over the endpoint's maxevents or maxage).",
+                    ),
+                    &["endpoint", "reason"],
+                )?,
+            )?,
             prom,
         })
     }
@@ -207,6 +218,12 @@ impl Metrics {
             }
             sync(&self.proxy_bytes, &c.upstream_bytes);
             sync(&self.proxy_errors, &c.upstream_errors);
+        }
+        if let Some(dropped) = registry.dropped_events() {
+            for (endpoint, reason, value) in dropped.snapshot() {
+                let counter = self.events_dropped.with_label_values(&[&endpoint, reason]);
+                counter.inc_by(value.saturating_sub(counter.get()));
+            }
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.prom.gather(), &mut out) {

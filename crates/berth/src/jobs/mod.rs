@@ -1,5 +1,7 @@
 //! Background work: the [`Worker`] trait and the [`Jobs`] runner that drives workers until
-//! shutdown. Workers: [`notify::NotifyWorker`] (webhook delivery from the outbox),
+//! shutdown. Workers: [`notify::NotifyWorker`] (webhook delivery from the outbox, and
+//! each endpoint's backlog cap), [`pull_events::PullEventsWorker`] (pull events written
+//! to the outbox in batches),
 //! [`purge::PurgeWorker`] (upload purging), [`health::HealthWorker`] (health checks) and
 //! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry).
 //!
@@ -13,6 +15,7 @@
 pub mod health;
 pub mod notify;
 pub mod proxy;
+pub mod pull_events;
 pub mod purge;
 
 use std::sync::{Arc, Mutex};

@@ -4,12 +4,16 @@
 //! at once while consecutive failures stay below `threshold`, then every `backoff`. An
 //! event is claimed with a lease in the database, so a crash leaves it pending and it is
 //! sent after the restart (or by another node) once the lease expires.
+//!
+//! The worker also bounds its endpoint's backlog (`maxevents`, `maxage`): about once a
+//! second, before an attempt, it has the oldest undelivered events over the caps dropped
+//! (never the one it holds), and logs once per burst of drops rather than per event.
 
 use super::{JobError, Worker, WorkerState};
 use crate::config::events::{Endpoint, EnvelopeVersion};
 use crate::registry::Registry;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub const MEDIA_TYPE_V1: &str = "application/vnd.docker.distribution.events.v1+json";
@@ -18,6 +22,9 @@ pub const MEDIA_TYPE_V2: &str = "application/vnd.docker.distribution.events.v2+j
 /// How often an idle worker looks at the outbox without being woken (events queued by
 /// another node, leases that expired).
 const POLL: Duration = Duration::from_secs(2);
+
+/// Least time between two checks of the backlog against the endpoint's caps.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Delivers one endpoint's events.
 pub struct NotifyWorker {
@@ -33,6 +40,10 @@ pub struct NotifyWorker {
     backoff: Option<Duration>,
     /// The event being delivered, to hand back on shutdown.
     claimed: Option<i64>,
+    /// When the backlog was last checked against the caps.
+    last_trim: Option<Instant>,
+    /// Events dropped in the current burst (logged when it starts and when it ends).
+    burst: u64,
 }
 
 impl NotifyWorker {
@@ -61,12 +72,50 @@ impl NotifyWorker {
             failures: 0,
             backoff: None,
             claimed: None,
+            last_trim: None,
+            burst: 0,
         })
     }
 
     /// Seconds a claim is held: long enough for one attempt and the pause before the next.
     fn lease_secs(&self) -> i64 {
         (self.endpoint.timeout.max(self.endpoint.backoff).as_secs() + 5) as i64
+    }
+
+    /// Drop what is over the endpoint's caps, if a check is due.
+    async fn trim(&mut self) -> Result<(), JobError> {
+        if self.last_trim.is_some_and(|t| t.elapsed() < TRIM_EVERY) {
+            return Ok(());
+        }
+        self.last_trim = Some(Instant::now());
+        let ep = &self.endpoint;
+        let t = self
+            .registry
+            .trim_events(&ep.name, ep.max_events, ep.max_age)
+            .await
+            .map_err(|e| JobError(format!("cannot bound the notification outbox: {e}")))?;
+        let n = t.over_cap + t.expired;
+        if n > 0 && self.burst == 0 {
+            tracing::warn!(
+                endpoint = %ep.name,
+                over_cap = t.over_cap,
+                expired = t.expired,
+                "notification endpoint {} is not keeping up: dropping its oldest undelivered events (maxevents {}, maxage {:?})",
+                ep.name,
+                ep.max_events,
+                ep.max_age,
+            );
+        } else if n == 0 && self.burst > 0 {
+            tracing::warn!(
+                endpoint = %ep.name,
+                dropped = self.burst,
+                "notification endpoint {}: {} undelivered events were dropped in all",
+                ep.name,
+                self.burst,
+            );
+        }
+        self.burst = if n > 0 { self.burst + n } else { 0 };
+        Ok(())
     }
 
     async fn post(&self, body: String) -> Result<(), String> {
@@ -124,6 +173,7 @@ impl Worker for NotifyWorker {
         if let Some(pause) = self.backoff.take() {
             tokio::time::sleep(pause).await;
         }
+        self.trim().await?;
         let entry = self
             .registry
             .claim_event(&self.endpoint.name, &self.owner, self.lease_secs())

@@ -279,9 +279,9 @@ pub struct OutboxEntry {
 /// The durable outbox of notification events (see `migrations/sqlite/0002_events.sql`).
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
-    /// Append one event for each endpoint in `endpoints`, in one transaction (events that
-    /// describe no change, such as pulls; a change's events go with its own write).
-    async fn enqueue(&self, endpoints: &[String], payload: &str) -> Result<()>;
+    /// Append `events` in one transaction, in the order given (events that describe no
+    /// change, such as a batch of pulls; a change's events go with its own write).
+    async fn enqueue(&self, events: &[NewEvent]) -> Result<()>;
     /// Claim the oldest pending entry of `endpoint` for `lease_secs` on behalf of `owner`.
     /// `None` when the endpoint has nothing pending, or when its oldest entry is leased by
     /// someone else (so entries of one endpoint are delivered in order).
@@ -297,6 +297,21 @@ pub trait Outbox: Send + Sync {
     async fn release(&self, seq: i64, owner: &str) -> Result<()>;
     /// How many entries `endpoint` has pending.
     async fn pending(&self, endpoint: &str) -> Result<u64>;
+    /// Bound `endpoint`'s backlog: drop its oldest entries created before `created_before`
+    /// (seconds since the epoch), then its oldest entries beyond the newest `keep`. An
+    /// entry leased for delivery (`claim`, lease not expired) is never dropped, but counts
+    /// towards `keep`. Meant to run now and then, not on every insert.
+    async fn trim(&self, endpoint: &str, keep: u64, created_before: Option<i64>)
+        -> Result<Trimmed>;
+}
+
+/// What [`Outbox::trim`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Entries beyond the count cap.
+    pub over_cap: u64,
+    /// Entries older than the age cap.
+    pub expired: u64,
 }
 
 /// Questions asked by notifications and maintenance jobs (upload purging).

@@ -632,6 +632,7 @@ mod tests {
         crate::meta::testsuite::run(&meta).await;
         crate::meta::testsuite::run_events(&meta).await;
         crate::meta::testsuite::transactional_events(&meta).await;
+        crate::meta::testsuite::outbox_trim(&meta).await;
         crate::meta::testsuite::proxy_cache(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);

@@ -1,9 +1,13 @@
 //! SQLite implementation of the outbox and housekeeping traits (notifications, upload
 //! purging). Claims are a single `UPDATE ... RETURNING` on the head row of an endpoint,
-//! guarded by its lease, so two claimers can never both own an entry.
+//! guarded by its lease, so two claimers can never both own an entry. Trimming an
+//! endpoint's backlog looks on a reader first and takes the write lock only when there
+//! is something to drop.
 
 use super::sqlite::SqliteMeta;
-use super::{now, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, UploadSession};
+use super::{
+    now, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, Trimmed, UploadSession,
+};
 use oci::{Digest, RepoName, Tag};
 use sqlx::Row;
 
@@ -27,20 +31,12 @@ pub(super) async fn insert_events(
 
 #[async_trait::async_trait]
 impl Outbox for SqliteMeta {
-    async fn enqueue(&self, endpoints: &[String], payload: &str) -> Result<()> {
-        if endpoints.is_empty() {
+    async fn enqueue(&self, events: &[NewEvent]) -> Result<()> {
+        if events.is_empty() {
             return Ok(());
         }
-        let t = now();
-        let mut tx = self.writer.begin().await?;
-        for ep in endpoints {
-            sqlx::query("INSERT INTO outbox (endpoint, payload, created_at) VALUES (?1, ?2, ?3)")
-                .bind(ep)
-                .bind(payload)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -99,6 +95,65 @@ impl Outbox for SqliteMeta {
             .fetch_one(&self.reader)
             .await?;
         Ok(n as u64)
+    }
+
+    async fn trim(
+        &self,
+        endpoint: &str,
+        keep: u64,
+        created_before: Option<i64>,
+    ) -> Result<Trimmed> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let t = now();
+        // Look first (a reader, no write lock): nearly always there is nothing to drop.
+        // The count walks the (endpoint, seq) index only; the age is the oldest droppable
+        // entry's (entries are created in about `seq` order).
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE endpoint = ?1),
+                    (SELECT created_at FROM outbox WHERE endpoint = ?1 AND lease_until <= ?2
+                      ORDER BY seq LIMIT 1)",
+        )
+        .bind(endpoint)
+        .bind(t)
+        .fetch_one(&self.reader)
+        .await?;
+        let expired = matches!((oldest, created_before), (Some(o), Some(c)) if o < c);
+        if n <= keep && !expired {
+            return Ok(Trimmed::default());
+        }
+        let mut out = Trimmed::default();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(before) = created_before.filter(|_| expired) {
+            out.expired = sqlx::query(
+                "DELETE FROM outbox WHERE endpoint = ?1 AND created_at < ?2 AND lease_until <= ?3",
+            )
+            .bind(endpoint)
+            .bind(before)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        // Counted again under the write lock: deliveries may have shrunk the backlog.
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE endpoint = ?1")
+            .bind(endpoint)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n > keep {
+            out.over_cap = sqlx::query(
+                "DELETE FROM outbox WHERE seq IN (
+                    SELECT seq FROM outbox WHERE endpoint = ?1 AND lease_until <= ?2
+                     ORDER BY seq LIMIT ?3)",
+            )
+            .bind(endpoint)
+            .bind(t)
+            .bind(n - keep)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 }
 

@@ -271,11 +271,12 @@ pub async fn check_persisted(m: &dyn MetaStore) {
 /// The outbox and housekeeping contract: per-endpoint order, leases, completion, old
 /// uploads, tags of a manifest.
 pub async fn run_events(m: &dyn MetaStore) {
-    let eps = vec!["a".to_string(), "b".to_string()];
     assert!(m.claim("a", "me", 30).await.expect("claim").is_none());
-    m.enqueue(&eps, "one").await.expect("enqueue");
-    m.enqueue(&eps[..1], "two").await.expect("enqueue");
-    m.enqueue(&[], "none").await.expect("enqueue nothing");
+    // One batch, kept in its order: "one" for a and b, then "two" for a.
+    m.enqueue(&[row("a", "one"), row("b", "one"), row("a", "two")])
+        .await
+        .expect("enqueue");
+    m.enqueue(&[]).await.expect("enqueue nothing");
     assert_eq!(m.pending("a").await.expect("pending"), 2);
     assert_eq!(m.pending("b").await.expect("pending"), 1);
 
@@ -394,6 +395,65 @@ pub async fn run_events(m: &dyn MetaStore) {
     let tags = m.tags_of(&r, &man.digest).await.expect("tags");
     assert_eq!(tags, vec![tag("a"), tag("z")]);
     assert!(m.tags_of(&r, &d("other")).await.expect("tags").is_empty());
+}
+
+fn row(endpoint: &str, payload: &str) -> NewEvent {
+    NewEvent {
+        endpoint: endpoint.to_string(),
+        payload: payload.to_string(),
+    }
+}
+
+/// Bounding an endpoint's backlog: the oldest entries go first, a leased entry never, an
+/// endpoint under its caps is left alone, and other endpoints are untouched.
+pub async fn outbox_trim(m: &dyn MetaStore) {
+    let batch: Vec<NewEvent> = (0..10)
+        .map(|i| row("trim-a", &format!("a{i}")))
+        .chain((0..3).map(|i| row("trim-b", &format!("b{i}"))))
+        .collect();
+    m.enqueue(&batch).await.expect("enqueue");
+    // Under the caps: nothing happens.
+    assert_eq!(
+        m.trim("trim-a", 10, Some(0)).await.expect("trim"),
+        super::Trimmed::default()
+    );
+    // The head is being delivered: it stays and counts towards the cap, so the oldest
+    // unleased entries after it go.
+    let head = m
+        .claim("trim-a", "me", 60)
+        .await
+        .expect("claim")
+        .expect("head");
+    assert_eq!(head.payload, "a0");
+    let t = m.trim("trim-a", 4, None).await.expect("trim");
+    assert_eq!((t.over_cap, t.expired), (6, 0));
+    assert_eq!(m.pending("trim-a").await.expect("pending"), 4);
+    assert_eq!(m.pending("trim-b").await.expect("pending"), 3);
+    // Delivery goes on where it was, then with the newest entries, in order.
+    m.complete(head.seq, "me").await.expect("complete");
+    assert_eq!(drain(m, "trim-a").await, ["a7", "a8", "a9"]);
+
+    // By age: everything created before the cutoff goes, except a leased entry.
+    m.enqueue(&[row("trim-b", "b3")]).await.expect("enqueue");
+    let leased = m
+        .claim("trim-b", "me", 60)
+        .await
+        .expect("claim")
+        .expect("head");
+    let t = m
+        .trim("trim-b", 100, Some(super::now() + 10))
+        .await
+        .expect("trim");
+    assert_eq!((t.over_cap, t.expired), (0, 3));
+    assert_eq!(m.pending("trim-b").await.expect("pending"), 1);
+    m.complete(leased.seq, "me").await.expect("complete");
+    // A cutoff older than every entry drops nothing.
+    m.enqueue(&[row("trim-b", "b4")]).await.expect("enqueue");
+    assert_eq!(
+        m.trim("trim-b", 100, Some(0)).await.expect("trim"),
+        super::Trimmed::default()
+    );
+    assert_eq!(drain(m, "trim-b").await, ["b4"]);
 }
 
 fn events(what: &str) -> Vec<NewEvent> {

@@ -24,7 +24,7 @@ impl Registry {
             None if self.proxy.is_some() => self.proxy_blob_size(repo, digest).await?,
             None => return Err(RegistryError::BlobUnknown(digest.clone())),
         };
-        self.emit_blob_pull(repo, digest, size).await;
+        self.emit_blob_pull(repo, digest, size);
         Ok(size)
     }
 
@@ -36,10 +36,9 @@ impl Registry {
     }
 
     /// Record a pull of a blob (see `emit`).
-    pub(super) async fn emit_blob_pull(&self, repo: &RepoName, d: &Digest, size: u64) {
+    pub(super) fn emit_blob_pull(&self, repo: &RepoName, d: &Digest, size: u64) {
         if self.events_enabled() {
-            self.emit(Action::Pull, self.blob_target(repo, d, size))
-                .await;
+            self.emit(Action::Pull, self.blob_target(repo, d, size));
         }
     }
 
@@ -72,7 +71,7 @@ impl Registry {
         let size = self.linked_size(repo, digest).await?;
         // Distribution reports a pull once the blob is found, even when the range is
         // then refused.
-        self.emit_blob_pull(repo, digest, size).await;
+        self.emit_blob_pull(repo, digest, size);
         let range = resolve(size)?;
         if size == 0 {
             return Ok(BlobRead {
@@ -105,6 +104,7 @@ impl Registry {
         } else {
             Vec::new()
         };
+        self.pulls_first(&events).await;
         if self.meta.unlink_blob(repo, digest, &events).await? {
             self.wake(&events);
             Ok(())

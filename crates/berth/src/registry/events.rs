@@ -2,8 +2,11 @@
 //! (`push`, `pull`, `mount`, `delete`), to what, on whose request. The registry builds
 //! an event's outbox rows ([`NewEvent`], one per endpoint that wants it) before it writes
 //! the change, and the metadata write inserts them in the same transaction, so an event
-//! exists if and only if its change committed. Pulls change nothing and are enqueued on
-//! their own. Delivery is a job (`jobs/notify.rs`), never done on the request path.
+//! exists if and only if its change committed. Pulls change nothing: their rows go to an
+//! in-process queue written in batches (`pull_events.rs`), and a change's write first
+//! flushes the pulls queued before it. Delivery is a job (`jobs/notify.rs`), never done
+//! on the request path; it also bounds each endpoint's backlog ([`Registry::trim_events`]).
+//! Events dropped (queue full, backlog over its cap) are counted in [`DroppedEvents`].
 //!
 //! Who asked: the HTTP layer (its `request_scope` middleware) fills a plain
 //! [`RequestInfo`] and runs the request inside [`RequestInfo::scope`] (a tokio
@@ -11,16 +14,18 @@
 //! parameter and this module stays free of HTTP types. Events emitted outside a request
 //! (none today) carry an empty `request`.
 
+use super::pull_events::PullQueue;
 use super::Registry;
 use crate::config::events::Endpoint;
 use crate::meta::NewEvent;
-pub use crate::meta::OutboxEntry;
+pub use crate::meta::{OutboxEntry, Trimmed};
 use oci::manifest::Descriptor;
 use oci::{Digest, RepoName, Tag};
 use serde::Serialize;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 /// The request behind an event, as the HTTP layer saw it.
@@ -190,6 +195,76 @@ pub struct EventSink {
     pub source: Source,
 }
 
+/// Why an event was dropped before delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A pull event found the queue to the outbox full (the database not keeping up).
+    QueueFull,
+    /// The endpoint's backlog was over its `maxevents`.
+    OutboxFull,
+    /// The event waited longer than the endpoint's `maxage`.
+    OutboxExpired,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::OutboxFull,
+        DropReason::OutboxExpired,
+    ];
+
+    /// The `reason` label of `berth_notification_events_dropped_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::OutboxFull => "outbox_full",
+            DropReason::OutboxExpired => "outbox_expired",
+        }
+    }
+}
+
+/// Events dropped before delivery, by endpoint and reason (for metrics).
+#[derive(Debug)]
+pub struct DroppedEvents {
+    counts: Vec<(String, [AtomicU64; 3])>,
+}
+
+impl DroppedEvents {
+    pub fn new(endpoints: impl IntoIterator<Item = String>) -> DroppedEvents {
+        DroppedEvents {
+            counts: endpoints
+                .into_iter()
+                .map(|e| (e, Default::default()))
+                .collect(),
+        }
+    }
+
+    pub(super) fn add(&self, endpoint: &str, reason: DropReason, n: u64) {
+        if let Some((_, c)) = self.counts.iter().find(|(e, _)| e == endpoint) {
+            c[reason as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `(endpoint, reason, count)` for every endpoint and reason, zeros included.
+    pub fn snapshot(&self) -> Vec<(String, &'static str, u64)> {
+        self.counts
+            .iter()
+            .flat_map(|(e, c)| {
+                DropReason::ALL
+                    .iter()
+                    .map(move |r| (e.clone(), r.as_str(), c[*r as usize].load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+}
+
+/// The registry's notification state: where events go, the pull queue, the drop counts.
+pub(super) struct Events {
+    sink: EventSink,
+    pulls: PullQueue,
+    dropped: Arc<DroppedEvents>,
+}
+
 /// `time` as RFC 3339 with nanoseconds in UTC (Go's `RFC3339Nano`: trailing zeros of the
 /// fraction dropped).
 pub fn rfc3339_nano(time: SystemTime) -> String {
@@ -225,10 +300,85 @@ pub fn rfc3339_nano(time: SystemTime) -> String {
 }
 
 impl Registry {
-    /// Send events to `sink`'s endpoints (through the outbox).
+    /// Send events to `sink`'s endpoints (through the outbox). Pull events wait in a queue
+    /// until [`Registry::flush_pull_events`] (the `jobs::pull_events` worker) writes them.
     pub fn with_events(mut self, sink: EventSink) -> Registry {
-        self.events = (!sink.subscribers.is_empty()).then_some(sink);
+        if sink.subscribers.is_empty() {
+            self.events = None;
+            return self;
+        }
+        let dropped = Arc::new(DroppedEvents::new(
+            sink.subscribers.iter().map(|s| s.name.clone()),
+        ));
+        let wakes = sink
+            .subscribers
+            .iter()
+            .map(|s| (s.name.clone(), s.wake.clone()))
+            .collect();
+        let pulls = PullQueue::new(
+            self.meta.clone(),
+            wakes,
+            dropped.clone(),
+            super::pull_events::CAPACITY,
+        );
+        self.events = Some(Events {
+            sink,
+            pulls,
+            dropped,
+        });
         self
+    }
+
+    /// Events dropped before delivery, when notifications are on.
+    pub fn dropped_events(&self) -> Option<&DroppedEvents> {
+        self.events.as_ref().map(|e| e.dropped.as_ref())
+    }
+
+    /// Write the queued pull events to the outbox (see `pull_events.rs`); how many pulls
+    /// were written.
+    pub async fn flush_pull_events(&self) -> super::Result<usize> {
+        match &self.events {
+            Some(e) => Ok(e.pulls.flush().await?),
+            None => Ok(0),
+        }
+    }
+
+    /// Wait until queued pull events are due to be flushed (forever without endpoints).
+    pub async fn pull_events_due(&self) {
+        match &self.events {
+            Some(e) => e.pulls.ready().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Before a change's events are written: flush the pull events queued so far, so an
+    /// endpoint gets a pull before a change made after it. A failure is logged and the
+    /// change goes on (those pulls then follow it).
+    pub(super) async fn pulls_first(&self, rows: &[NewEvent]) {
+        let Some(e) = &self.events else { return };
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(err) = e.pulls.flush().await {
+            tracing::warn!(error = %err, "cannot write queued pull events before a change's events; they follow it");
+        }
+    }
+
+    /// Bound `endpoint`'s backlog to its newest `max_events`, dropping events older than
+    /// `max_age` too; what was dropped is counted. Never drops an event being delivered.
+    pub async fn trim_events(
+        &self,
+        endpoint: &str,
+        max_events: u64,
+        max_age: Option<Duration>,
+    ) -> super::Result<Trimmed> {
+        let before = max_age.map(|a| crate::meta::now().saturating_sub(a.as_secs() as i64));
+        let t = self.meta.trim(endpoint, max_events, before).await?;
+        if let Some(e) = &self.events {
+            e.dropped.add(endpoint, DropReason::OutboxFull, t.over_cap);
+            e.dropped.add(endpoint, DropReason::OutboxExpired, t.expired);
+        }
+        Ok(t)
     }
 
     /// Claim the next event pending for `endpoint` (see `meta::Outbox::claim`).
@@ -258,7 +408,9 @@ impl Registry {
 
     /// Whether manifest events carry their references.
     pub(super) fn include_references(&self) -> bool {
-        self.events.as_ref().is_some_and(|s| s.include_references)
+        self.events
+            .as_ref()
+            .is_some_and(|e| e.sink.include_references)
     }
 
     /// The outbox rows of one event: one per endpoint that wants it, none when no endpoint
@@ -266,7 +418,7 @@ impl Registry {
     /// commit in the same metadata transaction as the change (a crash loses neither
     /// alone, and a refused change records nothing).
     pub(super) fn event_rows(&self, action: Action, target: &Target) -> Vec<NewEvent> {
-        let Some(sink) = &self.events else {
+        let Some(sink) = self.events.as_ref().map(|e| &e.sink) else {
             return Vec::new();
         };
         let names: Vec<&str> = sink
@@ -312,39 +464,23 @@ impl Registry {
 
     /// After the rows were committed: wake the delivery worker of each endpoint they are for.
     pub(super) fn wake(&self, rows: &[NewEvent]) {
-        let Some(sink) = &self.events else { return };
-        for s in &sink.subscribers {
+        let Some(e) = &self.events else { return };
+        for s in &e.sink.subscribers {
             if rows.iter().any(|r| r.endpoint == s.name) {
                 s.wake.notify_one();
             }
         }
     }
 
-    /// Record an event that describes no change (a pull) in the outbox for every endpoint
-    /// that wants it. Failures are logged, not returned: the pull itself succeeded.
-    pub(super) async fn emit(&self, action: Action, target: Target) {
+    /// Record an event that describes no change (a pull) for every endpoint that wants
+    /// it: queued for the next batch, never waiting for the database (see
+    /// `pull_events.rs`); dropped and counted when the queue is full.
+    pub(super) fn emit(&self, action: Action, target: Target) {
+        let Some(e) = &self.events else { return };
         let rows = self.event_rows(action, &target);
-        let Some(first) = rows.first() else { return };
-        let payload = first.payload.clone();
-        let names: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
-        // In a task of its own, so a client hanging up at this moment (which drops the
-        // request's future) cannot cut the write short.
-        let meta = self.meta.clone();
-        let write = tokio::spawn(async move { meta.enqueue(&names, &payload).await });
-        let written = match write.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = written {
-            tracing::error!(
-                error = %e,
-                action = action.as_str(),
-                repository = %target.repository,
-                "cannot record a notification event in the outbox; it is lost (check the metadata database)"
-            );
-            return;
+        if !rows.is_empty() {
+            e.pulls.push(rows);
         }
-        self.wake(&rows);
     }
 
     /// The target of a blob event in `repo`.

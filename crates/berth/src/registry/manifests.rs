@@ -193,6 +193,7 @@ impl Registry {
             required_manifests,
         );
         let subject = record.subject.clone();
+        self.pulls_first(&events).await;
         self.meta
             .put_manifest(repo, &record, &tags, &events)
             .await
@@ -225,7 +226,7 @@ impl Registry {
                 Reference::Digest(_) => None,
             };
             let target = self.manifest_target(repo, &m.digest, &m.media_type, &m.content, tag);
-            self.emit(Action::Pull, target).await;
+            self.emit(Action::Pull, target);
         }
         Ok(m)
     }
@@ -287,6 +288,7 @@ impl Registry {
                     });
                 }
                 let events = self.delete_event_rows(&targets);
+                self.pulls_first(&events).await;
                 let deleted = self.meta.delete_tag(repo, t, &events).await?;
                 deleted.then_some(events)
             }
@@ -334,6 +336,7 @@ impl Registry {
                 }));
             }
             let events = self.delete_event_rows(&targets);
+            self.pulls_first(&events).await;
             match self
                 .meta
                 .delete_manifest(repo, d, tags.as_deref(), &events)

@@ -12,6 +12,7 @@ mod import;
 mod listing;
 mod manifests;
 pub mod proxy;
+mod pull_events;
 mod purge;
 mod stats;
 mod uploads;
@@ -176,7 +177,7 @@ pub struct Registry {
     settings: Settings,
     uploads: uploads::UploadCache,
     /// Where notification events go; `None` when no endpoint is configured.
-    events: Option<events::EventSink>,
+    events: Option<events::Events>,
     /// The pull-through cache, when `proxy` is configured.
     proxy: Option<proxy::Proxy>,
 }

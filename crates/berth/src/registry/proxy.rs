@@ -735,7 +735,7 @@ impl Registry {
             }
             Source::Unlinked(size) => {
                 bump(&p.counters.blob_hit);
-                self.emit_blob_pull(repo, digest, size).await;
+                self.emit_blob_pull(repo, digest, size);
                 let range = resolve(size)?;
                 let body = if size == 0 {
                     Box::pin(futures_util::stream::empty()) as ByteStream
@@ -768,7 +768,7 @@ impl Registry {
                 )));
             }
         };
-        self.emit_blob_pull(repo, digest, size).await;
+        self.emit_blob_pull(repo, digest, size);
         let range = resolve(size)?;
         let (start, end) = match range {
             Some(r) => (r.start, r.end + 1),

@@ -261,6 +261,7 @@ impl Registry {
         };
         // Links only a blob metadata still records (re-checked in the transaction): if
         // garbage collection forgot it meanwhile, the client is asked to upload instead.
+        self.pulls_first(&events).await;
         let mounted = self.meta.mount_blob(repo, digest, from, &events).await?;
         if mounted.is_some() {
             self.wake(&events);
@@ -411,6 +412,7 @@ impl Registry {
         } else {
             Vec::new()
         };
+        self.pulls_first(&events).await;
         self.meta
             .link_blob(repo, digest, progress.size, &events)
             .await?;

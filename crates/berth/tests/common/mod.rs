@@ -80,6 +80,23 @@ impl Berth {
         self.spawn();
     }
 
+    /// Stop the server with SIGTERM (a graceful shutdown), wait for it to exit, and start
+    /// it again on the same data directory. The port changes.
+    pub fn stop_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while c.try_wait().expect("wait").is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "berth still running 30 s after SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.spawn();
+    }
+
     /// The server's process id (for /proc inspection).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
