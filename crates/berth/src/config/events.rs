@@ -193,7 +193,7 @@ fn endpoint(
     };
     let max_events = match get(node, "maxevents") {
         None => DEFAULT_MAX_EVENTS,
-        Some(v) => match v.as_i64() {
+        Some(v) => match v.as_plain().and_then(|t| t.trim().parse::<i64>().ok()) {
             Some(0) => u64::MAX,
             Some(n) if n > 0 => n as u64,
             _ => {
