@@ -127,10 +127,27 @@ fn main() -> std::process::ExitCode {
             // The whole cause chain on one line, never a backtrace: RUST_BACKTRACE set in
             // an operator's environment must not turn a configuration error into a dump.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The cause chain joined with `: `, each cause once: many errors already say their
+/// source in their own message, and printing it again after them only repeats it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

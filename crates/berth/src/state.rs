@@ -26,10 +26,12 @@ pub enum StartError {
     },
     #[error("cannot open the metadata database {path}: {source}")]
     Meta { path: PathBuf, source: MetaError },
-    #[error("cannot listen on {addr}: {source} (is another registry already using the port?)")]
+    #[error("cannot listen on {addr}: {cause}{}", bind_hint(cause))]
     Bind {
         addr: String,
-        source: std::io::Error,
+        /// Not a `source`: the message already says it, and the `error:` line prints a
+        /// cause once.
+        cause: std::io::Error,
     },
     #[error("configuration key proxy.remoteurl: {0}")]
     Proxy(String),
@@ -47,6 +49,18 @@ pub enum StartError {
     Metrics(#[from] http::metrics::MetricsError),
     #[error("garbage collection failed: {0}")]
     Gc(crate::registry::RegistryError),
+}
+
+/// The hint that fits a listen error: the port-in-use question only when it is in use.
+fn bind_hint(cause: &std::io::Error) -> &'static str {
+    match cause.kind() {
+        std::io::ErrorKind::AddrInUse => " (is another registry already using the port?)",
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
+        _ => "",
+    }
 }
 
 /// Build the registry over the backends `config` names.
@@ -211,9 +225,9 @@ fn cert_dir_problem(dirs: &std::ffi::OsStr) -> Option<String> {
 
 /// Bind `http.addr`: `:port` means every interface (IPv6 and IPv4 where available).
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
-    let err = |source| StartError::Bind {
+    let err = |cause| StartError::Bind {
         addr: addr.to_string(),
-        source,
+        cause,
     };
     if let Some(port) = addr.strip_prefix(':') {
         match tokio::net::TcpListener::bind(format!("[::]:{port}")).await {

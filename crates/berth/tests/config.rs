@@ -566,7 +566,7 @@ fn silent_connections_are_cut_off() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Malformed sections, missing storage driver, literal strings
+// Malformed sections, missing storage driver, literal strings, start-up messages
 // ---------------------------------------------------------------------------------------
 
 /// One `error:` line naming `key`, and the server never listened.
@@ -661,4 +661,42 @@ async fn strings_reach_the_wire_as_written() {
     assert_eq!(h["x-version"], "1.10");
     assert_eq!(h["x-hex"], "0x1F");
     assert_eq!(h["x-flag"], "True");
+}
+
+#[tokio::test]
+async fn unknown_key_names_the_nearest_known_key() {
+    let b = Berth::start_with_config(&base("htp:\n  addr: :5001\n"));
+    let warned = b.wait_for_log("unknown configuration key htp", 0, Duration::from_secs(10));
+    assert!(
+        warned[0].contains("unknown configuration key htp (ignored); did you mean http?"),
+        "{}",
+        warned[0]
+    );
+    let status = reqwest::get(format!("{}/v2/", b.url))
+        .await
+        .expect("GET /v2/")
+        .status();
+    assert_eq!(status, 200);
+}
+
+/// Start-up errors give their cause once, and the port-in-use hint only when the port is
+/// in use.
+#[test]
+fn startup_errors_give_one_cause_and_a_fitting_hint() {
+    let fs = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\n";
+    let stderr = Berth::fails_to_start(&format!("{fs}http:\n  addr: 127.0.0.1:99999\n"));
+    assert_eq!(stderr.matches("invalid port value").count(), 1, "{stderr}");
+    assert!(!stderr.contains("already"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let stderr = Berth::fails_to_start(&format!("{fs}http:\n  addr: {addr}\n"));
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+    assert!(stderr.contains("another"), "{stderr}");
+
+    let stderr = Berth::fails_to_start(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /dev/null/berth\nhttp:\n  addr: 127.0.0.1:0\n",
+    );
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

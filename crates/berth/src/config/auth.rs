@@ -4,7 +4,7 @@
 //! libraries.
 
 use super::yaml::Value;
-use super::{bad, get, get_bool, get_str, parse_duration, scalar, ConfigError};
+use super::{bad, did_you_mean, get, get_bool, get_str, parse_duration, scalar, ConfigError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,7 +104,12 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
             }
             let why = match name {
                 "token" | "silly" => format!("{name} authentication is not implemented yet"),
-                _ => "this access controller is unknown (Distribution knows htpasswd, token and silly)".to_string(),
+                _ => format!(
+                    "this access controller is unknown (Distribution knows htpasswd, token and silly){}",
+                    did_you_mean(name, ["htpasswd", "token", "silly"].into_iter())
+                        .map(|n| format!("; did you mean {n}?"))
+                        .unwrap_or_default()
+                ),
             };
             return Err(bad(
                 &format!("auth.{name}"),

@@ -1,6 +1,6 @@
 //! Loading as an operator meets it, through `Loaded::load` with a file and `REGISTRY_*`
 //! pairs: strings keep the text they were written with, malformed security sections and
-//! files without a storage driver are refused.
+//! files without a storage driver are refused, unknown keys get a suggestion.
 
 use super::*;
 
@@ -286,4 +286,40 @@ fn a_file_without_a_storage_driver_is_refused() {
     .expect("no file");
     assert_eq!(l.config.root, PathBuf::from(DEFAULT_ROOT));
     assert!(l.config.delete_enabled);
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 7: unknown keys get the nearest known key
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_keys_name_the_nearest_known_key() {
+    let l = load(&format!("{FS}htp:\n  addr: :5001\n"), &[]).expect("load");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w == "unknown configuration key htp (ignored); did you mean http?"),
+        "{:?}",
+        l.warnings
+    );
+    let l = load(&format!("{FS}http:\n  adr: :5001\n"), &[]).expect("load");
+    assert!(
+        l.warnings.iter().any(|w| w.contains("http.adr")
+            && w.contains("did you mean http.addr?")
+            && !w.contains("not implemented")),
+        "{:?}",
+        l.warnings
+    );
+    let l = load(&format!("{FS}frobnicate: 1\n"), &[]).expect("load");
+    assert!(
+        l.warnings.iter().all(|w| !w.contains("did you mean")),
+        "{:?}",
+        l.warnings
+    );
+    let e = refused(
+        &format!("{FS}auth:\n  htpassword:\n    realm: r\n    path: /p\n"),
+        &[],
+        "auth.htpassword",
+    );
+    assert!(e.contains("did you mean htpasswd?"), "{e}");
 }

@@ -447,7 +447,10 @@ fn normalize_sections(tree: &mut Value) -> Result<(), ConfigError> {
                 .iter()
                 .find(|(k, _)| *k == section)
                 .map_or("", |(_, e)| *e);
-            let hint = format!("write the section as a map, {example}");
+            let hint = match did_you_mean(&name, names.iter().copied()) {
+                Some(near) => format!("did you mean {near}?"),
+                None => format!("write the section as a map, {example}"),
+            };
             return Err(bad(
                 section,
                 format!(
@@ -520,6 +523,40 @@ fn check_shapes(tree: &Value) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The candidate nearest to `word` by edit distance, when near enough to be a typo.
+fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 4).clamp(1, 3);
+    candidates
+        .filter(|c| *c != word)
+        .map(|c| (strsim::osa_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// The keys Berth knows directly under `prefix` (`""`: the top level).
+fn known_keys(prefix: &str) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = IMPLEMENTED
+        .iter()
+        .copied()
+        .chain(BY_DESIGN.iter().map(|(k, _)| *k))
+        .filter_map(|k| {
+            let rest = if prefix.is_empty() {
+                k
+            } else {
+                k.strip_prefix(prefix)?.strip_prefix('.')?
+            };
+            rest.split('.').next()
+        })
+        .collect();
+    if prefix.is_empty() {
+        keys.extend(DISTRIBUTION_SECTIONS);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
     let Value::Mapping(map) = v else { return };
     for (k, child) in map.iter() {
@@ -543,7 +580,16 @@ fn check_keys(v: &Value, prefix: &str, warnings: &mut Vec<String>) {
             continue;
         }
         let top = path.split('.').next().unwrap_or("");
-        if top == "limits" {
+        if let Some(near) = did_you_mean(k, known_keys(prefix).into_iter()) {
+            let near = if prefix.is_empty() {
+                near.to_string()
+            } else {
+                format!("{prefix}.{near}")
+            };
+            warnings.push(format!(
+                "unknown configuration key {path} (ignored); did you mean {near}?"
+            ));
+        } else if top == "limits" {
             warnings.push(format!("unknown configuration key {path} (ignored)"));
         } else if DISTRIBUTION_SECTIONS.contains(&top) {
             warnings.push(format!(
