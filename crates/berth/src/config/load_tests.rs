@@ -72,8 +72,15 @@ fn strings_keep_their_text_from_the_file() {
         ]
     );
     assert_eq!(c.http_prefix, "/010");
-    assert!(c.layer_urls.permits("1.10"));
-    assert!(!c.layer_urls.permits("1.1"));
+    // The pattern is the literal text `1.10`, not the number 1.1.
+    assert_eq!(
+        c.layer_urls
+            .allow
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>(),
+        ["1.10"]
+    );
 }
 
 #[test]
