@@ -1,6 +1,7 @@
 //! `berth-bench`: measures an OCI registry over raw HTTP (push, pull, blob fan-out,
 //! small pushes, manifest GET/HEAD, catalog pagination, and, in `compare`, a
-//! pull-through cache scenario) and compares Berth with CNCF Distribution.
+//! pull-through cache scenario and manifest GETs with a webhook endpoint) and compares
+//! Berth with CNCF Distribution.
 //!
 //! This file is the command line only: `run` benchmarks a registry that is already
 //! running, `compare` starts both servers itself and prints a table of medians. The
@@ -11,6 +12,7 @@
 #![allow(clippy::print_stdout)]
 
 mod client;
+mod notify;
 mod procfs;
 mod proxy;
 mod report;
@@ -66,7 +68,9 @@ enum Cmd {
         #[arg(long)]
         workdir: Option<PathBuf>,
         /// Which scenarios to run: the standard workloads, the pull-through cache
-        /// scenario (each server as a proxy of a Distribution upstream), or both.
+        /// scenario (each server as a proxy of a Distribution upstream), manifest GETs
+        /// without and with a notification endpoint (a receiver run by the bench), or
+        /// all of them.
         #[arg(long, value_enum, default_value_t = Scenario::All)]
         scenario: Scenario,
         #[command(flatten)]
@@ -79,6 +83,7 @@ enum Scenario {
     All,
     Standard,
     Proxy,
+    Notify,
 }
 
 #[derive(Debug, Args)]
@@ -180,7 +185,7 @@ async fn compare(
     let mut results: [Vec<Vec<Figure>>; 2] = [Vec::new(), Vec::new()];
     // The pull-through scenario's upstream is Distribution (the second server), shared by
     // every round; each round's caches start empty.
-    let upstream = if scenario == Scenario::Standard {
+    let upstream = if matches!(scenario, Scenario::Standard | Scenario::Notify) {
         None
     } else {
         eprintln!("== upstream for the pull-through scenario: pushing images");
@@ -191,7 +196,7 @@ async fn compare(
             eprintln!("== {} round {round}/{rounds}", spec.name);
             let prefix = format!("{} round={round} ", spec.name);
             let mut figures = Vec::new();
-            if scenario != Scenario::Proxy {
+            if matches!(scenario, Scenario::All | Scenario::Standard) {
                 let server = Server::start(spec, workdir.as_deref()).await?;
                 let registry = Registry::new(server.url())?;
                 let probe = server.probe()?;
@@ -209,6 +214,15 @@ async fn compare(
                     .await
                     .with_context(|| {
                         format!("{} round {round}, pull-through scenario", spec.name)
+                    })?;
+                print_figures(&prefix, &more);
+                figures.extend(more);
+            }
+            if matches!(scenario, Scenario::All | Scenario::Notify) {
+                let more = notify::run(spec, workdir.as_deref(), opts)
+                    .await
+                    .with_context(|| {
+                        format!("{} round {round}, notification scenario", spec.name)
                     })?;
                 print_figures(&prefix, &more);
                 figures.extend(more);

@@ -365,7 +365,7 @@ async fn small_pushes(
 
 /// `manifest_requests` GETs (or HEADs) of one manifest by tag from
 /// `manifest_concurrency` workers, after an untimed warm-up that opens the connections.
-async fn manifest_requests(
+pub(crate) async fn manifest_requests(
     registry: &Registry,
     probe: Option<&Probe>,
     scale: &Scale,

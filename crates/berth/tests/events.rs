@@ -1135,9 +1135,7 @@ async fn batched_pull_events_keep_their_order() {
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let pushes = 2 + TAGS;
-    receiver
-        .wait_for(pushes, Duration::from_secs(30))
-        .await;
+    receiver.wait_for(pushes, Duration::from_secs(30)).await;
 
     for i in 0..TAGS {
         let r = api
@@ -1206,9 +1204,7 @@ async fn a_down_endpoint_keeps_at_most_maxevents() {
     };
     let mut digests = vec![api.push_blob("cap/repo", b"blob 0").await];
     // The first event is being retried (and so leased) before the others arrive.
-    receiver
-        .wait_for_attempts(1, Duration::from_secs(30))
-        .await;
+    receiver.wait_for_attempts(1, Duration::from_secs(30)).await;
     for i in 1..12 {
         digests.push(
             api.push_blob("cap/repo", format!("blob {i}").as_bytes())
@@ -1216,7 +1212,8 @@ async fn a_down_endpoint_keeps_at_most_maxevents() {
         );
     }
 
-    let series = "berth_notification_events_dropped_total{endpoint=\"capped\",reason=\"outbox_full\"}";
+    let series =
+        "berth_notification_events_dropped_total{endpoint=\"capped\",reason=\"outbox_full\"}";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = api

@@ -84,7 +84,8 @@ impl NotifyWorker {
 
     /// Drop what is over the endpoint's caps, if a check is due.
     async fn trim(&mut self) -> Result<(), JobError> {
-        if self.last_trim.is_some_and(|t| t.elapsed() < TRIM_EVERY) {
+        let unbounded = self.endpoint.max_events == u64::MAX && self.endpoint.max_age.is_none();
+        if unbounded || self.last_trim.is_some_and(|t| t.elapsed() < TRIM_EVERY) {
             return Ok(());
         }
         self.last_trim = Some(Instant::now());

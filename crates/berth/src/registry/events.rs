@@ -250,9 +250,13 @@ impl DroppedEvents {
         self.counts
             .iter()
             .flat_map(|(e, c)| {
-                DropReason::ALL
-                    .iter()
-                    .map(move |r| (e.clone(), r.as_str(), c[*r as usize].load(Ordering::Relaxed)))
+                DropReason::ALL.iter().map(move |r| {
+                    (
+                        e.clone(),
+                        r.as_str(),
+                        c[*r as usize].load(Ordering::Relaxed),
+                    )
+                })
             })
             .collect()
     }
@@ -376,7 +380,8 @@ impl Registry {
         let t = self.meta.trim(endpoint, max_events, before).await?;
         if let Some(e) = &self.events {
             e.dropped.add(endpoint, DropReason::OutboxFull, t.over_cap);
-            e.dropped.add(endpoint, DropReason::OutboxExpired, t.expired);
+            e.dropped
+                .add(endpoint, DropReason::OutboxExpired, t.expired);
         }
         Ok(t)
     }

@@ -95,7 +95,9 @@ impl PullQueue {
             return;
         }
         for r in &rows {
-            self.inner.dropped.add(&r.endpoint, DropReason::QueueFull, 1);
+            self.inner
+                .dropped
+                .add(&r.endpoint, DropReason::QueueFull, 1);
         }
         st.unlogged_drops += 1;
         let due = st
@@ -142,7 +144,12 @@ impl PullQueue {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let _turn = inner.flushing.clone().lock_owned().await;
-            let mut left = inner.state.lock().unwrap_or_else(|p| p.into_inner()).queued.len();
+            let mut left = inner
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .queued
+                .len();
             let mut written = 0;
             while left > 0 {
                 let batch: Vec<Vec<NewEvent>> = {
@@ -191,7 +198,9 @@ mod tests {
             .collect()
     }
 
-    async fn queue(capacity: usize) -> (tempfile::TempDir, Arc<SqliteMeta>, PullQueue, Arc<Notify>) {
+    async fn queue(
+        capacity: usize,
+    ) -> (tempfile::TempDir, Arc<SqliteMeta>, PullQueue, Arc<Notify>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = Arc::new(
             SqliteMeta::open(&dir.path().join("berth.db"))
