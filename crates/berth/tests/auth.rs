@@ -664,3 +664,85 @@ fn drain_timeout_bounds_shutdown() {
         "berth did not wait for the in-flight request"
     );
 }
+
+/// Send `request` on `s` and read one response (headers and a `Content-Length` body);
+/// `None` when the server closed the connection instead.
+async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the server answered within 10 s")
+            .ok()?;
+        if n == 0 {
+            return (!got.is_empty()).then(|| String::from_utf8_lossy(&got).to_string());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A client that sends a body without credentials (as Go clients do before they retry
+/// with them) gets its 401 on a connection it can use again, or one the server says it
+/// closes: never one closed under its next request.
+#[tokio::test]
+async fn a_refused_body_leaves_the_connection_usable_or_says_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    std::fs::write(&file, htpasswd_line("alice", "wonderland")).expect("htpasswd");
+    let b = Berth::start_with_config(&auth_config(&file, ""));
+    let creds = "YWxpY2U6d29uZGVybGFuZA=="; // alice:wonderland
+    let host = &b.host;
+    // A small body is drained: the same connection serves the retry.
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let body = vec![b'x'; 10_000];
+    let mut put = format!(
+        "PUT /v2/team/app/manifests/v1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    put.extend_from_slice(&body);
+    let first = exchange(&mut s, &put).await.expect("a 401");
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    let retry =
+        format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {creds}\r\n\r\n");
+    let second = exchange(&mut s, retry.as_bytes())
+        .await
+        .expect("the connection still serves requests");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+
+    // A body too large to drain: the 401 says the connection closes.
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let head = format!(
+        "PATCH /v2/team/app/blobs/uploads/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        8 << 20
+    );
+    let mut request = head.into_bytes();
+    request.extend(vec![b'y'; 1 << 20]);
+    let refused = exchange(&mut s, &request).await.expect("a 401");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("connection: close"),
+        "{refused}"
+    );
+}

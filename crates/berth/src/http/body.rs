@@ -46,6 +46,54 @@ impl http_body::Body for Counted {
     }
 }
 
+/// A request body that notes when it has been read to its end.
+pub struct EndSeen {
+    pub inner: Body,
+    pub seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for EndSeen {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.seen.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Read and drop what is left of a request body refused before it was read, up to
+/// `limit` bytes within `within`, so that the connection can serve the client's next
+/// request (a retry with credentials, typically). What is not drained by then stays
+/// unread, and the caller's connection is closed after the answer.
+pub async fn discard(body: Body, limit: u64, within: Duration) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A body stream that fails with `TimedOut` when no bytes arrive for `idle`. The timer
 /// starts when the handler first waits for bytes, not when the request arrived.
 struct IdleTimeout<S> {

@@ -296,8 +296,53 @@ async fn request_scope(
     info.scope(next.run(Request::from_parts(parts, body))).await
 }
 
+/// How much of a refused request's body is read and dropped to keep its connection.
+const REFUSED_BODY_DRAIN: u64 = 256 * 1024;
+
+/// Answer `resp` to a request refused before its body was read: drain a little of the
+/// body first (see [`body::discard`]).
+async fn refuse(body: Body, resp: Response) -> Response {
+    body::discard(body, REFUSED_BODY_DRAIN, std::time::Duration::from_secs(2)).await;
+    resp
+}
+
+/// Whether a request says it carries a body.
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// Route the request, and close an HTTP/1 connection whose request body was not read
+/// to its end, saying so with `Connection: close`: otherwise the client may send its
+/// next request on a connection the server is about to close, and see it fail (Go's
+/// client does not retry a PUT or PATCH that fails that way).
 async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    let http1 = parts.version < axum::http::Version::HTTP_2;
+    if !http1 || !declares_body(&parts.headers) {
+        return dispatch_parts(app, parts, body).await;
+    }
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = Body::new(body::EndSeen {
+        inner: body,
+        seen: seen.clone(),
+    });
+    let mut resp = dispatch_parts(app, parts, body).await;
+    if !seen.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn dispatch_parts(
+    app: Arc<App>,
+    mut parts: axum::http::request::Parts,
+    body: Body,
+) -> Response {
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
@@ -342,27 +387,35 @@ async fn route(
             Ok(p) => {
                 parts.extensions.insert(p);
             }
-            Err(e) => return e.into_response(),
+            Err(e) => return refuse(body, e.into_response()).await,
         }
     }
     if app.options.read_only && is_write(&parts.method, &endpoint) {
-        return ApiError::with_status(
+        return refuse(
+            body,
+            ApiError::with_status(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unsupported,
             "the registry is in read-only mode (storage.maintenance.readonly.enabled): pushes and deletes are refused",
         )
         .header(header::ALLOW, "GET, HEAD")
-        .into_response();
+        .into_response(),
+        )
+        .await;
     }
     if let Some(upstream) = &app.options.proxy {
         if is_write(&parts.method, &endpoint) {
-            return ApiError::with_status(
+            return refuse(
+            body,
+            ApiError::with_status(
                 StatusCode::METHOD_NOT_ALLOWED,
                 ErrorCode::Unsupported,
                 format!("this registry is a pull-through cache of {upstream} (proxy.remoteurl): pushes and deletes are refused; push to the upstream registry instead"),
             )
             .header(header::ALLOW, "GET, HEAD")
-            .into_response();
+            .into_response(),
+        )
+        .await;
         }
     }
     let query = parts
