@@ -264,3 +264,37 @@ async fn a_full_disk_is_reported_as_such() {
     assert_eq!(sha256(&r.bytes().await.expect("body")), small);
     reg.push_blob("full/app", b"after the failed push").await;
 }
+
+/// Over HTTP/2 a stream whose window the client never opens is never polled again, so
+/// the server watches it from outside: after `limits.bodyidletimeout` the connection is
+/// cut (and its buffers freed); the client can connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_stream_is_cut_off() {
+    let b = Berth::start_with_config(&config("limits:\n  bodyidletimeout: 2s\n"));
+    let reg = Registry::new(&b.url);
+    let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 239) as u8).collect();
+    let d = reg.push_blob("h2/app", &big).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let url = format!("{}/v2/h2/app/blobs/{d}", b.url);
+    let r = h2.get(&url).send().await.expect("get");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::OK);
+    // Take nothing: the stream's window fills and stays shut.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cut = b
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("client stopped taking a response"));
+    assert!(cut, "the server logged no cut connection");
+    let got = r.bytes().await;
+    assert!(
+        got.as_ref().map_or(true, |body| body.len() < big.len()),
+        "the stalled stream still delivered the whole blob"
+    );
+    // A new connection is served as usual.
+    let again = h2.get(&url).send().await.expect("get again");
+    assert_eq!(sha256(&again.bytes().await.expect("body")), d);
+}

@@ -94,7 +94,15 @@ pub async fn get(
         }
         None => (StatusCode::OK, common(read.size)),
     };
-    let mut resp = Response::new(Body::from_stream(read.body));
+    let body = match &req.connection_cut {
+        // An HTTP/2 stream the client never opens its window for is never polled:
+        // watch it from outside.
+        Some(cut) => {
+            super::body::guard_stall(read.body, r.settings().body_idle_timeout, cut.clone())
+        }
+        None => read.body,
+    };
+    let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = status;
     for (k, v) in headers.drain(..) {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -46,6 +46,77 @@ impl http_body::Body for Counted {
     }
 }
 
+/// An HTTP/2 response body stream that its client must keep taking: when it has not been
+/// polled for `limit` before its end (its stream's window stayed shut), a watchdog drops
+/// what it holds (the file, the chunks read ahead) and cuts the connection. A client
+/// slower than a 128 KiB chunk per `limit` (about 2 KB/s with the default 60 s) is
+/// taken for a stalled one.
+pub fn guard_stall(inner: ByteStream, limit: Duration, cut: super::ConnectionCut) -> ByteStream {
+    let started = tokio::time::Instant::now();
+    let shared = Arc::new(StallState {
+        inner: std::sync::Mutex::new(Some(inner)),
+        polled_ms: AtomicU64::new(0),
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
+    let watched = Arc::downgrade(&shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep((limit / 4).max(Duration::from_millis(50))).await;
+            let Some(state) = watched.upgrade() else {
+                return; // the response was dropped: nothing to watch
+            };
+            if state.done.load(Ordering::Relaxed) {
+                return;
+            }
+            let polled = Duration::from_millis(state.polled_ms.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(polled) >= limit {
+                drop(state.take());
+                cut.cut();
+                return;
+            }
+        }
+    });
+    Box::pin(StallGuarded { shared, started })
+}
+
+struct StallState {
+    inner: std::sync::Mutex<Option<ByteStream>>,
+    /// When the body was last polled, in ms since `started`.
+    polled_ms: AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl StallState {
+    fn take(&self) -> Option<ByteStream> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+struct StallGuarded {
+    shared: Arc<StallState>,
+    started: tokio::time::Instant,
+}
+
+impl Stream for StallGuarded {
+    type Item = io::Result<Bytes>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.shared.polled_ms.store(now, Ordering::Relaxed);
+        let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(stream) = inner.as_mut() else {
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped taking the response",
+            ))));
+        };
+        let polled = stream.poll_next_unpin(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.shared.done.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
 /// A request body that notes when it has been read to its end.
 pub struct EndSeen {
     pub inner: Body,

@@ -65,6 +65,18 @@ pub struct HttpOptions {
 #[derive(Debug, Clone, Copy)]
 pub struct TlsConnection;
 
+/// Ends the connection a request arrived on (set by the listener): a response body that
+/// its client has stopped taking uses it, since over HTTP/2 a stalled stream is never
+/// polled again and so could not end itself.
+#[derive(Debug, Clone)]
+pub struct ConnectionCut(pub Arc<tokio::sync::Notify>);
+
+impl ConnectionCut {
+    pub fn cut(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Everything a request needs from the application.
 pub(crate) struct App {
     registry: Arc<Registry>,
@@ -79,6 +91,10 @@ pub(crate) struct Req {
     /// What goes before `/v2/...` in URLs this response hands out: the prefix, or an
     /// absolute base.
     pub base: String,
+    /// Ends the request's HTTP/2 connection (none over HTTP/1, whose connection wrapper
+    /// in `server.rs` sees a stalled client itself, and none when the request did not
+    /// come through the listener).
+    pub connection_cut: Option<ConnectionCut>,
 }
 
 impl Req {
@@ -428,6 +444,9 @@ async fn route(
         method: parts.method.clone(),
         headers: std::mem::take(&mut parts.headers),
         query,
+        connection_cut: (parts.version == axum::http::Version::HTTP_2)
+            .then(|| parts.extensions.get::<ConnectionCut>().cloned())
+            .flatten(),
     };
     let r = &app.registry;
     let result = match (&req.method, endpoint) {

@@ -4,7 +4,7 @@
 //! accepting and drains in-flight requests, bounded by `http.draintimeout`. Each request
 //! carries the peer address (`ConnectInfo`) and, over TLS, a [`super::TlsConnection`] mark.
 
-use super::TlsConnection;
+use super::{ConnectionCut, TlsConnection};
 use crate::config::{TlsConfig, TlsVersion};
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -282,6 +282,8 @@ impl Connections {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let is_tls = self.acceptor.is_some();
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let cut_for_requests = cut.clone();
         let service = self
             .app
             .clone()
@@ -292,6 +294,8 @@ impl Connections {
                 if is_tls {
                     req.extensions_mut().insert(TlsConnection);
                 }
+                req.extensions_mut()
+                    .insert(ConnectionCut(cut_for_requests.clone()));
                 req
             });
         let service = TowerToHyperService::new(service);
@@ -307,9 +311,7 @@ impl Connections {
                     let stream = FirstByteDeadline::new(stream, first_byte, send_stall);
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
-                    }
+                    serve_until_cut(watcher.watch(conn.into_owned()), &cut, &peer).await;
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -327,12 +329,29 @@ impl Connections {
                     };
                     let tls = FirstByteDeadline::new(tls, first_byte, send_stall);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
-                    }
+                    serve_until_cut(watcher.watch(conn.into_owned()), &cut, &peer).await;
                 }
             }
         });
+    }
+}
+
+/// Serve a connection until it ends, or until a response on it is found stalled
+/// ([`ConnectionCut`]): then it is dropped, socket, streams and buffers with it.
+async fn serve_until_cut<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    cut: &tokio::sync::Notify,
+    peer: &str,
+) {
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(remote = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = cut.notified() => {
+            tracing::info!(remote = %peer, "closing a connection whose client stopped taking a response");
+        }
     }
 }
 
