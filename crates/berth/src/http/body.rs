@@ -46,16 +46,18 @@ impl http_body::Body for Counted {
     }
 }
 
-/// An HTTP/2 response body stream that its client must keep taking: when it has not been
-/// polled for `limit` before its end (its stream's window stayed shut), a watchdog drops
-/// what it holds (the file, the chunks read ahead) and cuts the connection. A client
-/// slower than a 128 KiB chunk per `limit` (about 2 KB/s with the default 60 s) is
-/// taken for a stalled one.
+/// An HTTP/2 response body stream that its client must keep taking: when the client owes
+/// the next poll (the last one yielded bytes) and has not made it for `limit` (its
+/// stream's window stayed shut), a watchdog drops what the body holds (the file, the
+/// chunks read ahead) and cuts the connection. Time the body spends waiting on its own
+/// source (a pull-through fill from a slow upstream) is never counted. A client slower
+/// than a 128 KiB chunk per `limit` (about 2 KB/s with the default 60 s) is taken for a
+/// stalled one.
 pub fn guard_stall(inner: ByteStream, limit: Duration, cut: super::ConnectionCut) -> ByteStream {
     let started = tokio::time::Instant::now();
     let shared = Arc::new(StallState {
         inner: std::sync::Mutex::new(Some(inner)),
-        polled_ms: AtomicU64::new(0),
+        owed_since_ms: AtomicU64::new(NOT_OWED),
         done: std::sync::atomic::AtomicBool::new(false),
     });
     let watched = Arc::downgrade(&shared);
@@ -68,8 +70,13 @@ pub fn guard_stall(inner: ByteStream, limit: Duration, cut: super::ConnectionCut
             if state.done.load(Ordering::Relaxed) {
                 return;
             }
-            let polled = Duration::from_millis(state.polled_ms.load(Ordering::Relaxed));
-            if started.elapsed().saturating_sub(polled) >= limit {
+            let owed = state.owed_since_ms.load(Ordering::Relaxed);
+            if owed != NOT_OWED
+                && started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(owed))
+                    >= limit
+            {
                 drop(state.take());
                 cut.cut();
                 return;
@@ -79,10 +86,14 @@ pub fn guard_stall(inner: ByteStream, limit: Duration, cut: super::ConnectionCut
     Box::pin(StallGuarded { shared, started })
 }
 
+/// [`StallState::owed_since_ms`] when the body waits on its source, not on its client.
+const NOT_OWED: u64 = u64::MAX;
+
 struct StallState {
     inner: std::sync::Mutex<Option<ByteStream>>,
-    /// When the body was last polled, in ms since `started`.
-    polled_ms: AtomicU64,
+    /// Since when (ms after `started`) the client owes the next poll: the last poll
+    /// yielded bytes; [`NOT_OWED`] while a poll is pending on the source.
+    owed_since_ms: AtomicU64,
     done: std::sync::atomic::AtomicBool,
 }
 
@@ -100,8 +111,6 @@ struct StallGuarded {
 impl Stream for StallGuarded {
     type Item = io::Result<Bytes>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.shared.polled_ms.store(now, Ordering::Relaxed);
         let mut inner = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(stream) = inner.as_mut() else {
             return Poll::Ready(Some(Err(io::Error::new(
@@ -110,9 +119,15 @@ impl Stream for StallGuarded {
             ))));
         };
         let polled = stream.poll_next_unpin(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.shared.done.store(true, Ordering::Relaxed);
-        }
+        let owed = match &polled {
+            Poll::Ready(Some(Ok(_))) => self.started.elapsed().as_millis() as u64,
+            Poll::Ready(_) => {
+                self.shared.done.store(true, Ordering::Relaxed);
+                NOT_OWED
+            }
+            Poll::Pending => NOT_OWED,
+        };
+        self.shared.owed_since_ms.store(owed, Ordering::Relaxed);
         polled
     }
 }
@@ -226,5 +241,44 @@ pub async fn read_limited(body: Body, limit: usize, idle: Duration) -> Result<Ve
         Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
         Ok(Err(e)) => Err(ReadError::Io(io::Error::other(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut() -> (super::super::ConnectionCut, Arc<tokio::sync::Notify>) {
+        let n = Arc::new(tokio::sync::Notify::new());
+        (super::super::ConnectionCut(n.clone()), n)
+    }
+
+    async fn was_cut(n: &tokio::sync::Notify, within: Duration) -> bool {
+        tokio::time::timeout(within, n.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn waiting_on_the_source_is_not_a_stalled_client() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
+        let source: ByteStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let (c, notify) = cut();
+        let mut body = guard_stall(source, Duration::from_millis(200), c);
+        // The client keeps polling while the source (a slow upstream) sends nothing.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            tx.send(Ok(Bytes::from_static(b"late")))
+                .await
+                .expect("send");
+        });
+        let first = body.next().await.expect("an item").expect("bytes");
+        assert_eq!(&first[..], b"late");
+        sender.await.expect("sender");
+        assert!(!was_cut(&notify, Duration::from_millis(10)).await);
+        // Then the client stops polling while it owes the next poll: cut.
+        assert!(was_cut(&notify, Duration::from_secs(2)).await);
+        let after = body.next().await.expect("an item");
+        assert!(after.is_err(), "the body ends with an error once cut");
     }
 }
