@@ -68,8 +68,10 @@ impl UploadCache {
             .is_none_or(|t| now.duration_since(t) >= IDLE_STATE / 4);
         if full || due {
             slots.last_sweep = Some(now);
-            slots.by_id.retain(|_, (s, used)| {
-                Arc::strong_count(s) > 1 || (!full && now.duration_since(*used) < IDLE_STATE)
+            slots.by_id.retain(|k, (s, used)| {
+                k == id
+                    || Arc::strong_count(s) > 1
+                    || (!full && now.duration_since(*used) < IDLE_STATE)
             });
         }
         let entry = slots
@@ -82,6 +84,15 @@ impl UploadCache {
 
     pub(super) async fn lock(&self, id: &str) -> Guard {
         self.slot(id).lock_owned().await
+    }
+
+    /// Note that a write to `id` just ended: its idle time starts now, not when the
+    /// write began (a long chunk is no pause).
+    pub(super) fn touch(&self, id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, used)) = slots.by_id.get_mut(id) {
+            *used = Instant::now();
+        }
     }
 
     pub(super) fn forget(&self, id: &str) {
@@ -287,7 +298,9 @@ impl Registry {
         let s = self.session(repo, id).await?;
         let mut guard = self.uploads.lock(&s.id).await;
         let progress = self.progress(guard.take(), &s).await?;
-        let (_guard, progress) = self.append(&s.id, guard, progress, range, body).await?;
+        let (guard, progress) = self.append(&s.id, guard, progress, range, body).await?;
+        drop(guard);
+        self.uploads.touch(&s.id);
         Ok(UploadState {
             id: s.id,
             size: progress.size,
@@ -642,5 +655,23 @@ mod cache_tests {
             "only the held lock and the fresh state stay"
         );
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn the_state_being_locked_is_never_swept() {
+        let cache = UploadCache::default();
+        *cache.lock("long-chunk").await = Some(UploadProgress {
+            size: 1,
+            hasher: Algorithm::Sha256.hasher(),
+        });
+        // Its last write began (and ended) long ago; the next request for it comes now,
+        // when a sweep is due: its state is still there.
+        cache.age(IDLE_STATE * 2);
+        assert!(cache.lock("long-chunk").await.is_some());
+        // A write that just ended starts the idle time afresh.
+        cache.age(IDLE_STATE * 2);
+        cache.touch("long-chunk");
+        drop(cache.lock("other").await);
+        assert_eq!(cache.held(), 2);
     }
 }
