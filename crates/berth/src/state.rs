@@ -65,14 +65,26 @@ fn bind_hint(cause: &std::io::Error) -> &'static str {
 
 /// Build the registry over the backends `config` names.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError> {
-    open_registry(config).await.map(Arc::new)
+    open_registry(config, false).await.map(Arc::new)
 }
 
-async fn open_registry(config: &Config) -> Result<Registry, StartError> {
-    let blobs = FsBlobStore::open(&config.root).map_err(|source| StartError::Storage {
+/// Open the backends; `serving` (the server, not a CLI command) also adopts uploads an
+/// older version left in its layout.
+async fn open_registry(config: &Config, serving: bool) -> Result<Registry, StartError> {
+    let storage_error = |source| StartError::Storage {
         path: config.root.clone(),
         source,
-    })?;
+    };
+    let blobs = FsBlobStore::open(&config.root).map_err(storage_error)?;
+    if serving {
+        let moved = blobs.adopt_legacy_uploads().map_err(storage_error)?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "moved upload files of the flat layout into uploads/<xx>/"
+            );
+        }
+    }
     let db = config.root.join("berth.db");
     let meta = SqliteMeta::open(&db)
         .await
@@ -98,7 +110,7 @@ async fn open_registry(config: &Config) -> Result<Registry, StartError> {
 
 /// The registry with notifications wired in, and the background jobs over it.
 async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), StartError> {
-    let registry = open_registry(config).await?;
+    let registry = open_registry(config, true).await?;
     let events = &config.events;
     for note in &events.skipped {
         tracing::warn!("{note}");

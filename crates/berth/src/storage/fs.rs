@@ -45,11 +45,18 @@ impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<FsBlobStore> {
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
-        fan_out_legacy_uploads(&root.join("uploads"))?;
         std::fs::create_dir_all(root.join("trash"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Bring uploads of the flat layout of older versions (`uploads/<id>`) into the
+    /// fanned-out one, so sessions in flight across an upgrade go on; how many moved.
+    /// For the server to call at start-up only: another process (a `garbage-collect`
+    /// run beside an older server) must not move a live server's uploads.
+    pub fn adopt_legacy_uploads(&self) -> io::Result<usize> {
+        fan_out_legacy_uploads(&self.root.join("uploads"))
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -687,11 +694,11 @@ fn modified_file(meta: io::Result<std::fs::Metadata>) -> io::Result<Option<std::
 }
 
 /// Move upload files of the flat layout older versions wrote (`uploads/<id>`) into
-/// their fanned-out directories, so sessions in flight across an upgrade go on. Only
-/// finds anything on the first start after an upgrade; renames are atomic, so an
-/// interrupted move resumes at the next start.
-fn fan_out_legacy_uploads(uploads: &Path) -> io::Result<()> {
-    let mut moved = false;
+/// their fanned-out directories; returns how many moved. Renames are atomic, so an
+/// interrupted move resumes at the next call; each directory is fsynced once at the end.
+fn fan_out_legacy_uploads(uploads: &Path) -> io::Result<usize> {
+    let mut moved = 0;
+    let mut dirs = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(uploads)? {
         let entry = entry?;
         if !entry.file_type()?.is_file() {
@@ -702,15 +709,19 @@ fn fan_out_legacy_uploads(uploads: &Path) -> io::Result<()> {
             continue;
         };
         let dir = uploads.join(id.get(..2).unwrap_or(id));
-        std::fs::create_dir_all(&dir)?;
+        if dirs.insert(dir.clone()) {
+            std::fs::create_dir_all(&dir)?;
+        }
         std::fs::rename(entry.path(), dir.join(&name))?;
-        fsync_dir(&dir)?;
-        moved = true;
+        moved += 1;
     }
-    if moved {
+    for dir in &dirs {
+        fsync_dir(dir)?;
+    }
+    if moved > 0 {
         fsync_dir(uploads)?;
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// The upload id a file in `uploads/` belongs to (`<id>`, `<id>.kept`, `<id>.commit`).
@@ -898,6 +909,12 @@ pub(crate) mod tests {
         std::fs::create_dir_all(root.join("uploads")).expect("mkdir");
         std::fs::write(root.join("uploads").join(id), b"hello, ").expect("legacy upload");
         let store = super::FsBlobStore::open(&root).expect("open");
+        assert!(
+            root.join("uploads").join(id).is_file(),
+            "opening moves nothing"
+        );
+        assert_eq!(store.adopt_legacy_uploads().expect("adopt"), 1);
+        assert_eq!(store.adopt_legacy_uploads().expect("adopt again"), 0);
         assert!(
             root.join("uploads/0b").join(id).is_file(),
             "moved into its fan-out"
