@@ -172,7 +172,16 @@ impl Worker for NotifyWorker {
 
     async fn work(&mut self) -> Result<WorkerState, JobError> {
         if let Some(pause) = self.backoff.take() {
-            tokio::time::sleep(pause).await;
+            // The backlog keeps its bounds while the endpoint is backed off.
+            let until = Instant::now() + pause;
+            loop {
+                self.trim().await?;
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(left.min(TRIM_EVERY)).await;
+            }
         }
         self.trim().await?;
         let entry = self

@@ -37,7 +37,10 @@ impl MetaError {
     pub fn is_out_of_space(&self) -> bool {
         match self {
             MetaError::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("13"),
-            MetaError::Database(sqlx::Error::Io(e)) => crate::storage::out_of_space(e),
+            MetaError::Database(sqlx::Error::Io(e)) => matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
             _ => false,
         }
     }
@@ -276,6 +279,9 @@ pub struct OutboxEntry {
     pub attempts: i64,
 }
 
+/// Most outbox entries one [`Outbox::trim`] call drops of each kind (expired, over cap).
+pub const TRIM_BATCH: i64 = 10_000;
+
 /// The durable outbox of notification events (see `migrations/sqlite/0002_events.sql`).
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync {
@@ -300,7 +306,9 @@ pub trait Outbox: Send + Sync {
     /// Bound `endpoint`'s backlog: drop its oldest entries created before `created_before`
     /// (seconds since the epoch), then its oldest entries beyond the newest `keep`. An
     /// entry leased for delivery (`claim`, lease not expired) is never dropped, but counts
-    /// towards `keep`. Meant to run now and then, not on every insert.
+    /// towards `keep`. At most [`TRIM_BATCH`] entries go per call of each kind, so that
+    /// one call never holds the write lock long (a large backlog takes several calls).
+    /// Meant to run now and then, not on every insert.
     async fn trim(&self, endpoint: &str, keep: u64, created_before: Option<i64>)
         -> Result<Trimmed>;
 }

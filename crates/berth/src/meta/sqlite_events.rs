@@ -125,11 +125,14 @@ impl Outbox for SqliteMeta {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(before) = created_before.filter(|_| expired) {
             out.expired = sqlx::query(
-                "DELETE FROM outbox WHERE endpoint = ?1 AND created_at < ?2 AND lease_until <= ?3",
+                "DELETE FROM outbox WHERE seq IN (
+                    SELECT seq FROM outbox WHERE endpoint = ?1 AND created_at < ?2
+                       AND lease_until <= ?3 ORDER BY seq LIMIT ?4)",
             )
             .bind(endpoint)
             .bind(before)
             .bind(t)
+            .bind(super::TRIM_BATCH)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -147,7 +150,7 @@ impl Outbox for SqliteMeta {
             )
             .bind(endpoint)
             .bind(t)
-            .bind(n - keep)
+            .bind((n - keep).min(super::TRIM_BATCH))
             .execute(&mut *tx)
             .await?
             .rows_affected();
