@@ -1095,7 +1095,7 @@ async fn pulls_do_not_wait_for_a_busy_metadata_writer() {
         assert_eq!(r.status(), StatusCode::OK, "{method} {path}");
         r.bytes().await.expect("body");
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(5),
             "{method} {path} waited {:?} for the metadata writer",
             start.elapsed()
         );

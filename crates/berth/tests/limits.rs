@@ -97,8 +97,9 @@ async fn slow_and_stalled_downloads_do_not_hold_back_pushes() {
         "push + pull of small blobs: {:?} alone, {:?} (worst of 3) beside 30 stalled and 30 slow readers of a 32 MiB blob",
         before, during
     );
+    // Generous for a loaded 2-core machine: the old code took a minute here.
     assert!(
-        during < Duration::from_secs(2),
+        during < before + Duration::from_secs(5),
         "a push and a pull took {during:?} while slow clients downloaded (alone: {before:?})"
     );
     // The slow readers were served all along, every one of them.
@@ -282,13 +283,13 @@ async fn a_stalled_http2_stream_is_cut_off() {
     let r = h2.get(&url).send().await.expect("get");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), StatusCode::OK);
-    // Take nothing: the stream's window fills and stays shut.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let cut = b
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("client stopped taking a response"));
-    assert!(cut, "the server logged no cut connection");
+    // Take nothing: the stream's window fills and stays shut, until the server cuts it.
+    let cut = b.wait_for_log(
+        "client stopped taking a response",
+        0,
+        Duration::from_secs(20),
+    );
+    assert!(!cut.is_empty(), "the server logged no cut connection");
     let got = r.bytes().await;
     assert!(
         got.as_ref().map_or(true, |body| body.len() < big.len()),

@@ -4,7 +4,7 @@
 //! plain data for `registry/events.rs` and `jobs/`; knows nothing of how they run.
 
 use super::yaml::Value;
-use super::{bad, get, get_bool, get_int, get_str, parse_duration, parse_int, scalar, ConfigError};
+use super::{bad, get, get_bool, get_int, get_str, go_duration, parse_int, scalar, ConfigError};
 use std::time::Duration;
 
 /// Which envelope media type an endpoint receives.
@@ -82,26 +82,6 @@ impl Default for UploadPurging {
     }
 }
 
-fn duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
-    match get(tree, key) {
-        None => Ok(None),
-        // A bare number is nanoseconds, as in Go.
-        Some(v) if v.as_plain().and_then(parse_int).is_some() => {
-            let n = v.as_plain().and_then(parse_int).unwrap_or(0);
-            Ok(Some(Duration::from_nanos(u64::try_from(n).unwrap_or(0))))
-        }
-        Some(_) => {
-            let s = get_str(tree, key)?.unwrap_or_default();
-            parse_duration(&s).map(Some).ok_or_else(|| {
-                bad(
-                    key,
-                    format!("{s:?} is not a duration like 500ms, 1s or 24h"),
-                )
-            })
-        }
-    }
-}
-
 fn strings(tree: &Value, key: &str) -> Result<Vec<String>, ConfigError> {
     match get(tree, key) {
         None => Ok(Vec::new()),
@@ -168,8 +148,8 @@ fn endpoint(
     }
     let positive =
         |d: Option<Duration>| d.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(1));
-    let timeout = positive(duration(node, "timeout").map_err(|e| rekey(e, &key("timeout")))?);
-    let backoff = positive(duration(node, "backoff").map_err(|e| rekey(e, &key("backoff")))?);
+    let timeout = positive(go_duration(node, "timeout").map_err(|e| rekey(e, &key("timeout")))?);
+    let backoff = positive(go_duration(node, "backoff").map_err(|e| rekey(e, &key("backoff")))?);
     let threshold = match get_int(node, "threshold").map_err(|e| rekey(e, &key("threshold")))? {
         None => 10,
         Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
@@ -193,7 +173,7 @@ fn endpoint(
     };
     let max_events = match get(node, "maxevents") {
         None => DEFAULT_MAX_EVENTS,
-        Some(v) => match v.as_plain().and_then(|t| t.trim().parse::<i64>().ok()) {
+        Some(v) => match v.as_plain().and_then(parse_int) {
             Some(0) => u64::MAX,
             Some(n) if n > 0 => n as u64,
             _ => {
@@ -204,7 +184,7 @@ fn endpoint(
             }
         },
     };
-    let max_age = duration(node, "maxage")
+    let max_age = go_duration(node, "maxage")
         .map_err(|e| rekey(e, &key("maxage")))?
         .filter(|d| !d.is_zero());
     Ok(Some(Endpoint {
@@ -299,7 +279,7 @@ fn upload_purging(tree: &Value) -> Result<UploadPurging, ConfigError> {
         });
     }
     let required = |k: &str| -> Result<Duration, ConfigError> {
-        duration(node, k)
+        go_duration(node, k)
             .map_err(|e| rekey(e, &key(k)))?
             .filter(|d| !d.is_zero())
             .ok_or_else(|| bad(&key(k), "missing: a duration such as 168h is required when upload purging is configured"))

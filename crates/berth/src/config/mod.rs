@@ -670,6 +670,26 @@ fn parse_int(text: &str) -> Option<i64> {
 }
 
 /// `key` as a whole number (see [`parse_int`]).
+/// A duration as Distribution reads one: a bare number is nanoseconds (Go's
+/// `time.Duration`), text is `500ms`, `1s`, `24h` and the like.
+fn go_duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
+    match get(tree, key) {
+        None => Ok(None),
+        Some(v) => match v.as_plain().and_then(parse_int) {
+            Some(n) => Ok(Some(Duration::from_nanos(u64::try_from(n).unwrap_or(0)))),
+            None => {
+                let s = get_str(tree, key)?.unwrap_or_default();
+                parse_duration(&s).map(Some).ok_or_else(|| {
+                    bad(
+                        key,
+                        format!("{s:?} is not a duration like 500ms, 1s or 24h"),
+                    )
+                })
+            }
+        },
+    }
+}
+
 fn get_int(tree: &Value, key: &str) -> Result<Option<i64>, ConfigError> {
     match get(tree, key) {
         None => Ok(None),

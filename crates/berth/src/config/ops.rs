@@ -4,7 +4,7 @@
 //! how the checks run or how the debug server serves.
 
 use super::yaml::Value;
-use super::{bad, get, get_bool, get_int, get_str, parse_duration, parse_int, ConfigError};
+use super::{bad, get, get_bool, get_int, get_str, go_duration, ConfigError};
 use std::time::Duration;
 
 /// Distribution's default interval for every health check.
@@ -65,23 +65,6 @@ pub enum Probe {
     },
 }
 
-fn duration(tree: &Value, key: &str) -> Result<Option<Duration>, ConfigError> {
-    match get(tree, key) {
-        None => Ok(None),
-        // A bare number is nanoseconds in Distribution (Go's time.Duration).
-        Some(v) if v.as_plain().and_then(parse_int).is_some() => {
-            let n = v.as_plain().and_then(parse_int).unwrap_or(0);
-            Ok(Some(Duration::from_nanos(u64::try_from(n).unwrap_or(0))))
-        }
-        Some(_) => {
-            let s = get_str(tree, key)?.unwrap_or_default();
-            parse_duration(&s)
-                .map(Some)
-                .ok_or_else(|| bad(key, format!("{s:?} is not a duration like 10s or 1m")))
-        }
-    }
-}
-
 fn number(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
     match get_int(tree, key)? {
         None => Ok(None),
@@ -92,7 +75,7 @@ fn number(tree: &Value, key: &str) -> Result<Option<u64>, ConfigError> {
 }
 
 fn interval(tree: &Value, key: &str) -> Result<Duration, ConfigError> {
-    Ok(duration(tree, key)?
+    Ok(go_duration(tree, key)?
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_INTERVAL))
 }
@@ -180,7 +163,7 @@ pub(super) fn read(tree: &Value) -> Result<OpsConfig, ConfigError> {
                 headers,
                 status: u16::try_from(status)
                     .map_err(|_| bad(&format!("{key}.statuscode"), "not an HTTP status"))?,
-                timeout: duration(item, "timeout")?.filter(|d| !d.is_zero()),
+                timeout: go_duration(item, "timeout")?.filter(|d| !d.is_zero()),
             },
         });
     }
@@ -191,7 +174,7 @@ pub(super) fn read(tree: &Value) -> Result<OpsConfig, ConfigError> {
             threshold: threshold(item, "threshold")?,
             probe: Probe::Tcp {
                 addr: required(item, &key, "addr")?,
-                timeout: duration(item, "timeout")?.filter(|d| !d.is_zero()),
+                timeout: go_duration(item, "timeout")?.filter(|d| !d.is_zero()),
             },
         });
     }

@@ -315,10 +315,18 @@ async fn request_scope(
 /// How much of a refused request's body is read and dropped to keep its connection.
 const REFUSED_BODY_DRAIN: u64 = 256 * 1024;
 
-/// Answer `resp` to a request refused before its body was read: drain a little of the
-/// body first (see [`body::discard`]).
-async fn refuse(body: Body, resp: Response) -> Response {
-    body::discard(body, REFUSED_BODY_DRAIN, std::time::Duration::from_secs(2)).await;
+/// Answer `resp` to a request refused before its body was read. Over HTTP/1 a little
+/// of the body is drained first (see [`body::discard`]), unless the client waits for
+/// `100 Continue` before sending it (reading would ask for the body it need not send:
+/// the answer closes the connection instead). HTTP/2 resets the stream on its own.
+async fn refuse(parts: &axum::http::request::Parts, body: Body, resp: Response) -> Response {
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if parts.version < axum::http::Version::HTTP_2 && !expects_continue {
+        body::discard(body, REFUSED_BODY_DRAIN, std::time::Duration::from_secs(2)).await;
+    }
     resp
 }
 
@@ -403,11 +411,12 @@ async fn route(
             Ok(p) => {
                 parts.extensions.insert(p);
             }
-            Err(e) => return refuse(body, e.into_response()).await,
+            Err(e) => return refuse(parts, body, e.into_response()).await,
         }
     }
     if app.options.read_only && is_write(&parts.method, &endpoint) {
         return refuse(
+            parts,
             body,
             ApiError::with_status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -422,6 +431,7 @@ async fn route(
     if let Some(upstream) = &app.options.proxy {
         if is_write(&parts.method, &endpoint) {
             return refuse(
+            parts,
             body,
             ApiError::with_status(
                 StatusCode::METHOD_NOT_ALLOWED,
