@@ -34,7 +34,9 @@ const IO_CHUNK: usize = 1024 * 1024;
 /// on 8 concurrent 64 MiB GETs).
 const READ_CHUNK: usize = 128 * 1024;
 /// Chunks read ahead of the network per GET (in flight or waiting to be sent).
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 8;
+/// Chunks one blocking call reads (fewer hand-offs to the reader pool per GiB).
+const CHUNKS_PER_READ: usize = 4;
 
 pub struct FsBlobStore {
     root: PathBuf,
@@ -45,6 +47,7 @@ impl FsBlobStore {
     pub fn open(root: &Path) -> io::Result<FsBlobStore> {
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
+        make_fan_out(&root.join("uploads"))?;
         std::fs::create_dir_all(root.join("trash"))?;
         Ok(FsBlobStore {
             root: root.to_path_buf(),
@@ -293,14 +296,17 @@ impl super::BlobStore for FsBlobStore {
         let dir = self.upload_dir(id);
         let uploads = self.root.join("uploads");
         blocking(move || {
-            if !dir.exists() {
-                std::fs::create_dir_all(&dir)?;
-                fsync_dir(&uploads)?;
+            let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+            match create() {
+                Ok(_) => {}
+                // An id outside the 256 hex prefixes made at start-up.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&dir)?;
+                    fsync_dir(&uploads)?;
+                    create()?;
+                }
+                Err(e) => return Err(e.into()),
             }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
             // The session is acknowledged to the client: its file must survive a crash.
             fsync_dir(&dir)?;
             Ok(())
@@ -682,6 +688,18 @@ impl super::BlobStore for FsBlobStore {
     }
 }
 
+/// Make the 256 fan-out directories upload ids (UUIDs: hex) go into, once, so that
+/// creating an upload costs no directory creation and no fsync of `uploads/`.
+fn make_fan_out(uploads: &Path) -> io::Result<()> {
+    if uploads.join("ff").is_dir() {
+        return Ok(()); // made in order: the last one exists, so all do
+    }
+    for i in 0..=255u8 {
+        std::fs::create_dir_all(uploads.join(format!("{i:02x}")))?;
+    }
+    fsync_dir(uploads)
+}
+
 /// When a file was last written; `None` for a directory or a file gone meanwhile
 /// (deleted or committed).
 fn modified_file(meta: io::Result<std::fs::Metadata>) -> io::Result<Option<std::time::SystemTime>> {
@@ -734,28 +752,30 @@ fn upload_id_of(name: &str) -> Option<&str> {
 }
 
 impl FsBlobStore {
-    /// Stream `file` (or `range` of it): one read on the reader pool per chunk, a little
-    /// ahead of the network.
+    /// Stream `file` (or `range` of it): reads of a few chunks each on the reader pool,
+    /// a little ahead of the network.
     fn stream_file(&self, file: File, range: Option<ByteRange>) -> ByteStream {
         Box::pin(FileChunks {
             file: std::sync::Arc::new(file),
             range,
             pos: 0,
             end: None,
-            in_flight: std::collections::VecDeque::with_capacity(READ_AHEAD),
+            ready: std::collections::VecDeque::with_capacity(READ_AHEAD),
+            in_flight: std::collections::VecDeque::with_capacity(READ_AHEAD / CHUNKS_PER_READ),
         })
     }
 }
 
-/// Threads of the reader pool: enough for many disk reads at once, each one chunk long.
+/// Threads of the reader pool: enough for many disk reads at once.
 const READ_THREADS: usize = 64;
 
-/// The reader pool: blocking threads that serve downloads only, one chunk read at a time.
-/// It is apart from the runtime's blocking pool (capped by `storage.filesystem.maxthreads`)
-/// that upload writes, fsyncs and password checks use, so downloads never queue those up
-/// and those never queue downloads. A download holds no thread between chunks: a client
-/// that reads slowly or not at all costs a file handle and the chunks read ahead, and the
-/// server's send-stall limit (see `http/server.rs`) ends it.
+/// The reader pool: blocking threads that serve downloads only, one read of a few
+/// chunks at a time. It is apart from the runtime's blocking pool (capped by
+/// `storage.filesystem.maxthreads`) that upload writes, fsyncs and password checks use,
+/// so downloads never queue those up and those never queue downloads. A download holds
+/// no thread between reads: a client that reads slowly or not at all costs a file
+/// handle and the chunks read ahead, and the server's send-stall limit (see
+/// `http/server.rs`) ends it.
 fn reader_pool() -> &'static tokio::runtime::Handle {
     static POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
@@ -769,9 +789,12 @@ fn reader_pool() -> &'static tokio::runtime::Handle {
     .handle()
 }
 
-type ReadJob = tokio::task::JoinHandle<io::Result<Bytes>>;
+type ReadJob = tokio::task::JoinHandle<io::Result<Vec<Bytes>>>;
 
-/// A file as a stream of chunks, each read by one blocking call on the reader pool.
+/// A file as a stream of chunks, read a few at a time by one blocking call on the reader
+/// pool. Buffers are allocated by the task that polls (a runtime worker), not on the
+/// pool's threads, so freed buffers go back to the workers' allocator arenas instead of
+/// staying in one arena per reader thread.
 struct FileChunks {
     file: std::sync::Arc<File>,
     range: Option<ByteRange>,
@@ -779,12 +802,14 @@ struct FileChunks {
     pos: u64,
     /// End offset (exclusive), known once the first read has started.
     end: Option<u64>,
-    /// Reads started and not yet yielded, in file order.
+    /// Chunks read and not yet yielded, in file order.
+    ready: std::collections::VecDeque<Bytes>,
+    /// Reads started and not yet done, in file order.
     in_flight: std::collections::VecDeque<ReadJob>,
 }
 
 impl FileChunks {
-    /// Start reads until `READ_AHEAD` are in flight or the end is reached.
+    /// Start reads until `READ_AHEAD` chunks are ready or in flight, or the end is asked for.
     fn fill(&mut self) -> io::Result<()> {
         let end = match self.end {
             Some(end) => end,
@@ -798,37 +823,48 @@ impl FileChunks {
                 end
             }
         };
-        while self.in_flight.len() < READ_AHEAD && self.pos < end {
-            let want = usize::try_from(end - self.pos)
-                .unwrap_or(READ_CHUNK)
-                .min(READ_CHUNK);
-            let (file, at) = (self.file.clone(), self.pos);
+        while self.ready.len() + self.in_flight.len() * CHUNKS_PER_READ < READ_AHEAD
+            && self.pos < end
+        {
+            let mut buffers = Vec::with_capacity(CHUNKS_PER_READ);
+            let at = self.pos;
+            while buffers.len() < CHUNKS_PER_READ && self.pos < end {
+                let want = usize::try_from(end - self.pos)
+                    .unwrap_or(READ_CHUNK)
+                    .min(READ_CHUNK);
+                buffers.push(vec![0u8; want]);
+                self.pos += want as u64;
+            }
+            let file = self.file.clone();
             self.in_flight
-                .push_back(reader_pool().spawn_blocking(move || read_chunk(&file, at, want)));
-            self.pos += want as u64;
+                .push_back(reader_pool().spawn_blocking(move || read_chunks(&file, at, buffers)));
         }
         Ok(())
     }
 }
 
-/// Read exactly `want` bytes at `at`.
-fn read_chunk(file: &File, at: u64, want: usize) -> io::Result<Bytes> {
-    let mut buf = vec![0u8; want];
-    let mut filled = 0;
-    while filled < want {
-        match file.read_at(&mut buf[filled..], at + filled as u64) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob file is shorter than expected",
-                ))
+/// Fill `buffers` with the bytes from `at` on, each exactly.
+fn read_chunks(file: &File, mut at: u64, buffers: Vec<Vec<u8>>) -> io::Result<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(buffers.len());
+    for mut buf in buffers {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], at + filled as u64) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than expected",
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
         }
+        at += buf.len() as u64;
+        out.push(Bytes::from(buf));
     }
-    Ok(Bytes::from(buf))
+    Ok(out)
 }
 
 impl futures_util::Stream for FileChunks {
@@ -839,27 +875,47 @@ impl futures_util::Stream for FileChunks {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
-        if let Err(e) = self.fill() {
-            self.end = Some(self.pos);
-            return Poll::Ready(Some(Err(e)));
-        }
-        let Some(job) = self.in_flight.front_mut() else {
-            return Poll::Ready(None);
-        };
-        let read = match std::pin::Pin::new(job).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(read) => read,
-        };
-        self.in_flight.pop_front();
-        let read = read.unwrap_or_else(|join| Err(io::Error::other(join)));
-        if read.is_err() {
-            // Nothing after a failed chunk: stop reading and end with the error.
-            for job in self.in_flight.drain(..) {
-                job.abort();
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                // Keep the reads going while this chunk is sent.
+                if let Err(e) = self.fill() {
+                    self.fail();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                return Poll::Ready(Some(Ok(chunk)));
             }
-            self.end = Some(self.pos);
+            if let Err(e) = self.fill() {
+                self.fail();
+                return Poll::Ready(Some(Err(e)));
+            }
+            let Some(job) = self.in_flight.front_mut() else {
+                return Poll::Ready(None);
+            };
+            let read = match std::pin::Pin::new(job).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(read) => read,
+            };
+            self.in_flight.pop_front();
+            match read.unwrap_or_else(|join| Err(io::Error::other(join))) {
+                Ok(chunks) => self.ready.extend(chunks),
+                Err(e) => {
+                    // Nothing after a failed read: stop and end with the error.
+                    self.fail();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
-        Poll::Ready(Some(read))
+    }
+}
+
+impl FileChunks {
+    /// Stop reading: drop what was read ahead, and ask for nothing more.
+    fn fail(&mut self) {
+        for job in self.in_flight.drain(..) {
+            job.abort();
+        }
+        self.ready.clear();
+        self.end = Some(self.pos);
     }
 }
 
