@@ -1709,26 +1709,25 @@ async fn foreign_media_types_without_urls_are_checked() {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
-/// Each referrer can carry large annotations: a page is bounded by bytes too (the
-/// manifest size limit, as a client reads the page as an index), not only by count.
-#[tokio::test]
-async fn referrers_pages_are_bounded_by_bytes() {
-    let a = Api::with("limits:\n  manifestsize: 8192\n");
-    let (subject, sd) = a.push_image("fat", "v1", "m").await;
-    let empty = a.push_blob("fat", b"{}").await;
+/// Push `n` artifacts of type `application/x.note` referring to a fresh image in `repo`,
+/// each with `pad` bytes of annotation; returns the subject's digest and the artifacts'
+/// digests in order.
+async fn push_notes(a: &Api, repo: &str, n: usize, pad: usize) -> (Digest, Vec<String>) {
+    let (subject, sd) = a.push_image(repo, "v1", "m").await;
+    let empty = a.push_blob(repo, b"{}").await;
     let mut want = Vec::new();
-    for i in 0..6 {
+    for i in 0..n {
         let m = serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.note",
             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
             "layers": [],
             "subject": {"mediaType": OCI_MANIFEST, "digest": sd.as_str(), "size": subject.len()},
-            "annotations": {"n": i.to_string(), "pad": "x".repeat(3000)},
+            "annotations": {"n": i.to_string(), "pad": "x".repeat(pad)},
         }))
         .expect("json");
         let d = sha256(&m);
         assert_eq!(
-            a.put_manifest("fat", d.as_str(), OCI_MANIFEST, &m)
+            a.put_manifest(repo, d.as_str(), OCI_MANIFEST, &m)
                 .await
                 .status(),
             StatusCode::CREATED
@@ -1736,72 +1735,69 @@ async fn referrers_pages_are_bounded_by_bytes() {
         want.push(d.to_string());
     }
     want.sort();
-    let mut got = Vec::new();
-    let mut next = Some(format!("/v2/fat/referrers/{sd}"));
-    let mut pages = 0;
+    (sd, want)
+}
+
+/// Follow a referrers listing's `Link` pages from `path`: each page's
+/// `OCI-Filters-Applied` header and body.
+async fn referrer_pages(a: &Api, path: String) -> Vec<(Option<String>, Vec<u8>)> {
+    let mut pages = Vec::new();
+    let mut next = Some(path);
     while let Some(path) = next.take() {
-        pages += 1;
         let r = a.get(&path).await;
         assert_eq!(r.status(), StatusCode::OK);
         next = hdr(&r, "link").map(|l| l[1..l.find('>').expect(">")].to_string());
-        let body = r.bytes().await.expect("body");
-        assert!(body.len() <= 8192, "a page of {} bytes", body.len());
-        let v: Value = serde_json::from_slice(&body).expect("json");
-        let page = v["manifests"].as_array().expect("manifests");
-        assert!(!page.is_empty());
-        got.extend(
-            page.iter()
-                .map(|m| m["digest"].as_str().expect("digest").to_string()),
-        );
+        let filters = hdr(&r, "oci-filters-applied").map(str::to_string);
+        pages.push((filters, r.bytes().await.expect("body").to_vec()));
     }
-    assert_eq!(pages, 3, "two entries of about 3 KB per 8 KiB page");
+    pages
+}
+
+/// The digests a referrers page lists.
+fn listed(body: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(body).expect("json");
+    v["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// Each referrer can carry large annotations: a page is bounded by bytes too (the
+/// manifest size limit, as a client reads the page as an index), not only by count.
+#[tokio::test]
+async fn referrers_pages_are_bounded_by_bytes() {
+    let a = Api::with("limits:\n  manifestsize: 8192\n");
+    let (sd, want) = push_notes(&a, "fat", 6, 3000).await;
+    let pages = referrer_pages(&a, format!("/v2/fat/referrers/{sd}")).await;
+    assert_eq!(pages.len(), 3, "two entries of about 3 KB per 8 KiB page");
+    let mut got = Vec::new();
+    for (_, body) in &pages {
+        assert!(body.len() <= 8192, "a page of {} bytes", body.len());
+        let page = listed(body);
+        assert!(!page.is_empty());
+        got.extend(page);
+    }
     assert_eq!(got, want);
 }
 
 #[tokio::test]
 async fn referrers_paginate_with_link() {
     let a = Api::with("limits:\n  pageentries: 2\n");
-    let (subject, sd) = a.push_image("many", "v1", "m").await;
-    let empty = a.push_blob("many", b"{}").await;
-    let mut want = Vec::new();
-    for i in 0..5 {
-        let m = serde_json::to_vec(&json!({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.note",
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.as_str(), "size": 2},
-            "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": sd.as_str(), "size": subject.len()},
-            "annotations": {"n": i.to_string()},
-        }))
-        .expect("json");
-        let d = sha256(&m);
-        assert_eq!(
-            a.put_manifest("many", d.as_str(), OCI_MANIFEST, &m)
-                .await
-                .status(),
-            StatusCode::CREATED
-        );
-        want.push(d.to_string());
-    }
-    want.sort();
+    let (sd, want) = push_notes(&a, "many", 5, 0).await;
+    let pages = referrer_pages(
+        &a,
+        format!("/v2/many/referrers/{sd}?artifactType=application/x.note"),
+    )
+    .await;
+    assert_eq!(pages.len(), 3);
     let mut got = Vec::new();
-    let mut next = Some(format!(
-        "/v2/many/referrers/{sd}?artifactType=application/x.note"
-    ));
-    let mut pages = 0;
-    while let Some(path) = next.take() {
-        pages += 1;
-        let r = a.get(&path).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(hdr(&r, "oci-filters-applied"), Some("artifactType"));
-        next = hdr(&r, "link").map(|l| l[1..l.find('>').expect(">")].to_string());
-        let v: Value = r.json().await.expect("json");
-        let page = v["manifests"].as_array().expect("manifests");
+    for (filters, body) in &pages {
+        assert_eq!(filters.as_deref(), Some("artifactType"));
+        let page = listed(body);
         assert!(page.len() <= 2);
-        got.extend(
-            page.iter()
-                .map(|m| m["digest"].as_str().expect("digest").to_string()),
-        );
+        got.extend(page);
     }
-    assert_eq!(pages, 3);
     assert_eq!(got, want);
 }
