@@ -745,4 +745,21 @@ async fn a_refused_body_leaves_the_connection_usable_or_says_close() {
         refused.to_ascii_lowercase().contains("connection: close"),
         "{refused}"
     );
+
+    // A client that waits for 100 Continue is not asked for a body that would be
+    // refused: the 401 comes first, and the connection closes.
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let head = format!(
+        "PUT /v2/team/app/blobs/uploads/x?digest=sha256:00 HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        64 << 20
+    );
+    let answer = exchange(&mut s, head.as_bytes()).await.expect("an answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "no 100 Continue first: {answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 }
