@@ -2,7 +2,8 @@
 # in /etc/docker/registry/config.yml, port 5000. The base is `scratch`, so building needs
 # no download: scripts/build-image.sh builds the static binary first, then this file.
 FROM scratch
-COPY target/image/berth /bin/berth
+# bin/berth, and bin/registry -> berth (the name registry:2's image answers to).
+COPY target/image/bin/ /bin/
 COPY docker/config.yml /etc/docker/registry/config.yml
 # CA certificates for outgoing TLS (proxy upstreams, webhooks), staged from the build
 # machine's Debian bundle. To trust a private CA, mount a bundle over this file or set

@@ -20,13 +20,18 @@ if ! file "$bin" | grep -q 'statically linked\|static-pie linked'; then
     exit 1
 fi
 
-mkdir -p target/image
-cp "$bin" target/image/berth.new
+mkdir -p target/image/bin
+cp "$bin" target/image/bin/berth.new
 # The release profile keeps debug info; the image does not need it (52 MB -> 10 MB).
 if command -v strip >/dev/null 2>&1; then
-    strip --strip-debug target/image/berth.new
+    strip --strip-debug target/image/bin/berth.new
 fi
-mv target/image/berth.new target/image/berth
+mv target/image/bin/berth.new target/image/bin/berth
+# The image answers to `registry` too, as registry:2's does: the guides' cron line
+# `docker exec registry registry garbage-collect /etc/docker/registry/config.yml`
+# works unchanged. A symlink (COPY keeps it), so the binary is in the image once.
+ln -sfn berth target/image/bin/registry
+rm -f target/image/berth
 
 # The trust store for outgoing TLS (an https proxy upstream, https webhooks): the build
 # machine's Debian CA bundle (package ca-certificates), at the path the binary probes.

@@ -2,7 +2,8 @@
 //! guides run registry:2, with the real Docker Engine: `docker run -d -p ...:5000
 //! --restart=always -v VOLUME:/var/lib/registry`, push and pull with the docker CLI, data
 //! surviving `docker rm -f` and a new container on the same volume, and `REGISTRY_*`
-//! variables given with `-e`. The image is built once per test run.
+//! variables given with `-e`, and the guides' `docker exec registry registry garbage-collect`
+//! cron line. The image is built once per test run.
 //!
 //! And the guides' production deployment: TLS and htpasswd from `REGISTRY_HTTP_TLS_*` and
 //! `REGISTRY_AUTH*` variables with mounted `/certs` and `/auth` directories, then
@@ -212,7 +213,7 @@ fn registry_variables_configure_the_container() {
     // REGISTRY_STORAGE_DELETE_ENABLED=true, given with -e, allows it.
     let enabled = unique("berth-test-delete");
     cleanup.volumes.push(enabled.clone());
-    let (_c, addr) = run_registry(
+    let (id, addr) = run_registry(
         &mut cleanup,
         &enabled,
         &["REGISTRY_STORAGE_DELETE_ENABLED=true"],
@@ -224,6 +225,27 @@ fn registry_variables_configure_the_container() {
     let url = format!("http://{addr}/v2/test/deletable/manifests/{digest}");
     assert_eq!(http_status("DELETE", &url, &[]), "202");
     assert_eq!(http_status("HEAD", &url, &[accept]), "404");
+
+    // The guides' cron line, unchanged: the image answers to `registry` as registry:2's
+    // does, and collects while it serves (what was just deleted is within the grace
+    // period, so it is kept for now).
+    let out = run(docker().args([
+        "exec",
+        &id,
+        "registry",
+        "garbage-collect",
+        "/etc/docker/registry/config.yml",
+    ]));
+    assert!(
+        out.contains("blobs marked") && out.contains("younger than the grace period"),
+        "{out}"
+    );
+    let version = run(docker().args(["exec", &id, "registry", "--version"]));
+    assert!(version.starts_with("berth "), "{version}");
+    assert_eq!(
+        http_status("GET", &format!("http://{addr}/v2/"), &[]),
+        "200"
+    );
 }
 
 /// The `Docker-Content-Digest` of a manifest.
