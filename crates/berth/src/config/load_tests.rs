@@ -7,7 +7,8 @@ use super::*;
 /// A file naming the filesystem driver, for tests about other keys.
 const FS: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /data\n";
 
-fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+/// Load `yaml` as a config file, with `env` as the `REGISTRY_*` variables.
+pub(super) fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("config.yml");
     std::fs::write(&p, yaml).expect("write");

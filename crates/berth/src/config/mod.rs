@@ -1063,13 +1063,7 @@ mod tests {
         } else {
             format!("storage: filesystem\n{yaml}")
         };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("config.yml");
-        std::fs::write(&p, yaml).expect("write");
-        Loaded::load(
-            Some(&p),
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        super::load_tests::load(&yaml, env)
     }
 
     #[test]
