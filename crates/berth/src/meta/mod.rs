@@ -1,16 +1,24 @@
 //! Registry metadata: repositories, blob links, manifests, tags, referrers and upload
-//! sessions, behind small traits combined as [`MetaStore`]. Backend: [`sqlite::SqliteMeta`]
-//! (embedded default); PostgreSQL comes later behind the same traits and shared suite.
+//! sessions, and (in [`access`]) users, projects, members, robots, signing keys and the
+//! audit log, behind small traits combined as [`MetaStore`]. Backend:
+//! [`sqlite::SqliteMeta`] (embedded default); PostgreSQL comes later behind the same traits
+//! and shared suite.
 //!
 //! This is the only module that speaks SQL. It knows nothing of HTTP or blob bytes, and
 //! does not judge OCI semantics (that is `registry/`): it stores and answers.
 
+pub mod access;
 pub mod sqlite;
+mod sqlite_access;
 mod sqlite_events;
 mod sqlite_ops;
 mod sqlite_proxy;
 #[cfg(test)]
 mod testsuite;
+#[cfg(test)]
+mod testsuite_access;
+
+pub use access::*;
 
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -418,7 +426,20 @@ pub trait ProxyCache: Send + Sync {
 
 /// Everything the registry needs from its metadata backend.
 pub trait MetaStore:
-    Repositories + Manifests + Uploads + Outbox + Maintenance + Housekeeping + ProxyCache + 'static
+    Repositories
+    + Manifests
+    + Uploads
+    + Outbox
+    + Maintenance
+    + Housekeeping
+    + ProxyCache
+    + Users
+    + Projects
+    + Members
+    + Robots
+    + TokenKeys
+    + Audit
+    + 'static
 {
 }
 impl<
@@ -429,6 +450,12 @@ impl<
             + Maintenance
             + Housekeeping
             + ProxyCache
+            + Users
+            + Projects
+            + Members
+            + Robots
+            + TokenKeys
+            + Audit
             + 'static,
     > MetaStore for T
 {

@@ -256,6 +256,9 @@ pub async fn run(m: &dyn MetaStore) {
         .expect("under the caps");
     m.delete_upload("abc-123").await.expect("delete upload");
     assert_eq!(m.get_upload("abc-123").await.expect("get upload"), None);
+
+    // Users, projects, members, robots, signing keys, audit log.
+    super::testsuite_access::run(m).await;
 }
 
 /// After `run` and a reopen, the state it left is still there.

@@ -1,0 +1,1036 @@
+//! SQLite implementation of the multi-tenancy metadata ([`Users`], [`Projects`],
+//! [`Members`], [`Robots`], [`TokenKeys`], [`Audit`]; schema in
+//! `migrations/sqlite/0005_access.sql`). Rows and questions only: it decides no
+//! permission. A taken unique name is `INSERT ... ON CONFLICT DO NOTHING` returning no row
+//! ([`Conflict`]), not a failed statement, so the same SQL holds inside a PostgreSQL
+//! transaction. A listing's count and page are read in one read transaction, so they
+//! agree.
+
+use super::access::{
+    AuditEntry, AuditQuery, AuditRecord, Conflict, Member, MemberEntity, NewRobot, NewUser, Page,
+    Project, ProjectAccess, ProjectDeletion, ProjectFilter, Robot, RobotChanges, SigningKey, User,
+    UserChanges, UserSource, Viewer,
+};
+use super::sqlite::SqliteMeta;
+use super::{now, Audit, Members, MetaError, Projects, Result, Robots, TokenKeys, Users};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+/// The name range holding a project's repositories: `[<project>/, <project>0)`, '0' being
+/// the byte after '/', so a range scan of the name index finds them (names compare as
+/// bytes).
+fn project_range(project: &str) -> (String, String) {
+    (format!("{project}/"), format!("{project}0"))
+}
+
+/// How many repositories one [`project_range`] (`?1`, `?2`) holds.
+const REPOSITORY_COUNT: &str = "SELECT COUNT(*) FROM repositories WHERE name >= ?1 AND name < ?2";
+
+/// A page as `LIMIT` and `OFFSET` values (an offset past `i64::MAX` is past every row).
+fn limit_offset(page: Page) -> (i64, i64) {
+    (
+        i64::from(page.limit),
+        i64::try_from(page.offset).unwrap_or(i64::MAX),
+    )
+}
+
+/// A `COUNT(*)` as the total of a listing.
+fn total(n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("negative count {n}")))
+}
+
+/// A viewer's groups as the JSON array `json_each` reads.
+fn groups_json(viewer: &Viewer) -> String {
+    serde_json::Value::from(viewer.groups.as_slice()).to_string()
+}
+
+fn role(n: i64) -> Result<u8> {
+    u8::try_from(n).map_err(|_| MetaError::Corrupt(format!("member role {n}")))
+}
+
+macro_rules! user_columns {
+    () => {
+        "id, username, email, realname, comment, admin, source, password_hash, created_at, \
+         updated_at"
+    };
+}
+
+fn user(r: &SqliteRow) -> Result<User> {
+    let source: String = r.try_get(6)?;
+    let source = match source.as_str() {
+        "local" => UserSource::Local,
+        "ldap" => UserSource::Ldap,
+        _ => return Err(MetaError::Corrupt(format!("user source {source:?}"))),
+    };
+    Ok(User {
+        id: r.try_get(0)?,
+        username: r.try_get(1)?,
+        email: r.try_get(2)?,
+        realname: r.try_get(3)?,
+        comment: r.try_get(4)?,
+        admin: r.try_get(5)?,
+        source,
+        password_hash: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        updated_at: r.try_get(9)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Users for SqliteMeta {
+    async fn create_user(&self, u: &NewUser) -> Result<std::result::Result<User, Conflict>> {
+        // fetch_all: the statement runs to its end (and commits) before the row is read.
+        let rows = sqlx::query(concat!(
+            "INSERT INTO users (username, email, realname, comment, admin, source, \
+             password_hash, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT (username) DO NOTHING RETURNING ",
+            user_columns!()
+        ))
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(&u.realname)
+        .bind(&u.comment)
+        .bind(u.admin)
+        .bind(u.source.as_str())
+        .bind(u.password_hash.as_deref())
+        .bind(now())
+        .fetch_all(&self.writer)
+        .await?;
+        match rows.first() {
+            Some(r) => Ok(Ok(user(r)?)),
+            None => Ok(Err(Conflict)),
+        }
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE username = ?1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(user).transpose()
+    }
+
+    async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(user).transpose()
+    }
+
+    async fn list_users(
+        &self,
+        name_contains: Option<&str>,
+        page: Page,
+    ) -> Result<(Vec<User>, u64)> {
+        let (limit, offset) = limit_offset(page);
+        let mut tx = self.reader.begin().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE ?1 IS NULL OR instr(username, ?1) > 0",
+        )
+        .bind(name_contains)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE ?1 IS NULL OR instr(username, ?1) > 0
+             ORDER BY id LIMIT ?2 OFFSET ?3"
+        ))
+        .bind(name_contains)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let users = rows.iter().map(user).collect::<Result<_>>()?;
+        Ok((users, total(n)?))
+    }
+
+    async fn update_user(&self, id: i64, c: &UserChanges) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET email = COALESCE(?2, email), realname = COALESCE(?3, realname),
+                    comment = COALESCE(?4, comment), updated_at = ?5
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(c.email.as_deref())
+        .bind(c.realname.as_deref())
+        .bind(c.comment.as_deref())
+        .bind(now())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn set_password(&self, id: i64, password_hash: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1")
+                .bind(id)
+                .bind(password_hash)
+                .bind(now())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn set_admin(&self, id: i64, admin: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE users SET admin = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(admin)
+            .bind(now())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn delete_user(&self, id: i64) -> Result<bool> {
+        // The foreign keys would do the first two as well; spelled out, the statements say
+        // what a user's deletion takes along whatever the backend's cascade support.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM members WHERE user_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE projects SET owner_id = NULL WHERE owner_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM users WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone > 0)
+    }
+}
+
+macro_rules! project_columns {
+    () => {
+        "p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at"
+    };
+}
+
+/// Whether the viewer (user id `$user`, groups `$groups` as a JSON array: the
+/// placeholders) is a member of project `p`, directly or through a group.
+macro_rules! viewer_is_member {
+    ($user:literal, $groups:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND (m.user_id = ",
+            $user,
+            " OR m.group_name IN (SELECT value FROM json_each(",
+            $groups,
+            "))))"
+        )
+    };
+}
+
+/// The filter of [`Projects::list_projects`]: name `?1`, public `?2`, restricted to what
+/// the viewer sees when `?3`.
+macro_rules! project_filter {
+    () => {
+        concat!(
+            " WHERE (?1 IS NULL OR instr(p.name, ?1) > 0) AND (?2 IS NULL OR p.public = ?2)
+               AND (NOT ?3 OR p.public OR ",
+            viewer_is_member!("?4", "?5"),
+            ")"
+        )
+    };
+}
+
+/// Project `?1` and the roles of user `?2` and groups `?3` (a JSON array) in it: one row
+/// per role held (directly or through a group), or one with a NULL role.
+const PROJECT_ACCESS: &str = concat!(
+    "SELECT ",
+    project_columns!(),
+    ", m.role FROM projects p
+     LEFT JOIN members m ON m.project_id = p.id
+       AND (m.user_id = ?2 OR m.group_name IN (SELECT value FROM json_each(?3)))
+     WHERE p.name = ?1"
+);
+
+fn project(r: &SqliteRow) -> Result<Project> {
+    Ok(Project {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        public: r.try_get(2)?,
+        owner_id: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        updated_at: r.try_get(5)?,
+    })
+}
+
+/// How many repositories are named `<project>/...`, on `conn`.
+async fn count_repositories(conn: &mut SqliteConnection, project: &str) -> Result<u64> {
+    let (lo, hi) = project_range(project);
+    let n: i64 = sqlx::query_scalar(REPOSITORY_COUNT)
+        .bind(lo)
+        .bind(hi)
+        .fetch_one(conn)
+        .await?;
+    total(n)
+}
+
+#[async_trait::async_trait]
+impl Projects for SqliteMeta {
+    async fn create_project(
+        &self,
+        name: &str,
+        public: bool,
+        owner: Option<i64>,
+    ) -> Result<std::result::Result<Project, Conflict>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "INSERT INTO projects (name, public, owner_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (name) DO NOTHING
+             RETURNING id, name, public, owner_id, created_at, updated_at",
+        )
+        .bind(name)
+        .bind(public)
+        .bind(owner)
+        .bind(now())
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(Err(Conflict));
+        };
+        let p = project(row)?;
+        if let Some(owner) = owner {
+            sqlx::query(
+                "INSERT INTO members (project_id, entity_type, user_id, role) VALUES (?1, 'u', ?2, 1)",
+            )
+            .bind(p.id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(p))
+    }
+
+    async fn project_by_name(&self, name: &str) -> Result<Option<Project>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects p WHERE p.name = ?1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(project).transpose()
+    }
+
+    async fn project_by_id(&self, id: i64) -> Result<Option<Project>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects p WHERE p.id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(project).transpose()
+    }
+
+    async fn list_projects(
+        &self,
+        filter: &ProjectFilter,
+        page: Page,
+    ) -> Result<(Vec<Project>, u64)> {
+        let (limit, offset) = limit_offset(page);
+        let viewer = filter.visible_to.as_ref();
+        let user = viewer.and_then(|v| v.user_id);
+        let groups = viewer.map_or_else(|| "[]".to_string(), groups_json);
+        let mut tx = self.reader.begin().await?;
+        let n: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM projects p",
+            project_filter!()
+        ))
+        .bind(filter.name_contains.as_deref())
+        .bind(filter.public)
+        .bind(viewer.is_some())
+        .bind(user)
+        .bind(&groups)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects p",
+            project_filter!(),
+            " ORDER BY p.name LIMIT ?6 OFFSET ?7"
+        ))
+        .bind(filter.name_contains.as_deref())
+        .bind(filter.public)
+        .bind(viewer.is_some())
+        .bind(user)
+        .bind(&groups)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let projects = rows.iter().map(project).collect::<Result<_>>()?;
+        Ok((projects, total(n)?))
+    }
+
+    async fn set_project_public(&self, id: i64, public: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE projects SET public = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(public)
+            .bind(now())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn delete_project(&self, id: i64) -> Result<ProjectDeletion> {
+        // IMMEDIATE: no repository can be created under the name between the count and
+        // the delete.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(name) = sqlx::query_scalar::<_, String>("SELECT name FROM projects WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(ProjectDeletion::NotFound);
+        };
+        let repositories = count_repositories(&mut tx, &name).await?;
+        if repositories > 0 {
+            return Ok(ProjectDeletion::NotEmpty(repositories));
+        }
+        for sql in [
+            "DELETE FROM members WHERE project_id = ?1",
+            "DELETE FROM robots WHERE project_id = ?1",
+            "DELETE FROM projects WHERE id = ?1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ProjectDeletion::Deleted)
+    }
+
+    async fn project_access(&self, name: &str, viewer: &Viewer) -> Result<Option<ProjectAccess>> {
+        let rows = sqlx::query(PROJECT_ACCESS)
+            .bind(name)
+            .bind(viewer.user_id)
+            .bind(groups_json(viewer))
+            .fetch_all(&self.reader)
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let project = project(first)?;
+        let mut roles = Vec::new();
+        for r in &rows {
+            if let Some(n) = r.try_get::<Option<i64>, _>(6)? {
+                roles.push(role(n)?);
+            }
+        }
+        roles.sort_unstable();
+        roles.dedup();
+        Ok(Some(ProjectAccess { project, roles }))
+    }
+
+    async fn visible_projects(&self, viewer: &Viewer) -> Result<Vec<String>> {
+        let names = sqlx::query_scalar(concat!(
+            "SELECT p.name FROM projects p WHERE p.public OR ",
+            viewer_is_member!("?1", "?2"),
+            " ORDER BY p.name"
+        ))
+        .bind(viewer.user_id)
+        .bind(groups_json(viewer))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(names)
+    }
+
+    async fn repository_count(&self, project: &str) -> Result<u64> {
+        let mut conn = self.reader.acquire().await?;
+        count_repositories(&mut conn, project).await
+    }
+}
+
+macro_rules! member_select {
+    () => {
+        "SELECT m.id, m.project_id, m.entity_type, m.user_id, m.group_name,
+                COALESCE(u.username, m.group_name), m.role
+         FROM members m LEFT JOIN users u ON u.id = m.user_id"
+    };
+}
+
+fn member(r: &SqliteRow) -> Result<Member> {
+    let id: i64 = r.try_get(0)?;
+    let kind: String = r.try_get(2)?;
+    let corrupt = |what: &str| MetaError::Corrupt(format!("member {id}: {what}"));
+    let entity = match kind.as_str() {
+        "u" => MemberEntity::User(
+            r.try_get::<Option<i64>, _>(3)?
+                .ok_or_else(|| corrupt("a user membership without a user"))?,
+        ),
+        "g" => MemberEntity::Group(
+            r.try_get::<Option<String>, _>(4)?
+                .ok_or_else(|| corrupt("a group membership without a group"))?,
+        ),
+        _ => return Err(corrupt(&format!("entity type {kind:?}"))),
+    };
+    Ok(Member {
+        id,
+        project_id: r.try_get(1)?,
+        entity,
+        entity_name: r
+            .try_get::<Option<String>, _>(5)?
+            .ok_or_else(|| corrupt("its user is gone"))?,
+        role: role(r.try_get(6)?)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Members for SqliteMeta {
+    async fn add_member(
+        &self,
+        project_id: i64,
+        entity: &MemberEntity,
+        role: u8,
+    ) -> Result<std::result::Result<Member, Conflict>> {
+        let (kind, user_id, group) = match entity {
+            MemberEntity::User(id) => ("u", Some(*id), None),
+            MemberEntity::Group(name) => ("g", None, Some(name.as_str())),
+        };
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO members (project_id, entity_type, user_id, group_name, role)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(project_id)
+        .bind(kind)
+        .bind(user_id)
+        .bind(group)
+        .bind(i64::from(role))
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(id) = ids.first() else {
+            return Ok(Err(Conflict));
+        };
+        let row = sqlx::query(concat!(member_select!(), " WHERE m.id = ?1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let m = member(&row)?;
+        tx.commit().await?;
+        Ok(Ok(m))
+    }
+
+    async fn list_members(
+        &self,
+        project_id: i64,
+        name_contains: Option<&str>,
+        page: Page,
+    ) -> Result<(Vec<Member>, u64)> {
+        let (limit, offset) = limit_offset(page);
+        let mut tx = self.reader.begin().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM members m LEFT JOIN users u ON u.id = m.user_id
+             WHERE m.project_id = ?1
+               AND (?2 IS NULL OR instr(COALESCE(u.username, m.group_name), ?2) > 0)",
+        )
+        .bind(project_id)
+        .bind(name_contains)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(concat!(
+            member_select!(),
+            " WHERE m.project_id = ?1
+                AND (?2 IS NULL OR instr(COALESCE(u.username, m.group_name), ?2) > 0)
+              ORDER BY m.id LIMIT ?3 OFFSET ?4"
+        ))
+        .bind(project_id)
+        .bind(name_contains)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let members = rows.iter().map(member).collect::<Result<_>>()?;
+        Ok((members, total(n)?))
+    }
+
+    async fn member(&self, project_id: i64, member_id: i64) -> Result<Option<Member>> {
+        let row = sqlx::query(concat!(
+            member_select!(),
+            " WHERE m.project_id = ?1 AND m.id = ?2"
+        ))
+        .bind(project_id)
+        .bind(member_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(member).transpose()
+    }
+
+    async fn set_member_role(&self, project_id: i64, member_id: i64, role: u8) -> Result<bool> {
+        let done = sqlx::query("UPDATE members SET role = ?3 WHERE project_id = ?1 AND id = ?2")
+            .bind(project_id)
+            .bind(member_id)
+            .bind(i64::from(role))
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn remove_member(&self, project_id: i64, member_id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM members WHERE project_id = ?1 AND id = ?2")
+            .bind(project_id)
+            .bind(member_id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+}
+
+macro_rules! robot_columns {
+    () => {
+        "id, name, description, project_id, secret_hash, disabled, expires_at, permissions, \
+         creator, created_at, updated_at"
+    };
+}
+
+/// Robot `?2` of project `?1` (0: the system robots), spelling the expression of the
+/// unique index robots_by_name, so that the index answers.
+const ROBOT_BY_NAME: &str = concat!(
+    "SELECT ",
+    robot_columns!(),
+    " FROM robots WHERE COALESCE(project_id, 0) = ?1 AND name = ?2"
+);
+
+fn robot(r: &SqliteRow) -> Result<Robot> {
+    Ok(Robot {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        description: r.try_get(2)?,
+        project_id: r.try_get(3)?,
+        secret_hash: r.try_get(4)?,
+        disabled: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
+        permissions: r.try_get(7)?,
+        creator: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Robots for SqliteMeta {
+    async fn create_robot(&self, b: &NewRobot) -> Result<std::result::Result<Robot, Conflict>> {
+        // The conflict is on robots_by_name (system robots count as project 0).
+        let rows = sqlx::query(concat!(
+            "INSERT INTO robots (name, description, project_id, secret_hash, disabled, \
+             expires_at, permissions, creator, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             ON CONFLICT DO NOTHING RETURNING ",
+            robot_columns!()
+        ))
+        .bind(&b.name)
+        .bind(&b.description)
+        .bind(b.project_id)
+        .bind(&b.secret_hash)
+        .bind(b.disabled)
+        .bind(b.expires_at)
+        .bind(&b.permissions)
+        .bind(&b.creator)
+        .bind(now())
+        .fetch_all(&self.writer)
+        .await?;
+        match rows.first() {
+            Some(r) => Ok(Ok(robot(r)?)),
+            None => Ok(Err(Conflict)),
+        }
+    }
+
+    async fn robot_by_id(&self, id: i64) -> Result<Option<Robot>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            robot_columns!(),
+            " FROM robots WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(robot).transpose()
+    }
+
+    async fn robot_by_name(&self, project_id: Option<i64>, name: &str) -> Result<Option<Robot>> {
+        let row = sqlx::query(ROBOT_BY_NAME)
+            .bind(project_id.unwrap_or(0))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(robot).transpose()
+    }
+
+    async fn list_robots(
+        &self,
+        project_id: Option<Option<i64>>,
+        page: Page,
+    ) -> Result<(Vec<Robot>, u64)> {
+        let (limit, offset) = limit_offset(page);
+        // `project_id IS ?3`: one project's robots, or (NULL) the system robots.
+        let (count_sql, list_sql) = match project_id {
+            None => (
+                "SELECT COUNT(*) FROM robots",
+                concat!(
+                    "SELECT ",
+                    robot_columns!(),
+                    " FROM robots ORDER BY id LIMIT ?1 OFFSET ?2"
+                ),
+            ),
+            Some(_) => (
+                "SELECT COUNT(*) FROM robots WHERE project_id IS ?1",
+                concat!(
+                    "SELECT ",
+                    robot_columns!(),
+                    " FROM robots WHERE project_id IS ?3 ORDER BY id LIMIT ?1 OFFSET ?2"
+                ),
+            ),
+        };
+        let mut tx = self.reader.begin().await?;
+        let mut count = sqlx::query_scalar::<_, i64>(count_sql);
+        let mut list = sqlx::query(list_sql).bind(limit).bind(offset);
+        if let Some(p) = project_id {
+            count = count.bind(p);
+            list = list.bind(p);
+        }
+        let n = count.fetch_one(&mut *tx).await?;
+        let rows = list.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let robots = rows.iter().map(robot).collect::<Result<_>>()?;
+        Ok((robots, total(n)?))
+    }
+
+    async fn update_robot(&self, id: i64, c: &RobotChanges) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE robots SET description = COALESCE(?2, description),
+                    disabled = COALESCE(?3, disabled),
+                    expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END,
+                    permissions = COALESCE(?6, permissions), updated_at = ?7
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(c.description.as_deref())
+        .bind(c.disabled)
+        .bind(c.expires_at.is_some())
+        .bind(c.expires_at.flatten())
+        .bind(c.permissions.as_deref())
+        .bind(now())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn set_robot_secret(&self, id: i64, secret_hash: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE robots SET secret_hash = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(secret_hash)
+            .bind(now())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    async fn delete_robot(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM robots WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenKeys for SqliteMeta {
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, private_pem, cert_pem, created_at, retired_at FROM signing_keys
+             ORDER BY created_at DESC, seq DESC",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SigningKey {
+                    kid: r.try_get(0)?,
+                    private_pem: r.try_get(1)?,
+                    cert_pem: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    retired_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_first_signing_key(&self, key: &SigningKey) -> Result<bool> {
+        // One statement: the check and the insert cannot interleave with another node's.
+        // Stored as the current key whatever `key.retired_at` says.
+        let stored = sqlx::query(
+            "INSERT INTO signing_keys (kid, private_pem, cert_pem, created_at, retired_at)
+             SELECT ?1, ?2, ?3, ?4, NULL
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(&key.kid)
+        .bind(&key.private_pem)
+        .bind(&key.cert_pem)
+        .bind(key.created_at)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(stored > 0)
+    }
+
+    async fn rotate_signing_key(&self, key: &SigningKey, at: i64) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL")
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_pem, cert_pem, created_at, retired_at)
+             VALUES (?1, ?2, ?3, ?4, NULL)",
+        )
+        .bind(&key.kid)
+        .bind(&key.private_pem)
+        .bind(&key.cert_pem)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn drop_retired_keys(&self, before: i64) -> Result<u64> {
+        let gone = sqlx::query(
+            "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?1",
+        )
+        .bind(before)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(gone)
+    }
+}
+
+/// Appends the `WHERE` clause of `q` (only the filters set, so each can use its index).
+fn audit_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a AuditQuery) {
+    qb.push(" WHERE 1");
+    for (column, value) in [
+        ("project", &q.project),
+        ("principal", &q.principal),
+        ("operation", &q.operation),
+        ("resource_type", &q.resource_type),
+    ] {
+        if let Some(v) = value {
+            qb.push(format_args!(" AND {column} = "))
+                .push_bind(v.as_str());
+        }
+    }
+    if let Some(part) = &q.resource_contains {
+        qb.push(" AND instr(resource, ")
+            .push_bind(part.as_str())
+            .push(") > 0");
+    }
+    if let Some(from) = q.from_ms {
+        qb.push(" AND time_ms >= ").push_bind(from);
+    }
+    if let Some(to) = q.to_ms {
+        qb.push(" AND time_ms <= ").push_bind(to);
+    }
+}
+
+/// The count and the page of an audit query.
+fn audit_queries(
+    q: &AuditQuery,
+    page: Page,
+) -> (QueryBuilder<'_, Sqlite>, QueryBuilder<'_, Sqlite>) {
+    let (limit, offset) = limit_offset(page);
+    let mut count = QueryBuilder::new("SELECT COUNT(*) FROM audit_log");
+    audit_filter(&mut count, q);
+    let mut list = QueryBuilder::new(
+        "SELECT id, time_ms, principal, client, resource_type, resource, project, operation,
+                result FROM audit_log",
+    );
+    audit_filter(&mut list, q);
+    // Newest first. Every audit index ends with the rowid, so scanning one backwards
+    // yields this order: no sort, and a page reads only the rows it skips and returns.
+    list.push(" ORDER BY time_ms DESC, id DESC LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    (count, list)
+}
+
+#[async_trait::async_trait]
+impl Audit for SqliteMeta {
+    async fn record_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for a in records {
+            sqlx::query(
+                "INSERT INTO audit_log (time_ms, principal, client, resource_type, resource,
+                                        project, operation, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(a.time_ms)
+            .bind(&a.principal)
+            .bind(&a.client)
+            .bind(&a.resource_type)
+            .bind(&a.resource)
+            .bind(a.project.as_deref())
+            .bind(&a.operation)
+            .bind(&a.result)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, q: &AuditQuery, page: Page) -> Result<(Vec<AuditEntry>, u64)> {
+        let (mut count, mut list) = audit_queries(q, page);
+        let mut tx = self.reader.begin().await?;
+        let n: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+        let rows = list.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get(0)?,
+                    record: AuditRecord {
+                        time_ms: r.try_get(1)?,
+                        principal: r.try_get(2)?,
+                        client: r.try_get(3)?,
+                        resource_type: r.try_get(4)?,
+                        resource: r.try_get(5)?,
+                        project: r.try_get(6)?,
+                        operation: r.try_get(7)?,
+                        result: r.try_get(8)?,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((entries, total(n)?))
+    }
+
+    async fn prune_audit(&self, before_ms: i64, limit: u32) -> Result<u64> {
+        let gone = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN
+               (SELECT id FROM audit_log WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+        )
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hot statements use their indexes: no scan of a table, no sort.
+
+    use super::*;
+
+    /// The plan of `sql`, one line per step.
+    async fn plan(meta: &SqliteMeta, sql: &str) -> Vec<String> {
+        sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .fetch_all(&meta.reader)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<String, _>(3))
+            .collect()
+    }
+
+    /// Every step of `sql`'s plan searches or walks an index (json_each, a bound array,
+    /// aside), none sorts, and `index` is used.
+    async fn assert_indexed(meta: &SqliteMeta, sql: &str, index: &str) {
+        let steps = plan(meta, sql).await;
+        for step in &steps {
+            let unindexed = step.starts_with("SCAN ")
+                && !step.contains(" USING ")
+                && !step.starts_with("SCAN json_each");
+            assert!(
+                !unindexed && !step.contains("TEMP B-TREE"),
+                "{step:?} in the plan of {sql}: {steps:?}"
+            );
+        }
+        assert!(
+            steps.iter().any(|s| s.contains(index)),
+            "{sql} does not use {index}: {steps:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hot_statements_use_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        let repositories = "sqlite_autoindex_repositories_1";
+        assert_indexed(&meta, REPOSITORY_COUNT, repositories).await;
+        assert_indexed(&meta, PROJECT_ACCESS, "sqlite_autoindex_members_1").await;
+        assert_indexed(&meta, PROJECT_ACCESS, "sqlite_autoindex_projects_1").await;
+        assert_indexed(&meta, ROBOT_BY_NAME, "robots_by_name").await;
+        for (q, index) in [
+            (AuditQuery::default(), "audit_log_by_time"),
+            (
+                AuditQuery {
+                    project: Some("p".into()),
+                    ..AuditQuery::default()
+                },
+                "audit_log_by_project",
+            ),
+            (
+                AuditQuery {
+                    principal: Some("alice".into()),
+                    from_ms: Some(1),
+                    ..AuditQuery::default()
+                },
+                "audit_log_by_principal",
+            ),
+            (
+                AuditQuery {
+                    from_ms: Some(1),
+                    to_ms: Some(2),
+                    ..AuditQuery::default()
+                },
+                "audit_log_by_time",
+            ),
+        ] {
+            let (count, list) = audit_queries(&q, Page::all());
+            assert_indexed(&meta, list.sql(), index).await;
+            assert_indexed(&meta, count.sql(), index).await;
+        }
+    }
+}
