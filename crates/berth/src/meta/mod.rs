@@ -174,8 +174,16 @@ pub trait Repositories: Send + Sync {
     /// For each digest, its size if linked into `repo`.
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>>;
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
-    /// Repository names after `last`, in byte order, at most `limit`.
-    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>>;
+    /// Repository names after `last`, in byte order, at most `limit`. With `within`, only
+    /// those in one of these projects (whose name is `<project>/...`; a name without `/`
+    /// is in no project): `Some(&[])` lists nothing. Filtered in the query, so a page is
+    /// as full as without it.
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+        within: Option<&[String]>,
+    ) -> Result<Vec<String>>;
 }
 
 /// Manifests, tags and referrers.

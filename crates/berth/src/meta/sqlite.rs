@@ -4,6 +4,7 @@
 //! Writes go through a single connection (SQLite has one writer anyway, and this avoids
 //! lock-upgrade deadlocks); reads use a pool of read-only connections in parallel.
 
+use super::sqlite_access::{project_range, REPOSITORIES_IN_RANGE};
 use super::sqlite_events::insert_events;
 use super::{
     now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
@@ -243,14 +244,54 @@ impl Repositories for SqliteMeta {
         Ok(row.is_some())
     }
 
-    async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2")
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: u32,
+        within: Option<&[String]>,
+    ) -> Result<Vec<String>> {
+        let Some(projects) = within else {
+            let rows =
+                sqlx::query("SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2")
+                    .bind(last.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await?;
+            return Ok(rows.into_iter().map(|r| r.get::<String, _>(0)).collect());
+        };
+        // Each project's repositories are one range of the name index, `p/` to `p0` ('0'
+        // is the byte after '/'). Project names hold no '/', so the ranges are disjoint and
+        // in the order of their prefixes: reading them in that order, each up to what the
+        // page still needs, lists names in byte order. A page costs its rows plus one index
+        // probe per project passed, however few of the catalog's repositories the projects
+        // hold (a filter on a scan of every name could read the whole catalog for a page).
+        let mut ranges: Vec<(String, String)> = projects
+            .iter()
+            .filter(|p| !p.contains('/'))
+            .map(|p| project_range(p))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        let mut conn = self.reader.acquire().await?;
+        let mut out = Vec::new();
+        for (lo, hi) in ranges {
+            let want = (limit as usize).saturating_sub(out.len());
+            if want == 0 {
+                break;
+            }
+            if last.is_some_and(|last| hi.as_str() <= last) {
+                continue;
+            }
+            let rows = sqlx::query(REPOSITORIES_IN_RANGE)
+                .bind(&lo)
+                .bind(&hi)
                 .bind(last.unwrap_or(""))
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
+                .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                .fetch_all(&mut *conn)
                 .await?;
-        Ok(rows.into_iter().map(|r| r.get::<String, _>(0)).collect())
+            out.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
+        }
+        Ok(out)
     }
 }
 

@@ -19,9 +19,14 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 /// The name range holding a project's repositories: `[<project>/, <project>0)`, '0' being
 /// the byte after '/', so a range scan of the name index finds them (names compare as
 /// bytes).
-fn project_range(project: &str) -> (String, String) {
+pub(super) fn project_range(project: &str) -> (String, String) {
     (format!("{project}/"), format!("{project}0"))
 }
+
+/// The repositories of one [`project_range`] (`?1`, `?2`) after `?3`, at most `?4`.
+pub(super) const REPOSITORIES_IN_RANGE: &str =
+    "SELECT name FROM repositories WHERE name >= ?1 AND name < ?2 AND name > ?3
+     ORDER BY name LIMIT ?4";
 
 /// How many repositories one [`project_range`] (`?1`, `?2`) holds.
 const REPOSITORY_COUNT: &str = "SELECT COUNT(*) FROM repositories WHERE name >= ?1 AND name < ?2";
@@ -999,6 +1004,7 @@ mod tests {
             .expect("open");
         let repositories = "sqlite_autoindex_repositories_1";
         assert_indexed(&meta, REPOSITORY_COUNT, repositories).await;
+        assert_indexed(&meta, REPOSITORIES_IN_RANGE, repositories).await;
         assert_indexed(&meta, PROJECT_ACCESS, "sqlite_autoindex_members_1").await;
         assert_indexed(&meta, PROJECT_ACCESS, "sqlite_autoindex_projects_1").await;
         assert_indexed(&meta, ROBOT_BY_NAME, "robots_by_name").await;

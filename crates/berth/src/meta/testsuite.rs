@@ -226,9 +226,15 @@ pub async fn run(m: &dyn MetaStore) {
             .await
             .expect("link");
     }
-    let first = m.list_repositories(Some("cat/"), 3).await.expect("list");
+    let first = m
+        .list_repositories(Some("cat/"), 3, None)
+        .await
+        .expect("list");
     assert_eq!(first, vec!["cat/r0", "cat/r1", "cat/r2"]);
-    let next = m.list_repositories(Some("cat/r2"), 3).await.expect("list");
+    let next = m
+        .list_repositories(Some("cat/r2"), 3, None)
+        .await
+        .expect("list");
     assert_eq!(next, vec!["cat/r3", "cat/r4", "team/app"]);
 
     // Upload sessions.
@@ -257,7 +263,7 @@ pub async fn run(m: &dyn MetaStore) {
     m.delete_upload("abc-123").await.expect("delete upload");
     assert_eq!(m.get_upload("abc-123").await.expect("get upload"), None);
 
-    // Users, projects, members, robots, signing keys, audit log.
+    // Users, projects, members, robots, signing keys, audit log, catalog by project.
     super::testsuite_access::run(m).await;
 }
 

@@ -1,7 +1,7 @@
 //! The multi-tenancy part of the metadata contract (users, projects, members, robots,
-//! signing keys, audit log), run by [`super::testsuite::run`] on every backend. It uses
-//! its own names, so it holds on a store that already has the rest of the suite's
-//! repositories.
+//! signing keys, audit log, and the catalog restricted to projects), run by
+//! [`super::testsuite::run`] on every backend. It uses its own names, so it holds on a
+//! store that already has the rest of the suite's repositories.
 
 use super::{
     AuditQuery, AuditRecord, Conflict, MemberEntity, MetaStore, NewRobot, NewUser, Page,
@@ -73,6 +73,7 @@ pub async fn run(m: &dyn MetaStore) {
     robots(m).await;
     signing_keys(m).await;
     audit(m).await;
+    catalog_within(m).await;
 }
 
 async fn users(m: &dyn MetaStore) {
@@ -1279,4 +1280,70 @@ async fn audit(m: &dyn MetaStore) {
         query(q(), Page::all()).await,
         (vec![5_000, 5_000, 4_000, 3_000], 4)
     );
+}
+
+async fn catalog_within(m: &dyn MetaStore) {
+    for name in ["ab/x", "a/y", "a/b/c", "a-b/x", "a0/x", "a/x", "b/z"] {
+        m.link_blob(&repo(name), &digest("catalog"), 1, &[])
+            .await
+            .expect("link");
+    }
+    let list = |last: Option<&'static str>, limit: u32, within: &'static [&'static str]| async move {
+        let within: Vec<String> = within.iter().map(|s| s.to_string()).collect();
+        m.list_repositories(last, limit, Some(&within))
+            .await
+            .expect("list")
+    };
+    assert!(m
+        .list_repositories(None, 100, Some(&[]))
+        .await
+        .expect("list")
+        .is_empty());
+    // A project is a whole first component: `a` holds neither `ab/x` nor `a-b/x`.
+    assert_eq!(list(None, 100, &["a"]).await, ["a/b/c", "a/x", "a/y"]);
+    assert_eq!(list(None, 100, &["ab"]).await, ["ab/x"]);
+    assert_eq!(list(None, 100, &["nope"]).await, Vec::<String>::new());
+    assert_eq!(
+        list(None, 100, &["a/b"]).await,
+        Vec::<String>::new(),
+        "no first component holds a '/'"
+    );
+    // Byte order across projects, whatever order they are given in, duplicates once.
+    let full = ["a-b/x", "a/b/c", "a/x", "a/y", "ab/x", "b/z"];
+    assert_eq!(list(None, 100, &["b", "ab", "a", "a-b", "a"]).await, full);
+    // Pages keep their size and continue after `last`.
+    let projects: &'static [&'static str] = &["ab", "a", "b", "a-b"];
+    let mut walked = Vec::new();
+    let mut last: Option<&'static str> = None;
+    loop {
+        let page = list(last, 2, projects).await;
+        assert!(page.len() <= 2);
+        let Some(tail) = page.last() else { break };
+        last = Some(
+            full.iter()
+                .copied()
+                .find(|n| *n == tail.as_str())
+                .expect("listed"),
+        );
+        let short = page.len() < 2;
+        walked.extend(page);
+        if short {
+            break;
+        }
+    }
+    assert_eq!(walked, full);
+    assert_eq!(list(Some("a/x"), 2, &["a", "b"]).await, ["a/y", "b/z"]);
+    assert_eq!(list(Some("a/"), 1, &["a"]).await, ["a/b/c"]);
+    assert_eq!(list(Some("a0"), 10, &["a", "b"]).await, ["b/z"]);
+    assert_eq!(list(Some("zzz"), 10, projects).await, Vec::<String>::new());
+    assert_eq!(list(None, 0, projects).await, Vec::<String>::new());
+    // Without a restriction: everything, as before.
+    let everything = m
+        .list_repositories(None, u32::MAX, None)
+        .await
+        .expect("list");
+    for name in ["a/x", "a0/x", "ab/x", "team/app", "acme"] {
+        assert!(everything.iter().any(|n| n == name), "{name} listed");
+    }
+    assert!(everything.windows(2).all(|w| w[0] < w[1]));
 }

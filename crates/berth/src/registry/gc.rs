@@ -136,7 +136,10 @@ impl Registry {
 
         let mut last: Option<String> = None;
         loop {
-            let page = self.meta.list_repositories(last.as_deref(), 1000).await?;
+            let page = self
+                .meta
+                .list_repositories(last.as_deref(), 1000, None)
+                .await?;
             let Some(tail) = page.last().cloned() else {
                 break;
             };

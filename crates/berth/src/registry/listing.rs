@@ -62,7 +62,7 @@ impl Registry {
         }
         let items = self
             .meta
-            .list_repositories(last, n.saturating_add(1))
+            .list_repositories(last, n.saturating_add(1), None)
             .await?;
         Ok(Self::page(items, n))
     }
