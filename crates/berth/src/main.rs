@@ -48,6 +48,132 @@ enum Command {
         #[command(subcommand)]
         source: ImportSource,
     },
+    /// Manage users of auth.berth (on the configuration's database; no server needed).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Manage projects of auth.berth.
+    Project {
+        #[command(subcommand)]
+        action: ProjectAction,
+    },
+    /// Manage robot accounts of auth.berth.
+    Robot {
+        #[command(subcommand)]
+        action: RobotAction,
+    },
+    /// The token service's signing key (auth.berth).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a local user; the password is read from standard input (one line).
+    Add {
+        name: String,
+        /// Make the user a system administrator.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long, default_value = "")]
+        realname: String,
+        /// The registry's config.yml (default: the embedded defaults, ./berth-data).
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// List users.
+    List {
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Set a user's password, read from standard input (one line).
+    Passwd {
+        name: String,
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Delete a user and their memberships (tokens they hold stop working within seconds).
+    Delete {
+        name: String,
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectAction {
+    /// Create a project.
+    Create {
+        name: String,
+        /// Anyone, anonymous included, may pull.
+        #[arg(long)]
+        public: bool,
+        /// Make this user its project admin.
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// List projects.
+    List {
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Give a user a role in a project: admin (1), developer (2), guest (3),
+    /// maintainer (4) or limited-guest (5).
+    AddMember {
+        project: String,
+        user: String,
+        #[arg(long, default_value = "developer")]
+        role: String,
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotAction {
+    /// Create a robot account and print its name and secret (shown only this once).
+    Create {
+        name: String,
+        /// A project robot of this project; without it, a system robot.
+        #[arg(long)]
+        project: Option<String>,
+        /// Projects a system robot reaches: names, or `*` for all (repeatable).
+        #[arg(long = "namespace", default_value = "*")]
+        namespaces: Vec<String>,
+        /// Permissions as resource:action, comma-separated (repository:pull,repository:push,
+        /// artifact:delete, tag:create, ...).
+        #[arg(long, default_value = "repository:pull")]
+        access: String,
+        /// Days until it expires; -1 never.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        duration: i64,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print the certificate of the current signing key (PEM): a registry:2 that should
+    /// trust Berth's tokens takes it as auth.token.rootcertbundle.
+    Certificate {
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Sign with a new key from now on; tokens of the old one stay valid until they expire.
+    Rotate {
+        #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,6 +337,275 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                 },
         } => import_distribution(&rootdirectory, config.as_deref()),
+        Command::User { action } => admin::user(action),
+        Command::Project { action } => admin::project(action),
+        Command::Robot { action } => admin::robot(action),
+        Command::Token { action } => admin::token(action),
+    }
+}
+
+/// The account commands: each opens the configuration's database, acts as the system
+/// (whoever holds the configuration holds everything), prints a result line.
+mod admin {
+    use super::{ProjectAction, RobotAction, TokenAction, UserAction};
+    use anyhow::Context as _;
+    use berth::auth::accounts::{Accounts, MemberTarget, ProjectKey, RobotRequest, UserRequest};
+    use berth::auth::berth::Who;
+    use berth::auth::rbac::{RobotAccess, RobotPermission};
+    use berth::config::Loaded;
+    use std::io::Write as _;
+    use std::path::Path;
+
+    fn out(line: String) {
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+
+    /// Run `f` over the accounts of the configuration at `config`.
+    fn with_accounts<T>(
+        config: Option<&Path>,
+        f: impl AsyncFnOnce(&Accounts) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let loaded = Loaded::load(config, std::env::vars()).context("invalid configuration")?;
+        super::init_logging_at("warn", &loaded.config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let accounts = berth::state::accounts(&loaded.config).await?;
+            f(&accounts).await
+        })
+    }
+
+    /// One line of standard input, without its line end.
+    fn read_password() -> anyhow::Result<String> {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let p = line.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            anyhow::bail!("no password on standard input: pipe it in, e.g. echo 'S3cretPassw0rd' | berth user add NAME CONFIG");
+        }
+        Ok(p)
+    }
+
+    pub fn user(action: UserAction) -> anyhow::Result<()> {
+        match action {
+            UserAction::Add {
+                name,
+                admin,
+                email,
+                realname,
+                config,
+            } => {
+                let password = read_password()?;
+                with_accounts(config.as_deref(), async |a| {
+                    let u = a
+                        .create_user(
+                            &Who::System,
+                            UserRequest {
+                                username: name,
+                                password,
+                                email,
+                                realname,
+                                comment: String::new(),
+                            },
+                            admin,
+                        )
+                        .await?;
+                    out(format!(
+                        "created user {} (id {}){}",
+                        u.username,
+                        u.id,
+                        if u.admin {
+                            ", a system administrator"
+                        } else {
+                            ""
+                        }
+                    ));
+                    Ok(())
+                })
+            }
+            UserAction::List { config } => with_accounts(config.as_deref(), async |a| {
+                let (users, total) = a
+                    .list_users(&Who::System, None, berth::meta::Page::all())
+                    .await?;
+                for u in users {
+                    out(format!(
+                        "{}\t{}\t{}\t{}",
+                        u.id,
+                        u.username,
+                        if u.admin { "admin" } else { "user" },
+                        u.source.as_str()
+                    ));
+                }
+                out(format!("{total} users"));
+                Ok(())
+            }),
+            UserAction::Passwd { name, config } => {
+                let password = read_password()?;
+                with_accounts(config.as_deref(), async |a| {
+                    let user = a.user_named(&Who::System, &name).await?;
+                    a.change_password(&Who::System, user.id, None, &password)
+                        .await?;
+                    out(format!("changed the password of {name}"));
+                    Ok(())
+                })
+            }
+            UserAction::Delete { name, config } => with_accounts(config.as_deref(), async |a| {
+                let user = a.user_named(&Who::System, &name).await?;
+                a.delete_user(&Who::System, user.id).await?;
+                out(format!("deleted user {name}"));
+                Ok(())
+            }),
+        }
+    }
+
+    /// A role by name or number.
+    fn role_id(role: &str) -> anyhow::Result<u8> {
+        Ok(match role {
+            "1" | "admin" | "projectadmin" | "projectAdmin" => 1,
+            "2" | "developer" => 2,
+            "3" | "guest" => 3,
+            "4" | "maintainer" => 4,
+            "5" | "limited-guest" | "limitedguest" | "limitedGuest" => 5,
+            other => anyhow::bail!(
+                "{other:?} is not a role: use admin, maintainer, developer, guest or limited-guest"
+            ),
+        })
+    }
+
+    pub fn project(action: ProjectAction) -> anyhow::Result<()> {
+        match action {
+            ProjectAction::Create {
+                name,
+                public,
+                owner,
+                config,
+            } => with_accounts(config.as_deref(), async |a| {
+                let p = a.create_project(&Who::System, &name, public).await?;
+                out(format!(
+                    "created {} project {} (id {})",
+                    if p.public { "public" } else { "private" },
+                    p.name,
+                    p.id
+                ));
+                if let Some(owner) = owner {
+                    a.add_member(
+                        &Who::System,
+                        &ProjectKey::Id(p.id),
+                        MemberTarget::UserName(owner.clone()),
+                        1,
+                    )
+                    .await?;
+                    out(format!("{owner} is its project admin"));
+                }
+                Ok(())
+            }),
+            ProjectAction::AddMember {
+                project,
+                user,
+                role,
+                config,
+            } => {
+                let role = role_id(&role)?;
+                with_accounts(config.as_deref(), async |a| {
+                    a.add_member(
+                        &Who::System,
+                        &ProjectKey::Name(project.clone()),
+                        MemberTarget::UserName(user.clone()),
+                        role,
+                    )
+                    .await?;
+                    out(format!("{user} now has role {role} in {project}"));
+                    Ok(())
+                })
+            }
+            ProjectAction::List { config } => with_accounts(config.as_deref(), async |a| {
+                let (projects, total) = a
+                    .list_projects(&Who::System, None, None, berth::meta::Page::all())
+                    .await?;
+                for p in projects {
+                    out(format!(
+                        "{}\t{}\t{}",
+                        p.id,
+                        p.name,
+                        if p.public { "public" } else { "private" }
+                    ));
+                }
+                out(format!("{total} projects"));
+                Ok(())
+            }),
+        }
+    }
+
+    pub fn robot(action: RobotAction) -> anyhow::Result<()> {
+        let RobotAction::Create {
+            name,
+            project,
+            namespaces,
+            access,
+            duration,
+            description,
+            config,
+        } = action;
+        let mut entries = Vec::new();
+        for item in access.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (resource, action) = item.split_once(':').with_context(|| {
+                format!("{item:?} is not resource:action (e.g. repository:push)")
+            })?;
+            entries.push(RobotAccess {
+                resource: resource.into(),
+                action: action.into(),
+                effect: None,
+            });
+        }
+        let (level, namespaces) = match &project {
+            Some(p) => ("project", vec![p.clone()]),
+            None => ("system", namespaces),
+        };
+        let permissions = namespaces
+            .into_iter()
+            .map(|namespace| RobotPermission {
+                kind: "project".into(),
+                namespace,
+                access: entries.clone(),
+            })
+            .collect();
+        with_accounts(config.as_deref(), async |a| {
+            let created = a
+                .create_robot(
+                    &Who::System,
+                    RobotRequest {
+                        name,
+                        description,
+                        level: level.into(),
+                        disable: false,
+                        duration,
+                        permissions,
+                    },
+                )
+                .await?;
+            out(format!("name: {}", created.full_name));
+            out(format!("secret: {}", created.secret));
+            out("(the secret is shown only this once: store it now)".into());
+            Ok(())
+        })
+    }
+
+    pub fn token(action: TokenAction) -> anyhow::Result<()> {
+        match action {
+            TokenAction::Certificate { config } => with_accounts(config.as_deref(), async |a| {
+                let _ = write!(std::io::stdout(), "{}", a.access().signing_certificate());
+                Ok(())
+            }),
+            TokenAction::Rotate { config } => with_accounts(config.as_deref(), async |a| {
+                let kid = a.access().rotate_key().await?;
+                out(format!("signing with the new key {kid}; tokens of the old key stay valid until they expire (servers pick the new key up within a second of seeing a token of it)"));
+                Ok(())
+            }),
+        }
     }
 }
 

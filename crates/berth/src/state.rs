@@ -1,6 +1,7 @@
 //! Composition root: the only place that picks concrete backends (filesystem blobs,
 //! SQLite metadata), builds the registry and the HTTP app, binds the listener and runs.
 
+use crate::auth::AccessControl;
 use crate::config::{Config, Net};
 use crate::http::{self, HttpOptions};
 use crate::jobs::health::{HealthStatus, HealthWorker};
@@ -8,7 +9,7 @@ use crate::jobs::notify::NotifyWorker;
 use crate::jobs::purge::PurgeWorker;
 use crate::jobs::Jobs;
 use crate::meta::sqlite::SqliteMeta;
-use crate::meta::MetaError;
+use crate::meta::{MetaError, MetaStore};
 use crate::registry::events::{EventSink, Source, Subscriber};
 use crate::registry::gc::{GcOptions, GcReport};
 use crate::registry::Registry;
@@ -41,6 +42,8 @@ pub enum StartError {
     Jobs(String),
     #[error("cannot set up auth.htpasswd: {0}")]
     Auth(#[from] crate::auth::htpasswd::ProvisionError),
+    #[error("cannot set up access control: {0}")]
+    AccessControl(String),
     #[error("cannot set up http.tls: {0}")]
     Tls(#[from] http::server::TlsError),
     #[error("server error: {0}")]
@@ -65,12 +68,15 @@ fn bind_hint(cause: &std::io::Error) -> &'static str {
 
 /// Build the registry over the backends `config` names.
 pub async fn build_registry(config: &Config) -> Result<Arc<Registry>, StartError> {
-    open_registry(config, false).await.map(Arc::new)
+    open_registry(config, false).await.map(|(r, _)| Arc::new(r))
 }
 
 /// Open the backends; `serving` (the server, not a CLI command) also adopts uploads an
 /// older version left in its layout.
-async fn open_registry(config: &Config, serving: bool) -> Result<Registry, StartError> {
+async fn open_registry(
+    config: &Config,
+    serving: bool,
+) -> Result<(Registry, Arc<dyn MetaStore>), StartError> {
     let storage_error = |source| StartError::Storage {
         path: config.root.clone(),
         source,
@@ -89,8 +95,9 @@ async fn open_registry(config: &Config, serving: bool) -> Result<Registry, Start
     let meta = SqliteMeta::open(&db)
         .await
         .map_err(|source| StartError::Meta { path: db, source })?;
-    let registry = Registry::new(Arc::new(blobs), Arc::new(meta), config.settings());
-    Ok(match &config.proxy {
+    let meta: Arc<dyn MetaStore> = Arc::new(meta);
+    let registry = Registry::new(Arc::new(blobs), meta.clone(), config.settings());
+    let registry = match &config.proxy {
         Some(p) => {
             let credentials = p.username.clone().zip(p.password.clone());
             let upstream = crate::upstream::HttpUpstream::new(
@@ -105,12 +112,15 @@ async fn open_registry(config: &Config, serving: bool) -> Result<Registry, Start
             )
         }
         None => registry,
-    })
+    };
+    Ok((registry, meta))
 }
 
 /// The registry with notifications wired in, and the background jobs over it.
-async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), StartError> {
-    let registry = open_registry(config, true).await?;
+async fn build_with_jobs(
+    config: &Config,
+) -> Result<(Arc<Registry>, Arc<dyn MetaStore>, Jobs), StartError> {
+    let (registry, meta) = open_registry(config, true).await?;
     let events = &config.events;
     for note in &events.skipped {
         tracing::warn!("{note}");
@@ -197,7 +207,7 @@ async fn build_with_jobs(config: &Config) -> Result<(Arc<Registry>, Jobs), Start
             ));
         }
     }
-    Ok((registry, jobs))
+    Ok((registry, meta, jobs))
 }
 
 /// What is wrong with the `SSL_CERT_FILE` at `path`, if anything: when the variable
@@ -336,7 +346,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (registry, mut jobs) = build_with_jobs(&config).await?;
+    let (registry, meta, mut jobs) = build_with_jobs(&config).await?;
     let health = HealthStatus::default();
     for check in &config.ops.checks {
         jobs.spawn(HealthWorker::new(
@@ -388,12 +398,7 @@ pub async fn run(
         }
     };
     let a = &config.auth;
-    let authenticator: Option<Arc<dyn crate::auth::Authenticator>> = match &a.htpasswd {
-        Some(h) => Some(Arc::new(crate::auth::htpasswd::Htpasswd::open(
-            &h.realm, &h.path,
-        )?)),
-        None => None,
-    };
+    let (access, berth) = access_control(a, meta).await?;
     let serve_options = http::server::ServeOptions {
         tls: match &a.tls {
             Some(t) => Some(http::server::tls_config(t, !a.http2_disabled)?),
@@ -413,7 +418,8 @@ pub async fn run(
             absolute_urls: config.absolute_urls,
             health,
             metrics,
-            authenticator,
+            access,
+            berth,
             headers: a.headers.clone(),
             read_only: a.read_only,
             proxy: config.proxy.as_ref().map(|p| p.remote_url.clone()),
@@ -424,7 +430,15 @@ pub async fn run(
         root = %config.root.display(),
         delete_enabled = config.delete_enabled,
         read_only = a.read_only,
-        auth = if a.htpasswd.is_some() { "htpasswd" } else { "none" },
+        auth = if a.htpasswd.is_some() {
+            "htpasswd"
+        } else if a.token.is_some() {
+            "token"
+        } else if a.berth.is_some() {
+            "berth"
+        } else {
+            "none"
+        },
         "listening on {}{}://{local}",
         if a.tls.is_some() { "https" } else { "http" },
         if config.net == Net::Unix { "+unix" } else { "" }
@@ -442,6 +456,123 @@ pub async fn run(
     }
     jobs.shutdown(std::time::Duration::from_secs(10)).await;
     served.map_err(StartError::Serve)
+}
+
+/// The access control `auth` names (none: open), and Berth's own when it is that.
+async fn access_control(
+    a: &crate::config::auth::AuthConfig,
+    meta: Arc<dyn MetaStore>,
+) -> Result<
+    (
+        Option<Arc<dyn AccessControl>>,
+        Option<Arc<crate::auth::berth::BerthAccess>>,
+    ),
+    StartError,
+> {
+    if let Some(h) = &a.htpasswd {
+        let htpasswd = crate::auth::htpasswd::Htpasswd::open(&h.realm, &h.path)?;
+        return Ok((
+            Some(Arc::new(crate::auth::BasicAccess(Arc::new(htpasswd)))),
+            None,
+        ));
+    }
+    if let Some(t) = &a.token {
+        return Ok((Some(Arc::new(token_access(t)?)), None));
+    }
+    if let Some(b) = &a.berth {
+        let berth = Arc::new(
+            crate::auth::berth::BerthAccess::open(meta, berth_settings(b))
+                .await
+                .map_err(|e| StartError::AccessControl(format!("auth.berth: {e}")))?,
+        );
+        return Ok((Some(berth.clone()), Some(berth)));
+    }
+    Ok((None, None))
+}
+
+/// `auth.token` as a verifier of the external issuer's tokens.
+fn token_access(
+    t: &crate::config::auth::TokenConfig,
+) -> Result<crate::auth::token::TokenAccess, StartError> {
+    use crate::auth::token::{parse_algorithm, TokenAccess, Verifier};
+    let fail =
+        |key: &str, why: String| StartError::AccessControl(format!("auth.token.{key}: {why}"));
+    let algorithms = t
+        .signing_algorithms
+        .iter()
+        .filter_map(|a| parse_algorithm(a))
+        .collect();
+    let mut verifier = Verifier::new(&t.issuer, &t.service, algorithms);
+    if let Some(path) = &t.root_cert_bundle {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                "rootcertbundle",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let n = verifier
+            .add_root_bundle(&pem)
+            .map_err(|e| fail("rootcertbundle", format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            return Err(fail(
+                "rootcertbundle",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+    }
+    if let Some(path) = &t.jwks {
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| fail("jwks", format!("cannot read {}: {e}", path.display())))?;
+        verifier
+            .add_jwks(&json)
+            .map_err(|e| fail("jwks", format!("{}: {e}", path.display())))?;
+    }
+    Ok(TokenAccess {
+        verifier,
+        realm: t.realm.clone(),
+        autoredirect_path: t.auto_redirect.then(|| t.auto_redirect_path.clone()),
+    })
+}
+
+/// `auth.berth` as the access layer's settings (`BERTH_ADMIN_PASSWORD` is the
+/// variable of `adminpassword`).
+fn berth_settings(b: &crate::config::auth::BerthAuthConfig) -> crate::auth::berth::BerthSettings {
+    use crate::auth::berth::{BerthSettings, ProjectCreation};
+    use crate::config::auth::ProjectCreationConfig;
+    BerthSettings {
+        realm: b.realm.clone(),
+        service: b.service.clone(),
+        issuer: b.issuer.clone(),
+        token_ttl: b.token_expiration,
+        admin_password: b.admin_password.clone().or_else(|| {
+            std::env::var("BERTH_ADMIN_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+        }),
+        project_creation: match b.project_creation {
+            ProjectCreationConfig::Everyone => ProjectCreation::Everyone,
+            ProjectCreationConfig::AdminOnly => ProjectCreation::AdminOnly,
+        },
+        create_projects_on_push: b.create_projects_on_push,
+        robot_prefix: b.robot_prefix.clone(),
+        push_networks: b.push_networks.clone(),
+        ..BerthSettings::default()
+    }
+}
+
+/// The account operations of `auth.berth` over the configuration's database (the CLI's
+/// `berth user`, `project`, `robot`, `token` commands).
+pub async fn accounts(config: &Config) -> Result<crate::auth::accounts::Accounts, StartError> {
+    let Some(b) = &config.auth.berth else {
+        return Err(StartError::AccessControl(
+            "the configuration has no auth.berth section: users, projects and robots exist only with auth.berth (add `auth: {berth: {}}`, or set REGISTRY_AUTH=berth)".into(),
+        ));
+    };
+    let (_, meta) = open_registry(config, false).await?;
+    let access = crate::auth::berth::BerthAccess::open(meta.clone(), berth_settings(b))
+        .await
+        .map_err(|e| StartError::AccessControl(format!("auth.berth: {e}")))?;
+    Ok(crate::auth::accounts::Accounts::new(meta, Arc::new(access)))
 }
 
 /// `berth garbage-collect`: one collection over the storage `config` names, each report

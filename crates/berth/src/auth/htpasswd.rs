@@ -174,7 +174,7 @@ impl Authenticator for Htpasswd {
                 .contains(k)
         };
         if key.as_ref().is_some_and(seen) {
-            return Ok(Principal { name: user });
+            return Ok(Principal::named(user));
         }
         // bcrypt is deliberately slow: keep it off the async workers.
         let dummy = users.dummy.clone();
@@ -196,7 +196,7 @@ impl Authenticator for Htpasswd {
                 }
                 verified.insert(k);
             }
-            Ok(Principal { name: user })
+            Ok(Principal::named(user))
         } else {
             tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password, unknown user or non-bcrypt entry");
             Err(AuthError::Unauthenticated)

@@ -1,17 +1,75 @@
-//! Who is calling: [`Principal`]s, the [`Authenticator`] trait that turns a request's
-//! credentials into one, and its htpasswd implementation. Knows nothing of HTTP: the
-//! http layer decodes the `Authorization` header into [`Credentials`] and renders
-//! [`AuthError`]s; authorization decisions (RBAC, token scopes) come later beside this.
+//! Who is calling and what they may do: [`Principal`]s, the [`Authenticator`] trait
+//! (credentials -> principal; htpasswd), and [`AccessControl`], the one question the
+//! http layer asks of every request: given these credentials, which of the wanted
+//! [`Scope`]s does the caller hold? Implementations: [`BasicAccess`] (htpasswd: an
+//! authenticated caller holds everything), [`token::TokenAccess`] (an external token
+//! issuer, Distribution's `auth.token`) and [`berth::BerthAccess`] (projects, roles,
+//! robots, Berth's own token service). Knows nothing of HTTP: the http layer decodes
+//! the `Authorization` header into [`Credentials`] and renders [`AuthError`]s.
 
+pub mod accounts;
+pub mod berth;
 pub mod htpasswd;
+pub mod password;
+pub mod rbac;
+pub mod scope;
+pub mod token;
+
+pub use scope::Scope;
 
 use async_trait::async_trait;
+use std::net::IpAddr;
+use std::sync::Arc;
 
-/// An authenticated caller; the http layer stores it in the request's extensions.
+/// An authenticated caller (or the anonymous one); the http layer stores it in the
+/// request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The user name, as given in the credentials.
+    /// The user name, as given in the credentials (`robot$team+ci` for a robot; empty
+    /// for anonymous).
     pub name: String,
+    pub kind: PrincipalKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// No credentials (only public projects' content, in Berth's mode).
+    Anonymous,
+    /// An htpasswd user, or the subject of an external issuer's token.
+    External,
+    /// A Berth user.
+    User { id: i64, admin: bool },
+    /// A Berth robot account.
+    Robot { id: i64 },
+}
+
+impl Principal {
+    pub fn named(name: impl Into<String>) -> Principal {
+        Principal {
+            name: name.into(),
+            kind: PrincipalKind::External,
+        }
+    }
+
+    pub fn anonymous() -> Principal {
+        Principal {
+            name: String::new(),
+            kind: PrincipalKind::Anonymous,
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.kind == PrincipalKind::Anonymous
+    }
+
+    /// The name for logs and audit records.
+    pub fn display_name(&self) -> &str {
+        if self.is_anonymous() {
+            "anonymous"
+        } else {
+            &self.name
+        }
+    }
 }
 
 /// What a client presented.
@@ -21,6 +79,8 @@ pub enum Credentials {
     None,
     /// HTTP Basic user and password.
     Basic { user: String, password: String },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -28,6 +88,7 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::None => f.write_str("None"),
             Credentials::Basic { user, .. } => write!(f, "Basic({user}, <password>)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(<token>)"),
         }
     }
 }
@@ -42,6 +103,14 @@ pub enum AuthError {
     /// client's fault, and retrying with other credentials will not help.
     #[error("{0}")]
     Store(String),
+    /// A bearer token that is not valid (the http layer answers 401 with
+    /// `error="invalid_token"`).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// Authenticated, and refused for a reason the caller should read (a push from a
+    /// network not allowed to push, a project that does not exist...): 403 `DENIED`.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// A way of authenticating requests (htpasswd today; tokens later).
@@ -55,10 +124,113 @@ pub trait Authenticator: Send + Sync {
     async fn authenticate(&self, credentials: Credentials) -> Result<Principal, AuthError>;
 }
 
+/// What a request asks of [`AccessControl::authorize`].
+#[derive(Debug)]
+pub struct AccessRequest<'a> {
+    pub credentials: Credentials,
+    /// Every scope the request needs; the answer says which the caller holds.
+    pub wanted: &'a [Scope],
+    /// The client's address (the connection's peer).
+    pub client: Option<IpAddr>,
+}
+
+/// Who the caller is and which of the wanted scopes they hold.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub principal: Principal,
+    /// A subset of the wanted scopes (actions the caller lacks are left out).
+    pub granted: Vec<Scope>,
+}
+
+/// Authentication and authorization of registry requests.
+#[async_trait]
+pub trait AccessControl: Send + Sync {
+    /// Authenticate `req.credentials` and decide which of `req.wanted` the caller
+    /// holds. `Err(Unauthenticated)` when credentials are missing or wrong and a
+    /// challenge should follow.
+    async fn authorize(&self, req: AccessRequest<'_>) -> Result<Decision, AuthError>;
+
+    /// The `WWW-Authenticate` value of a 401 for a request wanting `wanted`;
+    /// `error` is the RFC 6750 error code (`invalid_token`, `insufficient_scope`).
+    /// `base` is the scheme and host the request came to (`https://reg.example`),
+    /// for realms that point back at this registry.
+    fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String;
+
+    /// Whether an authenticated caller lacking a scope gets 403 `DENIED` (Berth's
+    /// projects), rather than a 401 challenge for a better token (Distribution's
+    /// token authentication, which knows no other answer).
+    fn forbids(&self) -> bool {
+        false
+    }
+
+    /// Whether access differs between repositories (tokens, projects), so that a
+    /// mount may only read a repository the caller may pull. htpasswd: everyone
+    /// authenticated may do everything.
+    fn scoped(&self) -> bool {
+        true
+    }
+
+    /// The projects whose repositories `principal` may list in the catalog; `None`
+    /// for all of them.
+    async fn listable_projects(
+        &self,
+        _principal: &Principal,
+    ) -> Result<Option<Vec<String>>, AuthError> {
+        Ok(None)
+    }
+}
+
+impl std::fmt::Debug for dyn AccessControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessControl")
+    }
+}
+
+/// htpasswd as an [`AccessControl`]: an authenticated caller may do everything.
+pub struct BasicAccess(pub Arc<dyn Authenticator>);
+
+#[async_trait]
+impl AccessControl for BasicAccess {
+    async fn authorize(&self, req: AccessRequest<'_>) -> Result<Decision, AuthError> {
+        let principal = self.0.authenticate(req.credentials).await?;
+        Ok(Decision {
+            principal,
+            granted: req.wanted.to_vec(),
+        })
+    }
+
+    fn challenge(&self, _base: &str, _wanted: &[Scope], _error: Option<&str>) -> String {
+        self.0.challenge()
+    }
+
+    fn scoped(&self) -> bool {
+        false
+    }
+}
+
 impl std::fmt::Debug for dyn Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Authenticator({})", self.challenge())
     }
+}
+
+/// A Bearer challenge as Distribution writes it: realm, service, the wanted scopes
+/// (space-separated in one `scope`), and the error when there is one.
+pub fn bearer_challenge(
+    realm: &str,
+    service: &str,
+    wanted: &[Scope],
+    error: Option<&str>,
+) -> String {
+    let mut out = format!("Bearer realm={},service={}", quote(realm), quote(service));
+    if !wanted.is_empty() {
+        let scopes: Vec<String> = wanted.iter().map(Scope::to_string).collect();
+        out.push_str(&format!(",scope={}", quote(&scopes.join(" "))));
+    }
+    if let Some(e) = error {
+        out.push_str(&format!(",error={}", quote(e)));
+    }
+    out
 }
 
 /// Quote `s` as an RFC 7230 quoted-string (Distribution uses Go's `%q`).

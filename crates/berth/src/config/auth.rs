@@ -17,6 +17,60 @@ pub struct HtpasswdConfig {
     pub path: PathBuf,
 }
 
+/// `auth.token`: Distribution's token authentication against an external issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenConfig {
+    /// `realm`: the issuer's token endpoint, sent in challenges.
+    pub realm: String,
+    /// `service`: the audience tokens must name.
+    pub service: String,
+    /// `issuer`: the `iss` tokens must carry.
+    pub issuer: String,
+    /// `rootcertbundle`: PEM certificates whose keys sign tokens (by libtrust `kid`)
+    /// or that `x5c` chains must end in.
+    pub root_cert_bundle: Option<PathBuf>,
+    /// `jwks`: a JSON Web Key Set file of signing keys (by `kid`).
+    pub jwks: Option<PathBuf>,
+    /// `signingalgorithms`: the allowed JWS algorithms (empty: every asymmetric one).
+    pub signing_algorithms: Vec<String>,
+    /// `autoredirect`: the realm is `autoredirectpath` on the host a request came to.
+    pub auto_redirect: bool,
+    /// `autoredirectpath` (default `/auth/token`).
+    pub auto_redirect_path: String,
+}
+
+/// How a push to a project that does not exist is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectCreationConfig {
+    Everyone,
+    AdminOnly,
+}
+
+/// `auth.berth`: Berth's projects, users, robots and token service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BerthAuthConfig {
+    /// `realm`: the token endpoint clients are sent to (default: `/service/token` on the
+    /// host a request came to).
+    pub realm: Option<String>,
+    /// `service` (default `berth-registry`).
+    pub service: String,
+    /// `issuer` (default `berth-token-issuer`).
+    pub issuer: String,
+    /// `tokenexpiration` (default 30m).
+    pub token_expiration: Duration,
+    /// `adminpassword`: the first administrator's password, used when `admin` is
+    /// created on first start.
+    pub admin_password: Option<String>,
+    /// `projectcreation`: `everyone` (default) or `adminonly`.
+    pub project_creation: ProjectCreationConfig,
+    /// `createprojectsonpush`: a push to a missing project creates it (default false).
+    pub create_projects_on_push: bool,
+    /// `robotprefix` (default `robot$`).
+    pub robot_prefix: String,
+    /// `pushnetworks`: CIDRs of clients that may push and delete (default: any).
+    pub push_networks: Vec<ipnet::IpNet>,
+}
+
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersion {
@@ -73,8 +127,12 @@ pub const GO_CIPHER_SUITES: &[&str] = &[
 /// The access and transport section of [`super::Config`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AuthConfig {
-    /// `auth.htpasswd`; `None` means open access.
+    /// `auth.htpasswd`; `None` (and no other controller) means open access.
     pub htpasswd: Option<HtpasswdConfig>,
+    /// `auth.token`: tokens of an external issuer.
+    pub token: Option<TokenConfig>,
+    /// `auth.berth`: projects, users, robots, Berth's own tokens.
+    pub berth: Option<BerthAuthConfig>,
     /// `http.tls`; `None` means plain HTTP.
     pub tls: Option<TlsConfig>,
     /// `http.http2.disabled`: offer only HTTP/1.1 over TLS.
@@ -91,6 +149,137 @@ pub struct AuthConfig {
     pub warnings: Vec<String>,
 }
 
+/// `auth.token`, as Distribution reads it (2.8's keys, and 3.0's `jwks`,
+/// `signingalgorithms`, `autoredirect`).
+fn token(tree: &Value) -> Result<TokenConfig, ConfigError> {
+    let need = |key: &str| -> Result<String, ConfigError> {
+        get_str(tree, key)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad(key, "must be set for token authentication"))
+    };
+    let path = |key: &str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(get_str(tree, key)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    };
+    let root_cert_bundle = path("auth.token.rootcertbundle")?;
+    let jwks = path("auth.token.jwks")?;
+    if root_cert_bundle.is_none() && jwks.is_none() {
+        return Err(bad(
+            "auth.token.rootcertbundle",
+            "must be set for token authentication (or auth.token.jwks): without trusted keys no token could be verified",
+        ));
+    }
+    let signing_algorithms = string_list(tree, "auth.token.signingalgorithms")?;
+    for a in &signing_algorithms {
+        if crate::auth::token::parse_algorithm(a).is_none() {
+            return Err(bad(
+                "auth.token.signingalgorithms",
+                format!("{a:?} is not an allowed signing algorithm (use ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512 or EdDSA; none and shared-secret HS* are never accepted)"),
+            ));
+        }
+    }
+    let auto_redirect = get_bool(tree, "auth.token.autoredirect")?.unwrap_or(false);
+    let realm = if auto_redirect {
+        get_str(tree, "auth.token.realm")?.unwrap_or_default()
+    } else {
+        need("auth.token.realm")?
+    };
+    Ok(TokenConfig {
+        realm,
+        service: need("auth.token.service")?,
+        issuer: need("auth.token.issuer")?,
+        root_cert_bundle,
+        jwks,
+        signing_algorithms,
+        auto_redirect,
+        auto_redirect_path: get_str(tree, "auth.token.autoredirectpath")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/auth/token".into()),
+    })
+}
+
+/// `auth.berth`.
+fn berth(tree: &Value) -> Result<BerthAuthConfig, ConfigError> {
+    let text = |key: &str, default: &str| -> Result<String, ConfigError> {
+        Ok(get_str(tree, key)?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default.to_string()))
+    };
+    let token_expiration = match get_str(tree, "auth.berth.tokenexpiration")? {
+        None => Duration::from_secs(30 * 60),
+        Some(s) => parse_duration(&s)
+            .filter(|d| d.as_secs() >= 60)
+            .ok_or_else(|| {
+                bad(
+                    "auth.berth.tokenexpiration",
+                    format!("{s:?} is not a duration of a minute or more, like 30m"),
+                )
+            })?,
+    };
+    let project_creation = match get_str(tree, "auth.berth.projectcreation")?.as_deref() {
+        None | Some("") | Some("everyone") => ProjectCreationConfig::Everyone,
+        Some("adminonly") => ProjectCreationConfig::AdminOnly,
+        Some(other) => {
+            return Err(bad(
+                "auth.berth.projectcreation",
+                format!("{other:?} is not a choice: use everyone or adminonly"),
+            ))
+        }
+    };
+    let mut push_networks = Vec::new();
+    for n in string_list(tree, "auth.berth.pushnetworks")? {
+        let net: ipnet::IpNet = n
+            .parse()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                bad(
+                    "auth.berth.pushnetworks",
+                    format!("{n:?} is not a network like 10.0.0.0/8 or an address"),
+                )
+            })?;
+        push_networks.push(net);
+    }
+    let robot_prefix = text("auth.berth.robotprefix", "robot$")?;
+    if robot_prefix.contains(['/', ':', '+']) {
+        return Err(bad(
+            "auth.berth.robotprefix",
+            "must not contain '/', ':' or '+'",
+        ));
+    }
+    Ok(BerthAuthConfig {
+        realm: get_str(tree, "auth.berth.realm")?.filter(|s| !s.is_empty()),
+        service: text("auth.berth.service", "berth-registry")?,
+        issuer: text("auth.berth.issuer", "berth-token-issuer")?,
+        token_expiration,
+        admin_password: get_str(tree, "auth.berth.adminpassword")?.filter(|s| !s.is_empty()),
+        project_creation,
+        create_projects_on_push: get_bool(tree, "auth.berth.createprojectsonpush")?
+            .unwrap_or(false),
+        robot_prefix,
+        push_networks,
+    })
+}
+
+/// A list of strings: a YAML sequence, or one comma-separated string (as a `REGISTRY_*`
+/// variable gives it).
+fn string_list(tree: &Value, key: &str) -> Result<Vec<String>, ConfigError> {
+    match get(tree, key) {
+        None => Ok(Vec::new()),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|v| scalar(v).ok_or_else(|| bad(key, "expected a list of strings")))
+            .collect(),
+        Some(v) => Ok(scalar(v)
+            .ok_or_else(|| bad(key, "expected a list of strings"))?
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()),
+    }
+}
+
 pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     let mut c = AuthConfig::default();
     // An operator who asked for authentication Berth cannot do must not get an open
@@ -99,23 +288,40 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
     // does not know (a typo included).
     if let Some(section) = get(tree, "auth").and_then(Value::as_mapping) {
         for name in section.keys() {
-            if name == "htpasswd" {
+            if matches!(name, "htpasswd" | "token" | "berth") {
                 continue;
             }
             let why = match name {
-                "token" | "silly" => format!("{name} authentication is not implemented yet"),
+                "silly" => "silly authentication (a test controller of Distribution that lets anyone in) is not implemented".to_string(),
                 _ => format!(
-                    "this access controller is unknown (Distribution knows htpasswd, token and silly){}",
-                    did_you_mean(name, ["htpasswd", "token", "silly"].into_iter())
+                    "this access controller is unknown (Berth knows htpasswd, token and berth){}",
+                    did_you_mean(name, ["htpasswd", "token", "berth"].into_iter())
                         .map(|n| format!("; did you mean {n}?"))
                         .unwrap_or_default()
                 ),
             };
             return Err(bad(
                 &format!("auth.{name}"),
-                format!("{why}, and Berth does not start open when authentication was asked for: use auth.htpasswd, or authenticate in a reverse proxy in front of Berth and remove auth.{name}"),
+                format!("{why}, and Berth does not start open when authentication was asked for: use auth.htpasswd, auth.token or auth.berth, or remove auth.{name}"),
             ));
         }
+        if section.keys().count() > 1 {
+            let names: Vec<&str> = section.keys().collect();
+            return Err(bad(
+                "auth",
+                format!(
+                    "names {} access controllers ({}): keep exactly one",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    if has_key(tree, "auth", "token") {
+        c.token = Some(token(tree)?);
+    }
+    if has_key(tree, "auth", "berth") {
+        c.berth = Some(berth(tree)?);
     }
     if get(tree, "auth.htpasswd").is_some() || has_key(tree, "auth", "htpasswd") {
         let need = |key: &str| -> Result<String, ConfigError> {

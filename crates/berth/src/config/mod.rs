@@ -12,7 +12,7 @@ pub mod events;
 pub mod ops;
 pub mod proxy;
 
-mod auth;
+pub mod auth;
 #[cfg(test)]
 mod load_tests;
 mod yaml;
@@ -224,6 +224,23 @@ const IMPLEMENTED: &[&str] = &[
     "health.tcp",
     "auth.htpasswd.realm",
     "auth.htpasswd.path",
+    "auth.token.realm",
+    "auth.token.service",
+    "auth.token.issuer",
+    "auth.token.rootcertbundle",
+    "auth.token.jwks",
+    "auth.token.signingalgorithms",
+    "auth.token.autoredirect",
+    "auth.token.autoredirectpath",
+    "auth.berth.realm",
+    "auth.berth.service",
+    "auth.berth.issuer",
+    "auth.berth.tokenexpiration",
+    "auth.berth.adminpassword",
+    "auth.berth.projectcreation",
+    "auth.berth.createprojectsonpush",
+    "auth.berth.robotprefix",
+    "auth.berth.pushnetworks",
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.clientcas",
@@ -424,7 +441,7 @@ const STORAGE_DRIVERS: &[&str] = &[
 ];
 /// Access controllers of Distribution, which `auth: NAME` may name (`none`: Berth's
 /// spelling of no authentication).
-const ACCESS_CONTROLLERS: &[&str] = &["htpasswd", "token", "silly", "none"];
+const ACCESS_CONTROLLERS: &[&str] = &["htpasswd", "token", "berth", "silly", "none"];
 
 /// `storage: filesystem` and `auth: htpasswd` (or the same through `REGISTRY_STORAGE`/
 /// `REGISTRY_AUTH`) name a driver without parameters: make them maps. `auth: none`

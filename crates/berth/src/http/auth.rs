@@ -1,44 +1,149 @@
-//! Authentication at the HTTP edge: decodes `Authorization: Basic`, asks the configured
-//! [`Authenticator`], and renders failures as Distribution 2.8 does (401 `UNAUTHORIZED`
-//! with a `WWW-Authenticate` challenge and the requested access records as detail).
-//! Runs right after routing, before method dispatch, so every endpoint is covered.
+//! Access control at the HTTP edge: decodes `Authorization` (Basic or Bearer), works
+//! out the scopes the endpoint needs, asks the configured [`AccessControl`], and renders
+//! refusals: 401 `UNAUTHORIZED` with a `WWW-Authenticate` challenge (and Distribution
+//! 2.8's access records as detail) when credentials are missing, wrong or too weak for
+//! a token issuer; 403 `DENIED` when an authenticated caller is not allowed (Berth's
+//! projects). Runs right after routing, before method dispatch, so every endpoint is
+//! covered.
 
 use super::endpoint::Endpoint;
 use super::error::ApiError;
-use crate::auth::{AuthError, Authenticator, Credentials, Principal};
+use crate::auth::scope::covers;
+use crate::auth::{AccessControl, AccessRequest, AuthError, Credentials, Principal, Scope};
+use axum::extract::ConnectInfo;
 use axum::http::{header, request::Parts, Method, StatusCode};
 use base64::Engine as _;
 use oci::ErrorCode;
+use std::net::SocketAddr;
 
-/// Authenticate the request in `parts` for `endpoint`.
+/// The outcome of a request that passed.
+pub(super) struct Allowed {
+    pub principal: Principal,
+    /// A cross-repository mount may read its `from` repository (or there is none).
+    pub mount_allowed: bool,
+}
+
+/// Authorize the request in `parts` for `endpoint`; `base` is the scheme and host the
+/// request came to (for realms that point back at this registry).
 pub(super) async fn check(
-    auth: &dyn Authenticator,
+    access: &dyn AccessControl,
     endpoint: &Endpoint,
     parts: &Parts,
-) -> Result<Principal, ApiError> {
-    match auth.authenticate(credentials(parts)).await {
-        Ok(p) => Ok(p),
-        Err(AuthError::Unauthenticated) => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "authentication required",
-        )
-        .detail(access_records(endpoint, parts))
-        .header(header::WWW_AUTHENTICATE, &auth.challenge())),
+    base: &str,
+) -> Result<Allowed, ApiError> {
+    let (required, mount_from) = wanted(endpoint, parts);
+    let mut all = required.clone();
+    all.extend(mount_from.clone());
+    let credentials = credentials(parts);
+    let bearer = matches!(credentials, Credentials::Bearer(_));
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let challenge = |error: Option<&str>, message: &str| {
+        ApiError::new(ErrorCode::Unauthorized, message.to_string())
+            .detail(access_records(endpoint, parts))
+            .header(
+                header::WWW_AUTHENTICATE,
+                &access.challenge(base, &required, error),
+            )
+    };
+    let decision = match access
+        .authorize(AccessRequest {
+            credentials,
+            wanted: &all,
+            client,
+        })
+        .await
+    {
+        Ok(d) => d,
+        Err(AuthError::Unauthenticated) => return Err(challenge(None, "authentication required")),
+        Err(AuthError::InvalidToken(why)) => {
+            tracing::info!("refused a bearer token: {why}");
+            return Err(challenge(Some("invalid_token"), "authentication required"));
+        }
+        Err(AuthError::Denied(why)) => return Err(ApiError::new(ErrorCode::Denied, why)),
         Err(AuthError::Store(message)) => {
             // The cause (file, line) goes to the log only: a bad line can hold a hash.
             tracing::error!(error = %message, "error checking authorization");
-            Err(ApiError::with_status(
+            return Err(ApiError::with_status(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unknown,
-                "the registry cannot read its password file (auth.htpasswd.path): its log says why",
-            ))
+                "the registry cannot check credentials (its password file or metadata database): its log says why",
+            ));
         }
+    };
+    let needs_login = matches!(endpoint, Endpoint::Base) && decision.principal.is_anonymous();
+    let held = required.iter().all(|w| covers(&decision.granted, w));
+    if needs_login || (!held && decision.principal.is_anonymous()) {
+        return Err(challenge(None, "authentication required"));
     }
+    if !held {
+        if access.forbids() {
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied",
+            ));
+        }
+        return Err(challenge(
+            bearer.then_some("insufficient_scope"),
+            "authentication required",
+        ));
+    }
+    let mount_allowed = match &mount_from {
+        Some(from) => covers(&decision.granted, from),
+        None => true,
+    };
+    Ok(Allowed {
+        principal: decision.principal,
+        mount_allowed,
+    })
 }
 
-/// The credentials of `Authorization: Basic base64(user:password)`; anything else is
-/// [`Credentials::None`] (a challenge follows).
-fn credentials(parts: &Parts) -> Credentials {
+/// The scopes a request needs, and the optional one of a mount's source repository
+/// (without it the mount is not tried and the request starts an ordinary upload).
+fn wanted(endpoint: &Endpoint, parts: &Parts) -> (Vec<Scope>, Option<Scope>) {
+    let repo = match endpoint {
+        Endpoint::Base => return (Vec::new(), None),
+        Endpoint::Catalog => return (vec![Scope::catalog()], None),
+        Endpoint::Tags { repo }
+        | Endpoint::Manifest { repo, .. }
+        | Endpoint::Blob { repo, .. }
+        | Endpoint::Uploads { repo }
+        | Endpoint::Upload { repo, .. }
+        | Endpoint::Referrers { repo, .. } => repo.as_str(),
+    };
+    let m = &parts.method;
+    let required = if m == Method::GET || m == Method::HEAD {
+        vec![Scope::repository(repo, ["pull"])]
+    } else if m == Method::DELETE && !matches!(endpoint, Endpoint::Upload { .. }) {
+        vec![Scope::repository(repo, ["delete"])]
+    } else {
+        vec![Scope::repository(repo, ["pull", "push"])]
+    };
+    let from = match endpoint {
+        Endpoint::Uploads { .. } => mount_source(parts).map(|f| Scope::repository(&f, ["pull"])),
+        _ => None,
+    };
+    (required, from)
+}
+
+/// The `from` of a cross-repository mount request (`?mount=...&from=...`).
+fn mount_source(parts: &Parts) -> Option<String> {
+    let q = parts.uri.query()?;
+    let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    if !params.iter().any(|(k, _)| k == "mount") {
+        return None;
+    }
+    params
+        .into_iter()
+        .find(|(k, _)| k == "from")
+        .map(|(_, v)| v)
+}
+
+/// The credentials of `Authorization: Basic base64(user:password)` or `Bearer token`;
+/// anything else is [`Credentials::None`] (a challenge follows).
+pub(super) fn credentials(parts: &Parts) -> Credentials {
     let Some(value) = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -49,6 +154,14 @@ fn credentials(parts: &Parts) -> Credentials {
     let Some((scheme, encoded)) = value.trim().split_once(' ') else {
         return Credentials::None;
     };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let token = encoded.trim();
+        return if token.is_empty() {
+            Credentials::None
+        } else {
+            Credentials::Bearer(token.to_string())
+        };
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Credentials::None;
     }
@@ -133,7 +246,17 @@ mod tests {
                 password: "pa:ss".into()
             }
         );
-        for bad in ["Bearer abc", "Basic !!!", "Basic", "Basic YWxpY2U="] {
+        assert_eq!(
+            credentials(&parts("GET", "/v2/", Some("Bearer abc.def"))),
+            Credentials::Bearer("abc.def".into())
+        );
+        for bad in [
+            "Bearer  ",
+            "Digest abc",
+            "Basic !!!",
+            "Basic",
+            "Basic YWxpY2U=",
+        ] {
             assert_eq!(
                 credentials(&parts("GET", "/v2/", Some(bad))),
                 Credentials::None,

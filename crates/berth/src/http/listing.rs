@@ -53,7 +53,9 @@ pub async fn tags(r: &Registry, req: &Req, repo: &RepoName) -> Result<Response, 
 }
 
 pub async fn catalog(r: &Registry, req: &Req) -> Result<Response, ApiError> {
-    let page = r.catalog(req.param("last"), parse_n(req)?).await?;
+    let page = r
+        .catalog(req.param("last"), parse_n(req)?, req.within.as_deref())
+        .await?;
     let link = next_link(&req.url("/v2/_catalog"), &page);
     Ok(json(
         serde_json::json!({ "repositories": page.items }),

@@ -13,9 +13,10 @@ mod listing;
 mod manifests;
 pub mod metrics;
 pub mod server;
+mod token;
 mod uploads;
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{AccessControl, Principal};
 use crate::registry::{Registry, RequestInfo};
 use axum::body::Body;
 use axum::body::HttpBody as _;
@@ -49,8 +50,10 @@ pub struct HttpOptions {
     pub health: crate::jobs::health::HealthStatus,
     /// Record request metrics here (when Prometheus is enabled).
     pub metrics: Option<Arc<metrics::Metrics>>,
-    /// `auth`: who may call; `None` means open access.
-    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// `auth`: who may call and do what; `None` means open access.
+    pub access: Option<Arc<dyn AccessControl>>,
+    /// `auth.berth`: the token service and the management API are served.
+    pub berth: Option<Arc<crate::auth::berth::BerthAccess>>,
     /// `http.headers`: added to every routed response (errors included).
     pub headers: Vec<(String, String)>,
     /// `storage.maintenance.readonly.enabled`: writes answer 405.
@@ -95,6 +98,8 @@ pub(crate) struct Req {
     /// in `server.rs` sees a stalled client itself, and none when the request did not
     /// come through the listener).
     pub connection_cut: Option<ConnectionCut>,
+    /// The catalog lists only repositories of these projects (`None`: all).
+    pub within: Option<Vec<String>>,
 }
 
 impl Req {
@@ -123,15 +128,9 @@ pub fn router(registry: Arc<Registry>, options: HttpOptions) -> Router {
     let log_requests = options.access_log;
     let health = options.health.clone();
     let measured = options.metrics.clone().map(|m| (m, options.prefix.clone()));
-    let event_options = options.notify.then(|| Arc::new(options.clone()));
-    let mut app = Router::new()
+    let app = Router::new()
         .fallback(dispatch)
         .with_state(Arc::new(App { registry, options }));
-    // Without notification endpoints nothing reads the request description: skip building
-    // it on the hot path.
-    if let Some(event_options) = event_options {
-        app = app.layer(middleware::from_fn_with_state(event_options, request_scope));
-    }
     let mut app = app.layer(middleware::map_response(api_version_header));
     if let Some((m, prefix)) = measured {
         app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -244,28 +243,12 @@ fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: 
     format!("{scheme}://{host}{}", options.prefix)
 }
 
-/// Who made the request, for notifications, when authentication is configured. The
-/// single place the actor comes from: the Basic-auth user name, which for htpasswd is the
-/// authenticated principal (events are only emitted for requests that passed
-/// authentication). Token auth will need the
-/// principal from the request extensions here instead.
-fn actor(parts: &axum::http::request::Parts) -> Option<String> {
-    use base64::Engine as _;
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, creds) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(creds.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
-    (!user.is_empty()).then(|| user.to_string())
-}
-
 /// The request as notifications describe it (Distribution's `request` and `actor`).
-fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> RequestInfo {
+fn request_info(
+    options: &HttpOptions,
+    parts: &axum::http::request::Parts,
+    actor: Option<&Principal>,
+) -> RequestInfo {
     let header = |n: &str| {
         parts
             .headers
@@ -293,23 +276,12 @@ fn request_info(options: &HttpOptions, parts: &axum::http::request::Parts) -> Re
         host: header("host").to_string(),
         method: parts.method.to_string(),
         user_agent: header("user-agent").to_string(),
-        // Without authentication nobody is known, whatever Basic header a client sends
+        // The authenticated principal (a user, a robot, a token's subject); without
+        // authentication nobody is known, whatever Basic header a client sends
         // (Distribution 2.8 leaves the actor empty too).
-        actor: options.authenticator.as_ref().and_then(|_| actor(parts)),
+        actor: actor.filter(|p| !p.is_anonymous()).map(|p| p.name.clone()),
         url_base: base_of(options, parts, true),
     }
-}
-
-/// Run the request with its [`RequestInfo`] set, so registry methods attribute
-/// notification events to it (a task-local: no signature below http/ carries it).
-async fn request_scope(
-    State(options): State<Arc<HttpOptions>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let info = request_info(&options, &parts);
-    info.scope(next.run(Request::from_parts(parts, body))).await
 }
 
 /// How much of a refused request's body is read and dropped to keep its connection.
@@ -370,6 +342,11 @@ async fn dispatch_parts(
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
+    if let Some(berth) = &app.options.berth {
+        if path == "/service/token" {
+            return token::handle(berth, &app.options, &parts, body).await;
+        }
+    }
     let endpoint = match Endpoint::parse(path) {
         Ok(e) => e,
         Err(PathError::NotFound) => {
@@ -404,12 +381,30 @@ async fn route(
     body: Body,
     endpoint: Endpoint,
 ) -> Response {
-    if let Some(authenticator) = &app.options.authenticator {
-        match auth::check(authenticator.as_ref(), &endpoint, parts).await {
+    let mut mount_allowed = true;
+    let mut within = None;
+    if let Some(access) = &app.options.access {
+        let base = base_of(&app.options, parts, true);
+        match auth::check(access.as_ref(), &endpoint, parts, &base).await {
             // Kept in the request's extensions (and copied to the response's, for the
-            // access log) for whoever needs the caller: notifications' actor, RBAC.
-            Ok(p) => {
-                parts.extensions.insert(p);
+            // access log) for whoever needs the caller: notifications' actor, audit.
+            Ok(allowed) => {
+                mount_allowed = allowed.mount_allowed;
+                if matches!(endpoint, Endpoint::Catalog) {
+                    match access.listable_projects(&allowed.principal).await {
+                        Ok(w) => within = w,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot list the caller's projects");
+                            return ApiError::with_status(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                ErrorCode::Unknown,
+                                "the registry cannot list the caller's projects: its log says why",
+                            )
+                            .into_response();
+                        }
+                    }
+                }
+                parts.extensions.insert(allowed.principal);
             }
             Err(e) => return refuse(parts, body, e.into_response()).await,
         }
@@ -444,11 +439,21 @@ async fn route(
         .await;
         }
     }
-    let query = parts
+    let mut query: Vec<(String, String)> = parts
         .uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    // With per-repository access, a mount happens only from a repository the caller may
+    // pull, and never without `from` (that would link any blob the registry holds):
+    // otherwise the request starts an ordinary upload, as Distribution answers a mount it
+    // cannot do.
+    let scoped = app.options.access.as_ref().is_some_and(|a| a.scoped());
+    if matches!(endpoint, Endpoint::Uploads { .. })
+        && (!mount_allowed || (scoped && !query.iter().any(|(k, _)| k == "from")))
+    {
+        query.retain(|(k, _)| k != "mount" && k != "from");
+    }
     let req = Req {
         base: url_base(&app.options, parts),
         method: parts.method.clone(),
@@ -457,7 +462,20 @@ async fn route(
         connection_cut: (parts.version == axum::http::Version::HTTP_2)
             .then(|| parts.extensions.get::<ConnectionCut>().cloned())
             .flatten(),
+        within,
     };
+    // Notification events of this request name it and its principal (a task-local:
+    // no signature below http/ carries it); without endpoints nothing reads it.
+    if app.options.notify {
+        let info = request_info(&app.options, parts, parts.extensions.get::<Principal>());
+        info.scope(handle(app, req, body, endpoint)).await
+    } else {
+        handle(app, req, body, endpoint).await
+    }
+}
+
+/// Call the endpoint's handler.
+async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response {
     let r = &app.registry;
     let result = match (&req.method, endpoint) {
         // Clients probe /v2/ with GET or HEAD; Distribution answers any method.

@@ -52,7 +52,14 @@ impl Registry {
         Ok(Self::page(items, n))
     }
 
-    pub async fn catalog(&self, last: Option<&str>, n: Option<u32>) -> Result<Page> {
+    /// One page of repository names after `last`; with `within`, only those of these
+    /// projects (filtered by the query, so pages keep their size).
+    pub async fn catalog(
+        &self,
+        last: Option<&str>,
+        n: Option<u32>,
+        within: Option<&[String]>,
+    ) -> Result<Page> {
         let n = self.page_size(n, self.settings.default_catalog_entries);
         if n == 0 {
             return Ok(Page {
@@ -62,7 +69,7 @@ impl Registry {
         }
         let items = self
             .meta
-            .list_repositories(last, n.saturating_add(1), None)
+            .list_repositories(last, n.saturating_add(1), within)
             .await?;
         Ok(Self::page(items, n))
     }

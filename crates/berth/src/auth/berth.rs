@@ -1,0 +1,818 @@
+//! Berth's own access control (`auth.berth`): users, projects with Harbor's roles,
+//! robot accounts, and the token service that hands out the JWTs registry clients
+//! use. Authentication: Basic (users and robots, straight to `/v2/` or to the token
+//! endpoint), Bearer (tokens this service signed), or anonymous (public projects).
+//! Authorization: [`allows`], a pure function over the principal and its roles or
+//! robot permissions in a project, used by registry requests, token requests and the
+//! management API alike. Signing keys live in the metadata database, so every node of
+//! a cluster signs and verifies with the same ones. Knows nothing of HTTP.
+
+use super::password::{self, Checker};
+use super::rbac::{robot_allows, Permission, RobotPermission, Role};
+use super::scope::{intersect, Scope};
+use super::token::{self, Issued, Signer, Verifier};
+use super::{
+    AccessControl, AccessRequest, AuthError, Credentials, Decision, Principal, PrincipalKind,
+};
+use crate::meta::{
+    MetaError, MetaStore, NewUser, ProjectAccess, Robot, SigningKey, User, UserSource, Viewer,
+};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Who may create projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectCreation {
+    /// Every authenticated user (Harbor's default, `everyone`).
+    Everyone,
+    /// System administrators only (`adminonly`).
+    AdminOnly,
+}
+
+/// The settings of `auth.berth`.
+#[derive(Debug, Clone)]
+pub struct BerthSettings {
+    /// Where clients get tokens; `None`: `/service/token` on the host a request came to.
+    pub realm: Option<String>,
+    /// The token audience (`service` in challenges and token requests).
+    pub service: String,
+    /// The `iss` of the tokens Berth signs.
+    pub issuer: String,
+    /// How long an issued token is valid.
+    pub token_ttl: Duration,
+    /// How long a refresh token (OAuth2 `access_type=offline`) is valid.
+    pub refresh_ttl: Duration,
+    /// The first administrator's password (`adminpassword`, `BERTH_ADMIN_PASSWORD`);
+    /// used only when `admin` is created.
+    pub admin_password: Option<String>,
+    pub project_creation: ProjectCreation,
+    /// A push to a project that does not exist creates it, with the pusher as its
+    /// project admin (when the pusher may create projects).
+    pub create_projects_on_push: bool,
+    /// Robot names start with this (`robot$`).
+    pub robot_prefix: String,
+    /// Client networks that may push and delete; empty: any.
+    pub push_networks: Vec<IpNet>,
+}
+
+impl Default for BerthSettings {
+    fn default() -> Self {
+        BerthSettings {
+            realm: None,
+            service: "berth-registry".into(),
+            issuer: "berth-token-issuer".into(),
+            token_ttl: Duration::from_secs(30 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            admin_password: None,
+            project_creation: ProjectCreation::Everyone,
+            create_projects_on_push: false,
+            robot_prefix: "robot$".into(),
+            push_networks: Vec::new(),
+        }
+    }
+}
+
+/// An authenticated identity, with what decisions need.
+#[derive(Debug, Clone)]
+pub enum Who {
+    Anonymous,
+    /// The command line (`berth user add`...): whoever can read the configuration and
+    /// its database already holds everything.
+    System,
+    User {
+        user: User,
+        /// Directory groups (LDAP), for group memberships.
+        groups: Vec<String>,
+    },
+    Robot {
+        robot: Robot,
+        /// The name the robot logs in with (`robot$team+ci`).
+        full_name: String,
+        permissions: Vec<RobotPermission>,
+    },
+}
+
+impl Who {
+    pub fn principal(&self) -> Principal {
+        match self {
+            Who::Anonymous => Principal::anonymous(),
+            Who::System => Principal::named("system"),
+            Who::User { user, .. } => Principal {
+                name: user.username.clone(),
+                kind: PrincipalKind::User {
+                    id: user.id,
+                    admin: user.admin,
+                },
+            },
+            Who::Robot {
+                robot, full_name, ..
+            } => Principal {
+                name: full_name.clone(),
+                kind: PrincipalKind::Robot { id: robot.id },
+            },
+        }
+    }
+
+    pub fn viewer(&self) -> Viewer {
+        match self {
+            Who::User { user, groups } => Viewer {
+                user_id: Some(user.id),
+                groups: groups.clone(),
+            },
+            _ => Viewer::default(),
+        }
+    }
+
+    /// A system administrator (or the command line).
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Who::System) || matches!(self, Who::User { user, .. } if user.admin)
+    }
+}
+
+/// Whether `who` may do `p` in the project of `access`. The one decision function:
+/// registry requests, token requests and the management API all ask it.
+pub fn allows(who: &Who, access: &ProjectAccess, p: Permission) -> bool {
+    if access.project.public && matches!(p, Permission::Pull | Permission::Read) {
+        return true;
+    }
+    match who {
+        Who::Anonymous => false,
+        Who::System => true,
+        Who::User { user, .. } if user.admin => true,
+        Who::User { .. } => access
+            .roles
+            .iter()
+            .filter_map(|r| Role::from_id(*r))
+            .any(|r| r.allows(p)),
+        Who::Robot {
+            robot, permissions, ..
+        } => {
+            // A project robot acts in its own project only, whatever its list says.
+            robot.project_id.is_none_or(|id| id == access.project.id)
+                && robot_allows(permissions, &access.project.name, p)
+        }
+    }
+}
+
+/// The registry permission a scope action needs.
+fn permission_of_action(action: &str) -> Option<Permission> {
+    match action {
+        "pull" => Some(Permission::Pull),
+        "push" => Some(Permission::Push),
+        "delete" => Some(Permission::DeleteArtifact),
+        _ => None,
+    }
+}
+
+struct Keys {
+    signer: Signer,
+    verifier: Verifier,
+    /// The current key's certificate (for a registry:2 that trusts Berth's tokens).
+    cert_pem: String,
+}
+
+/// `auth.berth`.
+pub struct BerthAccess {
+    meta: Arc<dyn MetaStore>,
+    settings: BerthSettings,
+    passwords: Checker,
+    keys: RwLock<Arc<Keys>>,
+    /// When keys were last read from the database (a token of a key another node
+    /// rotated to makes this node read them again, at most once a second).
+    keys_read: Mutex<Instant>,
+    /// Principals of tokens, by subject, for a short while: a token stays valid only
+    /// while its user exists and its robot is enabled and unexpired, and looking that
+    /// up on every request would cost a query each.
+    subjects: Mutex<HashMap<String, (Instant, Who)>>,
+}
+
+impl std::fmt::Debug for BerthAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BerthAccess")
+            .field("service", &self.settings.service)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the token service reads the signing keys again, so that a rotation made
+/// by another node or the CLI is followed.
+const KEY_REFRESH: Duration = Duration::from_secs(5);
+
+/// How long a token's subject is trusted without asking the database again: the most
+/// a deleted user or a disabled robot keeps working with a token already issued.
+const SUBJECT_TTL: Duration = Duration::from_secs(2);
+
+fn meta_err(e: MetaError) -> AuthError {
+    AuthError::Store(format!("metadata database: {e}"))
+}
+
+impl BerthAccess {
+    /// Set up: create the administrator and the signing key on first start, load keys.
+    pub async fn open(
+        meta: Arc<dyn MetaStore>,
+        settings: BerthSettings,
+    ) -> Result<BerthAccess, AuthError> {
+        ensure_admin(meta.as_ref(), settings.admin_password.as_deref()).await?;
+        let key = generate(&settings)?;
+        meta.add_first_signing_key(&key).await.map_err(meta_err)?;
+        let keys = load_keys(meta.as_ref(), &settings).await?;
+        Ok(BerthAccess {
+            meta,
+            settings,
+            passwords: Checker::default(),
+            keys: RwLock::new(Arc::new(keys)),
+            keys_read: Mutex::new(Instant::now()),
+            subjects: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &BerthSettings {
+        &self.settings
+    }
+
+    /// The certificate of the current signing key, PEM.
+    pub fn signing_certificate(&self) -> String {
+        self.keys().cert_pem.clone()
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Read the keys again (another node, or `berth token rotate`, rotated), unless
+    /// they were read less than `age` ago.
+    async fn reload_keys_older_than(&self, age: Duration) -> Result<bool, AuthError> {
+        {
+            let mut last = self.keys_read.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < age {
+                return Ok(false);
+            }
+            *last = Instant::now();
+        }
+        let keys = load_keys(self.meta.as_ref(), &self.settings).await?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(true)
+    }
+
+    /// Retire the current signing key and sign with a new one from now on; tokens of
+    /// the old key stay valid until they expire.
+    pub async fn rotate_key(&self) -> Result<String, AuthError> {
+        let key = generate(&self.settings)?;
+        self.meta
+            .rotate_signing_key(&key, crate::meta::now())
+            .await
+            .map_err(meta_err)?;
+        let keys = load_keys(self.meta.as_ref(), &self.settings).await?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(key.kid)
+    }
+
+    /// Authenticate Basic credentials (a user or a robot), or none (anonymous).
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Who, AuthError> {
+        match credentials {
+            Credentials::None => Ok(Who::Anonymous),
+            Credentials::Bearer(_) => Err(AuthError::Unauthenticated),
+            Credentials::Basic { user, password } => {
+                if let Some(rest) = user.strip_prefix(&self.settings.robot_prefix) {
+                    return self.authenticate_robot(user, rest, password).await;
+                }
+                let found = self.meta.user_by_name(user).await.map_err(meta_err)?;
+                let hash = found.as_ref().and_then(|u| u.password_hash.clone());
+                if self.passwords.check(user, password, hash.as_deref()).await {
+                    if let Some(u) = found {
+                        return Ok(Who::User {
+                            user: u,
+                            groups: Vec::new(),
+                        });
+                    }
+                }
+                tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password or unknown user");
+                Err(AuthError::Unauthenticated)
+            }
+        }
+    }
+
+    async fn authenticate_robot(
+        &self,
+        full: &str,
+        rest: &str,
+        secret: &str,
+    ) -> Result<Who, AuthError> {
+        let who = self.robot_named(full, rest).await?;
+        let hash = match &who {
+            Some(Who::Robot { robot, .. }) => Some(robot.secret_hash.clone()),
+            _ => None,
+        };
+        if self.passwords.check(full, secret, hash.as_deref()).await {
+            if let Some(w) = who {
+                return Ok(w);
+            }
+        }
+        tracing::info!(user = %full, "authentication failed for robot {full:?}: wrong secret, unknown, disabled or expired");
+        Err(AuthError::Unauthenticated)
+    }
+
+    /// The robot `full` (`<prefix>project+name` or `<prefix>name`), if it exists, is
+    /// enabled and has not expired.
+    async fn robot_named(&self, full: &str, rest: &str) -> Result<Option<Who>, AuthError> {
+        let (project_id, name) = match rest.split_once('+') {
+            Some((project, name)) => {
+                let Some(p) = self.meta.project_by_name(project).await.map_err(meta_err)? else {
+                    return Ok(None);
+                };
+                (Some(p.id), name)
+            }
+            None => (None, rest),
+        };
+        let Some(robot) = self
+            .meta
+            .robot_by_name(project_id, name)
+            .await
+            .map_err(meta_err)?
+        else {
+            return Ok(None);
+        };
+        if robot.disabled || robot.expires_at.is_some_and(|t| t <= crate::meta::now()) {
+            return Ok(None);
+        }
+        let permissions: Vec<RobotPermission> = serde_json::from_str(&robot.permissions)
+            .map_err(|e| AuthError::Store(format!("robot {full}: stored permissions: {e}")))?;
+        Ok(Some(Who::Robot {
+            robot,
+            full_name: full.to_string(),
+            permissions,
+        }))
+    }
+
+    /// The principal a token names, if it still exists and may still act.
+    async fn subject(&self, sub: &str) -> Result<Option<Who>, AuthError> {
+        if sub.is_empty() {
+            return Ok(Some(Who::Anonymous));
+        }
+        if let Some((at, who)) = self
+            .subjects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sub)
+        {
+            if at.elapsed() < SUBJECT_TTL {
+                return Ok(Some(who.clone()));
+            }
+        }
+        let who = match sub.strip_prefix(&self.settings.robot_prefix) {
+            Some(rest) => self.robot_named(sub, rest).await?,
+            None => self
+                .meta
+                .user_by_name(sub)
+                .await
+                .map_err(meta_err)?
+                .map(|user| Who::User {
+                    user,
+                    groups: Vec::new(),
+                }),
+        };
+        let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        match &who {
+            Some(w) => {
+                cache.insert(sub.to_string(), (Instant::now(), w.clone()));
+            }
+            None => {
+                cache.remove(sub);
+            }
+        }
+        Ok(who)
+    }
+
+    /// Verify a token this service signed (reading keys again once if its key is new
+    /// here) and return its subject and claims.
+    async fn verify(&self, token: &str) -> Result<(Who, token::Claims), AuthError> {
+        let now = crate::meta::now();
+        let claims = match self.keys().verifier.verify(token, now) {
+            Ok(c) => c,
+            Err(token::TokenError::UntrustedKey(_))
+                if self.reload_keys_older_than(Duration::from_secs(1)).await? =>
+            {
+                self.keys()
+                    .verifier
+                    .verify(token, now)
+                    .map_err(|e| AuthError::InvalidToken(e.to_string()))?
+            }
+            Err(e) => return Err(AuthError::InvalidToken(e.to_string())),
+        };
+        let who = self.subject(&claims.sub).await?.ok_or_else(|| {
+            AuthError::InvalidToken(format!(
+                "the token's subject {:?} no longer exists, is disabled or has expired",
+                claims.sub
+            ))
+        })?;
+        Ok((who, claims))
+    }
+
+    /// Whether `who` may create projects.
+    pub fn may_create_projects(&self, who: &Who) -> bool {
+        match who {
+            Who::System => true,
+            Who::User { user, .. } => {
+                user.admin || self.settings.project_creation == ProjectCreation::Everyone
+            }
+            _ => false,
+        }
+    }
+
+    /// The scopes of `wanted` that `who` holds. With `create`, a push to a project that
+    /// does not exist creates it when settings and the pusher allow; without, such a
+    /// push is granted if it would be (the token endpoint: the push itself creates it).
+    pub async fn decide(
+        &self,
+        who: &Who,
+        wanted: &[Scope],
+        create: bool,
+    ) -> Result<Vec<Scope>, AuthError> {
+        let mut granted = Vec::new();
+        for w in wanted {
+            match (w.kind.as_str(), w.name.as_str()) {
+                ("registry", "catalog") if !matches!(who, Who::Anonymous) => {
+                    granted.push(Scope::catalog());
+                }
+                ("repository", name) => {
+                    let Some((project, _)) = name.split_once('/') else {
+                        continue;
+                    };
+                    let wants_push = w.allows("push");
+                    let access = match self
+                        .meta
+                        .project_access(project, &who.viewer())
+                        .await
+                        .map_err(meta_err)?
+                    {
+                        Some(a) => a,
+                        None if wants_push
+                            && self.settings.create_projects_on_push
+                            && self.may_create_projects(who) =>
+                        {
+                            if !create {
+                                granted.push(Scope::repository(name, ["pull", "push"]));
+                                continue;
+                            }
+                            match self.create_project_for(who, project).await? {
+                                Some(a) => a,
+                                None => continue,
+                            }
+                        }
+                        None => continue,
+                    };
+                    let held: Vec<&str> = ["pull", "push", "delete"]
+                        .into_iter()
+                        .filter(|a| {
+                            permission_of_action(a).is_some_and(|p| allows(who, &access, p))
+                        })
+                        .collect();
+                    let mut held_scope = Scope::repository(name, held.iter().copied());
+                    if held.len() == 3 {
+                        held_scope.actions.push("*".into());
+                    }
+                    if let Some(s) = intersect(&[held_scope], w) {
+                        granted.push(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Create `project` for a push of `who` (who becomes its project admin).
+    async fn create_project_for(
+        &self,
+        who: &Who,
+        project: &str,
+    ) -> Result<Option<ProjectAccess>, AuthError> {
+        let owner = match who {
+            Who::User { user, .. } => Some(user.id),
+            _ => None,
+        };
+        if check_project_name(project).is_err() {
+            return Ok(None);
+        }
+        if self
+            .meta
+            .create_project(project, false, owner)
+            .await
+            .map_err(meta_err)?
+            .is_ok()
+        {
+            tracing::info!(project, principal = %who.principal().display_name(), "created project {project:?} for a push (auth.berth.createprojectsonpush)");
+        }
+        self.meta
+            .project_access(project, &who.viewer())
+            .await
+            .map_err(meta_err)
+    }
+
+    /// Whether a push or delete from `client` is allowed by `pushnetworks`.
+    fn network_may_push(&self, client: Option<IpAddr>) -> Result<(), AuthError> {
+        if self.settings.push_networks.is_empty() {
+            return Ok(());
+        }
+        let allowed = client.is_some_and(|ip| {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+                v4 => v4,
+            };
+            self.settings.push_networks.iter().any(|n| n.contains(&ip))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::Denied(format!(
+                "pushes and deletes from {} are not allowed: only clients in auth.berth.pushnetworks may change content",
+                client.map(|c| c.to_string()).unwrap_or_else(|| "this client".into())
+            )))
+        }
+    }
+
+    /// Answer a token request: authenticate (anonymous allowed), grant the requested
+    /// scopes the principal holds, sign. A refresh token (`refresh`) authenticates
+    /// instead of credentials when given.
+    pub async fn issue(&self, request: TokenRequest) -> Result<TokenAnswer, AuthError> {
+        if let Some(s) = &request.service {
+            if s != &self.settings.service {
+                return Err(AuthError::Denied(format!(
+                    "this token service issues tokens for service {:?}, not {s:?}",
+                    self.settings.service
+                )));
+            }
+        }
+        let who = match &request.refresh_token {
+            Some(t) => {
+                let (who, claims) = self.verify(t).await?;
+                if !claims.access.iter().any(|s| s.kind == REFRESH_KIND) {
+                    return Err(AuthError::InvalidToken(
+                        "this token is not a refresh token".into(),
+                    ));
+                }
+                who
+            }
+            None => self.authenticate(&request.credentials).await?,
+        };
+        // A key rotated elsewhere is signed with from here within seconds.
+        self.reload_keys_older_than(KEY_REFRESH).await?;
+        let wanted = super::scope::merge(request.scopes);
+        let granted = self.decide(&who, &wanted, false).await?;
+        let principal = who.principal();
+        let keys = self.keys();
+        let now = crate::meta::now();
+        let sign = |access, ttl: Duration| {
+            keys.signer
+                .issue(&principal.name, access, now, ttl.as_secs())
+                .map_err(|e| AuthError::Store(e.to_string()))
+        };
+        let issued = sign(granted, self.settings.token_ttl)?;
+        let refresh = if request.offline && !principal.is_anonymous() {
+            Some(
+                sign(
+                    vec![Scope::new(REFRESH_KIND, "refresh", ["refresh"])],
+                    self.settings.refresh_ttl,
+                )?
+                .token,
+            )
+        } else {
+            None
+        };
+        Ok(TokenAnswer {
+            principal,
+            issued,
+            refresh_token: refresh,
+        })
+    }
+}
+
+/// The pseudo-scope that marks a refresh token (never matches a registry scope).
+const REFRESH_KIND: &str = "berth-refresh";
+
+/// A token request, decoded by the http layer.
+#[derive(Debug)]
+pub struct TokenRequest {
+    pub credentials: Credentials,
+    pub refresh_token: Option<String>,
+    pub service: Option<String>,
+    pub scopes: Vec<Scope>,
+    /// Also return a refresh token (OAuth2 `access_type=offline`).
+    pub offline: bool,
+}
+
+#[derive(Debug)]
+pub struct TokenAnswer {
+    pub principal: Principal,
+    pub issued: Issued,
+    pub refresh_token: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl AccessControl for BerthAccess {
+    async fn authorize(&self, req: AccessRequest<'_>) -> Result<Decision, AuthError> {
+        let (who, granted) = match &req.credentials {
+            Credentials::Bearer(t) => {
+                let (who, claims) = self.verify(t).await?;
+                let granted = req
+                    .wanted
+                    .iter()
+                    .filter_map(|w| intersect(&claims.access, w))
+                    .collect();
+                (who, granted)
+            }
+            c => {
+                let who = self.authenticate(c).await?;
+                let granted = self.decide(&who, req.wanted, true).await?;
+                (who, granted)
+            }
+        };
+        let changes = req
+            .wanted
+            .iter()
+            .any(|w| w.kind == "repository" && (w.allows("push") || w.allows("delete")));
+        if changes && !granted.is_empty() {
+            self.network_may_push(req.client)?;
+        }
+        Ok(Decision {
+            principal: who.principal(),
+            granted,
+        })
+    }
+
+    fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String {
+        let realm = match &self.settings.realm {
+            Some(r) => r.clone(),
+            None => format!("{}/service/token", base.trim_end_matches('/')),
+        };
+        super::bearer_challenge(&realm, &self.settings.service, wanted, error)
+    }
+
+    fn forbids(&self) -> bool {
+        true
+    }
+
+    async fn listable_projects(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<Vec<String>>, AuthError> {
+        let who = match &principal.kind {
+            PrincipalKind::User { admin: true, .. } => return Ok(None),
+            _ => self
+                .subject(&principal.name)
+                .await?
+                .unwrap_or(Who::Anonymous),
+        };
+        if let Who::Robot {
+            robot, permissions, ..
+        } = &who
+        {
+            let pulls = |ns: &str| {
+                permissions.iter().any(|e| {
+                    e.kind == "project"
+                        && e.namespace == ns
+                        && e.access.iter().any(|a| {
+                            a.effect.as_deref().unwrap_or("allow") == "allow"
+                                && super::rbac::permission_of(&a.resource, &a.action)
+                                    == Some(Permission::Pull)
+                        })
+                })
+            };
+            let mut names: Vec<String> = Vec::new();
+            if robot.project_id.is_none() && pulls("*") {
+                return Ok(None);
+            }
+            for e in permissions {
+                if e.namespace != "*" && pulls(&e.namespace) && !names.contains(&e.namespace) {
+                    names.push(e.namespace.clone());
+                }
+            }
+            if let Some(pid) = robot.project_id {
+                let own = self.meta.project_by_id(pid).await.map_err(meta_err)?;
+                names.retain(|n| own.as_ref().is_some_and(|p| &p.name == n));
+                if pulls("*") {
+                    if let Some(p) = own {
+                        if !names.contains(&p.name) {
+                            names.push(p.name);
+                        }
+                    }
+                }
+            }
+            let mut public = self
+                .meta
+                .visible_projects(&Viewer::default())
+                .await
+                .map_err(meta_err)?;
+            public.retain(|p| !names.contains(p));
+            names.extend(public);
+            return Ok(Some(names));
+        }
+        self.meta
+            .visible_projects(&who.viewer())
+            .await
+            .map(Some)
+            .map_err(meta_err)
+    }
+}
+
+/// A project name is one component of a repository name, as Harbor has it: 1 to 255
+/// lower-case letters and digits, separated by single `.`, `_` or `-`.
+pub fn check_project_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+        && name.split(['.', '_', '-']).all(|part| !part.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid project name: use 1 to 255 lower-case letters and digits, separated by single '.', '_' or '-'"))
+    }
+}
+
+fn generate(settings: &BerthSettings) -> Result<SigningKey, AuthError> {
+    let k = token::generate_key(&settings.issuer).map_err(|e| AuthError::Store(e.to_string()))?;
+    Ok(SigningKey {
+        kid: k.kid,
+        private_pem: k.private_pem,
+        cert_pem: k.cert_pem,
+        created_at: crate::meta::now(),
+        retired_at: None,
+    })
+}
+
+/// The current key signs; every stored key verifies (retired ones until dropped).
+async fn load_keys(meta: &dyn MetaStore, settings: &BerthSettings) -> Result<Keys, AuthError> {
+    let all = meta.signing_keys().await.map_err(meta_err)?;
+    let current = all.iter().find(|k| k.retired_at.is_none()).ok_or_else(|| {
+        AuthError::Store("no current token signing key in the metadata database".into())
+    })?;
+    let signer = Signer::new(
+        &current.kid,
+        &current.private_pem,
+        &current.cert_pem,
+        &settings.issuer,
+        &settings.service,
+    )
+    .map_err(|e| AuthError::Store(e.to_string()))?;
+    let mut verifier = Verifier::new(
+        &settings.issuer,
+        &settings.service,
+        vec![jsonwebtoken::Algorithm::ES256],
+    );
+    for k in &all {
+        verifier
+            .add_root_bundle(&k.cert_pem)
+            .map_err(|e| AuthError::Store(e.to_string()))?;
+    }
+    Ok(Keys {
+        signer,
+        verifier,
+        cert_pem: current.cert_pem.clone(),
+    })
+}
+
+/// Create the system administrator `admin` on first start: with the configured
+/// password, else a random one logged once.
+async fn ensure_admin(meta: &dyn MetaStore, configured: Option<&str>) -> Result<(), AuthError> {
+    if meta
+        .user_by_name("admin")
+        .await
+        .map_err(meta_err)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let (password, generated) = match configured {
+        Some(p) if !p.is_empty() => (p.to_string(), false),
+        _ => (password::random_secret(20), true),
+    };
+    let hash = password::hash(&password).await.map_err(AuthError::Store)?;
+    let created = meta
+        .create_user(&NewUser {
+            username: "admin".into(),
+            email: String::new(),
+            realname: "system admin".into(),
+            comment: "created on first start".into(),
+            admin: true,
+            source: UserSource::Local,
+            password_hash: Some(hash),
+        })
+        .await
+        .map_err(meta_err)?;
+    if created.is_ok() && generated {
+        tracing::warn!(
+            "created the system administrator \"admin\" with password {password:?}: it is shown only this once; change it (berth user passwd admin, or PUT /api/v2.0/users/{{id}}/password), or set auth.berth.adminpassword / BERTH_ADMIN_PASSWORD before the first start"
+        );
+    } else if created.is_ok() {
+        tracing::info!("created the system administrator \"admin\" with the configured password (auth.berth.adminpassword)");
+    }
+    Ok(())
+}
