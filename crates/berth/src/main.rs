@@ -124,11 +124,20 @@ enum ProjectAction {
         #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
         config: Option<PathBuf>,
     },
-    /// Give a user a role in a project: admin (1), developer (2), guest (3),
-    /// maintainer (4) or limited-guest (5).
+    /// Give a user, or with --group a directory group, a role in a project: admin (1),
+    /// developer (2), guest (3), maintainer (4) or limited-guest (5).
+    #[command(
+        override_usage = "berth project add-member PROJECT (USER | --group DN) [--role ROLE] [CONFIG]"
+    )]
     AddMember {
         project: String,
-        user: String,
+        /// The user (omitted with --group).
+        #[arg(required_unless_present = "group")]
+        user: Option<String>,
+        /// An LDAP group's DN (cn=devs,ou=groups,dc=example,dc=org): its members hold
+        /// the role.
+        #[arg(long, value_name = "DN")]
+        group: Option<String>,
         #[arg(long, default_value = "developer")]
         role: String,
         #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
@@ -506,19 +515,43 @@ mod admin {
             ProjectAction::AddMember {
                 project,
                 user,
+                group,
                 role,
                 config,
             } => {
                 let role = role_id(&role)?;
+                // With --group the first positional after PROJECT is the configuration.
+                // (REGISTRY_CONFIGURATION_PATH fills `config` when no third is given.)
+                let from_env = |c: &std::path::PathBuf| {
+                    std::env::var_os("REGISTRY_CONFIGURATION_PATH").is_some_and(|v| v == *c)
+                };
+                let (target, config) = match (group, user, config) {
+                    (Some(_), Some(_), Some(c)) if !from_env(&c) => {
+                        anyhow::bail!("give either a user or --group DN, not both")
+                    }
+                    (Some(dn), Some(positional), _) => (
+                        MemberTarget::Group(dn),
+                        Some(std::path::PathBuf::from(positional)),
+                    ),
+                    (Some(dn), None, config) => (MemberTarget::Group(dn), config),
+                    (None, Some(user), config) => (MemberTarget::UserName(user), config),
+                    (None, None, _) => anyhow::bail!("name a user, or a group with --group DN"),
+                };
                 with_accounts(config.as_deref(), async |a| {
-                    a.add_member(
-                        &Who::System,
-                        &ProjectKey::Name(project.clone()),
-                        MemberTarget::UserName(user.clone()),
-                        role,
-                    )
-                    .await?;
-                    out(format!("{user} now has role {role} in {project}"));
+                    let member = a
+                        .add_member(
+                            &Who::System,
+                            &ProjectKey::Name(project.clone()),
+                            target.clone(),
+                            role,
+                        )
+                        .await?;
+                    // The group's DN as stored (normalized), which memberships match.
+                    let name = match member.entity {
+                        berth::meta::MemberEntity::Group(dn) => format!("group {dn}"),
+                        berth::meta::MemberEntity::User(_) => member.entity_name,
+                    };
+                    out(format!("{name} now has role {role} in {project}"));
                     Ok(())
                 })
             }

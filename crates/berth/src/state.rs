@@ -481,7 +481,7 @@ async fn access_control(
     }
     if let Some(b) = &a.berth {
         let berth = Arc::new(
-            crate::auth::berth::BerthAccess::open(meta, berth_settings(b))
+            crate::auth::berth::BerthAccess::open(meta, berth_settings(b)?)
                 .await
                 .map_err(|e| StartError::AccessControl(format!("auth.berth: {e}")))?,
         );
@@ -535,11 +535,17 @@ fn token_access(
 }
 
 /// `auth.berth` as the access layer's settings (`BERTH_ADMIN_PASSWORD` is the
-/// variable of `adminpassword`).
-fn berth_settings(b: &crate::config::auth::BerthAuthConfig) -> crate::auth::berth::BerthSettings {
+/// variable of `adminpassword`; `ldap.cacert` is read here).
+fn berth_settings(
+    b: &crate::config::auth::BerthAuthConfig,
+) -> Result<crate::auth::berth::BerthSettings, StartError> {
     use crate::auth::berth::{BerthSettings, ProjectCreation};
     use crate::config::auth::ProjectCreationConfig;
-    BerthSettings {
+    let ldap = match &b.ldap {
+        Some(l) => Some(ldap_settings(l)?),
+        None => None,
+    };
+    Ok(BerthSettings {
         realm: b.realm.clone(),
         service: b.service.clone(),
         issuer: b.issuer.clone(),
@@ -556,8 +562,39 @@ fn berth_settings(b: &crate::config::auth::BerthAuthConfig) -> crate::auth::bert
         create_projects_on_push: b.create_projects_on_push,
         robot_prefix: b.robot_prefix.clone(),
         push_networks: b.push_networks.clone(),
+        ldap,
         ..BerthSettings::default()
-    }
+    })
+}
+
+/// `auth.berth.ldap` as the LDAP layer's settings, with the CA file's text.
+fn ldap_settings(
+    l: &crate::config::ldap::LdapConfig,
+) -> Result<crate::auth::ldap::LdapSettings, StartError> {
+    let ca_pem = match &l.ca_cert {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            StartError::AccessControl(format!(
+                "auth.berth.ldap.cacert: cannot read {}: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(crate::auth::ldap::LdapSettings {
+        url: l.url.clone(),
+        starttls: l.starttls,
+        skip_verify: l.skip_verify,
+        ca_pem,
+        base_dn: l.base_dn.clone(),
+        search_filter: l.search_filter.clone(),
+        uid_attribute: l.uid_attribute.clone(),
+        search_dn: l.search_dn.clone(),
+        search_password: l.search_password.clone(),
+        group_base_dn: l.group_base_dn.clone(),
+        group_filter: l.group_filter.clone(),
+        group_member_attribute: l.group_member_attribute.clone(),
+        timeout: l.timeout,
+    })
 }
 
 /// The account operations of `auth.berth` over the configuration's database (the CLI's
@@ -569,7 +606,7 @@ pub async fn accounts(config: &Config) -> Result<crate::auth::accounts::Accounts
         ));
     };
     let (_, meta) = open_registry(config, false).await?;
-    let access = crate::auth::berth::BerthAccess::open(meta.clone(), berth_settings(b))
+    let access = crate::auth::berth::BerthAccess::open(meta.clone(), berth_settings(b)?)
         .await
         .map_err(|e| StartError::AccessControl(format!("auth.berth: {e}")))?;
     Ok(crate::auth::accounts::Accounts::new(meta, Arc::new(access)))

@@ -507,7 +507,16 @@ impl Accounts {
                     .ok_or_else(|| AccountError::Invalid(format!("user {name} not found")))?;
                 MemberEntity::User(u.id)
             }
-            MemberTarget::Group(g) => MemberEntity::Group(g),
+            MemberTarget::Group(g) => {
+                // Stored as the directory's answers are compared: see `normalize_dn`.
+                let dn = super::ldap::normalize_dn(&g);
+                if !dn.contains('=') || dn.starts_with(['=', ',']) {
+                    return Err(AccountError::Invalid(format!(
+                        "{g:?} is not a group's distinguished name, like cn=devs,ou=groups,dc=example,dc=org"
+                    )));
+                }
+                MemberEntity::Group(dn)
+            }
         };
         self.meta
             .add_member(a.project.id, &entity, role.id())

@@ -1,12 +1,14 @@
 //! Berth's own access control (`auth.berth`): users, projects with Harbor's roles,
 //! robot accounts, and the token service that hands out the JWTs registry clients
 //! use. Authentication: Basic (users and robots, straight to `/v2/` or to the token
-//! endpoint), Bearer (tokens this service signed), or anonymous (public projects).
-//! Authorization: [`allows`], a pure function over the principal and its roles or
-//! robot permissions in a project, used by registry requests, token requests and the
-//! management API alike. Signing keys live in the metadata database, so every node of
-//! a cluster signs and verifies with the same ones. Knows nothing of HTTP.
+//! endpoint; directory users through [`super::ldap`]), Bearer (tokens this service
+//! signed), or anonymous (public projects). Authorization: [`allows`], a pure function
+//! over the principal and its roles or robot permissions in a project, used by
+//! registry requests, token requests and the management API alike. Signing keys live
+//! in the metadata database, so every node of a cluster signs and verifies with the
+//! same ones. Knows nothing of HTTP.
 
+use super::ldap::{Directory, DirectoryUser, LdapError, LdapSettings};
 use super::password::{self, Checker};
 use super::rbac::{robot_allows, Permission, RobotPermission, Role};
 use super::scope::{intersect, Scope};
@@ -15,7 +17,8 @@ use super::{
     AccessControl, AccessRequest, AuthError, Credentials, Decision, Principal, PrincipalKind,
 };
 use crate::meta::{
-    MetaError, MetaStore, NewUser, ProjectAccess, Robot, SigningKey, User, UserSource, Viewer,
+    MetaError, MetaStore, NewUser, ProjectAccess, Robot, SigningKey, User, UserChanges, UserSource,
+    Viewer,
 };
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -56,6 +59,8 @@ pub struct BerthSettings {
     pub robot_prefix: String,
     /// Client networks that may push and delete; empty: any.
     pub push_networks: Vec<IpNet>,
+    /// Users may also log in with an LDAP directory's password.
+    pub ldap: Option<LdapSettings>,
 }
 
 impl Default for BerthSettings {
@@ -71,6 +76,7 @@ impl Default for BerthSettings {
             create_projects_on_push: false,
             robot_prefix: "robot$".into(),
             push_networks: Vec::new(),
+            ldap: None,
         }
     }
 }
@@ -179,6 +185,8 @@ pub struct BerthAccess {
     meta: Arc<dyn MetaStore>,
     settings: BerthSettings,
     passwords: Checker,
+    /// `auth.berth.ldap`.
+    directory: Option<Directory>,
     keys: RwLock<Arc<Keys>>,
     /// When keys were last read from the database (a token of a key another node
     /// rotated to makes this node read them again, at most once a second).
@@ -215,6 +223,12 @@ impl BerthAccess {
         meta: Arc<dyn MetaStore>,
         settings: BerthSettings,
     ) -> Result<BerthAccess, AuthError> {
+        let directory = match &settings.ldap {
+            Some(l) => {
+                Some(Directory::new(l.clone()).map_err(|e| AuthError::Store(format!("ldap.{e}")))?)
+            }
+            None => None,
+        };
         ensure_admin(meta.as_ref(), settings.admin_password.as_deref()).await?;
         let key = generate(&settings)?;
         meta.add_first_signing_key(&key).await.map_err(meta_err)?;
@@ -223,6 +237,7 @@ impl BerthAccess {
             meta,
             settings,
             passwords: Checker::default(),
+            directory,
             keys: RwLock::new(Arc::new(keys)),
             keys_read: Mutex::new(Instant::now()),
             subjects: Mutex::new(HashMap::new()),
@@ -280,6 +295,17 @@ impl BerthAccess {
                     return self.authenticate_robot(user, rest, password).await;
                 }
                 let found = self.meta.user_by_name(user).await.map_err(meta_err)?;
+                if let Some(directory) = &self.directory {
+                    // A local user with a password is never looked up in the directory:
+                    // `admin` keeps its password, and no directory entry takes a local
+                    // account over.
+                    let local = found.as_ref().is_some_and(|u| {
+                        u.source == UserSource::Local && u.password_hash.is_some()
+                    });
+                    if !local {
+                        return self.authenticate_ldap(directory, user, password).await;
+                    }
+                }
                 let hash = found.as_ref().and_then(|u| u.password_hash.clone());
                 if self.passwords.check(user, password, hash.as_deref()).await {
                     if let Some(u) = found {
@@ -292,6 +318,121 @@ impl BerthAccess {
                 tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password or unknown user");
                 Err(AuthError::Unauthenticated)
             }
+        }
+    }
+
+    /// A directory login: the user record is created on the first one (source LDAP, no
+    /// password), its groups come from the directory.
+    async fn authenticate_ldap(
+        &self,
+        directory: &Directory,
+        name: &str,
+        password: &str,
+    ) -> Result<Who, AuthError> {
+        let entry = match directory.login(name, password).await {
+            Ok(entry) => entry,
+            Err(LdapError::Refused(why)) => {
+                tracing::info!(user = %name, "authentication failed for user {name:?} (LDAP): {why}");
+                return Err(AuthError::Unauthenticated);
+            }
+            Err(LdapError::Unavailable(why)) => {
+                return Err(AuthError::Store(format!("LDAP directory: {why}")));
+            }
+        };
+        let user = self.directory_user(&entry).await?;
+        Ok(Who::User {
+            user,
+            groups: entry.groups,
+        })
+    }
+
+    /// The Berth user of a directory entry, created on its first login (and its email
+    /// and name kept as the directory has them).
+    async fn directory_user(&self, entry: &DirectoryUser) -> Result<User, AuthError> {
+        let name = &entry.username;
+        let refuse = |why: &str| {
+            tracing::warn!(user = %name, "LDAP user {name:?} ({}) not logged in: {why}", entry.dn);
+            AuthError::Unauthenticated
+        };
+        if super::accounts::check_username(name).is_err()
+            || name.starts_with(&self.settings.robot_prefix)
+        {
+            return Err(refuse("the name is not one a Berth user may have"));
+        }
+        for attempt in 0..2 {
+            match self.meta.user_by_name(name).await.map_err(meta_err)? {
+                Some(u) if u.source == UserSource::Ldap => {
+                    let changes = UserChanges {
+                        email: (u.email != entry.email).then(|| entry.email.clone()),
+                        realname: (u.realname != entry.realname).then(|| entry.realname.clone()),
+                        comment: None,
+                    };
+                    if changes.email.is_none() && changes.realname.is_none() {
+                        return Ok(u);
+                    }
+                    self.meta
+                        .update_user(u.id, &changes)
+                        .await
+                        .map_err(meta_err)?;
+                    return Ok(User {
+                        email: entry.email.clone(),
+                        realname: entry.realname.clone(),
+                        ..u
+                    });
+                }
+                Some(_) => {
+                    return Err(refuse(
+                        "a local user has that name (a directory login never takes over a local account)",
+                    ))
+                }
+                None if attempt == 0 => {
+                    let created = self
+                        .meta
+                        .create_user(&NewUser {
+                            username: name.clone(),
+                            email: entry.email.clone(),
+                            realname: entry.realname.clone(),
+                            comment: format!("LDAP: {}", entry.dn),
+                            admin: false,
+                            source: UserSource::Ldap,
+                            password_hash: None,
+                        })
+                        .await
+                        .map_err(meta_err)?;
+                    if let Ok(u) = created {
+                        tracing::info!(user = %name, "created user {name:?} on the first login through LDAP ({})", entry.dn);
+                        return Ok(u);
+                    }
+                    // Created meanwhile by a concurrent login: read it again.
+                }
+                None => break,
+            }
+        }
+        Err(AuthError::Store(format!(
+            "the LDAP user {name:?} could be neither created nor found"
+        )))
+    }
+
+    /// `who` with its directory groups (a user of the directory; anyone else as is):
+    /// what a decision made anew from a token's subject needs (a refresh, the
+    /// catalog). `None` when the directory no longer has the user.
+    async fn with_groups(&self, who: Who) -> Result<Option<Who>, AuthError> {
+        let (Some(directory), Who::User { user, .. }) = (&self.directory, &who) else {
+            return Ok(Some(who));
+        };
+        if user.source != UserSource::Ldap {
+            return Ok(Some(who));
+        }
+        match directory.lookup(&user.username).await {
+            Ok(Some(entry)) => Ok(Some(Who::User {
+                user: user.clone(),
+                groups: entry.groups,
+            })),
+            Ok(None) => {
+                tracing::info!(user = %user.username, "LDAP user {:?} is no longer in the directory", user.username);
+                Ok(None)
+            }
+            Err(e) => Err(AuthError::Store(format!("LDAP directory: {e}"))),
         }
     }
 
@@ -557,7 +698,13 @@ impl BerthAccess {
                         "this token is not a refresh token".into(),
                     ));
                 }
-                who
+                // The scopes are decided anew: with the groups the directory has now.
+                self.with_groups(who).await?.ok_or_else(|| {
+                    AuthError::InvalidToken(format!(
+                        "the token's subject {:?} is no longer in the directory",
+                        claims.sub
+                    ))
+                })?
             }
             None => self.authenticate(&request.credentials).await?,
         };
@@ -664,10 +811,10 @@ impl AccessControl for BerthAccess {
     ) -> Result<Option<Vec<String>>, AuthError> {
         let who = match &principal.kind {
             PrincipalKind::User { admin: true, .. } => return Ok(None),
-            _ => self
-                .subject(&principal.name)
-                .await?
-                .unwrap_or(Who::Anonymous),
+            _ => match self.subject(&principal.name).await? {
+                Some(who) => self.with_groups(who).await?.unwrap_or(Who::Anonymous),
+                None => Who::Anonymous,
+            },
         };
         if let Who::Robot {
             robot, permissions, ..

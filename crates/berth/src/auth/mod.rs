@@ -4,12 +4,14 @@
 //! [`Scope`]s does the caller hold? Implementations: [`BasicAccess`] (htpasswd: an
 //! authenticated caller holds everything), [`token::TokenAccess`] (an external token
 //! issuer, Distribution's `auth.token`) and [`berth::BerthAccess`] (projects, roles,
-//! robots, Berth's own token service). Knows nothing of HTTP: the http layer decodes
-//! the `Authorization` header into [`Credentials`] and renders [`AuthError`]s.
+//! robots, Berth's own token service, LDAP logins through [`ldap`]). Knows nothing of
+//! HTTP: the http layer decodes the `Authorization` header into [`Credentials`] and
+//! renders [`AuthError`]s.
 
 pub mod accounts;
 pub mod berth;
 pub mod htpasswd;
+pub mod ldap;
 pub mod password;
 pub mod rbac;
 pub mod scope;

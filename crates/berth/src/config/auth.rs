@@ -69,6 +69,8 @@ pub struct BerthAuthConfig {
     pub robot_prefix: String,
     /// `pushnetworks`: CIDRs of clients that may push and delete (default: any).
     pub push_networks: Vec<ipnet::IpNet>,
+    /// `ldap`: users may log in with their directory password.
+    pub ldap: Option<super::ldap::LdapConfig>,
 }
 
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
@@ -200,7 +202,7 @@ fn token(tree: &Value) -> Result<TokenConfig, ConfigError> {
 }
 
 /// `auth.berth`.
-fn berth(tree: &Value) -> Result<BerthAuthConfig, ConfigError> {
+fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, ConfigError> {
     let text = |key: &str, default: &str| -> Result<String, ConfigError> {
         Ok(get_str(tree, key)?
             .filter(|s| !s.is_empty())
@@ -258,6 +260,7 @@ fn berth(tree: &Value) -> Result<BerthAuthConfig, ConfigError> {
             .unwrap_or(false),
         robot_prefix,
         push_networks,
+        ldap: super::ldap::read(tree, warnings)?,
     })
 }
 
@@ -321,7 +324,7 @@ pub(super) fn read(tree: &Value) -> Result<AuthConfig, ConfigError> {
         c.token = Some(token(tree)?);
     }
     if has_key(tree, "auth", "berth") {
-        c.berth = Some(berth(tree)?);
+        c.berth = Some(berth(tree, &mut c.warnings)?);
     }
     if get(tree, "auth.htpasswd").is_some() || has_key(tree, "auth", "htpasswd") {
         let need = |key: &str| -> Result<String, ConfigError> {

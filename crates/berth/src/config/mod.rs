@@ -13,6 +13,7 @@ pub mod ops;
 pub mod proxy;
 
 pub mod auth;
+pub mod ldap;
 #[cfg(test)]
 mod load_tests;
 mod yaml;
@@ -241,6 +242,19 @@ const IMPLEMENTED: &[&str] = &[
     "auth.berth.createprojectsonpush",
     "auth.berth.robotprefix",
     "auth.berth.pushnetworks",
+    "auth.berth.ldap.url",
+    "auth.berth.ldap.starttls",
+    "auth.berth.ldap.skipverify",
+    "auth.berth.ldap.cacert",
+    "auth.berth.ldap.basedn",
+    "auth.berth.ldap.searchfilter",
+    "auth.berth.ldap.uid",
+    "auth.berth.ldap.searchdn",
+    "auth.berth.ldap.searchpassword",
+    "auth.berth.ldap.groupbasedn",
+    "auth.berth.ldap.groupfilter",
+    "auth.berth.ldap.groupmemberattribute",
+    "auth.berth.ldap.timeout",
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.clientcas",

@@ -69,7 +69,7 @@ pub(super) async fn check(
             return Err(ApiError::with_status(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unknown,
-                "the registry cannot check credentials (its password file or metadata database): its log says why",
+                "the registry cannot check credentials (its password file, metadata database or LDAP directory): its log says why",
             ));
         }
     };
