@@ -3,11 +3,14 @@
 #   skopeo, podman, buildah, umoci   real OCI clients (tests/clients.rs)
 #   docker-registry                  CNCF Distribution 2.8, the peer registry
 #   htpasswd (apache2-utils), jq, openssl, curl
+#   slapd, slappasswd (slapd), ldapsearch (ldap-utils)   OpenLDAP for tests/ldap.rs
 # and check that the Docker Engine the Docker CLI tests use is reachable.
 #
 # Idempotent: when every program is already there, apt is not touched. Runs as root, or
-# through sudo when it exists. Installing docker-registry never leaves its service
-# running (it would listen on :5000).
+# through sudo when it exists. Installing docker-registry or slapd never leaves its
+# service running (docker-registry would listen on :5000, slapd on :389); slapd is
+# installed without a database of its own (debconf slapd/no_configuration): the tests
+# start their own slapd with a generated configuration.
 set -euo pipefail
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
@@ -37,13 +40,19 @@ declare -A PACKAGE_OF=(
     [file]=file
     [strip]=binutils
     [sqlite3]=sqlite3
+    [slapd]=slapd
+    [slappasswd]=slapd
+    [ldapsearch]=ldap-utils
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)
 
+# slapd and slappasswd live in /usr/sbin, which a non-root PATH may lack.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do
-    if ! command -v "$cmd" >/dev/null 2>&1; then
+    if ! have "$cmd"; then
         missing+=("${PACKAGE_OF[$cmd]}")
     fi
 done
@@ -51,14 +60,17 @@ if [ ! -f /etc/containers/policy.json ] && [ ! -f /usr/share/containers/policy.j
     missing+=(golang-github-containers-common)
 fi
 
-stop_registry_service() {
-    # The package's service would listen on :5000; the tests start their own instances.
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        "${SUDO[@]}" systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
-    fi
-    if [ -x /etc/init.d/docker-registry ]; then
-        "${SUDO[@]}" /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
-    fi
+stop_services() {
+    # The packages' services would listen on :5000 and :389; the tests start their own
+    # instances.
+    for service in docker-registry slapd; do
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            "${SUDO[@]}" systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+        fi
+        if [ -x "/etc/init.d/$service" ]; then
+            "${SUDO[@]}" "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+        fi
+    done
 }
 
 if [ "${#missing[@]}" -eq 0 ]; then
@@ -84,13 +96,16 @@ else
     mapfile -t packages < <(printf '%s\n' "${missing[@]}" "${EXTRA_PACKAGES[@]}" | sort -u)
     log "installing: ${packages[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # slapd: no system database, no questions (the tests configure their own slapd).
+    printf 'slapd slapd/no_configuration boolean true\n' |
+        "${SUDO[@]}" debconf-set-selections
     "${SUDO[@]}" apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${packages[@]}" >/dev/null
     cleanup_policy
     trap - EXIT
 fi
-stop_registry_service
+stop_services
 
 # skopeo/podman/buildah refuse to copy without a signature policy.
 if [ ! -f /etc/containers/policy.json ] && [ ! -f /usr/share/containers/policy.json ]; then
@@ -102,7 +117,7 @@ fi
 
 # Everything must now be present.
 for cmd in "${!PACKAGE_OF[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing ${PACKAGE_OF[$cmd]}"
+    have "$cmd" || die "$cmd still missing after installing ${PACKAGE_OF[$cmd]}"
 done
 
 # The Docker CLI tests need a running Docker Engine; it is not installed by this script.

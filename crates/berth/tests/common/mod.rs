@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod layout;
+pub mod ldap;
 pub mod pki;
 pub mod push;
 pub mod registry2;
