@@ -62,27 +62,28 @@ async fn answer(berth: &BerthAccess, parts: &Parts, body: Body) -> Result<Respon
                 })?;
             let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
             let grant = param(&form, "grant_type").unwrap_or_default();
-            let (credentials, refresh_token) =
-                match grant.as_str() {
-                    "password" => (
-                        Credentials::Basic {
-                            user: param(&form, "username").unwrap_or_default(),
-                            password: param(&form, "password").unwrap_or_default(),
-                        },
-                        None,
-                    ),
-                    "refresh_token" => (
-                        Credentials::None,
-                        Some(param(&form, "refresh_token").unwrap_or_default()),
-                    ),
-                    other => return Err(oauth_error(
+            let (credentials, refresh_token) = match grant.as_str() {
+                "password" => (
+                    Credentials::Basic {
+                        user: param(&form, "username").unwrap_or_default(),
+                        password: param(&form, "password").unwrap_or_default(),
+                    },
+                    None,
+                ),
+                "refresh_token" => (
+                    Credentials::None,
+                    Some(param(&form, "refresh_token").unwrap_or_default()),
+                ),
+                other => {
+                    return Err(oauth_error(
                         StatusCode::BAD_REQUEST,
                         "unsupported_grant_type",
                         &format!(
                             "grant_type {other:?} is not supported: use password or refresh_token"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             (
                 TokenRequest {
                     credentials,
