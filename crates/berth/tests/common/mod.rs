@@ -114,9 +114,9 @@ impl Drop for Berth {
 }
 
 /// Path of the `berth` binary the tests run: the one cargo built for them, or
-/// `BERTH_BIN` when set. Checkouts that share a target directory share its
-/// `debug/berth` too, which is whichever checkout's build was linked last; a copy of
-/// this checkout's own build named in `BERTH_BIN` keeps a run on its own code.
+/// `BERTH_BIN` when set. Checkouts that share a target directory overwrite each
+/// other's `berth` (same unit names, freshness by file times); a copy of this
+/// checkout's own build named in `BERTH_BIN` keeps a run on its own code.
 pub fn berth_bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| match std::env::var("BERTH_BIN") {
