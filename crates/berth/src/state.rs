@@ -346,6 +346,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // The files of the access control and TLS are read before anything starts (jobs,
+    // listeners): a refusal is then the one line an operator sees, and nothing is bound.
+    let a = &config.auth;
+    let tls = match &a.tls {
+        Some(t) => Some(http::server::tls_config(t, !a.http2_disabled)?),
+        None => None,
+    };
+    let file_access = file_access_control(a)?;
     let (registry, meta, mut jobs) = build_with_jobs(&config).await?;
     let health = HealthStatus::default();
     for check in &config.ops.checks {
@@ -397,13 +405,12 @@ pub async fn run(
             (http::server::Listener::Unix(l), path.display().to_string())
         }
     };
-    let a = &config.auth;
-    let (access, berth) = access_control(a, meta).await?;
+    let (access, berth) = match file_access {
+        Some(access) => (Some(access), None),
+        None => berth_access_control(a, meta).await?,
+    };
     let serve_options = http::server::ServeOptions {
-        tls: match &a.tls {
-            Some(t) => Some(http::server::tls_config(t, !a.http2_disabled)?),
-            None => None,
-        },
+        tls,
         http1_only: a.http2_disabled,
         drain_timeout: a.drain_timeout,
         header_read_timeout: Some(config.header_read_timeout),
@@ -458,8 +465,23 @@ pub async fn run(
     served.map_err(StartError::Serve)
 }
 
-/// The access control `auth` names (none: open), and Berth's own when it is that.
-async fn access_control(
+/// The access control `auth` names when it needs only its files (htpasswd,
+/// `auth.token`); `None` for `auth.berth` and open access.
+fn file_access_control(
+    a: &crate::config::auth::AuthConfig,
+) -> Result<Option<Arc<dyn AccessControl>>, StartError> {
+    if let Some(h) = &a.htpasswd {
+        let htpasswd = crate::auth::htpasswd::Htpasswd::open(&h.realm, &h.path)?;
+        return Ok(Some(Arc::new(crate::auth::BasicAccess(Arc::new(htpasswd)))));
+    }
+    if let Some(t) = &a.token {
+        return Ok(Some(Arc::new(token_access(t)?)));
+    }
+    Ok(None)
+}
+
+/// `auth.berth` over the metadata database (none: open access).
+async fn berth_access_control(
     a: &crate::config::auth::AuthConfig,
     meta: Arc<dyn MetaStore>,
 ) -> Result<
@@ -469,16 +491,6 @@ async fn access_control(
     ),
     StartError,
 > {
-    if let Some(h) = &a.htpasswd {
-        let htpasswd = crate::auth::htpasswd::Htpasswd::open(&h.realm, &h.path)?;
-        return Ok((
-            Some(Arc::new(crate::auth::BasicAccess(Arc::new(htpasswd)))),
-            None,
-        ));
-    }
-    if let Some(t) = &a.token {
-        return Ok((Some(Arc::new(token_access(t)?)), None));
-    }
     if let Some(b) = &a.berth {
         let berth = Arc::new(
             crate::auth::berth::BerthAccess::open(meta, berth_settings(b)?)

@@ -28,29 +28,7 @@ fn start(extra: &str) -> Berth {
 
 /// `berth ARGS... CONFIG` with `stdin`, which must succeed; its standard output.
 fn cli(b: &Berth, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(berth_bin())
-        .args(args)
-        .arg(b.config_path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).expect("write stdin");
-        input.write_all(b"\n").expect("write stdin");
-    }
-    drop(input);
-    let out = child.wait_with_output().expect("berth output");
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    b.cli(args, stdin)
 }
 
 fn add_user(b: &Berth, name: &str) {
@@ -443,14 +421,23 @@ async fn token_flow_challenges_and_intersection() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
-    // The token does not open another repository, nor push.
+    // The token does not open another repository (alice may pull there: the challenge
+    // says which token to get), nor push (which no token would let her: denied).
     let r = c
         .get(format!("{}/v2/team/other/tags/list", b.url))
         .bearer_auth(&t)
         .send()
         .await
         .expect("send");
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        format!(
+            "Bearer realm=\"{}/service/token\",service=\"berth-registry\",scope=\"repository:team/other:pull\",error=\"insufficient_scope\"",
+            b.url
+        )
+        .as_str()
+    );
     let r = c
         .post(format!("{}/v2/team/app/blobs/uploads/", b.url))
         .bearer_auth(&t)
@@ -620,6 +607,130 @@ async fn forged_and_revoked_tokens_are_refused() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A token narrower than its holder's rights (one kept from another request, as
+/// clients that cache a token per kind of request do) gets 401 `insufficient_scope`
+/// naming what to ask for, and the token that answer leads to works; what no token
+/// would allow stays 403 DENIED. A token lacking only a mount source its holder may pull
+/// is challenged for it (the scope lists both repositories), so the mount happens.
+#[tokio::test]
+async fn narrow_tokens_are_challenged_for_what_their_holder_may_get() {
+    let b = start("");
+    cli(&b, &["project", "create", "team"], None);
+    cli(&b, &["project", "create", "secret"], None);
+    for (user, role) in [("maya", "maintainer"), ("gus", "guest")] {
+        add_user(&b, user);
+        cli(
+            &b,
+            &["project", "add-member", "team", user, "--role", role],
+            None,
+        );
+    }
+    let c = Client::new();
+    let maya = Some(("maya", USER_PASSWORD));
+    let challenge = |r: &reqwest::Response| {
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    let expected = |scope: &str| {
+        format!(
+            "Bearer realm=\"{}/service/token\",service=\"berth-registry\",scope=\"{scope}\",error=\"insufficient_scope\"",
+            b.url
+        )
+    };
+
+    // An upload started with a push token, cancelled with the delete token kept from a
+    // blob delete: challenged for pull,push; the token it leads to cancels.
+    let push = token(&c, &b, maya, &["repository:team/app:pull,push".into()]).await;
+    let r = c
+        .post(format!("{}/v2/team/app/blobs/uploads/", b.url))
+        .bearer_auth(&push)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().expect("ascii").to_string();
+    let delete = token(&c, &b, maya, &["repository:team/app:delete".into()]).await;
+    let r = c
+        .delete(format!("{}{location}", b.url))
+        .bearer_auth(&delete)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&r), expected("repository:team/app:pull,push"));
+    let renewed = token(&c, &b, maya, &["repository:team/app:pull,push".into()]).await;
+    let r = c
+        .delete(format!("{}{location}", b.url))
+        .bearer_auth(&renewed)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // A guest's token lacks push, and so would any other: denied, no challenge.
+    let gus = token(
+        &c,
+        &b,
+        Some(("gus", USER_PASSWORD)),
+        &["repository:team/app:pull,push".into()],
+    )
+    .await;
+    let r = c
+        .post(format!("{}/v2/team/app/blobs/uploads/", b.url))
+        .bearer_auth(&gus)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Mounts: from a repository maya may pull, her push token is challenged for both
+    // scopes and the token of that challenge mounts (201); from one she may not pull,
+    // the upload just starts (202).
+    admin_push(&b, "team/base", "v1", "shared").await;
+    admin_push(&b, "secret/app", "v1", "hidden").await;
+    let (shared, _, _, _) = image("shared");
+    let (hidden, _, _, _) = image("hidden");
+    let mount = |d: oci::Digest, from: &str| {
+        format!("{}/v2/team/app/blobs/uploads/?mount={d}&from={from}", b.url)
+    };
+    let r = c
+        .post(mount(sha256(&hidden), "secret/app"))
+        .bearer_auth(&push)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "no pull on secret/app");
+    let r = c
+        .post(mount(sha256(&shared), "team/base"))
+        .bearer_auth(&push)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let scopes = "repository:team/app:pull,push repository:team/base:pull";
+    assert_eq!(challenge(&r), expected(scopes));
+    let both = token(
+        &c,
+        &b,
+        maya,
+        &scopes.split(' ').map(str::to_string).collect::<Vec<_>>(),
+    )
+    .await;
+    let r = c
+        .post(mount(sha256(&shared), "team/base"))
+        .bearer_auth(&both)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the mount with both scopes"
+    );
 }
 
 /// A mount reads only a repository the caller may pull, and never without `from`: both

@@ -11,7 +11,7 @@
 use super::ldap::{Directory, DirectoryUser, LdapError, LdapSettings};
 use super::password::{self, Checker};
 use super::rbac::{robot_allows, Permission, RobotPermission, Role};
-use super::scope::{intersect, Scope};
+use super::scope::{covers, intersect, Scope};
 use super::token::{self, Issued, Signer, Verifier};
 use super::{
     AccessControl, AccessRequest, AuthError, Credentials, Decision, Principal, PrincipalKind,
@@ -764,20 +764,27 @@ pub struct TokenAnswer {
 #[async_trait::async_trait]
 impl AccessControl for BerthAccess {
     async fn authorize(&self, req: AccessRequest<'_>) -> Result<Decision, AuthError> {
-        let (who, granted) = match &req.credentials {
+        let (who, granted, obtainable) = match &req.credentials {
             Credentials::Bearer(t) => {
                 let (who, claims) = self.verify(t).await?;
-                let granted = req
+                let granted: Vec<Scope> = req
                     .wanted
                     .iter()
                     .filter_map(|w| intersect(&claims.access, w))
                     .collect();
-                (who, granted)
+                // A token narrower than its subject's rights (asked for another
+                // request): what a new one would hold, so the client is told to get it.
+                let obtainable = if req.wanted.iter().all(|w| covers(&granted, w)) {
+                    Vec::new()
+                } else {
+                    self.decide(&who, req.wanted, false).await?
+                };
+                (who, granted, obtainable)
             }
             c => {
                 let who = self.authenticate(c).await?;
                 let granted = self.decide(&who, req.wanted, true).await?;
-                (who, granted)
+                (who, granted, Vec::new())
             }
         };
         let changes = req
@@ -790,6 +797,7 @@ impl AccessControl for BerthAccess {
         Ok(Decision {
             principal: who.principal(),
             granted,
+            obtainable,
         })
     }
 
@@ -803,6 +811,10 @@ impl AccessControl for BerthAccess {
 
     fn forbids(&self) -> bool {
         true
+    }
+
+    fn store(&self) -> &'static str {
+        "its metadata database or LDAP directory (auth.berth)"
     }
 
     async fn listable_projects(

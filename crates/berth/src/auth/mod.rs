@@ -142,6 +142,12 @@ pub struct Decision {
     pub principal: Principal,
     /// A subset of the wanted scopes (actions the caller lacks are left out).
     pub granted: Vec<Scope>,
+    /// When a token holds less than its subject may do: the wanted scopes a new token
+    /// from the token endpoint would hold (empty otherwise). A refusal the caller can
+    /// mend with a better token is then a 401 `insufficient_scope` challenge, not a
+    /// final 403: clients that keep one token per kind of request (the OCI conformance
+    /// suite keeps its `delete` token for an upload's cancel) fetch the one they need.
+    pub obtainable: Vec<Scope>,
 }
 
 /// Authentication and authorization of registry requests.
@@ -157,6 +163,12 @@ pub trait AccessControl: Send + Sync {
     /// `base` is the scheme and host the request came to (`https://reg.example`),
     /// for realms that point back at this registry.
     fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String;
+
+    /// What holds the credentials, for the answer to a request that failed because it
+    /// is unusable ([`AuthError::Store`]): the setting an operator should look at.
+    fn store(&self) -> &'static str {
+        "its credential store"
+    }
 
     /// Whether an authenticated caller lacking a scope gets 403 `DENIED` (Berth's
     /// projects), rather than a 401 challenge for a better token (Distribution's
@@ -198,11 +210,16 @@ impl AccessControl for BasicAccess {
         Ok(Decision {
             principal,
             granted: req.wanted.to_vec(),
+            obtainable: Vec::new(),
         })
     }
 
     fn challenge(&self, _base: &str, _wanted: &[Scope], _error: Option<&str>) -> String {
         self.0.challenge()
+    }
+
+    fn store(&self) -> &'static str {
+        "its password file (auth.htpasswd.path)"
     }
 
     fn scoped(&self) -> bool {

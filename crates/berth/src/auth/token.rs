@@ -443,6 +443,8 @@ impl super::AccessControl for TokenAccess {
         Ok(super::Decision {
             principal: super::Principal::named(claims.sub),
             granted,
+            // What the external issuer would grant is its own business.
+            obtainable: Vec::new(),
         })
     }
 

@@ -40,12 +40,15 @@ pub(super) async fn check(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    // The challenge names every scope, the mount source's `pull` too (as Distribution
+    // does): a client that asks for the scopes it was challenged with (the OCI
+    // conformance suite's) then gets a token that lets the mount happen.
     let challenge = |error: Option<&str>, message: &str| {
         ApiError::new(ErrorCode::Unauthorized, message.to_string())
             .detail(access_records(endpoint, parts))
             .header(
                 header::WWW_AUTHENTICATE,
-                &access.challenge(base, &required, error),
+                &access.challenge(base, &all, error),
             )
     };
     let decision = match access
@@ -69,7 +72,10 @@ pub(super) async fn check(
             return Err(ApiError::with_status(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unknown,
-                "the registry cannot check credentials (its password file, metadata database or LDAP directory): its log says why",
+                format!(
+                    "the registry cannot read {}: its log says why",
+                    access.store()
+                ),
             ));
         }
     };
@@ -79,7 +85,10 @@ pub(super) async fn check(
         return Err(challenge(None, "authentication required"));
     }
     if !held {
-        if access.forbids() {
+        // A Bearer token narrower than its holder's rights gets the challenge for the
+        // scope a new token would hold; only what no token would allow is forbidden.
+        let renewable = bearer && required.iter().all(|w| covers(&decision.obtainable, w));
+        if access.forbids() && !renewable {
             return Err(ApiError::new(
                 ErrorCode::Denied,
                 "requested access to the resource is denied",
@@ -94,6 +103,20 @@ pub(super) async fn check(
         Some(from) => covers(&decision.granted, from),
         None => true,
     };
+    // A token without the mount source's pull, which its holder may get: challenge for
+    // it (Distribution requires it) so that the client comes back with a token that
+    // lets the mount happen. Without the right to pull there, the upload just starts.
+    if bearer
+        && !mount_allowed
+        && mount_from
+            .as_ref()
+            .is_some_and(|from| covers(&decision.obtainable, from))
+    {
+        return Err(challenge(
+            Some("insufficient_scope"),
+            "authentication required",
+        ));
+    }
     Ok(Allowed {
         principal: decision.principal,
         mount_allowed,

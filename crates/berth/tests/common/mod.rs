@@ -3,6 +3,7 @@
 //! test file (`mod common;`).
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod layout;
 pub mod ldap;
 pub mod pki;
@@ -113,9 +114,19 @@ impl Drop for Berth {
     }
 }
 
-/// Path of the `berth` binary cargo built for these tests.
+/// Path of the `berth` binary the tests run: the one cargo built for them, or
+/// `BERTH_BIN` when set. Checkouts that share a target directory overwrite each
+/// other's `berth` (same unit names, freshness by file times); a copy of this
+/// checkout's own build named in `BERTH_BIN` keeps a run on its own code.
 pub fn berth_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_berth")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("BERTH_BIN") {
+        Ok(path) if !path.is_empty() => {
+            assert!(Path::new(&path).is_file(), "BERTH_BIN={path} is not a file");
+            path
+        }
+        _ => env!("CARGO_BIN_EXE_berth").to_string(),
+    })
 }
 
 /// Spawn `berth ARGS...`, wait for its "listening on http://ADDR" log line and return the
@@ -443,4 +454,36 @@ pub fn berth_command(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("run berth")
+}
+
+impl Berth {
+    /// `berth ARGS... CONFIG` on this server's configuration (the account commands of
+    /// `auth.berth`), with `stdin` (a password) when given; it must succeed. Its
+    /// standard output.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write as _;
+        let mut child = Command::new(berth_bin())
+            .args(args)
+            .arg(self.config_path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).expect("write stdin");
+            input.write_all(b"\n").expect("write stdin");
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("berth output");
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
