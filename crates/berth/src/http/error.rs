@@ -94,6 +94,9 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestUnknown, msg).detail(serde_json::json!({ key: reference }))
             }
             E::NameUnknown => ApiError::new(ErrorCode::NameUnknown, msg),
+            E::TagUnknown { tag, .. } => {
+                ApiError::new(ErrorCode::ManifestUnknown, msg).detail(serde_json::json!({ "Tag": tag.as_str() }))
+            }
             E::TagInvalid(_) => ApiError::new(ErrorCode::TagInvalid, msg),
             E::RangeNotSatisfiable { size } => {
                 ApiError::with_status(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid, msg)

@@ -1,15 +1,23 @@
 //! Registry metadata: repositories, blob links, manifests, tags, referrers and upload
 //! sessions, and (in [`access`]) users, projects, members, robots, signing keys and the
-//! audit log, behind small traits combined as [`MetaStore`]. Backend:
+//! audit log, and (in [`catalog`]) the catalog as a management API lists it, behind
+//! small traits combined as [`MetaStore`]. Backend:
 //! [`sqlite::SqliteMeta`] (embedded default); PostgreSQL comes later behind the same traits
 //! and shared suite.
 //!
 //! This is the only module that speaks SQL. It knows nothing of HTTP or blob bytes, and
 //! does not judge OCI semantics (that is `registry/`): it stores and answers.
+//!
+//! A repository exists while it holds something: the write that removes its last
+//! manifest or blob link (a delete, an unlink, garbage collection, cache expiry) removes
+//! the repository too, in the same transaction, so an emptied repository leaves the
+//! catalog.
 
 pub mod access;
+pub mod catalog;
 pub mod sqlite;
 mod sqlite_access;
+mod sqlite_catalog;
 mod sqlite_events;
 mod sqlite_ops;
 mod sqlite_proxy;
@@ -17,8 +25,11 @@ mod sqlite_proxy;
 mod testsuite;
 #[cfg(test)]
 mod testsuite_access;
+#[cfg(test)]
+mod testsuite_catalog;
 
 pub use access::*;
+pub use catalog::*;
 
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -66,6 +77,19 @@ pub enum ManifestDeletion {
     /// Other tags point at the manifest than the caller named (a tag was pushed or
     /// deleted meanwhile): nothing written. These are the tags now, in byte order.
     TagsChanged(Vec<Tag>),
+}
+
+/// What [`Repositories::clear_repository`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryClearing {
+    /// Its blob links (this many) and the repository itself are gone; the events were
+    /// appended. An unknown repository is cleared with 0.
+    Cleared(u64),
+    /// It holds manifests (pushed meanwhile): nothing written.
+    HasManifests,
+    /// Other blobs are linked than the caller named: nothing written. These are the
+    /// linked digests now, in byte order.
+    LinksChanged(Vec<Digest>),
 }
 
 /// A manifest to store.
@@ -171,6 +195,19 @@ pub trait Repositories: Send + Sync {
         digest: &Digest,
         events: &[NewEvent],
     ) -> Result<bool>;
+    /// Every digest linked into `repo`, in byte order.
+    async fn linked_digests(&self, repo: &RepoName) -> Result<Vec<Digest>>;
+    /// Remove every blob link of `repo` and the repository, and append `events`, in one
+    /// transaction, only if `repo` holds no manifest. With `links` (the digests the caller
+    /// built `events` from), the transaction first checks that exactly those are linked;
+    /// if not, nothing is written and the links found are returned
+    /// ([`RepositoryClearing::LinksChanged`]) for the caller to try again.
+    async fn clear_repository(
+        &self,
+        repo: &RepoName,
+        links: Option<&[Digest]>,
+        events: &[NewEvent],
+    ) -> Result<RepositoryClearing>;
     /// For each digest, its size if linked into `repo`.
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>>;
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
@@ -221,6 +258,15 @@ pub trait Manifests: Send + Sync {
     /// Delete one tag and append `events`, in one transaction; `false` (nothing written)
     /// if absent.
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool>;
+    /// [`Manifests::delete_tag`] only if the tag points at `digest` (checked in the same
+    /// transaction); `false` (nothing written) otherwise.
+    async fn delete_tag_at(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool>;
     /// Tags after `last` in byte order, at most `limit`; `None` if the repository is unknown.
     async fn list_tags(
         &self,
@@ -441,6 +487,7 @@ pub trait MetaStore:
     + Maintenance
     + Housekeeping
     + ProxyCache
+    + Catalog
     + Users
     + Projects
     + Members
@@ -458,6 +505,7 @@ impl<
             + Maintenance
             + Housekeeping
             + ProxyCache
+            + Catalog
             + Users
             + Projects
             + Members

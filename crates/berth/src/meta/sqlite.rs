@@ -8,7 +8,8 @@ use super::sqlite_access::{project_range, REPOSITORIES_IN_RANGE};
 use super::sqlite_events::insert_events;
 use super::{
     now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
-    Result, SessionCapReached, SessionCaps, StoredManifest, UploadSession, Uploads,
+    RepositoryClearing, Result, SessionCapReached, SessionCaps, StoredManifest, UploadSession,
+    Uploads,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -63,7 +64,7 @@ impl SqliteMeta {
     }
 }
 
-fn digest(s: String) -> Result<Digest> {
+pub(super) fn digest(s: String) -> Result<Digest> {
     s.parse()
         .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
 }
@@ -82,6 +83,22 @@ pub(super) fn upload_session(r: &sqlx::sqlite::SqliteRow) -> Result<UploadSessio
             .map_err(|_| MetaError::Corrupt(format!("algorithm {alg:?}")))?,
         created_at: r.get(3),
     })
+}
+
+/// Delete repository `id` if it holds nothing (no manifest, tag or blob link), inside the
+/// caller's transaction: a repository exists while it holds something, so one emptied by
+/// the caller's write leaves the catalog with it.
+pub(super) async fn drop_if_empty(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM repositories WHERE id = ?1
+           AND NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?1)
+           AND NOT EXISTS (SELECT 1 FROM tags WHERE repository_id = ?1)
+           AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 const UPSERT_REPO: &str =
@@ -200,21 +217,86 @@ impl Repositories for SqliteMeta {
 
     async fn unlink_blob(&self, repo: &RepoName, d: &Digest, events: &[NewEvent]) -> Result<bool> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let gone = sqlx::query(
+        // fetch_all: the statement runs to its end before the row is read.
+        let gone: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM repository_blobs WHERE digest = ?2
-             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)
+             RETURNING repository_id",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if gone {
-            insert_events(&mut tx, events).await?;
-            tx.commit().await?;
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(&repo_id) = gone.first() else {
+            return Ok(false);
+        };
+        drop_if_empty(&mut tx, repo_id).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn linked_digests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT rb.digest FROM repositories r
+             JOIN repository_blobs rb ON rb.repository_id = r.id
+             WHERE r.name = ?1 ORDER BY rb.digest",
+        )
+        .bind(repo.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(digest).collect()
+    }
+
+    async fn clear_repository(
+        &self,
+        repo: &RepoName,
+        links: Option<&[Digest]>,
+        events: &[NewEvent],
+    ) -> Result<RepositoryClearing> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(repo_id) =
+            sqlx::query_scalar::<_, i64>("SELECT id FROM repositories WHERE name = ?1")
+                .bind(repo.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(RepositoryClearing::Cleared(0));
+        };
+        let has_manifests = sqlx::query("SELECT 1 FROM manifests WHERE repository_id = ?1 LIMIT 1")
+            .bind(repo_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if has_manifests {
+            return Ok(RepositoryClearing::HasManifests);
         }
-        Ok(gone)
+        if let Some(expected) = links {
+            // Under the write lock: the links removed below are exactly these.
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT digest FROM repository_blobs WHERE repository_id = ?1 ORDER BY digest",
+            )
+            .bind(repo_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut expected: Vec<&str> = expected.iter().map(Digest::as_str).collect();
+            expected.sort_unstable();
+            expected.dedup();
+            if found.iter().map(String::as_str).ne(expected) {
+                tx.rollback().await?;
+                let found = found.into_iter().map(digest).collect::<Result<_>>()?;
+                return Ok(RepositoryClearing::LinksChanged(found));
+            }
+        }
+        let gone = sqlx::query("DELETE FROM repository_blobs WHERE repository_id = ?1")
+            .bind(repo_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        drop_if_empty(&mut tx, repo_id).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(RepositoryClearing::Cleared(gone))
     }
 
     async fn linked_blobs(&self, repo: &RepoName, digests: &[Digest]) -> Result<Vec<Option<u64>>> {
@@ -363,15 +445,17 @@ impl Manifests for SqliteMeta {
         .await?
         .rows_affected();
         if inserted > 0 {
-            for (child, is_manifest) in &m.references {
+            for (position, (child, is_manifest)) in m.references.iter().enumerate() {
+                // A digest listed twice keeps its first position.
                 sqlx::query(
-                    "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_is_manifest)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    "INSERT INTO manifest_references (repository_id, manifest_digest, child_digest, child_is_manifest, position)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )
                 .bind(repo_id)
                 .bind(m.digest.as_str())
                 .bind(child.as_str())
                 .bind(*is_manifest)
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -511,28 +595,24 @@ impl Manifests for SqliteMeta {
         .bind(d.as_str())
         .execute(&mut *tx)
         .await?;
+        drop_if_empty(&mut tx, repo_id).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(ManifestDeletion::Deleted)
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let gone = sqlx::query(
-            "DELETE FROM tags WHERE name = ?2
-             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
-        )
-        .bind(repo.as_str())
-        .bind(tag.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if gone {
-            insert_events(&mut tx, events).await?;
-            tx.commit().await?;
-        }
-        Ok(gone)
+        self.remove_tag(repo, tag, None, events).await
+    }
+
+    async fn delete_tag_at(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        d: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        self.remove_tag(repo, tag, Some(d), events).await
     }
 
     async fn list_tags(
@@ -602,6 +682,37 @@ impl Manifests for SqliteMeta {
             }
         }
         Ok(out)
+    }
+}
+
+impl SqliteMeta {
+    /// Delete `tag` (only if it points at `at`, when given) and append `events`, in one
+    /// transaction. A tag never holds its repository alone (its manifest is there).
+    async fn remove_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        at: Option<&Digest>,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query(
+            "DELETE FROM tags WHERE name = ?2
+             AND repository_id = (SELECT id FROM repositories WHERE name = ?1)
+             AND (?3 IS NULL OR digest = ?3)",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .bind(at.map(Digest::as_str))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if gone {
+            insert_events(&mut tx, events).await?;
+            tx.commit().await?;
+        }
+        Ok(gone)
     }
 }
 

@@ -32,7 +32,7 @@ pub(super) const REPOSITORIES_IN_RANGE: &str =
 const REPOSITORY_COUNT: &str = "SELECT COUNT(*) FROM repositories WHERE name >= ?1 AND name < ?2";
 
 /// A page as `LIMIT` and `OFFSET` values (an offset past `i64::MAX` is past every row).
-fn limit_offset(page: Page) -> (i64, i64) {
+pub(super) fn limit_offset(page: Page) -> (i64, i64) {
     (
         i64::from(page.limit),
         i64::try_from(page.offset).unwrap_or(i64::MAX),
@@ -40,7 +40,7 @@ fn limit_offset(page: Page) -> (i64, i64) {
 }
 
 /// A `COUNT(*)` as the total of a listing.
-fn total(n: i64) -> Result<u64> {
+pub(super) fn total(n: i64) -> Result<u64> {
     u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("negative count {n}")))
 }
 

@@ -2,12 +2,14 @@
 //! garbage collector's queries. Every delete re-checks its condition inside its own write
 //! transaction, so a push that lands between GC's mark and its sweep wins.
 //!
+//! A delete that empties a repository removes it too (see `sqlite::drop_if_empty`).
+//!
 //! Garbage collection runs in another process than the server, so its transactions take
 //! the write lock up front (`BEGIN IMMEDIATE`: a deferred one that reads first can fail
 //! with "database is locked" when the server writes in between), wait for it up to the
 //! busy timeout, and try again a bounded number of times.
 
-use super::sqlite::SqliteMeta;
+use super::sqlite::{drop_if_empty, SqliteMeta};
 use super::{GcManifest, Housekeeping, MetaError, PendingForget, Result, Stats};
 use oci::{Digest, RepoName};
 use sqlx::{Row, Sqlite, Transaction};
@@ -161,34 +163,33 @@ impl Housekeeping for SqliteMeta {
         let mut tx = self
             .begin_immediate(&format!("deleting manifest {repo}@{d}"))
             .await?;
-        let done = sqlx::query(
+        // fetch_all: the statement runs to its end before the row is read.
+        let done: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM manifests
              WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1) AND digest = ?2
                AND NOT EXISTS (SELECT 1 FROM tags
                                WHERE repository_id = manifests.repository_id AND digest = ?2)
                AND NOT EXISTS (SELECT 1 FROM manifest_references
                                WHERE repository_id = manifests.repository_id
-                                 AND child_digest = ?2)",
+                                 AND child_digest = ?2)
+             RETURNING repository_id",
         )
         .bind(repo.as_str())
         .bind(d.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if done {
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some(&repo_id) = done.first() {
             sqlx::query(
-                "DELETE FROM manifest_references
-                 WHERE repository_id = (SELECT id FROM repositories WHERE name = ?1)
-                   AND manifest_digest = ?2",
+                "DELETE FROM manifest_references WHERE repository_id = ?1 AND manifest_digest = ?2",
             )
-            .bind(repo.as_str())
+            .bind(repo_id)
             .bind(d.as_str())
             .execute(&mut *tx)
             .await?;
+            drop_if_empty(&mut tx, repo_id).await?;
         }
         tx.commit().await?;
-        Ok(done)
+        Ok(!done.is_empty())
     }
 
     async fn gc_forget_blob(
@@ -210,10 +211,16 @@ impl Housekeeping for SqliteMeta {
         if keep != 0 {
             return Ok(None);
         }
-        sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
-            .bind(d.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let unlinked: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM repository_blobs WHERE digest = ?1 RETURNING repository_id",
+        )
+        .bind(d.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        // A repository that held only this blob goes with its link.
+        for repo_id in unlinked {
+            drop_if_empty(&mut tx, repo_id).await?;
+        }
         sqlx::query("DELETE FROM blobs WHERE digest = ?1")
             .bind(d.as_str())
             .execute(&mut *tx)

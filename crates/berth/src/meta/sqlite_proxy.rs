@@ -119,15 +119,7 @@ impl ProxyCache for SqliteMeta {
                 .await?;
         }
         // An emptied repository leaves the catalog too.
-        sqlx::query(
-            "DELETE FROM repositories WHERE id = ?1
-               AND NOT EXISTS (SELECT 1 FROM manifests WHERE repository_id = ?1)
-               AND NOT EXISTS (SELECT 1 FROM tags WHERE repository_id = ?1)
-               AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE repository_id = ?1)",
-        )
-        .bind(repo_id)
-        .execute(&mut *tx)
-        .await?;
+        super::sqlite::drop_if_empty(&mut tx, repo_id).await?;
         tx.commit().await?;
         Ok(true)
     }

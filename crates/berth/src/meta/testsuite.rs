@@ -265,6 +265,8 @@ pub async fn run(m: &dyn MetaStore) {
 
     // Users, projects, members, robots, signing keys, audit log, catalog by project.
     super::testsuite_access::run(m).await;
+    // Repository summaries, artifacts, project usage; emptied repositories go.
+    super::testsuite_catalog::run(m).await;
 }
 
 /// After `run` and a reopen, the state it left is still there.

@@ -94,16 +94,7 @@ impl Registry {
     /// unreferenced everywhere.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete_enabled()?;
-        let events = if self.events_enabled() {
-            let target = Target {
-                digest: digest.to_string(),
-                repository: repo.to_string(),
-                ..Target::default()
-            };
-            self.event_rows(Action::Delete, &target)
-        } else {
-            Vec::new()
-        };
+        let events = self.blob_delete_events(repo, digest);
         self.pulls_first(&events).await;
         if self.meta.unlink_blob(repo, digest, &events).await? {
             self.wake(&events);
@@ -111,5 +102,23 @@ impl Registry {
         } else {
             Err(RegistryError::BlobUnknown(digest.clone()))
         }
+    }
+
+    /// The outbox rows of unlinking `digest` from `repo` (Distribution names the digest
+    /// and the repository).
+    pub(super) fn blob_delete_events(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Vec<crate::meta::NewEvent> {
+        if !self.events_enabled() {
+            return Vec::new();
+        }
+        let target = Target {
+            digest: digest.to_string(),
+            repository: repo.to_string(),
+            ..Target::default()
+        };
+        self.event_rows(Action::Delete, &target)
     }
 }

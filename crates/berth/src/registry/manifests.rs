@@ -84,21 +84,43 @@ impl Registry {
         content: Vec<u8>,
         extra_tags: Vec<Tag>,
     ) -> Result<PushedManifest> {
+        // Before hashing (and before any other complaint about the content).
         let limit = self.settings.max_manifest_bytes;
         if content.len() > limit {
             return Err(RegistryError::ManifestTooLarge { limit });
         }
-        let algorithm = match reference {
-            Reference::Digest(d) => d.algorithm(),
-            Reference::Tag(_) => oci::Algorithm::Sha256,
-        };
-        let digest = Digest::of(algorithm, &content);
-        if let Reference::Digest(d) = reference {
-            if d != &digest {
-                return Err(RegistryError::DigestInvalid(format!(
-                    "the manifest's content has digest {digest}, not {d}"
-                )));
+        let (digest, tag) = match reference {
+            Reference::Digest(d) => {
+                let digest = Digest::of(d.algorithm(), &content);
+                if d != &digest {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "the manifest's content has digest {digest}, not {d}"
+                    )));
+                }
+                (digest, None)
             }
+            Reference::Tag(t) => (Digest::of(oci::Algorithm::Sha256, &content), Some(t)),
+        };
+        self.store_manifest(repo, digest, tag, content_type, content, extra_tags)
+            .await
+    }
+
+    /// [`Registry::put_manifest`] of `content`, whose digest is `digest`, under `tag`
+    /// (the pushed reference) and `extra_tags`: validation, the push event, the write.
+    /// Also how a stored manifest is tagged again (`repositories.rs`), so it is held to
+    /// the limits of a push.
+    pub(super) async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        digest: Digest,
+        tag: Option<&Tag>,
+        content_type: Option<&str>,
+        content: Vec<u8>,
+        extra_tags: Vec<Tag>,
+    ) -> Result<PushedManifest> {
+        let limit = self.settings.max_manifest_bytes;
+        if content.len() > limit {
+            return Err(RegistryError::ManifestTooLarge { limit });
         }
         let parsed = oci::manifest::parse(content_type, &content)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
@@ -166,20 +188,13 @@ impl Registry {
             }
         }
 
-        let mut tags = Vec::new();
-        if let Reference::Tag(t) = reference {
-            tags.push(t.clone());
-        }
+        let mut tags: Vec<Tag> = tag.into_iter().cloned().collect();
         for t in extra_tags {
             if !tags.contains(&t) {
                 tags.push(t);
             }
         }
         let events = if self.events_enabled() {
-            let tag = match reference {
-                Reference::Tag(t) => Some(t),
-                Reference::Digest(_) => None,
-            };
             let target = self.manifest_target(repo, &digest, &parsed.media_type, &content, tag);
             self.event_rows(Action::Push, &target)
         } else {
@@ -277,17 +292,9 @@ impl Registry {
     /// Delete a manifest by digest (with its tags), or only a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete_enabled()?;
-        let mut targets = Vec::new();
         let deleted = match reference {
             Reference::Tag(t) => {
-                if self.events_enabled() {
-                    targets.push(Target {
-                        repository: repo.to_string(),
-                        tag: t.to_string(),
-                        ..Target::default()
-                    });
-                }
-                let events = self.delete_event_rows(&targets);
+                let events = self.tag_delete_events(repo, t);
                 self.pulls_first(&events).await;
                 let deleted = self.meta.delete_tag(repo, t, &events).await?;
                 deleted.then_some(events)
@@ -309,7 +316,7 @@ impl Registry {
     /// another manifest meanwhile is never reported deleted (a mirror following the
     /// events would delete a live tag); on a change the events are rebuilt from the tags
     /// it found, at most [`DELETE_ATTEMPTS`] times. `None` if there is no such manifest.
-    async fn delete_manifest_and_tags(
+    pub(super) async fn delete_manifest_and_tags(
         &self,
         repo: &RepoName,
         d: &Digest,
@@ -355,7 +362,20 @@ impl Registry {
         ))))
     }
 
-    fn delete_event_rows(&self, targets: &[Target]) -> Vec<crate::meta::NewEvent> {
+    /// The outbox rows of deleting tag `t` alone (Distribution names the repository and
+    /// the tag).
+    pub(super) fn tag_delete_events(&self, repo: &RepoName, t: &Tag) -> Vec<crate::meta::NewEvent> {
+        if !self.events_enabled() {
+            return Vec::new();
+        }
+        self.delete_event_rows(&[Target {
+            repository: repo.to_string(),
+            tag: t.to_string(),
+            ..Target::default()
+        }])
+    }
+
+    pub(super) fn delete_event_rows(&self, targets: &[Target]) -> Vec<crate::meta::NewEvent> {
         targets
             .iter()
             .flat_map(|t| self.event_rows(Action::Delete, t))

@@ -1,6 +1,7 @@
 //! OCI semantics, written once over the two storage traits: blob reads and deletes,
 //! uploads (chunked, monolithic, mounts, resume), manifests (validation, references,
-//! tags, referrers, content negotiation), and listings.
+//! tags, referrers, content negotiation), listings, and whole repositories (delete, tag
+//! and untag by digest) for the management API.
 //!
 //! This layer speaks validated `oci` types and domain errors. It knows nothing of HTTP
 //! (no status codes, no headers) and nothing of SQL or file paths.
@@ -14,6 +15,7 @@ mod manifests;
 pub mod proxy;
 mod pull_events;
 mod purge;
+mod repositories;
 mod stats;
 mod uploads;
 pub mod upstream;
@@ -28,7 +30,7 @@ pub use uploads::{ChunkRange, UploadState};
 
 use crate::meta::{MetaError, MetaStore};
 use crate::storage::{BlobStore, StorageError};
-use oci::Digest;
+use oci::{Digest, Tag};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +122,9 @@ pub enum RegistryError {
     ManifestUnknown(String),
     #[error("repository unknown")]
     NameUnknown,
+    /// The tag is not on that manifest (absent, or pointing at another one).
+    #[error("tag {tag} does not point at manifest {digest} in this repository")]
+    TagUnknown { tag: Tag, digest: Digest },
     #[error("tag invalid: {0}")]
     TagInvalid(String),
     #[error("requested range not satisfiable (blob is {size} bytes)")]
