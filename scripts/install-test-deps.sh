@@ -127,4 +127,20 @@ if ! docker_err=$(docker info --format '{{.ServerVersion}}' 2>&1 >/dev/null); th
     die "\`docker info\` failed: the Docker Engine is not reachable (is dockerd running, may this user use /var/run/docker.sock?): $docker_err"
 fi
 
+# Python clients from PyPI, in a virtual environment of their own (Debian's Python
+# refuses pip installs into the system): harborapi (Harbor's API client, for tests/api.rs)
+# and oras (an OCI artifact client). Tests find it at $BERTH_TEST_VENV.
+VENV="${BERTH_TEST_VENV:-$HOME/.cache/berth-test-venv}"
+PY_PACKAGES=(harborapi==0.26.2 oras==0.2.43)
+if ! "$VENV/bin/python" -c 'import harborapi, oras' >/dev/null 2>&1; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        log "installing python3-venv"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    log "installing ${PY_PACKAGES[*]} into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}" ||
+        die "cannot install ${PY_PACKAGES[*]} from PyPI into $VENV"
+fi
+
 log "ok: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), buildah $(buildah --version | awk '{print $3}'), umoci $(umoci --version | awk '{print $3}'), docker-registry $(docker-registry --version | awk '{print $3}'), docker engine $(docker info --format '{{.ServerVersion}}' 2>/dev/null)"

@@ -199,10 +199,41 @@ impl Registry {
             .with_context(|| format!("cannot build a URL for {path}"))
     }
 
-    /// `GET /v2/`; true when the registry answers 200 (it is up and needs no auth).
+    /// `GET /v2/`; true when the registry answers 200, or 401 (it is up and asks for
+    /// credentials).
     pub async fn ping(&self) -> Result<bool> {
         let resp = self.http.get(self.url("/v2/")?).send().await?;
-        Ok(resp.status() == StatusCode::OK)
+        Ok(resp.status() == StatusCode::OK || resp.status() == StatusCode::UNAUTHORIZED)
+    }
+
+    /// The same registry, sending `authorization` with every request.
+    pub fn with_authorization(&self, authorization: &str) -> Result<Registry> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            authorization
+                .parse()
+                .context("an Authorization header value")?,
+        );
+        let http = Client::builder()
+            .http1_only()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(128)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(600))
+            .default_headers(headers)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Registry {
+            http,
+            base: self.base.clone(),
+        })
+    }
+
+    /// The underlying HTTP client (for requests outside the distribution API).
+    pub fn http(&self) -> &Client {
+        &self.http
     }
 
     /// `HEAD /v2/<repo>/blobs/<digest>`: true on 200, false on 404.

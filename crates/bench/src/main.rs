@@ -1,6 +1,7 @@
 //! `berth-bench`: measures an OCI registry over raw HTTP (push, pull, blob fan-out,
 //! small pushes, manifest GET/HEAD, catalog pagination, and, in `compare`, a
-//! pull-through cache scenario and manifest GETs with a webhook endpoint) and compares
+//! pull-through cache scenario, manifest GETs with a webhook endpoint, and Berth's token
+//! authentication against anonymous requests) and compares
 //! Berth with CNCF Distribution.
 //!
 //! This file is the command line only: `run` benchmarks a registry that is already
@@ -11,6 +12,7 @@
 // A CLI program whose output is its product: printing to stdout is the point.
 #![allow(clippy::print_stdout)]
 
+mod auth;
 mod client;
 mod notify;
 mod procfs;
@@ -84,6 +86,8 @@ enum Scenario {
     Standard,
     Proxy,
     Notify,
+    /// Berth's token authentication: bearer vs anonymous, token requests per second.
+    Auth,
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +189,10 @@ async fn compare(
     let mut results: [Vec<Vec<Figure>>; 2] = [Vec::new(), Vec::new()];
     // The pull-through scenario's upstream is Distribution (the second server), shared by
     // every round; each round's caches start empty.
-    let upstream = if matches!(scenario, Scenario::Standard | Scenario::Notify) {
+    let upstream = if matches!(
+        scenario,
+        Scenario::Standard | Scenario::Notify | Scenario::Auth
+    ) {
         None
     } else {
         eprintln!("== upstream for the pull-through scenario: pushing images");
@@ -224,6 +231,13 @@ async fn compare(
                     .with_context(|| {
                         format!("{} round {round}, notification scenario", spec.name)
                     })?;
+                print_figures(&prefix, &more);
+                figures.extend(more);
+            }
+            if matches!(scenario, Scenario::All | Scenario::Auth) {
+                let more = auth::run(spec, workdir.as_deref(), opts)
+                    .await
+                    .with_context(|| format!("{} round {round}, auth scenario", spec.name))?;
                 print_figures(&prefix, &more);
                 figures.extend(more);
             }

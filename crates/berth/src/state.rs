@@ -117,10 +117,15 @@ async fn open_registry(
 }
 
 /// The registry with notifications wired in, and the background jobs over it.
+/// `auth.berth`, when that is the access control.
+type Access = Option<Arc<crate::auth::berth::BerthAccess>>;
+
 async fn build_with_jobs(
     config: &Config,
-) -> Result<(Arc<Registry>, Arc<dyn MetaStore>, Jobs), StartError> {
+) -> Result<(Arc<Registry>, Arc<dyn MetaStore>, Jobs, Access), StartError> {
     let (registry, meta) = open_registry(config, true).await?;
+    // Before any job starts (they log): a refused access configuration is one line.
+    let access = berth_access_control(&config.auth, meta.clone()).await?;
     let events = &config.events;
     for note in &events.skipped {
         tracing::warn!("{note}");
@@ -207,7 +212,7 @@ async fn build_with_jobs(
             ));
         }
     }
-    Ok((registry, meta, jobs))
+    Ok((registry, meta, jobs, access))
 }
 
 /// What is wrong with the `SSL_CERT_FILE` at `path`, if anything: when the variable
@@ -354,7 +359,7 @@ pub async fn run(
         None => None,
     };
     let file_access = file_access_control(a)?;
-    let (registry, meta, mut jobs) = build_with_jobs(&config).await?;
+    let (registry, meta, mut jobs, berth_access) = build_with_jobs(&config).await?;
     let health = HealthStatus::default();
     for check in &config.ops.checks {
         jobs.spawn(HealthWorker::new(
@@ -405,9 +410,26 @@ pub async fn run(
             (http::server::Listener::Unix(l), path.display().to_string())
         }
     };
-    let (access, berth) = match file_access {
-        Some(access) => (Some(access), None),
-        None => berth_access_control(a, meta).await?,
+    let access: Option<Arc<dyn AccessControl>> = match file_access {
+        Some(access) => Some(access),
+        None => berth_access.clone().map(|b| b as Arc<dyn AccessControl>),
+    };
+    let (berth, audit) = match (berth_access, &a.berth) {
+        (Some(access), Some(b)) => {
+            let log = Arc::new(crate::auth::audit::AuditLog::new(
+                meta.clone(),
+                b.audit_retention,
+            ));
+            jobs.spawn(crate::jobs::audit::AuditWorker::new(log.clone()));
+            (
+                Some(Arc::new(crate::auth::accounts::Accounts::new(
+                    meta.clone(),
+                    access,
+                ))),
+                Some(log),
+            )
+        }
+        _ => (None, None),
     };
     let serve_options = http::server::ServeOptions {
         tls,
@@ -427,6 +449,7 @@ pub async fn run(
             metrics,
             access,
             berth,
+            audit,
             headers: a.headers.clone(),
             read_only: a.read_only,
             proxy: config.proxy.as_ref().map(|p| p.remote_url.clone()),
@@ -484,22 +507,16 @@ fn file_access_control(
 async fn berth_access_control(
     a: &crate::config::auth::AuthConfig,
     meta: Arc<dyn MetaStore>,
-) -> Result<
-    (
-        Option<Arc<dyn AccessControl>>,
-        Option<Arc<crate::auth::berth::BerthAccess>>,
-    ),
-    StartError,
-> {
+) -> Result<Option<Arc<crate::auth::berth::BerthAccess>>, StartError> {
     if let Some(b) = &a.berth {
         let berth = Arc::new(
             crate::auth::berth::BerthAccess::open(meta, berth_settings(b)?)
                 .await
                 .map_err(|e| StartError::AccessControl(format!("auth.berth: {e}")))?,
         );
-        return Ok((Some(berth.clone()), Some(berth)));
+        return Ok(Some(berth));
     }
-    Ok((None, None))
+    Ok(None)
 }
 
 /// `auth.token` as a verifier of the external issuer's tokens.

@@ -31,10 +31,11 @@ fn bad_value_stops_startup_with_one_line_naming_the_key() {
             "version: 0.1\nstorage:\n  inmemory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
             "storage.inmemory",
         ),
-        // Authentication Berth cannot do: never an open registry instead.
+        // Token authentication whose trusted certificates cannot be read: never an open
+        // registry instead.
         (
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  token:\n    realm: https://auth.example/token\n    service: registry\n    issuer: auth\n    rootcertbundle: /etc/ca.pem\n",
-            "auth.token",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  token:\n    realm: https://auth.example/token\n    service: registry\n    issuer: auth\n    rootcertbundle: /nonexistent/ca.pem\n",
+            "auth.token.rootcertbundle",
         ),
         (
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpassword:\n    realm: r\n    path: /etc/registry/htpasswd\n",

@@ -856,13 +856,24 @@ async fn projects_come_first() {
     let b = start("");
     add_user(&b, "dave");
     let reg = Registry::new(&b.url).with_auth("dave", USER_PASSWORD);
-    for repo in ["loose", "nowhere/app"] {
+    for (repo, why) in [
+        ("loose", "start with a project"),
+        ("nowhere/app", "project nowhere does not exist"),
+    ] {
         let r = reg
             .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
             .send()
             .await
             .expect("send");
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{repo}");
+        let v: Value = r.json().await.expect("json");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(why),
+            "{repo}: {v}"
+        );
     }
     let b = start("    createprojectsonpush: true\n");
     add_user(&b, "dave");
@@ -878,6 +889,21 @@ async fn projects_come_first() {
     );
     let listed = cli(&b, &["project", "list"], None);
     assert!(listed.contains("daves\tprivate"), "{listed}");
+    // Through the token flow too: the token grants the push, the push makes the project.
+    let c = Client::new();
+    assert!(
+        try_push(
+            &c,
+            &b,
+            Cred::Token(Some(("dave", USER_PASSWORD))),
+            "tokens/app",
+            "v1",
+            "via-token"
+        )
+        .await
+    );
+    let listed = cli(&b, &["project", "list"], None);
+    assert!(listed.contains("tokens\tprivate"), "{listed}");
     // Another user may not push there.
     add_user(&b, "erin");
     let other = Registry::new(&b.url).with_auth("erin", USER_PASSWORD);

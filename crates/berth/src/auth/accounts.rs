@@ -9,8 +9,9 @@ use super::berth::{allows, check_project_name, BerthAccess, Who};
 use super::password;
 use super::rbac::{permission_of, Permission, RobotAccess, RobotPermission, Role};
 use crate::meta::{
-    Member, MemberEntity, MetaError, MetaStore, NewRobot, NewUser, Page, Project, ProjectAccess,
-    ProjectDeletion, ProjectFilter, Robot, RobotChanges, User, UserChanges, UserSource, Viewer,
+    ArtifactFilter, ArtifactInfo, AuditEntry, AuditQuery, Member, MemberEntity, MetaError,
+    MetaStore, NewRobot, NewUser, Page, Project, ProjectAccess, ProjectDeletion, ProjectFilter,
+    RepositorySummary, Robot, RobotChanges, User, UserChanges, UserSource, Viewer,
 };
 use std::sync::Arc;
 
@@ -42,6 +43,12 @@ type Result<T> = std::result::Result<T, AccountError>;
 pub struct Accounts {
     meta: Arc<dyn MetaStore>,
     access: Arc<BerthAccess>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Accounts")
+    }
 }
 
 /// A new user, as the API and CLI take it.
@@ -432,6 +439,105 @@ impl Accounts {
                 a.project.name
             ))),
         }
+    }
+
+    /// The name of user `id`, if it exists (a project owner's, for listings).
+    pub async fn user_name(&self, id: i64) -> Result<Option<String>> {
+        Ok(self.meta.user_by_id(id).await?.map(|u| u.username))
+    }
+
+    /// How many repositories `project` holds.
+    pub async fn repository_count(&self, project: &str) -> Result<u64> {
+        Ok(self.meta.repository_count(project).await?)
+    }
+
+    /// Whether a project named `name` exists.
+    pub async fn project_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.meta.project_by_name(name).await?.is_some())
+    }
+
+    /// The roles `who` holds in `project`.
+    pub async fn roles_in(&self, who: &Who, project: &Project) -> Result<Vec<u8>> {
+        Ok(self
+            .meta
+            .project_access(&project.name, &who.viewer())
+            .await?
+            .map(|a| a.roles)
+            .unwrap_or_default())
+    }
+
+    // ---- repositories and artifacts (the caller checked the project's permission) ----
+
+    pub async fn repositories(
+        &self,
+        project: &str,
+        name_contains: Option<&str>,
+        page: Page,
+    ) -> Result<(Vec<RepositorySummary>, u64)> {
+        Ok(self
+            .meta
+            .repository_summaries(project, name_contains, page)
+            .await?)
+    }
+
+    pub async fn repository(&self, repo: &oci::RepoName) -> Result<Option<RepositorySummary>> {
+        Ok(self.meta.repository_summary(repo).await?)
+    }
+
+    pub async fn artifacts(
+        &self,
+        repo: &oci::RepoName,
+        filter: &ArtifactFilter,
+        page: Page,
+    ) -> Result<(Vec<ArtifactInfo>, u64)> {
+        Ok(self.meta.artifacts(repo, filter, page).await?)
+    }
+
+    pub async fn artifact(
+        &self,
+        repo: &oci::RepoName,
+        digest: &oci::Digest,
+    ) -> Result<Option<ArtifactInfo>> {
+        Ok(self.meta.artifact(repo, digest).await?)
+    }
+
+    /// (project, repositories, bytes) of these projects.
+    pub async fn usage(&self, projects: Option<&[String]>) -> Result<Vec<(String, u64, u64)>> {
+        Ok(self.meta.project_usage(projects).await?)
+    }
+
+    // ---- audit ----
+
+    /// Audit entries: of one project (its `ReadLogs` needed), or of every project where
+    /// `who` may read logs (all entries for an administrator).
+    pub async fn audit_log(
+        &self,
+        who: &Who,
+        project: Option<&ProjectKey>,
+        mut query: AuditQuery,
+        page: Page,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        Self::require_login(who)?;
+        match project {
+            Some(key) => {
+                let a = self.project_for(who, key, Permission::ReadLogs).await?;
+                query.project = Some(a.project.name);
+            }
+            None if who.is_admin() => {}
+            None => {
+                let (visible, _) = self.list_projects(who, None, None, Page::all()).await?;
+                let mut readable = Vec::new();
+                for p in visible {
+                    if let Some(a) = self.meta.project_access(&p.name, &who.viewer()).await? {
+                        if allows(who, &a, Permission::ReadLogs) {
+                            readable.push(p.name);
+                        }
+                    }
+                }
+                query.projects = Some(readable);
+            }
+        }
+        Ok(self.meta.audit_log(&query, page).await?)
     }
 
     // ---- members ----

@@ -157,8 +157,13 @@ pub fn allows(who: &Who, access: &ProjectAccess, p: Permission) -> bool {
             robot, permissions, ..
         } => {
             // A project robot acts in its own project only, whatever its list says.
+            // Seeing a project (and listing it) comes with any permission in it.
             robot.project_id.is_none_or(|id| id == access.project.id)
-                && robot_allows(permissions, &access.project.name, p)
+                && (robot_allows(permissions, &access.project.name, p)
+                    || (p == Permission::Read
+                        && Permission::ALL
+                            .into_iter()
+                            .any(|q| robot_allows(permissions, &access.project.name, q))))
         }
     }
 }
@@ -283,6 +288,15 @@ impl BerthAccess {
         let keys = load_keys(self.meta.as_ref(), &self.settings).await?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(key.kid)
+    }
+
+    /// Who presented `credentials`: a token of this service, Basic credentials of a
+    /// user or robot, or nobody (anonymous). The management API's entry.
+    pub async fn who(&self, credentials: &Credentials) -> Result<Who, AuthError> {
+        match credentials {
+            Credentials::Bearer(t) => self.verify(t).await.map(|(who, _)| who),
+            c => self.authenticate(c).await,
+        }
     }
 
     /// Authenticate Basic credentials (a user or a robot), or none (anonymous).
@@ -628,6 +642,81 @@ impl BerthAccess {
         Ok(granted)
     }
 
+    /// Say why a push was refused when the reason tells nothing the caller may not know:
+    /// the name has no project part, or the project does not exist.
+    async fn explain_refusal(&self, wanted: &[Scope], granted: &[Scope]) -> Result<(), AuthError> {
+        for w in wanted {
+            if w.kind != "repository" || !w.allows("push") || super::scope::covers(granted, w) {
+                continue;
+            }
+            match w.name.split_once('/') {
+                None => {
+                    return Err(AuthError::Denied(format!(
+                        "repository names start with a project: push to PROJECT/{} (berth project list, or GET /api/v2.0/projects, shows the projects)",
+                        w.name
+                    )))
+                }
+                Some((project, _)) => {
+                    if self.meta.project_by_name(project).await.map_err(meta_err)?.is_none() {
+                        return Err(AuthError::Denied(format!(
+                            "project {project} does not exist: create it first (berth project create, or POST /api/v2.0/projects){}",
+                            if self.settings.create_projects_on_push {
+                                ""
+                            } else {
+                                ", or set auth.berth.createprojectsonpush to create projects on push"
+                            }
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A token may grant a push to a project that does not exist yet (the token
+    /// endpoint grants it when the push would create the project): create it now, or,
+    /// when it cannot be created (any more), take the push back, so no repository ever
+    /// exists outside a project.
+    async fn projects_for_pushes(
+        &self,
+        who: &Who,
+        granted: Vec<Scope>,
+    ) -> Result<Vec<Scope>, AuthError> {
+        let mut out = Vec::with_capacity(granted.len());
+        for mut g in granted {
+            if g.kind == "repository" && g.allows("push") {
+                let project = g.name.split_once('/').map(|(p, _)| p.to_string());
+                let exists = match &project {
+                    Some(p) => self
+                        .meta
+                        .project_by_name(p)
+                        .await
+                        .map_err(meta_err)?
+                        .is_some(),
+                    None => false,
+                };
+                if !exists {
+                    let created = match &project {
+                        Some(p)
+                            if self.settings.create_projects_on_push
+                                && self.may_create_projects(who) =>
+                        {
+                            self.create_project_for(who, p).await?.is_some()
+                        }
+                        _ => false,
+                    };
+                    if !created {
+                        g.actions.retain(|a| a != "push" && a != "*");
+                    }
+                }
+            }
+            if !g.actions.is_empty() {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
     /// Create `project` for a push of `who` (who becomes its project admin).
     async fn create_project_for(
         &self,
@@ -772,6 +861,7 @@ impl AccessControl for BerthAccess {
                     .iter()
                     .filter_map(|w| intersect(&claims.access, w))
                     .collect();
+                let granted = self.projects_for_pushes(&who, granted).await?;
                 // A token narrower than its subject's rights (asked for another
                 // request): what a new one would hold, so the client is told to get it.
                 let obtainable = if req.wanted.iter().all(|w| covers(&granted, w)) {
@@ -787,6 +877,10 @@ impl AccessControl for BerthAccess {
                 (who, granted, Vec::new())
             }
         };
+        if !matches!(who, Who::Anonymous) {
+            let held: Vec<Scope> = granted.iter().chain(&obtainable).cloned().collect();
+            self.explain_refusal(req.wanted, &held).await?;
+        }
         let changes = req
             .wanted
             .iter()

@@ -9,6 +9,7 @@
 //! renders [`AuthError`]s.
 
 pub mod accounts;
+pub mod audit;
 pub mod berth;
 pub mod htpasswd;
 pub mod ldap;

@@ -71,6 +71,8 @@ pub struct BerthAuthConfig {
     pub push_networks: Vec<ipnet::IpNet>,
     /// `ldap`: users may log in with their directory password.
     pub ldap: Option<super::ldap::LdapConfig>,
+    /// `auditretention`: how long audit records are kept (default 90 days).
+    pub audit_retention: Duration,
 }
 
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
@@ -261,6 +263,17 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
         robot_prefix,
         push_networks,
         ldap: super::ldap::read(tree, warnings)?,
+        audit_retention: match get_str(tree, "auth.berth.auditretention")? {
+            None => Duration::from_secs(90 * 24 * 3600),
+            Some(s) => parse_duration(&s)
+                .filter(|d| d.as_secs() >= 3600)
+                .ok_or_else(|| {
+                    bad(
+                        "auth.berth.auditretention",
+                        format!("{s:?} is not a duration of an hour or more, like 2160h"),
+                    )
+                })?,
+        },
     })
 }
 

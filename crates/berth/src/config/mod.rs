@@ -255,6 +255,7 @@ const IMPLEMENTED: &[&str] = &[
     "auth.berth.ldap.groupfilter",
     "auth.berth.ldap.groupmemberattribute",
     "auth.berth.ldap.timeout",
+    "auth.berth.auditretention",
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.clientcas",

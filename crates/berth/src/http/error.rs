@@ -47,6 +47,10 @@ impl ApiError {
         self
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
     pub fn header(mut self, name: HeaderName, value: &str) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(value) {
             self.0.headers.insert(name, v);

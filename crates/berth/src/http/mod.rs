@@ -3,6 +3,7 @@
 //! from errors to responses. Also the access log; [`server`] is the listener loop (TLS,
 //! draining), [`auth`] the authentication check every routed request passes.
 
+mod api;
 mod auth;
 mod blobs;
 mod body;
@@ -53,7 +54,9 @@ pub struct HttpOptions {
     /// `auth`: who may call and do what; `None` means open access.
     pub access: Option<Arc<dyn AccessControl>>,
     /// `auth.berth`: the token service and the management API are served.
-    pub berth: Option<Arc<crate::auth::berth::BerthAccess>>,
+    pub berth: Option<Arc<crate::auth::accounts::Accounts>>,
+    /// `auth.berth`: where audit records go.
+    pub audit: Option<Arc<crate::auth::audit::AuditLog>>,
     /// `http.headers`: added to every routed response (errors included).
     pub headers: Vec<(String, String)>,
     /// `storage.maintenance.readonly.enabled`: writes answer 405.
@@ -342,9 +345,14 @@ async fn dispatch_parts(
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
-    if let Some(berth) = &app.options.berth {
+    if let Some(accounts) = &app.options.berth {
         if path == "/service/token" {
-            return token::handle(berth, &app.options, &parts, body).await;
+            return token::handle(&app, accounts.access(), &parts, body).await;
+        }
+        if let Some(rest) = path.strip_prefix("/api/v2.0") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return api::handle(&app, accounts, &parts, body, rest).await;
+            }
         }
     }
     let endpoint = match Endpoint::parse(path) {
@@ -385,7 +393,11 @@ async fn route(
     let mut within = None;
     if let Some(access) = &app.options.access {
         let base = base_of(&app.options, parts, true);
-        match auth::check(access.as_ref(), &endpoint, parts, &base).await {
+        let checked = auth::check(access.as_ref(), &endpoint, parts, &base).await;
+        if let (Some(log), Err(e)) = (&app.options.audit, &checked) {
+            audit_refusal(log, parts, &endpoint, e);
+        }
+        match checked {
             // Kept in the request's extensions (and copied to the response's, for the
             // access log) for whoever needs the caller: notifications' actor, audit.
             Ok(allowed) => {
@@ -454,6 +466,13 @@ async fn route(
     {
         query.retain(|(k, _)| k != "mount" && k != "from");
     }
+    // Notification events of this request name it and its principal (a task-local:
+    // no signature below http/ carries it); without endpoints nothing reads it. Built
+    // before the headers move into the handler's request.
+    let info = app
+        .options
+        .notify
+        .then(|| request_info(&app.options, parts, parts.extensions.get::<Principal>()));
     let req = Req {
         base: url_base(&app.options, parts),
         method: parts.method.clone(),
@@ -464,14 +483,124 @@ async fn route(
             .flatten(),
         within,
     };
-    // Notification events of this request name it and its principal (a task-local:
-    // no signature below http/ carries it); without endpoints nothing reads it.
-    if app.options.notify {
-        let info = request_info(&app.options, parts, parts.extensions.get::<Principal>());
-        info.scope(handle(app, req, body, endpoint)).await
-    } else {
-        handle(app, req, body, endpoint).await
+    let audited =
+        app.options.audit.as_ref().and_then(|log| {
+            audited_action(&req.method, &endpoint).map(|a| (log, a, endpoint.clone()))
+        });
+    let resp = match info {
+        Some(info) => info.scope(handle(app, req, body, endpoint)).await,
+        None => handle(app, req, body, endpoint).await,
+    };
+    if let Some((log, (operation, resource_type), endpoint)) = audited {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .map(|p| p.display_name().to_string())
+            .unwrap_or_else(|| "anonymous".into());
+        let result = if resp.status().is_success() {
+            "success"
+        } else {
+            "failed"
+        };
+        log.record(audit_record(
+            parts,
+            &endpoint,
+            principal,
+            operation,
+            resource_type,
+            result,
+        ));
     }
+    resp
+}
+
+/// The registry requests the audit log records: (operation, resource type).
+fn audited_action(method: &Method, endpoint: &Endpoint) -> Option<(&'static str, &'static str)> {
+    match (method, endpoint) {
+        (&Method::GET, Endpoint::Manifest { .. }) => Some(("pull", "artifact")),
+        (&Method::PUT, Endpoint::Manifest { .. }) => Some(("push", "artifact")),
+        (&Method::DELETE, Endpoint::Manifest { .. }) => Some(("delete", "artifact")),
+        (&Method::DELETE, Endpoint::Blob { .. }) => Some(("delete", "blob")),
+        _ => None,
+    }
+}
+
+/// An audit record of a registry request.
+fn audit_record(
+    parts: &axum::http::request::Parts,
+    endpoint: &Endpoint,
+    principal: String,
+    operation: &str,
+    resource_type: &str,
+    result: &str,
+) -> crate::meta::AuditRecord {
+    let (resource, project) = match endpoint {
+        Endpoint::Manifest { repo, reference } => {
+            let sep = if reference.contains(':') { "@" } else { ":" };
+            (
+                format!("{repo}{sep}{reference}"),
+                repo.as_str().split_once('/').map(|(p, _)| p.to_string()),
+            )
+        }
+        Endpoint::Blob { repo, digest } => (
+            format!("{repo}@{digest}"),
+            repo.as_str().split_once('/').map(|(p, _)| p.to_string()),
+        ),
+        Endpoint::Tags { repo }
+        | Endpoint::Uploads { repo }
+        | Endpoint::Upload { repo, .. }
+        | Endpoint::Referrers { repo, .. } => (
+            repo.to_string(),
+            repo.as_str().split_once('/').map(|(p, _)| p.to_string()),
+        ),
+        Endpoint::Base => ("/v2/".into(), None),
+        Endpoint::Catalog => ("catalog".into(), None),
+    };
+    crate::meta::AuditRecord {
+        time_ms: api::now_ms(),
+        principal,
+        client: api::client_of(parts),
+        resource_type: resource_type.into(),
+        resource,
+        project,
+        operation: operation.into(),
+        result: result.into(),
+    }
+}
+
+/// Audit a refused registry request: wrong credentials (a failed login), or an
+/// authenticated caller denied. Anonymous probes (a client's first request before it
+/// logs in) are not recorded.
+fn audit_refusal(
+    log: &crate::auth::audit::AuditLog,
+    parts: &axum::http::request::Parts,
+    endpoint: &Endpoint,
+    e: &ApiError,
+) {
+    let credentials = auth::credentials(parts);
+    let presented = match &credentials {
+        crate::auth::Credentials::None => return,
+        crate::auth::Credentials::Basic { user, .. } => user.clone(),
+        crate::auth::Credentials::Bearer(_) => "(token)".to_string(),
+    };
+    let status = e.status();
+    let (operation, result) = if status == StatusCode::UNAUTHORIZED {
+        ("login", "unauthorized")
+    } else if status == StatusCode::FORBIDDEN {
+        (
+            match parts.method {
+                Method::GET | Method::HEAD => "pull",
+                Method::DELETE => "delete",
+                _ => "push",
+            },
+            "denied",
+        )
+    } else {
+        return;
+    };
+    log.record(audit_record(
+        parts, endpoint, presented, operation, "artifact", result,
+    ));
 }
 
 /// Call the endpoint's handler.

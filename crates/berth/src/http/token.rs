@@ -5,7 +5,7 @@
 
 use super::body::read_limited;
 use super::error::ApiError;
-use super::HttpOptions;
+use super::App;
 use crate::auth::berth::{BerthAccess, TokenRequest};
 use crate::auth::{AuthError, Credentials, Scope};
 use axum::body::Body;
@@ -17,19 +17,51 @@ use std::time::Duration;
 /// The most a token request's form may hold.
 const MAX_FORM: usize = 64 * 1024;
 
-pub(super) async fn handle(
-    berth: &BerthAccess,
-    _options: &HttpOptions,
-    parts: &Parts,
-    body: Body,
-) -> Response {
-    match answer(berth, parts, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+pub(super) async fn handle(app: &App, berth: &BerthAccess, parts: &Parts, body: Body) -> Response {
+    let (resp, who, scopes) = match answer(berth, parts, body).await {
+        Ok((r, who, scopes)) => (r, who, scopes),
+        Err((e, who)) => (e.into_response(), who, String::new()),
+    };
+    if let Some(log) = &app.options.audit {
+        let ok = resp.status().is_success();
+        if ok || !who.is_empty() {
+            log.record(crate::meta::AuditRecord {
+                time_ms: super::api::now_ms(),
+                principal: if who.is_empty() {
+                    "anonymous".into()
+                } else {
+                    who
+                },
+                client: super::api::client_of(parts),
+                resource_type: "token".into(),
+                resource: scopes,
+                project: None,
+                operation: if ok { "issue" } else { "login" }.into(),
+                result: if ok { "success" } else { "unauthorized" }.into(),
+            });
+        }
     }
+    resp
 }
 
-async fn answer(berth: &BerthAccess, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+/// The answer, the principal's name and the granted scopes; or the error and the name
+/// the caller gave.
+async fn answer(
+    berth: &BerthAccess,
+    parts: &Parts,
+    body: Body,
+) -> Result<(Response, String, String), (ApiError, String)> {
+    let mut who = String::new();
+    let result = answer_inner(berth, parts, body, &mut who).await;
+    result.map_err(|e| (e, who))
+}
+
+async fn answer_inner(
+    berth: &BerthAccess,
+    parts: &Parts,
+    body: Body,
+    who: &mut String,
+) -> Result<(Response, String, String), ApiError> {
     let query: Vec<(String, String)> = parts
         .uri
         .query()
@@ -104,6 +136,9 @@ async fn answer(berth: &BerthAccess, parts: &Parts, body: Body) -> Result<Respon
             .header(header::ALLOW, "GET, POST"))
         }
     };
+    if let Credentials::Basic { user, .. } = &request.credentials {
+        who.clone_from(user);
+    }
     match berth.issue(request).await {
         Ok(a) => {
             let issued_at = crate::registry::events::rfc3339_nano(
@@ -129,20 +164,20 @@ async fn answer(berth: &BerthAccess, parts: &Parts, body: Body) -> Result<Respon
                     .join(" ")
                     .into();
             }
-            tracing::info!(
-                principal = %a.principal.display_name(),
-                scopes = a.issued.claims.access.len(),
-                "issued a token"
-            );
+            let scopes: Vec<String> = a.issued.claims.access.iter().map(Scope::to_string).collect();
             Ok((
-                StatusCode::OK,
-                [
-                    (header::CONTENT_TYPE, "application/json"),
-                    (header::CACHE_CONTROL, "no-store"),
-                ],
-                body.to_string(),
-            )
-                .into_response())
+                (
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    body.to_string(),
+                )
+                    .into_response(),
+                a.principal.display_name().to_string(),
+                scopes.join(" "),
+            ))
         }
         Err(AuthError::Unauthenticated) if oauth => Err(oauth_error(
             StatusCode::UNAUTHORIZED,

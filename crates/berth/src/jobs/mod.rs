@@ -3,7 +3,8 @@
 //! each endpoint's backlog cap), [`pull_events::PullEventsWorker`] (pull events written
 //! to the outbox in batches),
 //! [`purge::PurgeWorker`] (upload purging), [`health::HealthWorker`] (health checks) and
-//! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry).
+//! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry) and [`audit::AuditWorker`]
+//! (audit records written in batches, old ones pruned).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
 //! waits (`wait_for_work`) for a timer or a wake-up. The runner stops it between steps, or
@@ -12,6 +13,7 @@
 //! Workers go through `registry/`, never through HTTP. State that must survive a crash
 //! lives in `meta` (the outbox), never only in a worker.
 
+pub mod audit;
 pub mod health;
 pub mod notify;
 pub mod proxy;

@@ -340,6 +340,8 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     pub project: Option<String>,
+    /// Only entries of one of these projects (a non-administrator's view).
+    pub projects: Option<Vec<String>>,
     /// Exact principal name.
     pub principal: Option<String>,
     pub operation: Option<String>,

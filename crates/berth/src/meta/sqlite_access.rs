@@ -856,6 +856,12 @@ fn audit_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a AuditQuery) {
                 .push_bind(v.as_str());
         }
     }
+    if let Some(projects) = &q.projects {
+        let list = serde_json::to_string(projects).unwrap_or_else(|_| "[]".into());
+        qb.push(" AND project IN (SELECT value FROM json_each(")
+            .push_bind(list)
+            .push("))");
+    }
     if let Some(part) = &q.resource_contains {
         qb.push(" AND instr(resource, ")
             .push_bind(part.as_str())

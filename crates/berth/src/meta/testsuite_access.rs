@@ -1247,12 +1247,26 @@ async fn audit(m: &dyn MetaStore) {
                 resource_contains: Some("web/".into()),
                 from_ms: Some(1_000),
                 to_ms: Some(1_000),
+                projects: Some(vec!["web".into(), "ops".into()]),
             },
             Page::all()
         )
         .await,
         (vec![1_000], 1),
         "every filter at once"
+    );
+    assert_eq!(
+        query(
+            AuditQuery {
+                projects: Some(Vec::new()),
+                ..AuditQuery::default()
+            },
+            Page::all()
+        )
+        .await
+        .1,
+        0,
+        "an empty project list shows nothing"
     );
     assert_eq!(
         query(

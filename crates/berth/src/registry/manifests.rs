@@ -246,6 +246,29 @@ impl Registry {
         Ok(m)
     }
 
+    /// The digest `reference` names in `repo` (no pull event: for the management API).
+    pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+        match reference {
+            Reference::Digest(d) => {
+                if self
+                    .meta
+                    .manifests_exist(repo, std::slice::from_ref(d))
+                    .await?[0]
+                {
+                    Ok(d.clone())
+                } else {
+                    Err(RegistryError::ManifestUnknown(reference.to_string()))
+                }
+            }
+            Reference::Tag(_) => self
+                .meta
+                .get_manifest(repo, reference)
+                .await?
+                .map(|m| m.digest)
+                .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string())),
+        }
+    }
+
     async fn find_manifest(
         &self,
         repo: &RepoName,

@@ -146,6 +146,24 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!("{name} is not installed: run the README's test command (scripts/test.sh), which installs every client the suite uses");
 }
 
+/// The Python of the test virtual environment (harborapi, oras from PyPI), which the
+/// README's test command makes (`scripts/install-test-deps.sh`).
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("BERTH_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/berth-test-venv")
+        });
+    let py = venv.join("bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run the README's test command (scripts/test.sh), which installs harborapi and oras there",
+        py.display()
+    );
+    py
+}
+
 /// Run a command, panic with its output if it fails, return stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd

@@ -1,0 +1,1346 @@
+//! The management API (`/api/v2.0`, Harbor's shapes) against the real binary with
+//! `auth.berth`: users, projects, members, robots, repositories, artifacts, tags, audit
+//! logs, pagination; the no-escalation rules, each path with its own test; every JSON
+//! answer checked against the OpenAPI document the server serves; and Harbor's own
+//! Python client (`harborapi`, from PyPI) driving it unchanged.
+
+mod common;
+
+use common::push::{image_manifest, sha256, Registry, OCI_MANIFEST};
+use common::Berth;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+const ADMIN: (&str, &str) = ("admin", "Harbor12345");
+const PASSWORD: &str = "Passw0rdUser";
+
+fn start(extra: &str) -> Berth {
+    Berth::start_with(&format!(
+        "auth:\n  berth:\n    adminpassword: {}\n{extra}",
+        ADMIN.1
+    ))
+}
+
+/// A client of the API that checks every JSON answer against the served OpenAPI
+/// document.
+struct Api {
+    c: Client,
+    url: String,
+    spec: Value,
+    /// (method, path template) -> answers seen, for the coverage check.
+    seen: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Api {
+    async fn new(b: &Berth) -> Api {
+        let c = Client::new();
+        let spec: Value = c
+            .get(format!("{}/api/v2.0/openapi.json", b.url))
+            .send()
+            .await
+            .expect("openapi")
+            .json()
+            .await
+            .expect("openapi json");
+        Api {
+            c,
+            url: b.url.clone(),
+            spec,
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Send `method path` as `who` with `body`; returns status, headers and JSON (Null
+    /// when there is none), after validating the JSON against the document.
+    async fn call(
+        &self,
+        who: Option<(&str, &str)>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut r = self
+            .c
+            .request(method.clone(), format!("{}/api/v2.0{path}", self.url));
+        if let Some((u, p)) = who {
+            r = r.basic_auth(u, Some(p));
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("send");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let value: Value = if text.trim().is_empty()
+            || headers
+                .get("content-type")
+                .is_some_and(|c| c.to_str().unwrap_or("").starts_with("text/"))
+        {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        self.validate(&method, path, status, &value);
+        (status, headers, value)
+    }
+
+    /// Check `value` against the document's schema for this path, method and status.
+    fn validate(&self, method: &Method, path: &str, status: StatusCode, value: &Value) {
+        let path_only = path.split('?').next().unwrap_or(path);
+        let Some((template, item)) = self.spec["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .find(|(t, _)| matches_template(t, path_only))
+        else {
+            panic!("{method} {path_only} is not in the OpenAPI document");
+        };
+        let op = &item[method.as_str().to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{method} {template} is not in the OpenAPI document"
+        );
+        let code = status.as_u16().to_string();
+        let response = if op["responses"][&code].is_object() {
+            &op["responses"][&code]
+        } else {
+            &op["responses"]["default"]
+        };
+        assert!(
+            response.is_object(),
+            "{method} {template}: status {code} undocumented"
+        );
+        *self
+            .seen
+            .lock()
+            .expect("lock")
+            .entry(format!("{method} {template}"))
+            .or_default() += 1;
+        let schema = &response["content"]["application/json"]["schema"];
+        if schema.is_object() && !value.is_null() {
+            self.check(schema, value, &format!("{method} {path_only} {code}"));
+        }
+    }
+
+    fn check(&self, schema: &Value, v: &Value, at: &str) {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.rsplit('/').next().expect("ref");
+            return self.check(&self.spec["components"]["schemas"][name], v, at);
+        }
+        if v.is_null() {
+            assert!(
+                schema["nullable"] == true,
+                "{at}: null where the document says {schema}"
+            );
+            return;
+        }
+        match schema["type"].as_str() {
+            Some("object") => {
+                let o = v
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{at}: expected an object, got {v}"));
+                for req in schema["required"].as_array().into_iter().flatten() {
+                    let k = req.as_str().expect("name");
+                    assert!(o.contains_key(k), "{at}: required field {k} missing in {v}");
+                }
+                if let Some(props) = schema["properties"].as_object() {
+                    for (k, s) in props {
+                        if let Some(x) = o.get(k) {
+                            self.check(s, x, &format!("{at}.{k}"));
+                        }
+                    }
+                }
+            }
+            Some("array") => {
+                for (i, x) in v
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{at}: expected an array, got {v}"))
+                    .iter()
+                    .enumerate()
+                {
+                    self.check(&schema["items"], x, &format!("{at}[{i}]"));
+                }
+            }
+            Some("string") => assert!(v.is_string(), "{at}: expected a string, got {v}"),
+            Some("integer") => assert!(
+                v.is_i64() || v.is_u64(),
+                "{at}: expected an integer, got {v}"
+            ),
+            Some("boolean") => assert!(v.is_boolean(), "{at}: expected a boolean, got {v}"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `path` fits an OpenAPI path template (`/users/{user_id}`).
+fn matches_template(template: &str, path: &str) -> bool {
+    let t: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
+    t.len() == p.len() && t.iter().zip(&p).all(|(a, b)| a.starts_with('{') || a == b)
+}
+
+/// Push a small image as `who` (Basic straight to /v2/).
+async fn push(b: &Berth, who: (&str, &str), repo: &str, tag: &str, salt: &str) -> oci::Digest {
+    let reg = Registry::new(&b.url).with_auth(who.0, who.1);
+    let config = format!("{{\"salt\":\"{salt}\"}}").into_bytes();
+    let layer = format!("layer {salt}").into_bytes();
+    reg.push_blob(repo, &config).await;
+    reg.push_blob(repo, &layer).await;
+    let manifest = serde_json::to_vec(&image_manifest(&config, &layer)).expect("json");
+    let r = reg.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "push {repo}:{tag} as {}",
+        who.0
+    );
+    sha256(&manifest)
+}
+
+async fn create_user(api: &Api, name: &str) -> i64 {
+    let (s, h, _) = api
+        .call(Some(ADMIN), Method::POST, "/users", Some(json!({"username": name, "password": PASSWORD, "email": format!("{name}@example.org"), "realname": name})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "create user {name}");
+    let loc = h["location"].to_str().expect("location");
+    loc.rsplit('/')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("numeric id")
+}
+
+async fn create_project(api: &Api, who: (&str, &str), name: &str, public: bool) {
+    let (s, h, v) = api
+        .call(Some(who), Method::POST, "/projects", Some(json!({"project_name": name, "metadata": {"public": if public { "true" } else { "false" }}})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "create project {name}: {v}");
+    assert!(h["location"]
+        .to_str()
+        .expect("loc")
+        .starts_with("/api/v2.0/projects/"));
+}
+
+async fn add_member(
+    api: &Api,
+    who: (&str, &str),
+    project: &str,
+    user: &str,
+    role: u8,
+) -> StatusCode {
+    api.call(
+        Some(who),
+        Method::POST,
+        &format!("/projects/{project}/members"),
+        Some(json!({"role_id": role, "member_user": {"username": user}})),
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn users_projects_members_and_pagination() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    // System endpoints.
+    let resp = api
+        .c
+        .get(format!("{}/api/v2.0/ping", b.url))
+        .send()
+        .await
+        .expect("ping");
+    assert_eq!(resp.text().await.expect("text"), "Pong");
+    let (s, _, info) = api.call(None, Method::GET, "/systeminfo", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        info.get("project_creation_restriction").is_none(),
+        "anonymous sees less: {info}"
+    );
+    let (_, _, info) = api
+        .call(Some(ADMIN), Method::GET, "/systeminfo", None)
+        .await;
+    assert_eq!(info["project_creation_restriction"], "everyone");
+    let (_, _, health) = api.call(None, Method::GET, "/health", None).await;
+    assert_eq!(health["status"], "healthy");
+
+    // Users.
+    let alice = create_user(&api, "alice").await;
+    let bob = create_user(&api, "bob").await;
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/users",
+            Some(json!({"username": "alice", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/users",
+            Some(json!({"username": "weak", "password": "short"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, me) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/users/current",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["sysadmin_flag"], false);
+    assert_eq!(
+        api.call(Some(("alice", PASSWORD)), Method::GET, "/users", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            &format!("/users/{bob}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(None, Method::GET, "/users/current", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.call(
+            Some(("alice", "wrong")),
+            Method::GET,
+            "/users/current",
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _, found) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/users/search?username=bo",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(found[0]["username"], "bob");
+    // Profile and password.
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::PUT,
+            &format!("/users/{alice}"),
+            Some(json!({"realname": "Alice A."}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, _, _) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::PUT,
+            &format!("/users/{alice}/password"),
+            Some(json!({"old_password": "nope", "new_password": "Another1Pass"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the old password is checked");
+    let (s, _, _) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::PUT,
+            &format!("/users/{alice}/password"),
+            Some(json!({"old_password": PASSWORD, "new_password": "Another1Pass"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::PUT,
+            &format!("/users/{alice}/password"),
+            Some(json!({"new_password": PASSWORD}))
+        )
+        .await
+        .0,
+        StatusCode::OK,
+        "an administrator resets it"
+    );
+
+    // Projects: create, list with pagination, get by name and id, visibility.
+    for i in 0..12 {
+        create_project(&api, ADMIN, &format!("p{i:02}"), i % 2 == 0).await;
+    }
+    let (s, h, page) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects?page=2&page_size=5",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-total-count"], "12");
+    assert_eq!(page.as_array().expect("list").len(), 5);
+    assert_eq!(
+        h["link"].to_str().expect("link"),
+        "</api/v2.0/projects?page=1&page_size=5>; rel=\"prev\" , </api/v2.0/projects?page=3&page_size=5>; rel=\"next\""
+    );
+    let (_, h, _) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/projects?page_size=100",
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "6", "alice sees the public ones only");
+    let (_, h, _) = api.call(None, Method::GET, "/projects", None).await;
+    assert_eq!(h["x-total-count"], "6", "anonymous sees public projects");
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/projects/p01",
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND,
+        "a private project is not shown to strangers"
+    );
+    let (s, _, p) = api
+        .call(Some(ADMIN), Method::GET, "/projects/p01", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(p["metadata"]["public"], "false");
+    let pid = p["project_id"].as_i64().expect("id");
+    let (_, _, by_id) = api
+        .call(Some(ADMIN), Method::GET, &format!("/projects/{pid}"), None)
+        .await;
+    assert_eq!(by_id["name"], "p01");
+    assert_eq!(
+        api.c
+            .head(format!("{}/api/v2.0/projects?project_name=p01", b.url))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+            .await
+            .expect("head")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.c
+            .head(format!("{}/api/v2.0/projects?project_name=nope", b.url))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+            .await
+            .expect("head")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "p01"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "Bad Name"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Members.
+    create_project(&api, ("alice", PASSWORD), "team", false).await;
+    let (_, _, members) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/projects/team/members",
+            None,
+        )
+        .await;
+    assert_eq!(members[0]["entity_name"], "alice");
+    assert_eq!(members[0]["role_name"], "projectAdmin");
+    assert_eq!(
+        add_member(&api, ("alice", PASSWORD), "team", "bob", 2).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        add_member(&api, ("alice", PASSWORD), "team", "bob", 3).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        add_member(&api, ("alice", PASSWORD), "team", "nobody", 3).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        add_member(&api, ("alice", PASSWORD), "team", "admin", 9).await,
+        StatusCode::BAD_REQUEST
+    );
+    let (_, h, members) = api
+        .call(
+            Some(("bob", PASSWORD)),
+            Method::GET,
+            "/projects/team/members?entityname=bo",
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "1");
+    let mid = members[0]["id"].as_i64().expect("member id");
+    assert_eq!(members[0]["role_id"], 2);
+    // A developer may not manage members.
+    assert_eq!(
+        api.call(
+            Some(("bob", PASSWORD)),
+            Method::PUT,
+            &format!("/projects/team/members/{mid}"),
+            Some(json!({"role_id": 1}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::PUT,
+            &format!("/projects/team/members/{mid}"),
+            Some(json!({"role_id": 4}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, _, m) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            &format!("/projects/team/members/{mid}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["role_name"], "maintainer");
+    let (_, _, summary) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::GET,
+            "/projects/team/summary",
+            None,
+        )
+        .await;
+    assert_eq!(summary["maintainer_count"], 1);
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::DELETE,
+            &format!("/projects/team/members/{mid}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Some(("bob", PASSWORD)), Method::GET, "/projects/team", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    // Public toggle by the project admin; deleting needs an empty project.
+    assert_eq!(
+        api.call(
+            Some(("alice", PASSWORD)),
+            Method::PUT,
+            "/projects/team",
+            Some(json!({"metadata": {"public": "true"}}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Some(("bob", PASSWORD)), Method::GET, "/projects/team", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    push(&b, ("alice", PASSWORD), "team/app", "v1", "x").await;
+    let (s, _, v) = api
+        .call(
+            Some(("alice", PASSWORD)),
+            Method::DELETE,
+            "/projects/team",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{v}");
+    assert_eq!(
+        api.call(Some(ADMIN), Method::DELETE, "/projects/p03", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Users: administrators delete; not themselves; not admin.
+    assert_eq!(
+        api.call(Some(ADMIN), Method::DELETE, "/users/1", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call(Some(ADMIN), Method::DELETE, &format!("/users/{bob}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Some(("bob", PASSWORD)), Method::GET, "/users/current", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Harbor's mass-assignment CVE: no request field can make a user an administrator or
+/// set anything a caller may not set.
+#[tokio::test]
+async fn strict_bodies_refuse_unknown_fields() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    let alice = create_user(&api, "alice").await;
+    let me = Some(("alice", PASSWORD));
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/users",
+            Some(json!({"username": "mallory", "password": PASSWORD, "sysadmin_flag": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sysadmin_flag"),
+        "{v}"
+    );
+    for body in [
+        json!({"realname": "x", "sysadmin_flag": true}),
+        json!({"email": "x@y", "admin_role_in_auth": true}),
+        json!({"user_id": 1}),
+    ] {
+        assert_eq!(
+            api.call(
+                me,
+                Method::PUT,
+                &format!("/users/{alice}"),
+                Some(body.clone())
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        api.call(
+            me,
+            Method::PUT,
+            &format!("/users/{alice}/sysadmin"),
+            Some(json!({"sysadmin_flag": true}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, _, cur) = api.call(me, Method::GET, "/users/current", None).await;
+    assert_eq!(cur["sysadmin_flag"], false);
+    assert_eq!(
+        api.call(
+            me,
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "x", "owner_id": 1}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.call(
+            me,
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "x", "metadata": {"public": "true", "auto_scan": "true"}}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    create_project(&api, ("alice", PASSWORD), "mine", false).await;
+    assert_eq!(
+        api.call(
+            me,
+            Method::POST,
+            "/projects/mine/members",
+            Some(json!({"role_id": 1, "member_user": {"username": "admin"}, "sysadmin": true}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    let robot = json!({"name": "r", "level": "project", "duration": -1, "permissions": [{"kind": "project", "namespace": "mine", "access": [{"resource": "repository", "action": "pull"}]}], "secret_hash": "x"});
+    assert_eq!(
+        api.call(me, Method::POST, "/robots", Some(robot)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+fn robot_body(name: &str, level: &str, entries: &[(&str, &[(&str, &str)])]) -> Value {
+    json!({
+        "name": name, "level": level, "duration": -1, "description": "test",
+        "permissions": entries.iter().map(|(ns, acc)| json!({
+            "kind": "project", "namespace": ns,
+            "access": acc.iter().map(|(r, a)| json!({"resource": r, "action": a})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Robots: the secret is shown once and works; refresh, disable, delete; and every
+/// escalation path is closed.
+#[tokio::test]
+async fn robots_and_no_escalation() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_user(&api, "alice").await;
+    create_user(&api, "bob").await;
+    let alice = ("alice", PASSWORD);
+    create_project(&api, alice, "a", false).await;
+    create_project(&api, ADMIN, "other", false).await;
+    // A project admin makes a project robot of their project.
+    let (s, h, created) = api
+        .call(
+            Some(alice),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "ci",
+                "project",
+                &[("a", &[("repository", "pull"), ("repository", "push")])],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert!(h["location"]
+        .to_str()
+        .expect("loc")
+        .starts_with("/api/v2.0/robots/"));
+    assert_eq!(created["name"], "robot$a+ci");
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    let rid = created["id"].as_i64().expect("id");
+    let (_, _, got) = api
+        .call(Some(alice), Method::GET, &format!("/robots/{rid}"), None)
+        .await;
+    assert_eq!(got["secret"], "", "the secret is shown only once");
+    assert_eq!(got["level"], "project");
+    push(&b, ("robot$a+ci", &secret), "a/app", "v1", "robot").await;
+    // Refresh: the old secret stops working, the new one works.
+    let (s, _, sec) = api
+        .call(
+            Some(alice),
+            Method::PATCH,
+            &format!("/robots/{rid}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let fresh = sec["secret"].as_str().expect("new secret").to_string();
+    let v2 = |u: &str, p: &str| {
+        let c = api.c.clone();
+        let url = format!("{}/v2/a/app/tags/list", b.url);
+        let (u, p) = (u.to_string(), p.to_string());
+        async move {
+            c.get(url)
+                .basic_auth(u, Some(p))
+                .send()
+                .await
+                .expect("send")
+                .status()
+        }
+    };
+    assert_eq!(v2("robot$a+ci", &secret).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(v2("robot$a+ci", &fresh).await, StatusCode::OK);
+    // Disable through PUT of the Robot model Harbor's clients send back.
+    let mut model = got.clone();
+    model["disable"] = json!(true);
+    assert_eq!(
+        api.call(
+            Some(alice),
+            Method::PUT,
+            &format!("/robots/{rid}"),
+            Some(model.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(v2("robot$a+ci", &fresh).await, StatusCode::UNAUTHORIZED);
+    model["disable"] = json!(false);
+    model["level"] = json!("system");
+    assert_eq!(
+        api.call(
+            Some(alice),
+            Method::PUT,
+            &format!("/robots/{rid}"),
+            Some(model.clone())
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST,
+        "the level cannot change"
+    );
+    model["level"] = json!("project");
+    assert_eq!(
+        api.call(
+            Some(alice),
+            Method::PUT,
+            &format!("/robots/{rid}"),
+            Some(model)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(v2("robot$a+ci", &fresh).await, StatusCode::OK);
+    let (_, h, _) = api
+        .call(Some(alice), Method::GET, "/projects/a/robots", None)
+        .await;
+    assert_eq!(h["x-total-count"], "1");
+    let (_, h, _) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!(
+                "/robots?q=Level=project,ProjectID={}",
+                got_project_id(&api, "a").await
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "1");
+
+    // Escalation 1: a project admin cannot make a robot reaching another project.
+    let (s, _, _) = api
+        .call(
+            Some(alice),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "x",
+                "project",
+                &[("other", &[("repository", "pull")])],
+            )),
+        )
+        .await;
+    assert!(
+        s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN,
+        "{s}"
+    );
+    let (s, _, _) = api
+        .call(
+            Some(alice),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "x",
+                "system",
+                &[
+                    ("a", &[("repository", "pull")]),
+                    ("other", &[("repository", "pull")]),
+                ],
+            )),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "system robots are for administrators"
+    );
+    let (s, _, _) = api
+        .call(
+            Some(alice),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "x",
+                "project",
+                &[("*", &[("repository", "pull")])],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Escalation 2: a developer cannot give a robot delete (they do not hold it).
+    assert_eq!(
+        add_member(&api, alice, "a", "bob", 2).await,
+        StatusCode::CREATED
+    );
+    let (s, _, _) = api
+        .call(
+            Some(("bob", PASSWORD)),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "y",
+                "project",
+                &[("a", &[("repository", "pull")])],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a developer manages no robots");
+    // Escalation 3: a robot allowed to manage robots cannot mint a stronger robot.
+    let (s, _, mgr) = api
+        .call(
+            Some(alice),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "mgr",
+                "project",
+                &[("a", &[("robot", "create"), ("repository", "pull")])],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mgr_auth = ("robot$a+mgr", mgr["secret"].as_str().expect("secret"));
+    let (s, _, _) = api
+        .call(
+            Some(mgr_auth),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "strong",
+                "project",
+                &[("a", &[("repository", "push")])],
+            )),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "push is more than the manager robot holds"
+    );
+    let (s, _, weak) = api
+        .call(
+            Some(mgr_auth),
+            Method::POST,
+            "/robots",
+            Some(robot_body(
+                "weak",
+                "project",
+                &[("a", &[("repository", "pull")])],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{weak}");
+    // Escalation 4: a role is given only by who holds all of it.
+    let (s, _, _) = api
+        .call(
+            Some(mgr_auth),
+            Method::POST,
+            "/projects/a/members",
+            Some(json!({"role_id": 1, "member_user": {"username": "bob"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Escalation 5: deleting a robot's creator opens nothing: the weak robot keeps only pull.
+    let weak_auth = ("robot$a+weak", weak["secret"].as_str().expect("secret"));
+    assert_eq!(
+        api.call(
+            Some(alice),
+            Method::DELETE,
+            &format!("/robots/{}", mgr["id"]),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let reg = Registry::new(&b.url).with_auth(weak_auth.0, weak_auth.1);
+    let r = reg
+        .req(Method::GET, "/v2/a/app/tags/list")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = reg
+        .req(Method::POST, "/v2/a/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The same when a user who made robots is deleted.
+    let alice_id = user_id(&api, "alice").await;
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::DELETE,
+            &format!("/users/{alice_id}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(v2("robot$a+ci", &fresh).await, StatusCode::OK);
+    let r = Registry::new(&b.url)
+        .with_auth("robot$a+ci", &fresh)
+        .req(Method::DELETE, "/v2/a/app/manifests/v1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Delete.
+    assert_eq!(
+        api.call(Some(ADMIN), Method::DELETE, &format!("/robots/{rid}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(v2("robot$a+ci", &fresh).await, StatusCode::UNAUTHORIZED);
+}
+
+async fn got_project_id(api: &Api, name: &str) -> i64 {
+    api.call(Some(ADMIN), Method::GET, &format!("/projects/{name}"), None)
+        .await
+        .2["project_id"]
+        .as_i64()
+        .expect("id")
+}
+
+async fn user_id(api: &Api, name: &str) -> i64 {
+    let (_, _, users) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!("/users?q=username%3D{name}&page_size=100"),
+            None,
+        )
+        .await;
+    users
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == name)
+        .expect("user")["user_id"]
+        .as_i64()
+        .expect("id")
+}
+
+/// Repositories, artifacts and tags as the API lists them after real pushes; tags added
+/// and removed; an artifact and a repository deleted; the audit log records all of it.
+#[tokio::test]
+async fn repositories_artifacts_tags_and_audit() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_project(&api, ADMIN, "lib", false).await;
+    let d1 = push(&b, ADMIN, "lib/app", "v1", "one").await;
+    let d2 = push(&b, ADMIN, "lib/app", "v2", "two").await;
+    push(&b, ADMIN, "lib/tools/cli", "latest", "three").await;
+    let (s, h, repos) = api
+        .call(Some(ADMIN), Method::GET, "/projects/lib/repositories", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-total-count"], "2");
+    let names: Vec<&str> = repos
+        .as_array()
+        .expect("repos")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["lib/app", "lib/tools/cli"]);
+    assert_eq!(repos[0]["artifact_count"], 2);
+    let (s, _, r) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects/lib/repositories/tools%252Fcli",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "a nested name, encoded twice");
+    assert_eq!(r["name"], "lib/tools/cli");
+    let (s, h, arts) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects/lib/repositories/app/artifacts?with_tag=true",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-total-count"], "2");
+    let digests: Vec<&str> = arts
+        .as_array()
+        .expect("arts")
+        .iter()
+        .map(|a| a["digest"].as_str().expect("digest"))
+        .collect();
+    assert!(
+        digests.contains(&d1.as_str()) && digests.contains(&d2.as_str()),
+        "{digests:?}"
+    );
+    let (_, _, a) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects/lib/repositories/app/artifacts/v1",
+            None,
+        )
+        .await;
+    assert_eq!(a["digest"], d1.as_str());
+    assert_eq!(a["tags"][0]["name"], "v1");
+    assert!(a["size"].as_u64().expect("size") > 0);
+    // Tags: add, conflict, remove.
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::POST,
+            &format!("/projects/lib/repositories/app/artifacts/{d1}/tags"),
+            Some(json!({"name": "stable"}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::POST,
+            &format!("/projects/lib/repositories/app/artifacts/{d1}/tags"),
+            Some(json!({"name": "v2"}))
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
+    let r = Registry::new(&b.url)
+        .with_auth(ADMIN.0, ADMIN.1)
+        .req(Method::GET, "/v2/lib/app/manifests/stable")
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        d1.as_str(),
+        "the new tag serves the artifact"
+    );
+    let (_, _, tags) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!("/projects/lib/repositories/app/artifacts/{d1}/tags"),
+            None,
+        )
+        .await;
+    assert_eq!(tags.as_array().expect("tags").len(), 2);
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::DELETE,
+            &format!("/projects/lib/repositories/app/artifacts/{d1}/tags/stable"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Delete an artifact, then a repository.
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::DELETE,
+            "/projects/lib/repositories/app/artifacts/v2",
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, h, _) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects/lib/repositories/app/artifacts",
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "1");
+    assert_eq!(
+        api.call(
+            Some(ADMIN),
+            Method::DELETE,
+            "/projects/lib/repositories/tools%252Fcli",
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, h, _) = api
+        .call(Some(ADMIN), Method::GET, "/projects/lib/repositories", None)
+        .await;
+    assert_eq!(h["x-total-count"], "1");
+    // Search and statistics.
+    let (_, _, found) = api
+        .call(Some(ADMIN), Method::GET, "/search?q=ap", None)
+        .await;
+    assert_eq!(found["repository"][0]["repository_name"], "lib/app");
+    let (_, _, stats) = api
+        .call(Some(ADMIN), Method::GET, "/statistics", None)
+        .await;
+    assert_eq!(stats["private_project_count"], 1);
+    assert_eq!(stats["private_repo_count"], 1);
+    assert!(stats["total_storage_consumption"].as_u64().expect("bytes") > 0);
+    // A failed login and a denied push are recorded too.
+    let _ = Registry::new(&b.url)
+        .with_auth("admin", "wrong")
+        .req(Method::GET, "/v2/lib/app/tags/list")
+        .send()
+        .await;
+    // The audit log: pushes, pulls, deletes, the failed login, API changes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let logs = loop {
+        let (_, _, logs) = api
+            .call(Some(ADMIN), Method::GET, "/audit-logs?page_size=100", None)
+            .await;
+        let ops: Vec<(String, String)> = logs
+            .as_array()
+            .expect("logs")
+            .iter()
+            .map(|l| {
+                (
+                    l["operation"].as_str().unwrap_or("").to_string(),
+                    l["resource_type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let has = |o: &str, t: &str| ops.iter().any(|(a, b)| a == o && b == t);
+        if has("push", "artifact")
+            && has("pull", "artifact")
+            && has("delete", "artifact")
+            && has("delete", "repository")
+            && has("create", "tag")
+            && has("create", "project")
+            && has("login", "artifact")
+        {
+            break logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log incomplete: {ops:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let login = logs
+        .as_array()
+        .expect("logs")
+        .iter()
+        .find(|l| l["operation"] == "login")
+        .expect("login");
+    assert_eq!(login["result"], "unauthorized");
+    assert_eq!(login["client"], "127.0.0.1");
+    let (_, h, filtered) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/audit-logs?q=operation%3Dpush&page_size=100",
+            None,
+        )
+        .await;
+    assert!(filtered
+        .as_array()
+        .expect("logs")
+        .iter()
+        .all(|l| l["operation"] == "push"));
+    assert_eq!(h["x-total-count"], "3");
+    let (s, _, plogs) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/projects/lib/logs?page_size=100",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(plogs
+        .as_array()
+        .expect("logs")
+        .iter()
+        .all(|l| l["project"] == "lib"));
+    // The records survive a restart (they are in the metadata database).
+    let mut b = b;
+    b.stop_and_restart();
+    let api = Api::new(&b).await;
+    let (_, h, _) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/audit-logs?q=operation%3Dpush",
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "3");
+}
+
+/// Harbor's own Python client, unchanged, against Berth.
+#[test]
+fn harborapi_client_works_unchanged() {
+    let python = common::python();
+    let b = start("");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harbor/harborapi_check.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(format!("{}/api/v2.0", b.url))
+        .arg(&b.url)
+        .env("HARBOR_USER", ADMIN.0)
+        .env("HARBOR_PASSWORD", ADMIN.1)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "harborapi check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("harborapi: all checks passed"), "{text}");
+}
