@@ -116,6 +116,10 @@ enum ProjectAction {
         /// Make this user its project admin.
         #[arg(long)]
         owner: Option<String>,
+        /// Only clients in these networks (comma-separated CIDRs) may push to and delete
+        /// in it (beside auth.berth.pushnetworks).
+        #[arg(long)]
+        push_networks: Option<String>,
         #[arg(env = "REGISTRY_CONFIGURATION_PATH")]
         config: Option<PathBuf>,
     },
@@ -491,9 +495,15 @@ mod admin {
                 name,
                 public,
                 owner,
+                push_networks,
                 config,
             } => with_accounts(config.as_deref(), async |a| {
                 let p = a.create_project(&Who::System, &name, public).await?;
+                if let Some(n) = &push_networks {
+                    a.set_project_push_networks(&Who::System, &ProjectKey::Id(p.id), n)
+                        .await?;
+                    out(format!("only clients in {n} may push to it"));
+                }
                 out(format!(
                     "created {} project {} (id {})",
                     if p.public { "public" } else { "private" },

@@ -849,6 +849,93 @@ async fn push_networks_allowlist() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
+/// A project's own `pushnetworks` (set by the CLI and the API): only its clients push
+/// there, while other projects take pushes from anywhere.
+#[tokio::test]
+async fn per_project_push_networks() {
+    let b = start("");
+    cli(
+        &b,
+        &[
+            "project",
+            "create",
+            "guarded",
+            "--push-networks",
+            "127.0.0.2/32",
+        ],
+        None,
+    );
+    cli(&b, &["project", "create", "open"], None);
+    let port = b.host.rsplit(':').next().expect("port").to_string();
+    let from = |ip: &str| {
+        let c = Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+            .build()
+            .expect("client");
+        Registry::with_client(c, &format!("http://127.0.0.1:{port}"))
+            .with_auth("admin", ADMIN_PASSWORD)
+    };
+    let (one, two) = (from("127.0.0.1"), from("127.0.0.2"));
+    let r = one
+        .req(Method::POST, "/v2/guarded/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("project guarded"),
+        "{v}"
+    );
+    let r = two
+        .req(Method::POST, "/v2/guarded/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = one
+        .req(Method::POST, "/v2/open/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Through the API: the allowlist is shown, changed, and checked.
+    let c = Client::new();
+    let api = |m: Method, path: &str| {
+        c.request(m, format!("{}/api/v2.0{path}", b.url))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+    };
+    let p: Value = api(Method::GET, "/projects/guarded")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(p["metadata"]["pushnetworks"], "127.0.0.2/32");
+    let r = api(Method::PUT, "/projects/open")
+        .json(&serde_json::json!({"metadata": {"pushnetworks": "nonsense"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = api(Method::PUT, "/projects/open")
+        .json(&serde_json::json!({"metadata": {"pushnetworks": "127.0.0.2"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = one
+        .req(Method::POST, "/v2/open/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
 /// Repositories need a project: a one-component name is refused, a missing project is
 /// refused unless `createprojectsonpush` makes it (with the pusher as project admin).
 #[tokio::test]
@@ -1181,4 +1268,69 @@ fn header_kid(token: &str) -> String {
     )
     .expect("json");
     v["kid"].as_str().unwrap_or_default().to_string()
+}
+
+/// oras (the ORAS project's Python client, from PyPI) pushes an artifact as a developer
+/// (Basic) and pulls it as a guest through the token flow.
+#[test]
+fn oras_through_the_token_flow() {
+    let b = start("");
+    cli(&b, &["project", "create", "artifacts"], None);
+    add_user(&b, "writer");
+    add_user(&b, "reader");
+    cli(
+        &b,
+        &[
+            "project",
+            "add-member",
+            "artifacts",
+            "writer",
+            "--role",
+            "developer",
+        ],
+        None,
+    );
+    cli(
+        &b,
+        &[
+            "project",
+            "add-member",
+            "artifacts",
+            "reader",
+            "--role",
+            "guest",
+        ],
+        None,
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harbor/oras_check.py");
+    let out = Command::new(common::python())
+        .arg(&script)
+        .args([
+            b.host.as_str(),
+            "artifacts/notes",
+            "writer",
+            USER_PASSWORD,
+            "reader",
+            USER_PASSWORD,
+        ])
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("oras: all checks passed"),
+        "oras check failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What oras pushed is an artifact Berth lists like any other.
+    let tags = Command::new("curl")
+        .args(["-s", "-u", &format!("reader:{USER_PASSWORD}")])
+        .arg(format!("{}/v2/artifacts/notes/tags/list", b.url))
+        .output()
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).contains("\"v1\""),
+        "{}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
 }

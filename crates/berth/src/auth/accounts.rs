@@ -425,6 +425,25 @@ impl Accounts {
         Ok(())
     }
 
+    /// Set the networks that may push to and delete in the project (comma-separated
+    /// CIDRs; empty: no project allowlist).
+    pub async fn set_project_push_networks(
+        &self,
+        who: &Who,
+        key: &ProjectKey,
+        networks: &str,
+    ) -> Result<()> {
+        let a = self
+            .project_for(who, key, Permission::UpdateProject)
+            .await?;
+        let parsed = super::berth::parse_networks(networks).map_err(AccountError::Invalid)?;
+        let text: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+        self.meta
+            .set_project_push_networks(a.project.id, &text.join(","))
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_project(&self, who: &Who, key: &ProjectKey) -> Result<Project> {
         let a = self
             .project_for(who, key, Permission::DeleteProject)

@@ -750,13 +750,7 @@ impl BerthAccess {
         if self.settings.push_networks.is_empty() {
             return Ok(());
         }
-        let allowed = client.is_some_and(|ip| {
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-                v4 => v4,
-            };
-            self.settings.push_networks.iter().any(|n| n.contains(&ip))
-        });
+        let allowed = client.is_some_and(|ip| in_networks(&self.settings.push_networks, ip));
         if allowed {
             Ok(())
         } else {
@@ -765,6 +759,38 @@ impl BerthAccess {
                 client.map(|c| c.to_string()).unwrap_or_else(|| "this client".into())
             )))
         }
+    }
+
+    /// Whether each project a push or delete of `wanted` goes to lets `client` change
+    /// its content (its own `pushnetworks`, when it has them).
+    async fn project_networks_allow(
+        &self,
+        wanted: &[Scope],
+        client: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
+        for w in wanted {
+            if w.kind != "repository" || !(w.allows("push") || w.allows("delete")) {
+                continue;
+            }
+            let Some((project, _)) = w.name.split_once('/') else {
+                continue;
+            };
+            let Some(p) = self.meta.project_by_name(project).await.map_err(meta_err)? else {
+                continue;
+            };
+            if p.push_networks.trim().is_empty() {
+                continue;
+            }
+            let networks = parse_networks(&p.push_networks).unwrap_or_default();
+            if !client.is_some_and(|ip| in_networks(&networks, ip)) {
+                return Err(AuthError::Denied(format!(
+                    "pushes and deletes to project {project} from {} are not allowed: only clients in the project's push networks ({}) may change its content",
+                    client.map(|c| c.to_string()).unwrap_or_else(|| "this client".into()),
+                    p.push_networks
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Answer a token request: authenticate (anonymous allowed), grant the requested
@@ -887,6 +913,7 @@ impl AccessControl for BerthAccess {
             .any(|w| w.kind == "repository" && (w.allows("push") || w.allows("delete")));
         if changes && !granted.is_empty() {
             self.network_may_push(req.client)?;
+            self.project_networks_allow(req.wanted, req.client).await?;
         }
         Ok(Decision {
             principal: who.principal(),
@@ -972,6 +999,28 @@ impl AccessControl for BerthAccess {
             .map(Some)
             .map_err(meta_err)
     }
+}
+
+/// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 one) is in `networks`.
+fn in_networks(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    networks.iter().any(|n| n.contains(&ip))
+}
+
+/// Comma-separated networks (CIDRs, or single addresses).
+pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{n:?} is not a network like 10.0.0.0/8 or an address"))
+        })
+        .collect()
 }
 
 /// A project name is one component of a repository name, as Harbor has it: 1 to 255
@@ -1068,4 +1117,148 @@ async fn ensure_admin(meta: &dyn MetaStore, configured: Option<&str>) -> Result<
         tracing::info!("created the system administrator \"admin\" with the configured password (auth.berth.adminpassword)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::NewRobot;
+
+    async fn access(dir: &std::path::Path) -> (Arc<dyn MetaStore>, BerthAccess) {
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(SqliteMeta::open(&dir.join("berth.db")).await.expect("meta"));
+        let settings = BerthSettings {
+            admin_password: Some("Harbor12345".into()),
+            ..BerthSettings::default()
+        };
+        let a = BerthAccess::open(meta.clone(), settings)
+            .await
+            .expect("open");
+        (meta, a)
+    }
+
+    fn basic(user: &str, password: &str) -> Credentials {
+        Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// An expired or disabled robot authenticates no more, and its tokens stop working.
+    #[tokio::test]
+    async fn expired_and_disabled_robots_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (meta, a) = access(dir.path()).await;
+        let p = meta
+            .create_project("team", false, None)
+            .await
+            .expect("create")
+            .expect("new");
+        let hash = password::hash("Secret123abc").await.expect("hash");
+        let perms = r#"[{"kind":"project","namespace":"team","access":[{"resource":"repository","action":"pull"}]}]"#;
+        let robot = meta
+            .create_robot(&NewRobot {
+                name: "ci".into(),
+                description: String::new(),
+                project_id: Some(p.id),
+                secret_hash: hash,
+                disabled: false,
+                expires_at: Some(crate::meta::now() + 3600),
+                permissions: perms.into(),
+                creator: "test".into(),
+            })
+            .await
+            .expect("robot")
+            .expect("new");
+        let creds = basic("robot$team+ci", "Secret123abc");
+        let who = a.authenticate(&creds).await.expect("valid robot");
+        assert_eq!(who.principal().name, "robot$team+ci");
+        let answer = a
+            .issue(TokenRequest {
+                credentials: creds.clone(),
+                refresh_token: None,
+                service: None,
+                scopes: vec![Scope::repository("team/app", ["pull", "push"])],
+                offline: false,
+            })
+            .await
+            .expect("token");
+        // Pull only: the robot's list holds no push.
+        assert_eq!(
+            answer.issued.claims.access,
+            vec![Scope::repository("team/app", ["pull"])]
+        );
+        let token = Credentials::Bearer(answer.issued.token.clone());
+        assert!(a.who(&token).await.is_ok());
+
+        // Expired: Basic fails at once; the token once the subject cache (2 s) lapses.
+        meta.update_robot(
+            robot.id,
+            &crate::meta::RobotChanges {
+                expires_at: Some(Some(crate::meta::now() - 1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("expire");
+        assert!(matches!(
+            a.authenticate(&creds).await,
+            Err(AuthError::Unauthenticated)
+        ));
+        tokio::time::sleep(SUBJECT_TTL + Duration::from_millis(100)).await;
+        assert!(matches!(
+            a.who(&token).await,
+            Err(AuthError::InvalidToken(_))
+        ));
+
+        // Disabled (and no longer expired): the same.
+        meta.update_robot(
+            robot.id,
+            &crate::meta::RobotChanges {
+                expires_at: Some(None),
+                disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("disable");
+        assert!(matches!(
+            a.authenticate(&creds).await,
+            Err(AuthError::Unauthenticated)
+        ));
+        assert!(matches!(
+            a.who(&token).await,
+            Err(AuthError::InvalidToken(_))
+        ));
+    }
+
+    /// The administrator exists after the first start, with the configured password;
+    /// a second start keeps it (and the signing key).
+    #[tokio::test]
+    async fn first_start_creates_admin_and_one_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (meta, a) = access(dir.path()).await;
+        assert!(matches!(
+            a.authenticate(&basic("admin", "Harbor12345")).await,
+            Ok(Who::User { ref user, .. }) if user.admin
+        ));
+        let cert = a.signing_certificate();
+        drop(a);
+        let again = BerthAccess::open(meta.clone(), BerthSettings::default())
+            .await
+            .expect("reopen");
+        assert_eq!(again.signing_certificate(), cert);
+        assert_eq!(meta.signing_keys().await.expect("keys").len(), 1);
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n = parse_networks("10.0.0.0/8, 127.0.0.2").expect("parse");
+        assert!(in_networks(&n, "10.1.2.3".parse().expect("ip")));
+        assert!(in_networks(&n, "::ffff:127.0.0.2".parse().expect("ip")));
+        assert!(!in_networks(&n, "127.0.0.1".parse().expect("ip")));
+        assert!(parse_networks("10.0.0.0/33").is_err());
+        assert!(parse_networks("").expect("empty").is_empty());
+    }
 }

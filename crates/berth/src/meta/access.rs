@@ -108,6 +108,9 @@ pub struct Project {
     pub owner_id: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Client networks that may push and delete here, comma-separated CIDRs (empty:
+    /// no restriction of the project's own; its meaning belongs to `auth/`).
+    pub push_networks: String,
 }
 
 /// Who a membership is for.
@@ -183,6 +186,8 @@ pub trait Projects: Send + Sync {
         page: Page,
     ) -> Result<(Vec<Project>, u64)>;
     async fn set_project_public(&self, id: i64, public: bool) -> Result<bool>;
+    /// Set the project's push network allowlist (comma-separated CIDRs; empty: none).
+    async fn set_project_push_networks(&self, id: i64, networks: &str) -> Result<bool>;
     /// Delete a project with its memberships and project robots, unless a repository
     /// named `<project>/...` exists (checked in the same transaction).
     async fn delete_project(&self, id: i64) -> Result<ProjectDeletion>;

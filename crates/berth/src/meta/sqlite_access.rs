@@ -225,7 +225,7 @@ impl Users for SqliteMeta {
 
 macro_rules! project_columns {
     () => {
-        "p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at"
+        "p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at, p.push_networks"
     };
 }
 
@@ -275,6 +275,7 @@ fn project(r: &SqliteRow) -> Result<Project> {
         owner_id: r.try_get(3)?,
         created_at: r.try_get(4)?,
         updated_at: r.try_get(5)?,
+        push_networks: r.try_get(6)?,
     })
 }
 
@@ -302,7 +303,7 @@ impl Projects for SqliteMeta {
             "INSERT INTO projects (name, public, owner_id, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (name) DO NOTHING
-             RETURNING id, name, public, owner_id, created_at, updated_at",
+             RETURNING id, name, public, owner_id, created_at, updated_at, push_networks",
         )
         .bind(name)
         .bind(public)
@@ -404,6 +405,18 @@ impl Projects for SqliteMeta {
         Ok(done > 0)
     }
 
+    async fn set_project_push_networks(&self, id: i64, networks: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE projects SET push_networks = ?2, updated_at = ?3 WHERE id = ?1")
+                .bind(id)
+                .bind(networks)
+                .bind(now())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(done > 0)
+    }
+
     async fn delete_project(&self, id: i64) -> Result<ProjectDeletion> {
         // IMMEDIATE: no repository can be created under the name between the count and
         // the delete.
@@ -443,7 +456,7 @@ impl Projects for SqliteMeta {
         let project = project(first)?;
         let mut roles = Vec::new();
         for r in &rows {
-            if let Some(n) = r.try_get::<Option<i64>, _>(6)? {
+            if let Some(n) = r.try_get::<Option<i64>, _>(7)? {
                 roles.push(role(n)?);
             }
         }

@@ -495,6 +495,24 @@ async fn projects(m: &dyn MetaStore) {
     assert_eq!(visible(Viewer::default()).await, ["acme", "open", "xzy"]);
     assert!(m.set_project_public(acme.id, false).await.expect("private"));
     assert!(!m.set_project_public(-1, true).await.expect("unknown"));
+    assert_eq!(acme.push_networks, "", "no project allowlist by default");
+    assert!(m
+        .set_project_push_networks(acme.id, "10.0.0.0/8,127.0.0.2/32")
+        .await
+        .expect("networks"));
+    let got = m.project_by_name("acme").await.expect("get").expect("acme");
+    assert_eq!(got.push_networks, "10.0.0.0/8,127.0.0.2/32");
+    let access = m
+        .project_access("acme", &Viewer::default())
+        .await
+        .expect("access")
+        .expect("acme");
+    assert_eq!(access.project.push_networks, "10.0.0.0/8,127.0.0.2/32");
+    assert!(m
+        .set_project_push_networks(acme.id, "")
+        .await
+        .expect("clear"));
+    assert!(!m.set_project_push_networks(-1, "").await.expect("unknown"));
 
     // Repositories of a project: `acme/...` at any depth, not `acme` itself nor
     // names that merely start with it.

@@ -261,6 +261,7 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["projects", p, "repositories", r, "artifacts", a, "tags"], "GET") => repositories::tags(c, p, r, a).await,
         (["projects", p, "repositories", r, "artifacts", a, "tags"], "POST") => repositories::add_tag(c, p, r, a).await,
         (["projects", p, "repositories", r, "artifacts", a, "tags", t], "DELETE") => repositories::delete_tag(c, p, r, a, t).await,
+        (["repositories"], "GET") => repositories::list_all(c).await,
         (["robots"], "GET") => robots::list(c).await,
         (["robots"], "POST") => robots::create(c).await,
         (["robots", id], "GET") => robots::get(c, id).await,

@@ -27,6 +27,9 @@ pub(super) async fn render(c: &Call<'_>, p: &Project, roles: &[u8]) -> Result<Va
         "current_user_role_ids": roles,
         "metadata": {"public": if p.public { "true" } else { "false" }},
     });
+    if !p.push_networks.is_empty() {
+        v["metadata"]["pushnetworks"] = json!(p.push_networks);
+    }
     if let Some(top) = roles.iter().min_by_key(|r| rank(**r)) {
         v["current_user_role_id"] = json!(top);
     }
@@ -64,6 +67,15 @@ struct ProjectReq {
 }
 
 impl ProjectReq {
+    /// The `pushnetworks` metadata (Berth's: comma-separated CIDRs), if given.
+    fn push_networks(&self) -> Option<String> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get("pushnetworks"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
     /// The `public` setting it asks for, if any; refuses what Berth does not do yet.
     fn public(&self) -> Result<Option<bool>, Failure> {
         if self.registry_id.is_some_and(|r| r != 0) {
@@ -96,9 +108,15 @@ impl ProjectReq {
                             "metadata.public must be \"true\" or \"false\"",
                         ))
                     }
+                    ("pushnetworks", Value::String(_)) => {}
+                    ("pushnetworks", _) => {
+                        return Err(Failure::bad_request(
+                            "metadata.pushnetworks must be a string of comma-separated networks",
+                        ))
+                    }
                     (other, _) => {
                         return Err(Failure::bad_request(format!(
-                            "metadata.{other} is not supported by Berth (only public is)"
+                            "metadata.{other} is not supported by Berth (only public and pushnetworks are)"
                         )))
                     }
                 }
@@ -116,7 +134,16 @@ pub(super) async fn create(c: &mut Call<'_>) -> Answer {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| Failure::bad_request("project_name is required"))?;
     let public = req.public()?.unwrap_or(false);
+    let networks = req.push_networks();
+    if let Some(n) = &networks {
+        crate::auth::berth::parse_networks(n).map_err(Failure::bad_request)?;
+    }
     let p = c.accounts.create_project(&c.who, &name, public).await?;
+    if let Some(n) = networks {
+        c.accounts
+            .set_project_push_networks(&c.who, &ProjectKey::Id(p.id), &n)
+            .await?;
+    }
     c.audit("create", "project", &p.name, Some(&p.name));
     let by_name = c
         .parts
@@ -195,7 +222,13 @@ pub(super) async fn update(c: &mut Call<'_>, p: &str) -> Answer {
             return Err(Failure::bad_request("a project cannot be renamed"));
         }
     }
-    if let Some(public) = req.public()? {
+    let public = req.public()?;
+    if let Some(n) = req.push_networks() {
+        c.accounts
+            .set_project_push_networks(&c.who, &key, &n)
+            .await?;
+    }
+    if let Some(public) = public {
         c.accounts.set_project_public(&c.who, &key, public).await?;
     } else {
         c.accounts

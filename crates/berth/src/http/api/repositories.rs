@@ -50,6 +50,31 @@ pub(super) async fn list(c: &mut Call<'_>, p: &str) -> Answer {
     Ok(listing(c, items, total, page, size))
 }
 
+/// `GET /repositories`: the repositories of every project the caller may see.
+pub(super) async fn list_all(c: &mut Call<'_>) -> Answer {
+    let (page, size, _) = c.page()?;
+    let name = c.q("name").map(|(v, _)| v).filter(|n| !n.is_empty());
+    let (projects, _) = c
+        .accounts
+        .list_projects(&c.who, None, None, Page::all())
+        .await?;
+    let mut all = Vec::new();
+    for p in &projects {
+        let (repos, _) = c
+            .accounts
+            .repositories(&p.name, name.as_deref(), Page::all())
+            .await?;
+        all.extend(repos.iter().map(|r| render_repo(p.id, r)));
+    }
+    let total = all.len() as u64;
+    let items = all
+        .into_iter()
+        .skip(((page - 1) * size) as usize)
+        .take(size as usize)
+        .collect();
+    Ok(listing(c, items, total, page, size))
+}
+
 pub(super) async fn get(c: &mut Call<'_>, p: &str, r: &str) -> Answer {
     let a = c
         .accounts
