@@ -1,14 +1,14 @@
 //! The authentication scenario of `compare` (Berth only: Distribution has no token
-//! service of its own): what Berth's token authentication costs. Berth is started with
-//! `auth.berth`; a public project holds one small image. Timed, as in the standard
-//! `manifest_get` workload: manifest GETs and blob HEADs anonymously, then the same with
-//! a bearer token from `/service/token` (verification is cached per token), then token
-//! requests per second (Basic credentials, one scope each).
+//! service of its own): what Berth's token authentication costs. Berth is started once
+//! without authentication (the baseline: the same image, the same requests), then with
+//! `auth.berth`, where a public project holds the image. Timed, as in the standard
+//! `manifest_get` workload: manifest GETs and blob HEADs without auth, anonymously on
+//! the public project, then with a bearer token from `/service/token` (verification is
+//! cached per token), then token requests per second (Basic credentials, one scope).
 //!
-//! Figures: `auth_anonymous_manifest_get`, `auth_bearer_manifest_get`,
-//! `auth_anonymous_blob_head`, `auth_bearer_blob_head` (req/s, latencies),
-//! `auth_bearer_manifest_get_vs_anonymous` and `auth_bearer_blob_head_vs_anonymous`
-//! (ratios), and `auth_token_issue` (req/s).
+//! Figures: `auth_open_*`, `auth_anonymous_*`, `auth_bearer_*` for `manifest_get` and
+//! `blob_head` (req/s, latencies), the ratios `auth_bearer_*_vs_open` and
+//! `auth_bearer_*_vs_anonymous`, and `auth_token_issue` (req/s).
 
 use crate::client::{Blob, Image, Registry};
 use crate::report::Figure;
@@ -60,14 +60,64 @@ pub async fn run(spec: &ServerSpec, workdir: Option<&Path>, opts: &Options) -> R
         access_log: false,
         yaml: format!("auth:\n  berth:\n    adminpassword: {ADMIN_PASSWORD}\n"),
     };
+    let open = Server::start(spec, workdir).await?;
+    let baseline = measure_open(&open, opts).await;
+    let baseline = baseline.map_err(|e| e.context(format!("berth log tail:\n{}", open.log_tail())));
+    open.stop()?;
+    let baseline = baseline?;
     let server = Server::start_with(spec, workdir, &extra).await?;
-    let result = measure(&server, opts).await;
+    let result = measure(&server, opts, &baseline).await;
     let result = result.map_err(|e| e.context(format!("berth log tail:\n{}", server.log_tail())));
     server.stop()?;
     result
 }
 
-async fn measure(server: &Server, opts: &Options) -> Result<Vec<Figure>> {
+/// The same requests on a server without authentication: (manifest GET req/s, blob
+/// HEAD req/s, figures).
+struct Baseline {
+    manifest_get: f64,
+    blob_head: f64,
+    figures: Vec<Figure>,
+}
+
+async fn measure_open(server: &Server, opts: &Options) -> Result<Baseline> {
+    let registry = Registry::new(server.url())?;
+    let image = Image::new(vec![Blob::random(4096)]);
+    registry
+        .push_image(REPO, "v1", &image, 1)
+        .await
+        .context("pushing the image")?;
+    let probe = server.probe()?;
+    let mut figures = Vec::new();
+    let mut manifest_get = 0.0;
+    for mut f in manifest_requests(&registry, Some(&probe), &opts.scale, REPO, false).await? {
+        if f.key == "req_per_s" {
+            manifest_get = f.value;
+        }
+        f.workload = "auth_open_manifest_get";
+        figures.push(f);
+    }
+    let digest = image.layers[0].digest.clone();
+    let (blob_head, more) = timed("auth_open_blob_head", opts, move || {
+        let (registry, digest) = (registry.clone(), digest.clone());
+        async move {
+            ensure!(
+                registry.blob_exists(REPO, &digest).await?,
+                "blob HEAD: not found"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    figures.extend(more);
+    Ok(Baseline {
+        manifest_get,
+        blob_head,
+        figures,
+    })
+}
+
+async fn measure(server: &Server, opts: &Options, baseline: &Baseline) -> Result<Vec<Figure>> {
     let anonymous = Registry::new(server.url())?;
     let admin = anonymous.with_authorization(&basic())?;
     let created = admin
@@ -103,7 +153,7 @@ async fn measure(server: &Server, opts: &Options) -> Result<Vec<Figure>> {
     let token = answer["token"].as_str().context("no token in the answer")?;
     let bearer = anonymous.with_authorization(&format!("Bearer {token}"))?;
     let probe = server.probe()?;
-    let mut figures = Vec::new();
+    let mut figures = baseline.figures.clone();
     let mut rates = [[0.0; 2]; 2];
     for (i, (registry, manifest_name, head_name)) in [
         (
@@ -147,6 +197,22 @@ async fn measure(server: &Server, opts: &Options) -> Result<Vec<Figure>> {
     ] {
         if anon > 0.0 {
             figures.push(Figure::higher(workload, "ratio", bearer / anon));
+        }
+    }
+    for (workload, open, bearer) in [
+        (
+            "auth_bearer_manifest_get_vs_open",
+            baseline.manifest_get,
+            rates[0][1],
+        ),
+        (
+            "auth_bearer_blob_head_vs_open",
+            baseline.blob_head,
+            rates[1][1],
+        ),
+    ] {
+        if open > 0.0 {
+            figures.push(Figure::higher(workload, "ratio", bearer / open));
         }
     }
     let (_, more) = timed("auth_token_issue", opts, {

@@ -200,6 +200,9 @@ pub struct BerthAccess {
     /// while its user exists and its robot is enabled and unexpired, and looking that
     /// up on every request would cost a query each.
     subjects: Mutex<HashMap<String, (Instant, Who)>>,
+    /// Projects as anonymous callers see them, for a short while: an anonymous pull of a
+    /// public project would otherwise cost a query each.
+    anonymous_projects: Mutex<HashMap<String, (Instant, Option<ProjectAccess>)>>,
 }
 
 impl std::fmt::Debug for BerthAccess {
@@ -246,6 +249,7 @@ impl BerthAccess {
             keys: RwLock::new(Arc::new(keys)),
             keys_read: Mutex::new(Instant::now()),
             subjects: Mutex::new(HashMap::new()),
+            anonymous_projects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -600,12 +604,7 @@ impl BerthAccess {
                         continue;
                     };
                     let wants_push = w.allows("push");
-                    let access = match self
-                        .meta
-                        .project_access(project, &who.viewer())
-                        .await
-                        .map_err(meta_err)?
-                    {
+                    let access = match self.project_access(who, project).await? {
                         Some(a) => a,
                         None if wants_push
                             && self.settings.create_projects_on_push
@@ -715,6 +714,46 @@ impl BerthAccess {
             }
         }
         Ok(out)
+    }
+
+    /// The project and `who`'s roles in it; for anonymous callers from a cache of
+    /// [`SUBJECT_TTL`] (a project made private stops serving anonymous pulls within it).
+    async fn project_access(
+        &self,
+        who: &Who,
+        project: &str,
+    ) -> Result<Option<ProjectAccess>, AuthError> {
+        if !matches!(who, Who::Anonymous) {
+            return self
+                .meta
+                .project_access(project, &who.viewer())
+                .await
+                .map_err(meta_err);
+        }
+        if let Some((at, a)) = self
+            .anonymous_projects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(project)
+        {
+            if at.elapsed() < SUBJECT_TTL {
+                return Ok(a.clone());
+            }
+        }
+        let a = self
+            .meta
+            .project_access(project, &Viewer::default())
+            .await
+            .map_err(meta_err)?;
+        let mut cache = self
+            .anonymous_projects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(project.to_string(), (Instant::now(), a.clone()));
+        Ok(a)
     }
 
     /// Create `project` for a push of `who` (who becomes its project admin).
