@@ -4,18 +4,16 @@
 //! time or size changes, and a missing file is created at start-up with user `docker`
 //! and a random password that is logged once. Knows nothing of HTTP.
 
+// The dummy hash compared against for an unknown user or a non-bcrypt entry, so those
+// answers take as long as a wrong password; its cost is replaced by the file's (see
+// [`dummy_hash`]).
+use super::password::{Checker, DUMMY_HASH};
 use super::{quote, AuthError, Authenticator, Credentials, Principal};
 use async_trait::async_trait;
-use sha2::Digest as _;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-/// A bcrypt hash (of a random password) compared against when the user is unknown or
-/// the entry is not bcrypt, so that those answers take as long as a wrong password. Its
-/// cost field is replaced by the file's (see [`dummy_hash`]).
-const DUMMY_HASH: &str = "$2y$10$6fofTOB5xMonFCNj6hIQBOM4zvoRgH9vg3XoFmEe65OH/EOTyzINK";
 
 /// Cost of the dummy check when the file has no bcrypt entry (nobody can log in then).
 const DEFAULT_COST: u32 = 10;
@@ -51,17 +49,11 @@ pub struct Htpasswd {
     realm: String,
     path: PathBuf,
     cache: Mutex<Option<Loaded>>,
-    /// Credentials bcrypt already accepted, as keyed SHA-256 of (user, password, hash):
-    /// a client sends the same Basic credentials with every request, and bcrypt costs
-    /// tens of milliseconds each time. The hash is part of the key, so a changed or
-    /// removed entry never matches an old success.
-    verified: Mutex<HashSet<[u8; 32]>>,
-    /// Per-process random key for [`Htpasswd::verified`].
-    secret: [u8; 32],
+    /// bcrypt off the workers, and the credentials it already accepted (a client sends
+    /// the same Basic credentials with every request). The entry's hash is part of the
+    /// cache key, so a changed or removed entry never matches an old success.
+    passwords: Checker,
 }
-
-/// Most remembered successes before the set starts over.
-const MAX_VERIFIED: usize = 4096;
 
 /// Why the htpasswd file could not be prepared at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -99,24 +91,8 @@ impl Htpasswd {
             realm: realm.to_string(),
             path: path.to_path_buf(),
             cache: Mutex::new(None),
-            verified: Mutex::new(HashSet::new()),
-            secret: {
-                use rand::RngCore as _;
-                let mut k = [0u8; 32];
-                rand::thread_rng().fill_bytes(&mut k);
-                k
-            },
+            passwords: Checker::default(),
         })
-    }
-
-    fn key(&self, user: &str, password: &str, hash: &str) -> [u8; 32] {
-        let mut h = sha2::Sha256::new();
-        h.update(self.secret);
-        for part in [user, password, hash] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        h.finalize().into()
     }
 
     /// The current entries, re-reading the file if it changed since last time.
@@ -165,37 +141,18 @@ impl Authenticator for Htpasswd {
             return Err(AuthError::Unauthenticated);
         };
         let users = self.users()?;
-        let hash = users.entries.get(&user).cloned();
-        let key = hash.as_deref().map(|h| self.key(&user, &password, h));
-        let seen = |k: &[u8; 32]| {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(k)
-        };
-        if key.as_ref().is_some_and(seen) {
-            return Ok(Principal::named(user));
-        }
-        // bcrypt is deliberately slow: keep it off the async workers.
-        let dummy = users.dummy.clone();
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) if is_bcrypt(&h) => bcrypt::verify(&password, &h).unwrap_or(false),
-            // Unknown user or an entry that can never match: the same work as a real check.
-            _ => {
-                let _ = bcrypt::verify(&password, &dummy);
-                false
-            }
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            if let Some(k) = key {
-                let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-                if verified.len() >= MAX_VERIFIED {
-                    verified.clear();
-                }
-                verified.insert(k);
-            }
+        // An unknown user, or an entry that can never match (not bcrypt): the same work
+        // as a real check, against the dummy at the file's cost.
+        let hash = users
+            .entries
+            .get(&user)
+            .map(String::as_str)
+            .filter(|h| is_bcrypt(h));
+        if self
+            .passwords
+            .check_or_dummy(&user, &password, hash, &users.dummy)
+            .await
+        {
             Ok(Principal::named(user))
         } else {
             tracing::info!(user = %user, "authentication failed for user {user:?}: wrong password, unknown user or non-bcrypt entry");

@@ -13,7 +13,7 @@ pub const COST: u32 = 10;
 
 /// A bcrypt hash of a random password, checked when a user is unknown so that the
 /// answer takes as long as a wrong password.
-const DUMMY_HASH: &str = "$2y$10$6fofTOB5xMonFCNj6hIQBOM4zvoRgH9vg3XoFmEe65OH/EOTyzINK";
+pub const DUMMY_HASH: &str = "$2y$10$6fofTOB5xMonFCNj6hIQBOM4zvoRgH9vg3XoFmEe65OH/EOTyzINK";
 
 const MAX_VERIFIED: usize = 4096;
 
@@ -49,6 +49,18 @@ impl Checker {
     /// Whether `password` matches `hash`; with no hash (an unknown name) the same work
     /// is done and the answer is no.
     pub async fn check(&self, who: &str, password: &str, hash: Option<&str>) -> bool {
+        self.check_or_dummy(who, password, hash, DUMMY_HASH).await
+    }
+
+    /// [`Checker::check`], checking `dummy` when there is no hash (a hash whose cost
+    /// matches the store's real ones, so that unknown names take as long).
+    pub async fn check_or_dummy(
+        &self,
+        who: &str,
+        password: &str,
+        hash: Option<&str>,
+        dummy: &str,
+    ) -> bool {
         let key = hash.map(|h| self.key(who, password, h));
         if let Some(k) = &key {
             if self
@@ -62,10 +74,11 @@ impl Checker {
         }
         let password = password.to_string();
         let hash = hash.map(str::to_string);
+        let dummy = dummy.to_string();
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) => bcrypt::verify(&password, &h).unwrap_or(false),
             None => {
-                let _ = bcrypt::verify(&password, DUMMY_HASH);
+                let _ = bcrypt::verify(&password, &dummy);
                 false
             }
         })
