@@ -20,6 +20,8 @@ mod sqlite_access;
 mod sqlite_catalog;
 mod sqlite_events;
 mod sqlite_ops;
+#[cfg(test)]
+mod sqlite_plan;
 mod sqlite_proxy;
 #[cfg(test)]
 mod testsuite;

@@ -392,37 +392,7 @@ mod tests {
             .expect("present")
     }
 
-    /// Every step of `sql`'s plan searches or walks an index (json_each aside), none
-    /// sorts, and each of `indexes` is used.
-    async fn assert_indexed(meta: &SqliteMeta, sql: &str, indexes: &[&str]) {
-        assert_plan(meta, sql, indexes, false).await
-    }
-
-    /// [`assert_indexed`], with a sort allowed when `sorts` (of a caller's short list).
-    async fn assert_plan(meta: &SqliteMeta, sql: &str, indexes: &[&str], sorts: bool) {
-        let steps: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .fetch_all(&meta.reader)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| sqlx::Row::get::<String, _>(r, 3))
-            .collect();
-        for step in &steps {
-            let unindexed = step.starts_with("SCAN ")
-                && !step.contains(" USING ")
-                && !step.contains(" VIRTUAL TABLE ");
-            assert!(
-                !unindexed && (sorts || !step.contains("TEMP B-TREE")),
-                "{step:?} in the plan of {sql}: {steps:?}"
-            );
-        }
-        for index in indexes {
-            assert!(
-                steps.iter().any(|s| s.contains(index)),
-                "{sql} does not use {index}: {steps:?}"
-            );
-        }
-    }
+    use super::super::sqlite_plan::{assert_indexed, assert_plan};
 
     #[tokio::test]
     async fn hot_statements_use_their_indexes() {
