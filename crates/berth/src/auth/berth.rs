@@ -199,10 +199,10 @@ pub struct BerthAccess {
     /// Principals of tokens, by subject, for a short while: a token stays valid only
     /// while its user exists and its robot is enabled and unexpired, and looking that
     /// up on every request would cost a query each.
-    subjects: Mutex<HashMap<String, (Instant, Who)>>,
+    subjects: Recent<Who>,
     /// Projects as anonymous callers see them, for a short while: an anonymous pull of a
     /// public project would otherwise cost a query each.
-    anonymous_projects: Mutex<HashMap<String, (Instant, Option<ProjectAccess>)>>,
+    anonymous_projects: Recent<Option<ProjectAccess>>,
 }
 
 impl std::fmt::Debug for BerthAccess {
@@ -210,6 +210,37 @@ impl std::fmt::Debug for BerthAccess {
         f.debug_struct("BerthAccess")
             .field("service", &self.settings.service)
             .finish_non_exhaustive()
+    }
+}
+
+/// Answers trusted for [`SUBJECT_TTL`] without asking the database again, by name;
+/// emptied whole when it holds more than 10,000.
+struct Recent<V>(Mutex<HashMap<String, (Instant, V)>>);
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V: Clone> Recent<V> {
+    fn get(&self, key: &str) -> Option<V> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < SUBJECT_TTL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: &str, value: V) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(key.to_string(), (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
@@ -248,8 +279,8 @@ impl BerthAccess {
             directory,
             keys: RwLock::new(Arc::new(keys)),
             keys_read: Mutex::new(Instant::now()),
-            subjects: Mutex::new(HashMap::new()),
-            anonymous_projects: Mutex::new(HashMap::new()),
+            subjects: Recent::default(),
+            anonymous_projects: Recent::default(),
         })
     }
 
@@ -511,15 +542,8 @@ impl BerthAccess {
         if sub.is_empty() {
             return Ok(Some(Who::Anonymous));
         }
-        if let Some((at, who)) = self
-            .subjects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sub)
-        {
-            if at.elapsed() < SUBJECT_TTL {
-                return Ok(Some(who.clone()));
-            }
+        if let Some(who) = self.subjects.get(sub) {
+            return Ok(Some(who));
         }
         let who = match sub.strip_prefix(&self.settings.robot_prefix) {
             Some(rest) => self.robot_named(sub, rest).await?,
@@ -533,17 +557,9 @@ impl BerthAccess {
                     groups: Vec::new(),
                 }),
         };
-        let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
         match &who {
-            Some(w) => {
-                cache.insert(sub.to_string(), (Instant::now(), w.clone()));
-            }
-            None => {
-                cache.remove(sub);
-            }
+            Some(w) => self.subjects.put(sub, w.clone()),
+            None => self.subjects.forget(sub),
         }
         Ok(who)
     }
@@ -730,29 +746,15 @@ impl BerthAccess {
                 .await
                 .map_err(meta_err);
         }
-        if let Some((at, a)) = self
-            .anonymous_projects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(project)
-        {
-            if at.elapsed() < SUBJECT_TTL {
-                return Ok(a.clone());
-            }
+        if let Some(a) = self.anonymous_projects.get(project) {
+            return Ok(a);
         }
         let a = self
             .meta
             .project_access(project, &Viewer::default())
             .await
             .map_err(meta_err)?;
-        let mut cache = self
-            .anonymous_projects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        cache.insert(project.to_string(), (Instant::now(), a.clone()));
+        self.anonymous_projects.put(project, a.clone());
         Ok(a)
     }
 
