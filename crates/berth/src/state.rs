@@ -34,6 +34,8 @@ pub enum StartError {
         /// cause once.
         cause: std::io::Error,
     },
+    #[error("cannot set up storage.s3: {0}")]
+    S3(std::io::Error),
     #[error("configuration key proxy.remoteurl: {0}")]
     Proxy(String),
     #[error("cannot listen on the Unix socket {path}: {reason}")]
@@ -81,22 +83,35 @@ async fn open_registry(
         path: config.root.clone(),
         source,
     };
-    let blobs = FsBlobStore::open(&config.root).map_err(storage_error)?;
-    if serving {
-        let moved = blobs.adopt_legacy_uploads().map_err(storage_error)?;
-        if moved > 0 {
-            tracing::info!(
-                moved,
-                "moved upload files of the flat layout into uploads/<xx>/"
-            );
+    let blobs: Arc<dyn crate::storage::BlobStore> = match &config.s3 {
+        Some(s3) => {
+            let store = crate::storage::s3::S3BlobStore::new(s3).map_err(StartError::S3)?;
+            tracing::info!(storage = %store.describe(), redirect = s3.redirect, "blobs are stored in S3");
+            if !config.root.exists() {
+                std::fs::create_dir_all(&config.root).map_err(storage_error)?;
+            }
+            Arc::new(store)
         }
-    }
+        None => {
+            let blobs = FsBlobStore::open(&config.root).map_err(storage_error)?;
+            if serving {
+                let moved = blobs.adopt_legacy_uploads().map_err(storage_error)?;
+                if moved > 0 {
+                    tracing::info!(
+                        moved,
+                        "moved upload files of the flat layout into uploads/<xx>/"
+                    );
+                }
+            }
+            Arc::new(blobs)
+        }
+    };
     let db = config.root.join("berth.db");
     let meta = SqliteMeta::open(&db)
         .await
         .map_err(|source| StartError::Meta { path: db, source })?;
     let meta: Arc<dyn MetaStore> = Arc::new(meta);
-    let registry = Registry::new(Arc::new(blobs), meta.clone(), config.settings());
+    let registry = Registry::new(blobs, meta.clone(), config.settings());
     let registry = match &config.proxy {
         Some(p) => {
             let credentials = p.username.clone().zip(p.password.clone());

@@ -1,6 +1,5 @@
 //! Content digests (`algorithm:encoded`) and the streaming hasher that produces them.
 
-use sha2::Digest as _;
 use std::fmt;
 use std::str::FromStr;
 
@@ -29,8 +28,8 @@ impl Algorithm {
 
     pub fn hasher(self) -> Hasher {
         match self {
-            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            Algorithm::Sha256 => Hasher::Sha256(Sha256State::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512State::new()),
         }
     }
 }
@@ -162,12 +161,186 @@ impl serde::Serialize for Digest {
 }
 
 /// A running hash of a blob being written. Cloneable so that an upload's state can be
-/// kept between chunks.
+/// kept between chunks, and resumable: [`Hasher::state`] is a few hundred bytes that
+/// [`Hasher::resume`] turns back into the same running hash, so an upload continued by
+/// another process (another node of a cluster) never re-reads the bytes already hashed.
+///
+/// The block function is `sha2`'s (`compress256`/`compress512`, with its CPU-specific
+/// backends); only the buffering and the final padding (FIPS 180-4, 5.1) are here, since
+/// `sha2` 0.10 cannot export its state.
 #[derive(Clone)]
 pub enum Hasher {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
+    Sha256(Sha256State),
+    Sha512(Sha512State),
 }
+
+/// The running state of a SHA-256.
+#[derive(Clone)]
+pub struct Sha256State {
+    h: [u32; 8],
+    buf: [u8; 64],
+    buffered: usize,
+    /// Bytes hashed so far.
+    len: u64,
+}
+
+/// The running state of a SHA-512.
+#[derive(Clone)]
+pub struct Sha512State {
+    h: [u64; 8],
+    buf: [u8; 128],
+    buffered: usize,
+    len: u128,
+}
+
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+const SHA512_IV: [u64; 8] = [
+    0x6a09e667f3bcc908,
+    0xbb67ae8584caa73b,
+    0x3c6ef372fe94f82b,
+    0xa54ff53a5f1d36f1,
+    0x510e527fade682d1,
+    0x9b05688c2b3e6c1f,
+    0x1f83d9abfb41bd6b,
+    0x5be0cd19137e2179,
+];
+
+/// Blocks handed to the block function per call.
+const BATCH: usize = 64;
+
+type Block256 = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U64>;
+type Block512 = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U128>;
+
+/// Feed `data` through a block function with `B`-byte blocks, buffering the remainder.
+fn absorb<const B: usize>(
+    buf: &mut [u8; B],
+    buffered: &mut usize,
+    mut data: &[u8],
+    mut blocks: impl FnMut(&[u8]),
+) {
+    if *buffered > 0 {
+        let take = (B - *buffered).min(data.len());
+        buf[*buffered..*buffered + take].copy_from_slice(&data[..take]);
+        *buffered += take;
+        data = &data[take..];
+        if *buffered < B {
+            return;
+        }
+        blocks(&buf[..]);
+        *buffered = 0;
+    }
+    let whole = data.len() - data.len() % B;
+    if whole > 0 {
+        blocks(&data[..whole]);
+    }
+    let rest = &data[whole..];
+    buf[..rest.len()].copy_from_slice(rest);
+    *buffered = rest.len();
+}
+
+impl Sha256State {
+    fn new() -> Self {
+        Sha256State {
+            h: SHA256_IV,
+            buf: [0; 64],
+            buffered: 0,
+            len: 0,
+        }
+    }
+
+    /// Whole blocks of `data`, in batches (one call into `sha2` per batch keeps its
+    /// per-call feature dispatch off the per-block path).
+    fn compress(h: &mut [u32; 8], data: &[u8]) {
+        let mut batch = [Block256::default(); BATCH];
+        for run in data.chunks(64 * BATCH) {
+            let n = run.len() / 64;
+            for (b, chunk) in batch.iter_mut().zip(run.chunks_exact(64)) {
+                b.copy_from_slice(chunk);
+            }
+            sha2::compress256(h, &batch[..n]);
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        let h = &mut self.h;
+        absorb(&mut self.buf, &mut self.buffered, data, |b| {
+            Self::compress(h, b)
+        });
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        let bits = self.len.wrapping_mul(8);
+        let mut tail = [0u8; 128];
+        let n = self.buffered;
+        tail[..n].copy_from_slice(&self.buf[..n]);
+        tail[n] = 0x80;
+        let total = if n < 56 { 64 } else { 128 };
+        tail[total - 8..total].copy_from_slice(&bits.to_be_bytes());
+        Self::compress(&mut self.h, &tail[..total]);
+        let mut out = [0u8; 32];
+        for (o, w) in out.chunks_exact_mut(4).zip(self.h) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+impl Sha512State {
+    fn new() -> Self {
+        Sha512State {
+            h: SHA512_IV,
+            buf: [0; 128],
+            buffered: 0,
+            len: 0,
+        }
+    }
+
+    fn compress(h: &mut [u64; 8], data: &[u8]) {
+        let mut batch = [Block512::default(); BATCH / 2];
+        for run in data.chunks(128 * (BATCH / 2)) {
+            let n = run.len() / 128;
+            for (b, chunk) in batch.iter_mut().zip(run.chunks_exact(128)) {
+                b.copy_from_slice(chunk);
+            }
+            sha2::compress512(h, &batch[..n]);
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u128);
+        let h = &mut self.h;
+        absorb(&mut self.buf, &mut self.buffered, data, |b| {
+            Self::compress(h, b)
+        });
+    }
+
+    fn finish(mut self) -> [u8; 64] {
+        let bits = self.len.wrapping_mul(8);
+        let mut tail = [0u8; 256];
+        let n = self.buffered;
+        tail[..n].copy_from_slice(&self.buf[..n]);
+        tail[n] = 0x80;
+        let total = if n < 112 { 128 } else { 256 };
+        tail[total - 16..total].copy_from_slice(&bits.to_be_bytes());
+        Self::compress(&mut self.h, &tail[..total]);
+        let mut out = [0u8; 64];
+        for (o, w) in out.chunks_exact_mut(8).zip(self.h) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// Why [`Hasher::resume`] refused a saved state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("saved hash state is invalid: {0}")]
+pub struct HashStateError(&'static str);
+
+/// Saved states start with this tag and a version byte.
+const STATE_MAGIC: &[u8; 4] = b"bhs1";
 
 impl Hasher {
     pub fn algorithm(&self) -> Algorithm {
@@ -184,6 +357,19 @@ impl Hasher {
         }
     }
 
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        match self {
+            Hasher::Sha256(h) => h.len,
+            Hasher::Sha512(h) => h.len as u64,
+        }
+    }
+
+    /// Nothing hashed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The digest of everything hashed so far (the hasher itself is left unchanged).
     pub fn digest(&self) -> Digest {
         self.clone().finish()
@@ -191,12 +377,91 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
-            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
-            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
+            Hasher::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finish())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finish())),
         };
         Digest {
             algorithm,
             full: format!("{}:{}", algorithm.as_str(), hex),
+        }
+    }
+
+    /// The running state, to be stored and [`Hasher::resume`]d later (by any process):
+    /// a tag, the algorithm, the byte count, the chaining words and the buffered partial
+    /// block.
+    pub fn state(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(220);
+        out.extend_from_slice(STATE_MAGIC);
+        match self {
+            Hasher::Sha256(s) => {
+                out.push(1);
+                out.extend_from_slice(&(s.len as u128).to_be_bytes());
+                for w in s.h {
+                    out.extend_from_slice(&w.to_be_bytes());
+                }
+                out.extend_from_slice(&s.buf[..s.buffered]);
+            }
+            Hasher::Sha512(s) => {
+                out.push(2);
+                out.extend_from_slice(&s.len.to_be_bytes());
+                for w in s.h {
+                    out.extend_from_slice(&w.to_be_bytes());
+                }
+                out.extend_from_slice(&s.buf[..s.buffered]);
+            }
+        }
+        out
+    }
+
+    /// A hasher continuing from a saved [`Hasher::state`].
+    pub fn resume(saved: &[u8]) -> Result<Hasher, HashStateError> {
+        let rest = saved
+            .strip_prefix(STATE_MAGIC.as_slice())
+            .ok_or(HashStateError("unknown format"))?;
+        let (&alg, rest) = rest.split_first().ok_or(HashStateError("truncated"))?;
+        if rest.len() < 16 {
+            return Err(HashStateError("truncated"));
+        }
+        let (len, rest) = rest.split_at(16);
+        let len = u128::from_be_bytes(len.try_into().map_err(|_| HashStateError("truncated"))?);
+        match alg {
+            1 => {
+                if rest.len() < 32 {
+                    return Err(HashStateError("truncated"));
+                }
+                let (words, buf) = rest.split_at(32);
+                let mut s = Sha256State::new();
+                for (w, b) in s.h.iter_mut().zip(words.chunks_exact(4)) {
+                    *w = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                s.len = u64::try_from(len).map_err(|_| HashStateError("length"))?;
+                if buf.len() != (s.len % 64) as usize {
+                    return Err(HashStateError("buffer does not match the length"));
+                }
+                s.buf[..buf.len()].copy_from_slice(buf);
+                s.buffered = buf.len();
+                Ok(Hasher::Sha256(s))
+            }
+            2 => {
+                if rest.len() < 64 {
+                    return Err(HashStateError("truncated"));
+                }
+                let (words, buf) = rest.split_at(64);
+                let mut s = Sha512State::new();
+                for (w, b) in s.h.iter_mut().zip(words.chunks_exact(8)) {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    *w = u64::from_be_bytes(a);
+                }
+                s.len = len;
+                if buf.len() != (s.len % 128) as usize {
+                    return Err(HashStateError("buffer does not match the length"));
+                }
+                s.buf[..buf.len()].copy_from_slice(buf);
+                s.buffered = buf.len();
+                Ok(Hasher::Sha512(s))
+            }
+            _ => Err(HashStateError("unknown algorithm")),
         }
     }
 }
@@ -210,6 +475,52 @@ impl fmt::Debug for Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference digest from `sha2` itself.
+    fn reference(alg: Algorithm, data: &[u8]) -> String {
+        use sha2::Digest as _;
+        match alg {
+            Algorithm::Sha256 => format!("sha256:{}", hex::encode(sha2::Sha256::digest(data))),
+            Algorithm::Sha512 => format!("sha512:{}", hex::encode(sha2::Sha512::digest(data))),
+        }
+    }
+
+    #[test]
+    fn hashes_as_sha2_does_at_every_length_and_split() {
+        let data: Vec<u8> = (0..9000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            for len in (0..300).chain([1000, 4095, 4096, 4097, 8191, 8192, 9000]) {
+                let want = reference(alg, &data[..len]);
+                assert_eq!(Digest::of(alg, &data[..len]).as_str(), want, "{alg} {len}");
+                // Fed in pieces of every size, and saved/resumed between them.
+                for step in [1usize, 3, 63, 64, 65, 127, 128, 129, 4096] {
+                    let mut h = alg.hasher();
+                    for piece in data[..len].chunks(step) {
+                        h = Hasher::resume(&h.state()).expect("resume");
+                        h.update(piece);
+                    }
+                    assert_eq!(h.len(), len as u64);
+                    assert_eq!(h.digest().as_str(), want, "{alg} {len} by {step}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn saved_states_are_checked() {
+        let mut h = Algorithm::Sha256.hasher();
+        h.update(b"some bytes");
+        let saved = h.state();
+        assert!(Hasher::resume(&saved).is_ok());
+        assert!(Hasher::resume(b"").is_err());
+        assert!(Hasher::resume(&saved[..saved.len() - 1]).is_err());
+        let mut longer = saved.clone();
+        longer.push(0);
+        assert!(Hasher::resume(&longer).is_err());
+        let mut other = saved.clone();
+        other[4] = 9;
+        assert!(Hasher::resume(&other).is_err());
+    }
 
     const EMPTY256: &str =
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

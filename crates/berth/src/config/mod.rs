@@ -11,6 +11,7 @@
 pub mod events;
 pub mod ops;
 pub mod proxy;
+pub mod s3;
 
 pub mod auth;
 pub mod ldap;
@@ -101,6 +102,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `proxy`: pull-through cache of an upstream registry (read-only for clients).
     pub proxy: Option<proxy::ProxyConfig>,
+    /// `storage.s3`: blobs in an S3-compatible bucket instead of under `root`.
+    pub s3: Option<s3::S3Config>,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             ops: ops::OpsConfig::default(),
             auth: AuthConfig::default(),
             proxy: None,
+            s3: None,
         }
     }
 }
@@ -193,6 +197,24 @@ const IMPLEMENTED: &[&str] = &[
     "log.fields",
     "storage.filesystem.rootdirectory",
     "storage.filesystem.maxthreads",
+    "storage.s3.accesskey",
+    "storage.s3.secretkey",
+    "storage.s3.region",
+    "storage.s3.regionendpoint",
+    "storage.s3.forcepathstyle",
+    "storage.s3.bucket",
+    "storage.s3.rootdirectory",
+    "storage.s3.encrypt",
+    "storage.s3.keyid",
+    "storage.s3.secure",
+    "storage.s3.skipverify",
+    "storage.s3.v4auth",
+    "storage.s3.chunksize",
+    "storage.s3.multipartcopychunksize",
+    "storage.s3.multipartcopymaxconcurrency",
+    "storage.s3.multipartcopythresholdsize",
+    "storage.s3.storageclass",
+    "storage.redirect.disable",
     "storage.delete.enabled",
     "http.addr",
     "http.net",
@@ -278,8 +300,6 @@ const BY_DESIGN: &[(&str, &str)] = &[
     ("http.secret", "not needed: upload state lives in the metadata database, not in signed URLs, so any node can continue any upload"),
     ("storage.cache.blobdescriptor", "not needed: blob descriptors are served from the metadata database"),
     ("storage.cache", "not needed: blob descriptors are served from the metadata database"),
-    ("storage.redirect.disable", "not needed: the filesystem driver never redirects"),
-    ("storage.redirect", "not needed: the filesystem driver never redirects"),
 ];
 
 /// Top-level sections of Distribution's configuration.
@@ -945,11 +965,16 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
                 ),
             ));
         }
-        if let Some(other) = drivers.iter().find(|d| **d != "filesystem") {
+        if let Some(other) = drivers.iter().find(|d| !["filesystem", "s3"].contains(*d)) {
             return Err(bad(
                 &format!("storage.{other}"),
-                "this storage driver is not supported yet; use storage.filesystem",
+                "this storage driver is not supported; use storage.filesystem or storage.s3",
             ));
+        }
+        if s3::present(tree) {
+            c.s3 = Some(s3::parse(tree)?);
+            // The embedded metadata database still needs a directory of its own.
+            c.root = PathBuf::from(DISTRIBUTION_DEFAULT_ROOT);
         }
         if get(tree, "storage.filesystem").is_some() || storage.contains_key("filesystem") {
             c.root = PathBuf::from(DISTRIBUTION_DEFAULT_ROOT);

@@ -79,6 +79,16 @@ pub async fn get(
         let size = r.stat_blob(repo, digest).await?;
         return Ok(empty(StatusCode::OK, &common(size)));
     }
+    if let Some(url) = r.blob_redirect(repo, digest).await? {
+        // The object store serves the bytes (and the Range, which the client resends).
+        return Ok(empty(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[
+                ("location", url),
+                ("docker-content-digest", digest.to_string()),
+            ],
+        ));
+    }
     let range_header = req.header(header::RANGE);
     let read = r
         .read_blob(repo, digest, |size| parse_range(range_header, size))

@@ -61,6 +61,27 @@ impl Registry {
         self.read_linked_blob(repo, digest, resolve).await
     }
 
+    /// Where the client can fetch a blob linked into `repo` straight from the object
+    /// store (a presigned URL), when the store offers that; the pull is recorded. `None`
+    /// when the blob is to be served by [`Registry::read_blob`] (no redirects, or a
+    /// pull-through cache blob not yet here).
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let Some(url) = self.blobs.redirect_url(digest) else {
+            return Ok(None);
+        };
+        let Some(size) = self.meta.linked_blob(repo, digest).await? else {
+            if self.proxy.is_some() {
+                return Ok(None);
+            }
+            return Err(RegistryError::BlobUnknown(digest.clone()));
+        };
+        if self.proxy.is_some() {
+            self.proxy_hit(repo, digest).await;
+        }
+        self.emit_blob_pull(repo, digest, size);
+        Ok(Some(url))
+    }
+
     /// [`Registry::read_blob`] of a blob linked into `repo`.
     pub(super) async fn read_linked_blob(
         &self,

@@ -1,6 +1,6 @@
 //! Blob bytes: content-addressed blobs and in-progress upload files, behind the
 //! [`BlobStore`] trait. Backends: [`fs::FsBlobStore`] (default) and
-//! [`memory::MemoryBlobStore`] (tests); S3 comes later behind the same trait.
+//! [`memory::MemoryBlobStore`] (tests) and [`s3::S3BlobStore`] (S3-compatible buckets).
 //!
 //! A backend writes an upload while hashing it in the same pass, and only makes a blob
 //! visible under its digest after the registry has verified it (`commit_upload`), atomically
@@ -9,6 +9,7 @@
 
 pub mod fs;
 pub mod memory;
+pub mod s3;
 #[cfg(test)]
 mod testsuite;
 
@@ -129,6 +130,11 @@ pub struct HiddenBlob {
 pub trait BlobStore: Send + Sync + 'static {
     /// Size of a committed blob, or `None`.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Where a client may fetch a committed blob directly (a presigned URL of an object
+    /// store), instead of through Berth; `None` (the default) serves it through Berth.
+    fn redirect_url(&self, _digest: &Digest) -> Option<String> {
+        None
+    }
     /// Stream a committed blob, or the given range of it.
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Remove a committed blob; `false` if it was not there.

@@ -1,0 +1,1526 @@
+//! S3-compatible blob store (AWS, MinIO, Ceph RGW, Garage, SeaweedFS).
+//!
+//! Layout under `rootdirectory` in the bucket:
+//! ```text
+//! blobs/<algorithm>/<first two hex>/<hex>   committed, immutable, content-addressed
+//! uploads/<id>/state                        an upload's record (JSON): size, parts, the
+//!                                           saved hash state, committed or not
+//! uploads/<id>/part-<n>-<random>            the upload's bytes, in order
+//! trash/<algorithm>-<hex>-<uuid>            blobs garbage collection moved aside
+//! ```
+//!
+//! An upload is a list of part objects plus its record. An append streams the body into
+//! new parts of `chunksize` (growing after every thousand parts, so a layer never needs
+//! more than S3's 10,000), hashing as it goes; the record, written last, is the append's
+//! commit point: an append that fails leaves the record as it was, and its parts are
+//! orphans removed with the upload. Every part but the last is at least S3's 5 MiB part
+//! minimum: a shorter last part (a small chunk) is read back (at most 5 MiB, never
+//! rehashed) and rewritten together with the next chunk. The record carries the running
+//! hash state ([`oci::Hasher::state`]), so whichever node gets the next chunk continues
+//! without reading earlier bytes. Memory per append: one part being filled and one being
+//! sent.
+//!
+//! Commit assembles the parts into the blob's object with one multipart upload of
+//! server-side part copies (`UploadPartCopy`, `multipartcopymaxconcurrency` at once),
+//! which S3 makes visible atomically when it completes; the registry has verified the
+//! digest from the hash state before. A blob is never copied whole in one request above
+//! `multipartcopythresholdsize`.
+//!
+//! Requests are signed with SigV4 by `rusty-s3` (presigned URLs, no HTTP stack of its
+//! own) and sent with the binary's one `reqwest`/rustls client.
+
+use super::{ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError, StoredBlob};
+use super::{StoredUpload, UploadProgress};
+use crate::config::s3::{S3Config, MAX_PART, MIN_PART};
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use oci::{Algorithm, Digest, Hasher};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// How long the URLs Berth signs for its own requests stay valid (a request must start
+/// within it; a slow body may take longer).
+const SIGN_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long a redirect URL handed to a client stays valid (as Distribution's 20 minutes).
+pub const REDIRECT_FOR: Duration = Duration::from_secs(20 * 60);
+/// S3's most parts per multipart upload.
+const MAX_PARTS: usize = 10_000;
+/// Part sizes grow by `chunksize` after every this many parts.
+const PARTS_PER_STEP: usize = 1000;
+/// Most objects one listing page returns (S3's maximum).
+const PAGE: usize = 1000;
+/// Error bodies are read up to this much.
+const ERROR_BODY: usize = 16 * 1024;
+
+pub struct S3BlobStore {
+    bucket: Bucket,
+    credentials: Option<Credentials>,
+    http: reqwest::Client,
+    /// Key prefix: `rootdirectory/`, or empty.
+    root: String,
+    /// Headers every object write carries (server-side encryption, storage class).
+    write_headers: Vec<(&'static str, String)>,
+    chunk_size: u64,
+    copy_chunk: u64,
+    copy_concurrency: usize,
+    copy_threshold: u64,
+    redirect: bool,
+}
+
+/// One part of an upload, in order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Part {
+    /// Object name under the upload's directory.
+    name: String,
+    size: u64,
+}
+
+/// `uploads/<id>/state`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Record {
+    size: u64,
+    /// [`Hasher::state`] of every byte so far, base64; absent before the first append.
+    #[serde(default)]
+    hash: Option<String>,
+    parts: Vec<Part>,
+    #[serde(default)]
+    committed: bool,
+}
+
+impl Record {
+    fn hasher(&self) -> Result<Option<Hasher>> {
+        use base64::Engine as _;
+        let Some(saved) = &self.hash else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(saved)
+            .map_err(|e| failure(format!("an upload's saved hash state is not base64: {e}")))?;
+        Hasher::resume(&bytes)
+            .map(Some)
+            .map_err(|e| failure(e.to_string()))
+    }
+}
+
+fn failure(what: impl Into<String>) -> StorageError {
+    StorageError::Io(io::Error::other(what.into()))
+}
+
+/// The text of the first `<tag>...</tag>` in an XML answer.
+fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
+}
+
+/// ISO 8601 times as S3 lists them (`2026-12-06T09:00:00.000Z`).
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let millis = s
+        .get(20..23)
+        .filter(|_| b[19] == b'.')
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+}
+
+/// A listed object.
+struct Listed {
+    key: String,
+    size: u64,
+    modified: SystemTime,
+}
+
+impl S3BlobStore {
+    /// A store over the configured bucket. Checks nothing over the network (the health
+    /// check and the first request do).
+    pub fn new(c: &S3Config) -> io::Result<S3BlobStore> {
+        let endpoint = match &c.region_endpoint {
+            Some(e) => e.clone(),
+            None => format!(
+                "{}://s3.{}.amazonaws.com",
+                if c.secure { "https" } else { "http" },
+                c.region
+            ),
+        };
+        let url = endpoint.parse().map_err(|e| {
+            io::Error::other(format!(
+                "storage.s3.regionendpoint {endpoint:?} is not a URL: {e}"
+            ))
+        })?;
+        let style = if c.force_path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(url, style, c.bucket.clone(), c.region.clone())
+            .map_err(|e| io::Error::other(format!("storage.s3: {e}")))?;
+        let credentials = match (&c.access_key, &c.secret_key) {
+            (Some(k), Some(s)) => Some(Credentials::new(k.clone(), s.clone())),
+            _ => {
+                let key = std::env::var("AWS_ACCESS_KEY_ID").ok();
+                let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
+                match (key, secret) {
+                    (Some(k), Some(s)) => Some(match std::env::var("AWS_SESSION_TOKEN") {
+                        Ok(t) if !t.is_empty() => Credentials::new_with_token(k, s, t),
+                        _ => Credentials::new(k, s),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .danger_accept_invalid_certs(c.skip_verify);
+        // The AWS SDKs' way to trust a private CA; Berth honours it too.
+        if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE").filter(|b| !b.is_empty()) {
+            match std::fs::read(&bundle) {
+                Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                    Ok(certs) => {
+                        for cert in certs {
+                            http = http.add_root_certificate(cert);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(bundle = %Path::new(&bundle).display(), error = %e, "AWS_CA_BUNDLE holds no usable PEM certificates; ignoring it")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(bundle = %Path::new(&bundle).display(), error = %e, "cannot read AWS_CA_BUNDLE; ignoring it")
+                }
+            }
+        }
+        let http = http
+            .build()
+            .map_err(|e| io::Error::other(format!("storage.s3: HTTP client: {e}")))?;
+        let mut write_headers = Vec::new();
+        if c.encrypt {
+            match &c.key_id {
+                Some(k) => {
+                    write_headers.push(("x-amz-server-side-encryption", "aws:kms".to_string()));
+                    write_headers.push(("x-amz-server-side-encryption-aws-kms-key-id", k.clone()));
+                }
+                None => write_headers.push(("x-amz-server-side-encryption", "AES256".to_string())),
+            }
+        }
+        if let Some(class) = &c.storage_class {
+            write_headers.push(("x-amz-storage-class", class.clone()));
+        }
+        Ok(S3BlobStore {
+            bucket,
+            credentials,
+            http,
+            root: if c.root_directory.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", c.root_directory)
+            },
+            write_headers,
+            chunk_size: c.chunk_size,
+            copy_chunk: c.multipart_copy_chunk_size,
+            copy_concurrency: c.multipart_copy_max_concurrency,
+            copy_threshold: c.multipart_copy_threshold,
+            redirect: c.redirect,
+        })
+    }
+
+    /// Where the bucket is, for messages (never with credentials).
+    pub fn describe(&self) -> String {
+        format!(
+            "bucket {} at {}",
+            self.bucket.name(),
+            self.bucket.base_url()
+        )
+    }
+
+    fn blob_key(&self, d: &Digest) -> String {
+        let hex = d.hex();
+        format!(
+            "{}blobs/{}/{}/{}",
+            self.root,
+            d.algorithm().as_str(),
+            &hex[..2],
+            hex
+        )
+    }
+
+    fn upload_dir(&self, id: &str) -> Result<String> {
+        if !super::valid_upload_id(id) {
+            return Err(StorageError::InvalidUploadId);
+        }
+        Ok(format!("{}uploads/{id}/", self.root))
+    }
+
+    fn trash_key(&self, name: &str) -> String {
+        format!("{}trash/{name}", self.root)
+    }
+
+    fn creds(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// Send a signed request; any answer but 2xx (and 404 when `missing_ok`) is an error
+    /// naming the operation, the key and S3's error code.
+    async fn send(
+        &self,
+        what: &str,
+        key: &str,
+        request: reqwest::RequestBuilder,
+        missing_ok: bool,
+    ) -> Result<Option<reqwest::Response>> {
+        let response = request.send().await.map_err(|e| {
+            failure(format!(
+                "S3 {what} {key} ({}): {e}; check that the server is reachable",
+                self.describe()
+            ))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Some(response));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && missing_ok {
+            return Ok(None);
+        }
+        let body = read_limited(response).await;
+        let code = xml_tag(&body, "Code").unwrap_or("");
+        let message = xml_tag(&body, "Message").unwrap_or("");
+        let hint = match status.as_u16() {
+            403 => "; check storage.s3.accesskey/secretkey and the bucket's permissions",
+            404 if code == "NoSuchBucket" => "; create the bucket first",
+            _ => "",
+        };
+        Err(failure(format!(
+            "S3 {what} {key} ({}) failed: {status} {code} {message}{hint}",
+            self.describe()
+        )))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let url = self.bucket.head_object(self.creds(), key).sign(SIGN_FOR);
+        let Some(r) = self.send("HEAD", key, self.http.head(url), true).await? else {
+            return Ok(None);
+        };
+        let len = r
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| failure(format!("S3 HEAD {key}: no Content-Length")))?;
+        Ok(Some(len))
+    }
+
+    async fn get_object(&self, key: &str, range: Option<ByteRange>) -> Result<Option<ByteStream>> {
+        let url = self.bucket.get_object(self.creds(), key).sign(SIGN_FOR);
+        let mut request = self.http.get(url);
+        if let Some(r) = range {
+            request = request.header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{}", r.start, r.end),
+            );
+        }
+        let Some(response) = self.send("GET", key, request, true).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Box::pin(
+            response.bytes_stream().map_err(io::Error::other),
+        )))
+    }
+
+    async fn get_all(&self, key: &str) -> Result<Option<Bytes>> {
+        let url = self.bucket.get_object(self.creds(), key).sign(SIGN_FOR);
+        let Some(response) = self.send("GET", key, self.http.get(url), true).await? else {
+            return Ok(None);
+        };
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| failure(format!("S3 GET {key}: {e}")))?;
+        Ok(Some(bytes))
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        let mut action = self.bucket.put_object(self.creds(), key);
+        for (k, v) in &self.write_headers {
+            action.headers_mut().insert(*k, v.clone());
+        }
+        let url = action.sign(SIGN_FOR);
+        let mut request = self.http.put(url).body(body);
+        for (k, v) in &self.write_headers {
+            request = request.header(*k, v);
+        }
+        self.send("PUT", key, request, false).await?;
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        let url = self.bucket.delete_object(self.creds(), key).sign(SIGN_FOR);
+        self.send("DELETE", key, self.http.delete(url), true)
+            .await?;
+        Ok(())
+    }
+
+    /// Every object under `prefix`.
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(self.creds());
+            action.with_prefix(prefix);
+            action.with_max_keys(PAGE);
+            if let Some(t) = &token {
+                action.with_continuation_token(t.clone());
+            }
+            let url = action.sign(SIGN_FOR);
+            let Some(response) = self.send("LIST", prefix, self.http.get(url), false).await? else {
+                break;
+            };
+            let text = response
+                .text()
+                .await
+                .map_err(|e| failure(format!("S3 LIST {prefix}: {e}")))?;
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
+                .map_err(|e| failure(format!("S3 LIST {prefix}: unreadable answer: {e}")))?;
+            for o in page.contents {
+                // Listings ask for `encoding-type=url`: keys come back percent-encoded
+                // (some servers encode `/` too).
+                let key = percent_encoding::percent_decode_str(&o.key)
+                    .decode_utf8()
+                    .map_err(|e| failure(format!("S3 LIST {prefix}: a key is not UTF-8: {e}")))?
+                    .into_owned();
+                out.push(Listed {
+                    modified: parse_time(&o.last_modified).unwrap_or(SystemTime::UNIX_EPOCH),
+                    key,
+                    size: o.size,
+                });
+            }
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `x-amz-copy-source` for a key of this bucket.
+    fn copy_source(&self, key: &str) -> String {
+        const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        format!(
+            "/{}/{}",
+            self.bucket.name(),
+            percent_encoding::utf8_percent_encode(key, KEEP)
+        )
+    }
+
+    /// Copy one whole object in one request (CopyObject; at most 5 GiB).
+    async fn copy_object(&self, from: &str, to: &str) -> Result<()> {
+        let source = self.copy_source(from);
+        let mut action = self.bucket.put_object(self.creds(), to);
+        action
+            .headers_mut()
+            .insert("x-amz-copy-source", source.clone());
+        for (k, v) in &self.write_headers {
+            action.headers_mut().insert(*k, v.clone());
+        }
+        let url = action.sign(SIGN_FOR);
+        let mut request = self.http.put(url).header("x-amz-copy-source", source);
+        for (k, v) in &self.write_headers {
+            request = request.header(*k, v);
+        }
+        let response = self
+            .send("COPY", to, request, false)
+            .await?
+            .ok_or_else(|| failure(format!("S3 COPY {from} -> {to}: not found")))?;
+        // A copy can fail after its 200 has been sent: the error is then in the body.
+        let body = read_limited(response).await;
+        if body.contains("<Error>") {
+            return Err(failure(format!(
+                "S3 COPY {from} -> {to} failed: {} {}",
+                xml_tag(&body, "Code").unwrap_or(""),
+                xml_tag(&body, "Message").unwrap_or("")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Build `to` from `pieces` (a key and an optional inclusive byte range of it), in
+    /// order, with one multipart upload of server-side part copies. Every piece but the
+    /// last must be at least 5 MiB. `to` appears only when the upload completes.
+    async fn multipart_copy(
+        &self,
+        to: &str,
+        pieces: Vec<(String, Option<ByteRange>)>,
+    ) -> Result<()> {
+        if pieces.len() > MAX_PARTS {
+            return Err(failure(format!(
+                "S3 COPY {to}: {} parts is more than S3's {MAX_PARTS}",
+                pieces.len()
+            )));
+        }
+        let mut create = self.bucket.create_multipart_upload(self.creds(), to);
+        for (k, v) in &self.write_headers {
+            create.headers_mut().insert(*k, v.clone());
+        }
+        let url = create.sign(SIGN_FOR);
+        let mut request = self.http.post(url);
+        for (k, v) in &self.write_headers {
+            request = request.header(*k, v);
+        }
+        let response = self
+            .send("CREATE MULTIPART", to, request, false)
+            .await?
+            .ok_or_else(|| failure(format!("S3 CREATE MULTIPART {to}: not found")))?;
+        let text = read_limited(response).await;
+        let upload_id = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| failure(format!("S3 CREATE MULTIPART {to}: unreadable answer: {e}")))?
+            .upload_id()
+            .to_string();
+        let copied = futures_util::stream::iter(pieces.into_iter().enumerate())
+            .map(|(i, (from, range))| {
+                let upload_id = upload_id.clone();
+                async move { self.copy_part(to, &upload_id, i + 1, &from, range).await }
+            })
+            .buffered(self.copy_concurrency)
+            .try_collect::<Vec<String>>()
+            .await;
+        let etags = match copied {
+            Ok(etags) => etags,
+            Err(e) => {
+                self.abort(to, &upload_id).await;
+                return Err(e);
+            }
+        };
+        let complete = self.bucket.complete_multipart_upload(
+            self.creds(),
+            to,
+            &upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = complete.sign(SIGN_FOR);
+        let body = complete.body();
+        let done = self
+            .send(
+                "COMPLETE MULTIPART",
+                to,
+                self.http.post(url).body(body),
+                false,
+            )
+            .await;
+        let answer = match done {
+            Ok(Some(r)) => read_limited(r).await,
+            Ok(None) => String::new(),
+            Err(e) => {
+                self.abort(to, &upload_id).await;
+                return Err(e);
+            }
+        };
+        if answer.contains("<Error>") {
+            self.abort(to, &upload_id).await;
+            return Err(failure(format!(
+                "S3 COMPLETE MULTIPART {to} failed: {} {}",
+                xml_tag(&answer, "Code").unwrap_or(""),
+                xml_tag(&answer, "Message").unwrap_or("")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn copy_part(
+        &self,
+        to: &str,
+        upload_id: &str,
+        number: usize,
+        from: &str,
+        range: Option<ByteRange>,
+    ) -> Result<String> {
+        let number16 = u16::try_from(number)
+            .map_err(|_| failure(format!("S3 COPY {to}: part {number} beyond S3's limit")))?;
+        let source = self.copy_source(from);
+        let mut action = self
+            .bucket
+            .upload_part(self.creds(), to, number16, upload_id);
+        action
+            .headers_mut()
+            .insert("x-amz-copy-source", source.clone());
+        let range = range.map(|r| format!("bytes={}-{}", r.start, r.end));
+        if let Some(r) = &range {
+            action
+                .headers_mut()
+                .insert("x-amz-copy-source-range", r.clone());
+        }
+        let url = action.sign(SIGN_FOR);
+        let mut request = self.http.put(url).header("x-amz-copy-source", source);
+        if let Some(r) = range {
+            request = request.header("x-amz-copy-source-range", r);
+        }
+        let response = self
+            .send("COPY PART", to, request, false)
+            .await?
+            .ok_or_else(|| failure(format!("S3 COPY PART {from}: not found")))?;
+        let body = read_limited(response).await;
+        match xml_tag(&body, "ETag") {
+            Some(etag) if !body.contains("<Error>") => Ok(etag.replace("&quot;", "\"")),
+            _ => Err(failure(format!(
+                "S3 COPY PART {from} -> {to} failed: {} {}",
+                xml_tag(&body, "Code").unwrap_or("no ETag in the answer"),
+                xml_tag(&body, "Message").unwrap_or("")
+            ))),
+        }
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let url = self
+            .bucket
+            .abort_multipart_upload(self.creds(), key, upload_id)
+            .sign(SIGN_FOR);
+        if let Err(e) = self
+            .send("ABORT MULTIPART", key, self.http.delete(url), true)
+            .await
+        {
+            tracing::warn!(error = %e, "could not abort a multipart upload; the bucket's lifecycle rules remove it");
+        }
+    }
+
+    /// Copy a whole object of `size` bytes: one request up to the threshold, ranged part
+    /// copies beyond.
+    async fn copy(&self, from: &str, to: &str, size: u64) -> Result<()> {
+        if size <= self.copy_threshold {
+            return self.copy_object(from, to).await;
+        }
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        // Grow the pieces if the chunk size would need more parts than S3 allows.
+        let chunk = self.copy_chunk.max(size.div_ceil(MAX_PARTS as u64));
+        while start < size {
+            let end = (start + chunk).min(size) - 1;
+            pieces.push((from.to_string(), Some(ByteRange { start, end })));
+            start = end + 1;
+        }
+        self.multipart_copy(to, pieces).await
+    }
+
+    async fn load(&self, id: &str) -> Result<(String, Record)> {
+        let dir = self.upload_dir(id)?;
+        let key = format!("{dir}state");
+        let Some(bytes) = self.get_all(&key).await? else {
+            return Err(StorageError::UploadNotFound);
+        };
+        let record: Record = serde_json::from_slice(&bytes)
+            .map_err(|e| failure(format!("upload record {key} is unreadable: {e}")))?;
+        Ok((dir, record))
+    }
+
+    /// An open (not committed) upload's record.
+    async fn load_open(&self, id: &str) -> Result<(String, Record)> {
+        let (dir, record) = self.load(id).await?;
+        if record.committed {
+            return Err(StorageError::UploadNotFound);
+        }
+        Ok((dir, record))
+    }
+
+    async fn save(&self, dir: &str, record: &Record) -> Result<()> {
+        let json = serde_json::to_vec(record).map_err(|e| failure(e.to_string()))?;
+        self.put(&format!("{dir}state"), Bytes::from(json)).await
+    }
+
+    /// The size of the next part, given how many there are: `chunksize`, one more
+    /// `chunksize` after every thousand parts (10 MiB parts reach 550 GiB in 10,000).
+    fn part_target(&self, parts: usize) -> u64 {
+        (self.chunk_size * (1 + (parts / PARTS_PER_STEP) as u64)).min(MAX_PART)
+    }
+
+    /// Stream `body` into new parts after `record`'s; returns the new record (not yet
+    /// saved) and the names written (to remove on failure).
+    async fn write_parts(
+        &self,
+        dir: &str,
+        record: &Record,
+        mut hasher: Hasher,
+        mut body: ByteStream,
+        limit: u64,
+        written: &mut Vec<String>,
+    ) -> Result<(Record, Hasher)> {
+        let mut parts = record.parts.clone();
+        let mut buf = BytesMut::new();
+        // A last part below S3's minimum is rewritten together with what comes now.
+        if parts.last().is_some_and(|p| p.size < MIN_PART) {
+            if let Some(last) = parts.pop() {
+                let bytes = self
+                    .get_all(&format!("{dir}{}", last.name))
+                    .await?
+                    .ok_or_else(|| failure(format!("upload part {dir}{} is missing", last.name)))?;
+                if bytes.len() as u64 != last.size {
+                    return Err(failure(format!(
+                        "upload part {dir}{} holds {} bytes, its record says {}",
+                        last.name,
+                        bytes.len(),
+                        last.size
+                    )));
+                }
+                buf.extend_from_slice(&bytes);
+            }
+        }
+        let mut size = record.size;
+        let mut sending: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        loop {
+            let target = self.part_target(parts.len()) as usize;
+            if buf.len() >= target {
+                let part = buf.split_to(target).freeze();
+                self.send_part(dir, &mut parts, part, &mut sending, written)
+                    .await?;
+                continue;
+            }
+            match body.next().await {
+                None => break,
+                Some(Err(e)) => {
+                    finish(&mut sending).await?;
+                    return Err(StorageError::Body(e));
+                }
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        finish(&mut sending).await?;
+                        return Err(StorageError::TooLarge { limit });
+                    }
+                    hasher.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let part = buf.split().freeze();
+            self.send_part(dir, &mut parts, part, &mut sending, written)
+                .await?;
+        }
+        finish(&mut sending).await?;
+        Ok((
+            Record {
+                size,
+                hash: None,
+                parts,
+                committed: false,
+            },
+            hasher,
+        ))
+    }
+
+    /// Start sending one part (after the previous one is through): one part in flight
+    /// while the next fills.
+    async fn send_part(
+        &self,
+        dir: &str,
+        parts: &mut Vec<Part>,
+        bytes: Bytes,
+        sending: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+        written: &mut Vec<String>,
+    ) -> Result<()> {
+        finish(sending).await?;
+        let name = format!(
+            "part-{:05}-{}",
+            parts.len() + 1,
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        parts.push(Part {
+            name: name.clone(),
+            size: bytes.len() as u64,
+        });
+        written.push(name.clone());
+        let this = self.clone_for_task();
+        let key = format!("{dir}{name}");
+        *sending = Some(tokio::spawn(async move { this.put(&key, bytes).await }));
+        Ok(())
+    }
+
+    /// What a spawned part upload needs (the client and signing state are cheap clones).
+    fn clone_for_task(&self) -> S3BlobStore {
+        S3BlobStore {
+            bucket: self.bucket.clone(),
+            credentials: self.credentials.clone(),
+            http: self.http.clone(),
+            root: self.root.clone(),
+            write_headers: self.write_headers.clone(),
+            chunk_size: self.chunk_size,
+            copy_chunk: self.copy_chunk,
+            copy_concurrency: self.copy_concurrency,
+            copy_threshold: self.copy_threshold,
+            redirect: self.redirect,
+        }
+    }
+
+    /// Remove objects, logging (not failing on) what could not go.
+    async fn remove_all(&self, keys: impl IntoIterator<Item = String>) {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let results = futures_util::stream::iter(keys)
+            .map(|k| async move { (self.delete_key(&k).await, k) })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for (r, k) in results {
+            if let Err(e) = r {
+                tracing::warn!(key = %k, error = %e, "could not remove an object; upload purging retries");
+            }
+        }
+    }
+
+    /// A stream of an upload's bytes in `range`, part after part.
+    fn read_parts(&self, dir: &str, parts: &[Part], range: ByteRange) -> ByteStream {
+        let mut pieces = Vec::new();
+        let mut offset = 0u64;
+        for p in parts {
+            let (start, end) = (offset, offset + p.size);
+            offset = end;
+            if p.size == 0 || end <= range.start || start > range.end {
+                continue;
+            }
+            let from = range.start.max(start) - start;
+            let to = range.end.min(end - 1) - start;
+            pieces.push((
+                format!("{dir}{}", p.name),
+                ByteRange {
+                    start: from,
+                    end: to,
+                },
+            ));
+        }
+        let this = self.clone_for_task();
+        let stream = futures_util::stream::iter(pieces)
+            .then(move |(key, r)| {
+                let this = this.clone_for_task();
+                async move {
+                    match this.get_object(&key, Some(r)).await {
+                        Ok(Some(s)) => Ok(s),
+                        Ok(None) => Err(io::Error::other(format!("upload part {key} is missing"))),
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    }
+                }
+            })
+            .try_flatten();
+        Box::pin(stream)
+    }
+}
+
+async fn finish(sending: &mut Option<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
+    if let Some(task) = sending.take() {
+        task.await
+            .map_err(|e| failure(format!("a part upload stopped: {e}")))??;
+    }
+    Ok(())
+}
+
+async fn read_limited(response: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = ERROR_BODY.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= ERROR_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_blob_key(rest: &str) -> Option<Digest> {
+    let mut it = rest.split('/');
+    let (alg, _, hex) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    format!("{alg}:{hex}").parse().ok()
+}
+
+fn parse_hidden(name: &str) -> Option<HiddenBlob> {
+    let (alg, rest) = name.split_once('-')?;
+    let (hex, _uuid) = rest.split_once('-')?;
+    let digest = format!("{alg}:{hex}").parse().ok()?;
+    Some(HiddenBlob {
+        digest,
+        name: name.to_string(),
+    })
+}
+
+#[async_trait::async_trait]
+impl super::BlobStore for S3BlobStore {
+    /// A presigned GET for the client to follow (307), unless `storage.redirect.disable`.
+    fn redirect_url(&self, digest: &Digest) -> Option<String> {
+        if !self.redirect {
+            return None;
+        }
+        let key = self.blob_key(digest);
+        Some(
+            self.bucket
+                .get_object(self.creds(), &key)
+                .sign(REDIRECT_FOR)
+                .to_string(),
+        )
+    }
+
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.head(&self.blob_key(digest)).await
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        self.get_object(&self.blob_key(digest), range)
+            .await?
+            .ok_or(StorageError::BlobNotFound)
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let key = self.blob_key(digest);
+        if self.head(&key).await?.is_none() {
+            return Ok(false);
+        }
+        self.delete_key(&key).await?;
+        Ok(true)
+    }
+
+    async fn hide(&self, digest: &Digest) -> Result<Option<HiddenBlob>> {
+        let key = self.blob_key(digest);
+        let Some(size) = self.head(&key).await? else {
+            return Ok(None);
+        };
+        let name = format!(
+            "{}-{}-{}",
+            digest.algorithm().as_str(),
+            digest.hex(),
+            uuid::Uuid::new_v4().simple()
+        );
+        self.copy(&key, &self.trash_key(&name), size).await?;
+        self.delete_key(&key).await?;
+        Ok(Some(HiddenBlob {
+            digest: digest.clone(),
+            name,
+        }))
+    }
+
+    async fn unhide(&self, hidden: &HiddenBlob) -> Result<bool> {
+        let trash = self.trash_key(&hidden.name);
+        let Some(size) = self.head(&trash).await? else {
+            return Ok(false);
+        };
+        let key = self.blob_key(&hidden.digest);
+        let restored = if self.head(&key).await?.is_some() {
+            false
+        } else {
+            self.copy(&trash, &key, size).await?;
+            true
+        };
+        self.delete_key(&trash).await?;
+        Ok(restored)
+    }
+
+    async fn purge(&self, hidden: &HiddenBlob) -> Result<bool> {
+        let trash = self.trash_key(&hidden.name);
+        if self.head(&trash).await?.is_none() {
+            return Ok(false);
+        }
+        self.delete_key(&trash).await?;
+        Ok(true)
+    }
+
+    async fn hidden(&self) -> Result<Vec<HiddenBlob>> {
+        let prefix = self.trash_key("");
+        Ok(self
+            .list_prefix(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| parse_hidden(o.key.strip_prefix(&prefix)?))
+            .collect())
+    }
+
+    async fn list(&self) -> Result<Vec<StoredBlob>> {
+        let prefix = format!("{}blobs/", self.root);
+        Ok(self
+            .list_prefix(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let digest = parse_blob_key(o.key.strip_prefix(&prefix)?)?;
+                Some(StoredBlob {
+                    digest,
+                    size: o.size,
+                    modified: o.modified,
+                })
+            })
+            .collect())
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<()> {
+        let dir = self.upload_dir(id)?;
+        self.save(&dir, &Record::default()).await
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<u64> {
+        Ok(self.load_open(id).await?.1.size)
+    }
+
+    async fn read_upload(&self, id: &str, range: ByteRange) -> Result<ByteStream> {
+        let (dir, record) = self.load_open(id).await?;
+        if range.end >= record.size || range.start > range.end {
+            return Err(failure(format!(
+                "bytes {}-{} are not within upload {id}'s {} bytes",
+                range.start, range.end, record.size
+            )));
+        }
+        Ok(self.read_parts(&dir, &record.parts, range))
+    }
+
+    async fn append_upload(
+        &self,
+        id: &str,
+        progress: UploadProgress,
+        body: ByteStream,
+        limit: u64,
+    ) -> Result<UploadProgress> {
+        let (dir, record) = self.load_open(id).await?;
+        if progress.size != record.size {
+            return Err(StorageError::OffsetMismatch {
+                expected: progress.size,
+                actual: record.size,
+            });
+        }
+        // The stored state is the truth (another node may have written the last chunk);
+        // the caller's is used before the first append or for another algorithm.
+        let hasher = match record.hasher()? {
+            Some(h) if h.algorithm() == progress.hasher.algorithm() && h.len() == record.size => h,
+            _ => progress.hasher,
+        };
+        let mut written = Vec::new();
+        let result = self
+            .write_parts(&dir, &record, hasher, body, limit, &mut written)
+            .await;
+        let (mut next, hasher) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.remove_all(written.iter().map(|n| format!("{dir}{n}")))
+                    .await;
+                return Err(e);
+            }
+        };
+        {
+            use base64::Engine as _;
+            next.hash = Some(base64::engine::general_purpose::STANDARD.encode(hasher.state()));
+        }
+        if let Err(e) = self.save(&dir, &next).await {
+            self.remove_all(written.iter().map(|n| format!("{dir}{n}")))
+                .await;
+            return Err(e);
+        }
+        // A short last part that was rewritten into a new one is not needed any more.
+        let replaced = record
+            .parts
+            .iter()
+            .filter(|p| !next.parts.iter().any(|n| n.name == p.name))
+            .map(|p| format!("{dir}{}", p.name));
+        self.remove_all(replaced).await;
+        Ok(UploadProgress {
+            size: next.size,
+            hasher,
+        })
+    }
+
+    async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress> {
+        let (dir, record) = self.load_open(id).await?;
+        if let Some(h) = record.hasher()? {
+            if h.algorithm() == algorithm && h.len() == record.size {
+                return Ok(UploadProgress {
+                    size: record.size,
+                    hasher: h,
+                });
+            }
+        }
+        let mut hasher = algorithm.hasher();
+        if record.size > 0 {
+            let mut bytes = self.read_parts(
+                &dir,
+                &record.parts,
+                ByteRange {
+                    start: 0,
+                    end: record.size - 1,
+                },
+            );
+            while let Some(chunk) = bytes.next().await {
+                hasher.update(&chunk?);
+            }
+        }
+        Ok(UploadProgress {
+            size: record.size,
+            hasher,
+        })
+    }
+
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
+        let (dir, mut record) = self.load(id).await?;
+        if !record.committed {
+            // Closed first: from now on no append can change the parts being copied.
+            record.committed = true;
+            self.save(&dir, &record).await?;
+        }
+        let key = self.blob_key(digest);
+        if self.head(&key).await?.is_some() {
+            return Ok(());
+        }
+        let parts: Vec<(String, Option<ByteRange>)> = record
+            .parts
+            .iter()
+            .filter(|p| p.size > 0)
+            .map(|p| (format!("{dir}{}", p.name), None))
+            .collect();
+        match parts.len() {
+            0 => self.put(&key, Bytes::new()).await,
+            1 => {
+                let size = record.size;
+                self.copy(&parts[0].0, &key, size).await
+            }
+            _ => self.multipart_copy(&key, parts).await,
+        }
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        let dir = self.upload_dir(id)?;
+        let objects = self.list_prefix(&dir).await?;
+        // The record first: from then on the upload is gone, whatever parts remain.
+        let state = format!("{dir}state");
+        if objects.iter().any(|o| o.key == state) {
+            self.delete_key(&state).await?;
+        }
+        self.remove_all(objects.into_iter().map(|o| o.key).filter(|k| *k != state))
+            .await;
+        Ok(())
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<StoredUpload>> {
+        let prefix = format!("{}uploads/", self.root);
+        let mut by_id: std::collections::HashMap<String, SystemTime> = Default::default();
+        for o in self.list_prefix(&prefix).await? {
+            let Some((id, _)) = o.key.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else {
+                continue;
+            };
+            let t = by_id.entry(id.to_string()).or_insert(o.modified);
+            *t = (*t).max(o.modified);
+        }
+        Ok(by_id
+            .into_iter()
+            .map(|(id, modified)| StoredUpload { id, modified })
+            .collect())
+    }
+
+    async fn upload_written(&self, id: &str) -> Result<Option<SystemTime>> {
+        let dir = self.upload_dir(id)?;
+        Ok(self
+            .list_prefix(&dir)
+            .await?
+            .into_iter()
+            .map(|o| o.modified)
+            .max())
+    }
+
+    async fn import_file(&self, source: &Path, digest: &Digest) -> Result<(u64, Ingest)> {
+        use tokio::io::AsyncReadExt;
+        let source_err = |e| StorageError::Source {
+            path: source.to_path_buf(),
+            source: e,
+        };
+        let file = tokio::fs::File::open(source).await.map_err(source_err)?;
+        let path = source.to_path_buf();
+        let stream = futures_util::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; 1024 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let id = format!("import-{}", uuid::Uuid::new_v4().simple());
+        self.create_upload(&id).await?;
+        let result = async {
+            let fresh = UploadProgress {
+                size: 0,
+                hasher: digest.algorithm().hasher(),
+            };
+            let p = match self
+                .append_upload(&id, fresh, Box::pin(stream), u64::MAX)
+                .await
+            {
+                Err(StorageError::Body(e)) => {
+                    return Err(StorageError::Source {
+                        path: path.clone(),
+                        source: e,
+                    })
+                }
+                other => other?,
+            };
+            let actual = p.hasher.digest();
+            if &actual != digest {
+                return Err(StorageError::DigestMismatch {
+                    path: path.clone(),
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            self.commit_upload(&id, digest).await?;
+            Ok(p.size)
+        }
+        .await;
+        self.delete_upload(&id).await?;
+        Ok((result?, Ingest::Copied))
+    }
+}
+
+/// Real S3 servers for tests: SeaweedFS and Garage from `../shared/s3/` (beside the
+/// checkout), each started once per test process in a temporary directory — or reused
+/// when `scripts/test.sh` already started it (`BERTH_TEST_S3_<KIND>_ENV` names its env
+/// file). Each test works under a `rootdirectory` of its own.
+#[cfg(test)]
+pub(crate) mod testserver {
+    use crate::config::s3::S3Config;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        SeaweedFs,
+        Garage,
+    }
+
+    impl Kind {
+        pub fn name(self) -> &'static str {
+            match self {
+                Kind::SeaweedFs => "seaweedfs",
+                Kind::Garage => "garage",
+            }
+        }
+    }
+
+    fn shared_s3() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/s3")
+    }
+
+    fn parse_env(text: &str) -> HashMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['\'', '"']).to_string()))
+            .collect()
+    }
+
+    fn start(kind: Kind) -> HashMap<String, String> {
+        let var = format!("BERTH_TEST_S3_{}_ENV", kind.name().to_uppercase());
+        if let Ok(file) = std::env::var(&var) {
+            let text =
+                std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{var}={file}: {e}"));
+            return parse_env(&text);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "berth-test-s3-{}-{}",
+            kind.name(),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("s3 dir");
+        let script = shared_s3().join(format!("start-{}.sh", kind.name()));
+        assert!(
+            script.exists(),
+            "{} is missing: ../shared/s3 must sit beside the checkout",
+            script.display()
+        );
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("run the S3 start script");
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_env(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn env(kind: Kind) -> &'static HashMap<String, String> {
+        static SEAWEED: OnceLock<HashMap<String, String>> = OnceLock::new();
+        static GARAGE: OnceLock<HashMap<String, String>> = OnceLock::new();
+        let cell = match kind {
+            Kind::SeaweedFs => &SEAWEED,
+            Kind::Garage => &GARAGE,
+        };
+        cell.get_or_init(|| start(kind))
+    }
+
+    /// A configuration that reaches no server (for tests of pure logic).
+    pub fn config_offline() -> S3Config {
+        S3Config {
+            access_key: Some("key".into()),
+            secret_key: Some("secret".into()),
+            region: "us-east-1".into(),
+            region_endpoint: Some("http://127.0.0.1:9".into()),
+            force_path_style: true,
+            bucket: "none".into(),
+            root_directory: String::new(),
+            encrypt: false,
+            key_id: None,
+            secure: false,
+            skip_verify: false,
+            chunk_size: 10 * 1024 * 1024,
+            multipart_copy_chunk_size: 32 * 1024 * 1024,
+            multipart_copy_max_concurrency: 4,
+            multipart_copy_threshold: 32 * 1024 * 1024,
+            storage_class: None,
+            redirect: true,
+        }
+    }
+
+    /// A configuration for a fresh root directory on `kind`'s server.
+    pub fn config(kind: Kind, chunk_size: u64) -> S3Config {
+        let e = env(kind);
+        let get = |k: &str| {
+            e.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("{k} not exported"))
+        };
+        S3Config {
+            access_key: Some(get("S3_ACCESS_KEY_ID")),
+            secret_key: Some(get("S3_SECRET_ACCESS_KEY")),
+            region: get("S3_REGION"),
+            region_endpoint: Some(get("S3_ENDPOINT")),
+            force_path_style: true,
+            bucket: get("S3_BUCKET"),
+            root_directory: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            encrypt: false,
+            key_id: None,
+            secure: false,
+            skip_verify: false,
+            chunk_size,
+            multipart_copy_chunk_size: 5 * 1024 * 1024,
+            multipart_copy_max_concurrency: 4,
+            multipart_copy_threshold: 5 * 1024 * 1024,
+            storage_class: None,
+            redirect: true,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::testserver::{config, Kind};
+    use super::*;
+    use crate::storage::BlobStore;
+
+    const MIB: usize = 1024 * 1024;
+
+    async fn shared_suite(kind: Kind) {
+        let store = S3BlobStore::new(&config(kind, MIN_PART)).expect("store");
+        crate::storage::testsuite::run(&store).await;
+        crate::storage::testsuite::import_file(&store).await;
+    }
+
+    #[tokio::test]
+    async fn shared_suite_on_seaweedfs() {
+        shared_suite(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn shared_suite_on_garage() {
+        shared_suite(Kind::Garage).await;
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed)
+            .collect()
+    }
+
+    fn body_of(data: Vec<u8>, piece: usize) -> ByteStream {
+        let pieces: Vec<io::Result<Bytes>> = data
+            .chunks(piece)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures_util::stream::iter(pieces))
+    }
+
+    async fn collect(mut s: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.expect("chunk"));
+        }
+        out
+    }
+
+    /// Chunks of every awkward size (1 byte, below and above S3's 5 MiB part minimum,
+    /// several parts in one chunk), each appended through a separate store (as separate
+    /// nodes would) that knows nothing but what is in the bucket; the blob assembles to
+    /// the exact bytes and digest, and reads back by range.
+    async fn chunks_across_nodes(kind: Kind) {
+        let cfg = config(kind, MIN_PART);
+        let sizes = [1usize, 3 * MIB, 7 * MIB + 5, 100, 12 * MIB, 2 * MIB + 1];
+        let total: usize = sizes.iter().sum();
+        let data = pattern(total, 7);
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        S3BlobStore::new(&cfg)
+            .expect("store")
+            .create_upload("chunky")
+            .await
+            .expect("create");
+        let mut offset = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            let node = S3BlobStore::new(&cfg).expect("store");
+            // A node that has not seen the upload: its idea of the hash is a fresh one,
+            // and it must continue from the stored state, not from this.
+            let progress = UploadProgress {
+                size: offset as u64,
+                hasher: Algorithm::Sha256.hasher(),
+            };
+            let p = node
+                .append_upload(
+                    "chunky",
+                    progress,
+                    body_of(data[offset..offset + n].to_vec(), 64 * 1024 + i),
+                    u64::MAX,
+                )
+                .await
+                .expect("append");
+            offset += n;
+            assert_eq!(p.size, offset as u64);
+            let (_, record) = node.load("chunky").await.expect("record");
+            let short = record
+                .parts
+                .iter()
+                .rev()
+                .skip(1)
+                .filter(|p| p.size < MIN_PART)
+                .count();
+            assert_eq!(
+                short, 0,
+                "only the last part may be short: {:?}",
+                record.parts
+            );
+        }
+        let node = S3BlobStore::new(&cfg).expect("store");
+        let p = node
+            .rehash_upload("chunky", Algorithm::Sha256)
+            .await
+            .expect("state");
+        assert_eq!(
+            p.hasher.digest(),
+            digest,
+            "the saved state hashes every byte once"
+        );
+        let mid = ByteRange {
+            start: 3 * MIB as u64 - 10,
+            end: 10 * MIB as u64 + 20,
+        };
+        assert_eq!(
+            collect(node.read_upload("chunky", mid).await.expect("read")).await,
+            &data[mid.start as usize..=mid.end as usize]
+        );
+        node.commit_upload("chunky", &digest).await.expect("commit");
+        assert_eq!(node.stat(&digest).await.expect("stat"), Some(total as u64));
+        assert_eq!(
+            collect(node.get(&digest, None).await.expect("get")).await,
+            data
+        );
+        let r = ByteRange {
+            start: 5 * MIB as u64 - 1,
+            end: 5 * MIB as u64 + 1,
+        };
+        assert_eq!(
+            collect(node.get(&digest, Some(r)).await.expect("range")).await,
+            &data[r.start as usize..=r.end as usize]
+        );
+        // A presigned URL serves the same bytes to a plain HTTP client.
+        let url = node.redirect_url(&digest).expect("redirect url");
+        let fetched = reqwest::get(&url).await.expect("presigned GET");
+        assert!(fetched.status().is_success(), "{}", fetched.status());
+        assert_eq!(fetched.bytes().await.expect("bytes").as_ref(), &data[..]);
+        // Hidden and put back (a copy in parts: above the copy threshold).
+        let h = node.hide(&digest).await.expect("hide").expect("hidden");
+        assert_eq!(node.stat(&digest).await.expect("stat"), None);
+        assert!(node.unhide(&h).await.expect("unhide"));
+        assert_eq!(
+            collect(node.get(&digest, None).await.expect("get")).await,
+            data
+        );
+        node.delete_upload("chunky").await.expect("delete upload");
+        assert!(node
+            .upload_written("chunky")
+            .await
+            .expect("written")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn chunks_across_nodes_on_seaweedfs() {
+        chunks_across_nodes(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn chunks_across_nodes_on_garage() {
+        chunks_across_nodes(Kind::Garage).await;
+    }
+
+    #[test]
+    fn parts_grow_so_that_ten_thousand_hold_a_huge_layer() {
+        let store = S3BlobStore::new(&S3Config {
+            chunk_size: 10 * MIB as u64,
+            ..super::testserver::config_offline()
+        })
+        .expect("store");
+        let capacity: u64 = (0..MAX_PARTS).map(|n| store.part_target(n)).sum();
+        assert!(capacity > 500 * 1024 * MIB as u64, "{capacity}");
+        assert!((0..MAX_PARTS).all(|n| store.part_target(n) <= MAX_PART));
+    }
+
+    #[test]
+    fn times_as_s3_lists_them() {
+        let t = parse_time("2026-12-06T09:00:01.250Z").expect("time");
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_millis();
+        assert_eq!(secs, 1_796_547_601_250);
+        assert_eq!(
+            parse_time("1970-01-01T00:00:00Z"),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn keys_and_hidden_names_parse_back() {
+        let d = Digest::of(Algorithm::Sha256, b"x");
+        let key = format!("sha256/{}/{}", &d.hex()[..2], d.hex());
+        assert_eq!(parse_blob_key(&key), Some(d.clone()));
+        assert_eq!(parse_blob_key("sha256/ab"), None);
+        let h = parse_hidden(&format!("sha256-{}-0123abcd", d.hex())).expect("hidden");
+        assert_eq!(h.digest, d);
+    }
+}
