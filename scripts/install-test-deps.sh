@@ -40,6 +40,7 @@ declare -A PACKAGE_OF=(
     [file]=file
     [strip]=binutils
     [sqlite3]=sqlite3
+    [xz]=xz-utils
     [slapd]=slapd
     [slappasswd]=slapd
     [ldapsearch]=ldap-utils

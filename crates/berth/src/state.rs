@@ -87,9 +87,6 @@ async fn open_registry(
         Some(s3) => {
             let store = crate::storage::s3::S3BlobStore::new(s3).map_err(StartError::S3)?;
             tracing::info!(storage = %store.describe(), redirect = s3.redirect, "blobs are stored in S3");
-            if !config.root.exists() {
-                std::fs::create_dir_all(&config.root).map_err(storage_error)?;
-            }
             Arc::new(store)
         }
         None => {
@@ -106,7 +103,16 @@ async fn open_registry(
             Arc::new(blobs)
         }
     };
-    let db = config.root.join("berth.db");
+    let db = config
+        .sqlite_path
+        .clone()
+        .unwrap_or_else(|| config.root.join("berth.db"));
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Storage {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
     let meta = SqliteMeta::open(&db)
         .await
         .map_err(|source| StartError::Meta { path: db, source })?;

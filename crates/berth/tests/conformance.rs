@@ -40,6 +40,18 @@ fn suite(
     credentials: Option<(&str, &str)>,
     crossmount: Crossmount,
 ) -> (u64, u64, u64) {
+    suite_tolerating(script, url, credentials, crossmount, None)
+}
+
+/// [`suite`], where failures of the leaf case `tolerated.0` with the message
+/// `tolerated.1` (and only those) are accepted and counted as failed.
+fn suite_tolerating(
+    script: &str,
+    url: &str,
+    credentials: Option<(&str, &str)>,
+    crossmount: Crossmount,
+    tolerated: Option<(&str, &str)>,
+) -> (u64, u64, u64) {
     let work = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new("bash");
     cmd.arg(suites().join(script))
@@ -77,6 +89,24 @@ fn suite(
             .unwrap_or_else(|| panic!("no {word} count in {summary:?}"))
     };
     let counts = (count("passed"), count("failed"), count("skipped"));
+    if let (Some((case, message)), true) = (tolerated, counts.1 > 0) {
+        let junit = std::fs::read_to_string(work.path().join("results/results/junit.xml"))
+            .unwrap_or_default();
+        let failures: Vec<&str> = junit
+            .split("<testcase ")
+            .filter(|c| c.contains("status=\"failure\""))
+            .collect();
+        let expected = |c: &&str| {
+            c.split('"')
+                .nth(1)
+                .is_some_and(|name| name.ends_with(&format!("/{case}")))
+                && c.contains(&format!("<system-out>{message}</system-out>"))
+        };
+        if failures.len() as u64 == counts.1 && failures.iter().all(expected) {
+            eprintln!("{script} against {url}: {summary} (every failure: {case}: {message})");
+            return counts;
+        }
+    }
     if counts.1 > 0 || !out.status.success() {
         let log =
             std::fs::read_to_string(work.path().join("results/suite.log")).unwrap_or_default();
@@ -174,4 +204,51 @@ fn conformance_berth_filesystem() {
         Some(("conformer", "Conf0rmance-pass")),
         Crossmount::Never,
     );
+}
+
+/// Open access over `storage.s3` on a real S3 server, blob bytes served through Berth
+/// (`storage.redirect.disable`): every case passes, as on the filesystem.
+fn conformance_open_s3(kind: common::s3::S3Kind) {
+    let (storage, _) = common::s3::s3(kind).storage_yaml("  redirect:\n    disable: true\n");
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\n{storage}http:\n  addr: 127.0.0.1:0\ndatabase:\n  path: DATA/berth.db\n"
+    ));
+    both_suites(&b, None, Crossmount::Automatic);
+}
+
+#[test]
+fn conformance_open_s3_seaweedfs() {
+    conformance_open_s3(common::s3::S3Kind::SeaweedFs);
+}
+
+#[test]
+fn conformance_open_s3_garage() {
+    conformance_open_s3(common::s3::S3Kind::Garage);
+}
+
+/// With redirects (the S3 default), blob GETs answer 307 to a presigned URL and the
+/// object store sends the bytes. The release suite passes whole. The redesigned suite
+/// also wants `Docker-Content-Digest` on the final answer of a blob GET — a SHOULD in
+/// the spec, which an object store's response cannot carry (Distribution with
+/// redirects answers the same way): those `blob-get` cases, and nothing else, fail.
+#[test]
+fn conformance_open_s3_redirects() {
+    let (storage, _) = common::s3::s3(common::s3::S3Kind::SeaweedFs).storage_yaml("");
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\n{storage}http:\n  addr: 127.0.0.1:0\ndatabase:\n  path: DATA/berth.db\n"
+    ));
+    let (passed, failed, _) = suite("run.sh", &b.url, None, Crossmount::Automatic);
+    assert!(passed >= 75 && failed == 0);
+    let (passed, failed, skipped) = suite_tolerating(
+        "run-next.sh",
+        &b.url,
+        None,
+        Crossmount::Automatic,
+        Some((
+            "blob-get",
+            "registry did not return a Docker-Content-Digest header",
+        )),
+    );
+    assert_eq!(passed + failed, 793, "{passed} passed, {failed} failed");
+    assert_eq!(skipped, 0);
 }

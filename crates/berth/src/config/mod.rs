@@ -104,6 +104,9 @@ pub struct Config {
     pub proxy: Option<proxy::ProxyConfig>,
     /// `storage.s3`: blobs in an S3-compatible bucket instead of under `root`.
     pub s3: Option<s3::S3Config>,
+    /// `database.path` (Berth): the embedded SQLite database file; default
+    /// `<root>/berth.db` (with `storage.s3`, root is /var/lib/registry).
+    pub sqlite_path: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -140,6 +143,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             proxy: None,
             s3: None,
+            sqlite_path: None,
         }
     }
 }
@@ -215,6 +219,7 @@ const IMPLEMENTED: &[&str] = &[
     "storage.s3.multipartcopythresholdsize",
     "storage.s3.storageclass",
     "storage.redirect.disable",
+    "database.path",
     "storage.delete.enabled",
     "http.addr",
     "http.net",
@@ -991,6 +996,12 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     if let Some(n) = get_size(tree, "storage.filesystem.maxthreads")? {
         // Distribution raises values below 25 to 25.
         c.max_threads = Some(usize::try_from(n).unwrap_or(usize::MAX).max(25));
+    }
+    if let Some(p) = get_str(tree, "database.path")? {
+        if p.is_empty() {
+            return Err(bad("database.path", "must not be empty"));
+        }
+        c.sqlite_path = Some(PathBuf::from(p));
     }
     if let Some(d) = get_bool(tree, "storage.delete.enabled")? {
         c.delete_enabled = d;

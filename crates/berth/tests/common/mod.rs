@@ -9,6 +9,7 @@ pub mod ldap;
 pub mod pki;
 pub mod push;
 pub mod registry2;
+pub mod s3;
 pub mod tools;
 
 use std::io::{BufRead, BufReader};

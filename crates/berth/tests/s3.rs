@@ -1,0 +1,345 @@
+//! `storage.s3` against real S3 servers (SeaweedFS and Garage, `tests/common/s3.rs`):
+//! docker and skopeo push and pull, blob GETs answered with presigned redirects (or
+//! served through Berth with `storage.redirect.disable`), chunked uploads of awkward
+//! sizes, ranges, and garbage collection removing the objects.
+
+mod common;
+
+use common::layout::noise;
+use common::push::{image_manifest, sha256, Registry};
+use common::s3::{s3, S3Kind};
+use common::{require_tool, run, Berth};
+use reqwest::{Method, StatusCode};
+use std::process::Command;
+
+const MIB: usize = 1024 * 1024;
+
+fn berth_on(kind: S3Kind, extra_storage: &str) -> (Berth, String) {
+    let (storage, root) = s3(kind).storage_yaml(extra_storage);
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\n{storage}http:\n  addr: 127.0.0.1:0\ndatabase:\n  path: DATA/berth.db\n"
+    ));
+    (b, root)
+}
+
+/// A client that does not follow redirects, to see Berth's own answers.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Append `data` to a new upload in `repo` in the chunk sizes given, then close it.
+async fn chunked_push(r: &Registry, repo: &str, data: &[u8], chunks: &[usize]) -> oci::Digest {
+    let resp = r
+        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let mut location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let mut offset = 0;
+    for n in chunks {
+        let piece = &data[offset..offset + n];
+        let resp = r
+            .req(Method::PATCH, &location)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", offset, offset + n - 1))
+            .body(piece.to_vec())
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk at {offset}");
+        location = resp.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        offset += n;
+    }
+    assert_eq!(offset, data.len());
+    let d = sha256(data);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = r
+        .req(Method::PUT, &format!("{location}{sep}digest={d}"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::CREATED, "closing PUT");
+    d
+}
+
+async fn push_image(
+    r: &Registry,
+    repo: &str,
+    tag: &str,
+    layer: &[u8],
+) -> (oci::Digest, oci::Digest) {
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"tag\":\"{tag}\"}}");
+    r.push_blob(repo, config.as_bytes()).await;
+    let layer_digest = chunked_push(r, repo, layer, &[1, 3 * MIB, layer.len() - 3 * MIB - 1]).await;
+    let manifest = serde_json::to_vec(&image_manifest(config.as_bytes(), layer)).expect("json");
+    let resp = r
+        .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    (sha256(&manifest), layer_digest)
+}
+
+/// Blob GETs redirect to a presigned URL that serves the exact bytes (and a Range
+/// sent to it); HEAD answers from Berth.
+async fn redirects(kind: S3Kind) {
+    let (b, _) = berth_on(kind, "");
+    let r = Registry::with_client(no_redirects(), &b.url);
+    let layer = noise("redirect layer", 9 * MIB + 17);
+    let (_, d) = push_image(&r, "team/app", "v1", &layer).await;
+    let resp = r
+        .req(Method::GET, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        resp.headers()["docker-content-digest"],
+        d.to_string().as_str()
+    );
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert!(
+        location.starts_with(s3(kind).get("S3_ENDPOINT")),
+        "{location}"
+    );
+    let fetched = reqwest::get(&location).await.expect("presigned GET");
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(sha256(&fetched.bytes().await.expect("bytes")), d);
+    let ranged = reqwest::Client::new()
+        .get(&location)
+        .header("range", "bytes=5-9")
+        .send()
+        .await
+        .expect("ranged");
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.bytes().await.expect("bytes").as_ref(), &layer[5..10]);
+    let head = r
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()["content-length"],
+        layer.len().to_string().as_str()
+    );
+    // A blob of another repository is still unknown here: no redirect for it.
+    let other = r
+        .req(Method::GET, &format!("/v2/team/other/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn redirects_on_seaweedfs() {
+    redirects(S3Kind::SeaweedFs).await;
+}
+
+#[tokio::test]
+async fn redirects_on_garage() {
+    redirects(S3Kind::Garage).await;
+}
+
+/// With redirects off, Berth streams the bytes (whole and ranged); chunks of 1 byte,
+/// a few MiB and past a part boundary assemble to the pushed digest.
+async fn served_through_berth(kind: S3Kind) {
+    let (b, _) = berth_on(kind, "  redirect:\n    disable: true\n");
+    let r = Registry::with_client(no_redirects(), &b.url);
+    let layer = noise("served layer", 11 * MIB + 3);
+    let (manifest, d) = push_image(&r, "team/app", "v1", &layer).await;
+    let resp = r
+        .req(Method::GET, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sha256(&resp.bytes().await.expect("bytes")), d);
+    let resp = r
+        .req(Method::GET, &format!("/v2/team/app/blobs/{d}"))
+        .header("range", format!("bytes={}-{}", 5 * MIB - 2, 5 * MIB + 2))
+        .send()
+        .await
+        .expect("GET range");
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resp.bytes().await.expect("bytes").as_ref(),
+        &layer[5 * MIB - 2..=5 * MIB + 2]
+    );
+    let resp = r
+        .req(Method::GET, "/v2/team/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET manifest");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sha256(&resp.bytes().await.expect("bytes")), manifest);
+}
+
+#[tokio::test]
+async fn served_through_berth_on_seaweedfs() {
+    served_through_berth(S3Kind::SeaweedFs).await;
+}
+
+#[tokio::test]
+async fn served_through_berth_on_garage() {
+    served_through_berth(S3Kind::Garage).await;
+}
+
+/// Signed HEAD of one object of the bucket, with curl's SigV4 (not Berth's code).
+fn object_exists(kind: S3Kind, key: &str) -> bool {
+    let s = s3(kind);
+    let code = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{}:s3", s.get("S3_REGION")))
+        .arg("-u")
+        .arg(format!(
+            "{}:{}",
+            s.get("S3_ACCESS_KEY_ID"),
+            s.get("S3_SECRET_ACCESS_KEY")
+        ))
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .arg(format!(
+            "{}/{}/{key}",
+            s.get("S3_ENDPOINT"),
+            s.get("S3_BUCKET")
+        )));
+    match code.trim() {
+        "200" => true,
+        "404" => false,
+        other => panic!("HEAD {key}: {other}"),
+    }
+}
+
+/// `berth garbage-collect` on S3 removes the objects of blobs nothing references and
+/// keeps the rest; upload objects go with their sessions.
+async fn garbage_collection(kind: S3Kind) {
+    let (b, root) = berth_on(kind, "");
+    let r = Registry::new(&b.url);
+    let keep = noise("kept layer", 4 * MIB);
+    let drop = noise("dropped layer", 6 * MIB);
+    let (_, kept) = push_image(&r, "team/app", "keep", &keep).await;
+    let (dropped_manifest, dropped) = push_image(&r, "team/app", "drop", &drop).await;
+    let key = |d: &oci::Digest| format!("{root}/blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+    assert!(object_exists(kind, &key(&dropped)));
+    let resp = r
+        .req(
+            Method::DELETE,
+            &format!("/v2/team/app/manifests/{dropped_manifest}"),
+        )
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let out = run(Command::new(common::berth_bin())
+        .args(["garbage-collect", "--grace", "0s"])
+        .arg(b.config_path())
+        .env("NO_COLOR", "1"));
+    assert!(
+        out.contains("blobs eligible for deletion") || !out.is_empty(),
+        "{out}"
+    );
+    assert!(
+        !object_exists(kind, &key(&dropped)),
+        "GC removed the object:\n{out}"
+    );
+    assert!(
+        object_exists(kind, &key(&kept)),
+        "GC kept the referenced layer"
+    );
+    let resp = Registry::new(&b.url)
+        .req(Method::GET, &format!("/v2/team/app/blobs/{kept}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sha256(&resp.bytes().await.expect("bytes")), kept);
+}
+
+#[tokio::test]
+async fn garbage_collection_on_seaweedfs() {
+    garbage_collection(S3Kind::SeaweedFs).await;
+}
+
+#[tokio::test]
+async fn garbage_collection_on_garage() {
+    garbage_collection(S3Kind::Garage).await;
+}
+
+/// docker pushes an imported image and pulls it back through the redirects; skopeo
+/// copies it out to an OCI layout with the same manifest digest.
+fn clients(kind: S3Kind) {
+    require_tool("docker");
+    require_tool("skopeo");
+    let (b, _) = berth_on(kind, "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rootfs = tmp.path().join("rootfs.tar");
+    std::fs::write(
+        &rootfs,
+        common::layout::plain_tar(&[
+            ("etc/hostname", b"berth-s3\n"),
+            ("data/noise.bin", &noise(&format!("s3 {}", b.host), 7 * MIB)),
+        ]),
+    )
+    .expect("rootfs");
+    let reference = format!("{}/s3{}/imported:v1", b.host, kind.name());
+    let id = run(Command::new("docker")
+        .args(["import"])
+        .arg(&rootfs)
+        .arg(&reference))
+    .trim()
+    .to_string();
+    let pushed = run(Command::new("docker").args(["push", &reference]));
+    let digest = pushed
+        .lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in: {pushed}"))
+        .to_string();
+    run(Command::new("docker").args(["rmi", "-f", &reference, &id]));
+    let pulled = run(Command::new("docker").args(["pull", &reference]));
+    assert!(pulled.contains(&digest), "{pulled}");
+    let inspect =
+        run(Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", &reference]));
+    assert_eq!(inspect.trim(), id);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &reference])
+        .output();
+    let layout = tmp.path().join("layout");
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", layout.display())));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("json");
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+}
+
+#[test]
+fn clients_on_seaweedfs() {
+    clients(S3Kind::SeaweedFs);
+}
+
+#[test]
+fn clients_on_garage() {
+    clients(S3Kind::Garage);
+}
