@@ -343,3 +343,83 @@ fn clients_on_seaweedfs() {
 fn clients_on_garage() {
     clients(S3Kind::Garage);
 }
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// A 2 GiB layer streams through Berth into S3 in parts: the server's peak memory stays
+/// far below the layer's size, and the bytes served back hash to the pushed digest.
+#[tokio::test]
+async fn a_2_gib_layer_streams_with_bounded_memory() {
+    use futures_util::StreamExt;
+    const SIZE: u64 = 2 * 1024 * 1024 * 1024 + 5;
+    const PIECE: usize = 256 * 1024;
+    let (b, _) = berth_on(S3Kind::SeaweedFs, "  redirect:\n    disable: true\n");
+    let piece: Vec<u8> = noise("2 GiB layer", PIECE);
+    let mut hasher = oci::Algorithm::Sha256.hasher();
+    let mut left = SIZE;
+    while left > 0 {
+        let n = left.min(PIECE as u64) as usize;
+        hasher.update(&piece[..n]);
+        left -= n as u64;
+    }
+    let digest = hasher.finish();
+    let body_piece = bytes::Bytes::from(piece);
+    let stream = futures_util::stream::unfold(SIZE, move |left| {
+        let p = body_piece.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(PIECE as u64) as usize;
+                (Ok::<_, std::io::Error>(p.slice(..n)), left - n as u64)
+            })
+        }
+    });
+    let before = peak_rss(b.pid());
+    let r = Registry::new(&b.url);
+    let resp = r
+        .req(
+            Method::POST,
+            &format!("/v2/big/layer/blobs/uploads/?digest={digest}"),
+        )
+        .header("content-length", SIZE.to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let pushed_peak = peak_rss(b.pid());
+    // Served back through Berth, hashed as it streams.
+    let resp = r
+        .req(Method::GET, &format!("/v2/big/layer/blobs/{digest}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.content_length(), Some(SIZE));
+    let mut back = oci::Algorithm::Sha256.hasher();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        back.update(&chunk.expect("chunk"));
+    }
+    assert_eq!(back.finish(), digest);
+    let peak = peak_rss(b.pid());
+    eprintln!(
+        "peak RSS: {} MiB at start, {} MiB after the push, {} MiB after the pull",
+        before >> 20,
+        pushed_peak >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak < 160 * 1024 * 1024,
+        "peak RSS {} MiB for a 2 GiB layer",
+        peak >> 20
+    );
+}

@@ -331,3 +331,113 @@ fn unknown_keys_name_the_nearest_known_key() {
     );
     assert!(e.contains("did you mean htpasswd?"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// storage.s3
+
+/// A registry:2 S3 configuration as the guides write it (MinIO/Ceph style endpoint).
+const REGISTRY2_S3: &str = "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  s3:\n    accesskey: AKIAEXAMPLE\n    secretkey: 0x1Fsecret\n    region: us-east-1\n    regionendpoint: http://minio.internal:9000\n    bucket: docker-registry\n    encrypt: false\n    secure: false\n    v4auth: true\n    chunksize: 5242880\n    rootdirectory: /registry\n  delete:\n    enabled: true\n  redirect:\n    disable: false\nhttp:\n  addr: :5000\n";
+
+#[test]
+fn an_unchanged_registry2_s3_config_loads() {
+    let l = load(REGISTRY2_S3, &[]).expect("load");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let s3 = l.config.s3.expect("s3");
+    assert_eq!(s3.bucket, "docker-registry");
+    assert_eq!(s3.secret_key.as_deref(), Some("0x1Fsecret"));
+    assert_eq!(
+        s3.region_endpoint.as_deref(),
+        Some("http://minio.internal:9000")
+    );
+    assert!(s3.force_path_style, "an endpoint of its own is path-style");
+    assert_eq!(s3.root_directory, "registry");
+    assert_eq!(s3.chunk_size, 5 * 1024 * 1024);
+    assert!(s3.redirect);
+    assert_eq!(s3.storage_class.as_deref(), Some("STANDARD"));
+    assert!(!format!("{s3:?}").contains("0x1Fsecret"), "secret redacted");
+}
+
+#[test]
+fn s3_keys_come_from_the_environment_too() {
+    let l = load(
+        "version: 0.1\nstorage:\n  s3:\n    region: eu-west-1\n",
+        &[
+            ("REGISTRY_STORAGE_S3_BUCKET", "from-env"),
+            ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "s3.internal:9000"),
+            ("REGISTRY_STORAGE_S3_SECURE", "false"),
+            ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "false"),
+            ("REGISTRY_STORAGE_S3_STORAGECLASS", "NONE"),
+            ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+        ],
+    )
+    .expect("load");
+    let s3 = l.config.s3.expect("s3");
+    assert_eq!(s3.bucket, "from-env");
+    assert_eq!(s3.region, "eu-west-1");
+    assert_eq!(
+        s3.region_endpoint.as_deref(),
+        Some("http://s3.internal:9000"),
+        "a bare host takes its scheme from secure"
+    );
+    assert!(!s3.force_path_style);
+    assert_eq!(s3.storage_class, None);
+    assert!(!s3.redirect);
+    // AWS itself: no endpoint, virtual-host style.
+    let l = load(
+        "version: 0.1\nstorage:\n  s3:\n    region: us-east-2\n    bucket: b\n",
+        &[],
+    )
+    .expect("load");
+    let s3 = l.config.s3.expect("s3");
+    assert_eq!(s3.region_endpoint, None);
+    assert!(!s3.force_path_style);
+    assert_eq!(
+        s3.access_key, None,
+        "the AWS variables are read at start-up"
+    );
+}
+
+#[test]
+fn bad_s3_settings_are_refused_naming_the_key() {
+    let base = "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: r\n";
+    refused(
+        "version: 0.1\nstorage:\n  s3:\n    bucket: b\n",
+        &[],
+        "storage.s3.region",
+    );
+    refused(
+        "version: 0.1\nstorage:\n  s3:\n    region: r\n",
+        &[],
+        "storage.s3.bucket",
+    );
+    refused(
+        &format!("{base}    v4auth: false\n"),
+        &[],
+        "storage.s3.v4auth",
+    );
+    refused(
+        &format!("{base}    chunksize: 1048576\n"),
+        &[],
+        "storage.s3.chunksize",
+    );
+    refused(
+        &format!("{base}    accesskey: only-half\n"),
+        &[],
+        "storage.s3.secretkey",
+    );
+    refused(
+        &format!("{base}    regionendpoint: ftp://x\n"),
+        &[],
+        "storage.s3.regionendpoint",
+    );
+    refused(
+        "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: r\n  filesystem:\n    rootdirectory: /x\n",
+        &[],
+        "storage",
+    );
+    refused(
+        "version: 0.1\nstorage:\n  gcs:\n    bucket: b\n",
+        &[],
+        "storage.gcs",
+    );
+}
