@@ -75,6 +75,15 @@ enum Cmd {
         /// all of them.
         #[arg(long, value_enum, default_value_t = Scenario::All)]
         scenario: Scenario,
+        /// Keep both registries' blobs in an S3-compatible bucket: the file of `export`
+        /// lines `../shared/s3/start-seaweedfs.sh` (or `start-garage.sh`) printed. Both
+        /// registries use the same server and bucket, each round its own root directory.
+        #[arg(long, value_name = "ENV_FILE")]
+        s3: Option<PathBuf>,
+        /// With --s3: `storage.redirect.disable: true` (registries stream blob bytes
+        /// themselves instead of redirecting clients to presigned URLs).
+        #[arg(long, requires = "s3")]
+        s3_no_redirect: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -126,16 +135,23 @@ async fn main() -> Result<()> {
                 rounds,
                 workdir,
                 scenario,
+                s3,
+                s3_no_redirect,
                 common,
             } => {
+                let s3 = s3
+                    .map(|f| servers::S3Storage::from_env_file(&f, s3_no_redirect))
+                    .transpose()?;
                 let servers = [
                     ServerSpec {
                         name: "berth".to_string(),
                         binary: berth,
+                        s3: s3.clone(),
                     },
                     ServerSpec {
                         name: "distribution".to_string(),
                         binary: distribution,
+                        s3,
                     },
                 ];
                 let rounds = rounds.unwrap_or(if common.quick { 1 } else { 3 });

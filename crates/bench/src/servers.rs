@@ -45,6 +45,51 @@ pub struct ServerSpec {
     pub name: String,
     /// A binary that accepts `serve CONFIG`.
     pub binary: PathBuf,
+    /// Blobs in this S3 bucket instead of the data directory (the same server and
+    /// bucket for both registries; each start gets a root directory of its own).
+    pub s3: Option<S3Storage>,
+}
+
+/// An S3-compatible server for the blobs (`--s3 ENV_FILE`).
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    /// `storage.redirect.disable`: registries stream blob bytes themselves.
+    pub redirect_disable: bool,
+}
+
+impl S3Storage {
+    /// Read the `export NAME=value` lines a `../shared/s3/start-*.sh` script printed.
+    pub fn from_env_file(path: &Path, redirect_disable: bool) -> Result<S3Storage> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the S3 environment file {}", path.display()))?;
+        let get = |name: &str| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.trim_matches(['\'', '"']).to_string())
+                .with_context(|| format!("{} exports no {name}", path.display()))
+        };
+        Ok(S3Storage {
+            endpoint: get("S3_ENDPOINT")?,
+            region: get("S3_REGION")?,
+            access_key: get("S3_ACCESS_KEY_ID")?,
+            secret_key: get("S3_SECRET_ACCESS_KEY")?,
+            bucket: get("S3_BUCKET")?,
+            redirect_disable,
+        })
+    }
+
+    fn storage_yaml(&self, root: &str) -> String {
+        format!(
+            "storage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    rootdirectory: /{root}\n  delete:\n    enabled: true\n  redirect:\n    disable: {}\n",
+            self.access_key, self.secret_key, self.region, self.endpoint, self.bucket, self.redirect_disable
+        )
+    }
 }
 
 /// A running registry process with its own temporary directory.
@@ -82,7 +127,15 @@ impl Server {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
         let config = dir.path().join("config.yml");
-        std::fs::write(&config, config_yaml(&data, port, extra))
+        let storage = spec.s3.as_ref().map(|s3| {
+            let root = dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("bench-{port}"));
+            s3.storage_yaml(&root)
+        });
+        std::fs::write(&config, config_yaml(&data, port, extra, storage.as_deref()))
             .with_context(|| format!("writing {}", config.display()))?;
         let log = dir.path().join("server.log");
         let stdout = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -220,16 +273,23 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// A Distribution-format config: filesystem storage in `data`, deletes enabled, quiet
-/// logs (the access log only when `extra` asks), listening on `127.0.0.1:port`, then
-/// `extra.yaml`.
-fn config_yaml(data: &Path, port: u16, extra: &Extra) -> String {
+/// A Distribution-format config: filesystem storage in `data` (or the `storage` section
+/// given, with Berth's metadata database in `data`), deletes enabled, quiet logs (the
+/// access log only when `extra` asks), listening on `127.0.0.1:port`, then `extra.yaml`.
+fn config_yaml(data: &Path, port: u16, extra: &Extra, storage: Option<&str>) -> String {
+    let data = data.display().to_string();
+    let storage = match storage {
+        // Distribution ignores the `database` key; Berth keeps its database there.
+        Some(s) => format!("{s}database:\n  path: {:?}\n", format!("{data}/berth.db")),
+        None => format!(
+            "storage:\n  filesystem:\n    rootdirectory: {data:?}\n  delete:\n    enabled: true\n"
+        ),
+    };
     format!(
         "version: 0.1\n\
          log:\n  level: error\n  accesslog:\n    disabled: {no_access_log}\n\
-         storage:\n  filesystem:\n    rootdirectory: {data:?}\n  delete:\n    enabled: true\n\
+         {storage}\
          http:\n  addr: 127.0.0.1:{port}\n{yaml}",
-        data = data.display().to_string(),
         no_access_log = !extra.access_log,
         yaml = extra.yaml,
     )
@@ -241,7 +301,7 @@ mod tests {
 
     #[test]
     fn config_has_the_distribution_keys() {
-        let yaml = config_yaml(Path::new("/tmp/x y/data"), 5123, &Extra::default());
+        let yaml = config_yaml(Path::new("/tmp/x y/data"), 5123, &Extra::default(), None);
         assert!(yaml.starts_with("version: 0.1\n"));
         assert!(yaml.contains("  filesystem:\n    rootdirectory: \"/tmp/x y/data\"\n"));
         assert!(yaml.contains("  delete:\n    enabled: true\n"));
@@ -251,7 +311,7 @@ mod tests {
             access_log: true,
             yaml: "proxy:\n  remoteurl: http://127.0.0.1:1\n".into(),
         };
-        let yaml = config_yaml(Path::new("/d"), 5123, &extra);
+        let yaml = config_yaml(Path::new("/d"), 5123, &extra, None);
         assert!(yaml.contains("  accesslog:\n    disabled: false\n"));
         assert!(yaml
             .ends_with("http:\n  addr: 127.0.0.1:5123\nproxy:\n  remoteurl: http://127.0.0.1:1\n"));
