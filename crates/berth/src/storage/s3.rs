@@ -17,8 +17,8 @@
 //! minimum: a shorter last part (a small chunk) is read back (at most 5 MiB, never
 //! rehashed) and rewritten together with the next chunk. The record carries the running
 //! hash state ([`oci::Hasher::state`]), so whichever node gets the next chunk continues
-//! without reading earlier bytes. Memory per append: one part being filled and one being
-//! sent.
+//! without reading earlier bytes. Memory per append: one part being filled and up to
+//! three being sent.
 //!
 //! Commit assembles the parts into the blob's object with one multipart upload of
 //! server-side part copies (`UploadPartCopy`, `multipartcopymaxconcurrency` at once),
@@ -47,6 +47,9 @@ const SIGN_FOR: Duration = Duration::from_secs(15 * 60);
 pub const REDIRECT_FOR: Duration = Duration::from_secs(20 * 60);
 /// S3's most parts per multipart upload.
 const MAX_PARTS: usize = 10_000;
+/// Parts of one upload being sent at once (memory per upload: this many parts plus the
+/// one filling).
+const PARTS_IN_FLIGHT: usize = 3;
 /// Part sizes grow by `chunksize` after every this many parts.
 const PARTS_PER_STEP: usize = 1000;
 /// Most objects one listing page returns (S3's maximum).
@@ -686,7 +689,7 @@ impl S3BlobStore {
             }
         }
         let mut size = record.size;
-        let mut sending: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        let mut sending = Sending::default();
         loop {
             let target = self.part_target(parts.len()) as usize;
             if buf.len() >= target {
@@ -729,17 +732,17 @@ impl S3BlobStore {
         ))
     }
 
-    /// Start sending one part (after the previous one is through): one part in flight
-    /// while the next fills.
+    /// Start sending one part, once fewer than [`PARTS_IN_FLIGHT`] are on their way:
+    /// parts go out while the next fills.
     async fn send_part(
         &self,
         dir: &str,
         parts: &mut Vec<Part>,
         bytes: Bytes,
-        sending: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+        sending: &mut Sending,
         written: &mut Vec<String>,
     ) -> Result<()> {
-        finish(sending).await?;
+        sending.room().await?;
         let name = format!(
             "part-{:05}-{}",
             parts.len() + 1,
@@ -752,7 +755,9 @@ impl S3BlobStore {
         written.push(name.clone());
         let this = self.clone_for_task();
         let key = format!("{dir}{name}");
-        *sending = Some(tokio::spawn(async move { this.put(&key, bytes).await }));
+        sending
+            .tasks
+            .spawn(async move { this.put(&key, bytes).await });
         Ok(())
     }
 
@@ -824,12 +829,42 @@ impl S3BlobStore {
     }
 }
 
-async fn finish(sending: &mut Option<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
-    if let Some(task) = sending.take() {
-        task.await
-            .map_err(|e| failure(format!("a part upload stopped: {e}")))??;
+/// Part uploads on their way (each part has its name and place before it is sent, so
+/// they may finish in any order).
+#[derive(Default)]
+struct Sending {
+    tasks: tokio::task::JoinSet<Result<()>>,
+}
+
+impl Sending {
+    async fn next(&mut self) -> Option<Result<()>> {
+        let done = self.tasks.join_next().await?;
+        Some(
+            done.map_err(|e| failure(format!("a part upload stopped: {e}")))
+                .and_then(|r| r),
+        )
     }
-    Ok(())
+
+    /// Wait until another part may start.
+    async fn room(&mut self) -> Result<()> {
+        while self.tasks.len() >= PARTS_IN_FLIGHT {
+            if let Some(r) = self.next().await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wait for every part on its way; the first failure is returned.
+async fn finish(sending: &mut Sending) -> Result<()> {
+    let mut first = Ok(());
+    while let Some(r) = sending.next().await {
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
 }
 
 async fn read_limited(response: reqwest::Response) -> String {
@@ -1091,14 +1126,29 @@ impl super::BlobStore for S3BlobStore {
             .filter(|p| p.size > 0)
             .map(|p| (format!("{dir}{}", p.name), None))
             .collect();
-        match parts.len() {
-            0 => self.put(&key, Bytes::new()).await,
-            1 => {
-                let size = record.size;
-                self.copy(&parts[0].0, &key, size).await
+        // Checked after writing: some servers order a write and a delete of the same key
+        // within one millisecond either way (Garage), so a blob deleted just before may
+        // still hide the new one; then it is written again.
+        for attempt in 0..3u64 {
+            match parts.len() {
+                0 => self.put(&key, Bytes::new()).await?,
+                1 => self.copy(&parts[0].0, &key, record.size).await?,
+                _ => self.multipart_copy(&key, parts.clone()).await?,
             }
-            _ => self.multipart_copy(&key, parts).await,
+            match self.head(&key).await? {
+                Some(size) if size == record.size => return Ok(()),
+                Some(size) => {
+                    return Err(failure(format!(
+                        "committed {key} holds {size} bytes, the upload {}",
+                        record.size
+                    )))
+                }
+                None => tokio::time::sleep(Duration::from_millis(2 << attempt)).await,
+            }
         }
+        Err(failure(format!(
+            "committed {key} but the object store does not show it; retry the push"
+        )))
     }
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
