@@ -8,6 +8,7 @@
 //! errors that name the key: a key whose type is a string gets the text as written. This
 //! module knows nothing of the server: it produces a [`Config`].
 
+pub mod database;
 pub mod events;
 pub mod ops;
 pub mod proxy;
@@ -101,6 +102,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `proxy`: pull-through cache of an upstream registry (read-only for clients).
     pub proxy: Option<proxy::ProxyConfig>,
+    /// `database`: the metadata backend (embedded SQLite, or a shared PostgreSQL).
+    pub database: database::DatabaseConfig,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             ops: ops::OpsConfig::default(),
             auth: AuthConfig::default(),
             proxy: None,
+            database: database::DatabaseConfig::default(),
         }
     }
 }
@@ -271,6 +275,14 @@ const IMPLEMENTED: &[&str] = &[
     "proxy.password",
     "proxy.ttl",
     "proxy.expiryinterval",
+    "database.driver",
+    "database.dsn",
+    "database.connecttimeout",
+    "database.statementtimeout",
+    "database.pool.maxopen",
+    "database.pool.maxidletime",
+    "database.pool.maxlifetime",
+    "database.pool.acquiretimeout",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -522,6 +534,10 @@ const SECTION_SHAPES: &[(&str, &str)] = &[
     (
         "notifications",
         "e.g. `notifications: {endpoints: [{name: hook, url: https://hook.example/events}]}`",
+    ),
+    (
+        "database",
+        "e.g. `database: {driver: postgres, dsn: \"postgres://berth:secret@db:5432/berth\"}`",
     ),
 ];
 
@@ -1081,6 +1097,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     c.ops = ops::read(tree)?;
     c.auth = auth::read(tree)?;
     c.proxy = proxy::read(tree)?;
+    c.database = database::read(tree)?;
     Ok(c)
 }
 
