@@ -416,3 +416,282 @@ mod schema {
         assert!(e.is_out_of_space());
     }
 }
+
+/// Writers of several nodes at once: each "node" is a [`PgMeta`] of its own (its own
+/// pool) on the same database.
+mod races {
+    use super::TestDb;
+    use crate::meta::{
+        Housekeeping, Manifests, MetaError, NewEvent, NewManifest, Outbox, Reference, Repositories,
+        SessionCapReached, SessionCaps, UploadSession, Uploads,
+    };
+    use oci::{Algorithm, Digest, RepoName, Tag};
+    use std::sync::Arc;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().expect("repo")
+    }
+
+    fn d(s: &str) -> Digest {
+        Digest::of(Algorithm::Sha256, s.as_bytes())
+    }
+
+    fn image(content: &str, layer: &Digest) -> NewManifest {
+        NewManifest {
+            digest: d(content),
+            media_type: oci::media::OCI_MANIFEST.to_string(),
+            content: content.as_bytes().to_vec(),
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            references: vec![(layer.clone(), false)],
+            required_blobs: vec![layer.clone()],
+            required_manifests: Vec::new(),
+        }
+    }
+
+    /// "GC forgets blob X" against "a manifest requiring X is written", raced 50 times:
+    /// never both; the store never holds a manifest naming a forgotten blob.
+    #[tokio::test]
+    async fn manifest_write_against_gc_forget() {
+        let db = TestDb::create().await;
+        let a = Arc::new(db.open().await);
+        let b = Arc::new(db.open().await);
+        let (mut forgot, mut wrote) = (0, 0);
+        for i in 0..50 {
+            let r = repo(&format!("race/app{i}"));
+            let layer = d(&format!("layer {i}"));
+            a.link_blob(&r, &layer, 10, &[]).await.expect("link");
+            a.backdate(7200).await.expect("backdate");
+            let cutoff = crate::meta::now() - 3600;
+            let m = image(&format!("manifest {i}"), &layer);
+            let gc = {
+                let b = b.clone();
+                let layer = layer.clone();
+                tokio::spawn(async move {
+                    match b.gc_forget_blob(&layer, cutoff).await.expect("forget") {
+                        Some(pending) => {
+                            tokio::task::yield_now().await;
+                            pending.commit().await.expect("commit");
+                            true
+                        }
+                        None => false,
+                    }
+                })
+            };
+            let push = {
+                let a = a.clone();
+                let r = r.clone();
+                tokio::spawn(async move { a.put_manifest(&r, &m, &[], &[]).await })
+            };
+            let forgotten = gc.await.expect("join");
+            let pushed = match push.await.expect("join") {
+                Ok(()) => true,
+                Err(MetaError::MissingReferences(gone)) => {
+                    assert_eq!(gone, vec![layer.clone()]);
+                    false
+                }
+                Err(e) => panic!("push failed otherwise: {e}"),
+            };
+            assert!(
+                forgotten != pushed,
+                "round {i}: forgotten={forgotten} pushed={pushed}"
+            );
+            let stored = a
+                .get_manifest(&r, &Reference::Digest(d(&format!("manifest {i}"))))
+                .await
+                .expect("get")
+                .is_some();
+            let known = a.known_blob(&layer).await.expect("known").is_some();
+            assert_eq!(stored, pushed, "round {i}");
+            assert!(
+                !stored || known,
+                "round {i}: a manifest names a forgotten blob"
+            );
+            forgot += usize::from(forgotten);
+            wrote += usize::from(pushed);
+        }
+        eprintln!("manifest vs forget: {forgot} forgotten first, {wrote} written first");
+        a.close().await;
+        b.close().await;
+        db.drop_db().await;
+    }
+
+    /// Two nodes push the same tag to different manifests at once: one wins, the tag
+    /// points at a stored manifest, and both manifests are stored.
+    #[tokio::test]
+    async fn concurrent_pushes_of_one_tag() {
+        let db = TestDb::create().await;
+        let a = Arc::new(db.open().await);
+        let b = Arc::new(db.open().await);
+        let r = repo("race/tags");
+        let layer = d("shared layer");
+        a.link_blob(&r, &layer, 1, &[]).await.expect("link");
+        let tag: Tag = "latest".parse().expect("tag");
+        for i in 0..20 {
+            let one = image(&format!("one {i}"), &layer);
+            let two = image(&format!("two {i}"), &layer);
+            let (x, y) = tokio::join!(
+                {
+                    let (a, r, tag, one) = (a.clone(), r.clone(), tag.clone(), one.clone());
+                    async move { a.put_manifest(&r, &one, &[tag], &[]).await }
+                },
+                {
+                    let (b, r, tag, two) = (b.clone(), r.clone(), tag.clone(), two.clone());
+                    async move { b.put_manifest(&r, &two, &[tag], &[]).await }
+                }
+            );
+            x.expect("push one");
+            y.expect("push two");
+            let now = a
+                .get_manifest(&r, &Reference::Tag(tag.clone()))
+                .await
+                .expect("get")
+                .expect("tagged");
+            assert!(now.digest == one.digest || now.digest == two.digest);
+            for m in [&one, &two] {
+                assert!(a
+                    .get_manifest(&r, &Reference::Digest(m.digest.clone()))
+                    .await
+                    .expect("get")
+                    .is_some());
+            }
+            assert_eq!(
+                a.list_tags(&r, None, 10).await.expect("tags"),
+                Some(vec!["latest".to_string()])
+            );
+        }
+        a.close().await;
+        b.close().await;
+        db.drop_db().await;
+    }
+
+    /// Many tasks on three nodes append events while a reader polls by sequence number,
+    /// remembering the highest it has seen: it never skips one that commits later.
+    #[tokio::test]
+    async fn outbox_readers_never_skip_a_committed_event() {
+        let db = TestDb::create().await;
+        let nodes: Vec<Arc<crate::meta::postgres::PgMeta>> = vec![
+            Arc::new(db.open().await),
+            Arc::new(db.open().await),
+            Arc::new(db.open().await),
+        ];
+        const WRITERS: usize = 12;
+        const EACH: usize = 25;
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let node = nodes[w % nodes.len()].clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    let event = NewEvent {
+                        endpoint: "hook".into(),
+                        payload: format!("{w}-{i}"),
+                    };
+                    if i % 2 == 0 {
+                        node.enqueue(&[event]).await.expect("enqueue");
+                    } else {
+                        // Through a change's own transaction.
+                        let r = repo(&format!("events/w{w}"));
+                        node.link_blob(&r, &d(&format!("{w}-{i}")), 1, &[event])
+                            .await
+                            .expect("link");
+                    }
+                }
+            }));
+        }
+        let reader = nodes[0].clone();
+        let mut last = 0i64;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut skipped = Vec::new();
+        let mut done = false;
+        loop {
+            let rows: Vec<(i64, String)> =
+                sqlx::query_as("SELECT seq, payload FROM outbox WHERE seq > $1 ORDER BY seq")
+                    .bind(last)
+                    .fetch_all(&reader.pool)
+                    .await
+                    .expect("poll");
+            for (seq, payload) in rows {
+                last = seq;
+                seen.insert(payload);
+            }
+            // Anything at or below `last` that the reader has not seen was skipped.
+            let below: Vec<String> =
+                sqlx::query_scalar("SELECT payload FROM outbox WHERE seq <= $1")
+                    .bind(last)
+                    .fetch_all(&reader.pool)
+                    .await
+                    .expect("check");
+            skipped.extend(below.into_iter().filter(|p| !seen.contains(p)));
+            if done {
+                break;
+            }
+            // One more poll after the last writer is done, then stop.
+            done = writers.iter().all(|w| w.is_finished());
+            tokio::task::yield_now().await;
+        }
+        for w in writers {
+            w.await.expect("join");
+        }
+        assert!(skipped.is_empty(), "skipped: {skipped:?}");
+        assert_eq!(seen.len(), WRITERS * EACH);
+        for n in nodes {
+            n.close().await;
+        }
+        db.drop_db().await;
+    }
+
+    /// Upload sessions created on three nodes at once never exceed the caps.
+    #[tokio::test]
+    async fn session_caps_hold_under_concurrency() {
+        let db = TestDb::create().await;
+        let nodes: Vec<Arc<crate::meta::postgres::PgMeta>> = vec![
+            Arc::new(db.open().await),
+            Arc::new(db.open().await),
+            Arc::new(db.open().await),
+        ];
+        let caps = SessionCaps {
+            total: 15,
+            per_repository: 6,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let node = nodes[i % nodes.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let s = UploadSession {
+                    id: format!("s{i}"),
+                    repository: repo(&format!("caps/r{}", i % 4)),
+                    algorithm: Algorithm::Sha256,
+                    created_at: 1,
+                };
+                node.create_upload(&s, caps).await.expect("create")
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(()) => ok += 1,
+                Err(SessionCapReached::Repository(6) | SessionCapReached::Total(15)) => {}
+                Err(other) => panic!("unexpected cap {other:?}"),
+            }
+        }
+        let per_repo: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT repository, COUNT(*) FROM uploads GROUP BY repository ORDER BY repository",
+        )
+        .fetch_all(&nodes[0].pool)
+        .await
+        .expect("count");
+        let total: i64 = per_repo.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, ok);
+        assert!(total <= 15, "{per_repo:?}");
+        assert!(per_repo.iter().all(|(_, n)| *n <= 6), "{per_repo:?}");
+        assert_eq!(
+            total, 15,
+            "the caps are reached, not undershot: {per_repo:?}"
+        );
+        for n in nodes {
+            n.close().await;
+        }
+        db.drop_db().await;
+    }
+}
