@@ -39,7 +39,8 @@ fn start_server() -> String {
     // flock: test binaries started at once must not both initdb the same directory.
     let mut cmd = if which("flock") {
         let mut c = std::process::Command::new("flock");
-        c.arg(&lock).arg("bash");
+        // -o: the lock is not inherited by the server the script starts.
+        c.arg("-o").arg(&lock).arg("bash");
         c
     } else {
         std::process::Command::new("bash")
