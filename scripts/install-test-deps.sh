@@ -4,13 +4,16 @@
 #   docker-registry                  CNCF Distribution 2.8, the peer registry
 #   htpasswd (apache2-utils), jq, openssl, curl
 #   slapd, slappasswd (slapd), ldapsearch (ldap-utils)   OpenLDAP for tests/ldap.rs
+#   postgres, initdb (postgresql)   PostgreSQL for the meta::postgres tests
 # and check that the Docker Engine the Docker CLI tests use is reachable.
 #
 # Idempotent: when every program is already there, apt is not touched. Runs as root, or
 # through sudo when it exists. Installing docker-registry or slapd never leaves its
 # service running (docker-registry would listen on :5000, slapd on :389); slapd is
 # installed without a database of its own (debconf slapd/no_configuration): the tests
-# start their own slapd with a generated configuration.
+# start their own slapd with a generated configuration. The same goes for postgresql:
+# its packaged cluster (main, port 5432) is stopped and not started at boot; the tests
+# start a throwaway cluster of their own (scripts/start-postgres.sh).
 set -euo pipefail
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
@@ -44,12 +47,17 @@ declare -A PACKAGE_OF=(
     [slapd]=slapd
     [slappasswd]=slapd
     [ldapsearch]=ldap-utils
+    [postgres]=postgresql
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)
 
-# slapd and slappasswd live in /usr/sbin, which a non-root PATH may lack.
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+# slapd and slappasswd live in /usr/sbin, which a non-root PATH may lack; PostgreSQL's
+# server binaries in /usr/lib/postgresql/<version>/bin, which no PATH has.
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
+        compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+}
 
 missing=()
 for cmd in "${!PACKAGE_OF[@]}"; do
@@ -62,9 +70,9 @@ if [ ! -f /etc/containers/policy.json ] && [ ! -f /usr/share/containers/policy.j
 fi
 
 stop_services() {
-    # The packages' services would listen on :5000 and :389; the tests start their own
-    # instances.
-    for service in docker-registry slapd; do
+    # The packages' services would listen on :5000, :389 and :5432; the tests start their
+    # own instances.
+    for service in docker-registry slapd postgresql; do
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
             "${SUDO[@]}" systemctl disable --now "$service.service" >/dev/null 2>&1 || true
         fi
@@ -72,6 +80,19 @@ stop_services() {
             "${SUDO[@]}" "/etc/init.d/$service" stop >/dev/null 2>&1 || true
         fi
     done
+    # Debian's own PostgreSQL clusters (pg_ctlcluster, without systemd): stopped, and
+    # not started with the system.
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        pg_lsclusters -h 2>/dev/null | while read -r version cluster _port status _rest; do
+            if [ "$status" = online ]; then
+                "${SUDO[@]}" pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
+            fi
+            conf="/etc/postgresql/$version/$cluster/start.conf"
+            if [ -f "$conf" ] && ! grep -qsx 'manual' "$conf"; then
+                echo manual | "${SUDO[@]}" tee "$conf" >/dev/null
+            fi
+        done
+    fi
 }
 
 if [ "${#missing[@]}" -eq 0 ]; then

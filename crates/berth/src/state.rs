@@ -1,13 +1,15 @@
 //! Composition root: the only place that picks concrete backends (filesystem blobs,
-//! SQLite metadata), builds the registry and the HTTP app, binds the listener and runs.
+//! SQLite or PostgreSQL metadata as `database.driver` says), builds the registry and the HTTP app, binds the listener and runs.
 
 use crate::auth::AccessControl;
+use crate::config::database::{redact_dsn, DatabaseConfig, Driver};
 use crate::config::{Config, Net};
 use crate::http::{self, HttpOptions};
 use crate::jobs::health::{HealthStatus, HealthWorker};
 use crate::jobs::notify::NotifyWorker;
 use crate::jobs::purge::PurgeWorker;
 use crate::jobs::Jobs;
+use crate::meta::postgres::{PgMeta, PgOptions};
 use crate::meta::sqlite::SqliteMeta;
 use crate::meta::{MetaError, MetaStore};
 use crate::registry::events::{EventSink, Source, Subscriber};
@@ -25,8 +27,10 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the metadata database {path}: {source}")]
-    Meta { path: PathBuf, source: MetaError },
+    /// `at` names the database: the SQLite file, or the PostgreSQL DSN without its
+    /// password.
+    #[error("cannot open the metadata database {at}: {source}")]
+    Meta { at: String, source: MetaError },
     #[error("cannot listen on {addr}: {cause}{}", bind_hint(cause))]
     Bind {
         addr: String,
@@ -103,20 +107,7 @@ async fn open_registry(
             Arc::new(blobs)
         }
     };
-    let db = config
-        .sqlite_path
-        .clone()
-        .unwrap_or_else(|| config.root.join("berth.db"));
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::Storage {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    let meta = SqliteMeta::open(&db)
-        .await
-        .map_err(|source| StartError::Meta { path: db, source })?;
-    let meta: Arc<dyn MetaStore> = Arc::new(meta);
+    let meta = open_meta(config).await?;
     let registry = Registry::new(blobs, meta.clone(), config.settings());
     let registry = match &config.proxy {
         Some(p) => {
@@ -135,6 +126,59 @@ async fn open_registry(
         None => registry,
     };
     Ok((registry, meta))
+}
+
+/// The metadata backend `database.driver` names: `berth.db` under the storage root, or
+/// the PostgreSQL server of `database.dsn`. The server and every CLI command that opens
+/// the database (accounts, garbage-collect, import) come through here.
+async fn open_meta(config: &Config) -> Result<Arc<dyn MetaStore>, StartError> {
+    let db: &DatabaseConfig = &config.database;
+    match (db.driver, db.dsn.as_deref()) {
+        (Driver::Postgres, Some(dsn)) => {
+            let options = PgOptions {
+                max_connections: db.max_open,
+                connect_timeout: db.connect_timeout,
+                acquire_timeout: db.acquire_timeout,
+                statement_timeout: db.statement_timeout,
+                idle_timeout: db.max_idle_time,
+                max_lifetime: db.max_lifetime,
+            };
+            let meta = PgMeta::open(dsn, options)
+                .await
+                .map_err(|source| StartError::Meta {
+                    at: redact_dsn(dsn),
+                    source,
+                })?;
+            tracing::info!(database = %redact_dsn(dsn), pool = db.max_open, "metadata in PostgreSQL");
+            Ok(Arc::new(meta))
+        }
+        // `config` refuses postgres without a dsn; this only guards the match.
+        (Driver::Postgres, None) => Err(StartError::Meta {
+            at: "(database.dsn)".into(),
+            source: MetaError::Unavailable(
+                "database.driver is postgres but database.dsn is not set".into(),
+            ),
+        }),
+        (Driver::Sqlite, _) => {
+            let path = config
+                .sqlite_path
+                .clone()
+                .unwrap_or_else(|| config.root.join("berth.db"));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| StartError::Storage {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            let meta = SqliteMeta::open(&path)
+                .await
+                .map_err(|source| StartError::Meta {
+                    at: path.display().to_string(),
+                    source,
+                })?;
+            Ok(Arc::new(meta))
+        }
+    }
 }
 
 /// The registry with notifications wired in, and the background jobs over it.

@@ -8,6 +8,7 @@
 //! errors that name the key: a key whose type is a string gets the text as written. This
 //! module knows nothing of the server: it produces a [`Config`].
 
+pub mod database;
 pub mod events;
 pub mod ops;
 pub mod proxy;
@@ -107,6 +108,8 @@ pub struct Config {
     /// `database.path` (Berth): the embedded SQLite database file; default
     /// `<root>/berth.db` (with `storage.s3`, root is /var/lib/registry).
     pub sqlite_path: Option<PathBuf>,
+    /// `database`: the metadata backend (embedded SQLite, or a shared PostgreSQL).
+    pub database: database::DatabaseConfig,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for Config {
             proxy: None,
             s3: None,
             sqlite_path: None,
+            database: database::DatabaseConfig::default(),
         }
     }
 }
@@ -298,6 +302,14 @@ const IMPLEMENTED: &[&str] = &[
     "proxy.password",
     "proxy.ttl",
     "proxy.expiryinterval",
+    "database.driver",
+    "database.dsn",
+    "database.connecttimeout",
+    "database.statementtimeout",
+    "database.pool.maxopen",
+    "database.pool.maxidletime",
+    "database.pool.maxlifetime",
+    "database.pool.acquiretimeout",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -547,6 +559,10 @@ const SECTION_SHAPES: &[(&str, &str)] = &[
     (
         "notifications",
         "e.g. `notifications: {endpoints: [{name: hook, url: https://hook.example/events}]}`",
+    ),
+    (
+        "database",
+        "e.g. `database: {driver: postgres, dsn: \"postgres://berth:secret@db:5432/berth\"}`",
     ),
 ];
 
@@ -1117,6 +1133,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     c.ops = ops::read(tree)?;
     c.auth = auth::read(tree)?;
     c.proxy = proxy::read(tree)?;
+    c.database = database::read(tree)?;
     Ok(c)
 }
 

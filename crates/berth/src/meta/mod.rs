@@ -1,9 +1,9 @@
 //! Registry metadata: repositories, blob links, manifests, tags, referrers and upload
 //! sessions, and (in [`access`]) users, projects, members, robots, signing keys and the
 //! audit log, and (in [`catalog`]) the catalog as a management API lists it, behind
-//! small traits combined as [`MetaStore`]. Backend:
-//! [`sqlite::SqliteMeta`] (embedded default); PostgreSQL comes later behind the same traits
-//! and shared suite.
+//! small traits combined as [`MetaStore`]. Backends: [`sqlite::SqliteMeta`] (embedded
+//! default) and [`postgres::PgMeta`] (a database shared by every node of a cluster), both
+//! passing the same shared suite.
 //!
 //! This is the only module that speaks SQL. It knows nothing of HTTP or blob bytes, and
 //! does not judge OCI semantics (that is `registry/`): it stores and answers.
@@ -15,6 +15,14 @@
 
 pub mod access;
 pub mod catalog;
+pub mod postgres;
+mod postgres_access;
+mod postgres_catalog;
+mod postgres_events;
+mod postgres_ops;
+mod postgres_proxy;
+#[cfg(test)]
+mod postgres_test;
 pub mod sqlite;
 mod sqlite_access;
 mod sqlite_catalog;
@@ -51,13 +59,19 @@ pub enum MetaError {
     /// changing what the write depended on).
     #[error("{0}")]
     Busy(String),
+    /// The database server cannot be reached (refused, gone, no free connection in time,
+    /// or the pool closed): the message names the server and what to check.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl MetaError {
-    /// The database's disk is full (SQLITE_FULL, ENOSPC).
+    /// The database's disk is full (SQLITE_FULL, PostgreSQL's disk_full 53100, ENOSPC).
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            MetaError::Database(sqlx::Error::Database(db)) => db.code().as_deref() == Some("13"),
+            MetaError::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("13" | "53100"))
+            }
             MetaError::Database(sqlx::Error::Io(e)) => matches!(
                 e.kind(),
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
@@ -517,6 +531,32 @@ impl<
             + 'static,
     > MetaStore for T
 {
+}
+
+/// A stored digest, parsed.
+fn digest(s: String) -> Result<Digest> {
+    s.parse()
+        .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
+}
+
+/// The name range holding a project's repositories: `[<project>/, <project>0)`, '0' being
+/// the byte after '/', so a range scan of the name index finds them (names compare as
+/// bytes: both backends' name columns sort bytewise).
+fn project_range(project: &str) -> (String, String) {
+    (format!("{project}/"), format!("{project}0"))
+}
+
+/// A page as `LIMIT` and `OFFSET` values (an offset past `i64::MAX` is past every row).
+fn limit_offset(page: Page) -> (i64, i64) {
+    (
+        i64::from(page.limit),
+        i64::try_from(page.offset).unwrap_or(i64::MAX),
+    )
+}
+
+/// A `COUNT(*)` as the total of a listing.
+fn total(n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("negative count {n}")))
 }
 
 /// Seconds since the Unix epoch.

@@ -4,12 +4,12 @@
 //! Writes go through a single connection (SQLite has one writer anyway, and this avoids
 //! lock-upgrade deadlocks); reads use a pool of read-only connections in parallel.
 
-use super::sqlite_access::{project_range, REPOSITORIES_IN_RANGE};
+use super::sqlite_access::REPOSITORIES_IN_RANGE;
 use super::sqlite_events::insert_events;
 use super::{
-    now, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories,
-    RepositoryClearing, Result, SessionCapReached, SessionCaps, StoredManifest, UploadSession,
-    Uploads,
+    digest, now, project_range, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest,
+    Referrer, Repositories, RepositoryClearing, Result, SessionCapReached, SessionCaps,
+    StoredManifest, UploadSession, Uploads,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -62,11 +62,6 @@ impl SqliteMeta {
             busy_timeout: BUSY_TIMEOUT,
         })
     }
-}
-
-pub(super) fn digest(s: String) -> Result<Digest> {
-    s.parse()
-        .map_err(|e| MetaError::Corrupt(format!("digest {s:?}: {e}")))
 }
 
 /// An `uploads` row (`id, repository, algorithm, created_at`) as a session.

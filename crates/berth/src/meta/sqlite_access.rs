@@ -12,16 +12,12 @@ use super::access::{
     UserChanges, UserSource, Viewer,
 };
 use super::sqlite::SqliteMeta;
-use super::{now, Audit, Members, MetaError, Projects, Result, Robots, TokenKeys, Users};
+use super::{
+    limit_offset, now, project_range, total, Audit, Members, MetaError, Projects, Result, Robots,
+    TokenKeys, Users,
+};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-
-/// The name range holding a project's repositories: `[<project>/, <project>0)`, '0' being
-/// the byte after '/', so a range scan of the name index finds them (names compare as
-/// bytes).
-pub(super) fn project_range(project: &str) -> (String, String) {
-    (format!("{project}/"), format!("{project}0"))
-}
 
 /// The repositories of one [`project_range`] (`?1`, `?2`) after `?3`, at most `?4`.
 pub(super) const REPOSITORIES_IN_RANGE: &str =
@@ -30,19 +26,6 @@ pub(super) const REPOSITORIES_IN_RANGE: &str =
 
 /// How many repositories one [`project_range`] (`?1`, `?2`) holds.
 const REPOSITORY_COUNT: &str = "SELECT COUNT(*) FROM repositories WHERE name >= ?1 AND name < ?2";
-
-/// A page as `LIMIT` and `OFFSET` values (an offset past `i64::MAX` is past every row).
-pub(super) fn limit_offset(page: Page) -> (i64, i64) {
-    (
-        i64::from(page.limit),
-        i64::try_from(page.offset).unwrap_or(i64::MAX),
-    )
-}
-
-/// A `COUNT(*)` as the total of a listing.
-pub(super) fn total(n: i64) -> Result<u64> {
-    u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("negative count {n}")))
-}
 
 /// A viewer's groups as the JSON array `json_each` reads.
 fn groups_json(viewer: &Viewer) -> String {

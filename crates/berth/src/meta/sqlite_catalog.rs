@@ -3,15 +3,14 @@
 //! children) are four queries in one read transaction, the page's digests passed as a
 //! JSON array to `json_each`: a page costs the same few statements however long it is,
 //! and its parts agree. A project's repositories are one range of the name index
-//! (`sqlite_access::project_range`); an artifact page is read in the order of
+//! (`meta::project_range`); an artifact page is read in the order of
 //! `manifests_by_time`. No statement sorts (the few tags and references of one manifest
 //! are put in order here).
 
 use super::access::Page;
 use super::catalog::{ArtifactFilter, ArtifactInfo, Catalog, RepositorySummary, TagInfo};
-use super::sqlite::{digest, SqliteMeta};
-use super::sqlite_access::{limit_offset, project_range, total};
-use super::{MetaError, Result};
+use super::sqlite::SqliteMeta;
+use super::{digest, limit_offset, project_range, total, MetaError, Result};
 use oci::{Digest, RepoName};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};

@@ -1,0 +1,227 @@
+//! [`Housekeeping`] for PostgreSQL: COUNT/SUM accounting for metrics, and the garbage
+//! collector's queries.
+//!
+//! Every delete locks the rows it is about to delete first, and only then checks its
+//! condition, in a statement of its own: at READ COMMITTED each statement sees what was
+//! committed when it started, so a check made before the lock could miss a writer that
+//! held the rows and committed meanwhile (and a `DELETE ... WHERE NOT EXISTS (...)`
+//! re-checks only the deleted row after a lock wait, not its subqueries). Writers lock
+//! the same rows (`postgres.rs`: a manifest's required blob links and manifests
+//! `FOR SHARE`, a blob's row when it is recorded or mounted), so "garbage collection
+//! forgets blob D" and "a manifest naming D is written" never both succeed:
+//!
+//! - forget first: the manifest's `FOR SHARE` waits, then finds the link gone, and the
+//!   manifest is refused (`MissingReferences`);
+//! - manifest first: the forget's `FOR UPDATE` waits for its commit, then the check sees
+//!   its references and keeps D.
+//!
+//! The forget is returned uncommitted, holding those locks, while the caller removes the
+//! file (see `registry/gc.rs`); a link or mount of D waits for it as it waits for
+//! SQLite's write lock.
+
+use super::postgres::{drop_if_empty, PgMeta};
+use super::{digest, GcManifest, Housekeeping, PendingForget, Result, Stats};
+use oci::{Digest, RepoName};
+use sqlx::{Postgres, Row, Transaction};
+use std::collections::BTreeMap;
+
+#[cfg(test)]
+impl PgMeta {
+    /// Tests: make every blob, link and manifest recorded so far look `secs` older.
+    pub async fn backdate(&self, secs: i64) -> Result<()> {
+        for table in ["blobs", "repository_blobs", "manifests"] {
+            sqlx::query(&format!("UPDATE {table} SET created_at = created_at - $1"))
+                .bind(secs)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct PgForget(Transaction<'static, Postgres>);
+
+#[async_trait::async_trait]
+impl PendingForget for PgForget {
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Housekeeping for PgMeta {
+    async fn stats(&self) -> Result<Stats> {
+        self.read(async {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM repositories),
+                        (SELECT COUNT(*) FROM manifests),
+                        (SELECT COUNT(*) FROM blobs),
+                        (SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs),
+                        (SELECT COUNT(*) FROM uploads)",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(Stats {
+                repositories: count(row.try_get(0)?),
+                manifests: count(row.try_get(1)?),
+                blobs: count(row.try_get(2)?),
+                blob_bytes: count(row.try_get(3)?),
+                uploads: count(row.try_get(4)?),
+            })
+        })
+        .await
+    }
+
+    async fn gc_manifests(&self, repo: &RepoName) -> Result<Vec<GcManifest>> {
+        self.read(async {
+            // One snapshot for both queries (REPEATABLE READ, read only).
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(
+                "SELECT m.digest, m.subject, m.created_at,
+                        EXISTS (SELECT 1 FROM tags t
+                                WHERE t.repository_id = m.repository_id AND t.digest = m.digest)
+                 FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = $1 ORDER BY m.digest",
+            )
+            .bind(repo.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let d: String = row.try_get(0)?;
+                let subject: Option<String> = row.try_get(1)?;
+                let m = GcManifest {
+                    digest: digest(d.clone())?,
+                    tagged: row.try_get(3)?,
+                    subject: subject.map(digest).transpose()?,
+                    created_at: row.try_get(2)?,
+                    references: Vec::new(),
+                };
+                out.insert(d, m);
+            }
+            let refs = sqlx::query(
+                "SELECT x.manifest_digest, x.child_digest, x.child_is_manifest
+                 FROM manifest_references x JOIN repositories r ON r.id = x.repository_id
+                 WHERE r.name = $1 ORDER BY x.manifest_digest, x.child_is_manifest, x.child_digest",
+            )
+            .bind(repo.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            for row in refs {
+                let parent: String = row.try_get(0)?;
+                let child: String = row.try_get(1)?;
+                if let Some(m) = out.get_mut(&parent) {
+                    m.references.push((digest(child)?, row.try_get(2)?));
+                }
+            }
+            Ok(out.into_values().collect())
+        })
+        .await
+    }
+
+    async fn gc_delete_untagged(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        self.write(&format!("deleting manifest {repo}@{d}"), || async move {
+            let mut tx = self.pool.begin().await?;
+            // Lock the manifest, then check: a push tagging it or an index naming it
+            // holds it FOR SHARE until its commit, which the checks then see.
+            let Some(repo_id) = sqlx::query_scalar::<_, i64>(
+                "SELECT m.repository_id FROM manifests m JOIN repositories r ON r.id = m.repository_id
+                 WHERE r.name = $1 AND m.digest = $2 FOR UPDATE OF m",
+            )
+            .bind(repo.as_str())
+            .bind(d.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(false);
+            };
+            let kept: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM tags WHERE repository_id = $1 AND digest = $2)
+                     OR EXISTS (SELECT 1 FROM manifest_references
+                                WHERE repository_id = $1 AND child_digest = $2)",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if kept {
+                return Ok(false);
+            }
+            for sql in [
+                "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
+                "DELETE FROM manifest_references WHERE repository_id = $1 AND manifest_digest = $2",
+            ] {
+                sqlx::query(sql)
+                    .bind(repo_id)
+                    .bind(d.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            drop_if_empty(&mut tx, repo_id).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn gc_forget_blob(
+        &self,
+        d: &Digest,
+        cutoff: i64,
+    ) -> Result<Option<Box<dyn PendingForget>>> {
+        self.write(&format!("deleting blob {d}"), || async move {
+            let mut tx = self.pool.begin().await?;
+            // The blob's row first (every writer that records or mounts D locks it, so
+            // they wait from here on), then its links (a manifest requiring one holds it
+            // FOR SHARE: wait for that to commit), then the check, in a later statement
+            // that sees what those writers committed.
+            sqlx::query("SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE")
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "SELECT 1 FROM repository_blobs WHERE digest = $1
+                 ORDER BY repository_id FOR UPDATE",
+            )
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let keep: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = $1)
+                     OR EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1 AND created_at > $2)
+                     OR EXISTS (SELECT 1 FROM blobs WHERE digest = $1 AND created_at > $2)",
+            )
+            .bind(d.as_str())
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+            if keep {
+                return Ok(None);
+            }
+            let unlinked: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM repository_blobs WHERE digest = $1 RETURNING repository_id",
+            )
+            .bind(d.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            // A repository that held only this blob goes with its link.
+            for repo_id in unlinked {
+                drop_if_empty(&mut tx, repo_id).await?;
+            }
+            sqlx::query("DELETE FROM blobs WHERE digest = $1")
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            Ok(Some(Box::new(PgForget(tx)) as Box<dyn PendingForget>))
+        })
+        .await
+    }
+}
