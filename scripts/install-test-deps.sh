@@ -5,6 +5,7 @@
 #   htpasswd (apache2-utils), jq, openssl, curl
 #   slapd, slappasswd (slapd), ldapsearch (ldap-utils)   OpenLDAP for tests/ldap.rs
 #   postgres, initdb (postgresql)   PostgreSQL for the meta::postgres tests
+#   nginx                           the load balancer in front of tests/cluster.rs nodes
 # and check that the Docker Engine the Docker CLI tests use is reachable.
 #
 # Idempotent: when every program is already there, apt is not touched. Runs as root, or
@@ -48,6 +49,7 @@ declare -A PACKAGE_OF=(
     [slappasswd]=slapd
     [ldapsearch]=ldap-utils
     [postgres]=postgresql
+    [nginx]=nginx
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)
@@ -72,7 +74,7 @@ fi
 stop_services() {
     # The packages' services would listen on :5000, :389 and :5432; the tests start their
     # own instances.
-    for service in docker-registry slapd postgresql; do
+    for service in docker-registry slapd postgresql nginx; do
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
             "${SUDO[@]}" systemctl disable --now "$service.service" >/dev/null 2>&1 || true
         fi

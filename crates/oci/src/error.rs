@@ -24,6 +24,9 @@ pub enum ErrorCode {
     PaginationNumberInvalid,
     /// Legacy Docker code for a malformed `Range`/`Content-Range`.
     RangeInvalid,
+    /// Distribution's code for a registry that cannot serve now (its database or
+    /// storage is unreachable): 503, retry later.
+    Unavailable,
     /// Catch-all for server-side failures.
     Unknown,
 }
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "manifest tag did not match URI",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::RangeInvalid => "invalid content range",
+            ErrorCode::Unavailable => "service unavailable",
             ErrorCode::Unknown => "unknown error",
         }
     }
@@ -99,6 +104,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => 405,
             ErrorCode::RangeInvalid => 416,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
             ErrorCode::Unknown => 500,
         }
     }

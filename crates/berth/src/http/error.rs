@@ -129,6 +129,14 @@ impl From<RegistryError> for ApiError {
                     "the registry is out of storage space: nothing was stored; its operator must free space or grow the volume, then retry",
                 )
             }
+            E::Storage(_) | E::Meta(_) if e.is_unavailable() => {
+                tracing::error!(error = %msg, "request failed: a backend is unavailable");
+                ApiError::with_status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "the registry cannot reach its metadata database or blob storage right now: nothing was changed; retry later",
+                )
+            }
             E::Storage(_) | E::Meta(_) => {
                 tracing::error!(error = %msg, "request failed");
                 ApiError::with_status(

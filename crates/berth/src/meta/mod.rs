@@ -66,6 +66,18 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// The database cannot be reached (refused, gone, no free connection in time): worth
+    /// a retry later, on this node or another.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Unavailable(_)
+                | MetaError::Database(
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                )
+        )
+    }
+
     /// The database's disk is full (SQLITE_FULL, PostgreSQL's disk_full 53100, ENOSPC).
     pub fn is_out_of_space(&self) -> bool {
         match self {

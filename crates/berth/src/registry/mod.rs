@@ -149,6 +149,15 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 impl RegistryError {
     /// Blob storage or the metadata database ran out of space.
+    /// The metadata database or the blob store cannot be reached now.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RegistryError::Storage(e) => e.is_unavailable(),
+            RegistryError::Meta(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+
     pub fn is_out_of_space(&self) -> bool {
         match self {
             RegistryError::Storage(e) => e.is_out_of_space(),

@@ -1,5 +1,6 @@
 //! What the operations side asks of the registry: stored counts for metrics, and a
-//! cheap probe that the blob store answers (the `storagedriver` health check).
+//! cheap probe that the blob store and the metadata database answer (the
+//! `storagedriver` health check).
 
 use super::{Registry, Result};
 use crate::meta::Stats;
@@ -11,9 +12,13 @@ impl Registry {
         Ok(self.meta.stats().await?)
     }
 
-    /// Ask the blob store about one blob: an answer (present or not) means it works.
+    /// Ask the blob store and the metadata database about one blob: an answer (present
+    /// or not) from each means both work. A node cut off from either fails this, so the
+    /// health gate takes it out of its load balancer.
     pub async fn storage_check(&self) -> Result<()> {
-        self.blobs.stat(&Digest::of(Algorithm::Sha256, b"")).await?;
+        let probe = Digest::of(Algorithm::Sha256, b"");
+        self.blobs.stat(&probe).await?;
+        self.meta.known_blob(&probe).await?;
         Ok(())
     }
 }

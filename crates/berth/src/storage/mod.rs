@@ -59,6 +59,10 @@ pub enum StorageError {
     InvalidUploadId,
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The storage service cannot be reached or answers that it is overloaded (an
+    /// object store's connection failures, timeouts and 5xx answers).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("content of {path} has digest {actual}, not {expected}: the file is corrupt; nothing was stored")]
     DigestMismatch {
         path: PathBuf,
@@ -70,6 +74,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The storage service is unreachable or overloaded: worth a retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+
     /// The filesystem or object store ran out of space (or quota).
     pub fn is_out_of_space(&self) -> bool {
         match self {

@@ -292,7 +292,7 @@ impl S3BlobStore {
         missing_ok: bool,
     ) -> Result<Option<reqwest::Response>> {
         let response = request.send().await.map_err(|e| {
-            failure(format!(
+            StorageError::Unavailable(format!(
                 "S3 {what} {key} ({}): {e}; check that the server is reachable",
                 self.describe()
             ))
@@ -312,10 +312,15 @@ impl S3BlobStore {
             404 if code == "NoSuchBucket" => "; create the bucket first",
             _ => "",
         };
-        Err(failure(format!(
+        let what = format!(
             "S3 {what} {key} ({}) failed: {status} {code} {message}{hint}",
             self.describe()
-        )))
+        );
+        Err(if status.is_server_error() {
+            StorageError::Unavailable(what)
+        } else {
+            failure(what)
+        })
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {

@@ -3,6 +3,7 @@
 //! test file (`mod common;`).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod jwt;
 pub mod layout;
 pub mod ldap;

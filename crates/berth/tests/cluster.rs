@@ -1,0 +1,426 @@
+//! A real cluster: 3 `berth` nodes sharing one S3 bucket (SeaweedFS) and one PostgreSQL
+//! database behind nginx (`tests/common/cluster.rs`). A chunked push spread over the
+//! nodes, docker/podman/skopeo through nginx, a node started later, and a node killed
+//! while 8 clients push and pull.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::layout::noise;
+use common::push::{image_manifest, sha256, Registry};
+use common::tools::{empty_auth_file, podman, skopeo};
+use common::{require_tool, run};
+use reqwest::{Method, StatusCode};
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1024 * 1024;
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Push `layer` in the given chunk sizes (each request through nginx, so each goes to the
+/// next node), then config and manifest; returns the manifest digest.
+async fn chunked_image(
+    r: &Registry,
+    repo: &str,
+    tag: &str,
+    layer: &[u8],
+    chunks: &[usize],
+) -> oci::Digest {
+    let resp = r
+        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let mut location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let mut offset = 0;
+    for n in chunks {
+        let resp = r
+            .req(Method::PATCH, &location)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", offset, offset + n - 1))
+            .body(layer[offset..offset + n].to_vec())
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk at {offset}");
+        assert_eq!(
+            resp.headers()["range"].to_str().expect("range"),
+            format!("0-{}", offset + n - 1)
+        );
+        location = resp.headers()["location"]
+            .to_str()
+            .expect("loc")
+            .to_string();
+        offset += n;
+    }
+    assert_eq!(offset, layer.len());
+    let d = sha256(layer);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let resp = r
+        .req(Method::PUT, &format!("{location}{sep}digest={d}"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let config =
+        format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"repo\":\"{repo}:{tag}\"}}");
+    r.push_blob(repo, config.as_bytes()).await;
+    let manifest = serde_json::to_vec(&image_manifest(config.as_bytes(), layer)).expect("json");
+    let resp = r
+        .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    sha256(&manifest)
+}
+
+/// The manifest `reference` and every blob it names, read from `url`, match `digest`.
+async fn assert_serves(url: &str, repo: &str, reference: &str, digest: &oci::Digest) {
+    let r = Registry::new(url);
+    let resp = r
+        .req(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET manifest");
+    assert_eq!(resp.status(), StatusCode::OK, "{url} {repo}:{reference}");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(&sha256(&body), digest, "{url} {repo}:{reference}");
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let mut blobs = vec![manifest["config"]["digest"]
+        .as_str()
+        .expect("config")
+        .to_string()];
+    for l in manifest["layers"].as_array().expect("layers") {
+        blobs.push(l["digest"].as_str().expect("layer").to_string());
+    }
+    for b in blobs {
+        // Redirected to the object store and followed.
+        let resp = r
+            .req(Method::GET, &format!("/v2/{repo}/blobs/{b}"))
+            .send()
+            .await
+            .expect("GET blob");
+        assert_eq!(resp.status(), StatusCode::OK, "{url} blob {b}");
+        assert_eq!(sha256(&resp.bytes().await.expect("bytes")).to_string(), b);
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_push_spread_over_the_nodes_is_served_by_every_node() {
+    let mut c = Cluster::start(3, "");
+    let r = Registry::new(&c.url);
+    let layer = noise("round robin", 11 * MIB + 7);
+    let chunks = [1, MIB, 6 * MIB, 100, 3 * MIB, MIB - 94];
+    let digest = chunked_image(&r, "team/app", "v1", &layer, &chunks).await;
+    // nginx spread the upload's requests over all three nodes.
+    let log = c.nginx_log();
+    let patch_nodes: BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("PATCH "))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(
+        patch_nodes.len(),
+        3,
+        "PATCHes went to {patch_nodes:?}:\n{log}"
+    );
+    for node in c.live() {
+        assert_serves(&node.url, "team/app", "v1", &digest).await;
+        assert_serves(&node.url, "team/app", &digest.to_string(), &digest).await;
+    }
+    // A node started now serves everything at once: no warm-up, no scan.
+    let started = Instant::now();
+    let late = c.add_node().url.clone();
+    assert_serves(&late, "team/app", "v1", &digest).await;
+    let tags: serde_json::Value = reqwest::get(format!("{late}/v2/team/app/tags/list"))
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    eprintln!(
+        "a node started later served the image {:?} after its start",
+        started.elapsed()
+    );
+    c.reload_nginx();
+    assert_serves(&c.url, "team/app", "v1", &digest).await;
+}
+
+#[test]
+fn docker_podman_and_skopeo_through_nginx() {
+    require_tool("docker");
+    require_tool("skopeo");
+    require_tool("podman");
+    let c = Cluster::start(3, "");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rootfs = tmp.path().join("rootfs.tar");
+    std::fs::write(
+        &rootfs,
+        common::layout::plain_tar(&[
+            ("etc/hostname", b"berth-cluster\n"),
+            (
+                "data/noise.bin",
+                &noise(&format!("cluster {}", c.host), 6 * MIB),
+            ),
+        ]),
+    )
+    .expect("rootfs");
+    let reference = format!("{}/cluster/imported:v1", c.host);
+    let id = run(Command::new("docker")
+        .arg("import")
+        .arg(&rootfs)
+        .arg(&reference))
+    .trim()
+    .to_string();
+    let pushed = run(Command::new("docker").args(["push", &reference]));
+    let digest = pushed
+        .lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in: {pushed}"))
+        .to_string();
+    run(Command::new("docker").args(["rmi", "-f", &reference, &id]));
+    let pulled = run(Command::new("docker").args(["pull", &reference]));
+    assert!(pulled.contains(&digest), "{pulled}");
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &reference])
+        .output();
+
+    // skopeo copies it to another repository through nginx, podman pulls that one.
+    let auth = empty_auth_file(tmp.path());
+    run(skopeo()
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--authfile",
+        ])
+        .arg(&auth)
+        .arg(format!("docker://{reference}"))
+        .arg(format!("docker://{}/cluster/copied:v1", c.host)));
+    let root = tmp.path().join("podman");
+    let out = run(podman(&root)
+        .args(["pull", "--tls-verify=false"])
+        .arg(format!("{}/cluster/copied:v1", c.host)));
+    assert!(!out.trim().is_empty(), "podman pull printed no image id");
+    let inspected = run(podman(&root).args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}}",
+        &format!("{}/cluster/copied:v1", c.host),
+    ]));
+    assert_eq!(inspected.trim(), digest);
+    // And podman pushes through nginx too.
+    run(podman(&root)
+        .args(["push", "--tls-verify=false"])
+        .arg(format!("{}/cluster/copied:v1", c.host))
+        .arg(format!("docker://{}/cluster/podman:v1", c.host)));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let d: oci::Digest = digest.parse().expect("digest");
+    for node in c.live() {
+        rt.block_on(assert_serves(&node.url, "cluster/imported", "v1", &d));
+    }
+}
+
+/// One client's loop: push small images (a retry starts the blob over), and pull what
+/// was pushed before; every push that returned 201 is recorded.
+async fn client(
+    url: String,
+    id: usize,
+    until: Instant,
+    pushed: Arc<Mutex<Vec<(String, oci::Digest)>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+) {
+    let r = Registry::with_client(
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        &url,
+    );
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        let repo = format!("load/c{id}");
+        let tag = format!("t{n}");
+        let layer = noise(&format!("load {id} {n}"), 64 * 1024 + n * 4096 + id);
+        let config = format!("{{\"client\":{id},\"n\":{n}}}");
+        let mut done = false;
+        for _attempt in 0..10 {
+            match try_push(&r, &repo, &tag, config.as_bytes(), &layer).await {
+                Ok(d) => {
+                    pushed
+                        .lock()
+                        .expect("lock")
+                        .push((format!("{repo}:{tag}"), d));
+                    done = true;
+                    break;
+                }
+                Err(e) => {
+                    failures.lock().expect("lock").push(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(
+            done,
+            "client {id} could not push {repo}:{tag} in 10 attempts"
+        );
+        // Pull something pushed before (by anyone).
+        let earlier = {
+            let p = pushed.lock().expect("lock");
+            p.get(n * 7 % p.len().max(1)).cloned()
+        };
+        if let Some((name, d)) = earlier {
+            let (repo, tag) = name.split_once(':').expect("name");
+            for _attempt in 0..10 {
+                let resp = r
+                    .req(Method::GET, &format!("/v2/{repo}/manifests/{tag}"))
+                    .header("accept", OCI_MANIFEST)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        let body = resp.bytes().await.unwrap_or_default();
+                        assert_eq!(sha256(&body), d, "{name} pulled with another digest");
+                        break;
+                    }
+                    Ok(resp) if resp.status().is_server_error() => {
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("pull {name}: {}", resp.status()));
+                    }
+                    Ok(resp) => panic!("pull {name}: {}", resp.status()),
+                    Err(e) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("pull {name}: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn try_push(
+    r: &Registry,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layer: &[u8],
+) -> Result<oci::Digest, String> {
+    async fn blob(r: &Registry, repo: &str, data: &[u8]) -> Result<(), String> {
+        let d = sha256(data);
+        let resp = r
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .map_err(|e| format!("POST: {e}"))?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(format!("POST: {}", resp.status()));
+        }
+        let location = resp.headers()["location"]
+            .to_str()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let half = data.len() / 2;
+        let resp = r
+            .req(Method::PATCH, &location)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("0-{}", half - 1))
+            .body(data[..half].to_vec())
+            .send()
+            .await
+            .map_err(|e| format!("PATCH: {e}"))?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(format!("PATCH: {}", resp.status()));
+        }
+        let location = resp.headers()["location"]
+            .to_str()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = r
+            .req(Method::PUT, &format!("{location}{sep}digest={d}"))
+            .header("content-range", format!("{}-{}", half, data.len() - 1))
+            .body(data[half..].to_vec())
+            .send()
+            .await
+            .map_err(|e| format!("PUT: {e}"))?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(format!("PUT: {}", resp.status()));
+        }
+        Ok(())
+    }
+    blob(r, repo, config).await?;
+    blob(r, repo, layer).await?;
+    let manifest = serde_json::to_vec(&image_manifest(config, layer)).map_err(|e| e.to_string())?;
+    let resp = r
+        .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .map_err(|e| format!("PUT manifest: {e}"))?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(format!("PUT manifest: {}", resp.status()));
+    }
+    Ok(sha256(&manifest))
+}
+
+/// 8 clients push and pull through nginx for 24 s; node 1 is SIGKILLed after 8 s. Every
+/// push that returned 201 is then served, with its digests, by every surviving node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_nothing_that_was_acknowledged() {
+    let mut c = Cluster::start(3, "");
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_secs(24);
+    let clients: Vec<_> = (0..8)
+        .map(|id| {
+            tokio::spawn(client(
+                c.url.clone(),
+                id,
+                until,
+                pushed.clone(),
+                failures.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let before_kill = pushed.lock().expect("lock").len();
+    c.kill_node(1);
+    for t in clients {
+        t.await.expect("client");
+    }
+    let pushed = pushed.lock().expect("lock").clone();
+    let failures = failures.lock().expect("lock").clone();
+    eprintln!(
+        "{} images pushed ({} before the kill); {} failed requests retried: {:?}",
+        pushed.len(),
+        before_kill,
+        failures.len(),
+        failures.iter().take(10).collect::<Vec<_>>()
+    );
+    assert!(pushed.len() > before_kill, "pushes went on after the kill");
+    c.reload_nginx();
+    for node in c.live() {
+        for (name, d) in &pushed {
+            let (repo, tag) = name.split_once(':').expect("name");
+            assert_serves(&node.url, repo, tag, d).await;
+        }
+    }
+}
