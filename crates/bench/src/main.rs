@@ -84,6 +84,12 @@ enum Cmd {
         /// themselves instead of redirecting clients to presigned URLs).
         #[arg(long, requires = "s3")]
         s3_no_redirect: bool,
+        /// Berth's metadata in PostgreSQL: an admin URL of a server (e.g. the
+        /// BERTH_TEST_POSTGRES_URL `scripts/start-postgres.sh` prints); every Berth start
+        /// gets a fresh database there (needs `psql`). Distribution has no metadata
+        /// database and ignores it.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -137,6 +143,7 @@ async fn main() -> Result<()> {
                 scenario,
                 s3,
                 s3_no_redirect,
+                postgres,
                 common,
             } => {
                 let s3 = s3
@@ -147,11 +154,13 @@ async fn main() -> Result<()> {
                         name: "berth".to_string(),
                         binary: berth,
                         s3: s3.clone(),
+                        postgres,
                     },
                     ServerSpec {
                         name: "distribution".to_string(),
                         binary: distribution,
                         s3,
+                        postgres: None,
                     },
                 ];
                 let rounds = rounds.unwrap_or(if common.quick { 1 } else { 3 });

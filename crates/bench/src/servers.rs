@@ -48,6 +48,9 @@ pub struct ServerSpec {
     /// Blobs in this S3 bucket instead of the data directory (the same server and
     /// bucket for both registries; each start gets a root directory of its own).
     pub s3: Option<S3Storage>,
+    /// Berth's metadata in PostgreSQL: the server's admin URL (`postgres://user@host:port/db`);
+    /// each start creates a fresh database there with `psql`. Distribution ignores it.
+    pub postgres: Option<String>,
 }
 
 /// An S3-compatible server for the blobs (`--s3 ENV_FILE`).
@@ -135,6 +138,39 @@ impl Server {
                 .unwrap_or_else(|| format!("bench-{port}"));
             s3.storage_yaml(&root)
         });
+        let storage = match (&spec.postgres, storage) {
+            (Some(admin), storage) => {
+                let name = format!("berth_bench_{}_{port}", std::process::id());
+                let out = Command::new("psql")
+                    .arg(admin)
+                    .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+                    .arg(format!("DROP DATABASE IF EXISTS {name}"))
+                    .arg("-c")
+                    .arg(format!("CREATE DATABASE {name}"))
+                    .output()
+                    .context("running psql to create the benchmark database")?;
+                if !out.status.success() {
+                    bail!(
+                        "psql could not create {name}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .context("--postgres URL names no database")?;
+                let db = format!("database:\n  driver: postgres\n  dsn: {base}/{name}\n");
+                Some(match storage {
+                    // Replaces the SQLite path with the PostgreSQL section.
+                    Some(s3) => format!("{}{db}", s3),
+                    None => format!(
+                        "storage:\n  filesystem:\n    rootdirectory: {:?}\n  delete:\n    enabled: true\n{db}",
+                        data.display().to_string()
+                    ),
+                })
+            }
+            (None, storage) => storage,
+        };
         std::fs::write(&config, config_yaml(&data, port, extra, storage.as_deref()))
             .with_context(|| format!("writing {}", config.display()))?;
         let log = dir.path().join("server.log");
@@ -280,6 +316,7 @@ fn config_yaml(data: &Path, port: u16, extra: &Extra, storage: Option<&str>) -> 
     let data = data.display().to_string();
     let storage = match storage {
         // Distribution ignores the `database` key; Berth keeps its database there.
+        Some(s) if s.contains("database:") => s.to_string(),
         Some(s) => format!("{s}database:\n  path: {:?}\n", format!("{data}/berth.db")),
         None => format!(
             "storage:\n  filesystem:\n    rootdirectory: {data:?}\n  delete:\n    enabled: true\n"

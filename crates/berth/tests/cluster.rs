@@ -424,3 +424,152 @@ async fn a_node_killed_under_load_loses_nothing_that_was_acknowledged() {
         }
     }
 }
+
+/// A directory the `postgres` user can enter (the tests run as root; PostgreSQL will not).
+fn shared_tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("berth-outage-")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    run(Command::new("chmod").arg("755").arg(d.path()));
+    d
+}
+
+fn env_value(exports: &str, key: &str) -> String {
+    exports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {exports}"))
+        .trim_matches(['\'', '"'])
+        .to_string()
+}
+
+/// Poll `GET url` until its status is `want` (or fail after `within`); returns the body.
+async fn until_status(url: &str, want: StatusCode, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match reqwest::Client::new()
+            .get(url)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == want => return r.text().await.unwrap_or_default(),
+            Ok(r) => format!("{}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{url}: still {last}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node whose PostgreSQL, then whose object store, goes away: its requests fail with
+/// 503 UNAVAILABLE in the spec's envelope (the health gate takes over, for a load
+/// balancer to drop it), nothing pushed before is harmed, and it serves again on its own
+/// once each comes back.
+#[tokio::test]
+async fn a_node_cut_off_from_postgres_or_s3_answers_503_and_recovers() {
+    let dir = shared_tempdir();
+    let pg_dir = dir.path().join("pg");
+    let start_pg = || {
+        run(Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/start-postgres.sh"
+            ))
+            .arg(&pg_dir))
+    };
+    let stop_pg = || {
+        run(Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../scripts/stop-postgres.sh"
+            ))
+            .arg(&pg_dir))
+    };
+    let dsn = env_value(&start_pg(), "BERTH_TEST_POSTGRES_URL");
+    let shared_s3 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/s3");
+    let s3_dir = dir.path().join("s3");
+    let s3_env = run(Command::new("bash")
+        .arg(format!("{shared_s3}/start-seaweedfs.sh"))
+        .arg(&s3_dir));
+    let s3_pid = env_value(&s3_env, "S3_PID");
+    let config = format!(
+        "version: 0.1\nstorage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\ndatabase:\n  driver: postgres\n  dsn: {dsn}\n  connecttimeout: 2s\n  pool:\n    acquiretimeout: 3s\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 1s\n    threshold: 2\nhttp:\n  addr: 127.0.0.1:0\n",
+        env_value(&s3_env, "S3_ACCESS_KEY_ID"),
+        env_value(&s3_env, "S3_SECRET_ACCESS_KEY"),
+        env_value(&s3_env, "S3_REGION"),
+        env_value(&s3_env, "S3_ENDPOINT"),
+        env_value(&s3_env, "S3_BUCKET"),
+    );
+    let node = common::Berth::start_with_config(&config);
+    let r = Registry::new(&node.url);
+    let layer = noise("outage", 2 * MIB);
+    let digest = chunked_image(&r, "ha/app", "v1", &layer, &[MIB, MIB]).await;
+    let manifest_url = format!("{}/v2/ha/app/manifests/v1", node.url);
+    until_status(&manifest_url, StatusCode::OK, Duration::from_secs(5)).await;
+
+    for (what, stop, restart) in [
+        (
+            "PostgreSQL",
+            Box::new(|| {
+                stop_pg();
+            }) as Box<dyn Fn()>,
+            Box::new(|| {
+                start_pg();
+            }) as Box<dyn Fn()>,
+        ),
+        (
+            // The object store stops answering (SIGSTOP: connections open, nothing
+            // comes back, as behind a broken link); the health check's bound catches it.
+            "S3",
+            Box::new(|| {
+                run(Command::new("kill").args(["-STOP", &s3_pid]));
+            }),
+            Box::new(|| {
+                run(Command::new("kill").args(["-CONT", &s3_pid]));
+            }),
+        ),
+    ] {
+        stop();
+        let body = until_status(
+            &manifest_url,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        )
+        .await;
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{what} down: not JSON ({e}): {body}"));
+        assert_eq!(
+            json["errors"][0]["code"], "UNAVAILABLE",
+            "{what} down: {body}"
+        );
+        // A push meanwhile is refused the same way.
+        let resp = r
+            .req(Method::POST, "/v2/ha/app/blobs/uploads/")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(
+            resp.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what} down: POST"
+        );
+        restart();
+        until_status(&manifest_url, StatusCode::OK, Duration::from_secs(60)).await;
+        assert_serves(&node.url, "ha/app", "v1", &digest).await;
+    }
+    // Pushing works again.
+    let again = chunked_image(&r, "ha/app", "v2", &noise("after", MIB), &[MIB]).await;
+    assert_serves(&node.url, "ha/app", "v2", &again).await;
+    drop(node);
+    stop_pg();
+    let _ = Command::new("bash")
+        .arg(format!("{shared_s3}/stop-seaweedfs.sh"))
+        .arg(&s3_dir)
+        .arg("--purge")
+        .output();
+}

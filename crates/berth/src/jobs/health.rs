@@ -127,11 +127,22 @@ async fn head_status(uri: &str, headers: &[(String, String)]) -> Result<u16, Str
 impl HealthWorker {
     async fn probe(&self) -> Result<(), String> {
         match &self.check.probe {
-            Probe::Storage => self
-                .registry
-                .storage_check()
+            // A backend that accepts connections but never answers (a hung object store,
+            // a partitioned database) must fail the check too: bounded by the interval,
+            // within 1..10 s.
+            Probe::Storage => {
+                let limit = self
+                    .check
+                    .interval
+                    .clamp(Duration::from_secs(1), Duration::from_secs(10));
+                with_timeout(Some(limit), async {
+                    self.registry
+                        .storage_check()
+                        .await
+                        .map_err(|e| e.to_string())
+                })
                 .await
-                .map_err(|e| e.to_string()),
+            }
             Probe::File(f) => {
                 if std::path::Path::new(f).exists() {
                     Err("file exists".into())

@@ -45,6 +45,8 @@ use std::time::{Duration, SystemTime};
 const SIGN_FOR: Duration = Duration::from_secs(15 * 60);
 /// How long a redirect URL handed to a client stays valid (as Distribution's 20 minutes).
 pub const REDIRECT_FOR: Duration = Duration::from_secs(20 * 60);
+/// Longest wait for the object store's next bytes (of an answer, or of a blob being read).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// S3's most parts per multipart upload.
 const MAX_PARTS: usize = 10_000;
 /// Parts of one upload being sent at once (memory per upload: this many parts plus the
@@ -193,6 +195,9 @@ impl S3BlobStore {
         };
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A server that stops answering fails the request (503) instead of holding
+            // it forever; a slow but moving transfer is unaffected.
+            .read_timeout(READ_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
             .danger_accept_invalid_certs(c.skip_verify);
         // The AWS SDKs' way to trust a private CA; Berth honours it too.
