@@ -423,3 +423,152 @@ async fn a_2_gib_layer_streams_with_bounded_memory() {
         peak >> 20
     );
 }
+
+/// A real Distribution (filesystem) holding one image pushed by skopeo from a layout;
+/// returns it, the layout's manifest digest and the repository.
+fn distribution_with_image(dir: &std::path::Path) -> (common::registry2::Registry2, String) {
+    use common::layout::{layer_tar_gz, Layout};
+    let store = dir.join("distribution");
+    let peer = common::registry2::Registry2::start(&format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n",
+        store.display()
+    ));
+    let mut layout = Layout::create(&dir.join("layout"));
+    let (big, _) = layer_tar_gz(&[("data/big.bin", &noise(&format!("{}", peer.host), 9 * MIB))]);
+    let l1 = layout.put_blob("application/vnd.oci.image.layer.v1.tar+gzip", &big);
+    let config = layout.put_blob(
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"architecture":"amd64","os":"linux"}"#,
+    );
+    let manifest = layout.put_manifest(config, vec![l1], false);
+    layout.tag(&manifest, "v1");
+    run(common::tools::skopeo()
+        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.dir.display()))
+        .arg(format!("docker://{}/lib/app:v1", peer.host)));
+    let digest = manifest["digest"].as_str().expect("digest").to_string();
+    (peer, digest)
+}
+
+/// `berth import distribution` into S3: the imported image is served with its digests
+/// and its layer is an object in the bucket.
+#[tokio::test]
+async fn import_into_s3() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut peer, digest) = distribution_with_image(tmp.path());
+    let source = tmp.path().join("distribution");
+    peer.stop();
+    let (storage, root) = s3(S3Kind::SeaweedFs).storage_yaml("");
+    let config = tmp.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\n{storage}database:\n  path: {}/berth.db\nhttp:\n  addr: 127.0.0.1:0\n",
+            tmp.path().display()
+        ),
+    )
+    .expect("config");
+    let out = common::berth_command(&[
+        "import".as_ref(),
+        "distribution".as_ref(),
+        source.as_os_str(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Berth::serve_config_in(dir, &config);
+    let r = Registry::new(&b.url);
+    let resp = r
+        .req(Method::GET, "/v2/lib/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(sha256(&body).to_string(), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let layer: oci::Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .parse()
+        .expect("digest");
+    let fetched = r
+        .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
+        .send()
+        .await
+        .expect("GET layer");
+    assert_eq!(sha256(&fetched.bytes().await.expect("bytes")), layer);
+    assert!(object_exists(
+        S3Kind::SeaweedFs,
+        &format!("{root}/blobs/sha256/{}/{}", &layer.hex()[..2], layer.hex())
+    ));
+}
+
+/// Berth on S3 as a pull-through cache of a real Distribution: 8 clients asking for the
+/// same uncached layer at once all get it (served while it is fetched into the bucket),
+/// and later pulls come from the bucket.
+#[tokio::test]
+async fn pull_through_cache_on_s3() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (peer, digest) = distribution_with_image(tmp.path());
+    let (storage, root) = s3(S3Kind::SeaweedFs).storage_yaml("");
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\n{storage}database:\n  path: DATA/berth.db\nhttp:\n  addr: 127.0.0.1:0\nproxy:\n  remoteurl: {}\n",
+        peer.url
+    ));
+    let r = Registry::new(&b.url);
+    let resp = r
+        .req(Method::GET, "/v2/lib/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(sha256(&body).to_string(), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let layer: oci::Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .parse()
+        .expect("digest");
+    let pulls: Vec<_> = (0..8)
+        .map(|_| {
+            let r = r.clone();
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                let resp = r
+                    .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
+                    .send()
+                    .await
+                    .expect("GET layer");
+                assert_eq!(resp.status(), StatusCode::OK);
+                sha256(&resp.bytes().await.expect("bytes"))
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.expect("client"), layer);
+    }
+    let key = format!("{root}/blobs/sha256/{}/{}", &layer.hex()[..2], layer.hex());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !object_exists(S3Kind::SeaweedFs, &key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill reached the bucket"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Cached now: a redirect to the bucket.
+    let resp = Registry::with_client(no_redirects(), &b.url)
+        .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+}
