@@ -434,7 +434,7 @@ fn distribution_with_image(dir: &std::path::Path) -> (common::registry2::Registr
         store.display()
     ));
     let mut layout = Layout::create(&dir.join("layout"));
-    let (big, _) = layer_tar_gz(&[("data/big.bin", &noise(&format!("{}", peer.host), 9 * MIB))]);
+    let (big, _) = layer_tar_gz(&[("data/big.bin", &noise(&peer.host, 9 * MIB))]);
     let l1 = layout.put_blob("application/vnd.oci.image.layer.v1.tar+gzip", &big);
     let config = layout.put_blob(
         "application/vnd.oci.image.config.v1+json",
