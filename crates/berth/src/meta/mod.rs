@@ -22,7 +22,7 @@ mod postgres_events;
 mod postgres_ops;
 mod postgres_proxy;
 #[cfg(test)]
-mod postgres_test;
+pub(crate) mod postgres_test;
 pub mod sqlite;
 mod sqlite_access;
 mod sqlite_catalog;

@@ -356,11 +356,14 @@ mod tests {
 mod races {
     use super::race::Pause;
     use super::GcOptions;
+    use crate::meta::postgres::PgMeta;
+    use crate::meta::postgres_test::TestDb;
     use crate::meta::sqlite::SqliteMeta;
-    use crate::meta::{now, Repositories};
+    use crate::meta::{now, MetaStore};
     use crate::registry::{Registry, Settings};
     use crate::storage::fs::FsBlobStore;
     use crate::storage::memory::MemoryBlobStore;
+    use crate::storage::s3::{testserver, S3BlobStore};
     use crate::storage::{BlobStore, ByteStream};
     use bytes::Bytes;
     use futures_util::StreamExt;
@@ -368,24 +371,73 @@ mod races {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// Which backends a race runs over: every interleaving holds on each.
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        /// SQLite (one writer) and blobs in memory.
+        Memory,
+        /// SQLite and the filesystem store (hide is a rename).
+        Fs,
+        /// PostgreSQL (row locks at READ COMMITTED, as a cluster runs) and the
+        /// filesystem store.
+        Postgres,
+        /// A cluster's backends: PostgreSQL and a real S3 server (hide is a copy and a
+        /// delete there, not a rename).
+        PostgresS3,
+    }
+
     struct Setup {
         registry: Arc<Registry>,
         blobs: Arc<dyn BlobStore>,
-        meta: Arc<SqliteMeta>,
+        meta: Arc<dyn MetaStore>,
+        sqlite: Option<Arc<SqliteMeta>>,
+        pg: Option<(Arc<PgMeta>, TestDb)>,
         _dir: tempfile::TempDir,
     }
 
-    async fn setup(fs: bool) -> Setup {
+    impl Setup {
+        async fn backdate(&self, secs: i64) {
+            match (&self.sqlite, &self.pg) {
+                (Some(m), _) => m.backdate(secs).await.expect("backdate"),
+                (_, Some((m, _))) => m.backdate(secs).await.expect("backdate"),
+                _ => unreachable!("a setup has one metadata backend"),
+            }
+        }
+
+        async fn finish(self) {
+            if let Some((m, db)) = self.pg {
+                m.close().await;
+                db.drop_db().await;
+            }
+        }
+    }
+
+    async fn setup(kind: Kind) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let meta = Arc::new(
-            SqliteMeta::open(&dir.path().join("berth.db"))
-                .await
-                .expect("meta"),
-        );
-        let blobs: Arc<dyn BlobStore> = if fs {
-            Arc::new(FsBlobStore::open(&dir.path().join("root")).expect("fs store"))
-        } else {
-            Arc::new(MemoryBlobStore::new())
+        let blobs: Arc<dyn BlobStore> = match kind {
+            Kind::Memory => Arc::new(MemoryBlobStore::new()),
+            Kind::Fs | Kind::Postgres => {
+                Arc::new(FsBlobStore::open(&dir.path().join("root")).expect("fs store"))
+            }
+            Kind::PostgresS3 => Arc::new(
+                S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                    .expect("s3 store"),
+            ),
+        };
+        let (meta, sqlite, pg): (Arc<dyn MetaStore>, _, _) = match kind {
+            Kind::Postgres | Kind::PostgresS3 => {
+                let db = TestDb::create().await;
+                let m = Arc::new(db.open().await);
+                (m.clone(), None, Some((m, db)))
+            }
+            Kind::Memory | Kind::Fs => {
+                let m = Arc::new(
+                    SqliteMeta::open(&dir.path().join("berth.db"))
+                        .await
+                        .expect("meta"),
+                );
+                (m.clone(), Some(m), None)
+            }
         };
         let registry = Arc::new(Registry::new(
             blobs.clone(),
@@ -396,6 +448,8 @@ mod races {
             registry,
             blobs,
             meta,
+            sqlite,
+            pg,
             _dir: dir,
         }
     }
@@ -422,7 +476,7 @@ mod races {
             .put_blob(&repo("old/app"), &digest(), body())
             .await
             .expect("push");
-        s.meta.backdate(7200).await.expect("backdate");
+        s.backdate(7200).await;
     }
 
     /// The cutoff of a collection with a one-hour grace period.
@@ -455,18 +509,19 @@ mod races {
         Digest::of(Algorithm::Sha256, &bytes) == digest()
     }
 
-    async fn both(f: impl Fn(bool) -> futures_util::future::BoxFuture<'static, ()>) {
-        f(false).await;
-        f(true).await;
+    async fn both(f: impl Fn(Kind) -> futures_util::future::BoxFuture<'static, ()>) {
+        for kind in [Kind::Memory, Kind::Fs, Kind::Postgres, Kind::PostgresS3] {
+            f(kind).await;
+        }
     }
 
     /// U1, then the whole sweep (it hides the upload's own file), then U2..U4: the upload
     /// commits its kept bytes again.
     #[tokio::test]
     async fn reupload_committed_before_the_sweep_linked_after() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 old_blob(&s).await;
                 let pause = Pause::at("upload:committed");
                 let registry = s.registry.clone();
@@ -481,8 +536,9 @@ mod races {
                     .expect("sweep"));
                 pause.resume.notify_one();
                 upload.await.expect("join").expect("upload");
-                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(readable(&s, "new/app").await, "{kind:?}");
                 assert!(!readable(&s, "old/app").await, "the old link was collected");
+                s.finish().await;
             })
         })
         .await;
@@ -492,9 +548,9 @@ mod races {
     /// the sweep purges only the hidden older copy.
     #[tokio::test]
     async fn reupload_committed_while_the_sweep_holds_the_lock() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 old_blob(&s).await;
                 let gc_pause = Pause::at("gc:hidden");
                 let registry = s.registry.clone();
@@ -515,8 +571,9 @@ mod races {
                 assert!(sweep.await.expect("join").expect("sweep"));
                 up_pause.resume.notify_one();
                 upload.await.expect("join").expect("upload");
-                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(readable(&s, "new/app").await, "{kind:?}");
                 assert!(s.blobs.hidden().await.expect("hidden").is_empty());
+                s.finish().await;
             })
         })
         .await;
@@ -525,9 +582,9 @@ mod races {
     /// U1..U4 before the sweep: the fresh link keeps D, and its file is not touched.
     #[tokio::test]
     async fn reupload_before_the_sweep_keeps_the_blob() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 old_blob(&s).await;
                 s.registry
                     .put_blob(&repo("new/app"), &digest(), body())
@@ -539,6 +596,7 @@ mod races {
                     .await
                     .expect("sweep"));
                 assert!(readable(&s, "new/app").await && readable(&s, "old/app").await);
+                s.finish().await;
             })
         })
         .await;
@@ -548,9 +606,9 @@ mod races {
     /// then the mount links: it finds no record and links nothing (the client uploads).
     #[tokio::test]
     async fn mount_checked_before_the_sweep_linked_after() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 old_blob(&s).await;
                 let pause = Pause::at("mount:checked");
                 let registry = s.registry.clone();
@@ -566,7 +624,7 @@ mod races {
                     .await
                     .expect("sweep"));
                 pause.resume.notify_one();
-                assert!(!mount.await.expect("join").expect("mount"), "fs={fs}");
+                assert!(!mount.await.expect("join").expect("mount"), "{kind:?}");
                 assert_eq!(
                     s.meta
                         .linked_blob(&repo("new/app"), &digest())
@@ -581,6 +639,7 @@ mod races {
                     .await
                     .expect("upload");
                 assert!(readable(&s, "new/app").await);
+                s.finish().await;
             })
         })
         .await;
@@ -589,9 +648,9 @@ mod races {
     /// A mount before the sweep: the fresh link keeps D.
     #[tokio::test]
     async fn mount_before_the_sweep_keeps_the_blob() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 old_blob(&s).await;
                 assert!(s
                     .registry
@@ -603,7 +662,8 @@ mod races {
                     .sweep_blob(&digest(), cutoff())
                     .await
                     .expect("sweep"));
-                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(readable(&s, "new/app").await, "{kind:?}");
+                s.finish().await;
             })
         })
         .await;
@@ -614,9 +674,9 @@ mod races {
     /// puts it back before it looks at anything.
     #[tokio::test]
     async fn hidden_blobs_of_an_interrupted_collection_come_back() {
-        both(|fs| {
+        both(|kind| {
             Box::pin(async move {
-                let s = setup(fs).await;
+                let s = setup(kind).await;
                 s.registry
                     .put_blob(&repo("new/app"), &digest(), body())
                     .await
@@ -639,8 +699,9 @@ mod races {
                     .expect("gc");
                 assert_eq!(report.deleted_blobs, 0);
                 assert_eq!(report.young_blobs, 1);
-                assert!(readable(&s, "new/app").await, "fs={fs}");
+                assert!(readable(&s, "new/app").await, "{kind:?}");
                 assert!(s.blobs.hidden().await.expect("hidden").is_empty());
+                s.finish().await;
             })
         })
         .await;
