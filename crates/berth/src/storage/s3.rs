@@ -306,7 +306,7 @@ impl S3BlobStore {
         if status.is_success() {
             return Ok(Some(response));
         }
-        if status == reqwest::StatusCode::NOT_FOUND && missing_ok {
+        if status.as_u16() == 404 && missing_ok {
             return Ok(None);
         }
         let body = read_limited(response).await;
