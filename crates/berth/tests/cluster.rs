@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 const MIB: usize = 1024 * 1024;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// Push `layer` in the given chunk sizes (each request through nginx, so each goes to the
-/// next node), then config and manifest; returns the manifest digest.
+/// Push an image whose layer goes in the given chunk sizes (each request through nginx,
+/// so each goes to the next node); returns the manifest digest.
 async fn chunked_image(
     r: &Registry,
     repo: &str,
@@ -28,59 +28,7 @@ async fn chunked_image(
     layer: &[u8],
     chunks: &[usize],
 ) -> oci::Digest {
-    let resp = r
-        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let mut location = resp.headers()["location"]
-        .to_str()
-        .expect("loc")
-        .to_string();
-    let mut offset = 0;
-    for n in chunks {
-        let resp = r
-            .req(Method::PATCH, &location)
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{}-{}", offset, offset + n - 1))
-            .body(layer[offset..offset + n].to_vec())
-            .send()
-            .await
-            .expect("PATCH");
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk at {offset}");
-        assert_eq!(
-            resp.headers()["range"].to_str().expect("range"),
-            format!("0-{}", offset + n - 1)
-        );
-        location = resp.headers()["location"]
-            .to_str()
-            .expect("loc")
-            .to_string();
-        offset += n;
-    }
-    assert_eq!(offset, layer.len());
-    let d = sha256(layer);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = r
-        .req(Method::PUT, &format!("{location}{sep}digest={d}"))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let config =
-        format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"repo\":\"{repo}:{tag}\"}}");
-    r.push_blob(repo, config.as_bytes()).await;
-    let manifest = serde_json::to_vec(&image_manifest(config.as_bytes(), layer)).expect("json");
-    let resp = r
-        .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .expect("PUT manifest");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    sha256(&manifest)
+    r.push_image_chunked(repo, tag, layer, chunks).await.0
 }
 
 /// The manifest `reference` and every blob it names, read from `url`, match `digest`.
@@ -436,12 +384,9 @@ fn shared_tempdir() -> tempfile::TempDir {
 }
 
 fn env_value(exports: &str, key: &str) -> String {
-    exports
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+    common::s3::parse_env(exports)
+        .remove(key)
         .unwrap_or_else(|| panic!("no {key} in {exports}"))
-        .trim_matches(['\'', '"'])
-        .to_string()
 }
 
 /// Poll `GET url` until its status is `want` (or fail after `within`); returns the body.

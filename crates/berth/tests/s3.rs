@@ -6,7 +6,7 @@
 mod common;
 
 use common::layout::noise;
-use common::push::{image_manifest, sha256, Registry};
+use common::push::{sha256, Registry};
 use common::s3::{s3, S3Kind};
 use common::{require_tool, run, Berth};
 use reqwest::{Method, StatusCode};
@@ -30,67 +30,16 @@ fn no_redirects() -> reqwest::Client {
         .expect("client")
 }
 
-/// Append `data` to a new upload in `repo` in the chunk sizes given, then close it.
-async fn chunked_push(r: &Registry, repo: &str, data: &[u8], chunks: &[usize]) -> oci::Digest {
-    let resp = r
-        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let mut location = resp.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
-    let mut offset = 0;
-    for n in chunks {
-        let piece = &data[offset..offset + n];
-        let resp = r
-            .req(Method::PATCH, &location)
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{}-{}", offset, offset + n - 1))
-            .body(piece.to_vec())
-            .send()
-            .await
-            .expect("PATCH");
-        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk at {offset}");
-        location = resp.headers()["location"]
-            .to_str()
-            .expect("location")
-            .to_string();
-        offset += n;
-    }
-    assert_eq!(offset, data.len());
-    let d = sha256(data);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = r
-        .req(Method::PUT, &format!("{location}{sep}digest={d}"))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(resp.status(), StatusCode::CREATED, "closing PUT");
-    d
-}
-
+/// A one-layer image whose layer is pushed in chunks of 1 byte, 3 MiB and the rest (an
+/// S3 part boundary and a short part included).
 async fn push_image(
     r: &Registry,
     repo: &str,
     tag: &str,
     layer: &[u8],
 ) -> (oci::Digest, oci::Digest) {
-    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"tag\":\"{tag}\"}}");
-    r.push_blob(repo, config.as_bytes()).await;
-    let layer_digest = chunked_push(r, repo, layer, &[1, 3 * MIB, layer.len() - 3 * MIB - 1]).await;
-    let manifest = serde_json::to_vec(&image_manifest(config.as_bytes(), layer)).expect("json");
-    let resp = r
-        .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.clone())
-        .send()
+    r.push_image_chunked(repo, tag, layer, &[1, 3 * MIB, layer.len() - 3 * MIB - 1])
         .await
-        .expect("PUT manifest");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    (sha256(&manifest), layer_digest)
 }
 
 /// Blob GETs redirect to a presigned URL that serves the exact bytes (and a Range
@@ -450,6 +399,27 @@ fn distribution_with_image(dir: &std::path::Path) -> (common::registry2::Registr
     (peer, digest)
 }
 
+/// `lib/app:v1` as `r` serves it: it must have the manifest digest `digest`; returns the
+/// digest of its first layer.
+async fn first_layer_of(r: &Registry, digest: &str) -> oci::Digest {
+    let resp = r
+        .req(Method::GET, "/v2/lib/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(sha256(&body).to_string(), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let layer: oci::Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .parse()
+        .expect("digest");
+    layer
+}
+
 /// `berth import distribution` into S3: the imported image is served with its digests
 /// and its layer is an object in the bucket.
 #[tokio::test]
@@ -482,21 +452,7 @@ async fn import_into_s3() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = Berth::serve_config_in(dir, &config);
     let r = Registry::new(&b.url);
-    let resp = r
-        .req(Method::GET, "/v2/lib/app/manifests/v1")
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.bytes().await.expect("body");
-    assert_eq!(sha256(&body).to_string(), digest);
-    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    let layer: oci::Digest = manifest["layers"][0]["digest"]
-        .as_str()
-        .expect("layer")
-        .parse()
-        .expect("digest");
+    let layer = first_layer_of(&r, &digest).await;
     let fetched = r
         .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
         .send()
@@ -522,21 +478,7 @@ async fn pull_through_cache_on_s3() {
         peer.url
     ));
     let r = Registry::new(&b.url);
-    let resp = r
-        .req(Method::GET, "/v2/lib/app/manifests/v1")
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.bytes().await.expect("body");
-    assert_eq!(sha256(&body).to_string(), digest);
-    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    let layer: oci::Digest = manifest["layers"][0]["digest"]
-        .as_str()
-        .expect("layer")
-        .parse()
-        .expect("digest");
+    let layer = first_layer_of(&r, &digest).await;
     let pulls: Vec<_> = (0..8)
         .map(|_| {
             let r = r.clone();

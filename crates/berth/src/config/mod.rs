@@ -992,7 +992,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
                 "this storage driver is not supported; use storage.filesystem or storage.s3",
             ));
         }
-        if s3::present(tree) {
+        if drivers.contains(&"s3") {
             c.s3 = Some(s3::parse(tree)?);
             // The embedded metadata database still needs a directory of its own.
             c.root = PathBuf::from(DISTRIBUTION_DEFAULT_ROOT);

@@ -2,7 +2,7 @@
 //! `REGISTRY_STORAGE_S3_*` variables), plus `storage.redirect.disable`.
 
 use super::yaml::Value;
-use super::{bad, get, get_bool, get_size, get_str, ConfigError};
+use super::{bad, get_bool, get_size, get_str, ConfigError};
 
 /// S3's smallest part (every part of a multipart upload but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -187,12 +187,4 @@ pub fn parse(tree: &Value) -> Result<S3Config, ConfigError> {
         storage_class,
         redirect: !get_bool(tree, "storage.redirect.disable")?.unwrap_or(false),
     })
-}
-
-/// Whether the tree has a `storage.s3` section (as a map, or `s3:` with nothing under it).
-pub fn present(tree: &Value) -> bool {
-    get(tree, "storage.s3").is_some()
-        || get(tree, "storage")
-            .and_then(Value::as_mapping)
-            .is_some_and(|m| m.contains_key("s3"))
 }

@@ -59,6 +59,9 @@ const PAGE: usize = 1000;
 /// Error bodies are read up to this much.
 const ERROR_BODY: usize = 16 * 1024;
 
+/// Cheap to clone (the HTTP client and signing state are shared or small), so a part
+/// upload or a read can run in a task of its own.
+#[derive(Clone)]
 pub struct S3BlobStore {
     bucket: Bucket,
     credentials: Option<Credentials>,
@@ -763,28 +766,12 @@ impl S3BlobStore {
             size: bytes.len() as u64,
         });
         written.push(name.clone());
-        let this = self.clone_for_task();
+        let this = self.clone();
         let key = format!("{dir}{name}");
         sending
             .tasks
             .spawn(async move { this.put(&key, bytes).await });
         Ok(())
-    }
-
-    /// What a spawned part upload needs (the client and signing state are cheap clones).
-    fn clone_for_task(&self) -> S3BlobStore {
-        S3BlobStore {
-            bucket: self.bucket.clone(),
-            credentials: self.credentials.clone(),
-            http: self.http.clone(),
-            root: self.root.clone(),
-            write_headers: self.write_headers.clone(),
-            chunk_size: self.chunk_size,
-            copy_chunk: self.copy_chunk,
-            copy_concurrency: self.copy_concurrency,
-            copy_threshold: self.copy_threshold,
-            redirect: self.redirect,
-        }
     }
 
     /// Remove objects, logging (not failing on) what could not go.
@@ -822,10 +809,10 @@ impl S3BlobStore {
                 },
             ));
         }
-        let this = self.clone_for_task();
+        let this = self.clone();
         let stream = futures_util::stream::iter(pieces)
             .then(move |(key, r)| {
-                let this = this.clone_for_task();
+                let this = this.clone();
                 async move {
                     match this.get_object(&key, Some(r)).await {
                         Ok(Some(s)) => Ok(s),

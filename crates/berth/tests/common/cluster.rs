@@ -4,7 +4,7 @@
 //! `BERTH_TEST_POSTGRES_URL`), behind a real nginx load balancer (round-robin, config
 //! generated here).
 
-use super::s3::{s3, S3Kind};
+use super::s3::{parse_env, s3, unique_suffix, S3Kind};
 use super::{require_tool, run, Berth};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -39,12 +39,9 @@ pub fn postgres_url() -> String {
             "cannot start PostgreSQL for the cluster tests (install it with scripts/install-test-deps.sh): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("export BERTH_TEST_POSTGRES_URL="))
+        parse_env(&String::from_utf8_lossy(&out.stdout))
+            .remove("BERTH_TEST_POSTGRES_URL")
             .expect("start-postgres.sh printed no URL")
-            .trim_matches(['\'', '"'])
-            .to_string()
     })
     .clone()
 }
@@ -53,11 +50,7 @@ pub fn postgres_url() -> String {
 pub fn fresh_database() -> String {
     require_tool("psql");
     let admin = postgres_url();
-    let name = format!(
-        "berth_cluster_{}_{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ rand_suffix()
-    );
+    let name = format!("berth_cluster_{}", unique_suffix());
     run(Command::new("psql")
         .arg(&admin)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
@@ -65,14 +58,6 @@ pub fn fresh_database() -> String {
     // Same server and user, the new database.
     let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
     format!("{base}/{name}")
-}
-
-fn rand_suffix() -> u128 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
 }
 
 pub struct Cluster {

@@ -140,6 +140,77 @@ impl Registry {
         d
     }
 
+    /// A chunked upload: `POST`, one `PATCH` with a `Content-Range` per size in `chunks`
+    /// (each must answer 202 with the `Range` so far), then the closing `PUT` (201).
+    pub async fn push_blob_chunked(
+        &self,
+        repo: &str,
+        data: &[u8],
+        chunks: &[usize],
+    ) -> oci::Digest {
+        let resp = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "POST upload to {repo}");
+        let mut location = resp.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let mut offset = 0;
+        for n in chunks {
+            let resp = self
+                .req(Method::PATCH, &location)
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("{}-{}", offset, offset + n - 1))
+                .body(data[offset..offset + n].to_vec())
+                .send()
+                .await
+                .expect("PATCH");
+            assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk at {offset}");
+            assert_eq!(
+                resp.headers()["range"].to_str().expect("range"),
+                format!("0-{}", offset + n - 1)
+            );
+            location = resp.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_string();
+            offset += n;
+        }
+        assert_eq!(offset, data.len(), "the chunks cover the blob");
+        let d = sha256(data);
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = self
+            .req(Method::PUT, &format!("{location}{sep}digest={d}"))
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(resp.status(), StatusCode::CREATED, "closing PUT of {d}");
+        d
+    }
+
+    /// An image of a small config and `layer` pushed in `chunks` (see
+    /// [`Registry::push_blob_chunked`]), tagged `tag`; returns the manifest's and the
+    /// layer's digests.
+    pub async fn push_image_chunked(
+        &self,
+        repo: &str,
+        tag: &str,
+        layer: &[u8],
+        chunks: &[usize],
+    ) -> (oci::Digest, oci::Digest) {
+        let config =
+            format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"image\":\"{repo}:{tag}\"}}");
+        self.push_blob(repo, config.as_bytes()).await;
+        let layer_digest = self.push_blob_chunked(repo, layer, chunks).await;
+        let manifest = serde_json::to_vec(&image_manifest(config.as_bytes(), layer)).expect("json");
+        let resp = self.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "manifest {repo}:{tag}");
+        (sha256(&manifest), layer_digest)
+    }
+
     /// `PUT /v2/REPO/manifests/REFERENCE`; the answer, unchecked.
     pub async fn put_manifest(
         &self,

@@ -39,7 +39,7 @@ impl S3Server {
 
     /// A `storage:` section (deletes enabled) for a fresh root directory, and that root.
     pub fn storage_yaml(&self, extra: &str) -> (String, String) {
-        let root = format!("bt-{}", uuid_like());
+        let root = format!("bt-{}", unique_suffix());
         let yaml = format!(
             "storage:\n  delete:\n    enabled: true\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    rootdirectory: /{root}\n    chunksize: 5242880\n{extra}",
             self.get("S3_ACCESS_KEY_ID"),
@@ -52,7 +52,9 @@ impl S3Server {
     }
 }
 
-fn uuid_like() -> String {
+/// A suffix no other caller in this run gets (process id and clock), for names of
+/// bucket roots and databases.
+pub fn unique_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -61,7 +63,9 @@ fn uuid_like() -> String {
     format!("{:x}{:x}", std::process::id(), nanos)
 }
 
-fn parse_env(text: &str) -> HashMap<String, String> {
+/// The `export NAME=value` lines a start script printed (`../shared/s3/start-*.sh`,
+/// `scripts/start-postgres.sh`), by name.
+pub fn parse_env(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches(['\'', '"']).to_string()))
