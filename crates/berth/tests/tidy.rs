@@ -205,3 +205,43 @@ fn library_code_does_not_print_or_exit() {
         bad.join("\n")
     );
 }
+
+/// Nodes of two versions run side by side during a rolling upgrade (and a node of the
+/// older version restarts on a schema the newer one migrated: `set_ignore_missing`), so
+/// a migration may only add: tables, nullable or defaulted columns, indexes. Removing or
+/// changing what older code reads (a "contract" step) needs a release of its own once no
+/// node of the version using it runs; this fails on one sneaking into a migration.
+#[test]
+fn migrations_are_expand_only() {
+    let contract = [
+        "drop table",
+        "drop column",
+        "rename",
+        "alter column",
+        "set not null",
+        "drop index",
+        "drop constraint",
+        "truncate",
+        "delete from",
+    ];
+    let mut found = Vec::new();
+    for dir in ["migrations/sqlite", "migrations/postgres"] {
+        for entry in std::fs::read_dir(crate_root().join(dir)).expect("migrations") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("read");
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("--").next().unwrap_or("").to_ascii_lowercase();
+                for c in contract {
+                    if code.contains(c) {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "migrations must be expand-only (see ARCHITECTURE.md, rolling upgrades):\n{}",
+        found.join("\n")
+    );
+}

@@ -152,7 +152,13 @@ impl PgMeta {
             .idle_timeout(options.idle_timeout)
             .max_lifetime(options.max_lifetime)
             .connect_lazy_with(connect);
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        // A newer version's migrations may already be applied (a rolling upgrade: a
+        // node of the new version started first). Migrations are expand-only, so this
+        // version's code still works on that schema: start anyway rather than refuse
+        // (sqlx's default), or an old node restarting mid-upgrade would stay down.
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         Ok(PgMeta {
             pool,
             server,

@@ -243,6 +243,39 @@ mod schema {
         db.drop_db().await;
     }
 
+    /// A rolling upgrade: a node of a newer version migrated the database first, then a
+    /// node of this version (re)starts on it. Migrations are expand-only (`tests/tidy.rs`
+    /// checks), so it starts and works instead of refusing an unknown migration.
+    #[tokio::test]
+    async fn a_node_starts_on_a_schema_a_newer_version_migrated() {
+        let db = TestDb::create().await;
+        let meta = db.open().await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101, 'from a newer version', true, '\\x00', 1)",
+        )
+        .execute(&meta.pool)
+        .await
+        .expect("a newer migration recorded");
+        sqlx::query("CREATE TABLE newer_feature (id BIGINT PRIMARY KEY)")
+            .execute(&meta.pool)
+            .await
+            .expect("its table");
+        meta.close().await;
+        let again = db.open().await;
+        again
+            .link_blob(
+                &repo("up/app"),
+                &Digest::of(Algorithm::Sha256, b"x"),
+                1,
+                &[],
+            )
+            .await
+            .expect("usable");
+        again.close().await;
+        db.drop_db().await;
+    }
+
     /// Names, tags and digests list in byte order even when the database's own collation
     /// is a natural-language one (the columns are `COLLATE "C"`).
     #[tokio::test]

@@ -48,7 +48,11 @@ impl SqliteMeta {
             .max_lifetime(None)
             .connect_with(base.clone().create_if_missing(true))
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // Migrations of a newer version may be applied already (a binary rolled back
+        // after an upgrade): they are expand-only, so start anyway.
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(1)
