@@ -12,6 +12,7 @@ pub mod import;
 pub mod jobs;
 pub mod logging;
 pub mod meta;
+pub mod migrate;
 pub mod registry;
 pub mod state;
 pub mod storage;

@@ -48,6 +48,23 @@ enum Command {
         #[command(subcommand)]
         source: ImportSource,
     },
+    /// Copy a single node (filesystem or S3 blobs + its SQLite database) into a cluster's
+    /// storage and PostgreSQL database, while the node serves; run it again after
+    /// stopping the node to catch up. REGISTRY_* variables apply to the target only.
+    Migrate {
+        /// Replace the target database's content even if something other than this
+        /// source's last migration wrote it.
+        #[arg(long)]
+        force: bool,
+        /// Blobs copied at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// The single node's config.yml (read as written; no REGISTRY_* variables).
+        source: PathBuf,
+        /// The cluster's config.yml (storage.s3 or another filesystem root, and
+        /// database.driver: postgres); REGISTRY_* variables override it.
+        target: PathBuf,
+    },
     /// Manage users of auth.berth (on the configuration's database; no server needed).
     User {
         #[command(subcommand)]
@@ -350,6 +367,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                 },
         } => import_distribution(&rootdirectory, config.as_deref()),
+        Command::Migrate {
+            force,
+            concurrency,
+            source,
+            target,
+        } => migrate(&source, &target, force, concurrency.into()),
         Command::User { action } => admin::user(action),
         Command::Project { action } => admin::project(action),
         Command::Robot { action } => admin::robot(action),
@@ -700,5 +723,60 @@ fn import_distribution(
             summary.errors
         );
     }
+    Ok(())
+}
+
+/// `berth migrate`: steps and progress on stdout, problems on stderr, a summary last.
+fn migrate(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    force: bool,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use berth::migrate::{bytes, Event};
+    use std::io::Write as _;
+    let no_env = std::iter::empty::<(String, String)>();
+    let from = Loaded::load(Some(source), no_env)
+        .with_context(|| format!("invalid source configuration {}", source.display()))?;
+    let to = Loaded::load(Some(target), std::env::vars())
+        .with_context(|| format!("invalid target configuration {}", target.display()))?;
+    init_logging_at("warn", &to.config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut on_event = |event: Event| {
+        let _ = match event {
+            Event::Step(s) => writeln!(std::io::stdout(), "{s}"),
+            Event::Blobs(b) => writeln!(
+                std::io::stdout(),
+                "blobs: {} copied ({}), {} to copy in this pass ({}), {} already in the target, {} failed",
+                b.copied,
+                bytes(b.copied_bytes),
+                b.pending,
+                bytes(b.pending_bytes),
+                b.present,
+                b.failed
+            ),
+            Event::Table(t) => writeln!(std::io::stdout(), "  {}: {} rows", t.table, t.rows),
+            Event::Warning(w) => writeln!(std::io::stderr(), "warning: {w}"),
+            Event::Error(e) => writeln!(std::io::stderr(), "error: {e}"),
+        };
+    };
+    let summary = runtime
+        .block_on(berth::state::migrate(
+            &from.config,
+            &to.config,
+            force,
+            concurrency,
+            &mut on_event,
+        ))
+        .context("berth migrate stopped")?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "migrated {} into {}: {summary}",
+        source.display(),
+        target.display()
+    );
     Ok(())
 }

@@ -58,6 +58,11 @@ pub enum StartError {
     Metrics(#[from] http::metrics::MetricsError),
     #[error("garbage collection failed: {0}")]
     Gc(crate::registry::RegistryError),
+    /// `berth migrate` cannot run between these two configurations.
+    #[error("{0}")]
+    MigrateSetup(String),
+    #[error("{0}")]
+    Migrate(#[from] crate::migrate::MigrateError),
 }
 
 /// The hint that fits a listen error: the port-in-use question only when it is in use.
@@ -83,30 +88,7 @@ async fn open_registry(
     config: &Config,
     serving: bool,
 ) -> Result<(Registry, Arc<dyn MetaStore>), StartError> {
-    let storage_error = |source| StartError::Storage {
-        path: config.root.clone(),
-        source,
-    };
-    let blobs: Arc<dyn crate::storage::BlobStore> = match &config.s3 {
-        Some(s3) => {
-            let store = crate::storage::s3::S3BlobStore::new(s3).map_err(StartError::S3)?;
-            tracing::info!(storage = %store.describe(), redirect = s3.redirect, "blobs are stored in S3");
-            Arc::new(store)
-        }
-        None => {
-            let blobs = FsBlobStore::open(&config.root).map_err(storage_error)?;
-            if serving {
-                let moved = blobs.adopt_legacy_uploads().map_err(storage_error)?;
-                if moved > 0 {
-                    tracing::info!(
-                        moved,
-                        "moved upload files of the flat layout into uploads/<xx>/"
-                    );
-                }
-            }
-            Arc::new(blobs)
-        }
-    };
+    let blobs = open_blobs(config, serving)?;
     let meta = open_meta(config).await?;
     let registry = Registry::new(blobs, meta.clone(), config.settings());
     let registry = match &config.proxy {
@@ -128,57 +110,101 @@ async fn open_registry(
     Ok((registry, meta))
 }
 
+/// The blob store `config` names: S3 or the filesystem root. `serving` also adopts
+/// uploads an older version left in the filesystem layout.
+fn open_blobs(
+    config: &Config,
+    serving: bool,
+) -> Result<Arc<dyn crate::storage::BlobStore>, StartError> {
+    let storage_error = |source| StartError::Storage {
+        path: config.root.clone(),
+        source,
+    };
+    Ok(match &config.s3 {
+        Some(s3) => {
+            let store = crate::storage::s3::S3BlobStore::new(s3).map_err(StartError::S3)?;
+            tracing::info!(storage = %store.describe(), redirect = s3.redirect, "blobs are stored in S3");
+            Arc::new(store)
+        }
+        None => {
+            let blobs = FsBlobStore::open(&config.root).map_err(storage_error)?;
+            if serving {
+                let moved = blobs.adopt_legacy_uploads().map_err(storage_error)?;
+                if moved > 0 {
+                    tracing::info!(
+                        moved,
+                        "moved upload files of the flat layout into uploads/<xx>/"
+                    );
+                }
+            }
+            Arc::new(blobs)
+        }
+    })
+}
+
 /// The metadata backend `database.driver` names: `berth.db` under the storage root, or
 /// the PostgreSQL server of `database.dsn`. The server and every CLI command that opens
 /// the database (accounts, garbage-collect, import) come through here.
 async fn open_meta(config: &Config) -> Result<Arc<dyn MetaStore>, StartError> {
+    Ok(match config.database.driver {
+        Driver::Postgres => Arc::new(open_postgres(config).await?),
+        Driver::Sqlite => Arc::new(open_sqlite(config).await?),
+    })
+}
+
+/// PostgreSQL at `database.dsn`.
+async fn open_postgres(config: &Config) -> Result<PgMeta, StartError> {
     let db: &DatabaseConfig = &config.database;
-    match (db.driver, db.dsn.as_deref()) {
-        (Driver::Postgres, Some(dsn)) => {
-            let options = PgOptions {
-                max_connections: db.max_open,
-                connect_timeout: db.connect_timeout,
-                acquire_timeout: db.acquire_timeout,
-                statement_timeout: db.statement_timeout,
-                idle_timeout: db.max_idle_time,
-                max_lifetime: db.max_lifetime,
-            };
-            let meta = PgMeta::open(dsn, options)
-                .await
-                .map_err(|source| StartError::Meta {
-                    at: redact_dsn(dsn),
-                    source,
-                })?;
-            tracing::info!(database = %redact_dsn(dsn), pool = db.max_open, "metadata in PostgreSQL");
-            Ok(Arc::new(meta))
-        }
-        // `config` refuses postgres without a dsn; this only guards the match.
-        (Driver::Postgres, None) => Err(StartError::Meta {
+    let Some(dsn) = db.dsn.as_deref() else {
+        // `config` refuses postgres without a dsn; this only guards.
+        return Err(StartError::Meta {
             at: "(database.dsn)".into(),
             source: MetaError::Unavailable(
                 "database.driver is postgres but database.dsn is not set".into(),
             ),
-        }),
-        (Driver::Sqlite, _) => {
-            let path = config
-                .sqlite_path
-                .clone()
-                .unwrap_or_else(|| config.root.join("berth.db"));
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| StartError::Storage {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            }
-            let meta = SqliteMeta::open(&path)
-                .await
-                .map_err(|source| StartError::Meta {
-                    at: path.display().to_string(),
-                    source,
-                })?;
-            Ok(Arc::new(meta))
-        }
+        });
+    };
+    let options = PgOptions {
+        max_connections: db.max_open,
+        connect_timeout: db.connect_timeout,
+        acquire_timeout: db.acquire_timeout,
+        statement_timeout: db.statement_timeout,
+        idle_timeout: db.max_idle_time,
+        max_lifetime: db.max_lifetime,
+    };
+    let meta = PgMeta::open(dsn, options)
+        .await
+        .map_err(|source| StartError::Meta {
+            at: redact_dsn(dsn),
+            source,
+        })?;
+    tracing::info!(database = %redact_dsn(dsn), pool = db.max_open, "metadata in PostgreSQL");
+    Ok(meta)
+}
+
+/// Where the embedded database lives: `database.path`, or `berth.db` under the root.
+fn sqlite_path(config: &Config) -> std::path::PathBuf {
+    config
+        .sqlite_path
+        .clone()
+        .unwrap_or_else(|| config.root.join("berth.db"))
+}
+
+/// The embedded SQLite database.
+async fn open_sqlite(config: &Config) -> Result<SqliteMeta, StartError> {
+    let path = sqlite_path(config);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Storage {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
+    SqliteMeta::open(&path)
+        .await
+        .map_err(|source| StartError::Meta {
+            at: path.display().to_string(),
+            source,
+        })
 }
 
 /// The registry with notifications wired in, and the background jobs over it.
@@ -718,4 +744,77 @@ pub async fn garbage_collect(
         .garbage_collect(options, out)
         .await
         .map_err(StartError::Gc)
+}
+
+/// Names a blob store and database for `berth migrate`'s record of where a migration
+/// came from.
+fn describe_storage(config: &Config) -> String {
+    let blobs = match &config.s3 {
+        Some(s3) => format!(
+            "s3 bucket {} at {} root {:?}",
+            s3.bucket,
+            s3.region_endpoint.as_deref().unwrap_or(&s3.region),
+            s3.root_directory
+        ),
+        None => format!(
+            "filesystem {}",
+            std::fs::canonicalize(&config.root)
+                .unwrap_or_else(|_| config.root.clone())
+                .display()
+        ),
+    };
+    let db = sqlite_path(config);
+    let db = std::fs::canonicalize(&db).unwrap_or(db);
+    format!("{blobs}, sqlite {}", db.display())
+}
+
+/// `berth migrate`: copy the single node `source` names (its blob store and SQLite
+/// database) into the blob store and PostgreSQL database `target` names.
+pub async fn migrate(
+    source: &Config,
+    target: &Config,
+    force: bool,
+    concurrency: usize,
+    on_event: &mut (dyn FnMut(crate::migrate::Event) + Send),
+) -> Result<crate::migrate::Summary, StartError> {
+    if source.database.driver != Driver::Sqlite {
+        return Err(StartError::MigrateSetup(
+            "the source configuration already uses PostgreSQL (database.driver: postgres): a cluster can run on that database as it is; berth migrate copies a single node's embedded SQLite database".into(),
+        ));
+    }
+    if target.database.driver != Driver::Postgres {
+        return Err(StartError::MigrateSetup(
+            "the target configuration must use PostgreSQL (database: {driver: postgres, dsn: ...}): berth migrate moves a single node into what a cluster runs on".into(),
+        ));
+    }
+    if source.s3.is_none() && target.s3.is_none() {
+        let a = std::fs::canonicalize(&source.root).unwrap_or_else(|_| source.root.clone());
+        let b = std::fs::canonicalize(&target.root).unwrap_or_else(|_| target.root.clone());
+        if a == b {
+            return Err(StartError::MigrateSetup(format!(
+                "source and target store blobs in the same directory ({}): the target's blobs need storage of their own (storage.s3, or another rootdirectory)",
+                a.display()
+            )));
+        }
+    }
+    if !sqlite_path(source).exists() {
+        return Err(StartError::MigrateSetup(format!(
+            "the source has no database at {}: is this the configuration the node runs with (storage.filesystem.rootdirectory, database.path)?",
+            sqlite_path(source).display()
+        )));
+    }
+    let source_blobs = open_blobs(source, false)?;
+    let source_meta = Arc::new(open_sqlite(source).await?);
+    let target_blobs = open_blobs(target, false)?;
+    let target_meta = Arc::new(open_postgres(target).await?);
+    let migration = crate::migrate::Migration {
+        source_blobs,
+        source_meta,
+        target_blobs,
+        target_meta,
+        source_id: describe_storage(source),
+        force,
+        concurrency,
+    };
+    Ok(migration.run(on_event).await?)
 }

@@ -23,6 +23,7 @@ mod postgres_ops;
 mod postgres_proxy;
 #[cfg(test)]
 pub(crate) mod postgres_test;
+mod postgres_transfer;
 pub mod sqlite;
 mod sqlite_access;
 mod sqlite_catalog;
@@ -31,12 +32,14 @@ mod sqlite_ops;
 #[cfg(test)]
 mod sqlite_plan;
 mod sqlite_proxy;
+mod sqlite_transfer;
 #[cfg(test)]
 mod testsuite;
 #[cfg(test)]
 mod testsuite_access;
 #[cfg(test)]
 mod testsuite_catalog;
+pub mod transfer;
 
 pub use access::*;
 pub use catalog::*;

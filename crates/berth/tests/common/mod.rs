@@ -87,6 +87,13 @@ impl Berth {
     /// Stop the server with SIGTERM (a graceful shutdown), wait for it to exit, and start
     /// it again on the same data directory. The port changes.
     pub fn stop_and_restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stop the server with SIGTERM (a graceful shutdown) and wait for it to exit; its
+    /// directory stays until this value is dropped.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -98,7 +105,6 @@ impl Berth {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        self.spawn();
     }
 
     /// The server's process id (for /proc inspection).
