@@ -346,6 +346,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dry_run,
                 delete_untagged,
                 grace,
+                owner: format!(
+                    "berth garbage-collect, pid {} on {}",
+                    std::process::id(),
+                    berth::config::events::hostname()
+                ),
             };
             let mut print = |line: String| {
                 use std::io::Write as _;

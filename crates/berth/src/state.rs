@@ -241,6 +241,7 @@ async fn build_with_jobs(
     let subscribers: Vec<Subscriber> = events.endpoints.iter().map(Subscriber::new).collect();
     let instance_id = uuid::Uuid::new_v4().to_string();
     let host = crate::config::events::hostname();
+    let host_name = host.clone();
     let source_addr = match config.net {
         Net::Tcp => format!(
             "{host}:{}",
@@ -287,6 +288,7 @@ async fn build_with_jobs(
         jobs.spawn(PurgeWorker::new(
             registry.clone(),
             events.upload_purging.clone(),
+            format!("{host_name} {instance_id}"),
         ));
     }
     if let Some(p) = &config.proxy {
@@ -300,6 +302,7 @@ async fn build_with_jobs(
             jobs.spawn(crate::jobs::proxy::ProxyExpiryWorker::new(
                 registry.clone(),
                 p.expiry_interval,
+                format!("{host_name} {instance_id}"),
             ));
         }
     }

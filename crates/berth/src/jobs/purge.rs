@@ -5,6 +5,7 @@
 
 use super::{JobError, Worker, WorkerState};
 use crate::config::events::UploadPurging;
+use crate::registry::claims::UPLOAD_PURGE;
 use crate::registry::Registry;
 use rand::Rng;
 use std::sync::Arc;
@@ -15,10 +16,12 @@ pub struct PurgeWorker {
     registry: Arc<Registry>,
     config: UploadPurging,
     next: Instant,
+    /// This node, in the cluster-wide claim of each run.
+    owner: String,
 }
 
 impl PurgeWorker {
-    pub fn new(registry: Arc<Registry>, config: UploadPurging) -> PurgeWorker {
+    pub fn new(registry: Arc<Registry>, config: UploadPurging, owner: String) -> PurgeWorker {
         let bound = config.interval.min(Duration::from_secs(3600));
         let jitter = if config.interval >= Duration::from_secs(3600) {
             // Whole minutes, as Distribution does.
@@ -31,6 +34,7 @@ impl PurgeWorker {
             registry,
             config,
             next: Instant::now() + jitter,
+            owner,
         }
     }
 }
@@ -46,10 +50,30 @@ impl Worker for PurgeWorker {
             return Ok(WorkerState::Idle);
         }
         self.next = Instant::now() + self.config.interval;
-        self.registry
-            .purge_uploads(self.config.age, self.config.dry_run)
+        // One run per interval in a whole cluster: the claim lasts (almost) the
+        // interval, and whichever node's timer fires first after it ran out runs.
+        let period = self
+            .config
+            .interval
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_secs(1));
+        match self
+            .registry
+            .claim_job(UPLOAD_PURGE, &self.owner, period)
             .await
-            .map_err(|e| JobError(format!("upload purge failed: {e}")))?;
+            .map_err(|e| JobError(format!("upload purge could not claim its run: {e}")))?
+        {
+            Ok(()) => {
+                self.registry
+                    .purge_uploads(self.config.age, self.config.dry_run)
+                    .await
+                    .map_err(|e| JobError(format!("upload purge failed: {e}")))?;
+            }
+            Err(holder) => tracing::debug!(
+                holder = %holder.owner,
+                "upload purge: another node ran it in this interval"
+            ),
+        }
         tracing::info!(
             "Starting upload purge in {}",
             go_duration(self.config.interval)

@@ -423,6 +423,30 @@ pub trait Maintenance: Send + Sync {
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>>;
     /// The tags in `repo` pointing at `digest`, in byte order.
     async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>>;
+    /// Claim the background job `name` for `owner` for `lease` from now, by the
+    /// database's clock: taken when nobody holds it or its holder's lease ran out,
+    /// renewed when `owner` holds it already. `Err` names the current holder. One
+    /// statement, so two nodes claiming at once cannot both win.
+    async fn claim_job(
+        &self,
+        name: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<std::result::Result<(), JobHolder>>;
+    /// Give up `owner`'s claim of `name` (nothing if someone else holds it).
+    async fn release_job(&self, name: &str, owner: &str) -> Result<()>;
+}
+
+/// Who holds a background job's claim ([`Maintenance::claim_job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobHolder {
+    pub owner: String,
+    /// Seconds since the epoch (the database's clock), when the holder first claimed it.
+    pub claimed_at: i64,
+    /// Seconds since the epoch when the claim runs out unless renewed.
+    pub lease_until: i64,
+    /// The database's clock now.
+    pub now: i64,
 }
 
 /// What is stored, counted cheaply (for metrics).

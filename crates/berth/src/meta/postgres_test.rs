@@ -150,6 +150,7 @@ mod suites {
         crate::meta::testsuite::transactional_events(&meta).await;
         crate::meta::testsuite::outbox_trim(&meta).await;
         crate::meta::testsuite::proxy_cache(&meta).await;
+        crate::meta::testsuite::job_claims(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;
         drop(meta);
@@ -455,6 +456,45 @@ mod schema {
 /// pool) on the same database.
 mod races {
     use super::TestDb;
+
+    /// Nodes claiming one background job at the same moment: exactly one wins, and
+    /// every loser is told who holds it.
+    #[tokio::test]
+    async fn one_of_many_simultaneous_job_claims_wins() {
+        use crate::meta::Maintenance;
+        let db = TestDb::create().await;
+        let meta = std::sync::Arc::new(db.open().await);
+        let claims = (0..16).map(|i| {
+            let meta = meta.clone();
+            tokio::spawn(async move {
+                meta.claim_job(
+                    "uploadpurge",
+                    &format!("node-{i}"),
+                    std::time::Duration::from_secs(60),
+                )
+                .await
+                .expect("claim")
+            })
+        });
+        let results: Vec<_> = futures_util::future::join_all(claims)
+            .await
+            .into_iter()
+            .map(|r| r.expect("join"))
+            .collect();
+        let winners: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        let holders: std::collections::BTreeSet<_> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|h| h.owner.clone()))
+            .collect();
+        assert_eq!(
+            holders.len(),
+            1,
+            "every loser names the one winner: {results:?}"
+        );
+        meta.close().await;
+        db.drop_db().await;
+    }
     use crate::meta::{
         Housekeeping, Manifests, MetaError, NewEvent, NewManifest, Outbox, Reference, Repositories,
         SessionCapReached, SessionCaps, UploadSession, Uploads,

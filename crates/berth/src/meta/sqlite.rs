@@ -785,6 +785,7 @@ mod tests {
         crate::meta::testsuite::transactional_events(&meta).await;
         crate::meta::testsuite::outbox_trim(&meta).await;
         crate::meta::testsuite::proxy_cache(&meta).await;
+        crate::meta::testsuite::job_claims(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         drop(meta);
         let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))

@@ -6,7 +6,8 @@
 
 use super::sqlite::SqliteMeta;
 use super::{
-    now, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, Trimmed, UploadSession,
+    now, JobHolder, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, Trimmed,
+    UploadSession,
 };
 use oci::{Digest, RepoName, Tag};
 use sqlx::Row;
@@ -190,5 +191,56 @@ impl Maintenance for SqliteMeta {
                     .map_err(|_| MetaError::Corrupt(format!("tag {name:?}")))
             })
             .collect()
+    }
+
+    async fn claim_job(
+        &self,
+        name: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<std::result::Result<(), JobHolder>> {
+        let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
+        let done = sqlx::query(
+            "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
+             VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER),
+                     CAST(strftime('%s', 'now') AS INTEGER) + ?3)
+             ON CONFLICT (name) DO UPDATE SET
+                 owner = excluded.owner,
+                 claimed_at = CASE WHEN job_claims.owner = excluded.owner
+                                   THEN job_claims.claimed_at ELSE excluded.claimed_at END,
+                 lease_until = excluded.lease_until
+             WHERE job_claims.lease_until <= excluded.claimed_at
+                OR job_claims.owner = excluded.owner",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(lease)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Ok(()));
+        }
+        let r = sqlx::query(
+            "SELECT owner, claimed_at, lease_until, CAST(strftime('%s', 'now') AS INTEGER)
+               FROM job_claims WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(Err(JobHolder {
+            owner: r.try_get(0)?,
+            claimed_at: r.try_get(1)?,
+            lease_until: r.try_get(2)?,
+            now: r.try_get(3)?,
+        }))
+    }
+
+    async fn release_job(&self, name: &str, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM job_claims WHERE name = ?1 AND owner = ?2")
+            .bind(name)
+            .bind(owner)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 }

@@ -784,3 +784,67 @@ pub async fn proxy_cache(m: &dyn MetaStore) {
         .expect("none")
         .is_empty());
 }
+
+/// Background job claims: one holder at a time, renewals by the holder, release only by
+/// the holder, and a claim nobody renews runs out.
+pub async fn job_claims(m: &dyn MetaStore) {
+    use std::time::Duration;
+    let long = Duration::from_secs(600);
+    assert_eq!(
+        m.claim_job("purge", "node-a", long).await.expect("claim"),
+        Ok(())
+    );
+    let held = m
+        .claim_job("purge", "node-b", long)
+        .await
+        .expect("claim")
+        .expect_err("node-a holds it");
+    assert_eq!(held.owner, "node-a");
+    assert!(held.lease_until >= held.now + 590, "{held:?}");
+    assert!(held.claimed_at <= held.now);
+    // Another job is claimed on its own.
+    assert_eq!(
+        m.claim_job("expiry", "node-b", long).await.expect("claim"),
+        Ok(())
+    );
+    // The holder renews; the first claim time stays.
+    assert_eq!(
+        m.claim_job("purge", "node-a", long).await.expect("renew"),
+        Ok(())
+    );
+    let again = m
+        .claim_job("purge", "node-b", long)
+        .await
+        .expect("claim")
+        .expect_err("still node-a");
+    assert_eq!(again.claimed_at, held.claimed_at);
+    // Only the holder releases.
+    m.release_job("purge", "node-b").await.expect("release");
+    assert!(m
+        .claim_job("purge", "node-b", long)
+        .await
+        .expect("claim")
+        .is_err());
+    m.release_job("purge", "node-a").await.expect("release");
+    assert_eq!(
+        m.claim_job("purge", "node-b", long).await.expect("claim"),
+        Ok(())
+    );
+    // A claim nobody renews runs out (whole seconds of the database's clock).
+    assert_eq!(
+        m.claim_job("gc", "dead-node", Duration::from_secs(1))
+            .await
+            .expect("claim"),
+        Ok(())
+    );
+    assert!(m
+        .claim_job("gc", "node-c", long)
+        .await
+        .expect("claim")
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        m.claim_job("gc", "node-c", long).await.expect("claim"),
+        Ok(())
+    );
+}

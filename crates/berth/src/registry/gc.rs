@@ -64,6 +64,9 @@ pub struct GcOptions {
     pub delete_untagged: bool,
     /// Blobs and manifests younger than this are never deleted.
     pub grace: Duration,
+    /// Who collects, as other collectors are told while this one holds the
+    /// deployment's claim (e.g. `berth garbage-collect, pid 42 on node-1`).
+    pub owner: String,
 }
 
 /// What a collection found and did.
@@ -118,6 +121,25 @@ fn epoch_secs(t: SystemTime) -> i64 {
 impl Registry {
     /// Run one collection; every line of the report goes to `out`.
     pub async fn garbage_collect(
+        &self,
+        options: &GcOptions,
+        out: &mut (dyn FnMut(String) + Send),
+    ) -> Result<GcReport> {
+        // One collection at a time per deployment (every node of a cluster shares the
+        // database); a dry run deletes nothing and needs no claim.
+        let claim = if options.dry_run {
+            None
+        } else {
+            Some(self.claim_collection(&options.owner).await?)
+        };
+        let result = self.collect(options, out).await;
+        if let Some(claim) = claim {
+            claim.release().await;
+        }
+        result
+    }
+
+    async fn collect(
         &self,
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),
@@ -691,6 +713,7 @@ mod races {
                     dry_run: false,
                     delete_untagged: false,
                     grace: Duration::from_secs(3600),
+                    owner: "test".into(),
                 };
                 let report = s
                     .registry

@@ -7,6 +7,7 @@
 //! (no status codes, no headers) and nothing of SQL or file paths.
 
 mod blobs;
+pub mod claims;
 pub mod events;
 pub mod gc;
 mod import;
@@ -137,6 +138,9 @@ pub enum RegistryError {
     /// The pull-through cache's upstream failed and nothing cached could stand in.
     #[error("{0}")]
     Upstream(String),
+    /// A job that runs once per deployment (garbage collection) is running elsewhere.
+    #[error("{0}")]
+    JobRunning(String),
     #[error("reading the request body failed: {0}")]
     Body(std::io::Error),
     #[error(transparent)]
