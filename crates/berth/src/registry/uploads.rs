@@ -416,7 +416,17 @@ impl Registry {
                 "the uploaded content has digest {actual}, not {digest}"
             )));
         }
-        self.blobs.commit_upload(id, digest).await?;
+        match self.blobs.commit_upload(id, digest).await {
+            Ok(()) => {}
+            // The store verified against its own saved hash state (S3: another node's
+            // append replaced what this node hashed): the content is not `digest`.
+            Err(StorageError::DigestMismatch { actual, .. }) => {
+                return Err(RegistryError::DigestInvalid(format!(
+                    "the uploaded content has digest {actual}, not {digest}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
         #[cfg(test)]
         super::gc::race::point("upload:committed").await;
         let events = if self.events_enabled() {

@@ -1108,6 +1108,22 @@ impl super::BlobStore for S3BlobStore {
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
         let (dir, mut record) = self.load(id).await?;
+        // The stored hash state describes the parts the record lists, whichever node
+        // wrote them: verify against it, not only against the caller's idea of the
+        // upload (another node's append at the same offset may have replaced the
+        // content the caller hashed; then the record wins and this refuses).
+        if let Some(h) = record.hasher()? {
+            if h.algorithm() == digest.algorithm() && h.len() == record.size {
+                let actual = h.digest();
+                if &actual != digest {
+                    return Err(StorageError::DigestMismatch {
+                        path: std::path::PathBuf::from(format!("{dir}state")),
+                        expected: digest.clone(),
+                        actual,
+                    });
+                }
+            }
+        }
         if !record.committed {
             // Closed first: from now on no append can change the parts being copied.
             record.committed = true;
@@ -1522,6 +1538,64 @@ pub(crate) mod tests {
             .await
             .expect("written")
             .is_none());
+    }
+
+    /// Two nodes append different bytes at the same offset of one upload (a client
+    /// error): the record the last one saved is the upload, and a commit under the
+    /// digest of the other content is refused, so no blob's bytes ever differ from its
+    /// digest, whatever a node had cached.
+    #[tokio::test]
+    async fn a_lost_concurrent_append_cannot_be_committed() {
+        let cfg = config(Kind::SeaweedFs, MIN_PART);
+        let a = S3BlobStore::new(&cfg).expect("store");
+        let b = S3BlobStore::new(&cfg).expect("store");
+        a.create_upload("racing").await.expect("create");
+        // What b loaded before a's record landed.
+        let (dir, seen_by_b) = b.load("racing").await.expect("record");
+        let fresh = || UploadProgress {
+            size: 0,
+            hasher: Algorithm::Sha256.hasher(),
+        };
+        let first = a
+            .append_upload(
+                "racing",
+                fresh(),
+                body_of(b"written by a".to_vec(), 5),
+                u64::MAX,
+            )
+            .await
+            .expect("a appends");
+        // b saw the upload empty too, and its record lands last (replayed here: b's
+        // append starts from the record it loaded before a saved).
+        b.save(&dir, &seen_by_b).await.expect("b's view");
+        b.append_upload(
+            "racing",
+            fresh(),
+            body_of(b"written by b".to_vec(), 5),
+            u64::MAX,
+        )
+        .await
+        .expect("b appends");
+        let a_digest = first.hasher.digest();
+        match a.commit_upload("racing", &a_digest).await {
+            Err(StorageError::DigestMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, a_digest);
+                assert_eq!(actual, Digest::of(Algorithm::Sha256, b"written by b"));
+            }
+            other => panic!("a's stale view must not commit: {other:?}"),
+        }
+        assert_eq!(a.stat(&a_digest).await.expect("stat"), None);
+        let b_digest = Digest::of(Algorithm::Sha256, b"written by b");
+        b.commit_upload("racing", &b_digest)
+            .await
+            .expect("b's content commits");
+        assert_eq!(
+            collect(b.get(&b_digest, None).await.expect("get")).await,
+            b"written by b"
+        );
+        b.delete_upload("racing").await.expect("delete");
     }
 
     #[tokio::test]
