@@ -6,10 +6,12 @@
 #   bash scripts/stop-postgres.sh "$BERTH_TEST_POSTGRES_DIR" [--purge]
 #
 # stdout carries only `export ...` lines (also saved to DIR/env): BERTH_TEST_POSTGRES_URL,
-# BERTH_TEST_POSTGRES_PID, BERTH_TEST_POSTGRES_DIR. Progress goes to stderr, the server's
-# log to DIR/postgres.log. The cluster trusts every connection from 127.0.0.1 (and the
-# socket in DIR), listens on 127.0.0.1 only, on a free port (PGPORT to fix it), with
-# fsync off: test data only. Re-running with the same DIR restarts the same cluster on
+# BERTH_TEST_POSTGRES_PID, BERTH_TEST_POSTGRES_DIR, BERTH_TEST_POSTGRES_CA. Progress goes to
+# stderr, the server's log to DIR/postgres.log. The cluster trusts every connection from
+# 127.0.0.1 (and the socket in DIR), listens on 127.0.0.1 only, on a free port (PGPORT to
+# fix it), with fsync off: test data only. It also speaks TLS (ssl = on) with a server
+# certificate for 127.0.0.1 and localhost from a throwaway CA (DIR/ca.crt), and its role
+# `tlsonly` may log in over TLS only (the TLS tests of meta::postgres). Re-running with the same DIR restarts the same cluster on
 # the same port; when DIR already runs a server its exports are printed again.
 #
 # PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres`
@@ -64,7 +66,9 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
 PY
 }
 
+NEW=0
 if [[ ! -f "$DATA/PG_VERSION" ]]; then
+  NEW=1
   PORT=${PGPORT:-$(free_port)}
   log "initdb in $DATA (port $PORT)"
   as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 \
@@ -79,11 +83,26 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 shared_buffers = 64MB
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 CONF
   as_owner tee "$DATA/pg_hba.conf" >/dev/null <<'HBA'
-local all all trust
-host  all all 127.0.0.1/32 trust
+local     all all     trust
+hostnossl all tlsonly 127.0.0.1/32 reject
+host      all all     127.0.0.1/32 trust
 HBA
+  command -v openssl >/dev/null || die "openssl is needed for the test cluster's TLS certificate (Debian package openssl)"
+  log "TLS: a throwaway CA ($DIR/ca.crt) and a server certificate for 127.0.0.1 and localhost"
+  as_owner openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=berth test PostgreSQL CA" \
+    -keyout "$DIR/ca.key" -out "$DIR/ca.crt" >"$DIR/openssl.log" 2>&1 || die "openssl failed (log: $DIR/openssl.log)"
+  as_owner openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$DATA/server.key" -out "$DIR/server.csr" >>"$DIR/openssl.log" 2>&1 || die "openssl failed (log: $DIR/openssl.log)"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' | as_owner tee "$DIR/san.ext" >/dev/null
+  as_owner openssl x509 -req -in "$DIR/server.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key" -CAcreateserial \
+    -days 30 -extfile "$DIR/san.ext" -out "$DATA/server.crt" >>"$DIR/openssl.log" 2>&1 || die "openssl failed (log: $DIR/openssl.log)"
+  as_owner chmod 600 "$DATA/server.key"
+  as_owner chmod 644 "$DIR/ca.crt"
 fi
 PORT=$(sed -n 's/^port = \([0-9]*\)$/\1/p' "$DATA/postgresql.conf" | tail -1)
 [[ -n "$PORT" ]] || die "no port in $DATA/postgresql.conf"
@@ -106,10 +125,15 @@ done
 # The postmaster's own PID (runuser forks it as a child): the first line of postmaster.pid.
 PID=$(head -1 "$DATA/postmaster.pid")
 echo "$PID" >"$DIR/pid"
+if (( NEW )); then
+  as_owner "$BIN/psql" -h "$DIR" -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+    -c "CREATE ROLE tlsonly LOGIN SUPERUSER" >/dev/null || die "cannot create the role tlsonly"
+fi
 {
   echo "export BERTH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PORT/postgres"
   echo "export BERTH_TEST_POSTGRES_PID=$PID"
   echo "export BERTH_TEST_POSTGRES_DIR=$DIR"
+  if [[ -f "$DIR/ca.crt" ]]; then echo "export BERTH_TEST_POSTGRES_CA=$DIR/ca.crt"; fi
 } >"$DIR/env"
 log "ready on 127.0.0.1:$PORT (pid $PID, dir $DIR)"
 cat "$DIR/env"

@@ -73,6 +73,32 @@ fn start_server() -> String {
     url
 }
 
+/// The CA certificate of the test server's TLS (`scripts/start-postgres.sh` makes one):
+/// `BERTH_TEST_POSTGRES_CA`, else `ca.crt` in the server's directory.
+pub(crate) fn server_ca() -> std::path::PathBuf {
+    let url = server_url();
+    if let Some(ca) = std::env::var_os("BERTH_TEST_POSTGRES_CA").filter(|v| !v.is_empty()) {
+        return ca.into();
+    }
+    let dir = match std::env::var_os("BERTH_TEST_POSTGRES_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let uid = std::fs::metadata("/proc/self")
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!("berth-test-postgres-{uid}"))
+        }
+    };
+    let ca = dir.join("ca.crt");
+    assert!(
+        ca.is_file(),
+        "the PostgreSQL test server at {url} has no TLS CA at {}: start it with the current scripts/start-postgres.sh (stop an older one with scripts/stop-postgres.sh {}), or set BERTH_TEST_POSTGRES_CA for a server of your own",
+        ca.display(),
+        dir.display()
+    );
+    ca
+}
+
 fn which(cmd: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
@@ -274,6 +300,56 @@ mod schema {
             .await
             .expect("usable");
         again.close().await;
+        db.drop_db().await;
+    }
+
+    /// `sslmode` in the DSN is honoured: the role `tlsonly` (the test server refuses it
+    /// without TLS) connects with `verify-full` against the server's CA, the session is
+    /// encrypted, and a certificate the given roots do not vouch for is refused.
+    #[tokio::test]
+    async fn tls_is_used_when_the_dsn_asks_and_the_certificate_is_checked() {
+        let ca = super::server_ca();
+        let db = TestDb::create().await;
+        let url = db.url.replacen("://postgres@", "://tlsonly@", 1);
+        assert_ne!(url, db.url, "the test URL names the postgres user");
+        let opts = PgOptions::default;
+        let plain = PgMeta::open(&format!("{url}?sslmode=disable"), opts())
+            .await
+            .err()
+            .expect("the server refuses tlsonly without TLS");
+        assert!(plain.to_string().contains("no encryption"), "{plain}");
+        let meta = PgMeta::open(
+            &format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+            opts(),
+        )
+        .await
+        .expect("verify-full with the server's CA");
+        let encrypted: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&meta.pool)
+                .await
+                .expect("pg_stat_ssl");
+        assert!(encrypted);
+        meta.link_blob(
+            &repo("tls/app"),
+            &Digest::of(Algorithm::Sha256, b"x"),
+            1,
+            &[],
+        )
+        .await
+        .expect("usable over TLS");
+        meta.close().await;
+        let stranger = PgMeta::open(
+            &format!("{url}?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt"),
+            opts(),
+        )
+        .await
+        .err()
+        .expect("a certificate from a CA the roots do not hold is refused");
+        assert!(
+            stranger.to_string().contains("cannot connect"),
+            "{stranger}"
+        );
         db.drop_db().await;
     }
 
