@@ -514,3 +514,62 @@ async fn pull_through_cache_on_s3() {
         .expect("GET");
     assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
 }
+
+/// registry:2's `middleware.storage` redirect, the CDN setting: blob GETs answer 307 to
+/// the base URL plus the object's path under the root directory, and whatever serves the
+/// bucket there (here SeaweedFS's filer, which serves bucket objects by path without a
+/// signature, standing in for a CDN with read access to the bucket) hands out the exact
+/// bytes. HEAD and manifests are still answered by Berth.
+#[tokio::test]
+async fn storage_middleware_redirect_sends_blob_gets_to_the_cdn() {
+    let server = s3(S3Kind::SeaweedFs);
+    let ports = std::fs::read_to_string(format!("{}/ports", server.get("S3_DIR")))
+        .expect("SeaweedFS's ports file");
+    let filer = ports.split_whitespace().nth(4).expect("the filer's port");
+    let (storage, root) = server.storage_yaml("");
+    let cdn = format!(
+        "http://127.0.0.1:{filer}/buckets/{}/{root}",
+        server.get("S3_BUCKET")
+    );
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\n{storage}middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {cdn}/\nhttp:\n  addr: 127.0.0.1:0\ndatabase:\n  path: DATA/berth.db\n"
+    ));
+    let r = Registry::with_client(no_redirects(), &b.url);
+    let layer = noise("cdn layer", 6 * MIB + 5);
+    let (_, d) = push_image(&r, "team/app", "v1", &layer).await;
+    let resp = r
+        .req(Method::GET, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    assert_eq!(
+        location,
+        format!("{cdn}/blobs/sha256/{}/{}", &d.hex()[..2], d.hex()),
+        "the base URL and the object's path under the root, unsigned"
+    );
+    let fetched = reqwest::get(&location).await.expect("GET from the CDN");
+    assert_eq!(fetched.status(), StatusCode::OK, "{location}");
+    assert_eq!(sha256(&fetched.bytes().await.expect("bytes")), d);
+    let head = r
+        .req(Method::HEAD, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK, "HEAD is answered by Berth");
+    // A client that follows redirects gets the bytes from the CDN.
+    let pulled = Registry::new(&b.url)
+        .req(Method::GET, &format!("/v2/team/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(pulled.len(), layer.len());
+    assert_eq!(sha256(&pulled), d);
+}

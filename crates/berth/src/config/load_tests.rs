@@ -441,3 +441,82 @@ fn bad_s3_settings_are_refused_naming_the_key() {
         "storage.gcs",
     );
 }
+
+/// registry:2's `middleware.storage` redirect (a CDN or proxy in front of the bucket):
+/// the base URL is read, trailing slashes dropped; a malformed one is refused naming the
+/// key; entries Berth does not act on (cloudfront, redirect without S3 or with
+/// redirects disabled) load with a warning that says what happens instead.
+#[test]
+fn storage_middleware_redirect_sets_a_cdn_base_url() {
+    let base = "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: r\n";
+    let redirect = |url: &str| {
+        format!("middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {url}\n")
+    };
+    let l = load(
+        &format!("{base}{}", redirect("https://cdn.example.com/registry/")),
+        &[],
+    )
+    .expect("load");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(
+        l.config.s3.expect("s3").redirect_base.as_deref(),
+        Some("https://cdn.example.com/registry")
+    );
+    for bad in [
+        "cdn.example.com",
+        "https://",
+        "ftp://cdn/",
+        "https://cdn/?a=b",
+    ] {
+        refused(
+            &format!("{base}{}", redirect(bad)),
+            &[],
+            "middleware.storage[0].options.baseurl",
+        );
+    }
+    refused(
+        &format!("{base}middleware:\n  storage:\n    - name: redirect\n"),
+        &[],
+        "middleware.storage[0].options.baseurl",
+    );
+    refused(
+        &format!("{base}middleware:\n  storage:\n    name: redirect\n"),
+        &[],
+        "middleware.storage",
+    );
+    let l = load(
+        &format!("{base}middleware:\n  storage:\n    - name: cloudfront\n      options:\n        baseurl: https://d111111abcdef8.cloudfront.net/\n        privatekey: /etc/docker/cloudfront/pk.pem\n        keypairid: KEYPAIRID\n"),
+        &[],
+    )
+    .expect("cloudfront loads");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("cloudfront is not implemented")),
+        "{:?}",
+        l.warnings
+    );
+    let l = load(&format!("{FS}{}", redirect("https://cdn.example.com")), &[]).expect("fs");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("applies to storage.s3 only")),
+        "{:?}",
+        l.warnings
+    );
+    let l = load(
+        &format!(
+            "{base}  redirect:\n    disable: true\n{}",
+            redirect("https://cdn.example.com")
+        ),
+        &[],
+    )
+    .expect("disabled");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("storage.redirect.disable is true")),
+        "{:?}",
+        l.warnings
+    );
+}

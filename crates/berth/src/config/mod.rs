@@ -310,6 +310,7 @@ const IMPLEMENTED: &[&str] = &[
     "database.pool.maxidletime",
     "database.pool.maxlifetime",
     "database.pool.acquiretimeout",
+    "middleware.storage",
 ];
 
 /// Distribution keys whose purpose Berth's design already serves.
@@ -386,6 +387,7 @@ impl Loaded {
             .collect();
         let config = read_config(&tree, path.is_some())?;
         warnings.extend(config.auth.warnings.iter().cloned());
+        warnings.extend(s3::middleware_warnings(&tree, config.s3.as_ref()));
         let purging = &config.events.upload_purging;
         if purging.enabled && !purging.dry_run && purging.age < config.body_idle_timeout {
             warnings.push(format!(

@@ -1,8 +1,9 @@
 //! `storage.s3`: blobs in an S3-compatible bucket, with Distribution's keys (and so its
-//! `REGISTRY_STORAGE_S3_*` variables), plus `storage.redirect.disable`.
+//! `REGISTRY_STORAGE_S3_*` variables), plus `storage.redirect.disable` and the
+//! `middleware.storage` entry `redirect` (a CDN or proxy base URL for blob redirects).
 
 use super::yaml::Value;
-use super::{bad, get_bool, get_size, get_str, ConfigError};
+use super::{bad, get, get_bool, get_size, get_str, ConfigError};
 
 /// S3's smallest part (every part of a multipart upload but the last).
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
@@ -51,6 +52,11 @@ pub struct S3Config {
     /// `storage.redirect.disable`: serve blob bytes through Berth instead of answering
     /// 307 with a presigned URL.
     pub redirect: bool,
+    /// `middleware.storage: [{name: redirect, options: {baseurl: ...}}]`: blob
+    /// redirects go to this base URL plus the object's path under `rootdirectory`
+    /// (unsigned, as Distribution's redirect middleware does: a CDN or proxy with its own
+    /// read access to the bucket serves them). No trailing slash.
+    pub redirect_base: Option<String>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -68,6 +74,7 @@ impl std::fmt::Debug for S3Config {
             .field("root_directory", &self.root_directory)
             .field("chunk_size", &self.chunk_size)
             .field("redirect", &self.redirect)
+            .field("redirect_base", &self.redirect_base)
             .finish_non_exhaustive()
     }
 }
@@ -186,5 +193,85 @@ pub fn parse(tree: &Value) -> Result<S3Config, ConfigError> {
         multipart_copy_threshold,
         storage_class,
         redirect: !get_bool(tree, "storage.redirect.disable")?.unwrap_or(false),
+        redirect_base: redirect_middleware(tree)?,
     })
+}
+
+/// The entries of `middleware.storage` as (index, name, entry); an error if the section
+/// is not a list of maps with a `name`.
+fn storage_middleware(tree: &Value) -> Result<Vec<(usize, String, &Value)>, ConfigError> {
+    let Some(list) = get(tree, "middleware.storage") else {
+        return Ok(Vec::new());
+    };
+    if list.is_null() {
+        return Ok(Vec::new());
+    }
+    let Some(items) = list.as_sequence() else {
+        return Err(bad(
+            "middleware.storage",
+            "must be a list of entries like `- name: redirect` with their `options`",
+        ));
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let name = get_str(item, "name")
+            .map_err(|_| {
+                bad(
+                    &format!("middleware.storage[{i}].name"),
+                    "expected a string",
+                )
+            })?
+            .ok_or_else(|| bad(&format!("middleware.storage[{i}]"), "needs a name"))?;
+        out.push((i, name, item));
+    }
+    Ok(out)
+}
+
+/// `baseurl` of the `redirect` storage middleware, checked.
+fn redirect_middleware(tree: &Value) -> Result<Option<String>, ConfigError> {
+    for (i, name, item) in storage_middleware(tree)? {
+        if name != "redirect" {
+            continue;
+        }
+        let key = format!("middleware.storage[{i}].options.baseurl");
+        let base = get_str(item, "options.baseurl")
+            .map_err(|_| bad(&key, "expected a URL"))?
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad(&key, "is required: the CDN or proxy URL blob redirects go to, e.g. https://cdn.example.com/registry"))?;
+        let ok = ["http://", "https://"].iter().any(|p| {
+            base.strip_prefix(p)
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        });
+        if !ok || base.contains(['?', '#', ' ']) {
+            return Err(bad(
+                &key,
+                format!("{base:?} must be an http:// or https:// URL with a host (and optionally a path), without query or fragment"),
+            ));
+        }
+        return Ok(Some(base.trim_end_matches('/').to_string()));
+    }
+    Ok(None)
+}
+
+/// What to tell the operator about `middleware.storage` entries Berth does not act on.
+pub fn middleware_warnings(tree: &Value, s3: Option<&S3Config>) -> Vec<String> {
+    let Ok(entries) = storage_middleware(tree) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, name, _) in entries {
+        match (name.as_str(), s3) {
+            ("redirect", Some(c)) if !c.redirect => out.push(format!(
+                "middleware.storage[{i}] redirect is ignored: storage.redirect.disable is true, so blobs are served through Berth"
+            )),
+            ("redirect", Some(_)) => {}
+            ("redirect", None) => out.push(format!(
+                "middleware.storage[{i}] redirect applies to storage.s3 only (ignored): filesystem blobs are served by Berth"
+            )),
+            (other, _) => out.push(format!(
+                "middleware.storage[{i}] {other} is not implemented (ignored): blob GETs redirect to presigned URLs of the bucket; for a CDN in front of the bucket use `name: redirect` with `options: {{baseurl: ...}}`"
+            )),
+        }
+    }
+    out
 }

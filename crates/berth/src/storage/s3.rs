@@ -75,6 +75,9 @@ pub struct S3BlobStore {
     copy_concurrency: usize,
     copy_threshold: u64,
     redirect: bool,
+    /// `middleware.storage` redirect: redirects go here (plus the key under the root),
+    /// unsigned, instead of to a presigned URL of the bucket.
+    redirect_base: Option<String>,
 }
 
 /// One part of an upload, in order.
@@ -252,6 +255,7 @@ impl S3BlobStore {
             copy_concurrency: c.multipart_copy_max_concurrency,
             copy_threshold: c.multipart_copy_threshold,
             redirect: c.redirect,
+            redirect_base: c.redirect_base.clone(),
         })
     }
 
@@ -904,6 +908,10 @@ impl super::BlobStore for S3BlobStore {
             return None;
         }
         let key = self.blob_key(digest);
+        if let Some(base) = &self.redirect_base {
+            let path = key.strip_prefix(&self.root).unwrap_or(&key);
+            return Some(format!("{base}/{path}"));
+        }
         Some(
             self.bucket
                 .get_object(self.creds(), &key)
@@ -1359,6 +1367,7 @@ pub(crate) mod testserver {
             multipart_copy_threshold: 32 * 1024 * 1024,
             storage_class: None,
             redirect: true,
+            redirect_base: None,
         }
     }
 
@@ -1388,6 +1397,7 @@ pub(crate) mod testserver {
             multipart_copy_threshold: 5 * 1024 * 1024,
             storage_class: None,
             redirect: true,
+            redirect_base: None,
         }
     }
 }
