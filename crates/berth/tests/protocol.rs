@@ -410,6 +410,28 @@ async fn streamed_patch_and_cancel() {
             .await
             .expect("put");
     assert_eq!(r.status(), StatusCode::CREATED);
+    let first_location = hdr(&r, "location").map(str::to_string);
+    // The same closing PUT again (its answer lost; a load balancer resending it): the
+    // same answer, while the session stays closed to everything else.
+    let r =
+        a.c.put(a.url(&format!("{loc}?digest={d}")))
+            .send()
+            .await
+            .expect("put again");
+    assert_eq!(r.status(), StatusCode::CREATED, "a repeated closing PUT");
+    assert_eq!(hdr(&r, "location").map(str::to_string), first_location);
+    assert_eq!(hdr(&r, "docker-content-digest"), Some(d.as_str()));
+    expect_error(a.get(&loc).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    let other = sha256(b"another blob");
+    expect_error(
+        a.c.put(a.url(&format!("{loc}?digest={other}")))
+            .send()
+            .await
+            .expect("put"),
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    )
+    .await;
 
     // Cancel.
     let loc = a.start_upload("s").await;

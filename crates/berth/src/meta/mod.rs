@@ -358,6 +358,25 @@ pub trait Uploads: Send + Sync {
     ) -> Result<std::result::Result<(), SessionCapReached>>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// The session's blob `digest` (`size` bytes) is committed and linked: remove the
+    /// session and remember its completion for [`COMPLETED_UPLOAD_SECS`], so a PUT
+    /// repeated after its answer was lost gets the same answer (older completions are
+    /// dropped in the same transaction).
+    async fn complete_upload(&self, s: &UploadSession, digest: &Digest, size: u64) -> Result<()>;
+    /// A session completed within the last [`COMPLETED_UPLOAD_SECS`].
+    async fn completed_upload(&self, id: &str) -> Result<Option<CompletedUpload>>;
+}
+
+/// How long a completed upload session is remembered (a repeated PUT within this gets
+/// the same 201).
+pub const COMPLETED_UPLOAD_SECS: i64 = 600;
+
+/// An upload session that completed ([`Uploads::completed_upload`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedUpload {
+    pub repository: RepoName,
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// A notification waiting in the outbox for one endpoint.
@@ -596,6 +615,17 @@ fn limit_offset(page: Page) -> (i64, i64) {
 /// A `COUNT(*)` as the total of a listing.
 fn total(n: i64) -> Result<u64> {
     u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("negative count {n}")))
+}
+
+/// A `completed_uploads` row's values as a [`CompletedUpload`].
+fn completed(repository: String, d: String, size: i64) -> Result<CompletedUpload> {
+    Ok(CompletedUpload {
+        repository: repository
+            .parse()
+            .map_err(|_| MetaError::Corrupt(format!("repository name {repository:?}")))?,
+        digest: digest(d)?,
+        size: u64::try_from(size).map_err(|_| MetaError::Corrupt(format!("size {size}")))?,
+    })
 }
 
 /// Seconds since the Unix epoch.

@@ -29,9 +29,9 @@
 
 use super::postgres_events::insert_events;
 use super::{
-    digest, now, project_range, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest,
-    Referrer, Repositories, RepositoryClearing, Result, SessionCapReached, SessionCaps,
-    StoredManifest, UploadSession, Uploads,
+    completed, digest, now, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
+    NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result, SessionCapReached,
+    SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -1141,6 +1141,55 @@ impl Uploads for PgMeta {
                 .execute(&self.pool)
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn complete_upload(&self, s: &UploadSession, digest: &Digest, size: u64) -> Result<()> {
+        let at = now();
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        self.write("complete an upload", || async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM completed_uploads WHERE completed_at < $1")
+                .bind(at - COMPLETED_UPLOAD_SECS)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO completed_uploads (id, repository, digest, size, completed_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET repository = excluded.repository,
+                     digest = excluded.digest, size = excluded.size,
+                     completed_at = excluded.completed_at",
+            )
+            .bind(&s.id)
+            .bind(s.repository.as_str())
+            .bind(digest.as_str())
+            .bind(size)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn completed_upload(&self, id: &str) -> Result<Option<CompletedUpload>> {
+        self.read(async {
+            let row = sqlx::query(
+                "SELECT repository, digest, size FROM completed_uploads
+                  WHERE id = $1 AND completed_at >= $2",
+            )
+            .bind(id)
+            .bind(now() - COMPLETED_UPLOAD_SECS)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| completed(r.get(0), r.get(1), r.get(2)))
+                .transpose()
         })
         .await
     }

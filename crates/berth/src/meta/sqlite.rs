@@ -7,9 +7,9 @@
 use super::sqlite_access::REPOSITORIES_IN_RANGE;
 use super::sqlite_events::insert_events;
 use super::{
-    digest, now, project_range, ManifestDeletion, Manifests, MetaError, NewEvent, NewManifest,
-    Referrer, Repositories, RepositoryClearing, Result, SessionCapReached, SessionCaps,
-    StoredManifest, UploadSession, Uploads,
+    completed, digest, now, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
+    NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result, SessionCapReached,
+    SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -770,74 +770,43 @@ impl Uploads for SqliteMeta {
             .await?;
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn shared_suite() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
-            .await
-            .expect("open");
-        crate::meta::testsuite::run(&meta).await;
-        crate::meta::testsuite::run_events(&meta).await;
-        crate::meta::testsuite::transactional_events(&meta).await;
-        crate::meta::testsuite::outbox_trim(&meta).await;
-        crate::meta::testsuite::proxy_cache(&meta).await;
-        crate::meta::testsuite::job_claims(&meta).await;
-        // Reopening keeps everything (migrations are idempotent).
-        drop(meta);
-        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
-            .await
-            .expect("reopen");
-        crate::meta::testsuite::check_persisted(&meta).await;
+    async fn complete_upload(&self, s: &UploadSession, digest: &Digest, size: u64) -> Result<()> {
+        let at = now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM uploads WHERE id = ?1")
+            .bind(&s.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM completed_uploads WHERE completed_at < ?1")
+            .bind(at - COMPLETED_UPLOAD_SECS)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO completed_uploads (id, repository, digest, size, completed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&s.id)
+        .bind(s.repository.as_str())
+        .bind(digest.as_str())
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
-    /// Pushing or mounting a blob again renews its rows, so a collection that started
-    /// before (cutoff older than the renewal) keeps it: the client was told it is stored.
-    #[tokio::test]
-    async fn relinking_renews_the_grace_period() {
-        use crate::meta::{Housekeeping, Repositories};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
-            .await
-            .expect("open");
-        let repo: oci::RepoName = "renew/app".parse().expect("repo");
-        let other: oci::RepoName = "renew/other".parse().expect("repo");
-        let d = oci::Digest::of(oci::Algorithm::Sha256, b"renewed");
-        meta.link_blob(&repo, &d, 7, &[]).await.expect("link");
-        meta.link_blob(&other, &d, 7, &[]).await.expect("link");
-        meta.backdate(7200).await.expect("backdate");
-        let cutoff = super::now() - 3600;
-        // Old rows only: eligible (the forget is dropped, so it rolls back).
-        assert!(meta
-            .gc_forget_blob(&d, cutoff)
-            .await
-            .expect("forget")
-            .is_some());
-        // Uploaded again into the same repository: kept.
-        meta.link_blob(&repo, &d, 7, &[]).await.expect("relink");
-        assert!(meta
-            .gc_forget_blob(&d, cutoff)
-            .await
-            .expect("forget")
-            .is_none());
-        // Mounted again into a repository that already links it: kept.
-        meta.backdate(7200).await.expect("backdate");
-        assert!(meta
-            .gc_forget_blob(&d, cutoff)
-            .await
-            .expect("forget")
-            .is_some());
-        meta.mount_blob(&other, &d, Some(&repo), &[])
-            .await
-            .expect("mount")
-            .expect("mounted");
-        assert!(meta
-            .gc_forget_blob(&d, cutoff)
-            .await
-            .expect("forget")
-            .is_none());
+    async fn completed_upload(&self, id: &str) -> Result<Option<CompletedUpload>> {
+        let row = sqlx::query(
+            "SELECT repository, digest, size FROM completed_uploads
+              WHERE id = ?1 AND completed_at >= ?2",
+        )
+        .bind(id)
+        .bind(now() - COMPLETED_UPLOAD_SECS)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| completed(r.get(0), r.get(1), r.get(2)))
+            .transpose()
     }
 }

@@ -848,3 +848,38 @@ pub async fn job_claims(m: &dyn MetaStore) {
         Ok(())
     );
 }
+
+/// A completed upload is remembered (for a repeated closing PUT), its session gone.
+pub async fn completed_uploads(m: &dyn MetaStore) {
+    let session = UploadSession {
+        id: "done-upload".into(),
+        repository: repo("team/app"),
+        algorithm: Algorithm::Sha256,
+        created_at: super::now(),
+    };
+    m.create_upload(&session, SessionCaps::default())
+        .await
+        .expect("create")
+        .expect("under caps");
+    assert_eq!(
+        m.completed_upload("done-upload").await.expect("completed"),
+        None
+    );
+    m.complete_upload(&session, &d("done"), 4)
+        .await
+        .expect("complete");
+    assert_eq!(m.get_upload("done-upload").await.expect("get"), None);
+    assert_eq!(
+        m.completed_upload("done-upload").await.expect("completed"),
+        Some(super::CompletedUpload {
+            repository: repo("team/app"),
+            digest: d("done"),
+            size: 4,
+        })
+    );
+    // Completing again (a second node finishing the same session) is not an error.
+    m.complete_upload(&session, &d("done"), 4)
+        .await
+        .expect("again");
+    assert_eq!(m.completed_upload("other").await.expect("completed"), None);
+}

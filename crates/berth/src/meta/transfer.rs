@@ -36,7 +36,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// Tables of the schema that are not registry content and are not copied.
-pub const NOT_COPIED: &[&str] = &["job_claims", "migrate_runs"];
+pub const NOT_COPIED: &[&str] = &["completed_uploads", "job_claims", "migrate_runs"];
 
 /// One column value of a copied row, as the source stored it.
 #[derive(Debug, Clone, PartialEq)]

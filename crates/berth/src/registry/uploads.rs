@@ -373,7 +373,13 @@ impl Registry {
         range: Option<ChunkRange>,
         body: Option<ByteStream>,
     ) -> Result<u64> {
-        let s = self.session(repo, id).await?;
+        let s = match self.session(repo, id).await {
+            Ok(s) => s,
+            Err(RegistryError::UploadUnknown) => {
+                return self.finished_before(repo, id, digest).await;
+            }
+            Err(e) => return Err(e),
+        };
         let mut guard = self.uploads.lock(&s.id).await;
         let mut progress = self.progress(guard.take(), &s).await?;
         if let Some(body) = body {
@@ -391,11 +397,33 @@ impl Registry {
             }
             return Err(e);
         }
-        self.meta.delete_upload(&s.id).await?;
+        self.meta.complete_upload(&s, digest, size).await?;
         *guard = None;
         drop(guard);
         self.uploads.forget(&s.id);
         Ok(size)
+    }
+
+    /// A closing PUT for a session that is gone: the same PUT again, after its answer
+    /// was lost (a client's retry, or a load balancer resending it to another node
+    /// after the first died), gets the same answer while the session's completion is
+    /// remembered and its blob is still there. Anything else is an unknown upload.
+    async fn finished_before(&self, repo: &RepoName, id: &str, digest: &Digest) -> Result<u64> {
+        if !crate::storage::valid_upload_id(id) {
+            return Err(RegistryError::UploadUnknown);
+        }
+        match self.meta.completed_upload(id).await? {
+            Some(c) if &c.repository == repo && &c.digest == digest => {
+                match self.stat_blob(repo, digest).await {
+                    Ok(size) if size == c.size => {
+                        tracing::info!(upload = %id, %digest, "a closing PUT repeated for a completed upload: answered as the first");
+                        Ok(size)
+                    }
+                    _ => Err(RegistryError::UploadUnknown),
+                }
+            }
+            _ => Err(RegistryError::UploadUnknown),
+        }
     }
 
     async fn verify_and_commit(
@@ -616,6 +644,73 @@ mod tests {
     async fn a_retry_after_a_commit_cannot_change_the_blob() {
         retry_after_a_failed_finish(true).await;
         retry_after_a_failed_finish(false).await;
+    }
+
+    /// The closing PUT of a completed upload, sent again (its answer was lost), gets the
+    /// same answer; another digest, another repository, or a blob gone since do not.
+    #[tokio::test]
+    async fn a_repeated_closing_put_gets_the_same_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let registry = Registry::new(
+            Arc::new(MemoryBlobStore::new()),
+            meta.clone(),
+            Settings {
+                delete_enabled: true,
+                ..Settings::default()
+            },
+        );
+        let repo: RepoName = "app".parse().expect("repo");
+        let digest = Digest::of(Algorithm::Sha256, DATA);
+        let up = registry
+            .start_upload(&repo, Algorithm::Sha256)
+            .await
+            .expect("start");
+        let size = registry
+            .finish_upload(&repo, &up.id, &digest, None, Some(body(DATA)))
+            .await
+            .expect("finish");
+        assert_eq!(size, DATA.len() as u64);
+        assert!(
+            meta.get_upload(&up.id).await.expect("get").is_none(),
+            "the session is gone"
+        );
+        let again = registry
+            .finish_upload(&repo, &up.id, &digest, None, Some(body(DATA)))
+            .await
+            .expect("the same PUT again");
+        assert_eq!(again, size);
+        let other = Digest::of(Algorithm::Sha256, b"other");
+        assert!(matches!(
+            registry
+                .finish_upload(&repo, &up.id, &other, None, None)
+                .await,
+            Err(RegistryError::UploadUnknown)
+        ));
+        let elsewhere: RepoName = "other".parse().expect("repo");
+        assert!(matches!(
+            registry
+                .finish_upload(&elsewhere, &up.id, &digest, None, None)
+                .await,
+            Err(RegistryError::UploadUnknown)
+        ));
+        assert!(matches!(
+            registry
+                .finish_upload(&repo, "never-existed", &digest, None, None)
+                .await,
+            Err(RegistryError::UploadUnknown)
+        ));
+        registry.delete_blob(&repo, &digest).await.expect("delete");
+        assert!(matches!(
+            registry
+                .finish_upload(&repo, &up.id, &digest, None, None)
+                .await,
+            Err(RegistryError::UploadUnknown)
+        ));
     }
 }
 
