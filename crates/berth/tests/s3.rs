@@ -573,3 +573,56 @@ async fn storage_middleware_redirect_sends_blob_gets_to_the_cdn() {
     assert_eq!(pulled.len(), layer.len());
     assert_eq!(sha256(&pulled), d);
 }
+
+/// A pull-through cache run as a cluster (3 nodes on one bucket and one PostgreSQL):
+/// 9 clients, 3 on each node, ask for the same uncached layer at once; the upstream is
+/// asked for its bytes once (the fill's claim is cluster-wide), and every client gets
+/// the exact layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cluster_fetches_each_blob_from_the_upstream_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (peer, digest) = distribution_with_image(tmp.path());
+    let cluster =
+        common::cluster::Cluster::start(3, &format!("proxy:\n  remoteurl: {}\n", peer.url));
+    let urls: Vec<String> = cluster.live().iter().map(|n| n.url.clone()).collect();
+    let layer = first_layer_of(&Registry::new(&urls[0]), &digest).await;
+    // Distribution logs each request it answered with its method and URI.
+    let upstream_gets = || {
+        peer.log()
+            .lines()
+            .filter(|l| {
+                l.contains("msg=\"response completed\"")
+                    && l.contains("http.request.method=GET")
+                    && l.contains(&format!("http.request.uri=\"/v2/lib/app/blobs/{layer}\""))
+            })
+            .count()
+    };
+    let before = upstream_gets();
+    assert_eq!(
+        before, 0,
+        "the layer is not fetched by reading the manifest"
+    );
+    let pulls: Vec<_> = (0..9)
+        .map(|i| {
+            let r = Registry::new(&urls[i % 3]);
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                let resp = r
+                    .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
+                    .send()
+                    .await
+                    .expect("GET layer");
+                assert_eq!(resp.status(), StatusCode::OK);
+                sha256(&resp.bytes().await.expect("bytes"))
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.expect("client"), layer);
+    }
+    let fetched = upstream_gets();
+    assert_eq!(
+        fetched, 1,
+        "one fetch from the upstream for the whole cluster"
+    );
+}

@@ -11,6 +11,11 @@
 //!   verified, committed and linked. Every client asking meanwhile reads the growing upload
 //!   up to the mark a `watch` channel publishes; the last byte is only released once the
 //!   digest is verified, so no client ever receives a complete wrong blob.
+//! - In a cluster, one node fetches a blob at a time: a fill claims
+//!   `proxy-fill <repository>@<digest>` through the database (renewed while it runs,
+//!   released at its end); a node that finds the claim held waits for the blob to arrive
+//!   (polling the metadata) and serves it then, or takes the claim over if the holder
+//!   died or gave up.
 //! - Use of cached content is recorded in metadata ([`crate::meta::ProxyCache`]) for
 //!   `proxy.ttl`; [`Registry::expire_proxy_cache`] removes what went unused.
 
@@ -30,6 +35,10 @@ use tokio::sync::watch;
 pub const FILL_SEGMENT: u64 = 4 << 20;
 /// Most cache entries one expiry step removes.
 const EXPIRE_BATCH: u32 = 500;
+/// A fill's cluster-wide claim lasts this long unless renewed (every third of it).
+const FILL_LEASE: Duration = Duration::from_secs(30);
+/// How often a node waiting for another node's fill looks for the blob.
+const REMOTE_FILL_POLL: Duration = Duration::from_millis(250);
 
 /// How the cache behaves.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +69,8 @@ pub(super) struct Proxy {
     options: ProxyOptions,
     fills: Fills,
     counters: Arc<ProxyCounters>,
+    /// This process, in the cluster-wide claims of its fills.
+    owner: String,
 }
 
 impl Proxy {
@@ -69,8 +80,14 @@ impl Proxy {
             options,
             fills: Arc::default(),
             counters: Arc::default(),
+            owner: format!("proxy {}", uuid::Uuid::new_v4()),
         }
     }
+}
+
+/// The claim a fill of `digest` through `repo` holds in a cluster.
+fn fill_claim(repo: &RepoName, digest: &Digest) -> String {
+    format!("proxy-fill {repo}@{digest}")
 }
 
 #[derive(Debug, Clone)]
@@ -134,10 +151,33 @@ struct FillTask {
     digest: Digest,
     max_blob_bytes: u64,
     touch: (i64, i64),
+    /// The claim this fill holds, and for whom.
+    claim: String,
+    owner: String,
 }
 
 impl FillTask {
     async fn run(self) {
+        // Keep the cluster-wide claim while fetching; give it up at the end.
+        let (meta, claim, owner) = (self.meta.clone(), self.claim.clone(), self.owner.clone());
+        let renew = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FILL_LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = meta.claim_job(&claim, &owner, FILL_LEASE).await {
+                    tracing::warn!(%claim, "renewing a pull-through fill's claim failed: {e}");
+                }
+            }
+        });
+        self.fill_and_record().await;
+        renew.abort();
+        if let Err(e) = self.meta.release_job(&self.claim, &self.owner).await {
+            tracing::warn!(claim = %self.claim, "releasing a pull-through fill's claim failed (it runs out by itself): {e}");
+        }
+    }
+
+    async fn fill_and_record(&self) {
         let result = self.fetch().await;
         let outcome = match result {
             Ok(size) => self.record(size).await,
@@ -610,8 +650,19 @@ impl Registry {
         if let Some(fill) = fills.get(&key) {
             return Ok(Source::Filling(fill.clone()));
         }
+        let claim = fill_claim(repo, digest);
+        // Each fill claims for itself, so a finished fill's release can never drop the
+        // claim of a newer fill of the same blob.
+        let upload_id = uuid::Uuid::new_v4().to_string();
+        let owner = format!("{} fill {upload_id}", p.owner);
+        if let Err(holder) = self.meta.claim_job(&claim, &owner, FILL_LEASE).await? {
+            // Another node is fetching it: wait for the blob rather than fetch it twice.
+            drop(fills);
+            tracing::debug!(%repo, %digest, holder = %holder.owner, "pull-through: another node is fetching this blob; waiting for it");
+            return Box::pin(self.await_remote_fill(p, repo, digest)).await;
+        }
         let fill = Arc::new(Fill {
-            upload_id: uuid::Uuid::new_v4().to_string(),
+            upload_id,
             state: watch::channel(FillState::default()).0,
         });
         fills.insert(key.clone(), fill.clone());
@@ -627,6 +678,8 @@ impl Registry {
             digest: digest.clone(),
             max_blob_bytes: self.settings.max_blob_bytes,
             touch: self.touch_times(),
+            claim,
+            owner,
         };
         let (map, watched) = (p.fills.clone(), fill.clone());
         tokio::spawn(async move {
@@ -654,6 +707,35 @@ impl Registry {
             }
         });
         Ok(Source::Filling(fill))
+    }
+
+    /// Another node holds the fill of `digest` for `repo`: wait until the blob is in the
+    /// cache (then serve it as a cached one), or until the claim is free (the other node
+    /// finished without it, failed, or died and its claim ran out), then look again,
+    /// starting a fill here if it is still missing.
+    async fn await_remote_fill(
+        &self,
+        p: &Proxy,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Source> {
+        let claim = fill_claim(repo, digest);
+        loop {
+            tokio::time::sleep(REMOTE_FILL_POLL).await;
+            if self.meta.linked_blob(repo, digest).await?.is_some()
+                && self.blobs.stat(digest).await?.is_some()
+            {
+                return Ok(Source::Local);
+            }
+            match self.meta.claim_job(&claim, &p.owner, FILL_LEASE).await? {
+                Err(_) => continue,
+                Ok(()) => {
+                    // Free: give it back and decide afresh (the blob may have arrived).
+                    self.meta.release_job(&claim, &p.owner).await?;
+                    return self.blob_source(p, repo, digest).await;
+                }
+            }
+        }
     }
 
     /// Link a blob the cache already holds (fetched through another repository) into
