@@ -6,6 +6,7 @@
 #   slapd, slappasswd (slapd), ldapsearch (ldap-utils)   OpenLDAP for tests/ldap.rs
 #   postgres, initdb (postgresql)   PostgreSQL for the meta::postgres tests
 #   nginx                           the load balancer in front of tests/cluster.rs nodes
+#   iptables                        cuts a container off a relay (tests/cluster_containers.rs)
 # and check that the Docker Engine the Docker CLI tests use is reachable.
 #
 # Idempotent: when every program is already there, apt is not touched. Runs as root, or
@@ -50,6 +51,7 @@ declare -A PACKAGE_OF=(
     [ldapsearch]=ldap-utils
     [postgres]=postgresql
     [nginx]=nginx
+    [iptables]=iptables
 )
 # Needed for podman/buildah/skopeo to work at all; installed alongside the above.
 EXTRA_PACKAGES=(golang-github-containers-common ca-certificates)

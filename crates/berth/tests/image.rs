@@ -11,47 +11,13 @@
 
 mod common;
 
+use common::docker::{docker, image};
 use common::layout::plain_tar;
 use common::pki::{make_ca, make_cert, Key};
 use common::{require_tool, run};
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-const IMAGE: &str = "berth:dev";
-
-/// Build the image once for every test in this run (tests run as threads of one process).
-fn image() -> &'static str {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        require_tool("docker");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-image.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(IMAGE)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed:\n{}\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    if let Err(e) = built {
-        panic!("building the image: {e}");
-    }
-    IMAGE
-}
-
-fn docker() -> Command {
-    Command::new("docker")
-}
 
 /// A name no other test run uses.
 fn unique(prefix: &str) -> String {

@@ -98,6 +98,26 @@ async fn file_check_gates_the_main_port() {
     for path in ["/", "/v2/", "/v2/some/repo/tags/list", "/nowhere"] {
         assert_unavailable(&c, &format!("{}{path}", b.url)).await;
     }
+    // A request with a body the gate refuses unread gets the answer too, not a reset
+    // connection (a chunk of a push to a node that just turned unhealthy).
+    for (method, size) in [
+        (reqwest::Method::PATCH, 64 * 1024),
+        (reqwest::Method::PUT, 1000),
+    ] {
+        let r = c
+            .request(
+                method.clone(),
+                format!("{}/v2/some/repo/blobs/uploads/x", b.url),
+            )
+            .header("content-type", "application/octet-stream")
+            .body(vec![7u8; size])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} with a body to the gated port: {e:?}"));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{method}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+    }
 
     // Removed: healthy again.
     std::fs::remove_file(&down).expect("remove");

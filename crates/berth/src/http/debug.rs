@@ -69,12 +69,22 @@ pub fn router(
 /// Middleware on the main port: the health gate and the `/` liveness answer.
 pub(super) async fn gate(health: HealthStatus, req: Request, next: Next) -> Response {
     if !health.healthy() {
-        return (
+        let mut resp = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, JSON)],
             "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"service unavailable\",\"detail\":\"health check failed: please see /debug/health\"}]}\n",
         )
             .into_response();
+        // A PATCH or PUT refused here has its body unread: drained (bounded) first, as
+        // for any refused request, so the client reads this answer instead of a reset
+        // connection, and the connection closed after it (the client retries elsewhere).
+        let (parts, body) = req.into_parts();
+        if super::declares_body(&parts.headers) && parts.version < axum::http::Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return super::refuse(&parts, body, resp).await;
+        }
+        return resp;
     }
     if req.uri().path() == "/" {
         let mut resp = Response::new(Body::empty());

@@ -64,8 +64,7 @@ pub struct Cluster {
     /// The shared configuration (without `http.addr`, which each node gets its own of).
     config: String,
     pub nodes: Vec<Option<Berth>>,
-    nginx: Option<Child>,
-    nginx_dir: tempfile::TempDir,
+    nginx: Option<Nginx>,
     /// `127.0.0.1:PORT` of nginx.
     pub host: String,
     /// `http://127.0.0.1:PORT` of nginx.
@@ -83,7 +82,6 @@ impl Cluster {
     /// [`Cluster::start`] with `storage_extra` YAML inside the `storage:` section (e.g.
     /// `redirect:`).
     pub fn start_with_storage(n: usize, storage_extra: &str, extra: &str) -> Cluster {
-        require_tool("nginx");
         let dsn = fresh_database();
         let (storage, _) = s3(S3Kind::SeaweedFs).storage_yaml(storage_extra);
         let config = format!(
@@ -93,7 +91,6 @@ impl Cluster {
             config,
             nodes: Vec::new(),
             nginx: None,
-            nginx_dir: tempfile::tempdir().expect("tempdir"),
             host: String::new(),
             url: String::new(),
             dsn,
@@ -103,7 +100,10 @@ impl Cluster {
         for _ in 0..n {
             cluster.add_node();
         }
-        cluster.start_nginx();
+        let nginx = Nginx::start(&cluster.upstreams());
+        cluster.host = nginx.host.clone();
+        cluster.url = nginx.url.clone();
+        cluster.nginx = Some(nginx);
         cluster
     }
 
@@ -120,6 +120,10 @@ impl Cluster {
         self.nodes.iter().flatten().collect()
     }
 
+    fn upstreams(&self) -> Vec<String> {
+        self.live().iter().map(|n| n.host.clone()).collect()
+    }
+
     /// SIGKILL node `i` (it stays in nginx's upstream list, as a crashed server would).
     pub fn kill_node(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
@@ -128,83 +132,23 @@ impl Cluster {
         }
     }
 
-    fn nginx_conf(&self, port: u16) -> String {
-        let dir = self.nginx_dir.path().display().to_string();
-        let servers: String = self
-            .nodes
-            .iter()
-            .flatten()
-            .map(|n| format!("    server {} max_fails=1 fail_timeout=2s;\n", n.host))
-            .collect();
-        let user = if is_root() { "user root;\n" } else { "" };
-        format!(
-            "{user}daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  log_format upstream '$request_method $uri $status $upstream_addr';\n  access_log {dir}/access.log upstream;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-             upstream berth {{\n{servers}    keepalive 32;\n  }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    chunked_transfer_encoding on;\n\
-             location / {{\n      proxy_pass http://berth;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_request_buffering off;\n      proxy_buffering off;\n      proxy_read_timeout 900s;\n      proxy_send_timeout 900s;\n      proxy_next_upstream error timeout http_502 http_503;\n    }}\n  }}\n}}\n"
-        )
-    }
-
-    fn start_nginx(&mut self) {
-        let port = free_port();
-        let conf = self.nginx_dir.path().join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf(port)).expect("nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(self.nginx_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        self.nginx = Some(child);
-        self.host = format!("127.0.0.1:{port}");
-        self.url = format!("http://{}", self.host);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.host).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen on {}",
-                self.host
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Rewrite nginx's upstream list to the live nodes and reload it.
     pub fn reload_nginx(&mut self) {
-        let port: u16 = self
-            .host
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("nginx port");
-        let conf = self.nginx_dir.path().join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf(port)).expect("nginx.conf");
-        run(Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(self.nginx_dir.path())
-            .args(["-s", "reload"]));
-        std::thread::sleep(Duration::from_millis(500));
+        let upstreams = self.upstreams();
+        if let Some(nginx) = &self.nginx {
+            nginx.reload(&upstreams);
+        }
     }
 
     /// nginx's access log (one line per proxied request).
     pub fn nginx_log(&self) -> String {
-        std::fs::read_to_string(self.nginx_dir.path().join("access.log")).unwrap_or_default()
+        self.nginx.as_ref().map(Nginx::log).unwrap_or_default()
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut c) = self.nginx.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nginx.take();
         for node in self.nodes.iter_mut() {
             node.take();
         }
@@ -217,6 +161,100 @@ impl Drop for Cluster {
             ))
             .output();
     }
+}
+
+/// A real nginx on a free 127.0.0.1 port, load-balancing round-robin over `HOST:PORT`
+/// upstreams as the guides configure it for registry:2 (no body size limit, no
+/// buffering, a failed or 503 answer retried on the next node for idempotent requests,
+/// a failing node set aside for 2 s); stopped on drop.
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[String]) -> Nginx {
+        require_tool("nginx");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), port, upstreams)).expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let host = format!("127.0.0.1:{port}");
+        let nginx = Nginx {
+            child,
+            dir,
+            port,
+            url: format!("http://{host}"),
+            host,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&nginx.host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {}",
+                nginx.host
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    /// Rewrite the upstream list and reload.
+    pub fn reload(&self, upstreams: &[String]) {
+        let conf = self.dir.path().join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(self.dir.path(), self.port, upstreams))
+            .expect("nginx.conf");
+        run(Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(self.dir.path())
+            .args(["-s", "reload"]));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// The access log (one line per proxied request: method, URI, status, upstream).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_conf(dir: &std::path::Path, port: u16, upstreams: &[String]) -> String {
+    let dir = dir.display().to_string();
+    let servers: String = upstreams
+        .iter()
+        .map(|h| format!("    server {h} max_fails=1 fail_timeout=2s;\n"))
+        .collect();
+    let user = if is_root() { "user root;\n" } else { "" };
+    format!(
+        "{user}daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  log_format upstream '$request_method $uri $status $upstream_addr';\n  access_log {dir}/access.log upstream;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+         upstream berth {{\n{servers}    keepalive 32;\n  }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    chunked_transfer_encoding on;\n\
+         location / {{\n      proxy_pass http://berth;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_request_buffering off;\n      proxy_buffering off;\n      proxy_read_timeout 900s;\n      proxy_send_timeout 900s;\n      proxy_next_upstream error timeout http_502 http_503;\n    }}\n  }}\n}}\n"
+    )
 }
 
 fn is_root() -> bool {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod docker;
 pub mod jwt;
 pub mod layout;
 pub mod ldap;
