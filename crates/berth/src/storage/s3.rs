@@ -43,6 +43,11 @@ use std::time::{Duration, SystemTime};
 /// How long the URLs Berth signs for its own requests stay valid (a request must start
 /// within it; a slow body may take longer).
 const SIGN_FOR: Duration = Duration::from_secs(15 * 60);
+/// How long opening a connection to the object store may take (TCP and TLS).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long data sent to the object store may stay unacknowledged before the
+/// connection is dropped (`TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a redirect URL handed to a client stays valid (as Distribution's 20 minutes).
 pub const REDIRECT_FOR: Duration = Duration::from_secs(20 * 60);
 /// Longest wait for the object store's next bytes (of an answer, or of a blob being read).
@@ -200,7 +205,14 @@ impl S3BlobStore {
             }
         };
         let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            // An object store answers a connection in milliseconds; one cut off by the
+            // network never does: fail over to 503 in seconds, not tens of seconds
+            // (tests/cluster_containers.rs cuts a node off its bucket).
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Bytes sent on a pooled connection into a dead link stay unacknowledged:
+            // the kernel gives up on the connection after this, well before the read
+            // timeout below would.
+            .tcp_user_timeout(TCP_USER_TIMEOUT)
             // A server that stops answering fails the request (503) instead of holding
             // it forever; a slow but moving transfer is unaffected.
             .read_timeout(READ_TIMEOUT)
