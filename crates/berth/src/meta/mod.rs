@@ -497,6 +497,10 @@ pub struct GcManifest {
 #[async_trait::async_trait]
 pub trait Housekeeping: Send + Sync {
     async fn stats(&self) -> Result<Stats>;
+    /// Now, in seconds since the epoch, by the clock the stored times were written with
+    /// (the database server's, for a database shared by several machines): garbage
+    /// collection and upload purging measure their grace periods on it.
+    async fn clock(&self) -> Result<i64>;
     /// Every manifest of `repo`, in digest order.
     async fn gc_manifests(&self, repo: &RepoName) -> Result<Vec<GcManifest>>;
     /// Delete a manifest only if no tag points at it and no manifest of the repository

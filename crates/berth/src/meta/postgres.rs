@@ -29,7 +29,7 @@
 
 use super::postgres_events::insert_events;
 use super::{
-    completed, digest, now, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
+    completed, digest, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
     NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result, SessionCapReached,
     SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
 };
@@ -80,6 +80,30 @@ pub struct PgMeta {
     /// `host:port/database` for messages (never the password).
     pub(super) server: String,
     options: PgOptions,
+}
+
+/// The database server's clock minus this machine's, in seconds (0 until measured).
+/// Every time this backend writes or compares (created_at, updated_at, leases) is
+/// this machine's clock corrected by it, so the nodes of a cluster write one clock's
+/// times even when theirs disagree; garbage collection's grace period is measured on
+/// it too ([`super::Housekeeping::clock`]). Process-wide: a process talks to one
+/// database server.
+static CLOCK_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Seconds since the epoch by the database server's clock (see [`CLOCK_OFFSET`]).
+pub(super) fn now() -> i64 {
+    super::now() + CLOCK_OFFSET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Measure the database server's clock against this machine's; returns the server's
+/// time. The measurement is off by at most half a round trip, far below a second.
+pub(super) async fn sync_clock(pool: &PgPool) -> Result<i64> {
+    let before = super::now();
+    let db: i64 = sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM clock_timestamp())::BIGINT")
+        .fetch_one(pool)
+        .await?;
+    CLOCK_OFFSET.store(db - before, std::sync::atomic::Ordering::Relaxed);
+    Ok(db)
 }
 
 /// Attempts of a write transaction that PostgreSQL aborted for a deadlock or a
@@ -159,6 +183,13 @@ impl PgMeta {
         let mut migrator = sqlx::migrate!("./migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
+        let offset = sync_clock(&pool).await? - super::now();
+        if offset.abs() > 60 {
+            tracing::warn!(
+                offset_secs = offset,
+                "this machine's clock is {offset} s off the PostgreSQL server's: Berth uses the server's for everything it stores, but fix the clock (NTP)"
+            );
+        }
         Ok(PgMeta {
             pool,
             server,

@@ -11,9 +11,9 @@ use super::access::{
     Project, ProjectAccess, ProjectDeletion, ProjectFilter, Robot, RobotChanges, SigningKey, User,
     UserChanges, UserSource, Viewer,
 };
-use super::postgres::{PgMeta, PROJECT_LOCK_SPACE};
+use super::postgres::{now, PgMeta, PROJECT_LOCK_SPACE};
 use super::{
-    limit_offset, now, project_range, total, Audit, Members, MetaError, Projects, Result, Robots,
+    limit_offset, project_range, total, Audit, Members, MetaError, Projects, Result, Robots,
     TokenKeys, Users,
 };
 use sqlx::postgres::PgRow;

@@ -19,9 +19,9 @@
 //! the row the first committed, so both never own an entry. (`FOR UPDATE SKIP LOCKED`
 //! would let a second worker claim the entry behind a leased head, out of order.)
 
-use super::postgres::{upload_session, PgMeta};
+use super::postgres::{now, upload_session, PgMeta};
 use super::{
-    now, JobHolder, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, Trimmed,
+    JobHolder, Maintenance, MetaError, NewEvent, Outbox, OutboxEntry, Result, Trimmed,
     UploadSession,
 };
 use oci::{Digest, RepoName, Tag};

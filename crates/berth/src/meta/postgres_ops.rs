@@ -54,6 +54,11 @@ fn count(n: i64) -> u64 {
 
 #[async_trait::async_trait]
 impl Housekeeping for PgMeta {
+    async fn clock(&self) -> Result<i64> {
+        // Measured afresh (and the offset every write uses refreshed).
+        self.read(super::postgres::sync_clock(&self.pool)).await
+    }
+
     async fn stats(&self) -> Result<Stats> {
         self.read(async {
             let row = sqlx::query(

@@ -8,7 +8,7 @@
 //! waits at most [`LOCK_WAIT`] for nodes serving from the database, then fails with a
 //! message saying to stop them: a cluster does not serve while its content is replaced.
 
-use super::postgres::PgMeta;
+use super::postgres::{now, PgMeta};
 use super::transfer::{
     MigrationTarget, RowBatch, Snapshot, TableCopied, TargetState, Value, TABLES,
 };
@@ -220,13 +220,6 @@ impl MigrationTarget for PgMeta {
         tx.commit().await?;
         Ok(done)
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {

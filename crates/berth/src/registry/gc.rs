@@ -112,12 +112,6 @@ pub fn reachable(
     }
 }
 
-fn epoch_secs(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Registry {
     /// Run one collection; every line of the report goes to `out`.
     pub async fn garbage_collect(
@@ -144,11 +138,26 @@ impl Registry {
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),
     ) -> Result<GcReport> {
-        let now = SystemTime::now();
-        let cutoff_time = now
-            .checked_sub(options.grace)
+        // The grace period on the clock the stored times were written with (the
+        // database server's in a cluster), not on this machine's.
+        let now = self.meta.clock().await?;
+        let cutoff = now.saturating_sub(i64::try_from(options.grace.as_secs()).unwrap_or(i64::MAX));
+        // Stored files' times, to the sub-second, on that clock: this machine's time
+        // shifted by the whole seconds the two clocks differ.
+        let local = SystemTime::now();
+        let local_secs = local
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let shift = now - local_secs;
+        let shifted = if shift >= 0 {
+            local.checked_add(Duration::from_secs(shift.unsigned_abs()))
+        } else {
+            local.checked_sub(Duration::from_secs(shift.unsigned_abs()))
+        };
+        let cutoff_time = shifted
+            .and_then(|t| t.checked_sub(options.grace))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff = epoch_secs(cutoff_time);
         let mut report = GcReport::default();
         if !options.dry_run {
             self.recover_hidden().await?;

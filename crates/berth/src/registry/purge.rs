@@ -30,11 +30,13 @@ const DRY_RUN_LIMIT: u32 = 10_000;
 impl Registry {
     /// Remove upload sessions started more than `age` ago; with `dry_run`, only log them.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<PurgeReport> {
-        let cutoff = SystemTime::now()
-            .checked_sub(age)
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        // On the clock the sessions' start times were written with (the database
+        // server's in a cluster).
+        let cutoff = self
+            .meta
+            .clock()
+            .await?
+            .saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
         tracing::info!(
             older_than = cutoff,
             actually_delete = !dry_run,
