@@ -371,6 +371,16 @@ pub trait Uploads: Send + Sync {
 /// the same 201).
 pub const COMPLETED_UPLOAD_SECS: i64 = 600;
 
+/// Whether this completion also removes expired completion records: one in 64 (the
+/// first one included), so a push pays for a range delete rarely while the table stays
+/// bounded by ten minutes' completions plus 64; lookups ignore expired rows anyway.
+fn prune_completed_now() -> bool {
+    static COMPLETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    COMPLETIONS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(64)
+}
+
 /// An upload session that completed ([`Uploads::completed_upload`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletedUpload {

@@ -1185,10 +1185,12 @@ impl Uploads for PgMeta {
                 .bind(&s.id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM completed_uploads WHERE completed_at < $1")
-                .bind(at - COMPLETED_UPLOAD_SECS)
-                .execute(&mut *tx)
-                .await?;
+            if super::prune_completed_now() {
+                sqlx::query("DELETE FROM completed_uploads WHERE completed_at < $1")
+                    .bind(at - COMPLETED_UPLOAD_SECS)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(
                 "INSERT INTO completed_uploads (id, repository, digest, size, completed_at)
                  VALUES ($1, $2, $3, $4, $5)

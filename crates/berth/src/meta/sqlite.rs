@@ -778,10 +778,12 @@ impl Uploads for SqliteMeta {
             .bind(&s.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM completed_uploads WHERE completed_at < ?1")
-            .bind(at - COMPLETED_UPLOAD_SECS)
-            .execute(&mut *tx)
-            .await?;
+        if super::prune_completed_now() {
+            sqlx::query("DELETE FROM completed_uploads WHERE completed_at < ?1")
+                .bind(at - COMPLETED_UPLOAD_SECS)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT OR REPLACE INTO completed_uploads (id, repository, digest, size, completed_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
