@@ -85,6 +85,15 @@ impl Proxy {
     }
 }
 
+/// A background task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The claim a fill of `digest` through `repo` holds in a cluster.
 fn fill_claim(repo: &RepoName, digest: &Digest) -> String {
     format!("proxy-fill {repo}@{digest}")
@@ -160,7 +169,9 @@ impl FillTask {
     async fn run(self) {
         // Keep the cluster-wide claim while fetching; give it up at the end.
         let (meta, claim, owner) = (self.meta.clone(), self.claim.clone(), self.owner.clone());
-        let renew = tokio::spawn(async move {
+        // Stopped when this function ends, a panic included (the claim then runs out
+        // within FILL_LEASE instead of being renewed for ever).
+        let renew = AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(FILL_LEASE / 3);
             tick.tick().await;
             loop {
@@ -169,9 +180,9 @@ impl FillTask {
                     tracing::warn!(%claim, "renewing a pull-through fill's claim failed: {e}");
                 }
             }
-        });
+        }));
         self.fill_and_record().await;
-        renew.abort();
+        drop(renew);
         if let Err(e) = self.meta.release_job(&self.claim, &self.owner).await {
             tracing::warn!(claim = %self.claim, "releasing a pull-through fill's claim failed (it runs out by itself): {e}");
         }
