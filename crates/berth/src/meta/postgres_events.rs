@@ -263,42 +263,50 @@ impl Maintenance for PgMeta {
     ) -> Result<std::result::Result<(), JobHolder>> {
         let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
         self.read(async {
-            // INSERT ... ON CONFLICT DO UPDATE locks the row: of two nodes claiming at
-            // once, the second re-evaluates the WHERE against the first's claim.
-            let done = sqlx::query(
-                "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
-                 VALUES ($1, $2, EXTRACT(EPOCH FROM clock_timestamp())::BIGINT,
-                         EXTRACT(EPOCH FROM clock_timestamp())::BIGINT + $3)
-                 ON CONFLICT (name) DO UPDATE SET
-                     owner = excluded.owner,
-                     claimed_at = CASE WHEN job_claims.owner = excluded.owner
-                                       THEN job_claims.claimed_at ELSE excluded.claimed_at END,
-                     lease_until = excluded.lease_until
-                 WHERE job_claims.lease_until <= excluded.claimed_at
-                    OR job_claims.owner = excluded.owner",
-            )
-            .bind(name)
-            .bind(owner)
-            .bind(lease)
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Ok(()));
+            // The holder may release between the two statements: then claim again.
+            for _ in 0..3 {
+                // INSERT ... ON CONFLICT DO UPDATE locks the row: of two nodes claiming
+                // at once, the second re-evaluates the WHERE against the first's claim.
+                let done = sqlx::query(
+                    "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
+                     VALUES ($1, $2, EXTRACT(EPOCH FROM clock_timestamp())::BIGINT,
+                             EXTRACT(EPOCH FROM clock_timestamp())::BIGINT + $3)
+                     ON CONFLICT (name) DO UPDATE SET
+                         owner = excluded.owner,
+                         claimed_at = CASE WHEN job_claims.owner = excluded.owner
+                                           THEN job_claims.claimed_at ELSE excluded.claimed_at END,
+                         lease_until = excluded.lease_until
+                     WHERE job_claims.lease_until <= excluded.claimed_at
+                        OR job_claims.owner = excluded.owner",
+                )
+                .bind(name)
+                .bind(owner)
+                .bind(lease)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 1 {
+                    return Ok(Ok(()));
+                }
+                let holder = sqlx::query(
+                    "SELECT owner, claimed_at, lease_until,
+                            EXTRACT(EPOCH FROM clock_timestamp())::BIGINT
+                       FROM job_claims WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(r) = holder {
+                    return Ok(Err(JobHolder {
+                        owner: r.try_get(0)?,
+                        claimed_at: r.try_get(1)?,
+                        lease_until: r.try_get(2)?,
+                        now: r.try_get(3)?,
+                    }));
+                }
             }
-            let r = sqlx::query(
-                "SELECT owner, claimed_at, lease_until,
-                        EXTRACT(EPOCH FROM clock_timestamp())::BIGINT
-                   FROM job_claims WHERE name = $1",
-            )
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-            Ok(Err(JobHolder {
-                owner: r.try_get(0)?,
-                claimed_at: r.try_get(1)?,
-                lease_until: r.try_get(2)?,
-                now: r.try_get(3)?,
-            }))
+            Err(MetaError::Busy(format!(
+                "the claim {name:?} kept changing hands; try again"
+            )))
         })
         .await
     }
