@@ -10,7 +10,7 @@
 
 use super::postgres::{now, PgMeta};
 use super::transfer::{
-    MigrationTarget, RowBatch, Snapshot, TableCopied, TargetState, Value, TABLES,
+    quote, MigrationTarget, RowBatch, Snapshot, TableCopied, TargetState, Value, TABLES,
 };
 use super::{MetaError, Result};
 use oci::Digest;
@@ -227,11 +227,6 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
     }
-}
-
-/// `name` as an SQL identifier.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The column types a copy can write.

@@ -5,7 +5,7 @@
 //! why the long copy of blob bytes runs from [`MigrationSource::blob_list`] first).
 
 use super::sqlite::{upload_session, SqliteMeta};
-use super::transfer::{MigrationSource, RowBatch, Snapshot, Value, BATCH_ROWS};
+use super::transfer::{quote, MigrationSource, RowBatch, Snapshot, Value, BATCH_ROWS};
 use super::{digest, MetaError, Result, UploadSession};
 use futures_util::TryStreamExt;
 use oci::Digest;
@@ -91,11 +91,6 @@ impl Snapshot for SqliteSnapshot {
         }
         Ok(sent)
     }
-}
-
-/// `name` as an SQL identifier.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A row's values by the storage class each value actually has (SQLite's columns are

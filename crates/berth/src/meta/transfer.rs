@@ -38,6 +38,11 @@ pub const TABLES: &[&str] = &[
 /// Tables of the schema that are not registry content and are not copied.
 pub const NOT_COPIED: &[&str] = &["completed_uploads", "job_claims", "migrate_runs"];
 
+/// `name` as an SQL identifier (both databases quote alike).
+pub(super) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// One column value of a copied row, as the source stored it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -5,7 +5,8 @@
 //! claim always succeeds and costs one small write per run.
 
 use super::{Registry, RegistryError, Result};
-use crate::meta::JobHolder;
+use crate::meta::{JobHolder, MetaStore};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The names jobs claim under.
@@ -37,7 +38,7 @@ impl Registry {
 
     /// Claim garbage collection for `owner` and keep the claim renewed until the
     /// returned guard is dropped (or released); refused while another collector holds it.
-    pub(super) async fn claim_collection(&self, owner: &str) -> Result<ClaimGuard> {
+    pub(super) async fn claim_collection(&self, owner: &str) -> Result<HeldClaim> {
         match self.claim_job(GARBAGE_COLLECT, owner, GC_LEASE).await? {
             Ok(()) => {}
             Err(holder) => {
@@ -49,55 +50,68 @@ impl Registry {
                 )))
             }
         }
-        let meta = self.meta.clone();
-        let who = owner.to_string();
+        Ok(HeldClaim::hold(
+            self.meta.clone(),
+            GARBAGE_COLLECT,
+            owner,
+            GC_LEASE,
+        ))
+    }
+}
+
+/// A claim this process holds, renewed in the background every third of its lease
+/// until [`HeldClaim::release`], or until dropped (a panic included): then the renewal
+/// stops and the claim runs out by itself within its lease.
+pub(super) struct HeldClaim {
+    renew: tokio::task::JoinHandle<()>,
+    meta: Arc<dyn MetaStore>,
+    name: String,
+    owner: String,
+}
+
+impl HeldClaim {
+    /// Keep `name`, which `owner` has just claimed, renewed.
+    pub(super) fn hold(
+        meta: Arc<dyn MetaStore>,
+        name: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> HeldClaim {
+        let (m, n, o) = (meta.clone(), name.to_string(), owner.to_string());
         let renew = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(GC_LEASE / 3);
+            let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match meta.claim_job(GARBAGE_COLLECT, &who, GC_LEASE).await {
+                match m.claim_job(&n, &o, lease).await {
                     Ok(Ok(())) => {}
                     Ok(Err(holder)) => {
-                        tracing::error!(holder = %holder.owner, "garbage collection lost its claim (the database's clock jumped, or this process stalled for a whole lease): another collector may run now");
+                        tracing::error!(claim = %n, holder = %holder.owner, "lost a claim (the database's clock jumped, or this process stalled for a whole lease): another node may run the same work now");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "renewing the garbage collection claim failed; retrying")
+                        tracing::warn!(claim = %n, error = %e, "renewing a claim failed; retrying")
                     }
                 }
             }
         });
-        Ok(ClaimGuard {
+        HeldClaim {
             renew,
-            registry_meta: self.meta.clone(),
+            meta,
+            name: name.to_string(),
             owner: owner.to_string(),
-        })
+        }
     }
-}
 
-/// A held claim, renewed in the background until [`ClaimGuard::release`] (or drop: the
-/// renewal stops and the claim runs out by itself).
-pub(super) struct ClaimGuard {
-    renew: tokio::task::JoinHandle<()>,
-    registry_meta: std::sync::Arc<dyn crate::meta::MetaStore>,
-    owner: String,
-}
-
-impl ClaimGuard {
     /// Stop renewing and give the claim up now.
     pub(super) async fn release(self) {
         self.renew.abort();
-        if let Err(e) = self
-            .registry_meta
-            .release_job(GARBAGE_COLLECT, &self.owner)
-            .await
-        {
-            tracing::warn!(error = %e, "releasing the garbage collection claim failed; it runs out by itself");
+        if let Err(e) = self.meta.release_job(&self.name, &self.owner).await {
+            tracing::warn!(claim = %self.name, error = %e, "releasing a claim failed; it runs out by itself");
         }
     }
 }
 
-impl Drop for ClaimGuard {
+impl Drop for HeldClaim {
     fn drop(&mut self) {
         self.renew.abort();
     }

@@ -19,6 +19,7 @@
 //! - Use of cached content is recorded in metadata ([`crate::meta::ProxyCache`]) for
 //!   `proxy.ttl`; [`Registry::expire_proxy_cache`] removes what went unused.
 
+use super::claims::HeldClaim;
 use super::upstream::{Upstream, UpstreamError};
 use super::{Page, Registry, RegistryError, Result};
 use crate::meta::{now, MetaError, MetaStore};
@@ -82,15 +83,6 @@ impl Proxy {
             counters: Arc::default(),
             owner: format!("proxy {}", uuid::Uuid::new_v4()),
         }
-    }
-}
-
-/// A background task that stops when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -167,25 +159,11 @@ struct FillTask {
 
 impl FillTask {
     async fn run(self) {
-        // Keep the cluster-wide claim while fetching; give it up at the end.
-        let (meta, claim, owner) = (self.meta.clone(), self.claim.clone(), self.owner.clone());
-        // Stopped when this function ends, a panic included (the claim then runs out
-        // within FILL_LEASE instead of being renewed for ever).
-        let renew = AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FILL_LEASE / 3);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = meta.claim_job(&claim, &owner, FILL_LEASE).await {
-                    tracing::warn!(%claim, "renewing a pull-through fill's claim failed: {e}");
-                }
-            }
-        }));
+        // Keep the cluster-wide claim while fetching; give it up at the end (a panic
+        // drops it: the claim then runs out within FILL_LEASE).
+        let held = HeldClaim::hold(self.meta.clone(), &self.claim, &self.owner, FILL_LEASE);
         self.fill_and_record().await;
-        drop(renew);
-        if let Err(e) = self.meta.release_job(&self.claim, &self.owner).await {
-            tracing::warn!(claim = %self.claim, "releasing a pull-through fill's claim failed (it runs out by itself): {e}");
-        }
+        held.release().await;
     }
 
     async fn fill_and_record(&self) {
