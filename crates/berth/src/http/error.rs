@@ -122,6 +122,14 @@ impl From<RegistryError> for ApiError {
                 }
                 _ => ApiError::new(ErrorCode::BlobUploadInvalid, msg),
             },
+            E::Meta(crate::meta::MetaError::Collecting(_)) => {
+                tracing::warn!(error = %msg, "request failed: garbage collection held the blob for too long");
+                ApiError::with_status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "garbage collection is still removing an older copy of this blob: nothing was linked; retry the push",
+                )
+            }
             E::Storage(_) | E::Meta(_) if e.is_out_of_space() => {
                 tracing::error!(error = %msg, "request failed: the registry is out of storage space");
                 ApiError::with_status(

@@ -66,6 +66,10 @@ pub enum MetaError {
     /// or the pool closed): the message names the server and what to check.
     #[error("{0}")]
     Unavailable(String),
+    /// A garbage collection is removing this blob's file (it holds the digest's
+    /// [`collecting_claim`]): nothing was written; link again once the claim is gone.
+    #[error("garbage collection is removing blob {0}; link it again when it is done")]
+    Collecting(Digest),
 }
 
 impl MetaError {
@@ -195,7 +199,9 @@ pub struct NewEvent {
 #[async_trait::async_trait]
 pub trait Repositories: Send + Sync {
     /// Record a committed blob and link it into `repo` (creating the repository), and
-    /// append `events` to the outbox, in one transaction.
+    /// append `events` to the outbox, in one transaction. Refused with
+    /// [`MetaError::Collecting`] while a garbage collection holds the digest's
+    /// [`collecting_claim`] (it is removing the file).
     async fn link_blob(
         &self,
         repo: &RepoName,
@@ -517,21 +523,25 @@ pub trait Housekeeping: Send + Sync {
     /// references it (checked in the same transaction); `false` if it was kept.
     async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Forget a blob (its links included) only if no manifest references it and neither
-    /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch);
-    /// `None` if it was kept. The forget is returned uncommitted, holding the write lock:
-    /// until it commits, no link to the blob can be written, so the caller removes the
-    /// file first and then commits (dropping it rolls back). See `registry/gc.rs`.
+    /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch), and
+    /// in the same transaction claim [`collecting_claim`] of the digest for `owner` for
+    /// `lease`: until that claim is released or runs out, [`Repositories::link_blob`] of
+    /// the digest is refused with [`MetaError::Collecting`], so the caller removes the
+    /// file and then releases the claim, holding no transaction across the storage
+    /// calls. `false` if the blob was kept. See `registry/gc.rs`.
     async fn gc_forget_blob(
         &self,
         digest: &Digest,
         cutoff: i64,
-    ) -> Result<Option<Box<dyn PendingForget>>>;
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool>;
 }
 
-/// A [`Housekeeping::gc_forget_blob`] not yet committed.
-#[async_trait::async_trait]
-pub trait PendingForget: Send {
-    async fn commit(self: Box<Self>) -> Result<()>;
+/// The claim a garbage collection holds on a digest while it removes the blob's file
+/// ([`Housekeeping::gc_forget_blob`]).
+pub fn collecting_claim(digest: &Digest) -> String {
+    format!("gc-blob {digest}")
 }
 
 /// A cached manifest or blob link of the pull-through cache, with when it was last used.

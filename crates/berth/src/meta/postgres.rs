@@ -15,7 +15,9 @@
 //!   `FOR UPDATE` before it looks whether the repository is empty.
 //! - A `blobs` row is its digest's lock: recording or mounting a blob locks it (upsert, or
 //!   `FOR SHARE`), and garbage collection's forget takes it and the blob's links
-//!   `FOR UPDATE`, then checks for references, then deletes (`postgres_ops.rs`).
+//!   `FOR UPDATE`, then checks for references, then deletes (`postgres_ops.rs`). A
+//!   digest with a file but no row yet is ordered by its advisory key
+//!   ([`BLOB_LOCK_SPACE`]: shared when recorded, exclusive when forgotten).
 //! - `put_manifest` locks the links of its required blobs and its required manifests
 //!   `FOR SHARE`, and the manifest row itself, so a collection's forget or untagged delete
 //!   either waits for the manifest's commit and then sees its references, or commits first
@@ -117,6 +119,11 @@ pub(super) const UPLOADS_LOCK: i64 = 0x4265_7274_0002;
 /// projects by name: a new repository holds its project's key shared, deleting a
 /// project holds it exclusive, so no repository appears in a project being deleted.
 pub(super) const PROJECT_LOCK_SPACE: i32 = 0x4265_7274;
+/// Advisory lock key space of blob digests: recording a blob ([`Repositories::link_blob`])
+/// holds its digest's key shared, garbage collection's forget holds it exclusive, so the
+/// two are ordered even when the digest has no `blobs` row to lock yet (a file left by an
+/// upload that crashed before its link).
+pub(super) const BLOB_LOCK_SPACE: i32 = 0x4265_7275;
 
 impl PgMeta {
     /// Connect to `dsn` (`postgres://user:password@host:port/database?sslmode=...`), and
@@ -409,9 +416,26 @@ impl Repositories for PgMeta {
         self.write("linking a blob", || async move {
             let t = now();
             let mut tx = self.pool.begin().await?;
+            // The digest's key shared: a collection's forget holds it exclusive, so it
+            // either saw this link or committed (with its claim) before the check below.
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+                .bind(BLOB_LOCK_SPACE)
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            // A collection that forgot this digest is removing its file: the caller waits.
+            let collecting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM job_claims WHERE name = $1
+                    AND lease_until > EXTRACT(EPOCH FROM clock_timestamp())::BIGINT)",
+            )
+            .bind(super::collecting_claim(d))
+            .fetch_one(&mut *tx)
+            .await?;
+            if collecting {
+                return Err(MetaError::Collecting(d.clone()));
+            }
             // A (re-)committed blob and its link count as new for garbage collection's
-            // grace period. The upsert locks the blob's row: a collection forgetting it
-            // holds it, so this waits for that to commit and then records the blob anew.
+            // grace period.
             sqlx::query(
                 "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
                  ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at",

@@ -217,6 +217,21 @@ impl Outbox for PgMeta {
     }
 }
 
+/// Claim job `$1` for owner `$2` for `$3` seconds by the database server's clock:
+/// taken when free or run out, renewed by its holder; one row affected when it was.
+/// `INSERT ... ON CONFLICT DO UPDATE` locks the row: of two nodes claiming at once, the
+/// second re-evaluates the `WHERE` against the first's claim.
+pub(super) const CLAIM_JOB: &str = "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
+     VALUES ($1, $2, EXTRACT(EPOCH FROM clock_timestamp())::BIGINT,
+             EXTRACT(EPOCH FROM clock_timestamp())::BIGINT + $3)
+     ON CONFLICT (name) DO UPDATE SET
+         owner = excluded.owner,
+         claimed_at = CASE WHEN job_claims.owner = excluded.owner
+                           THEN job_claims.claimed_at ELSE excluded.claimed_at END,
+         lease_until = excluded.lease_until
+     WHERE job_claims.lease_until <= excluded.claimed_at
+        OR job_claims.owner = excluded.owner";
+
 #[async_trait::async_trait]
 impl Maintenance for PgMeta {
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
@@ -265,25 +280,12 @@ impl Maintenance for PgMeta {
         self.read(async {
             // The holder may release between the two statements: then claim again.
             for _ in 0..3 {
-                // INSERT ... ON CONFLICT DO UPDATE locks the row: of two nodes claiming
-                // at once, the second re-evaluates the WHERE against the first's claim.
-                let done = sqlx::query(
-                    "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
-                     VALUES ($1, $2, EXTRACT(EPOCH FROM clock_timestamp())::BIGINT,
-                             EXTRACT(EPOCH FROM clock_timestamp())::BIGINT + $3)
-                     ON CONFLICT (name) DO UPDATE SET
-                         owner = excluded.owner,
-                         claimed_at = CASE WHEN job_claims.owner = excluded.owner
-                                           THEN job_claims.claimed_at ELSE excluded.claimed_at END,
-                         lease_until = excluded.lease_until
-                     WHERE job_claims.lease_until <= excluded.claimed_at
-                        OR job_claims.owner = excluded.owner",
-                )
-                .bind(name)
-                .bind(owner)
-                .bind(lease)
-                .execute(&self.pool)
-                .await?;
+                let done = sqlx::query(CLAIM_JOB)
+                    .bind(name)
+                    .bind(owner)
+                    .bind(lease)
+                    .execute(&self.pool)
+                    .await?;
                 if done.rows_affected() == 1 {
                     return Ok(Ok(()));
                 }

@@ -15,14 +15,16 @@
 //! - manifest first: the forget's `FOR UPDATE` waits for its commit, then the check sees
 //!   its references and keeps D.
 //!
-//! The forget is returned uncommitted, holding those locks, while the caller removes the
-//! file (see `registry/gc.rs`); a link or mount of D waits for it as it waits for
-//! SQLite's write lock.
+//! The forget also holds D's advisory key ([`BLOB_LOCK_SPACE`]) exclusive, which
+//! `link_blob` holds shared (D may have a file but no row to lock), and commits the
+//! collector's claim on D with the deletes: a link of D then waits until the caller has
+//! removed the file and released the claim (see `registry/gc.rs`).
 
-use super::postgres::{drop_if_empty, PgMeta};
-use super::{digest, GcManifest, Housekeeping, PendingForget, Result, Stats};
+use super::postgres::{drop_if_empty, PgMeta, BLOB_LOCK_SPACE};
+use super::postgres_events::CLAIM_JOB;
+use super::{collecting_claim, digest, GcManifest, Housekeeping, Result, Stats};
 use oci::{Digest, RepoName};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::Row;
 use std::collections::BTreeMap;
 
 #[cfg(test)]
@@ -36,15 +38,6 @@ impl PgMeta {
                 .await?;
         }
         Ok(())
-    }
-}
-
-struct PgForget(Transaction<'static, Postgres>);
-
-#[async_trait::async_trait]
-impl PendingForget for PgForget {
-    async fn commit(self: Box<Self>) -> Result<()> {
-        Ok(self.0.commit().await?)
     }
 }
 
@@ -181,10 +174,18 @@ impl Housekeeping for PgMeta {
         &self,
         d: &Digest,
         cutoff: i64,
-    ) -> Result<Option<Box<dyn PendingForget>>> {
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
+        let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
         self.write(&format!("deleting blob {d}"), || async move {
             let mut tx = self.pool.begin().await?;
-            // The blob's row first (every writer that records or mounts D locks it, so
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(BLOB_LOCK_SPACE)
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            // Then the blob's row (every writer that records or mounts D locks it, so
             // they wait from here on), then its links (a manifest requiring one holds it
             // FOR SHARE: wait for that to commit), then the check, in a later statement
             // that sees what those writers committed.
@@ -209,7 +210,7 @@ impl Housekeeping for PgMeta {
             .fetch_one(&mut *tx)
             .await?;
             if keep {
-                return Ok(None);
+                return Ok(false);
             }
             let unlinked: Vec<i64> = sqlx::query_scalar(
                 "DELETE FROM repository_blobs WHERE digest = $1 RETURNING repository_id",
@@ -225,7 +226,19 @@ impl Housekeeping for PgMeta {
                 .bind(d.as_str())
                 .execute(&mut *tx)
                 .await?;
-            Ok(Some(Box::new(PgForget(tx)) as Box<dyn PendingForget>))
+            let claimed = sqlx::query(CLAIM_JOB)
+                .bind(collecting_claim(d))
+                .bind(owner)
+                .bind(lease)
+                .execute(&mut *tx)
+                .await?;
+            if claimed.rows_affected() != 1 {
+                // Another collector holds the digest (one runs at a time, so only after
+                // a lost claim): leave the blob to it.
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
         })
         .await
     }

@@ -620,14 +620,10 @@ mod races {
                 let b = b.clone();
                 let layer = layer.clone();
                 tokio::spawn(async move {
-                    match b.gc_forget_blob(&layer, cutoff).await.expect("forget") {
-                        Some(pending) => {
-                            tokio::task::yield_now().await;
-                            pending.commit().await.expect("commit");
-                            true
-                        }
-                        None => false,
-                    }
+                    let lease = std::time::Duration::from_secs(30);
+                    b.gc_forget_blob(&layer, cutoff, &format!("gc {i}"), lease)
+                        .await
+                        .expect("forget")
                 })
             };
             let push = {

@@ -141,6 +141,17 @@ impl Repositories for SqliteMeta {
     ) -> Result<()> {
         let t = now();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // A collection that forgot this digest is removing its file: the caller waits.
+        let collecting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM job_claims WHERE name = ?1
+                            AND lease_until > CAST(strftime('%s', 'now') AS INTEGER))",
+        )
+        .bind(super::collecting_claim(d))
+        .fetch_one(&mut *tx)
+        .await?;
+        if collecting {
+            return Err(MetaError::Collecting(d.clone()));
+        }
         // A (re-)committed blob and its link count as new for garbage collection's grace
         // period: a collection that read the old rows must not take the fresh file.
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at")

@@ -161,6 +161,19 @@ impl Outbox for SqliteMeta {
     }
 }
 
+/// Claim job `?1` for owner `?2` for `?3` seconds by this database's clock: taken when
+/// free or run out, renewed by its holder; one row affected when it was.
+pub(super) const CLAIM_JOB: &str = "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
+     VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER),
+             CAST(strftime('%s', 'now') AS INTEGER) + ?3)
+     ON CONFLICT (name) DO UPDATE SET
+         owner = excluded.owner,
+         claimed_at = CASE WHEN job_claims.owner = excluded.owner
+                           THEN job_claims.claimed_at ELSE excluded.claimed_at END,
+         lease_until = excluded.lease_until
+     WHERE job_claims.lease_until <= excluded.claimed_at
+        OR job_claims.owner = excluded.owner";
+
 #[async_trait::async_trait]
 impl Maintenance for SqliteMeta {
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
@@ -202,23 +215,12 @@ impl Maintenance for SqliteMeta {
         let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
         // The holder may release between the two statements: then claim again.
         for _ in 0..3 {
-            let done = sqlx::query(
-                "INSERT INTO job_claims (name, owner, claimed_at, lease_until)
-                 VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER),
-                         CAST(strftime('%s', 'now') AS INTEGER) + ?3)
-                 ON CONFLICT (name) DO UPDATE SET
-                     owner = excluded.owner,
-                     claimed_at = CASE WHEN job_claims.owner = excluded.owner
-                                       THEN job_claims.claimed_at ELSE excluded.claimed_at END,
-                     lease_until = excluded.lease_until
-                 WHERE job_claims.lease_until <= excluded.claimed_at
-                    OR job_claims.owner = excluded.owner",
-            )
-            .bind(name)
-            .bind(owner)
-            .bind(lease)
-            .execute(&self.writer)
-            .await?;
+            let done = sqlx::query(CLAIM_JOB)
+                .bind(name)
+                .bind(owner)
+                .bind(lease)
+                .execute(&self.writer)
+                .await?;
             if done.rows_affected() == 1 {
                 return Ok(Ok(()));
             }

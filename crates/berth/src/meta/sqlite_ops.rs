@@ -10,7 +10,7 @@
 //! busy timeout, and try again a bounded number of times.
 
 use super::sqlite::{drop_if_empty, SqliteMeta};
-use super::{GcManifest, Housekeeping, MetaError, PendingForget, Result, Stats};
+use super::{GcManifest, Housekeeping, MetaError, Result, Stats};
 use oci::{Digest, RepoName};
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
@@ -74,15 +74,6 @@ impl SqliteMeta {
                 .await?;
         }
         Ok(())
-    }
-}
-
-struct SqliteForget(Transaction<'static, Sqlite>);
-
-#[async_trait::async_trait]
-impl PendingForget for SqliteForget {
-    async fn commit(self: Box<Self>) -> Result<()> {
-        Ok(self.0.commit().await?)
     }
 }
 
@@ -201,7 +192,9 @@ impl Housekeeping for SqliteMeta {
         &self,
         d: &Digest,
         cutoff: i64,
-    ) -> Result<Option<Box<dyn PendingForget>>> {
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
         let mut tx = self.begin_immediate(&format!("deleting blob {d}")).await?;
         let keep: i64 = sqlx::query(
             "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
@@ -214,7 +207,7 @@ impl Housekeeping for SqliteMeta {
         .await?
         .get(0);
         if keep != 0 {
-            return Ok(None);
+            return Ok(false);
         }
         let unlinked: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM repository_blobs WHERE digest = ?1 RETURNING repository_id",
@@ -230,7 +223,21 @@ impl Housekeeping for SqliteMeta {
             .bind(d.as_str())
             .execute(&mut *tx)
             .await?;
-        Ok(Some(Box::new(SqliteForget(tx))))
+        // The collector's claim on the digest, in the same transaction: from its commit
+        // until the file is gone, `link_blob` of the digest waits (see `registry/gc.rs`).
+        let claimed = sqlx::query(super::sqlite_events::CLAIM_JOB)
+            .bind(super::collecting_claim(d))
+            .bind(owner)
+            .bind(i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4))
+            .execute(&mut *tx)
+            .await?;
+        if claimed.rows_affected() != 1 {
+            // Another collector holds the digest (one runs at a time, so only after a
+            // lost claim): leave the blob to it.
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

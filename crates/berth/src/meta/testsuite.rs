@@ -691,33 +691,38 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     // Blobs: referenced ones and recently linked ones are kept.
     let future = super::now() + 3600;
     let past = super::now() - 3600;
+    let lease = std::time::Duration::from_secs(30);
+    assert!(!m
+        .gc_forget_blob(&d("layer"), future, "gc-1", lease)
+        .await
+        .expect("referenced"));
+    assert!(!m
+        .gc_forget_blob(&d("loose"), past, "gc-1", lease)
+        .await
+        .expect("recent"));
     assert!(m
-        .gc_forget_blob(&d("layer"), future)
+        .gc_forget_blob(&d("loose"), future, "gc-1", lease)
         .await
-        .expect("referenced")
-        .is_none());
-    assert!(m
-        .gc_forget_blob(&d("loose"), past)
+        .expect("forget"));
+    // The forget claimed the digest: recording it again waits for the collector to
+    // release it, and another collector cannot forget it meanwhile.
+    let claim = super::collecting_claim(&d("loose"));
+    match m.link_blob(&a, &d("loose"), 7, &[]).await {
+        Err(super::MetaError::Collecting(x)) => assert_eq!(x, d("loose")),
+        other => panic!("expected Collecting, got {other:?}"),
+    }
+    assert!(!m
+        .gc_forget_blob(&d("loose"), future, "gc-2", lease)
         .await
-        .expect("recent")
-        .is_none());
-    // An uncommitted forget rolls back when dropped.
-    let pending = m
-        .gc_forget_blob(&d("loose"), future)
-        .await
-        .expect("forget")
-        .expect("eligible");
-    drop(pending);
-    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
-    m.gc_forget_blob(&d("loose"), future)
-        .await
-        .expect("forget")
-        .expect("eligible")
-        .commit()
-        .await
-        .expect("commit");
+        .expect("held by gc-1"));
+    match m.claim_job(&claim, "gc-2", lease).await.expect("claim") {
+        Err(holder) => assert_eq!(holder.owner, "gc-1"),
+        Ok(()) => panic!("the forget's claim is held by gc-1"),
+    }
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.linked_blob(&a, &d("loose")).await.expect("linked"), None);
+    m.release_job(&claim, "gc-1").await.expect("release");
+
     // A forgotten blob cannot be mounted back: the mount records no blob.
     assert_eq!(
         m.mount_blob(&repo("gc/other"), &d("loose"), None, &[])
@@ -727,6 +732,11 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     );
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
     assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
+    // Released: the blob can be recorded again.
+    m.link_blob(&a, &d("loose"), 7, &[])
+        .await
+        .expect("linked once the claim is released");
+    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
 }
 
 /// The pull-through cache's bookkeeping: touch, list expired, expire (re-checked).

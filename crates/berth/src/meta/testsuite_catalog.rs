@@ -438,13 +438,15 @@ async fn emptied_repositories(m: &dyn MetaStore) {
     m.link_blob(&keep, &d("gone kept"), 1, &[])
         .await
         .expect("link");
-    m.gc_forget_blob(&d("gone forgotten"), super::now() + 3600)
+    assert!(m
+        .gc_forget_blob(
+            &d("gone forgotten"),
+            super::now() + 3600,
+            "gc",
+            std::time::Duration::from_secs(30)
+        )
         .await
-        .expect("forget")
-        .expect("eligible")
-        .commit()
-        .await
-        .expect("commit");
+        .expect("forget"));
     assert!(!listed("gone/c").await);
     assert!(listed("gone/keep").await, "another link is left");
     // A refused unlink, or a delete of nothing, changes nothing.

@@ -2,8 +2,42 @@
 
 use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
+use crate::meta::{MetaError, MetaStore, NewEvent};
 use crate::storage::{ByteRange, ByteStream, StorageError};
 use oci::{Digest, RepoName};
+use std::time::{Duration, Instant};
+
+/// How long recording a blob waits for a garbage collection that is removing the same
+/// digest's older file (it holds the digest's claim for the length of one object-store
+/// delete, or copy and delete); past this the push fails with 503 and can be retried.
+pub const COLLECTING_WAIT: Duration = Duration::from_secs(300);
+
+/// Record a blob whose file was just committed and link it into `repo` (with its outbox
+/// rows). While a garbage collection is removing an older file of the same digest this
+/// waits for it to finish (polling, up to [`COLLECTING_WAIT`]); the caller then finds
+/// the file gone and commits its bytes again (see `gc.rs`).
+pub(super) async fn record_blob(
+    meta: &dyn MetaStore,
+    repo: &RepoName,
+    digest: &Digest,
+    size: u64,
+    events: &[NewEvent],
+) -> crate::meta::Result<()> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match meta.link_blob(repo, digest, size, events).await {
+            Err(MetaError::Collecting(_)) if started.elapsed() < COLLECTING_WAIT => {
+                if pause == Duration::from_millis(50) {
+                    tracing::info!(%digest, %repo, "waiting for garbage collection to finish removing an older copy of this blob");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
 
 /// A blob (or a range of it) ready to stream.
 pub struct BlobRead {

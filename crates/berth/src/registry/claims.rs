@@ -2,7 +2,9 @@
 //! pull-through cache expiry, garbage collection) claim their turn through the metadata
 //! database (`meta::Maintenance::claim_job`): a lease by the database's clock, renewed
 //! by its holder, running out by itself when the holder dies. On a single node the
-//! claim always succeeds and costs one small write per run.
+//! claim always succeeds and costs one small write per run. Garbage collection also
+//! claims each digest whose file it is removing (`gc-blob <digest>`, committed with the
+//! forget in `meta`), which `link_blob` refuses to record past (see `gc.rs`).
 
 use super::{Registry, RegistryError, Result};
 use crate::meta::{JobHolder, MetaStore};
@@ -18,6 +20,11 @@ pub const GARBAGE_COLLECT: &str = "garbage-collect";
 /// third of that while the collection runs, so a collector that dies frees the claim
 /// within this time.
 pub const GC_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a collection's claim on one digest lasts without renewal (see `gc.rs`):
+/// pushes of that digest wait for it, so a collector that dies while removing the file
+/// holds them up for at most this long.
+pub const COLLECTING_LEASE: Duration = Duration::from_secs(30);
 
 impl Registry {
     /// Claim `job` for `owner` for `lease` (or renew `owner`'s claim); `Err` names the

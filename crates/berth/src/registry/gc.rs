@@ -15,42 +15,51 @@
 //! (`up`), and a cross-repository mount of D (`mount`) run these steps:
 //!
 //! ```text
-//! gc:    G1  forget transaction (write lock held from its start): no manifest references
-//!            D, no link or record of D newer than the cutoff, else keep D and stop;
-//!            delete D's links and its `blobs` row — not yet committed
-//!        G2  hide the file (an atomic rename to a name of its own), still inside G1
-//!        G3  commit G1 (on failure: unhide, stop); then purge the hidden copy
+//! gc:    G1  forget transaction: no manifest references D, no link or record of D newer
+//!            than the cutoff, else keep D and stop; delete D's links and its `blobs` row,
+//!            claim "gc-blob D" for this collector (a lease on the database's clock,
+//!            renewed while held), commit
+//!        G2  hide the file (a rename to a name of its own; a copy and a delete on S3)
+//!        G3  release the claim; then purge the hidden copy
 //! up:    U1  commit the upload's file under D (its bytes are kept, never appended to)
-//!        U2  link transaction: record D (row + link) and its push event
+//!        U2  link transaction: refused while "gc-blob D" is live (then wait and retry);
+//!            else record D (row + link) and its push event
 //!        U3  if no file is under D, commit the upload's bytes again
 //!        U4  delete the upload
 //! mount: M1  link transaction: link D only if its `blobs` row exists (never creates it)
 //! ```
 //!
-//! Metadata transactions are serialized, and G1..G3 hold the write lock from the check to
-//! the commit, so U2 and M1 each come wholly before G1 or wholly after G3's commit.
+//! No transaction is held across the storage calls of G2 (an object-store copy of a large
+//! layer takes seconds). U2 and G1 are ordered (SQLite's one writer; on PostgreSQL G1
+//! holds D's advisory key exclusive and U2 shared, and M1 and G1 lock D's row), so U2
+//! and M1 each come wholly before G1, or after it, and then U2 also after G3:
 //!
 //! - M1 before G1: the link is newer than the cutoff, G1 keeps D, no file is touched.
 //! - M1 after G1: the row is gone, M1 links nothing and the mount falls back to an
 //!   upload session (202), as the spec allows. A link to a deleted file cannot appear.
 //! - U2 before G1: as for M1, the new link keeps D.
-//! - U2 after G1, U1 before G2: G2 hides the upload's own file, G3 purges it; U3 (after
-//!   U2, so after G2) finds no file and commits the kept bytes again.
-//! - U2 after G1, U1 after G2: U1's file is a new one under D, G3 purges only the hidden
-//!   older copy; U3 finds the file.
-//! - Two collections at once: the second's G1 waits for the first's lock, then finds no
-//!   row and a missing file (hide returns nothing).
-//! - A crash between G2 and G3's commit leaves the row with its file hidden; the next
-//!   collection first unhides every hidden copy (`recover`), which can never lose data: at
-//!   worst it brings back a file nothing records, and that one is swept again.
+//! - U2 after G1: it waits for G3, so it runs after the hide. U1 before G2: G2 hides the
+//!   upload's own file, G3 purges it, U3 finds no file and commits the kept bytes again.
+//!   U1 after G2: U1's file is a new one under D, G3 purges only the hidden older copy,
+//!   U3 finds the file. (Without the claim, U2 and U3 could both fall between G1 and G2,
+//!   and G2 would then take the file of a blob just linked.)
+//! - Two collections at once cannot happen: each holds the deployment's claim
+//!   (`claims.rs`). If a collector's claims ran out anyway, a second forget of D finds no
+//!   row, and its claim on D is refused while the first one's is live.
+//! - A collector that dies after G1 stops renewing its claim, which runs out within
+//!   [`COLLECTING_LEASE`]: waiting pushes then go on (the file may still be there; U3
+//!   handles both). One that dies inside G2 may leave a hidden copy; the next collection
+//!   first unhides every hidden copy (`recover`), which can never lose data: at worst it
+//!   brings back a file nothing records, and that one is swept again.
 //!
 //! Left: between U2 and U3 (one `stat`), a client other than the uploader can see D
 //! linked while its file is being committed again; it gets 404 for that instant. With a
 //! zero grace period, a blob linked in the same second as the cutoff can be collected
 //! (a later manifest push then fails with MANIFEST_BLOB_UNKNOWN, never a dangling link).
 
+use super::claims::{HeldClaim, COLLECTING_LEASE};
 use super::{Registry, Result};
-use crate::meta::GcManifest;
+use crate::meta::{collecting_claim, GcManifest};
 use oci::{Digest, RepoName};
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -245,7 +254,10 @@ impl Registry {
             }
         }
         for blob in &eligible {
-            if self.sweep_blob(&blob.digest, cutoff).await? {
+            if self
+                .sweep_blob(&blob.digest, cutoff, &options.owner)
+                .await?
+            {
                 report.deleted_blobs += 1;
                 report.freed_bytes += blob.size;
             }
@@ -272,23 +284,39 @@ impl Registry {
         Ok(())
     }
 
-    /// Steps G1..G3 of the module comment for one blob; `true` if its file was deleted.
-    pub(super) async fn sweep_blob(&self, digest: &Digest, cutoff: i64) -> Result<bool> {
-        let Some(forget) = self.meta.gc_forget_blob(digest, cutoff).await? else {
+    /// Steps G1..G3 of the module comment for one blob, for collector `owner`; `true`
+    /// if its file was deleted.
+    pub(super) async fn sweep_blob(
+        &self,
+        digest: &Digest,
+        cutoff: i64,
+        owner: &str,
+    ) -> Result<bool> {
+        if !self
+            .meta
+            .gc_forget_blob(digest, cutoff, owner, COLLECTING_LEASE)
+            .await?
+        {
             tracing::info!("keeping blob {digest}: referenced or linked meanwhile");
             return Ok(false);
-        };
-        // Dropping `forget` on an error below rolls the metadata back.
-        let hidden = self.blobs.hide(digest).await?;
+        }
+        // The forget committed the digest's claim; keep it renewed while the file goes
+        // (a copy and a delete on an object store), then let waiting writers link again.
+        let claim = HeldClaim::hold(
+            self.meta.clone(),
+            &collecting_claim(digest),
+            owner,
+            COLLECTING_LEASE,
+        );
+        #[cfg(test)]
+        race::point("gc:forgotten").await;
+        let hidden = self.blobs.hide(digest).await;
         #[cfg(test)]
         race::point("gc:hidden").await;
-        if let Err(e) = forget.commit().await {
-            if let Some(h) = &hidden {
-                self.blobs.unhide(h).await?;
-            }
-            return Err(e.into());
-        }
-        let Some(hidden) = hidden else {
+        claim.release().await;
+        // A failed hide leaves the file in place, recorded nowhere: the next collection
+        // sweeps it (a half-done one left a hidden copy, which it puts back first).
+        let Some(hidden) = hidden? else {
             return Ok(false);
         };
         tracing::info!("deleting blob: {digest}");
@@ -562,7 +590,7 @@ mod races {
                 pause.reached.notified().await;
                 assert!(s
                     .registry
-                    .sweep_blob(&digest(), cutoff())
+                    .sweep_blob(&digest(), cutoff(), "gc")
                     .await
                     .expect("sweep"));
                 pause.resume.notify_one();
@@ -575,21 +603,20 @@ mod races {
         .await;
     }
 
-    /// G1+G2 (hidden, not committed), then U1 (a new file under D), then G3, then U2..U4:
-    /// the sweep purges only the hidden older copy.
+    /// G1+G2 (forgotten and hidden, the claim still held), then U1 (a new file under D),
+    /// then G3, then U2..U4: the sweep purges only the hidden older copy.
     #[tokio::test]
-    async fn reupload_committed_while_the_sweep_holds_the_lock() {
+    async fn reupload_committed_while_the_sweep_holds_the_claim() {
         both(|kind| {
             Box::pin(async move {
                 let s = setup(kind).await;
                 old_blob(&s).await;
                 let gc_pause = Pause::at("gc:hidden");
                 let registry = s.registry.clone();
-                let sweep = tokio::spawn(
-                    gc_pause
-                        .clone()
-                        .scope(async move { registry.sweep_blob(&digest(), cutoff()).await }),
-                );
+                let sweep =
+                    tokio::spawn(gc_pause.clone().scope(async move {
+                        registry.sweep_blob(&digest(), cutoff(), "gc").await
+                    }));
                 gc_pause.reached.notified().await;
                 assert_eq!(s.blobs.stat(&digest()).await.expect("stat"), None);
                 let up_pause = Pause::at("upload:committed");
@@ -610,6 +637,77 @@ mod races {
         .await;
     }
 
+    /// G1 (forgotten, the claim committed, the file still there), then a whole upload:
+    /// U1 keeps the old file, U2 waits for the claim; then G2 hides the file and G3
+    /// releases, so U2 links and U3 commits the upload's bytes again. Without the claim
+    /// U2..U4 would finish before G2, which would then take a linked blob's file.
+    #[tokio::test]
+    async fn reupload_linked_while_the_sweep_removes_the_file() {
+        both(|kind| {
+            Box::pin(async move {
+                let s = setup(kind).await;
+                old_blob(&s).await;
+                let gc_pause = Pause::at("gc:forgotten");
+                let registry = s.registry.clone();
+                let sweep =
+                    tokio::spawn(gc_pause.clone().scope(async move {
+                        registry.sweep_blob(&digest(), cutoff(), "gc").await
+                    }));
+                gc_pause.reached.notified().await;
+                assert!(s.blobs.stat(&digest()).await.expect("stat").is_some());
+                let registry = s.registry.clone();
+                let upload = tokio::spawn(async move {
+                    registry.put_blob(&repo("new/app"), &digest(), body()).await
+                });
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                assert!(
+                    !upload.is_finished(),
+                    "{kind:?}: the link waits for the collector"
+                );
+                gc_pause.resume.notify_one();
+                assert!(sweep.await.expect("join").expect("sweep"));
+                upload.await.expect("join").expect("upload");
+                assert!(readable(&s, "new/app").await, "{kind:?}");
+                assert!(!readable(&s, "old/app").await, "the old link was collected");
+                assert!(s.blobs.hidden().await.expect("hidden").is_empty());
+                s.finish().await;
+            })
+        })
+        .await;
+    }
+
+    /// A collector that dies between G1 and G3 stops renewing its claim on D: a push of
+    /// D waits only until the claim runs out, then links (the file is still there).
+    #[tokio::test]
+    async fn a_dead_collectors_claim_runs_out() {
+        both(|kind| {
+            Box::pin(async move {
+                let s = setup(kind).await;
+                old_blob(&s).await;
+                // Whole seconds on the database's clock: it runs out 1 to 2 s from now.
+                let lease = Duration::from_secs(2);
+                assert!(s
+                    .meta
+                    .gc_forget_blob(&digest(), cutoff(), "dead gc", lease)
+                    .await
+                    .expect("forget"));
+                let started = std::time::Instant::now();
+                s.registry
+                    .put_blob(&repo("new/app"), &digest(), body())
+                    .await
+                    .expect("upload");
+                let waited = started.elapsed();
+                assert!(
+                    waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+                    "{kind:?}: waited {waited:?} for the claim to run out"
+                );
+                assert!(readable(&s, "new/app").await, "{kind:?}");
+                s.finish().await;
+            })
+        })
+        .await;
+    }
+
     /// U1..U4 before the sweep: the fresh link keeps D, and its file is not touched.
     #[tokio::test]
     async fn reupload_before_the_sweep_keeps_the_blob() {
@@ -623,7 +721,7 @@ mod races {
                     .expect("upload");
                 assert!(!s
                     .registry
-                    .sweep_blob(&digest(), cutoff())
+                    .sweep_blob(&digest(), cutoff(), "gc")
                     .await
                     .expect("sweep"));
                 assert!(readable(&s, "new/app").await && readable(&s, "old/app").await);
@@ -651,7 +749,7 @@ mod races {
                 pause.reached.notified().await;
                 assert!(s
                     .registry
-                    .sweep_blob(&digest(), cutoff())
+                    .sweep_blob(&digest(), cutoff(), "gc")
                     .await
                     .expect("sweep"));
                 pause.resume.notify_one();
@@ -690,7 +788,7 @@ mod races {
                     .expect("mount"));
                 assert!(!s
                     .registry
-                    .sweep_blob(&digest(), cutoff())
+                    .sweep_blob(&digest(), cutoff(), "gc")
                     .await
                     .expect("sweep"));
                 assert!(readable(&s, "new/app").await, "{kind:?}");

@@ -31,7 +31,7 @@ impl Registry {
         source: &Path,
     ) -> Result<BlobImport> {
         if let Some(size) = self.blobs.stat(digest).await? {
-            self.meta.link_blob(repo, digest, size, &[]).await?;
+            super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
             // Garbage collection may have swept the file between the stat and the link
             // (see `registry/gc.rs`); then it is brought in below after all.
             if self.blobs.stat(digest).await?.is_some() {
@@ -39,7 +39,7 @@ impl Registry {
             }
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
-        self.meta.link_blob(repo, digest, size, &[]).await?;
+        super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
         if self.blobs.stat(digest).await?.is_none() {
             // Swept between the import and the link: the link is there now, so a second
             // import stays.

@@ -215,7 +215,7 @@ impl FillTask {
     }
 
     async fn link(&self, repo: &RepoName, size: u64) -> Result<(), FillError> {
-        let r = self.meta.link_blob(repo, &self.digest, size, &[]).await;
+        let r = super::blobs::record_blob(&*self.meta, repo, &self.digest, size, &[]).await;
         let t = self
             .meta
             .cache_touch(repo, &self.digest, false, self.touch.0, self.touch.1)

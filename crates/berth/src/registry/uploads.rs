@@ -464,9 +464,7 @@ impl Registry {
             Vec::new()
         };
         self.pulls_first(&events).await;
-        self.meta
-            .link_blob(repo, digest, progress.size, &events)
-            .await?;
+        super::blobs::record_blob(&*self.meta, repo, digest, progress.size, &events).await?;
         self.wake(&events);
         // Garbage collection may have taken the file between the commit and the link
         // (it had forgotten an older copy of the same blob): the upload still holds the
