@@ -291,6 +291,10 @@ async fn build_with_jobs(
             format!("{host_name} {instance_id}"),
         ));
     }
+    jobs.spawn(crate::jobs::gc::GcScheduleWorker::new(
+        registry.clone(),
+        format!("{host_name} {instance_id}"),
+    ));
     if let Some(p) = &config.proxy {
         tracing::info!(
             remote = %p.remote_url,

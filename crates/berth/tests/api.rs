@@ -1320,6 +1320,262 @@ async fn repositories_artifacts_tags_and_audit() {
     assert_eq!(h["x-total-count"], "3");
 }
 
+/// Garbage collection through `/api/v2.0/system/gc`: a manual run (as Harbor's portal
+/// starts it) deletes an unreferenced blob and keeps the image, with its counts and
+/// log recorded; `berth garbage-collect` runs are recorded too; a cron schedule set
+/// through the API fires on its own and stops when removed; only system
+/// administrators may do any of it.
+#[tokio::test]
+async fn garbage_collection_runs_history_and_schedule() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_user(&api, "gcdev").await;
+    let dev = ("gcdev", PASSWORD);
+    create_project(&api, ADMIN, "gc", false).await;
+    let image = push(&b, ADMIN, "gc/app", "v1", "kept").await;
+    let reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+    let loose = b"a layer no manifest references".to_vec();
+    let loose_digest = reg.push_blob("gc/app", &loose).await;
+
+    // Who may: system administrators only.
+    let (s, _, _) = api.call(None, Method::GET, "/system/gc", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for (method, path) in [
+        (Method::GET, "/system/gc"),
+        (Method::GET, "/system/gc/schedule"),
+        (Method::POST, "/system/gc/schedule"),
+        (Method::PUT, "/system/gc/schedule"),
+    ] {
+        let body = (method != Method::GET).then(|| json!({"schedule": {"type": "Manual"}}));
+        let (s, _, _) = api.call(Some(dev), method.clone(), path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as a user");
+    }
+    let (s, _, runs) = api.call(Some(ADMIN), Method::GET, "/system/gc", None).await;
+    assert_eq!((s, runs), (StatusCode::OK, json!([])));
+
+    // Run now, as the portal sends it.
+    let (s, h, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/system/gc/schedule",
+            Some(json!({"schedule": {"type": "Manual"}, "parameters": {"delete_untagged": true, "delete_tag": false, "workers": 1, "dry_run": false, "time_window": 0}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let location = h["location"].to_str().expect("location").to_string();
+    let id: i64 = location
+        .strip_prefix("/api/v2.0/system/gc/")
+        .expect("run location")
+        .parse()
+        .expect("id");
+    let run = wait_for_run(&api, id).await;
+    assert_eq!(run["job_status"], "Success", "{run}");
+    assert_eq!(run["job_kind"], "MANUAL");
+    assert_eq!(run["job_name"], "GARBAGE_COLLECTION");
+    assert_eq!(run["deleted_blobs"], 1, "{run}");
+    assert_eq!(run["freed_bytes"], loose.len() as u64, "{run}");
+    let params: Value =
+        serde_json::from_str(run["job_parameters"].as_str().expect("parameters")).expect("json");
+    assert_eq!(params["delete_untagged"], true);
+    let log = api
+        .c
+        .get(format!("{}/api/v2.0/system/gc/{id}/log", b.url))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("log");
+    assert_eq!(log.status(), StatusCode::OK);
+    assert!(log.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/plain"));
+    let log = log.text().await.expect("text");
+    assert!(
+        log.contains(&format!("blob eligible for deletion: {loose_digest}")),
+        "{log}"
+    );
+    assert!(log.contains("deleted 1 blobs"), "{log}");
+    api.validate(
+        &Method::GET,
+        &format!("/system/gc/{id}/log"),
+        StatusCode::OK,
+        &Value::Null,
+    );
+    // The image is untouched; the loose blob is gone.
+    let r = reg
+        .req(Method::GET, &format!("/v2/gc/app/manifests/{image}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = reg
+        .req(Method::HEAD, &format!("/v2/gc/app/blobs/{loose_digest}"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let (s, _, _) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc/999", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // `berth garbage-collect` (the guides' cron line) is a recorded run as well.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["garbage-collect", "--grace", "0s"])
+        .arg(b.config_path())
+        .output()
+        .expect("berth garbage-collect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, h, runs) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc?page_size=1", None)
+        .await;
+    assert_eq!(h["x-total-count"], "2");
+    assert!(h["link"].to_str().expect("link").contains("rel=\"next\""));
+    assert!(
+        runs[0]["owner"]
+            .as_str()
+            .expect("owner")
+            .starts_with("berth garbage-collect, pid "),
+        "{runs}"
+    );
+    assert_eq!(runs[0]["job_status"], "Success");
+
+    // Bad schedules are refused, naming what is wrong.
+    for (body, needle) in [
+        (
+            json!({"schedule": {"type": "Custom", "cron": "0 0 * * *"}}),
+            "six fields",
+        ),
+        (json!({"schedule": {"type": "Daily", "cron": ""}}), "cron"),
+        (
+            json!({"schedule": {"type": "Manual"}, "parameters": {"delete_tag": true}}),
+            "delete_tag",
+        ),
+        (
+            json!({"schedule": {"type": "Manual"}, "parameters": {"workers": 11}}),
+            "workers",
+        ),
+        (json!({"schedule": {"type": "Sometimes"}}), "Sometimes"),
+    ] {
+        let (s, _, e) = api
+            .call(
+                Some(ADMIN),
+                Method::PUT,
+                "/system/gc/schedule",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(e.to_string().contains(needle), "{body}: {e}");
+    }
+
+    // A schedule fires by itself (every 2 s here), and stops when removed.
+    let (s, _, none) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc/schedule", None)
+        .await;
+    assert_eq!(
+        (s, &none["schedule"]["type"]),
+        (StatusCode::OK, &json!("None"))
+    );
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::PUT,
+            "/system/gc/schedule",
+            Some(json!({"schedule": {"type": "Custom", "cron": "*/2 * * * * *"}, "parameters": {"delete_untagged": false, "time_window": 0}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, sched) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc/schedule", None)
+        .await;
+    assert_eq!(sched["schedule"]["type"], "Custom");
+    assert_eq!(sched["schedule"]["cron"], "*/2 * * * * *");
+    assert!(
+        sched["schedule"]["next_scheduled_time"].is_string(),
+        "{sched}"
+    );
+    let scheduled = |runs: &Value| {
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .filter(|r| r["job_kind"] == "SCHEDULE")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, _, runs) = api
+            .call(Some(ADMIN), Method::GET, "/system/gc?page_size=100", None)
+            .await;
+        if scheduled(&runs) > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled run: {runs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/system/gc/schedule",
+            Some(json!({"schedule": {"type": "None"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Every node re-reads the schedule within 5 s; after that no run starts.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let (_, _, before) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc?page_size=100", None)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let (_, _, after) = api
+        .call(Some(ADMIN), Method::GET, "/system/gc?page_size=100", None)
+        .await;
+    assert_eq!(
+        scheduled(&before),
+        scheduled(&after),
+        "a removed schedule fired"
+    );
+    for run in after.as_array().expect("runs") {
+        assert_ne!(run["job_status"], "Error", "{run}");
+    }
+    let r = reg
+        .req(Method::GET, &format!("/v2/gc/app/manifests/{image}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// Poll a run until it ends (at most 30 s).
+async fn wait_for_run(api: &Api, id: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, _, run) = api
+            .call(Some(ADMIN), Method::GET, &format!("/system/gc/{id}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        if run["job_status"] != "Running" {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {id} still running: {run}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Harbor's own Python client, unchanged, against Berth.
 #[test]
 fn harborapi_client_works_unchanged() {

@@ -106,7 +106,7 @@ impl Accounts {
         }
     }
 
-    fn require_admin(who: &Who) -> Result<()> {
+    pub fn require_admin(who: &Who) -> Result<()> {
         Self::require_login(who)?;
         if who.is_admin() {
             Ok(())

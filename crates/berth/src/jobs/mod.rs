@@ -3,7 +3,8 @@
 //! each endpoint's backlog cap), [`pull_events::PullEventsWorker`] (pull events written
 //! to the outbox in batches),
 //! [`purge::PurgeWorker`] (upload purging), [`health::HealthWorker`] (health checks) and
-//! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry) and [`audit::AuditWorker`]
+//! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry), [`gc::GcScheduleWorker`]
+//! (scheduled garbage collection) and [`audit::AuditWorker`]
 //! (audit records written in batches, old ones pruned).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
@@ -14,6 +15,7 @@
 //! lives in `meta` (the outbox), never only in a worker.
 
 pub mod audit;
+pub mod gc;
 pub mod health;
 pub mod notify;
 pub mod proxy;

@@ -19,6 +19,7 @@ pub mod postgres;
 mod postgres_access;
 mod postgres_catalog;
 mod postgres_events;
+mod postgres_gc;
 mod postgres_ops;
 mod postgres_proxy;
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub mod sqlite;
 mod sqlite_access;
 mod sqlite_catalog;
 mod sqlite_events;
+mod sqlite_gc;
 mod sqlite_ops;
 #[cfg(test)]
 mod sqlite_plan;
@@ -544,6 +546,80 @@ pub fn collecting_claim(digest: &Digest) -> String {
     format!("gc-blob {digest}")
 }
 
+/// One garbage collection run as recorded (Harbor's GC history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcRun {
+    pub id: i64,
+    /// `MANUAL` (the API's "run now", or `berth garbage-collect`) or `SCHEDULE`.
+    pub kind: String,
+    /// The schedule's tick (seconds since the epoch) a scheduled run is for.
+    pub scheduled_for: Option<i64>,
+    /// The run's parameters, a JSON object.
+    pub parameters: String,
+    /// Who ran it (`berth garbage-collect, pid 42 on node-1`).
+    pub owner: String,
+    /// `Running`, `Success` or `Error`.
+    pub status: String,
+    /// Seconds since the epoch (the database's clock).
+    pub started_at: i64,
+    /// When the run last reported progress, or ended.
+    pub updated_at: i64,
+    pub deleted_blobs: u64,
+    pub deleted_manifests: u64,
+    pub freed_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// The garbage collection schedule set through the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcSchedule {
+    /// Harbor's label: `Hourly`, `Daily`, `Weekly`, `Custom`, or `None` (no schedule).
+    pub kind: String,
+    /// Six fields, seconds first (empty for `None`).
+    pub cron: String,
+    /// The parameters of the runs it starts, a JSON object.
+    pub parameters: String,
+    pub updated_at: i64,
+}
+
+/// The record of garbage collection runs, and the schedule set through the API.
+#[async_trait::async_trait]
+pub trait GcRuns: Send + Sync {
+    /// Record a run starting now; `None` if a run for the same `scheduled_for` tick is
+    /// already recorded (another node took that tick).
+    async fn gc_run_start(
+        &self,
+        kind: &str,
+        scheduled_for: Option<i64>,
+        parameters: &str,
+        owner: &str,
+    ) -> Result<Option<i64>>;
+    /// The run is alive: move its `updated_at` to now.
+    async fn gc_run_alive(&self, id: i64) -> Result<()>;
+    /// Record the end of a run: its status, counts, error and log.
+    async fn gc_run_end(&self, id: i64, end: &GcRunEnd) -> Result<()>;
+    /// Runs, newest first, and how many there are in all.
+    async fn gc_runs(&self, page: Page) -> Result<(Vec<GcRun>, u64)>;
+    async fn gc_run(&self, id: i64) -> Result<Option<GcRun>>;
+    /// A run's log (empty while it runs).
+    async fn gc_run_log(&self, id: i64) -> Result<Option<String>>;
+    /// The schedule set through the API, if one was.
+    async fn gc_schedule(&self) -> Result<Option<GcSchedule>>;
+    /// Replace the schedule (its `updated_at` is set to now).
+    async fn set_gc_schedule(&self, schedule: &GcSchedule) -> Result<()>;
+}
+
+/// How a run ended ([`GcRuns::gc_run_end`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcRunEnd {
+    pub status: String,
+    pub deleted_blobs: u64,
+    pub deleted_manifests: u64,
+    pub freed_bytes: u64,
+    pub error: Option<String>,
+    pub log: String,
+}
+
 /// A cached manifest or blob link of the pull-through cache, with when it was last used.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheEntry {
@@ -578,7 +654,8 @@ pub trait ProxyCache: Send + Sync {
 
 /// Everything the registry needs from its metadata backend.
 pub trait MetaStore:
-    Repositories
+    GcRuns
+    + Repositories
     + Manifests
     + Uploads
     + Outbox
@@ -596,7 +673,8 @@ pub trait MetaStore:
 {
 }
 impl<
-        T: Repositories
+        T: GcRuns
+            + Repositories
             + Manifests
             + Uploads
             + Outbox

@@ -177,6 +177,7 @@ mod suites {
         crate::meta::testsuite::outbox_trim(&meta).await;
         crate::meta::testsuite::proxy_cache(&meta).await;
         crate::meta::testsuite::job_claims(&meta).await;
+        crate::meta::testsuite::gc_runs(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;

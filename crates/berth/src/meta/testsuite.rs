@@ -893,3 +893,97 @@ pub async fn completed_uploads(m: &dyn MetaStore) {
         .expect("again");
     assert_eq!(m.completed_upload("other").await.expect("completed"), None);
 }
+
+/// The garbage collection record: runs (one per scheduled tick), their ends and logs,
+/// newest first, and the API's schedule.
+pub async fn gc_runs(m: &dyn MetaStore) {
+    use super::{GcRunEnd, GcSchedule, Page};
+    assert_eq!(m.gc_runs(Page::all()).await.expect("runs"), (Vec::new(), 0));
+    let first = m
+        .gc_run_start("MANUAL", None, r#"{"dry_run":false}"#, "cli")
+        .await
+        .expect("start")
+        .expect("recorded");
+    let tick = m
+        .gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-a")
+        .await
+        .expect("start")
+        .expect("recorded");
+    // Another node firing on the same tick records nothing.
+    assert_eq!(
+        m.gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-b")
+            .await
+            .expect("start"),
+        None
+    );
+    // Manual runs have no tick: any number of them.
+    let third = m
+        .gc_run_start("MANUAL", None, "{}", "api")
+        .await
+        .expect("start")
+        .expect("recorded");
+    assert!(first < tick && tick < third);
+    m.gc_run_alive(first).await.expect("alive");
+    m.gc_run_end(
+        first,
+        &GcRunEnd {
+            status: "Success".into(),
+            deleted_blobs: 3,
+            deleted_manifests: 1,
+            freed_bytes: 5 << 30,
+            error: None,
+            log: "line one\nline two\n".into(),
+        },
+    )
+    .await
+    .expect("end");
+    let run = m.gc_run(first).await.expect("run").expect("found");
+    assert_eq!(
+        (
+            run.status.as_str(),
+            run.deleted_blobs,
+            run.deleted_manifests,
+            run.freed_bytes
+        ),
+        ("Success", 3, 1, 5 << 30)
+    );
+    assert_eq!((run.kind.as_str(), run.owner.as_str()), ("MANUAL", "cli"));
+    assert_eq!(run.parameters, r#"{"dry_run":false}"#);
+    assert!(run.updated_at >= run.started_at);
+    assert_eq!(
+        m.gc_run_log(first).await.expect("log").as_deref(),
+        Some("line one\nline two\n")
+    );
+    assert_eq!(m.gc_run_log(99).await.expect("log"), None);
+    assert_eq!(m.gc_run(99).await.expect("run"), None);
+    let ticked = m.gc_run(tick).await.expect("run").expect("found");
+    assert_eq!(ticked.scheduled_for, Some(1_700_000_000));
+    assert_eq!(ticked.status, "Running");
+    let (page, total) = m
+        .gc_runs(Page {
+            offset: 0,
+            limit: 2,
+        })
+        .await
+        .expect("runs");
+    assert_eq!(total, 3);
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![third, tick]
+    );
+
+    assert_eq!(m.gc_schedule().await.expect("schedule"), None);
+    for (kind, cron) in [("Daily", "0 0 0 * * *"), ("None", "")] {
+        m.set_gc_schedule(&GcSchedule {
+            kind: kind.into(),
+            cron: cron.into(),
+            parameters: r#"{"delete_untagged":true}"#.into(),
+            updated_at: 0,
+        })
+        .await
+        .expect("set");
+        let s = m.gc_schedule().await.expect("schedule").expect("set");
+        assert_eq!((s.kind.as_str(), s.cron.as_str()), (kind, cron));
+        assert!(s.updated_at > 0);
+    }
+}

@@ -33,6 +33,8 @@ pub const TABLES: &[&str] = &[
     "uploads",
     "outbox",
     "proxy_cache",
+    "gc_runs",
+    "gc_schedule",
 ];
 
 /// Tables of the schema that are not registry content and are not copied.

@@ -122,27 +122,21 @@ pub fn reachable(
 }
 
 impl Registry {
-    /// Run one collection; every line of the report goes to `out`.
+    /// Run one collection, recorded as a manual run; every line of the report goes to
+    /// `out`. Refused while another collection runs anywhere in the deployment.
     pub async fn garbage_collect(
         &self,
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),
     ) -> Result<GcReport> {
-        // One collection at a time per deployment (every node of a cluster shares the
-        // database); a dry run deletes nothing and needs no claim.
-        let claim = if options.dry_run {
-            None
-        } else {
-            Some(self.claim_collection(&options.owner).await?)
-        };
-        let result = self.collect(options, out).await;
-        if let Some(claim) = claim {
-            claim.release().await;
-        }
-        result
+        let run = self
+            .start_run(super::gc_runs::MANUAL, None, options)
+            .await?
+            .ok_or_else(super::gc_runs::untracked)?;
+        self.finish_run(run, options, out).await
     }
 
-    async fn collect(
+    pub(super) async fn collect(
         &self,
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),

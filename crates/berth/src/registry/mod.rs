@@ -10,6 +10,7 @@ mod blobs;
 pub mod claims;
 pub mod events;
 pub mod gc;
+pub mod gc_runs;
 mod import;
 mod listing;
 mod manifests;

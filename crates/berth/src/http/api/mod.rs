@@ -5,6 +5,7 @@
 //! strict types (`deny_unknown_fields`): no field a caller may not set slips through.
 
 mod audit;
+mod gc;
 mod projects;
 mod repositories;
 mod robots;
@@ -269,6 +270,12 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["robots", id], "PATCH") => robots::refresh(c, id).await,
         (["robots", id], "DELETE") => robots::delete(c, id).await,
         (["audit-logs"], "GET") => audit::list(c).await,
+        (["system", "gc"], "GET") => gc::list(c).await,
+        (["system", "gc", "schedule"], "GET") => gc::schedule(c).await,
+        (["system", "gc", "schedule"], "POST") => gc::set_schedule(c, true).await,
+        (["system", "gc", "schedule"], "PUT") => gc::set_schedule(c, false).await,
+        (["system", "gc", id], "GET") => gc::get(c, id).await,
+        (["system", "gc", id, "log"], "GET") => gc::log(c, id).await,
         _ => Err(Failure::not_found(format!(
             "{} /api/v2.0/{} is not part of Berth's management API (GET /api/v2.0/openapi.json lists what is)",
             c.method,
