@@ -1420,6 +1420,23 @@ async fn garbage_collection_runs_history_and_schedule() {
         .call(Some(ADMIN), Method::GET, "/system/gc/999", None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Stopping: a finished run stays as it was; an unknown one is not found.
+    let (s, _, _) = api
+        .call(Some(ADMIN), Method::PUT, &format!("/system/gc/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, same) = api
+        .call(Some(ADMIN), Method::GET, &format!("/system/gc/{id}"), None)
+        .await;
+    assert_eq!(same["job_status"], "Success");
+    let (s, _, _) = api
+        .call(Some(ADMIN), Method::PUT, "/system/gc/999", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = api
+        .call(Some(dev), Method::PUT, &format!("/system/gc/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
 
     // `berth garbage-collect` (the guides' cron line) is a recorded run as well.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -374,6 +374,39 @@ async fn a_node_killed_under_load_loses_nothing_that_was_acknowledged() {
 }
 
 /// A directory the `postgres` user can enter (the tests run as root; PostgreSQL will not).
+/// A garbage collection schedule (every 2 s) followed by 3 nodes at once: each tick is
+/// collected by one node only (its run is recorded with the tick, which is unique), no
+/// run fails, and the unreferenced blob pushed through nginx goes exactly once.
+#[tokio::test]
+async fn a_schedule_runs_once_per_tick_across_the_nodes() {
+    let c = Cluster::start_with_storage(
+        3,
+        "  maintenance:\n    garbagecollect:\n      schedule: \"*/2 * * * * *\"\n      grace: 0s\n",
+        "",
+    );
+    let data = b"a layer nothing references".to_vec();
+    Registry::new(&c.url).push_blob("sched/app", &data).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let row = run(Command::new("psql")
+        .arg(&c.dsn)
+        .args(["-At", "-F", " ", "-c"])
+        .arg(
+            "SELECT count(*), count(DISTINCT scheduled_for),
+                        count(*) FILTER (WHERE status NOT IN ('Success', 'Running')),
+                        COALESCE(sum(deleted_blobs), 0)
+                   FROM gc_runs WHERE kind = 'SCHEDULE'",
+        ));
+    let n: Vec<i64> = row
+        .split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    let (runs, ticks, failed, deleted) = (n[0], n[1], n[2], n[3]);
+    assert!(runs >= 3, "only {runs} scheduled runs in 9 s: {row}");
+    assert_eq!(runs, ticks, "a tick was collected twice: {row}");
+    assert_eq!(failed, 0, "{row}");
+    assert_eq!(deleted, 1, "{row}");
+}
+
 fn shared_tempdir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
         .prefix("berth-outage-")

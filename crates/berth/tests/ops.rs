@@ -343,6 +343,25 @@ async fn metrics_move_with_pushes_and_pulls() {
         status_of(&c, &format!("{}/metrics", b.url)).await,
         StatusCode::NOT_FOUND
     );
+
+    // Garbage collection: the latest run's outcome (the pushed blob is referenced by
+    // nothing, so a collection without grace period takes it).
+    let none = metrics().await;
+    assert!(
+        none.contains("# TYPE berth_gc_last_run_success gauge"),
+        "{none}"
+    );
+    assert_eq!(sample(&none, "berth_gc_last_run_start_seconds"), 0.0);
+    gc(&b, &["--grace", "0s"]);
+    let after_gc = metrics().await;
+    assert_eq!(sample(&after_gc, "berth_gc_last_run_success"), 1.0);
+    assert_eq!(sample(&after_gc, "berth_gc_last_run_deleted_blobs"), 1.0);
+    assert_eq!(
+        sample(&after_gc, "berth_gc_last_run_freed_bytes"),
+        data.len() as f64
+    );
+    assert_eq!(sample(&after_gc, "berth_gc_running"), 0.0);
+    assert!(sample(&after_gc, "berth_gc_last_run_end_seconds") > 1.7e9);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -800,6 +819,51 @@ async fn garbage_collect_during_continuous_pushes() {
         missing.is_empty(),
         "linked blobs without a file: {missing:?}"
     );
+}
+
+/// A schedule in the configuration (`storage.maintenance.garbagecollect`; no
+/// `auth.berth`, so no API): the node collects at its ticks by itself, and the run's
+/// outcome shows in the metrics.
+#[tokio::test]
+async fn a_configured_schedule_collects_by_itself() {
+    let yaml = config("").replace(
+        "  delete:\n",
+        "  maintenance:\n    garbagecollect:\n      schedule: \"*/2 * * * * *\"\n      grace: 0s\n  delete:\n",
+    );
+    let (b, debug) = Berth::start_with_debug(&yaml);
+    let c = Client::new();
+    let data = b"a blob the schedule collects".to_vec();
+    load_blob(&c, &b.url, "sched/app", &data, None).await;
+    let d = sha256(&data);
+    eventually("the scheduled collection", || async {
+        (!blob_file(&b, &d).exists()).then_some(())
+    })
+    .await;
+    let text = eventually("the run's metrics", || async {
+        let text = c
+            .get(format!("http://{debug}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (sample(&text, "berth_gc_last_run_deleted_blobs") >= 1.0).then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "berth_gc_last_run_success"), 1.0);
+    // The schedule keeps running: later runs (nothing left to delete) succeed too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = c
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(sample(&text, "berth_gc_last_run_success"), 1.0);
+    assert_eq!(sample(&text, "berth_gc_running"), 0.0);
 }
 
 /// A method outside the API is counted under `method="other"`, never under its own

@@ -12,6 +12,7 @@ CREATE TABLE gc_runs (
     deleted_manifests BIGINT NOT NULL DEFAULT 0,
     freed_bytes       BIGINT NOT NULL DEFAULT 0,
     error             TEXT,
+    stop_requested    BOOLEAN NOT NULL DEFAULT false,
     log               TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX gc_runs_by_start ON gc_runs (started_at);

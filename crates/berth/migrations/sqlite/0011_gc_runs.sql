@@ -8,13 +8,14 @@ CREATE TABLE gc_runs (
     scheduled_for     INTEGER UNIQUE,
     parameters        TEXT NOT NULL,       -- JSON object
     owner             TEXT NOT NULL,
-    status            TEXT NOT NULL,       -- Running, Success, Error
+    status            TEXT NOT NULL,       -- Running, Success, Error, Stopped
     started_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
     deleted_blobs     INTEGER NOT NULL DEFAULT 0,
     deleted_manifests INTEGER NOT NULL DEFAULT 0,
     freed_bytes       INTEGER NOT NULL DEFAULT 0,
     error             TEXT,
+    stop_requested    INTEGER NOT NULL DEFAULT 0,  -- PUT /system/gc/{id}: stop it
     log               TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX gc_runs_by_start ON gc_runs (started_at);

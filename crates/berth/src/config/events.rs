@@ -215,7 +215,7 @@ pub fn hostname() -> String {
 }
 
 /// Name errors by the full key of the endpoint entry.
-fn rekey(e: ConfigError, key: &str) -> ConfigError {
+pub(super) fn rekey(e: ConfigError, key: &str) -> ConfigError {
     match e {
         ConfigError::Value { reason, .. } => bad(key, reason),
         other => other,

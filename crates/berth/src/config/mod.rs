@@ -10,6 +10,7 @@
 
 pub mod database;
 pub mod events;
+pub mod gc;
 pub mod ops;
 pub mod proxy;
 pub mod s3;
@@ -97,6 +98,8 @@ pub struct Config {
     pub upload_sessions: crate::meta::SessionCaps,
     /// `notifications` and `storage.maintenance.uploadpurging`.
     pub events: events::EventsConfig,
+    /// `storage.maintenance.garbagecollect`: scheduled garbage collection.
+    pub gc_schedule: Option<gc::GcScheduleConfig>,
     /// `http.debug` (debug server, Prometheus) and `health` (checks gating the main port).
     pub ops: ops::OpsConfig,
     /// Authentication, TLS, response headers, drain timeout, read-only mode.
@@ -142,6 +145,7 @@ impl Default for Config {
                 upload_purging: events::UploadPurging::default(),
                 skipped: Vec::new(),
             },
+            gc_schedule: None,
             ops: ops::OpsConfig::default(),
             auth: AuthConfig::default(),
             proxy: None,
@@ -163,6 +167,16 @@ impl Config {
             chunk_min_length: self.chunk_min_length,
             upload_sessions: self.upload_sessions,
             layer_urls: self.layer_urls.clone(),
+            gc_schedule: self.gc_schedule.as_ref().map(|g| crate::meta::GcSchedule {
+                kind: "Custom".into(),
+                cron: g.cron.clone(),
+                parameters: serde_json::json!({
+                    "delete_untagged": g.delete_untagged,
+                    "grace_seconds": g.grace.as_secs(),
+                })
+                .to_string(),
+                updated_at: 0,
+            }),
             ..Default::default()
         }
     }
@@ -245,6 +259,10 @@ const IMPLEMENTED: &[&str] = &[
     "notifications.endpoints",
     "notifications.events.includereferences",
     "storage.maintenance.uploadpurging",
+    "storage.maintenance.garbagecollect.enabled",
+    "storage.maintenance.garbagecollect.schedule",
+    "storage.maintenance.garbagecollect.deleteuntagged",
+    "storage.maintenance.garbagecollect.grace",
     "http.debug.addr",
     "http.debug.prometheus.enabled",
     "http.debug.prometheus.path",
@@ -1132,6 +1150,7 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
         }
     }
     c.events = events::read(tree)?;
+    c.gc_schedule = gc::read(tree)?;
     c.ops = ops::read(tree)?;
     c.auth = auth::read(tree)?;
     c.proxy = proxy::read(tree)?;

@@ -47,8 +47,9 @@ pub struct HealthCheck {
 /// What a health check looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
-    /// `health.storagedriver`: the blob store answers.
-    Storage,
+    /// `health.storagedriver`: the blob store (and the metadata database) answer; the
+    /// configured driver's name (`filesystem`, `s3`) names the check, as in Distribution.
+    Storage(String),
     /// `health.file[]`: failing while the file exists.
     File(String),
     /// `health.http[]`: a HEAD request must answer `status`.
@@ -99,6 +100,16 @@ fn required(item: &Value, key: &str, field: &str) -> Result<String, ConfigError>
         .ok_or_else(|| bad(&format!("{key}.{field}"), "must be set"))
 }
 
+/// The configured storage driver's key (`storage.s3`, else the filesystem).
+fn storage_driver(tree: &Value) -> String {
+    let s3 = tree
+        .as_mapping()
+        .and_then(|m| m.get("storage"))
+        .and_then(Value::as_mapping)
+        .is_some_and(|m| m.contains_key("s3"));
+    if s3 { "s3" } else { "filesystem" }.to_string()
+}
+
 /// Read `http.debug` and `health`.
 pub(super) fn read(tree: &Value) -> Result<OpsConfig, ConfigError> {
     let mut c = OpsConfig {
@@ -119,7 +130,7 @@ pub(super) fn read(tree: &Value) -> Result<OpsConfig, ConfigError> {
         c.checks.push(HealthCheck {
             interval: interval(tree, "health.storagedriver.interval")?,
             threshold: threshold(tree, "health.storagedriver.threshold")?,
-            probe: Probe::Storage,
+            probe: Probe::Storage(storage_driver(tree)),
         });
     }
     for (i, item) in list(tree, "health.file")?.iter().enumerate() {
@@ -204,7 +215,12 @@ mod tests {
         assert!(c.prometheus);
         assert_eq!(c.prometheus_path, "/metrics");
         assert_eq!(c.checks.len(), 3);
-        assert_eq!(c.checks[0].probe, Probe::Storage);
+        assert_eq!(c.checks[0].probe, Probe::Storage("filesystem".into()));
+        // On S3 the check is named after that driver, as Distribution names it.
+        let s3 =
+            ops("storage:\n  s3:\n    bucket: b\nhealth:\n  storagedriver:\n    enabled: true\n")
+                .expect("config");
+        assert_eq!(s3.checks[0].probe, Probe::Storage("s3".into()));
         assert_eq!(c.checks[0].threshold, 3);
         assert_eq!(c.checks[0].interval, DEFAULT_INTERVAL);
         assert_eq!(c.checks[1].probe, Probe::File("/tmp/down".into()));

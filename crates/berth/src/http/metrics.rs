@@ -38,6 +38,14 @@ pub struct Metrics {
     proxy_bytes: IntCounter,
     proxy_errors: IntCounter,
     events_dropped: IntCounterVec,
+    /// The deployment's most recent garbage collection run (from metadata at scrape).
+    gc_running: IntGauge,
+    gc_last_start: IntGauge,
+    gc_last_end: IntGauge,
+    gc_last_success: IntGauge,
+    gc_last_deleted_blobs: IntGauge,
+    gc_last_deleted_manifests: IntGauge,
+    gc_last_freed_bytes: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +189,34 @@ impl Metrics {
                     &["endpoint", "reason"],
                 )?,
             )?,
+            gc_running: gauge(
+                "berth_gc_running",
+                "1 while a garbage collection runs anywhere in the deployment.",
+            )?,
+            gc_last_start: gauge(
+                "berth_gc_last_run_start_seconds",
+                "When the most recent garbage collection started (Unix seconds).",
+            )?,
+            gc_last_end: gauge(
+                "berth_gc_last_run_end_seconds",
+                "When the most recent finished garbage collection ended (Unix seconds).",
+            )?,
+            gc_last_success: gauge(
+                "berth_gc_last_run_success",
+                "1 if the most recent finished garbage collection succeeded, else 0.",
+            )?,
+            gc_last_deleted_blobs: gauge(
+                "berth_gc_last_run_deleted_blobs",
+                "Blobs the most recent finished garbage collection deleted.",
+            )?,
+            gc_last_deleted_manifests: gauge(
+                "berth_gc_last_run_deleted_manifests",
+                "Manifests the most recent finished garbage collection deleted.",
+            )?,
+            gc_last_freed_bytes: gauge(
+                "berth_gc_last_run_freed_bytes",
+                "Bytes the most recent finished garbage collection freed.",
+            )?,
             prom,
         })
     }
@@ -198,6 +234,7 @@ impl Metrics {
             }
             Err(e) => tracing::error!("metrics: cannot count stored content: {e}"),
         }
+        self.gc(registry).await;
         if let Some(c) = registry.proxy_counters() {
             // The registry counts; bring the exported counters up to its values.
             let sync = |counter: &IntCounter, value: &AtomicU64| {
@@ -230,6 +267,38 @@ impl Metrics {
             tracing::error!("metrics: cannot encode: {e}");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Metrics {
+    /// The garbage collection gauges, from the latest runs recorded.
+    async fn gc(&self, registry: &Registry) {
+        let recent = crate::meta::Page {
+            offset: 0,
+            limit: 10,
+        };
+        let runs = match registry.gc_runs(recent).await {
+            Ok((runs, _)) => runs,
+            Err(e) => {
+                tracing::error!("metrics: cannot read garbage collection runs: {e}");
+                return;
+            }
+        };
+        let now = crate::meta::now();
+        let stale = i64::try_from(crate::registry::gc_runs::STALE_AFTER.as_secs()).unwrap_or(0);
+        let live = |r: &crate::meta::GcRun| r.status == "Running" && r.updated_at + stale >= now;
+        self.gc_running.set(i64::from(runs.iter().any(live)));
+        if let Some(r) = runs.first() {
+            self.gc_last_start.set(r.started_at);
+        }
+        let set = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        if let Some(r) = runs.iter().find(|r| r.status != "Running") {
+            self.gc_last_end.set(r.updated_at);
+            self.gc_last_success.set(i64::from(r.status == "Success"));
+            set(&self.gc_last_deleted_blobs, r.deleted_blobs);
+            set(&self.gc_last_deleted_manifests, r.deleted_manifests);
+            set(&self.gc_last_freed_bytes, r.freed_bytes);
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! Scheduled garbage collection: every node follows the schedule set through the API
-//! (`/api/v2.0/system/gc/schedule`, stored in metadata) and, at each tick, asks the
+//! (`/api/v2.0/system/gc/schedule`, stored in metadata; else the configuration's
+//! `storage.maintenance.garbagecollect`) and, at each tick, asks the
 //! registry for the run of that tick. The tick is recorded with the run, so of the nodes
 //! firing on it one collects; the deployment's claim keeps it to one run at a time.
 
 use super::{JobError, Worker, WorkerState};
 use crate::registry::gc::GcOptions;
-use crate::registry::gc_runs::next_tick;
+use crate::registry::gc_runs::{next_tick, scheduled_options};
 use crate::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,14 +33,7 @@ impl GcScheduleWorker {
     }
 
     fn options(&self, parameters: &str) -> GcOptions {
-        let p: serde_json::Value = serde_json::from_str(parameters).unwrap_or_default();
-        let hours = p["time_window"].as_u64().unwrap_or(2);
-        GcOptions {
-            dry_run: false,
-            delete_untagged: p["delete_untagged"].as_bool().unwrap_or(false),
-            grace: Duration::from_secs(hours.saturating_mul(3600)),
-            owner: format!("schedule on {}", self.owner),
-        }
+        scheduled_options(parameters, format!("schedule on {}", self.owner))
     }
 }
 

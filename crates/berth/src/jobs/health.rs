@@ -61,7 +61,7 @@ impl HealthWorker {
 /// The name Distribution reports a check under.
 fn check_name(probe: &Probe) -> String {
     match probe {
-        Probe::Storage => "storagedriver_filesystem".into(),
+        Probe::Storage(driver) => format!("storagedriver_{driver}"),
         Probe::File(f) => f.clone(),
         Probe::Http { uri, .. } => uri.clone(),
         Probe::Tcp { addr, .. } => addr.clone(),
@@ -130,7 +130,7 @@ impl HealthWorker {
             // A backend that accepts connections but never answers (a hung object store,
             // a partitioned database) must fail the check too: bounded by the interval,
             // within 1..10 s.
-            Probe::Storage => {
+            Probe::Storage(_) => {
                 let limit = self
                     .check
                     .interval

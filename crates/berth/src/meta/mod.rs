@@ -558,7 +558,7 @@ pub struct GcRun {
     pub parameters: String,
     /// Who ran it (`berth garbage-collect, pid 42 on node-1`).
     pub owner: String,
-    /// `Running`, `Success` or `Error`.
+    /// `Running`, `Success`, `Error` or `Stopped`.
     pub status: String,
     /// Seconds since the epoch (the database's clock).
     pub started_at: i64,
@@ -586,14 +586,20 @@ pub struct GcSchedule {
 #[async_trait::async_trait]
 pub trait GcRuns: Send + Sync {
     /// Record a run starting now; `None` if a run for the same `scheduled_for` tick is
-    /// already recorded (another node took that tick).
+    /// already recorded (another node took that tick). Older runs beyond the most
+    /// recent `keep.runs` are removed, and logs beyond the most recent `keep.logs`.
     async fn gc_run_start(
         &self,
         kind: &str,
         scheduled_for: Option<i64>,
         parameters: &str,
         owner: &str,
+        keep: GcRunsKept,
     ) -> Result<Option<i64>>;
+    /// Ask a running run to stop; `false` if there is no such run.
+    async fn gc_run_stop(&self, id: i64) -> Result<bool>;
+    /// Whether a stop was asked for the run.
+    async fn gc_run_stop_requested(&self, id: i64) -> Result<bool>;
     /// The run is alive: move its `updated_at` to now.
     async fn gc_run_alive(&self, id: i64) -> Result<()>;
     /// Record the end of a run: its status, counts, error and log.
@@ -607,6 +613,13 @@ pub trait GcRuns: Send + Sync {
     async fn gc_schedule(&self) -> Result<Option<GcSchedule>>;
     /// Replace the schedule (its `updated_at` is set to now).
     async fn set_gc_schedule(&self, schedule: &GcSchedule) -> Result<()>;
+}
+
+/// How much history [`GcRuns::gc_run_start`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcRunsKept {
+    pub runs: u32,
+    pub logs: u32,
 }
 
 /// How a run ended ([`GcRuns::gc_run_end`]).

@@ -1,7 +1,7 @@
 //! SQLite implementation of the garbage collection record ([`GcRuns`]).
 
 use super::sqlite::SqliteMeta;
-use super::{now, GcRun, GcRunEnd, GcRuns, GcSchedule, Page, Result};
+use super::{now, GcRun, GcRunEnd, GcRuns, GcRunsKept, GcSchedule, Page, Result};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -34,9 +34,10 @@ impl GcRuns for SqliteMeta {
         scheduled_for: Option<i64>,
         parameters: &str,
         owner: &str,
+        keep: GcRunsKept,
     ) -> Result<Option<i64>> {
         let t = now();
-        Ok(sqlx::query_scalar(
+        let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO gc_runs (kind, scheduled_for, parameters, owner, status, started_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'Running', ?5, ?5)
              ON CONFLICT (scheduled_for) DO NOTHING RETURNING id",
@@ -47,7 +48,42 @@ impl GcRuns for SqliteMeta {
         .bind(owner)
         .bind(t)
         .fetch_optional(&self.writer)
-        .await?)
+        .await?;
+        // History is bounded: the oldest runs go, and the logs of all but the newest.
+        for (sql, n) in [
+            ("DELETE FROM gc_runs WHERE id <= (SELECT id FROM gc_runs ORDER BY id DESC LIMIT 1 OFFSET ?1)", keep.runs),
+            ("UPDATE gc_runs SET log = '' WHERE log <> '' AND id <= (SELECT id FROM gc_runs ORDER BY id DESC LIMIT 1 OFFSET ?1)", keep.logs),
+        ] {
+            sqlx::query(sql)
+                .bind(i64::from(n))
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(id)
+    }
+
+    async fn gc_run_stop(&self, id: i64) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM gc_runs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE gc_runs SET stop_requested = 1 WHERE id = ?1 AND status = 'Running'")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(true)
+    }
+
+    async fn gc_run_stop_requested(&self, id: i64) -> Result<bool> {
+        let asked: Option<bool> =
+            sqlx::query_scalar("SELECT stop_requested FROM gc_runs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(asked.unwrap_or(false))
     }
 
     async fn gc_run_alive(&self, id: i64) -> Result<()> {

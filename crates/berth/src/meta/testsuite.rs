@@ -897,28 +897,32 @@ pub async fn completed_uploads(m: &dyn MetaStore) {
 /// The garbage collection record: runs (one per scheduled tick), their ends and logs,
 /// newest first, and the API's schedule.
 pub async fn gc_runs(m: &dyn MetaStore) {
-    use super::{GcRunEnd, GcSchedule, Page};
+    use super::{GcRunEnd, GcRunsKept, GcSchedule, Page};
+    let keep = GcRunsKept {
+        runs: 100,
+        logs: 100,
+    };
     assert_eq!(m.gc_runs(Page::all()).await.expect("runs"), (Vec::new(), 0));
     let first = m
-        .gc_run_start("MANUAL", None, r#"{"dry_run":false}"#, "cli")
+        .gc_run_start("MANUAL", None, r#"{"dry_run":false}"#, "cli", keep)
         .await
         .expect("start")
         .expect("recorded");
     let tick = m
-        .gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-a")
+        .gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-a", keep)
         .await
         .expect("start")
         .expect("recorded");
     // Another node firing on the same tick records nothing.
     assert_eq!(
-        m.gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-b")
+        m.gc_run_start("SCHEDULE", Some(1_700_000_000), "{}", "node-b", keep)
             .await
             .expect("start"),
         None
     );
     // Manual runs have no tick: any number of them.
     let third = m
-        .gc_run_start("MANUAL", None, "{}", "api")
+        .gc_run_start("MANUAL", None, "{}", "api", keep)
         .await
         .expect("start")
         .expect("recorded");
@@ -971,6 +975,57 @@ pub async fn gc_runs(m: &dyn MetaStore) {
         page.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![third, tick]
     );
+
+    // A stop is recorded for a running run; an unknown run is not found.
+    assert!(!m.gc_run_stop_requested(tick).await.expect("asked"));
+    assert!(m.gc_run_stop(tick).await.expect("stop"));
+    assert!(m.gc_run_stop_requested(tick).await.expect("asked"));
+    assert!(!m.gc_run_stop(99).await.expect("stop"));
+    // A finished run is not asked to stop.
+    assert!(m.gc_run_stop(first).await.expect("stop"));
+    assert!(!m.gc_run_stop_requested(first).await.expect("asked"));
+
+    // History is bounded: the newest runs stay, with the newest logs.
+    let small = GcRunsKept { runs: 4, logs: 2 };
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = m
+            .gc_run_start("MANUAL", None, "{}", &format!("bulk {i}"), small)
+            .await
+            .expect("start")
+            .expect("recorded");
+        m.gc_run_end(
+            id,
+            &GcRunEnd {
+                status: "Success".into(),
+                log: format!("log {i}\n"),
+                ..GcRunEnd::default()
+            },
+        )
+        .await
+        .expect("end");
+        ids.push(id);
+    }
+    // The last start pruned before the last end wrote its log.
+    let (kept, total) = m.gc_runs(Page::all()).await.expect("runs");
+    assert_eq!(total, 4);
+    assert_eq!(
+        kept.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3], ids[2], ids[1]]
+    );
+    assert_eq!(
+        m.gc_run_log(ids[4]).await.expect("log").as_deref(),
+        Some("log 4\n")
+    );
+    assert_eq!(
+        m.gc_run_log(ids[3]).await.expect("log").as_deref(),
+        Some("log 3\n")
+    );
+    assert_eq!(
+        m.gc_run_log(ids[2]).await.expect("log").as_deref(),
+        Some("")
+    );
+    assert_eq!(m.gc_run(first).await.expect("run"), None);
 
     assert_eq!(m.gc_schedule().await.expect("schedule"), None);
     for (kind, cron) in [("Daily", "0 0 0 * * *"), ("None", "")] {

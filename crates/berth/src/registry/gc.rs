@@ -62,6 +62,7 @@ use super::{Registry, Result};
 use crate::meta::{collecting_claim, GcManifest};
 use oci::{Digest, RepoName};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// How to collect.
@@ -89,6 +90,8 @@ pub struct GcReport {
     pub deleted_blobs: usize,
     pub deleted_manifests: usize,
     pub freed_bytes: u64,
+    /// Stopped on request (`PUT /api/v2.0/system/gc/{id}`) before the end.
+    pub stopped: bool,
 }
 
 /// Manifests of one repository that a tag reaches: tagged ones, the manifests they
@@ -140,6 +143,7 @@ impl Registry {
         &self,
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),
+        stop: &AtomicBool,
     ) -> Result<GcReport> {
         // The grace period on the clock the stored times were written with (the
         // database server's in a cluster), not on this machine's.
@@ -178,6 +182,11 @@ impl Registry {
                 break;
             };
             for name in page {
+                if stop.load(Ordering::Relaxed) {
+                    out("stopped on request while marking; nothing was deleted".into());
+                    report.stopped = true;
+                    return Ok(report);
+                }
                 let Ok(repo) = name.parse::<RepoName>() else {
                     continue;
                 };
@@ -238,6 +247,9 @@ impl Registry {
         }
 
         for (repo, digest) in &untagged {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             if self.meta.gc_delete_untagged(repo, digest).await? {
                 tracing::info!("deleting manifest: {repo}@{digest}");
                 report.deleted_manifests += 1;
@@ -255,6 +267,10 @@ impl Registry {
                 report.deleted_blobs += 1;
                 report.freed_bytes += blob.size;
             }
+        }
+        if stop.load(Ordering::Relaxed) {
+            report.stopped = true;
+            out("stopped on request before the end of the sweep".into());
         }
         out(format!(
             "deleted {} blobs ({} bytes freed) and {} manifests; {} unreferenced blobs are younger than the grace period and were kept",

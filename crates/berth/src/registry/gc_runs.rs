@@ -7,8 +7,9 @@
 use super::claims::HeldClaim;
 use super::gc::{GcOptions, GcReport};
 use super::{Registry, RegistryError, Result};
-use crate::meta::{GcRun, GcRunEnd, GcSchedule, MetaStore, Page};
+use crate::meta::{GcRun, GcRunEnd, GcRunsKept, GcSchedule, MetaStore, Page};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,34 @@ pub const SCHEDULED: &str = "SCHEDULE";
 pub const ALIVE_EVERY: Duration = Duration::from_secs(20);
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
 
+/// How often a running collection looks whether it was asked to stop.
+pub const STOP_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The history kept: the newest 1,000 runs, the logs of the newest 100.
+pub const KEPT: GcRunsKept = GcRunsKept {
+    runs: 1000,
+    logs: 100,
+};
+
 /// The most log kept per run: the first and the last half of it, with a line saying
 /// how many lines were left out between.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// The options of a run the schedule starts, from the schedule's stored parameters:
+/// `delete_untagged`, and the grace period as `grace_seconds` (the configuration's) or
+/// `time_window` hours (the API's, Harbor's default 2).
+pub fn scheduled_options(parameters: &str, owner: String) -> GcOptions {
+    let p: serde_json::Value = serde_json::from_str(parameters).unwrap_or_default();
+    let grace = p["grace_seconds"]
+        .as_u64()
+        .unwrap_or_else(|| p["time_window"].as_u64().unwrap_or(2).saturating_mul(3600));
+    GcOptions {
+        dry_run: false,
+        delete_untagged: p["delete_untagged"].as_bool().unwrap_or(false),
+        grace: Duration::from_secs(grace),
+        owner,
+    }
+}
 
 /// A run's parameters as recorded (Harbor's `job_parameters`).
 pub fn parameters(options: &GcOptions) -> String {
@@ -99,7 +125,13 @@ impl Registry {
         };
         let recorded = self
             .meta
-            .gc_run_start(kind, scheduled_for, &parameters(options), &options.owner)
+            .gc_run_start(
+                kind,
+                scheduled_for,
+                &parameters(options),
+                &options.owner,
+                KEPT,
+            )
             .await;
         if let Ok(Some(id)) = recorded {
             return Ok(Some(StartedRun { id, claim }));
@@ -118,19 +150,20 @@ impl Registry {
         options: &GcOptions,
         out: &mut (dyn FnMut(String) + Send),
     ) -> Result<GcReport> {
-        let alive = keep_alive(self.meta.clone(), run.id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let alive = keep_alive(self.meta.clone(), run.id, stop.clone());
         let mut log = RunLog::default();
         let result = {
             let mut tee = |line: String| {
                 log.push(&line);
                 out(line);
             };
-            self.collect(options, &mut tee).await
+            self.collect(options, &mut tee, &stop).await
         };
         alive.abort();
         let end = match &result {
             Ok(r) => GcRunEnd {
-                status: "Success".into(),
+                status: if r.stopped { "Stopped" } else { "Success" }.into(),
                 deleted_blobs: r.deleted_blobs as u64,
                 deleted_manifests: r.deleted_manifests as u64,
                 freed_bytes: r.freed_bytes,
@@ -218,9 +251,19 @@ impl Registry {
         Ok(self.meta.gc_run_log(id).await?)
     }
 
-    /// The schedule set through the API, if any.
+    /// The schedule in force: the one set through the API (type `None` included), else
+    /// the configuration's (`storage.maintenance.garbagecollect`), if any.
     pub async fn gc_schedule(&self) -> Result<Option<GcSchedule>> {
-        Ok(self.meta.gc_schedule().await?)
+        Ok(match self.meta.gc_schedule().await? {
+            Some(s) => Some(s),
+            None => self.settings.gc_schedule.clone(),
+        })
+    }
+
+    /// Ask run `id` to stop (it stops within a few seconds, between two steps; what it
+    /// deleted stays deleted); `false` if there is no such run.
+    pub async fn stop_gc_run(&self, id: i64) -> Result<bool> {
+        Ok(self.meta.gc_run_stop(id).await?)
     }
 
     /// Replace the schedule (the cron string is checked by the caller: [`check_cron`]).
@@ -268,15 +311,31 @@ pub(super) fn untracked() -> RegistryError {
     ))
 }
 
-/// Move the run's `updated_at` forward every [`ALIVE_EVERY`] until aborted.
-fn keep_alive(meta: Arc<dyn MetaStore>, id: i64) -> tokio::task::JoinHandle<()> {
+/// Until aborted: move the run's `updated_at` forward every [`ALIVE_EVERY`], and raise
+/// `stop` once a stop was asked for it (looked at every [`STOP_CHECK_EVERY`]).
+fn keep_alive(
+    meta: Arc<dyn MetaStore>,
+    id: i64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ALIVE_EVERY);
+        let mut tick = tokio::time::interval(STOP_CHECK_EVERY);
+        let mut last_alive = tokio::time::Instant::now();
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = meta.gc_run_alive(id).await {
-                tracing::warn!(run = id, error = %e, "cannot record that garbage collection is alive");
+            match meta.gc_run_stop_requested(id).await {
+                Ok(true) => stop.store(true, Ordering::Relaxed),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(run = id, error = %e, "cannot look whether garbage collection was asked to stop")
+                }
+            }
+            if last_alive.elapsed() >= ALIVE_EVERY {
+                last_alive = tokio::time::Instant::now();
+                if let Err(e) = meta.gc_run_alive(id).await {
+                    tracing::warn!(run = id, error = %e, "cannot record that garbage collection is alive");
+                }
             }
         }
     })
@@ -285,6 +344,66 @@ fn keep_alive(meta: Arc<dyn MetaStore>, id: i64) -> tokio::task::JoinHandle<()> 
 #[cfg(test)]
 mod tests {
     use super::{RunLog, MAX_LOG_BYTES};
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::Page;
+    use crate::registry::gc::GcOptions;
+    use crate::registry::{Registry, Settings};
+    use crate::storage::memory::MemoryBlobStore;
+    use crate::storage::BlobStore;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A collection asked to stop stops before it deletes anything; one not asked
+    /// collects, and both are in the history with their outcome.
+    #[tokio::test]
+    async fn a_stopped_collection_deletes_nothing_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("meta");
+        let blobs = Arc::new(MemoryBlobStore::new());
+        let registry = Registry::new(blobs.clone(), Arc::new(meta), Settings::default());
+        let data = bytes::Bytes::from_static(b"unreferenced");
+        let digest = oci::Digest::of(oci::Algorithm::Sha256, &data);
+        let body: crate::storage::ByteStream =
+            Box::pin(futures_util::stream::once(async move { Ok(data) }));
+        registry
+            .put_blob(&"a/b".parse().expect("repo"), &digest, body)
+            .await
+            .expect("push");
+        let options = GcOptions {
+            dry_run: false,
+            delete_untagged: false,
+            grace: Duration::ZERO,
+            owner: "test".into(),
+        };
+        let stopped = registry
+            .collect(&options, &mut |_| {}, &AtomicBool::new(true))
+            .await
+            .expect("collect");
+        assert!(stopped.stopped);
+        assert_eq!(stopped.deleted_blobs, 0);
+        assert!(blobs.stat(&digest).await.expect("stat").is_some());
+        let mut lines = Vec::new();
+        let done = registry
+            .garbage_collect(&options, &mut |l| lines.push(l))
+            .await
+            .expect("collect");
+        assert!(!done.stopped);
+        assert_eq!(done.deleted_blobs, 1);
+        assert!(blobs.stat(&digest).await.expect("stat").is_none());
+        let (runs, total) = registry.gc_runs(Page::all()).await.expect("runs");
+        assert_eq!(total, 1, "collect() alone is not a recorded run");
+        assert_eq!(runs[0].status, "Success");
+        assert_eq!(runs[0].deleted_blobs, 1);
+        let log = registry
+            .gc_run_log(runs[0].id)
+            .await
+            .expect("log")
+            .expect("found");
+        assert_eq!(log, lines.join("\n") + "\n");
+    }
 
     #[test]
     fn cron_ticks_are_utc_with_seconds_first() {

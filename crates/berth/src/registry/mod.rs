@@ -57,6 +57,9 @@ pub struct Settings {
     pub upload_sessions: crate::meta::SessionCaps,
     /// `validation.manifests.urls`: which URLs layers fetched from elsewhere may name.
     pub layer_urls: UrlPolicy,
+    /// `storage.maintenance.garbagecollect`: the garbage collection schedule followed
+    /// while none was set through the management API.
+    pub gc_schedule: Option<crate::meta::GcSchedule>,
 }
 
 /// Distribution's `validation.manifests.urls`: a layer URL must match one `allow` pattern
@@ -91,6 +94,7 @@ impl Default for Settings {
             chunk_min_length: 0,
             upload_sessions: crate::meta::SessionCaps::default(),
             layer_urls: UrlPolicy::default(),
+            gc_schedule: None,
         }
     }
 }

@@ -78,6 +78,15 @@ pub(super) async fn get(c: &mut Call<'_>, id: &str) -> Answer {
     Ok(json(StatusCode::OK, &render(&run, crate::meta::now())))
 }
 
+/// `PUT /system/gc/{id}`: stop a run (Harbor's stop; a finished run is left as it is).
+pub(super) async fn stop(c: &mut Call<'_>, id: &str) -> Answer {
+    Accounts::require_admin(&c.who)?;
+    let run = find(c, id).await?;
+    c.app.registry.stop_gc_run(run.id).await?;
+    c.audit("stop", "garbage_collection", &run.id.to_string(), None);
+    Ok(ok())
+}
+
 pub(super) async fn log(c: &mut Call<'_>, id: &str) -> Answer {
     Accounts::require_admin(&c.who)?;
     let run = find(c, id).await?;

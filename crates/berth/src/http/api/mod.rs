@@ -275,6 +275,7 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["system", "gc", "schedule"], "POST") => gc::set_schedule(c, true).await,
         (["system", "gc", "schedule"], "PUT") => gc::set_schedule(c, false).await,
         (["system", "gc", id], "GET") => gc::get(c, id).await,
+        (["system", "gc", id], "PUT") => gc::stop(c, id).await,
         (["system", "gc", id, "log"], "GET") => gc::log(c, id).await,
         _ => Err(Failure::not_found(format!(
             "{} /api/v2.0/{} is not part of Berth's management API (GET /api/v2.0/openapi.json lists what is)",
