@@ -11,6 +11,7 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn config(extra: &str) -> String {
@@ -809,6 +810,195 @@ async fn garbage_collect_during_continuous_pushes() {
             let body = r.bytes().await.expect("body");
             assert_eq!(sha256(&body), d, "{}:{} blob {d}", p.repo, p.tag);
         }
+    }
+    let missing: Vec<String> = b
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("missing from storage"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "linked blobs without a file: {missing:?}"
+    );
+}
+
+/// Proof under load: 200 collections back to back (no grace period, untagged manifests
+/// deleted) while 4 clients push images that share a pool of layers and delete most of
+/// them again, so temporary layers go unreferenced and are pushed again while
+/// collections take them. Afterwards every image whose
+/// push succeeded and that was not deleted pulls with the right digests, every deleted
+/// one is gone, and no link points at a missing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_collections_while_clients_push_share_and_delete() {
+    const ROUNDS: usize = 200;
+    let b = Berth::start();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let url = b.url.clone();
+        let done = done.clone();
+        clients.push(tokio::spawn(async move {
+            let c = Client::new();
+            let pool: Vec<Vec<u8>> = (0..12)
+                .map(|k| format!("pool layer {k}").into_bytes())
+                .collect();
+            let repo = format!("stress/app{client}");
+            let (mut alive, mut deleted, mut retries) = (Vec::new(), Vec::new(), 0usize);
+            let mut i = 0usize;
+            // Every tenth image is kept and uses only pool layers; the others each use a
+            // temporary layer (one of three per client) and are deleted once the next
+            // one is pushed, so a temporary layer goes unreferenced, may be collected,
+            // and is pushed again three images later.
+            let temp: Vec<Vec<u8>> = (0..3)
+                .map(|k| format!("temporary layer {k} of client {client}").into_bytes())
+                .collect();
+            let mut transient: Option<Pushed> = None;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let keep = i.is_multiple_of(10);
+                let second = if keep {
+                    &pool[(i * 5 + client + 3) % 12]
+                } else {
+                    &temp[i % 3]
+                };
+                let layers = [&pool[i % 12], second];
+                let cfg = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "client": client, "seed": i}))
+                    .expect("json");
+                let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": sha256(&cfg).as_str(), "size": cfg.len()},
+                    "layers": layers.iter().map(|l| json!({"mediaType": OCI_LAYER, "digest": sha256(l).as_str(), "size": l.len()})).collect::<Vec<_>>()});
+                let manifest = serde_json::to_vec(&m).expect("json");
+                let tag = format!("v{i}");
+                let mut attempt = 0;
+                loop {
+                    for blob in [layers[0].as_slice(), layers[1].as_slice(), &cfg] {
+                        load_blob(&c, &url, &repo, blob, None).await;
+                    }
+                    let r = c
+                        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+                        .header("content-type", OCI_MANIFEST)
+                        .body(manifest.clone())
+                        .send()
+                        .await
+                        .expect("send");
+                    let status = r.status();
+                    if status == StatusCode::CREATED {
+                        break;
+                    }
+                    let text = r.text().await.unwrap_or_default();
+                    assert!(
+                        status == StatusCode::BAD_REQUEST && text.contains("MANIFEST_BLOB_UNKNOWN"),
+                        "manifest push answered {status}: {text}"
+                    );
+                    attempt += 1;
+                    retries += 1;
+                    assert!(attempt < 20, "image {repo}:{tag} refused 20 times: {text}");
+                }
+                let this = Pushed {
+                    repo: repo.clone(),
+                    tag,
+                    manifest: manifest.clone(),
+                    blobs: vec![layers[0].clone(), layers[1].clone(), cfg],
+                };
+                if keep {
+                    alive.push(this);
+                } else if let Some(gone) = transient.replace(this) {
+                    let r = c
+                        .delete(format!(
+                            "{url}/v2/{}/manifests/{}",
+                            gone.repo,
+                            sha256(&gone.manifest)
+                        ))
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(r.status(), StatusCode::ACCEPTED, "delete {}:{}", gone.repo, gone.tag);
+                    deleted.push(gone);
+                }
+                i += 1;
+            }
+            alive.extend(transient);
+            (alive, deleted, retries)
+        }));
+    }
+    let config = b.config_path();
+    let mut rounds = 0;
+    let started = Instant::now();
+    while rounds < ROUNDS && started.elapsed() < Duration::from_secs(300) {
+        assert!(
+            clients.iter().all(|c| !c.is_finished()),
+            "a client stopped early"
+        );
+        let config = config.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            run(Command::new(common::berth_bin())
+                .args(["garbage-collect", "--grace", "0s", "--delete-untagged"])
+                .arg(config)
+                .env("NO_COLOR", "1"))
+        })
+        .await
+        .expect("join");
+        assert!(out.contains("blobs marked"), "report: {out}");
+        rounds += 1;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut alive, mut deleted, mut retries) = (Vec::new(), Vec::new(), 0);
+    for client in clients {
+        let (a, d, r) = client.await.expect("client");
+        alive.extend(a);
+        deleted.extend(d);
+        retries += r;
+    }
+    gc(&b, &["--grace", "0s", "--delete-untagged"]);
+    eprintln!(
+        "{rounds} collections while {} images were pushed and {} deleted; {retries} manifest pushes retried",
+        alive.len() + deleted.len(),
+        deleted.len()
+    );
+    assert_eq!(rounds, ROUNDS, "collections in {:?}", started.elapsed());
+    assert!(deleted.len() > 100 && alive.len() > 20, "too little load");
+    let c = Client::new();
+    for p in &alive {
+        let r = c
+            .get(format!("{}/v2/{}/manifests/{}", b.url, p.repo, p.tag))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "{}:{}", p.repo, p.tag);
+        assert_eq!(
+            r.bytes().await.expect("body").as_ref(),
+            p.manifest.as_slice()
+        );
+        for blob in &p.blobs {
+            let d = sha256(blob);
+            let r = c
+                .get(format!("{}/v2/{}/blobs/{d}", b.url, p.repo))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), StatusCode::OK, "{}:{} blob {d}", p.repo, p.tag);
+            assert_eq!(sha256(&r.bytes().await.expect("body")), d);
+        }
+    }
+    for p in &deleted {
+        let r = c
+            .get(format!(
+                "{}/v2/{}/manifests/{}",
+                b.url,
+                p.repo,
+                sha256(&p.manifest)
+            ))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "deleted {}:{}",
+            p.repo,
+            p.tag
+        );
     }
     let missing: Vec<String> = b
         .log_lines()
