@@ -387,6 +387,14 @@ impl Registry {
         self.put_manifest(repo, tag, &image.manifest).await
     }
 
+    /// `DELETE /v2/<repo>/manifests/<digest>` -> 202.
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<()> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"))?;
+        let resp = send(self.http.delete(url.clone()), "DELETE", &url).await?;
+        expect(resp, "DELETE", &url, StatusCode::ACCEPTED).await?;
+        Ok(())
+    }
+
     /// `GET /v2/<repo>/manifests/<reference>` with the Accept header of `docker pull`;
     /// returns the body.
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Bytes> {

@@ -14,6 +14,7 @@
 
 mod auth;
 mod client;
+mod gc;
 mod notify;
 mod procfs;
 mod proxy;
@@ -103,6 +104,9 @@ enum Scenario {
     Notify,
     /// Berth's token authentication: bearer vs anonymous, token requests per second.
     Auth,
+    /// Garbage collection of 10,000 images (half deleted) while clients pull: the
+    /// collector's time and memory, and the pulls' p99 against a run without it.
+    Gc,
 }
 
 #[derive(Debug, Args)]
@@ -216,7 +220,7 @@ async fn compare(
     // every round; each round's caches start empty.
     let upstream = if matches!(
         scenario,
-        Scenario::Standard | Scenario::Notify | Scenario::Auth
+        Scenario::Standard | Scenario::Notify | Scenario::Auth | Scenario::Gc
     ) {
         None
     } else {
@@ -263,6 +267,15 @@ async fn compare(
                 let more = auth::run(spec, workdir.as_deref(), opts)
                     .await
                     .with_context(|| format!("{} round {round}, auth scenario", spec.name))?;
+                print_figures(&prefix, &more);
+                figures.extend(more);
+            }
+            if matches!(scenario, Scenario::All | Scenario::Gc) {
+                let more = gc::run(spec, workdir.as_deref(), opts)
+                    .await
+                    .with_context(|| {
+                        format!("{} round {round}, garbage collection scenario", spec.name)
+                    })?;
                 print_figures(&prefix, &more);
                 figures.extend(more);
             }

@@ -224,6 +224,15 @@ impl Server {
         &self.url
     }
 
+    /// The configuration file the server was started with (for its own commands, such
+    /// as `garbage-collect`, against the same storage).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .map(|d| d.path().join("config.yml"))
+            .unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -53,6 +53,15 @@ pub struct Scale {
     pub proxy_layers: usize,
     pub proxy_layer_size: usize,
     pub proxy_clients: usize,
+    /// Garbage collection scenario (`compare` only): images (each a config and
+    /// `gc_layers` layers of `gc_layer_size`), pushes in flight while filling, clients
+    /// pulling, and seconds of pulls with no collection running.
+    pub gc_images: usize,
+    pub gc_layers: usize,
+    pub gc_layer_size: usize,
+    pub gc_push_concurrency: usize,
+    pub gc_pull_clients: usize,
+    pub gc_baseline_secs: u64,
 }
 
 impl Scale {
@@ -78,6 +87,12 @@ impl Scale {
             proxy_layers: 4,
             proxy_layer_size: 8 * MIB,
             proxy_clients: 10,
+            gc_images: 10_000,
+            gc_layers: 4,
+            gc_layer_size: 1024,
+            gc_push_concurrency: 16,
+            gc_pull_clients: 8,
+            gc_baseline_secs: 10,
         }
     }
 
@@ -94,6 +109,8 @@ impl Scale {
             catalog_first_page_samples: 10,
             proxy_images: 2,
             proxy_layer_size: MIB,
+            gc_images: 40,
+            gc_baseline_secs: 1,
             ..Scale::full()
         }
     }
