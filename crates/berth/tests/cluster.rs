@@ -373,10 +373,10 @@ async fn a_node_killed_under_load_loses_nothing_that_was_acknowledged() {
     }
 }
 
-/// A directory the `postgres` user can enter (the tests run as root; PostgreSQL will not).
 /// A garbage collection schedule (every 2 s) followed by 3 nodes at once: each tick is
-/// collected by one node only (its run is recorded with the tick, which is unique), no
-/// run fails, and the unreferenced blob pushed through nginx goes exactly once.
+/// recorded once (the tick is unique with its run, so the other nodes' starts for it
+/// record nothing and collect nothing), runs keep the schedule's pace, none fails, and
+/// the unreferenced blob pushed through nginx is deleted exactly once.
 #[tokio::test]
 async fn a_schedule_runs_once_per_tick_across_the_nodes() {
     let c = Cluster::start_with_storage(
@@ -407,6 +407,7 @@ async fn a_schedule_runs_once_per_tick_across_the_nodes() {
     assert_eq!(deleted, 1, "{row}");
 }
 
+/// A directory the `postgres` user can enter (the tests run as root; PostgreSQL will not).
 fn shared_tempdir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
         .prefix("berth-outage-")

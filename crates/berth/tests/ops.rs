@@ -948,6 +948,25 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
         deleted.extend(d);
         retries += r;
     }
+    // Before any further collection: every blob of every image pushed, deleted ones
+    // included, is either served with its bytes or answered 404, never linked without
+    // its file (a read of such a link logs "missing from storage", checked below).
+    let c = Client::new();
+    for p in alive.iter().chain(&deleted) {
+        for blob in &p.blobs {
+            let d = sha256(blob);
+            let r = c
+                .get(format!("{}/v2/{}/blobs/{d}", b.url, p.repo))
+                .send()
+                .await
+                .expect("send");
+            match r.status() {
+                StatusCode::OK => assert_eq!(sha256(&r.bytes().await.expect("body")), d),
+                StatusCode::NOT_FOUND => {}
+                s => panic!("{}:{} blob {d} answered {s}", p.repo, p.tag),
+            }
+        }
+    }
     gc(&b, &["--grace", "0s", "--delete-untagged"]);
     eprintln!(
         "{rounds} collections while {} images were pushed and {} deleted; {retries} manifest pushes retried",
@@ -956,7 +975,6 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
     );
     assert_eq!(rounds, ROUNDS, "collections in {:?}", started.elapsed());
     assert!(deleted.len() > 100 && alive.len() > 20, "too little load");
-    let c = Client::new();
     for p in &alive {
         let r = c
             .get(format!("{}/v2/{}/manifests/{}", b.url, p.repo, p.tag))

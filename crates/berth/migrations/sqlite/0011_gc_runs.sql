@@ -1,6 +1,7 @@
 -- Garbage collection runs, as Harbor's GC history (/api/v2.0/system/gc): who ran what,
 -- when, with which outcome and log; and the schedule set through the API (a row here
--- overrides the configuration's `gc.schedule`). Copied by berth migrate. Expand-only.
+-- overrides the configuration's `storage.maintenance.garbagecollect`). Copied by berth
+-- migrate. Expand-only.
 CREATE TABLE gc_runs (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,
     kind              TEXT NOT NULL,       -- MANUAL or SCHEDULE

@@ -90,6 +90,8 @@ impl Worker for GcScheduleWorker {
                 )))
             }
         }
+        // Ticks that passed while this run lasted are not made up either.
+        self.armed = next_tick(&cron, crate::meta::now()).map(|t| (cron, params, t));
         Ok(WorkerState::Idle)
     }
 

@@ -151,7 +151,8 @@ impl Registry {
         out: &mut (dyn FnMut(String) + Send),
     ) -> Result<GcReport> {
         let stop = Arc::new(AtomicBool::new(false));
-        let alive = keep_alive(self.meta.clone(), run.id, stop.clone());
+        // Stopped when this returns, and also if this future is dropped or panics.
+        let alive = AbortOnDrop(keep_alive(self.meta.clone(), run.id, stop.clone()));
         let mut log = RunLog::default();
         let result = {
             let mut tee = |line: String| {
@@ -160,7 +161,7 @@ impl Registry {
             };
             self.collect(options, &mut tee, &stop).await
         };
-        alive.abort();
+        drop(alive);
         let end = match &result {
             Ok(r) => GcRunEnd {
                 status: if r.stopped { "Stopped" } else { "Success" }.into(),
@@ -309,6 +310,15 @@ pub(super) fn untracked() -> RegistryError {
     RegistryError::Meta(crate::meta::MetaError::Corrupt(
         "a garbage collection run without a tick was not recorded".into(),
     ))
+}
+
+/// A background task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Until aborted: move the run's `updated_at` forward every [`ALIVE_EVERY`], and raise

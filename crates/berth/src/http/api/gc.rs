@@ -225,10 +225,13 @@ pub(super) async fn set_schedule(c: &mut Call<'_>, created: bool) -> Answer {
     match kind {
         "Manual" => {
             c.writable()?;
+            // Unique per run: two collectors never share an owner, so the second is
+            // refused (claims of the same owner renew each other).
             let owner = format!(
-                "API request by {} on {}",
+                "API request by {} on {}, run {}",
                 c.who.principal().display_name(),
-                crate::config::events::hostname()
+                crate::config::events::hostname(),
+                uuid::Uuid::new_v4().simple()
             );
             let options = body.parameters.options(owner);
             let id = c
