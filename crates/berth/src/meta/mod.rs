@@ -472,6 +472,18 @@ pub trait Maintenance: Send + Sync {
     ) -> Result<std::result::Result<(), JobHolder>>;
     /// Give up `owner`'s claim of `name` (nothing if someone else holds it).
     async fn release_job(&self, name: &str, owner: &str) -> Result<()>;
+    /// Renew, for `lease` from now, those of `names` that `owner` holds and whose lease
+    /// has not run out, in one statement; the number renewed. Unlike
+    /// [`Maintenance::claim_job`], a claim that ran out stays lost: whoever relies on it
+    /// (a garbage collection removing files) learns that others may have gone ahead.
+    async fn renew_jobs(
+        &self,
+        names: &[String],
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<u64>;
+    /// Give up `owner`'s claims among `names`, in one statement.
+    async fn release_jobs(&self, names: &[String], owner: &str) -> Result<()>;
 }
 
 /// Who holds a background job's claim ([`Maintenance::claim_job`]).
@@ -524,20 +536,36 @@ pub trait Housekeeping: Send + Sync {
     /// Delete a manifest only if no tag points at it and no manifest of the repository
     /// references it (checked in the same transaction); `false` if it was kept.
     async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
-    /// Forget a blob (its links included) only if no manifest references it and neither
-    /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch), and
-    /// in the same transaction claim [`collecting_claim`] of the digest for `owner` for
-    /// `lease`: until that claim is released or runs out, [`Repositories::link_blob`] of
-    /// the digest is refused with [`MetaError::Collecting`], so the caller removes the
-    /// file and then releases the claim, holding no transaction across the storage
-    /// calls. `false` if the blob was kept. See `registry/gc.rs`.
+    /// Forget each of `digests` (distinct) whose blob no manifest references and neither
+    /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch): its
+    /// links and its `blobs` row go, and in the same transaction [`collecting_claim`] of
+    /// the digest is claimed for `owner` for `lease`. Until that claim is released or
+    /// runs out, [`Repositories::link_blob`] of the digest is refused with
+    /// [`MetaError::Collecting`], so the caller removes the files and then releases the
+    /// claims, holding no transaction across the storage calls. One transaction for the
+    /// whole batch; returns the digests forgotten (the others were kept). See
+    /// `registry/gc.rs`.
+    async fn gc_forget_blobs(
+        &self,
+        digests: &[Digest],
+        cutoff: i64,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Digest>>;
+
+    /// [`Housekeeping::gc_forget_blobs`] of one digest; `false` if it was kept.
     async fn gc_forget_blob(
         &self,
         digest: &Digest,
         cutoff: i64,
         owner: &str,
         lease: std::time::Duration,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let forgotten = self
+            .gc_forget_blobs(std::slice::from_ref(digest), cutoff, owner, lease)
+            .await?;
+        Ok(!forgotten.is_empty())
+    }
 }
 
 /// The claim a garbage collection holds on a digest while it removes the blob's file

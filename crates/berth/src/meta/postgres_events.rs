@@ -324,4 +324,40 @@ impl Maintenance for PgMeta {
         })
         .await
     }
+
+    async fn renew_jobs(
+        &self,
+        names: &[String],
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<u64> {
+        let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
+        self.read(async {
+            let done = sqlx::query(
+                "UPDATE job_claims
+                    SET lease_until = EXTRACT(EPOCH FROM clock_timestamp())::BIGINT + $3
+                  WHERE name = ANY($1) AND owner = $2
+                    AND lease_until > EXTRACT(EPOCH FROM clock_timestamp())::BIGINT",
+            )
+            .bind(names)
+            .bind(owner)
+            .bind(lease)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn release_jobs(&self, names: &[String], owner: &str) -> Result<()> {
+        self.read(async {
+            sqlx::query("DELETE FROM job_claims WHERE name = ANY($1) AND owner = $2")
+                .bind(names)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
 }

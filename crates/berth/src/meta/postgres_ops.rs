@@ -170,76 +170,97 @@ impl Housekeeping for PgMeta {
         .await
     }
 
-    async fn gc_forget_blob(
+    async fn gc_forget_blobs(
         &self,
-        d: &Digest,
+        digests: &[Digest],
         cutoff: i64,
         owner: &str,
         lease: std::time::Duration,
-    ) -> Result<bool> {
+    ) -> Result<Vec<Digest>> {
         let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
-        self.write(&format!("deleting blob {d}"), || async move {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        let names: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+        let names = &names;
+        self.write(
+            &format!("deleting {} blobs", digests.len()),
+            || async move {
+                let mut tx = self.pool.begin().await?;
+                // Every digest's key exclusive, in key order, before any row: a link of one
+                // of them waits from here on, and holds nothing this transaction needs.
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock($1, k)
+                   FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($2::text[]) AS d
+                          ORDER BY k) AS keys",
+                )
                 .bind(BLOB_LOCK_SPACE)
-                .bind(d.as_str())
+                .bind(names)
                 .execute(&mut *tx)
                 .await?;
-            // Then the blob's row (every writer that records or mounts D locks it, so
-            // they wait from here on), then its links (a manifest requiring one holds it
-            // FOR SHARE: wait for that to commit), then the check, in a later statement
-            // that sees what those writers committed.
-            sqlx::query("SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE")
-                .bind(d.as_str())
+                // Then the blobs' rows (every writer that records or mounts one locks it, so
+                // they wait from here on), then their links (a manifest requiring one holds
+                // it FOR SHARE: wait for that to commit), then the check, in a later
+                // statement that sees what those writers committed.
+                sqlx::query(
+                    "SELECT 1 FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE",
+                )
+                .bind(names)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "SELECT 1 FROM repository_blobs WHERE digest = $1
-                 ORDER BY repository_id FOR UPDATE",
-            )
-            .bind(d.as_str())
-            .execute(&mut *tx)
-            .await?;
-            let keep: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = $1)
-                     OR EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1 AND created_at > $2)
-                     OR EXISTS (SELECT 1 FROM blobs WHERE digest = $1 AND created_at > $2)",
-            )
-            .bind(d.as_str())
-            .bind(cutoff)
-            .fetch_one(&mut *tx)
-            .await?;
-            if keep {
-                return Ok(false);
-            }
-            let unlinked: Vec<i64> = sqlx::query_scalar(
-                "DELETE FROM repository_blobs WHERE digest = $1 RETURNING repository_id",
-            )
-            .bind(d.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            // A repository that held only this blob goes with its link.
-            for repo_id in unlinked {
-                drop_if_empty(&mut tx, repo_id).await?;
-            }
-            sqlx::query("DELETE FROM blobs WHERE digest = $1")
-                .bind(d.as_str())
+                sqlx::query(
+                    "SELECT 1 FROM repository_blobs WHERE digest = ANY($1)
+                 ORDER BY digest, repository_id FOR UPDATE",
+                )
+                .bind(names)
                 .execute(&mut *tx)
                 .await?;
-            let claimed = sqlx::query(CLAIM_JOB)
-                .bind(collecting_claim(d))
-                .bind(owner)
-                .bind(lease)
-                .execute(&mut *tx)
+                let unused: Vec<String> = sqlx::query_scalar(
+                    "SELECT d FROM unnest($1::text[]) AS d
+                  WHERE NOT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = d)
+                    AND NOT EXISTS (SELECT 1 FROM repository_blobs
+                                    WHERE digest = d AND created_at > $2)
+                    AND NOT EXISTS (SELECT 1 FROM blobs WHERE digest = d AND created_at > $2)",
+                )
+                .bind(names)
+                .bind(cutoff)
+                .fetch_all(&mut *tx)
                 .await?;
-            if claimed.rows_affected() != 1 {
-                // Another collector holds the digest (one runs at a time, so only after
-                // a lost claim): leave the blob to it.
-                return Ok(false);
-            }
-            tx.commit().await?;
-            Ok(true)
-        })
+                // The collector's claim on each, committed with the forget: from the commit
+                // until the file is gone, `link_blob` of the digest waits. Refused only where
+                // another collector holds the digest (one runs at a time, so only after a
+                // lost claim): those blobs are left to it.
+                let mut forgotten = Vec::new();
+                for d in unused {
+                    let d = digest(d)?;
+                    let claimed = sqlx::query(CLAIM_JOB)
+                        .bind(collecting_claim(&d))
+                        .bind(owner)
+                        .bind(lease)
+                        .execute(&mut *tx)
+                        .await?;
+                    if claimed.rows_affected() == 1 {
+                        forgotten.push(d);
+                    }
+                }
+                let gone: Vec<&str> = forgotten.iter().map(Digest::as_str).collect();
+                let mut unlinked: Vec<i64> = sqlx::query_scalar(
+                    "DELETE FROM repository_blobs WHERE digest = ANY($1) RETURNING repository_id",
+                )
+                .bind(&gone)
+                .fetch_all(&mut *tx)
+                .await?;
+                // A repository that held only these blobs goes with their links.
+                unlinked.sort_unstable();
+                unlinked.dedup();
+                for repo_id in unlinked {
+                    drop_if_empty(&mut tx, repo_id).await?;
+                }
+                sqlx::query("DELETE FROM blobs WHERE digest = ANY($1)")
+                    .bind(&gone)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(forgotten)
+            },
+        )
         .await
     }
 }

@@ -253,4 +253,40 @@ impl Maintenance for SqliteMeta {
             .await?;
         Ok(())
     }
+
+    async fn renew_jobs(
+        &self,
+        names: &[String],
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<u64> {
+        let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
+        let done = sqlx::query(
+            "UPDATE job_claims SET lease_until = CAST(strftime('%s', 'now') AS INTEGER) + ?3
+              WHERE name IN (SELECT value FROM json_each(?1)) AND owner = ?2
+                AND lease_until > CAST(strftime('%s', 'now') AS INTEGER)",
+        )
+        .bind(names_json(names))
+        .bind(owner)
+        .bind(lease)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release_jobs(&self, names: &[String], owner: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM job_claims WHERE name IN (SELECT value FROM json_each(?1)) AND owner = ?2",
+        )
+        .bind(names_json(names))
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Claim names as the JSON array `json_each` reads.
+fn names_json(names: &[String]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".into())
 }

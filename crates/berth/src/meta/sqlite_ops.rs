@@ -188,56 +188,66 @@ impl Housekeeping for SqliteMeta {
         Ok(!done.is_empty())
     }
 
-    async fn gc_forget_blob(
+    async fn gc_forget_blobs(
         &self,
-        d: &Digest,
+        digests: &[Digest],
         cutoff: i64,
         owner: &str,
-        lease: std::time::Duration,
-    ) -> Result<bool> {
-        let mut tx = self.begin_immediate(&format!("deleting blob {d}")).await?;
-        let keep: i64 = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
-                 OR EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?1 AND created_at > ?2)
-                 OR EXISTS (SELECT 1 FROM blobs WHERE digest = ?1 AND created_at > ?2)",
-        )
-        .bind(d.as_str())
-        .bind(cutoff)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
-        if keep != 0 {
-            return Ok(false);
-        }
-        let unlinked: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM repository_blobs WHERE digest = ?1 RETURNING repository_id",
-        )
-        .bind(d.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        // A repository that held only this blob goes with its link.
-        for repo_id in unlinked {
-            drop_if_empty(&mut tx, repo_id).await?;
-        }
-        sqlx::query("DELETE FROM blobs WHERE digest = ?1")
+        lease: Duration,
+    ) -> Result<Vec<Digest>> {
+        let lease = i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4);
+        let mut tx = self
+            .begin_immediate(&format!("deleting {} blobs", digests.len()))
+            .await?;
+        // Statements of one writer inside one transaction cost no I/O of their own: the
+        // batch costs one commit (one fsync) however many blobs it forgets.
+        let mut forgotten = Vec::new();
+        for d in digests {
+            let keep: i64 = sqlx::query(
+                "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
+                     OR EXISTS (SELECT 1 FROM repository_blobs
+                                WHERE digest = ?1 AND created_at > ?2)
+                     OR EXISTS (SELECT 1 FROM blobs WHERE digest = ?1 AND created_at > ?2)",
+            )
             .bind(d.as_str())
-            .execute(&mut *tx)
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+            if keep != 0 {
+                continue;
+            }
+            // The collector's claim on the digest first, committed with the forget: from
+            // the commit until the file is gone, `link_blob` of the digest waits (see
+            // `registry/gc.rs`). Refused only if another collector holds the digest (one
+            // runs at a time, so only after a lost claim): leave the blob to it.
+            let claimed = sqlx::query(super::sqlite_events::CLAIM_JOB)
+                .bind(super::collecting_claim(d))
+                .bind(owner)
+                .bind(lease)
+                .execute(&mut *tx)
+                .await?;
+            if claimed.rows_affected() != 1 {
+                continue;
+            }
+            let unlinked: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM repository_blobs WHERE digest = ?1 RETURNING repository_id",
+            )
+            .bind(d.as_str())
+            .fetch_all(&mut *tx)
             .await?;
-        // The collector's claim on the digest, in the same transaction: from its commit
-        // until the file is gone, `link_blob` of the digest waits (see `registry/gc.rs`).
-        let claimed = sqlx::query(super::sqlite_events::CLAIM_JOB)
-            .bind(super::collecting_claim(d))
-            .bind(owner)
-            .bind(i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX / 4))
-            .execute(&mut *tx)
-            .await?;
-        if claimed.rows_affected() != 1 {
-            // Another collector holds the digest (one runs at a time, so only after a
-            // lost claim): leave the blob to it.
-            return Ok(false);
+            // A repository that held only this blob goes with its link.
+            for repo_id in unlinked {
+                drop_if_empty(&mut tx, repo_id).await?;
+            }
+            sqlx::query("DELETE FROM blobs WHERE digest = ?1")
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            forgotten.push(d.clone());
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(forgotten)
     }
 }
 

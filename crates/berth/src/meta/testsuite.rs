@@ -737,6 +737,70 @@ pub async fn housekeeping(m: &dyn MetaStore) {
         .await
         .expect("linked once the claim is released");
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
+
+    // A batch: one transaction forgets what nothing needs (a stored file no row records
+    // included) and claims each of those; the rest is kept, unclaimed.
+    let b = repo("gc/batch");
+    for (x, size) in [("b1", 1), ("b2", 2), ("b3", 3)] {
+        m.link_blob(&b, &d(x), size, &[]).await.expect("link");
+    }
+    let mut img = manifest("batch image", None, None);
+    img.references = vec![(d("b2"), false)];
+    m.put_manifest(&b, &img, &[tag("v1")], &[])
+        .await
+        .expect("image");
+    let batch = [d("b1"), d("b2"), d("b3"), d("stray")];
+    let mut forgotten = m
+        .gc_forget_blobs(&batch, future, "gc-3", lease)
+        .await
+        .expect("forget a batch");
+    forgotten.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    let mut want = vec![d("b1"), d("b3"), d("stray")];
+    want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(forgotten, want);
+    assert_eq!(m.known_blob(&d("b1")).await.expect("known"), None);
+    assert_eq!(m.known_blob(&d("b2")).await.expect("known"), Some(2));
+    assert_eq!(m.linked_blob(&b, &d("b3")).await.expect("linked"), None);
+    let claims: Vec<String> = want.iter().map(super::collecting_claim).collect();
+    match m.link_blob(&b, &d("b3"), 3, &[]).await {
+        Err(super::MetaError::Collecting(x)) => assert_eq!(x, d("b3")),
+        other => panic!("expected Collecting, got {other:?}"),
+    }
+    // Renewed together by their owner only; a kept blob was never claimed.
+    assert_eq!(
+        m.renew_jobs(&claims, "gc-3", lease).await.expect("renew"),
+        3
+    );
+    assert_eq!(
+        m.renew_jobs(&claims, "gc-4", lease).await.expect("renew"),
+        0
+    );
+    let kept = vec![super::collecting_claim(&d("b2"))];
+    assert_eq!(m.renew_jobs(&kept, "gc-3", lease).await.expect("renew"), 0);
+    // Released together: the blobs can be recorded again.
+    m.release_jobs(&claims, "gc-4").await.expect("not gc-4's");
+    assert!(m.link_blob(&b, &d("b1"), 1, &[]).await.is_err());
+    m.release_jobs(&claims, "gc-3").await.expect("release");
+    m.link_blob(&b, &d("b1"), 1, &[])
+        .await
+        .expect("linked again");
+    m.link_blob(&b, &d("b3"), 3, &[])
+        .await
+        .expect("linked again");
+
+    // A claim that ran out is not renewed: its holder learns that it lost it.
+    // (Leases count whole seconds: 2 s lasts at least 1 s more, and is surely over 3.1 s
+    // after its last renewal.)
+    let short = std::time::Duration::from_secs(2);
+    let name = vec!["gc-blob lapse-test".to_string()];
+    m.claim_job(&name[0], "gc-5", short)
+        .await
+        .expect("claim")
+        .expect("free");
+    assert_eq!(m.renew_jobs(&name, "gc-5", short).await.expect("renew"), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(m.renew_jobs(&name, "gc-5", lease).await.expect("renew"), 0);
+    m.release_jobs(&name, "gc-5").await.expect("release");
 }
 
 /// The pull-through cache's bookkeeping: touch, list expired, expire (re-checked).

@@ -8,8 +8,8 @@
 
 use super::{Registry, RegistryError, Result};
 use crate::meta::{JobHolder, MetaStore};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The names jobs claim under.
 pub const UPLOAD_PURGE: &str = "uploadpurge";
@@ -25,6 +25,11 @@ pub const GC_LEASE: Duration = Duration::from_secs(60);
 /// pushes of that digest wait for it, so a collector that dies while removing the file
 /// holds them up for at most this long.
 pub const COLLECTING_LEASE: Duration = Duration::from_secs(30);
+
+/// How long before its claims run out (by this machine's clock) a collection stops
+/// starting to remove files: leases are counted in whole seconds by the database's
+/// clock, which may also run at a slightly different rate.
+pub const COLLECTING_MARGIN: Duration = Duration::from_secs(5);
 
 impl Registry {
     /// Claim `job` for `owner` for `lease` (or renew `owner`'s claim); `Err` names the
@@ -124,6 +129,94 @@ impl Drop for HeldClaim {
     }
 }
 
+/// Claims on many names committed together (a collection's batch of digests), renewed
+/// together in one statement every third of their lease until [`HeldClaims::release`]
+/// or until dropped. Unlike [`HeldClaim`], it tells until when they are surely all
+/// still held ([`HeldClaims::held_for`]): measured from before each renewal was sent,
+/// and ended for good by a renewal that finds one ran out (never revived, since others
+/// may have gone ahead meanwhile).
+pub(super) struct HeldClaims {
+    renew: tokio::task::JoinHandle<()>,
+    meta: Arc<dyn MetaStore>,
+    names: Vec<String>,
+    owner: String,
+    until: Arc<Mutex<Instant>>,
+}
+
+impl HeldClaims {
+    /// Keep `names`, which `owner` claimed for `lease` in a transaction that began after
+    /// `claimed_at`, renewed.
+    pub(super) fn hold(
+        meta: Arc<dyn MetaStore>,
+        names: Vec<String>,
+        owner: &str,
+        lease: Duration,
+        claimed_at: Instant,
+    ) -> HeldClaims {
+        let until = Arc::new(Mutex::new(claimed_at + lease));
+        let (m, n, o, u) = (
+            meta.clone(),
+            names.clone(),
+            owner.to_string(),
+            until.clone(),
+        );
+        let renew = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let sent = Instant::now();
+                match m.renew_jobs(&n, &o, lease).await {
+                    Ok(k) if k as usize == n.len() => set(&u, sent + lease),
+                    Ok(k) => {
+                        tracing::error!(
+                            held = k,
+                            claimed = n.len(),
+                            "lost claims this process held (it stalled for a whole lease, or the database's clock jumped): another node may run the same work now"
+                        );
+                        set(&u, sent);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing claims failed; retrying")
+                    }
+                }
+            }
+        });
+        HeldClaims {
+            renew,
+            meta,
+            names,
+            owner: owner.to_string(),
+            until,
+        }
+    }
+
+    /// Whether every claim is surely held for `margin` more.
+    pub(super) fn held_for(&self, margin: Duration) -> bool {
+        let until = *self.until.lock().unwrap_or_else(|p| p.into_inner());
+        Instant::now() + margin < until
+    }
+
+    /// Stop renewing and give every claim up now.
+    pub(super) async fn release(self) {
+        self.renew.abort();
+        if let Err(e) = self.meta.release_jobs(&self.names, &self.owner).await {
+            tracing::warn!(error = %e, claims = self.names.len(), "releasing claims failed; they run out by themselves");
+        }
+    }
+}
+
+impl Drop for HeldClaims {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
+}
+
+fn set(until: &Mutex<Instant>, to: Instant) {
+    *until.lock().unwrap_or_else(|p| p.into_inner()) = to;
+}
+
 #[cfg(test)]
 mod tests {
     use super::{GARBAGE_COLLECT, GC_LEASE};
@@ -141,6 +234,58 @@ mod tests {
             grace: Duration::ZERO,
             owner: owner.into(),
         }
+    }
+
+    /// Claims held together are renewed together, and once one ran out and another
+    /// owner took it, `held_for` says so for good (a collector then stops removing files).
+    #[tokio::test]
+    async fn held_claims_learn_they_were_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta: Arc<dyn crate::meta::MetaStore> = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let lease = Duration::from_secs(3);
+        let names: Vec<String> = ["gc-blob a", "gc-blob b"].map(String::from).to_vec();
+        let claimed_at = std::time::Instant::now();
+        for n in &names {
+            meta.claim_job(n, "gc-1", lease)
+                .await
+                .expect("claim")
+                .expect("free");
+        }
+        let held = super::HeldClaims::hold(meta.clone(), names.clone(), "gc-1", lease, claimed_at);
+        assert!(held.held_for(Duration::from_secs(1)));
+        assert!(!held.held_for(lease), "never beyond the lease");
+        // Renewed every second: still held after two leases.
+        tokio::time::sleep(lease * 2).await;
+        assert!(held.held_for(Duration::from_secs(1)), "renewed");
+        // Another node takes one over (as it may once the lease ran out).
+        meta.release_job(&names[1], "gc-1").await.expect("release");
+        meta.claim_job(&names[1], "gc-2", lease)
+            .await
+            .expect("claim")
+            .expect("free");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !held.held_for(Duration::ZERO),
+            "lost one, so not surely held"
+        );
+        held.release().await;
+        // Release gives up only its own: gc-2 keeps its claim.
+        match meta
+            .claim_job(&names[1], "gc-3", lease)
+            .await
+            .expect("claim")
+        {
+            Err(holder) => assert_eq!(holder.owner, "gc-2"),
+            Ok(()) => panic!("gc-2's claim was released by gc-1"),
+        }
+        meta.claim_job(&names[0], "gc-3", lease)
+            .await
+            .expect("claim")
+            .expect("gc-1 released its own");
     }
 
     /// A collection refuses to start while another holds the deployment's claim (a

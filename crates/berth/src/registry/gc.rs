@@ -19,8 +19,10 @@
 //!            than the cutoff, else keep D and stop; delete D's links and its `blobs` row,
 //!            claim "gc-blob D" for this collector (a lease on the database's clock,
 //!            renewed while held), commit
-//!        G2  hide the file (a rename to a name of its own; a copy and a delete on S3)
-//!        G3  release the claim; then purge the hidden copy
+//!        G2  hide the file (a rename to a name of its own; a copy and a delete on S3),
+//!            only while the claim is surely held
+//!        G3  release the claim; then purge the hidden copy if the claim was held until
+//!            the hide ended, else put the file back
 //! up:    U1  commit the upload's file under D (its bytes are kept, never appended to)
 //!        U2  link transaction: refused while "gc-blob D" is live (then wait and retry);
 //!            else record D (row + link) and its push event
@@ -52,18 +54,37 @@
 //!   first unhides every hidden copy (`recover`), which can never lose data: at worst it
 //!   brings back a file nothing records, and that one is swept again.
 //!
+//! The sweep runs these steps for a batch of digests at a time ([`SWEEP_BATCH`]): one G1
+//! transaction forgets and claims every digest of the batch that nothing needs, G2 hides
+//! their files a few at a time, and G3 releases all their claims in one statement. Each
+//! digest's reasoning above is unchanged; the batch only shares the commits, which
+//! otherwise cost two fsyncs per blob on SQLite. A collector that stalls for a whole
+//! lease (a paused VM) may find its claims ran out meanwhile (the renewal never revives
+//! one): it then hides no more files and puts back those it hid, as a push may have
+//! linked one meanwhile.
+//!
 //! Left: between U2 and U3 (one `stat`), a client other than the uploader can see D
 //! linked while its file is being committed again; it gets 404 for that instant. With a
 //! zero grace period, a blob linked in the same second as the cutoff can be collected
 //! (a later manifest push then fails with MANIFEST_BLOB_UNKNOWN, never a dangling link).
 
-use super::claims::{HeldClaim, COLLECTING_LEASE};
+use super::claims::{HeldClaims, COLLECTING_LEASE, COLLECTING_MARGIN};
 use super::{Registry, Result};
 use crate::meta::{collecting_claim, GcManifest};
+use crate::storage::{HiddenBlob, StoredBlob};
+use futures_util::StreamExt;
 use oci::{Digest, RepoName};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Blobs forgotten in one transaction and then removed together: one commit (and on
+/// SQLite one fsync) forgets the whole batch, and one statement releases its claims.
+const SWEEP_BATCH: usize = 64;
+
+/// Files hidden at once within a batch (each a rename on a filesystem, a copy and a
+/// delete on an object store).
+const HIDE_CONCURRENCY: usize = 8;
 
 /// How to collect.
 #[derive(Debug, Clone)]
@@ -259,17 +280,13 @@ impl Registry {
                 );
             }
         }
-        for blob in &eligible {
+        for batch in eligible.chunks(SWEEP_BATCH) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if self
-                .sweep_blob(&blob.digest, cutoff, &options.owner)
-                .await?
-            {
-                report.deleted_blobs += 1;
-                report.freed_bytes += blob.size;
-            }
+            let (deleted, freed) = self.sweep_blobs(batch, cutoff, &options.owner).await?;
+            report.deleted_blobs += deleted;
+            report.freed_bytes += freed;
         }
         if stop.load(Ordering::Relaxed) {
             report.stopped = true;
@@ -297,43 +314,134 @@ impl Registry {
         Ok(())
     }
 
-    /// Steps G1..G3 of the module comment for one blob, for collector `owner`; `true`
-    /// if its file was deleted.
+    /// Steps G1..G3 of the module comment for a batch of blobs, for collector `owner`:
+    /// one forget transaction (G1) for the whole batch, the files hidden a few at a time
+    /// (G2), every claim released in one statement (G3). The blobs deleted, and their
+    /// bytes.
+    ///
+    /// The hides run only while the batch's claims are surely held (renewed in the
+    /// background; a renewal that finds one ran out ends that), and the hidden copies
+    /// are purged only if they still are once every hide is done: a collector that
+    /// stalled past its lease (a paused VM) puts the files back instead, since a push
+    /// may have linked one of them meanwhile. A file left or put back that nothing
+    /// records is swept by the next collection.
+    pub(super) async fn sweep_blobs(
+        &self,
+        batch: &[StoredBlob],
+        cutoff: i64,
+        owner: &str,
+    ) -> Result<(usize, u64)> {
+        let digests: Vec<Digest> = batch.iter().map(|b| b.digest.clone()).collect();
+        let claimed_at = Instant::now();
+        let forgotten = self
+            .meta
+            .gc_forget_blobs(&digests, cutoff, owner, COLLECTING_LEASE)
+            .await?;
+        if forgotten.len() < digests.len() {
+            let gone: HashSet<&Digest> = forgotten.iter().collect();
+            for d in digests.iter().filter(|d| !gone.contains(d)) {
+                tracing::info!("keeping blob {d}: referenced or linked meanwhile");
+            }
+        }
+        if forgotten.is_empty() {
+            return Ok((0, 0));
+        }
+        // The forget committed the digests' claims; keep them renewed while the files
+        // go (a copy and a delete each on an object store), then let waiting writers
+        // link again.
+        let claims = HeldClaims::hold(
+            self.meta.clone(),
+            forgotten.iter().map(collecting_claim).collect(),
+            owner,
+            COLLECTING_LEASE,
+            claimed_at,
+        );
+        #[cfg(test)]
+        race::point("gc:forgotten").await;
+        // A few at a time (a plain loop over a set of futures: no closure to borrow
+        // the digests, which keeps the future `Send` for any lifetime).
+        let mut hides = Vec::with_capacity(forgotten.len());
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for d in &forgotten {
+            if running.len() >= HIDE_CONCURRENCY {
+                hides.extend(running.next().await);
+            }
+            running.push(self.hide_while_held(d, &claims));
+        }
+        while let Some(done) = running.next().await {
+            hides.push(done);
+        }
+        drop(running);
+        #[cfg(test)]
+        race::point("gc:hidden").await;
+        let intact = claims.held_for(Duration::ZERO);
+        claims.release().await;
+        if !intact {
+            tracing::error!(
+                "this collection's claims on {} blobs ran out while their files were being removed (the process stalled, or the database was unreachable for {} s): putting the files back; the next collection sweeps those nothing records",
+                forgotten.len(),
+                COLLECTING_LEASE.as_secs()
+            );
+        }
+        let sizes: std::collections::HashMap<&Digest, u64> =
+            batch.iter().map(|b| (&b.digest, b.size)).collect();
+        let (mut deleted, mut freed) = (0, 0);
+        let mut failed = None;
+        for (digest, hidden) in hides {
+            // A failed hide leaves the file in place, recorded nowhere: the next
+            // collection sweeps it (a half-done one left a hidden copy, which it puts
+            // back first).
+            let hidden = match hidden {
+                Ok(Some(hidden)) => hidden,
+                Ok(None) => continue,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            if !intact {
+                self.blobs.unhide(&hidden).await?;
+                continue;
+            }
+            tracing::info!("deleting blob: {digest}");
+            if self.blobs.purge(&hidden).await? {
+                deleted += 1;
+                freed += sizes.get(digest).copied().unwrap_or(0);
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok((deleted, freed)),
+        }
+    }
+
+    /// Step G2 for one digest: hide its file, unless the claims may run out too soon.
+    async fn hide_while_held<'a>(
+        &self,
+        digest: &'a Digest,
+        claims: &HeldClaims,
+    ) -> (&'a Digest, crate::storage::Result<Option<HiddenBlob>>) {
+        if !claims.held_for(COLLECTING_MARGIN) {
+            return (digest, Ok(None));
+        }
+        (digest, self.blobs.hide(digest).await)
+    }
+
+    /// [`Registry::sweep_blobs`] of one blob; `true` if its file was deleted.
+    #[cfg(test)]
     pub(super) async fn sweep_blob(
         &self,
         digest: &Digest,
         cutoff: i64,
         owner: &str,
     ) -> Result<bool> {
-        if !self
-            .meta
-            .gc_forget_blob(digest, cutoff, owner, COLLECTING_LEASE)
-            .await?
-        {
-            tracing::info!("keeping blob {digest}: referenced or linked meanwhile");
-            return Ok(false);
-        }
-        // The forget committed the digest's claim; keep it renewed while the file goes
-        // (a copy and a delete on an object store), then let waiting writers link again.
-        let claim = HeldClaim::hold(
-            self.meta.clone(),
-            &collecting_claim(digest),
-            owner,
-            COLLECTING_LEASE,
-        );
-        #[cfg(test)]
-        race::point("gc:forgotten").await;
-        let hidden = self.blobs.hide(digest).await;
-        #[cfg(test)]
-        race::point("gc:hidden").await;
-        claim.release().await;
-        // A failed hide leaves the file in place, recorded nowhere: the next collection
-        // sweeps it (a half-done one left a hidden copy, which it puts back first).
-        let Some(hidden) = hidden? else {
-            return Ok(false);
+        let blob = StoredBlob {
+            digest: digest.clone(),
+            size: 0,
+            modified: SystemTime::UNIX_EPOCH,
         };
-        tracing::info!("deleting blob: {digest}");
-        Ok(self.blobs.purge(&hidden).await?)
+        let (deleted, _) = self.sweep_blobs(&[blob], cutoff, owner).await?;
+        Ok(deleted == 1)
     }
 }
 
