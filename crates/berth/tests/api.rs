@@ -1575,6 +1575,386 @@ async fn garbage_collection_runs_history_and_schedule() {
 }
 
 /// Poll a run until it ends (at most 30 s).
+/// An immutable tag rule as Harbor's portal sends it.
+fn immutable_rule(repos: &str, tags: &str) -> Value {
+    json!({
+        "action": "immutable",
+        "template": "immutable_template",
+        "params": {},
+        "disabled": false,
+        "priority": 0,
+        "tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": tags}],
+        "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": repos}]},
+    })
+}
+
+/// The body of a manifest of the image `push` would make with `salt` (its blobs must
+/// be pushed already).
+fn manifest_of(salt: &str) -> Vec<u8> {
+    let config = format!("{{\"salt\":\"{salt}\"}}").into_bytes();
+    let layer = format!("layer {salt}").into_bytes();
+    serde_json::to_vec(&image_manifest(&config, &layer)).expect("json")
+}
+
+/// Immutable tag rules: who may set them, what they refuse (moving a tag by push or by
+/// the API, deleting it or its manifest or repository, over /v2/ and the API), what they
+/// let through (the same digest again, other tags, a disabled rule), and a race of
+/// pushes of one immutable tag that exactly one wins.
+#[tokio::test]
+async fn immutable_tag_rules() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    for u in ["immaint", "imdev", "imguest"] {
+        create_user(&api, u).await;
+    }
+    let (maint, dev, guest) = (
+        ("immaint", PASSWORD),
+        ("imdev", PASSWORD),
+        ("imguest", PASSWORD),
+    );
+    create_project(&api, ADMIN, "frozen", false).await;
+    for (user, role) in [("immaint", 4), ("imdev", 2), ("imguest", 3)] {
+        assert_eq!(
+            add_member(&api, ADMIN, "frozen", user, role).await,
+            StatusCode::CREATED
+        );
+    }
+    let rules = "/projects/frozen/immutabletagrules";
+
+    // Who may: anyone who sees the project lists; admins and maintainers change.
+    let rule = immutable_rule("**", "v*");
+    let (s, _, _) = api
+        .call(None, Method::POST, rules, Some(rule.clone()))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for who in [dev, guest] {
+        let (s, _, _) = api
+            .call(Some(who), Method::POST, rules, Some(rule.clone()))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} adds a rule", who.0);
+    }
+    let (s, h, v) = api
+        .call(Some(maint), Method::POST, rules, Some(rule.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let location = h["location"].to_str().expect("location").to_string();
+    let id: i64 = location
+        .strip_prefix("/api/v2.0/projects/frozen/immutabletagrules/")
+        .expect("rule location")
+        .parse()
+        .expect("id");
+    let (s, h, list) = api.call(Some(guest), Method::GET, rules, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-total-count"], "1");
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["action"], "immutable");
+    assert_eq!(list[0]["tag_selectors"][0]["pattern"], "v*");
+    assert_eq!(
+        list[0]["scope_selectors"]["repository"][0]["decoration"],
+        "repoMatches"
+    );
+    let one = format!("{rules}/{id}");
+    for who in [dev, guest] {
+        let (s, _, _) = api
+            .call(
+                Some(who),
+                Method::PUT,
+                &one,
+                Some(json!({"disabled": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} changes a rule", who.0);
+        let (s, _, _) = api.call(Some(who), Method::DELETE, &one, None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} deletes a rule", who.0);
+    }
+
+    // What is refused, with the reason.
+    for (body, why) in [
+        (
+            immutable_rule("**", "v[1"),
+            "not a valid doublestar pattern",
+        ),
+        (immutable_rule("**", ""), "empty pattern"),
+        (
+            json!({"tag_selectors": [{"kind": "regex", "decoration": "matches", "pattern": "v.*"}], "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": "**"}]}}),
+            "doublestar",
+        ),
+        (
+            json!({"tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": "v*"}]}),
+            "repository selector",
+        ),
+        (json!({"action": "retain", "tag_selectors": []}), "action"),
+        (json!({"colour": "blue"}), "unknown field"),
+    ] {
+        let (s, _, v) = api.call(Some(maint), Method::POST, rules, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+
+    // A matching tag is pushed once, and pushed again at the same digest.
+    let v1 = push(&b, dev, "frozen/app", "v1", "first").await;
+    push(&b, dev, "frozen/app", "v1", "first").await;
+    let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+    // Moving it is refused, naming the rule; the tag stays.
+    push(&b, dev, "frozen/app", "other", "second").await;
+    let second = manifest_of("second");
+    let r = reg
+        .put_manifest("frozen/app", "v1", OCI_MANIFEST, &second)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = r.json().await.expect("error body");
+    assert_eq!(e["errors"][0]["code"], "DENIED", "{e}");
+    let msg = e["errors"][0]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("immutable") && msg.contains(&format!("rule {id}")) && msg.contains("v1"),
+        "{msg}"
+    );
+    let head = reg
+        .req(Method::HEAD, "/v2/frozen/app/manifests/v1")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.headers()["docker-content-digest"], v1.as_str());
+    // The API shows which tags are immutable.
+    let (_, _, tags) = api
+        .call(
+            Some(dev),
+            Method::GET,
+            &format!("/projects/frozen/repositories/app/artifacts/{v1}/tags"),
+            None,
+        )
+        .await;
+    assert_eq!(tags[0]["name"], "v1");
+    assert_eq!(tags[0]["immutable"], true, "{tags}");
+    let (_, _, art) = api
+        .call(
+            Some(dev),
+            Method::GET,
+            "/projects/frozen/repositories/app/artifacts/other",
+            None,
+        )
+        .await;
+    assert_eq!(art["tags"][0]["immutable"], false, "{art}");
+    // Tags the rule does not match move freely.
+    push(&b, dev, "frozen/app", "latest", "first").await;
+    push(&b, dev, "frozen/app", "latest", "second").await;
+    // The API's "add tag" never moves a tag (409, as Harbor); a new matching tag it
+    // adds is then protected like a pushed one.
+    let d2 = sha256(&second);
+    let tags_of_d2 = format!("/projects/frozen/repositories/app/artifacts/{d2}/tags");
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            &tags_of_d2,
+            Some(json!({"name": "v1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            &tags_of_d2,
+            Some(json!({"name": "v3"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let r = reg
+        .put_manifest("frozen/app", "v3", OCI_MANIFEST, &manifest_of("first"))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "v3 is protected once added"
+    );
+
+    // Deleting it is refused every way, even for the system administrator.
+    let admin_reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+    for path in [
+        "/v2/frozen/app/manifests/v1".to_string(),
+        format!("/v2/frozen/app/manifests/{v1}"),
+    ] {
+        let r = admin_reg
+            .req(Method::DELETE, &path)
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "DELETE {path}");
+        let e: Value = r.json().await.expect("error body");
+        assert_eq!(e["errors"][0]["code"], "DENIED", "{e}");
+    }
+    for path in [
+        format!("/projects/frozen/repositories/app/artifacts/{v1}/tags/v1"),
+        format!("/projects/frozen/repositories/app/artifacts/{v1}"),
+        "/projects/frozen/repositories/app".to_string(),
+    ] {
+        let (s, _, v) = api.call(Some(ADMIN), Method::DELETE, &path, None).await;
+        assert_eq!(s, StatusCode::PRECONDITION_FAILED, "DELETE {path}: {v}");
+        assert!(v.to_string().contains("immutable"), "{v}");
+    }
+    let head = admin_reg
+        .req(Method::HEAD, "/v2/frozen/app/manifests/v1")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), StatusCode::OK, "nothing was deleted");
+    assert_eq!(head.headers()["docker-content-digest"], v1.as_str());
+    // A tag a rule matches that does not exist is unknown (404), not refused.
+    let r = admin_reg
+        .req(Method::DELETE, "/v2/frozen/app/manifests/v9")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Other projects are not affected.
+    create_project(&api, ADMIN, "thawed", false).await;
+    push(&b, ADMIN, "thawed/app", "v1", "first").await;
+    push(&b, ADMIN, "thawed/app", "v1", "second").await;
+
+    // A repository the rule's scope excludes moves freely.
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &one,
+            Some(json!({"scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoExcludes", "pattern": "scratch/**"}]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    push(&b, dev, "frozen/scratch/tmp", "v1", "first").await;
+    push(&b, dev, "frozen/scratch/tmp", "v1", "second").await;
+    let r = reg
+        .put_manifest("frozen/app", "v1", OCI_MANIFEST, &second)
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "still protected outside scratch/"
+    );
+
+    // Disabled, the rule lets the tag move; enabled again, it protects the new digest.
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &one,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, list) = api.call(Some(maint), Method::GET, rules, None).await;
+    assert_eq!(list[0]["disabled"], true);
+    assert_eq!(
+        list[0]["tag_selectors"][0]["pattern"], "v*",
+        "kept by a partial update"
+    );
+    let r = reg
+        .put_manifest("frozen/app", "v1", OCI_MANIFEST, &second)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &one,
+            Some(json!({"disabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let first = manifest_of("first");
+    let r = reg
+        .put_manifest("frozen/app", "v1", OCI_MANIFEST, &first)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A race: 8 clients push 8 different images to one new immutable tag at once.
+    for i in 0..8 {
+        push(
+            &b,
+            dev,
+            "frozen/race",
+            &format!("seed-{i}"),
+            &format!("race {i}"),
+        )
+        .await;
+    }
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| manifest_of(&format!("race {i}"))).collect();
+    let statuses = futures_util::future::join_all(bodies.iter().map(|m| {
+        let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+        async move {
+            reg.put_manifest("frozen/race", "v2", OCI_MANIFEST, m)
+                .await
+                .status()
+        }
+    }))
+    .await;
+    let winners: Vec<usize> = (0..8)
+        .filter(|i| statuses[*i] == StatusCode::CREATED)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one push wins: {statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::FORBIDDEN),
+        "{statuses:?}"
+    );
+    let head = reg
+        .req(Method::HEAD, "/v2/frozen/race/manifests/v2")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        head.headers()["docker-content-digest"],
+        sha256(&bodies[winners[0]]).as_str()
+    );
+
+    // At most 15 rules a project.
+    for i in 1..15 {
+        let (s, _, v) = api
+            .call(
+                Some(maint),
+                Method::POST,
+                rules,
+                Some(immutable_rule("**", &format!("r{i}-*"))),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "rule {i}: {v}");
+    }
+    let (s, _, v) = api
+        .call(
+            Some(maint),
+            Method::POST,
+            rules,
+            Some(immutable_rule("**", "r15-*")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v.to_string().contains("15"), "{v}");
+    let (_, h, page) = api
+        .call(
+            Some(maint),
+            Method::GET,
+            &format!("{rules}?page=2&page_size=10"),
+            None,
+        )
+        .await;
+    assert_eq!(h["x-total-count"], "15");
+    assert_eq!(page.as_array().expect("page").len(), 5);
+
+    // Deleted, the rule protects nothing: the tag can go.
+    let (s, _, _) = api.call(Some(maint), Method::DELETE, &one, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api.call(Some(maint), Method::DELETE, &one, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let r = admin_reg
+        .req(Method::DELETE, "/v2/frozen/app/manifests/v1")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
 async fn wait_for_run(api: &Api, id: i64) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -1112,6 +1112,72 @@ fn docker_through_the_token_flow() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = docker("dev", &["rmi", "-f", &reference]);
+
+    // An immutable tag rule on v*: docker's push of another image to team/app:v1 is
+    // refused with the reason shown, and the tag keeps its image.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let served_v1 = || {
+        rt.block_on(async {
+            let r = Registry::new(&b.url)
+                .with_auth("admin", ADMIN_PASSWORD)
+                .req(Method::HEAD, "/v2/team/app/manifests/v1")
+                .send()
+                .await
+                .expect("head");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.headers()["docker-content-digest"]
+                .to_str()
+                .expect("digest")
+                .to_string()
+        })
+    };
+    let before = served_v1();
+    let rule = serde_json::json!({
+        "tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": "v*"}],
+        "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": "**"}]},
+    });
+    let status = rt.block_on(async {
+        Client::new()
+            .post(format!(
+                "{}/api/v2.0/projects/team/immutabletagrules",
+                b.url
+            ))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&rule)
+            .send()
+            .await
+            .expect("add rule")
+            .status()
+    });
+    assert_eq!(status, StatusCode::CREATED);
+    let mut tar = tar::Builder::new(Vec::new());
+    let content = format!("tenancy, another build {}\n", b.host);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "hello.txt", content.as_bytes())
+        .expect("tar");
+    std::fs::write(&rootfs, tar.into_inner().expect("tar")).expect("rootfs");
+    let out = docker(
+        "dev",
+        &["import", rootfs.to_str().expect("utf-8"), &reference],
+    );
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker("dev", &["push", &reference]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an immutable tag was moved: {text}");
+    assert!(
+        text.contains("denied") && text.contains("immutable"),
+        "docker shows why: {text}"
+    );
+    assert_eq!(served_v1(), before);
+    let _ = docker("dev", &["rmi", "-f", &reference]);
 }
 
 /// The CLI's account commands: users, passwords, projects, robots, the signing

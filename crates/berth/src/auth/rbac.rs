@@ -23,10 +23,12 @@ pub enum Permission {
     ReadLogs,
     UpdateProject,
     DeleteProject,
+    /// Add, change and delete the project's immutable tag rules.
+    ManageImmutableTags,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::Read,
         Permission::Pull,
         Permission::Push,
@@ -41,6 +43,7 @@ impl Permission {
         Permission::ReadLogs,
         Permission::UpdateProject,
         Permission::DeleteProject,
+        Permission::ManageImmutableTags,
     ];
 
     /// How the README names it.
@@ -60,6 +63,7 @@ impl Permission {
             Permission::ReadLogs => "read the project's audit log",
             Permission::UpdateProject => "change the project (public/private)",
             Permission::DeleteProject => "delete the project",
+            Permission::ManageImmutableTags => "add, change, delete immutable tag rules",
         }
     }
 
@@ -80,6 +84,7 @@ impl Permission {
             Permission::ReadLogs => ("log", "list"),
             Permission::UpdateProject => ("project", "update"),
             Permission::DeleteProject => ("project", "delete"),
+            Permission::ManageImmutableTags => ("immutable-tag", "create"),
         }
     }
 }
@@ -146,7 +151,7 @@ impl Role {
 /// meanings: a developer pushes but deletes nothing, a maintainer also deletes and
 /// manages tags, only a project admin manages members and robots; a limited guest only
 /// pulls and sees the project.
-pub const ROLE_TABLE: [(Permission, [bool; 5]); 14] = [
+pub const ROLE_TABLE: [(Permission, [bool; 5]); 15] = [
     (Permission::Read, [true, true, true, true, true]),
     (Permission::Pull, [true, true, true, true, true]),
     (Permission::Push, [true, true, true, false, false]),
@@ -175,6 +180,10 @@ pub const ROLE_TABLE: [(Permission, [bool; 5]); 14] = [
     (
         Permission::DeleteProject,
         [true, false, false, false, false],
+    ),
+    (
+        Permission::ManageImmutableTags,
+        [true, true, false, false, false],
     ),
 ];
 
@@ -238,6 +247,8 @@ pub fn permission_of(resource: &str, action: &str) -> Option<Permission> {
         ("log", "list") => Permission::ReadLogs,
         ("project", "update") => Permission::UpdateProject,
         ("project", "delete") => Permission::DeleteProject,
+        ("immutable-tag", "list") => Permission::Read,
+        ("immutable-tag", "create" | "update" | "delete") => Permission::ManageImmutableTags,
         _ => return None,
     };
     Some(p)

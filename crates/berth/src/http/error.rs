@@ -109,6 +109,7 @@ impl From<RegistryError> for ApiError {
             E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported, msg),
             E::TooManyUploads(_) => ApiError::new(ErrorCode::TooManyRequests, msg),
             E::JobRunning(_) => ApiError::with_status(StatusCode::CONFLICT, ErrorCode::Unknown, msg),
+            E::Denied(_) => ApiError::new(ErrorCode::Denied, msg),
             // The pull-through cache's upstream failed: a gateway error, with the cause
             // (Distribution 2.8 answers 404 MANIFEST_UNKNOWN, losing the cause).
             E::Upstream(_) => {

@@ -15,12 +15,14 @@
 
 pub mod access;
 pub mod catalog;
+pub mod policy;
 pub mod postgres;
 mod postgres_access;
 mod postgres_catalog;
 mod postgres_events;
 mod postgres_gc;
 mod postgres_ops;
+mod postgres_policy;
 mod postgres_proxy;
 #[cfg(test)]
 pub(crate) mod postgres_test;
@@ -33,6 +35,7 @@ mod sqlite_gc;
 mod sqlite_ops;
 #[cfg(test)]
 mod sqlite_plan;
+mod sqlite_policy;
 mod sqlite_proxy;
 mod sqlite_transfer;
 #[cfg(test)]
@@ -45,6 +48,7 @@ pub mod transfer;
 
 pub use access::*;
 pub use catalog::*;
+pub use policy::*;
 
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -72,6 +76,10 @@ pub enum MetaError {
     /// [`collecting_claim`]): nothing was written; link again once the claim is gone.
     #[error("garbage collection is removing blob {0}; link it again when it is done")]
     Collecting(Digest),
+    /// A guarded tag ([`Manifests::put_manifest_guarded`]) points at another manifest:
+    /// nothing was written.
+    #[error("tag {0} is immutable and points at another manifest")]
+    ImmutableTag(Tag),
 }
 
 impl MetaError {
@@ -273,6 +281,21 @@ pub trait Manifests: Send + Sync {
         repo: &RepoName,
         m: &NewManifest,
         tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<()> {
+        self.put_manifest_guarded(repo, m, tags, &[], events).await
+    }
+    /// [`Manifests::put_manifest`], where each of `tags` also in `guarded` (immutable
+    /// tags) may be created or pointed again at the same manifest, but not moved: if one
+    /// points at another manifest when the transaction writes it, nothing is written
+    /// and [`MetaError::ImmutableTag`] names it. Checked by the write itself, so of two
+    /// pushes of one guarded tag at once exactly one wins.
+    async fn put_manifest_guarded(
+        &self,
+        repo: &RepoName,
+        m: &NewManifest,
+        tags: &[Tag],
+        guarded: &[Tag],
         events: &[NewEvent],
     ) -> Result<()>;
     async fn get_manifest(
@@ -696,6 +719,7 @@ pub trait ProxyCache: Send + Sync {
 /// Everything the registry needs from its metadata backend.
 pub trait MetaStore:
     GcRuns
+    + ImmutableRules
     + Repositories
     + Manifests
     + Uploads
@@ -715,6 +739,7 @@ pub trait MetaStore:
 }
 impl<
         T: GcRuns
+            + ImmutableRules
             + Repositories
             + Manifests
             + Uploads

@@ -710,6 +710,7 @@ impl PgMeta {
         repo: &RepoName,
         m: &NewManifest,
         tags: &[Tag],
+        guarded: &[Tag],
         events: &[NewEvent],
     ) -> Result<()> {
         let t = now();
@@ -829,16 +830,26 @@ impl PgMeta {
             .await?;
         }
         for tag in tags {
-            sqlx::query(
+            // A guarded tag is written only where it is new or already at this digest;
+            // no row written means it points elsewhere: the transaction is dropped. Of
+            // two pushes at once, the second waits on the first's row and then sees it.
+            let written = sqlx::query(if guarded.contains(tag) {
                 "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-            )
+                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at
+                 WHERE tags.digest = excluded.digest"
+            } else {
+                "INSERT INTO tags (repository_id, name, digest, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (repository_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at"
+            })
             .bind(repo_id)
             .bind(tag.as_str())
             .bind(m.digest.as_str())
             .bind(t)
             .execute(&mut *tx)
             .await?;
+            if written.rows_affected() == 0 {
+                return Err(MetaError::ImmutableTag(tag.clone()));
+            }
         }
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
@@ -950,15 +961,16 @@ impl PgMeta {
 
 #[async_trait::async_trait]
 impl Manifests for PgMeta {
-    async fn put_manifest(
+    async fn put_manifest_guarded(
         &self,
         repo: &RepoName,
         m: &NewManifest,
         tags: &[Tag],
+        guarded: &[Tag],
         events: &[NewEvent],
     ) -> Result<()> {
         self.write("storing a manifest", || {
-            self.put_manifest_once(repo, m, tags, events)
+            self.put_manifest_once(repo, m, tags, guarded, events)
         })
         .await
     }

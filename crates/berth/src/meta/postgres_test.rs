@@ -178,6 +178,7 @@ mod suites {
         crate::meta::testsuite::proxy_cache(&meta).await;
         crate::meta::testsuite::job_claims(&meta).await;
         crate::meta::testsuite::gc_runs(&meta).await;
+        crate::meta::testsuite::immutable_rules(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;
@@ -708,6 +709,75 @@ mod races {
                 a.list_tags(&r, None, 10).await.expect("tags"),
                 Some(vec!["latest".to_string()])
             );
+        }
+        a.close().await;
+        b.close().await;
+        db.drop_db().await;
+    }
+
+    /// Two nodes push different manifests to one new immutable tag at once, 20 times
+    /// over: each time exactly one wins, the other is refused with nothing written, and
+    /// the tag points at the winner.
+    #[tokio::test]
+    async fn concurrent_pushes_of_one_immutable_tag() {
+        let db = TestDb::create().await;
+        let a = Arc::new(db.open().await);
+        let b = Arc::new(db.open().await);
+        let r = repo("race/frozen");
+        let layer = d("shared layer");
+        a.link_blob(&r, &layer, 1, &[]).await.expect("link");
+        for i in 0..20 {
+            let tag: Tag = format!("v{i}").parse().expect("tag");
+            let one = image(&format!("one {i}"), &layer);
+            let two = image(&format!("two {i}"), &layer);
+            let (x, y) = tokio::join!(
+                {
+                    let (a, r, tag, one) = (a.clone(), r.clone(), tag.clone(), one.clone());
+                    async move {
+                        a.put_manifest_guarded(
+                            &r,
+                            &one,
+                            std::slice::from_ref(&tag),
+                            std::slice::from_ref(&tag),
+                            &[],
+                        )
+                        .await
+                    }
+                },
+                {
+                    let (b, r, tag, two) = (b.clone(), r.clone(), tag.clone(), two.clone());
+                    async move {
+                        b.put_manifest_guarded(
+                            &r,
+                            &two,
+                            std::slice::from_ref(&tag),
+                            std::slice::from_ref(&tag),
+                            &[],
+                        )
+                        .await
+                    }
+                }
+            );
+            let (winner, loser, refused) = match (x, y) {
+                (Ok(()), Err(e)) => (&one, &two, e),
+                (Err(e), Ok(())) => (&two, &one, e),
+                other => panic!("push {i}: expected exactly one winner, got {other:?}"),
+            };
+            assert!(
+                matches!(&refused, crate::meta::MetaError::ImmutableTag(t) if *t == tag),
+                "{refused:?}"
+            );
+            let now = a
+                .get_manifest(&r, &Reference::Tag(tag.clone()))
+                .await
+                .expect("get")
+                .expect("tagged");
+            assert_eq!(now.digest, winner.digest);
+            assert!(a
+                .get_manifest(&r, &Reference::Digest(loser.digest.clone()))
+                .await
+                .expect("get")
+                .is_none());
         }
         a.close().await;
         b.close().await;

@@ -1106,3 +1106,129 @@ pub async fn gc_runs(m: &dyn MetaStore) {
         assert!(s.updated_at > 0);
     }
 }
+
+/// Immutable tag rules: stored per project with a cap, enabled ones found by project
+/// name, gone with their project; and the guard on pushes: a guarded tag moves to
+/// another digest only never, while the same digest may be pushed again.
+pub async fn immutable_rules(m: &dyn MetaStore) {
+    use super::NewRule;
+    let p = m
+        .create_project("frozen", false, None)
+        .await
+        .expect("create")
+        .expect("free");
+    let other = m
+        .create_project("thawed", false, None)
+        .await
+        .expect("create")
+        .expect("free");
+    let rule = |n: i64, disabled: bool| NewRule {
+        priority: n,
+        disabled,
+        selectors: format!(r#"{{"rule":{n}}}"#),
+    };
+    let a = m
+        .add_immutable_rule(p.id, &rule(1, false), 2)
+        .await
+        .expect("add")
+        .expect("under the cap");
+    let b = m
+        .add_immutable_rule(p.id, &rule(2, true), 2)
+        .await
+        .expect("add")
+        .expect("under the cap");
+    assert_eq!(
+        m.add_immutable_rule(p.id, &rule(3, false), 2)
+            .await
+            .expect("add"),
+        None,
+        "at the cap"
+    );
+    let all = m.immutable_rules(p.id).await.expect("list");
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
+    assert!(all[1].disabled && !all[0].disabled);
+    assert_eq!(all[0].selectors, r#"{"rule":1}"#);
+    let active = m.active_immutable_rules("frozen").await.expect("active");
+    assert_eq!(active.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
+    assert!(m
+        .active_immutable_rules("thawed")
+        .await
+        .expect("none")
+        .is_empty());
+    assert!(m
+        .active_immutable_rules("nowhere")
+        .await
+        .expect("none")
+        .is_empty());
+    // Another project's id does not reach the rule.
+    assert!(!m
+        .update_immutable_rule(other.id, b, &rule(5, false))
+        .await
+        .expect("update"));
+    assert!(m
+        .update_immutable_rule(p.id, b, &rule(5, false))
+        .await
+        .expect("update"));
+    assert_eq!(
+        m.active_immutable_rules("frozen")
+            .await
+            .expect("active")
+            .len(),
+        2
+    );
+    assert!(!m.delete_immutable_rule(other.id, a).await.expect("delete"));
+    assert!(m.delete_immutable_rule(p.id, a).await.expect("delete"));
+    assert!(!m.delete_immutable_rule(p.id, a).await.expect("gone"));
+
+    // The guard: a guarded tag is created, and pushed again at the same digest, but
+    // never moved; nothing of a refused push is written.
+    let r = repo("frozen/app");
+    let one = manifest("immutable one", None, None);
+    let two = manifest("immutable two", None, None);
+    m.put_manifest_guarded(&r, &one, &[tag("v1")], &[tag("v1")], &[])
+        .await
+        .expect("a new tag");
+    m.put_manifest_guarded(&r, &one, &[tag("v1")], &[tag("v1")], &[])
+        .await
+        .expect("the same digest again");
+    match m
+        .put_manifest_guarded(&r, &two, &[tag("latest"), tag("v1")], &[tag("v1")], &[])
+        .await
+    {
+        Err(super::MetaError::ImmutableTag(t)) => assert_eq!(t, tag("v1")),
+        other => panic!("expected ImmutableTag, got {other:?}"),
+    }
+    let got = m
+        .get_manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(got.digest, one.digest);
+    assert!(m
+        .get_manifest(&r, &Reference::Tag(tag("latest")))
+        .await
+        .expect("get")
+        .is_none());
+    assert!(m
+        .get_manifest(&r, &Reference::Digest(two.digest.clone()))
+        .await
+        .expect("get")
+        .is_none());
+    // Unguarded, the same tag moves.
+    m.put_manifest(&r, &two, &[tag("v1")], &[])
+        .await
+        .expect("moved");
+    // Deleting the project takes its rules with it.
+    m.delete_manifest(&r, &one.digest, None, &[])
+        .await
+        .expect("delete");
+    m.delete_manifest(&r, &two.digest, None, &[])
+        .await
+        .expect("delete");
+    assert_eq!(
+        m.delete_project(p.id).await.expect("delete project"),
+        super::ProjectDeletion::Deleted
+    );
+    assert!(m.immutable_rules(p.id).await.expect("list").is_empty());
+    m.delete_project(other.id).await.expect("delete project");
+}

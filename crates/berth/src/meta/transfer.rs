@@ -35,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "proxy_cache",
     "gc_runs",
     "gc_schedule",
+    "immutable_rules",
 ];
 
 /// Tables of the schema that are not registry content and are not copied.

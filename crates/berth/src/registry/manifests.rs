@@ -208,12 +208,23 @@ impl Registry {
             required_manifests,
         );
         let subject = record.subject.clone();
+        // Tags an immutable tag rule protects: the write refuses to move them.
+        let guard = self.immutable_guard(repo).await?;
+        let guarded: Vec<Tag> = if guard.is_empty() {
+            Vec::new()
+        } else {
+            tags.iter()
+                .filter(|t| guard.rule_for(t).is_some())
+                .cloned()
+                .collect()
+        };
         self.pulls_first(&events).await;
         self.meta
-            .put_manifest(repo, &record, &tags, &events)
+            .put_manifest_guarded(repo, &record, &tags, &guarded, &events)
             .await
             .map_err(|e| match e {
                 MetaError::MissingReferences(gone) => RegistryError::ManifestBlobUnknown(gone),
+                MetaError::ImmutableTag(t) => guard.denied(repo, &t, "moved to another manifest"),
                 other => other.into(),
             })?;
         self.wake(&events);
@@ -317,6 +328,15 @@ impl Registry {
         self.check_delete_enabled()?;
         let deleted = match reference {
             Reference::Tag(t) => {
+                // A protected tag name is never deleted, whatever it points at (so a
+                // tag pushed while this runs cannot be the one deleted).
+                let guard = self.immutable_guard(repo).await?;
+                if guard.rule_for(t).is_some() {
+                    return match self.meta.get_manifest(repo, reference).await? {
+                        Some(_) => Err(guard.denied(repo, t, "deleted")),
+                        None => Err(RegistryError::ManifestUnknown(reference.to_string())),
+                    };
+                }
                 let events = self.tag_delete_events(repo, t);
                 self.pulls_first(&events).await;
                 let deleted = self.meta.delete_tag(repo, t, &events).await?;
@@ -344,7 +364,10 @@ impl Registry {
         repo: &RepoName,
         d: &Digest,
     ) -> Result<Option<Vec<crate::meta::NewEvent>>> {
-        let mut tags = if self.events_enabled() {
+        // With immutable tag rules, the tags are read (and re-checked by the delete's
+        // transaction) even without events: a protected one keeps the manifest.
+        let guard = self.immutable_guard(repo).await?;
+        let mut tags = if self.events_enabled() || !guard.is_empty() {
             Some(self.meta.tags_of(repo, d).await?)
         } else {
             None
@@ -352,6 +375,9 @@ impl Registry {
         #[cfg(test)]
         super::gc::race::point("delete:tags-read").await;
         for _ in 0..DELETE_ATTEMPTS {
+            if let Some(t) = tags.iter().flatten().find(|t| guard.rule_for(t).is_some()) {
+                return Err(guard.denied(repo, t, "deleted"));
+            }
             let mut targets = Vec::new();
             if let Some(tags) = &tags {
                 targets.push(Target {

@@ -11,6 +11,7 @@ pub mod claims;
 pub mod events;
 pub mod gc;
 pub mod gc_runs;
+pub mod immutable;
 mod import;
 mod listing;
 mod manifests;
@@ -146,6 +147,10 @@ pub enum RegistryError {
     /// A job that runs once per deployment (garbage collection) is running elsewhere.
     #[error("{0}")]
     JobRunning(String),
+    /// A project policy refuses the change (an immutable tag moved or deleted); the
+    /// message names the rule. Nothing was written.
+    #[error("{0}")]
+    Denied(String),
     #[error("reading the request body failed: {0}")]
     Body(std::io::Error),
     #[error(transparent)]

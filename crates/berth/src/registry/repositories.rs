@@ -61,6 +61,30 @@ impl Registry {
         if !self.meta.repository_exists(repo).await? {
             return Err(RegistryError::NameUnknown);
         }
+        // Refused before anything goes if a tag is immutable (each manifest's delete
+        // checks again, for tags pushed meanwhile).
+        let guard = self.immutable_guard(repo).await?;
+        if !guard.is_empty() {
+            let mut last: Option<String> = None;
+            loop {
+                let page = self
+                    .meta
+                    .list_tags(repo, last.as_deref(), 1000)
+                    .await?
+                    .unwrap_or_default();
+                for name in &page {
+                    if let Ok(t) = name.parse::<Tag>() {
+                        if guard.rule_for(&t).is_some() {
+                            return Err(guard.denied(repo, &t, "deleted"));
+                        }
+                    }
+                }
+                match page.last() {
+                    Some(l) if page.len() == 1000 => last = Some(l.clone()),
+                    _ => break,
+                }
+            }
+        }
         let mut deleted = 0;
         for _ in 0..ATTEMPTS {
             let manifests = self.meta.gc_manifests(repo).await?;
@@ -159,11 +183,19 @@ impl Registry {
     /// another manifest.
     pub async fn remove_tag(&self, repo: &RepoName, digest: &Digest, tag: &Tag) -> Result<()> {
         self.check_delete_enabled()?;
+        // A protected tag name is never deleted (see `immutable.rs`).
+        let guard = self.immutable_guard(repo).await?;
+        let protected = guard.rule_for(tag).is_some();
+        if protected && self.meta.tags_of(repo, digest).await?.contains(tag) {
+            return Err(guard.denied(repo, tag, "deleted"));
+        }
         let events = self.tag_delete_events(repo, tag);
-        self.pulls_first(&events).await;
-        if self.meta.delete_tag_at(repo, tag, digest, &events).await? {
-            self.wake(&events);
-            return Ok(());
+        if !protected {
+            self.pulls_first(&events).await;
+            if self.meta.delete_tag_at(repo, tag, digest, &events).await? {
+                self.wake(&events);
+                return Ok(());
+            }
         }
         let present = self
             .meta

@@ -6,6 +6,7 @@
 
 mod audit;
 mod gc;
+mod immutable;
 mod projects;
 mod repositories;
 mod robots;
@@ -109,6 +110,8 @@ impl From<crate::registry::RegistryError> for Failure {
                 Failure::bad_request(message)
             }
             E::Unsupported(_) => Failure::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
+            // Harbor's answer to a change an immutable tag rule refuses.
+            E::Denied(_) => Failure::new(StatusCode::PRECONDITION_FAILED, "PRECONDITION", message),
             _ => {
                 tracing::error!(error = %message, "management API request failed");
                 Failure::new(
@@ -253,6 +256,10 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["projects", p, "members", id], "DELETE") => projects::remove_member(c, p, id).await,
         (["projects", p, "robots"], "GET") => robots::list_of_project(c, p).await,
         (["projects", p, "logs"], "GET") => audit::project_logs(c, p).await,
+        (["projects", p, "immutabletagrules"], "GET") => immutable::list(c, p).await,
+        (["projects", p, "immutabletagrules"], "POST") => immutable::create(c, p).await,
+        (["projects", p, "immutabletagrules", id], "PUT") => immutable::update(c, p, id).await,
+        (["projects", p, "immutabletagrules", id], "DELETE") => immutable::delete(c, p, id).await,
         (["projects", p, "repositories"], "GET") => repositories::list(c, p).await,
         (["projects", p, "repositories", r], "GET") => repositories::get(c, p, r).await,
         (["projects", p, "repositories", r], "DELETE") => repositories::delete(c, p, r).await,

@@ -6,6 +6,7 @@
 use super::{json, listing, ok, time, Answer, Call, Failure};
 use crate::auth::rbac::Permission;
 use crate::meta::{ArtifactFilter, ArtifactInfo, Page, RepositorySummary};
+use crate::registry::immutable::Guard;
 use axum::http::StatusCode;
 use oci::{Reference, RepoName, Tag};
 use serde::Deserialize;
@@ -110,6 +111,7 @@ fn render_artifact(
     repository_id: i64,
     a: &ArtifactInfo,
     with_tags: bool,
+    guard: &Guard,
 ) -> Value {
     let image = a.artifact_type.as_deref().is_none_or(|t| {
         t == "application/vnd.oci.image.config.v1+json"
@@ -145,7 +147,7 @@ fn render_artifact(
                     "name": t.name,
                     "push_time": time(t.updated_at),
                     "pull_time": NEVER,
-                    "immutable": false,
+                    "immutable": guard.protects(&t.name),
                 })
             })
             .collect();
@@ -175,9 +177,10 @@ pub(super) async fn artifacts(c: &mut Call<'_>, p: &str, r: &str) -> Answer {
     }
     let with_tag = c.param("with_tag") != Some("false");
     let (items, total) = c.accounts.artifacts(&repo, &filter, pg).await?;
+    let guard = c.app.registry.immutable_guard(&repo).await?;
     let rendered = items
         .iter()
-        .map(|x| render_artifact(a.project.id, summary.id, x, with_tag))
+        .map(|x| render_artifact(a.project.id, summary.id, x, with_tag, &guard))
         .collect();
     Ok(listing(c, rendered, total, page, size))
 }
@@ -208,9 +211,10 @@ pub(super) async fn artifact(c: &mut Call<'_>, p: &str, r: &str, reference: &str
         .await?
         .ok_or_else(|| Failure::not_found(format!("artifact {repo}@{digest} not found")))?;
     let with_tag = c.param("with_tag") != Some("false");
+    let guard = c.app.registry.immutable_guard(&repo).await?;
     Ok(json(
         StatusCode::OK,
-        &render_artifact(a.project.id, summary.id, &info, with_tag),
+        &render_artifact(a.project.id, summary.id, &info, with_tag, &guard),
     ))
 }
 
@@ -249,13 +253,14 @@ pub(super) async fn tags(c: &mut Call<'_>, p: &str, r: &str, reference: &str) ->
         .await?
         .ok_or_else(|| Failure::not_found(format!("artifact {repo}@{digest} not found")))?;
     let total = info.tags.len() as u64;
+    let guard = c.app.registry.immutable_guard(&repo).await?;
     let items = info
         .tags
         .iter()
         .skip(((page - 1) * size) as usize)
         .take(size as usize)
         .map(|t| {
-            json!({"name": t.name, "push_time": time(t.updated_at), "pull_time": NEVER, "immutable": false})
+            json!({"name": t.name, "push_time": time(t.updated_at), "pull_time": NEVER, "immutable": guard.protects(&t.name)})
         })
         .collect();
     Ok(listing(c, items, total, page, size))
