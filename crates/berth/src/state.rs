@@ -689,6 +689,7 @@ fn berth_settings(
         create_projects_on_push: b.create_projects_on_push,
         robot_prefix: b.robot_prefix.clone(),
         push_networks: b.push_networks.clone(),
+        storage_quota: b.storage_quota,
         ldap,
         ..BerthSettings::default()
     })

@@ -1955,6 +1955,236 @@ async fn immutable_tag_rules() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
 
+/// A monolithic blob upload's answer (status and body), whatever it is.
+async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> (StatusCode, Value) {
+    let d = sha256(data);
+    let r = reg
+        .req(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        )
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("send");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn quota_of(api: &Api, id: i64) -> (i64, i64) {
+    let (s, _, q) = api
+        .call(Some(ADMIN), Method::GET, &format!("/quotas/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    (
+        q["hard"]["storage"].as_i64().expect("hard"),
+        q["used"]["storage"].as_i64().expect("used"),
+    )
+}
+
+/// Storage quotas with real pushes: who may set them, each blob counted once per
+/// project, a push past the quota refused with the numbers and nothing linked, usage
+/// given back by deletes, concurrent pushes never past the quota, and the quota given
+/// at project creation.
+#[tokio::test]
+async fn storage_quotas() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_user(&api, "qdev").await;
+    let dev = ("qdev", PASSWORD);
+    create_project(&api, ADMIN, "quota", false).await;
+    assert_eq!(
+        add_member(&api, ADMIN, "quota", "qdev", 2).await,
+        StatusCode::CREATED
+    );
+    let id = got_project_id(&api, "quota").await;
+    let one = format!("/quotas/{id}");
+
+    // Who may: system administrators only.
+    let set = |n: i64| Some(json!({"hard": {"storage": n}}));
+    let (s, _, _) = api.call(None, Method::PUT, &one, set(1000)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for (method, path) in [
+        (Method::PUT, one.as_str()),
+        (Method::GET, one.as_str()),
+        (Method::GET, "/quotas"),
+    ] {
+        let body = (method == Method::PUT).then(|| json!({"hard": {"storage": 1000}}));
+        let (s, _, _) = api.call(Some(dev), method.clone(), path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as a developer");
+    }
+    for (body, why) in [
+        (json!({"hard": {"count": 5}}), "hard.count"),
+        (json!({"hard": {"storage": -5}}), "-1 for no limit"),
+        (json!({"hard": {}}), "hard.storage is required"),
+    ] {
+        let (s, _, v) = api.call(Some(ADMIN), Method::PUT, &one, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    let (s, _, _) = api.call(Some(ADMIN), Method::PUT, &one, set(1000)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(quota_of(&api, id).await, (1000, 0));
+
+    // Each blob once per project, whichever repositories hold it.
+    let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+    let a = vec![b'a'; 600];
+    reg.push_blob("quota/app", &a).await;
+    assert_eq!(quota_of(&api, id).await, (1000, 600));
+    reg.push_blob("quota/other", &a).await;
+    assert_eq!(quota_of(&api, id).await, (1000, 600), "counted once");
+    // Past the quota: 403 DENIED with the numbers, nothing linked.
+    let big = vec![b'b'; 500];
+    let (s, e) = try_push_blob(&reg, "quota/app", &big).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["errors"][0]["code"], "DENIED", "{e}");
+    let msg = e["errors"][0]["message"].as_str().expect("message");
+    for n in ["quota", "1000", "600", "500"] {
+        assert!(msg.contains(n), "{n} in {msg}");
+    }
+    let r = reg
+        .req(
+            Method::HEAD,
+            &format!("/v2/quota/app/blobs/{}", sha256(&big)),
+        )
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing linked");
+    // Up to the byte is fine.
+    let c = vec![b'c'; 400];
+    reg.push_blob("quota/app", &c).await;
+    assert_eq!(quota_of(&api, id).await, (1000, 1000));
+    let (_, _, summary) = api
+        .call(Some(dev), Method::GET, "/projects/quota/summary", None)
+        .await;
+    assert_eq!(summary["quota"]["hard"]["storage"], 1000, "{summary}");
+    assert_eq!(summary["quota"]["used"]["storage"], 1000, "{summary}");
+    // A delete gives it back.
+    let r = Registry::new(&b.url)
+        .with_auth(ADMIN.0, ADMIN.1)
+        .req(
+            Method::DELETE,
+            &format!("/v2/quota/app/blobs/{}", sha256(&c)),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(quota_of(&api, id).await, (1000, 600));
+
+    // 8 clients push 8 different 100-byte blobs at once with room for 5: exactly 5 win.
+    let (s, _, _) = api.call(Some(ADMIN), Method::PUT, &one, set(1100)).await;
+    assert_eq!(s, StatusCode::OK);
+    let blobs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'0' + i; 100]).collect();
+    let answers = futures_util::future::join_all(blobs.iter().enumerate().map(|(i, data)| {
+        let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+        async move {
+            try_push_blob(&reg, &format!("quota/race{}", i % 3), data)
+                .await
+                .0
+        }
+    }))
+    .await;
+    let won = answers
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    assert_eq!((won, refused), (5, 3), "{answers:?}");
+    assert_eq!(quota_of(&api, id).await, (1100, 1100));
+
+    // No limit: still counted. A deleted repository gives back what only it held.
+    let (s, _, _) = api.call(Some(ADMIN), Method::PUT, &one, set(-1)).await;
+    assert_eq!(s, StatusCode::OK);
+    reg.push_blob("quota/app", &big).await;
+    assert_eq!(quota_of(&api, id).await, (-1, 1600));
+    for r in ["app", "race0", "race1", "race2"] {
+        let (s, _, v) = api
+            .call(
+                Some(ADMIN),
+                Method::DELETE,
+                &format!("/projects/quota/repositories/{r}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "delete {r}: {v}");
+    }
+    assert_eq!(
+        quota_of(&api, id).await,
+        (-1, 600),
+        "quota/other still holds a"
+    );
+    let (s, h, list) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/quotas?page=1&page_size=10",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-total-count"], "1");
+    assert_eq!(list[0]["ref"]["name"], "quota");
+
+    // At creation: an administrator's storage_limit is taken; a user's is not.
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "sized", "storage_limit": 2048})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let sized = got_project_id(&api, "sized").await;
+    let (_, _, q) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!("/quotas?reference=project&reference_id={sized}"),
+            None,
+        )
+        .await;
+    assert_eq!(q[0]["hard"]["storage"], 2048, "{q}");
+    let (s, _, v) = api
+        .call(
+            Some(dev),
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "mine", "storage_limit": 5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mine = got_project_id(&api, "mine").await;
+    let (_, _, q) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!("/quotas?reference=project&reference_id={mine}"),
+            None,
+        )
+        .await;
+    assert_eq!(q, json!([]), "a user sets no quota");
+}
+
+/// `auth.berth.storagequota` gives every new project its quota.
+#[tokio::test]
+async fn a_default_quota_for_new_projects() {
+    let b = start("    storagequota: 1KiB\n");
+    let api = Api::new(&b).await;
+    create_project(&api, ADMIN, "small", false).await;
+    let id = got_project_id(&api, "small").await;
+    assert_eq!(quota_of(&api, id).await, (1024, 0));
+    let reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+    reg.push_blob("small/app", &[7u8; 1000]).await;
+    let (s, _) = try_push_blob(&reg, "small/app", &[8u8; 100]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
 async fn wait_for_run(api: &Api, id: i64) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -1069,17 +1069,19 @@ fn docker_through_the_token_flow() {
     };
     login("dev", "dev");
     login("visitor", "visitor");
-    // A tiny image from a one-file rootfs.
+    // A tiny image from a one-file rootfs (another file, another image).
     let rootfs = tmp.path().join("rootfs.tar");
-    let mut tar = tar::Builder::new(Vec::new());
-    let content = format!("tenancy {}\n", b.host);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "hello.txt", content.as_bytes())
-        .expect("tar");
-    std::fs::write(&rootfs, tar.into_inner().expect("tar")).expect("rootfs");
+    let write_rootfs = |content: String| {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "hello.txt", content.as_bytes())
+            .expect("tar");
+        std::fs::write(&rootfs, tar.into_inner().expect("tar")).expect("rootfs");
+    };
+    write_rootfs(format!("tenancy {}\n", b.host));
     let reference = format!("{}/team/app:v1", b.host);
     let out = docker(
         "dev",
@@ -1150,15 +1152,7 @@ fn docker_through_the_token_flow() {
             .status()
     });
     assert_eq!(status, StatusCode::CREATED);
-    let mut tar = tar::Builder::new(Vec::new());
-    let content = format!("tenancy, another build {}\n", b.host);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "hello.txt", content.as_bytes())
-        .expect("tar");
-    std::fs::write(&rootfs, tar.into_inner().expect("tar")).expect("rootfs");
+    write_rootfs(format!("tenancy, another build {}\n", b.host));
     let out = docker(
         "dev",
         &["import", rootfs.to_str().expect("utf-8"), &reference],
@@ -1177,7 +1171,50 @@ fn docker_through_the_token_flow() {
         "docker shows why: {text}"
     );
     assert_eq!(served_v1(), before);
-    let _ = docker("dev", &["rmi", "-f", &reference]);
+
+    // A storage quota the project already uses up: docker's push of new layers is
+    // refused, saying so.
+    let status = rt.block_on(async {
+        let c = Client::new();
+        let project: Value = c
+            .get(format!("{}/api/v2.0/projects/team", b.url))
+            .header("x-is-resource-name", "true")
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("project")
+            .json()
+            .await
+            .expect("json");
+        c.put(format!(
+            "{}/api/v2.0/quotas/{}",
+            b.url, project["project_id"]
+        ))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"hard": {"storage": 1}}))
+        .send()
+        .await
+        .expect("quota")
+        .status()
+    });
+    assert_eq!(status, StatusCode::OK);
+    let v2 = format!("{}/team/app:v2", b.host);
+    write_rootfs(format!("tenancy, a third build {}\n", b.host));
+    let out = docker("dev", &["import", rootfs.to_str().expect("utf-8"), &v2]);
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker("dev", &["push", &v2]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "pushed past the quota: {text}");
+    assert!(
+        text.contains("denied") && text.contains("storage quota exceeded"),
+        "docker shows why: {text}"
+    );
+    let _ = docker("dev", &["rmi", "-f", &reference, &v2]);
 }
 
 /// The CLI's account commands: users, passwords, projects, robots, the signing

@@ -11,7 +11,7 @@ use super::rbac::{permission_of, Permission, RobotAccess, RobotPermission, Role}
 use crate::meta::{
     ArtifactFilter, ArtifactInfo, AuditEntry, AuditQuery, Member, MemberEntity, MetaError,
     MetaStore, NewRobot, NewUser, Page, Project, ProjectAccess, ProjectDeletion, ProjectFilter,
-    RepositorySummary, Robot, RobotChanges, User, UserChanges, UserSource, Viewer,
+    Quota, RepositorySummary, Robot, RobotChanges, User, UserChanges, UserSource, Viewer,
 };
 use std::sync::Arc;
 
@@ -340,10 +340,48 @@ impl Accounts {
             Who::User { user, .. } => Some(user.id),
             _ => None,
         };
-        self.meta
+        let p = self
+            .meta
             .create_project(name, public, owner)
             .await?
-            .map_err(|_| AccountError::Conflict(format!("the project named {name} already exists")))
+            .map_err(|_| {
+                AccountError::Conflict(format!("the project named {name} already exists"))
+            })?;
+        if let Some(hard) = self.access.default_quota() {
+            self.meta.set_quota(p.id, Some(hard)).await?;
+        }
+        Ok(p)
+    }
+
+    /// Set a project's storage quota (`None`: no limit): system administrators only.
+    pub async fn set_quota(&self, who: &Who, project_id: i64, hard: Option<u64>) -> Result<Quota> {
+        if !matches!(who, Who::System) {
+            Self::require_admin(who)?;
+        }
+        self.meta
+            .set_quota(project_id, hard)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("quota {project_id} not found")))
+    }
+
+    /// Every project's quota, by project id: system administrators only.
+    pub async fn quotas(&self, who: &Who, page: Page) -> Result<(Vec<Quota>, u64)> {
+        Self::require_admin(who)?;
+        Ok(self.meta.quotas(page).await?)
+    }
+
+    /// One project's quota, by project id: system administrators only.
+    pub async fn quota(&self, who: &Who, project_id: i64) -> Result<Quota> {
+        Self::require_admin(who)?;
+        self.meta
+            .quota(project_id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("quota {project_id} not found")))
+    }
+
+    /// The quota of a project the caller was already allowed to see (its summary).
+    pub async fn project_quota(&self, project_id: i64) -> Result<Option<Quota>> {
+        Ok(self.meta.quota(project_id).await?)
     }
 
     pub async fn list_projects(

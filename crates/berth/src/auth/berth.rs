@@ -61,6 +61,8 @@ pub struct BerthSettings {
     pub push_networks: Vec<IpNet>,
     /// Users may also log in with an LDAP directory's password.
     pub ldap: Option<LdapSettings>,
+    /// The storage quota a new project gets (`storagequota`); `None`: no limit.
+    pub storage_quota: Option<u64>,
 }
 
 impl Default for BerthSettings {
@@ -77,6 +79,7 @@ impl Default for BerthSettings {
             robot_prefix: "robot$".into(),
             push_networks: Vec::new(),
             ldap: None,
+            storage_quota: None,
         }
     }
 }
@@ -590,6 +593,11 @@ impl BerthAccess {
     }
 
     /// Whether `who` may create projects.
+    /// The storage quota a new project gets.
+    pub fn default_quota(&self) -> Option<u64> {
+        self.settings.storage_quota
+    }
+
     pub fn may_create_projects(&self, who: &Who) -> bool {
         match who {
             Who::System => true,
@@ -771,14 +779,19 @@ impl BerthAccess {
         if check_project_name(project).is_err() {
             return Ok(None);
         }
-        if self
+        if let Ok(p) = self
             .meta
             .create_project(project, false, owner)
             .await
             .map_err(meta_err)?
-            .is_ok()
         {
             tracing::info!(project, principal = %who.principal().display_name(), "created project {project:?} for a push (auth.berth.createprojectsonpush)");
+            if self.settings.storage_quota.is_some() {
+                self.meta
+                    .set_quota(p.id, self.settings.storage_quota)
+                    .await
+                    .map_err(meta_err)?;
+            }
         }
         self.meta
             .project_access(project, &who.viewer())

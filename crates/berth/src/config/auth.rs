@@ -73,6 +73,8 @@ pub struct BerthAuthConfig {
     pub ldap: Option<super::ldap::LdapConfig>,
     /// `auditretention`: how long audit records are kept (default 90 days).
     pub audit_retention: Duration,
+    /// `storagequota`: the storage quota a new project gets, in bytes (default: none).
+    pub storage_quota: Option<u64>,
 }
 
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
@@ -251,7 +253,17 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
             "must not contain '/', ':' or '+'",
         ));
     }
+    let storage_quota = match get_str(tree, "auth.berth.storagequota")?.as_deref() {
+        None | Some("") | Some("-1") => None,
+        Some(s) => Some(super::parse_size(s).ok_or_else(|| {
+            bad(
+                "auth.berth.storagequota",
+                format!("{s:?} is not a size like 10GiB or 500000000, or -1 for none"),
+            )
+        })?),
+    };
     Ok(BerthAuthConfig {
+        storage_quota,
         realm: get_str(tree, "auth.berth.realm")?.filter(|s| !s.is_empty()),
         service: text("auth.berth.service", "berth-registry")?,
         issuer: text("auth.berth.issuer", "berth-token-issuer")?,

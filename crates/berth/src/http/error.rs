@@ -110,6 +110,11 @@ impl From<RegistryError> for ApiError {
             E::TooManyUploads(_) => ApiError::new(ErrorCode::TooManyRequests, msg),
             E::JobRunning(_) => ApiError::with_status(StatusCode::CONFLICT, ErrorCode::Unknown, msg),
             E::Denied(_) => ApiError::new(ErrorCode::Denied, msg),
+            // A blob past its project's storage quota: the spec's DENIED, with the
+            // quota, the usage and the size in the message.
+            E::Meta(crate::meta::MetaError::QuotaExceeded { .. }) => {
+                ApiError::new(ErrorCode::Denied, msg)
+            }
             // The pull-through cache's upstream failed: a gateway error, with the cause
             // (Distribution 2.8 answers 404 MANIFEST_UNKNOWN, losing the cause).
             E::Upstream(_) => {

@@ -46,6 +46,8 @@ pub struct Metrics {
     gc_last_deleted_blobs: IntGauge,
     gc_last_deleted_manifests: IntGauge,
     gc_last_freed_bytes: IntGauge,
+    quota_used: IntGaugeVec,
+    quota_limit: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,6 +219,26 @@ impl Metrics {
                 "berth_gc_last_run_freed_bytes",
                 "Bytes the most recent finished garbage collection freed.",
             )?,
+            quota_used: register(
+                &prom,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "berth_project_quota_used_bytes",
+                        "Bytes of the distinct blobs linked into a project with a storage quota.",
+                    ),
+                    &["project"],
+                )?,
+            )?,
+            quota_limit: register(
+                &prom,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "berth_project_quota_limit_bytes",
+                        "A project's storage quota in bytes (-1: no limit).",
+                    ),
+                    &["project"],
+                )?,
+            )?,
             prom,
         })
     }
@@ -235,6 +257,7 @@ impl Metrics {
             Err(e) => tracing::error!("metrics: cannot count stored content: {e}"),
         }
         self.gc(registry).await;
+        self.quotas(registry).await;
         if let Some(c) = registry.proxy_counters() {
             // The registry counts; bring the exported counters up to its values.
             let sync = |counter: &IntCounter, value: &AtomicU64| {
@@ -271,6 +294,28 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// The projects' quota gauges, from the shared database (every node of a cluster
+    /// reports the same); projects gone since the last scrape disappear.
+    async fn quotas(&self, registry: &Registry) {
+        let quotas = match registry.quotas().await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!("metrics: cannot read project quotas: {e}");
+                return;
+            }
+        };
+        self.quota_used.reset();
+        self.quota_limit.reset();
+        for q in quotas {
+            self.quota_used
+                .with_label_values(&[q.project.as_str()])
+                .set(i64::try_from(q.used).unwrap_or(i64::MAX));
+            self.quota_limit
+                .with_label_values(&[q.project.as_str()])
+                .set(q.hard.map_or(-1, |h| i64::try_from(h).unwrap_or(i64::MAX)));
+        }
+    }
+
     /// The garbage collection gauges, from the latest runs recorded.
     async fn gc(&self, registry: &Registry) {
         let recent = crate::meta::Page {

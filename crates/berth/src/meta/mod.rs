@@ -80,6 +80,15 @@ pub enum MetaError {
     /// nothing was written.
     #[error("tag {0} is immutable and points at another manifest")]
     ImmutableTag(Tag),
+    /// Linking a blob new to the project would take its usage past its quota: nothing
+    /// was written.
+    #[error("storage quota exceeded: project {project} uses {used} of its {hard} bytes and this blob needs {size} more; delete images and let garbage collection free their blobs, or ask an administrator to raise the quota")]
+    QuotaExceeded {
+        project: String,
+        hard: u64,
+        used: u64,
+        size: u64,
+    },
 }
 
 impl MetaError {
@@ -720,6 +729,7 @@ pub trait ProxyCache: Send + Sync {
 pub trait MetaStore:
     GcRuns
     + ImmutableRules
+    + Quotas
     + Repositories
     + Manifests
     + Uploads
@@ -740,6 +750,7 @@ pub trait MetaStore:
 impl<
         T: GcRuns
             + ImmutableRules
+            + Quotas
             + Repositories
             + Manifests
             + Uploads

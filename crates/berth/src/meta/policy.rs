@@ -44,3 +44,29 @@ pub trait ImmutableRules: Send + Sync {
     /// Delete rule `id` of the project; `false` if there is none.
     async fn delete_immutable_rule(&self, project_id: i64, id: i64) -> Result<bool>;
 }
+
+/// A project's storage quota: `hard` bytes (`None`: no limit) and `used`, the bytes of
+/// the distinct blobs linked into its repositories (each counted once per project).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub project_id: i64,
+    pub project: String,
+    pub hard: Option<u64>,
+    pub used: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Storage quotas. Usage is kept exact by the transactions that link and unlink blobs
+/// ([`super::Repositories::link_blob`] and `mount_blob` refuse a new blob past the
+/// quota with [`super::MetaError::QuotaExceeded`], nothing written); a project without
+/// a quota row has none, and its usage is counted when it gets one.
+#[async_trait::async_trait]
+pub trait Quotas: Send + Sync {
+    /// Set project `project_id`'s limit (`None`: none), counting its usage now if it had
+    /// no quota; `None` if there is no such project.
+    async fn set_quota(&self, project_id: i64, hard: Option<u64>) -> Result<Option<Quota>>;
+    async fn quota(&self, project_id: i64) -> Result<Option<Quota>>;
+    /// A page of the quotas, by project id, and how many there are.
+    async fn quotas(&self, page: super::Page) -> Result<(Vec<Quota>, u64)>;
+}

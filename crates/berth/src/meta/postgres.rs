@@ -375,7 +375,15 @@ pub(super) async fn drop_if_empty(tx: &mut PgConnection, id: i64) -> Result<()> 
 /// Link `d` into `repo` (creating the repository) at time `t`, inside `tx`. A link that
 /// exists is renewed: a blob pushed or mounted again counts as new for garbage
 /// collection's grace period.
-async fn link_in(tx: &mut PgConnection, repo: &RepoName, d: &Digest, t: i64) -> Result<()> {
+async fn link_in(
+    tx: &mut PgConnection,
+    repo: &RepoName,
+    d: &Digest,
+    size: u64,
+    t: i64,
+) -> Result<()> {
+    // Counted against the project's quota if the link makes the blob new to it.
+    super::postgres_policy::charge(tx, repo.as_str(), d, size).await?;
     let repo_id = hold_repository(tx, repo.as_str(), t).await?;
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
@@ -445,7 +453,7 @@ impl Repositories for PgMeta {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-            link_in(&mut tx, repo, d, t).await?;
+            link_in(&mut tx, repo, d, blob_size, t).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;
             Ok(())
@@ -477,7 +485,7 @@ impl Repositories for PgMeta {
             let Some(n) = found else {
                 return Ok(None);
             };
-            link_in(&mut tx, repo, d, t).await?;
+            link_in(&mut tx, repo, d, size(n), t).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;
             Ok(Some(size(n)))
@@ -526,6 +534,8 @@ impl Repositories for PgMeta {
             let Some(repo_id) = gone else {
                 return Ok(false);
             };
+            let n = super::postgres_policy::blob_size(&mut tx, d).await?;
+            super::postgres_policy::release(&mut tx, repo.as_str(), d, n).await?;
             drop_if_empty(&mut tx, repo_id).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;
@@ -598,6 +608,7 @@ impl Repositories for PgMeta {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            super::postgres_policy::recount(&mut tx, repo.as_str()).await?;
             drop_if_empty(&mut tx, repo_id).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;

@@ -241,16 +241,32 @@ impl Housekeeping for PgMeta {
                     }
                 }
                 let gone: Vec<&str> = forgotten.iter().map(Digest::as_str).collect();
-                let mut unlinked: Vec<i64> = sqlx::query_scalar(
-                    "DELETE FROM repository_blobs WHERE digest = ANY($1) RETURNING repository_id",
+                // (repository, digest, size) of every link that goes.
+                let links: Vec<(i64, String, String, i64)> = sqlx::query_as(
+                    "SELECT r.id, r.name, rb.digest, b.size FROM repository_blobs rb
+                       JOIN repositories r ON r.id = rb.repository_id
+                       JOIN blobs b ON b.digest = rb.digest
+                      WHERE rb.digest = ANY($1) ORDER BY r.id, rb.digest",
                 )
                 .bind(&gone)
                 .fetch_all(&mut *tx)
                 .await?;
-                // A repository that held only these blobs goes with their links.
-                unlinked.sort_unstable();
-                unlinked.dedup();
-                for repo_id in unlinked {
+                sqlx::query("DELETE FROM repository_blobs WHERE digest = ANY($1)")
+                    .bind(&gone)
+                    .execute(&mut *tx)
+                    .await?;
+                // Off the quotas of the projects that held them; a repository that held only
+                // these blobs goes with their links.
+                let mut emptied: Vec<i64> = Vec::new();
+                for (repo_id, name, d, n) in links {
+                    let d = digest(d)?;
+                    let n = u64::try_from(n).unwrap_or(0);
+                    super::postgres_policy::release(&mut tx, &name, &d, n).await?;
+                    if emptied.last() != Some(&repo_id) {
+                        emptied.push(repo_id);
+                    }
+                }
+                for repo_id in emptied {
                     drop_if_empty(&mut tx, repo_id).await?;
                 }
                 sqlx::query("DELETE FROM blobs WHERE digest = ANY($1)")

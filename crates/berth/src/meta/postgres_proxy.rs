@@ -130,6 +130,14 @@ impl ProxyCache for PgMeta {
                 .bind(d)
                 .execute(&mut *tx)
                 .await?;
+                let n = super::postgres_policy::blob_size(&mut tx, &entry.digest).await?;
+                super::postgres_policy::release(
+                    &mut tx,
+                    entry.repository.as_str(),
+                    &entry.digest,
+                    n,
+                )
+                .await?;
             }
             // An emptied repository leaves the catalog too.
             drop_if_empty(&mut tx, repo_id).await?;

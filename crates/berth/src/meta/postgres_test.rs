@@ -179,6 +179,7 @@ mod suites {
         crate::meta::testsuite::job_claims(&meta).await;
         crate::meta::testsuite::gc_runs(&meta).await;
         crate::meta::testsuite::immutable_rules(&meta).await;
+        crate::meta::testsuite::quotas(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;
@@ -779,6 +780,55 @@ mod races {
                 .expect("get")
                 .is_none());
         }
+        a.close().await;
+        b.close().await;
+        db.drop_db().await;
+    }
+
+    /// Two nodes link 24 different blobs (and one shared by all) into three repositories
+    /// of a project at once, with room for 10: exactly 10 new blobs get in, the shared
+    /// one is counted once, and the usage equals a fresh count.
+    #[tokio::test]
+    async fn concurrent_links_never_pass_a_quota() {
+        use crate::meta::{Projects, Quotas};
+        let db = TestDb::create().await;
+        let a = Arc::new(db.open().await);
+        let b = Arc::new(db.open().await);
+        let p = a
+            .create_project("race", false, None)
+            .await
+            .expect("create")
+            .expect("free");
+        a.set_quota(p.id, Some(11 * 100)).await.expect("quota");
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let r = repo(&format!("race/r{}", i % 3));
+            tasks.push(tokio::spawn(async move {
+                let shared = node.link_blob(&r, &d("shared"), 100, &[]).await;
+                let own = node.link_blob(&r, &d(&format!("own {i}")), 100, &[]).await;
+                (shared, own)
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            let (shared, own) = t.await.expect("task");
+            shared.expect("the shared blob fits, once");
+            match own {
+                Ok(()) => won += 1,
+                Err(MetaError::QuotaExceeded { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won, 10);
+        let q = a.quota(p.id).await.expect("quota").expect("set");
+        assert_eq!(q.used, 1100);
+        let counted = a
+            .set_quota(p.id, Some(1100))
+            .await
+            .expect("recount")
+            .expect("set");
+        assert_eq!(counted.used, 1100, "kept exact");
         a.close().await;
         b.close().await;
         db.drop_db().await;

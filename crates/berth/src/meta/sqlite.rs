@@ -110,8 +110,11 @@ async fn link_in(
     tx: &mut sqlx::SqliteConnection,
     repo: &RepoName,
     d: &Digest,
+    size: u64,
     t: i64,
 ) -> Result<()> {
+    // Counted against the project's quota if the link makes the blob new to it.
+    super::sqlite_policy::charge(tx, repo.as_str(), d, size).await?;
     sqlx::query(UPSERT_REPO)
         .bind(repo.as_str())
         .bind(t)
@@ -160,7 +163,7 @@ impl Repositories for SqliteMeta {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        link_in(&mut tx, repo, d, t).await?;
+        link_in(&mut tx, repo, d, size, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -194,7 +197,7 @@ impl Repositories for SqliteMeta {
         let Some(size) = size else {
             return Ok(None);
         };
-        link_in(&mut tx, repo, d, t).await?;
+        link_in(&mut tx, repo, d, size, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(Some(size))
@@ -240,6 +243,8 @@ impl Repositories for SqliteMeta {
         let Some(&repo_id) = gone.first() else {
             return Ok(false);
         };
+        let size = super::sqlite_policy::blob_size(&mut tx, d).await?;
+        super::sqlite_policy::release(&mut tx, repo.as_str(), d, size).await?;
         drop_if_empty(&mut tx, repo_id).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
@@ -303,6 +308,7 @@ impl Repositories for SqliteMeta {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        super::sqlite_policy::recount(&mut tx, repo.as_str()).await?;
         drop_if_empty(&mut tx, repo_id).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;

@@ -35,7 +35,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
 impl SqliteMeta {
     /// A write transaction holding the lock from its start, for `what`; retried when
     /// another writer keeps the database locked past the busy timeout.
-    async fn begin_immediate(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
+    pub(super) async fn begin_immediate(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
         let mut attempt = 1;
         loop {
             match self.writer.begin_with("BEGIN IMMEDIATE").await {
@@ -230,14 +230,22 @@ impl Housekeeping for SqliteMeta {
             if claimed.rows_affected() != 1 {
                 continue;
             }
-            let unlinked: Vec<i64> = sqlx::query_scalar(
-                "DELETE FROM repository_blobs WHERE digest = ?1 RETURNING repository_id",
+            let size = super::sqlite_policy::blob_size(&mut tx, d).await?;
+            let unlinked: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT r.id, r.name FROM repository_blobs rb
+                   JOIN repositories r ON r.id = rb.repository_id WHERE rb.digest = ?1",
             )
             .bind(d.as_str())
             .fetch_all(&mut *tx)
             .await?;
-            // A repository that held only this blob goes with its link.
-            for repo_id in unlinked {
+            sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            // Off the quotas of the projects that held it; a repository that held only
+            // this blob goes with its link.
+            for (repo_id, name) in unlinked {
+                super::sqlite_policy::release(&mut tx, &name, d, size).await?;
                 drop_if_empty(&mut tx, repo_id).await?;
             }
             sqlx::query("DELETE FROM blobs WHERE digest = ?1")

@@ -117,6 +117,9 @@ impl ProxyCache for SqliteMeta {
                 .bind(d)
                 .execute(&mut *tx)
                 .await?;
+            let size = super::sqlite_policy::blob_size(&mut tx, &entry.digest).await?;
+            super::sqlite_policy::release(&mut tx, entry.repository.as_str(), &entry.digest, size)
+                .await?;
         }
         // An emptied repository leaves the catalog too.
         super::sqlite::drop_if_empty(&mut tx, repo_id).await?;

@@ -1232,3 +1232,115 @@ pub async fn immutable_rules(m: &dyn MetaStore) {
     assert!(m.immutable_rules(p.id).await.expect("list").is_empty());
     m.delete_project(other.id).await.expect("delete project");
 }
+
+/// Storage quotas: usage counted when a quota is set, each blob charged once per project
+/// however many of its repositories link it, a link past the limit refused with nothing
+/// written (mounts included), and usage given back exactly by unlinks, repository
+/// clearing and garbage collection.
+pub async fn quotas(m: &dyn MetaStore) {
+    let p = m
+        .create_project("quota", false, None)
+        .await
+        .expect("create")
+        .expect("free");
+    let (a, b) = (repo("quota/a"), repo("quota/b"));
+    let used = |q: Option<super::Quota>| q.expect("quota").used;
+    m.link_blob(&a, &d("q1"), 10, &[]).await.expect("link");
+    assert_eq!(m.quota(p.id).await.expect("quota"), None, "none until set");
+    let q = m
+        .set_quota(p.id, Some(25))
+        .await
+        .expect("set")
+        .expect("project");
+    assert_eq!(
+        (q.hard, q.used, q.project.as_str()),
+        (Some(25), 10, "quota")
+    );
+    // Once per project, whichever repositories link it.
+    m.link_blob(&b, &d("q1"), 10, &[]).await.expect("link");
+    m.link_blob(&a, &d("q1"), 10, &[]).await.expect("again");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 10);
+    m.link_blob(&a, &d("q2"), 10, &[]).await.expect("link");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 20);
+    // Past the limit: refused, nothing written.
+    match m.link_blob(&a, &d("q3"), 6, &[]).await {
+        Err(super::MetaError::QuotaExceeded {
+            project,
+            hard,
+            used,
+            size,
+        }) => assert_eq!((project.as_str(), hard, used, size), ("quota", 25, 20, 6)),
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert_eq!(m.known_blob(&d("q3")).await.expect("known"), None);
+    assert_eq!(m.linked_blob(&a, &d("q3")).await.expect("linked"), None);
+    // Up to the limit exactly is fine.
+    m.link_blob(&a, &d("q3"), 5, &[])
+        .await
+        .expect("to the byte");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 25);
+    // A mount of a blob new to the project is charged too; other projects are free.
+    m.link_blob(&repo("elsewhere/x"), &d("q4"), 6, &[])
+        .await
+        .expect("no quota there");
+    assert!(matches!(
+        m.mount_blob(&a, &d("q4"), Some(&repo("elsewhere/x")), &[])
+            .await,
+        Err(super::MetaError::QuotaExceeded { .. })
+    ));
+    assert_eq!(m.linked_blob(&a, &d("q4")).await.expect("linked"), None);
+    // Given back when the project's last link goes.
+    assert!(m.unlink_blob(&b, &d("q1"), &[]).await.expect("unlink"));
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 25);
+    assert!(m.unlink_blob(&a, &d("q1"), &[]).await.expect("unlink"));
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 15);
+    m.mount_blob(&a, &d("q4"), Some(&repo("elsewhere/x")), &[])
+        .await
+        .expect("mount")
+        .expect("mounted");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 21);
+    // Clearing a repository counts the project again.
+    m.link_blob(&b, &d("q2"), 10, &[]).await.expect("link");
+    assert!(matches!(
+        m.clear_repository(&a, None, &[]).await.expect("clear"),
+        super::RepositoryClearing::Cleared(3)
+    ));
+    assert_eq!(
+        used(m.quota(p.id).await.expect("quota")),
+        10,
+        "q2 is still in b"
+    );
+    // Garbage collection gives back what it forgets.
+    let lease = std::time::Duration::from_secs(30);
+    let future = super::now() + 3600;
+    assert!(m
+        .gc_forget_blob(&d("q2"), future, "gc-q", lease)
+        .await
+        .expect("forget"));
+    m.release_job(&super::collecting_claim(&d("q2")), "gc-q")
+        .await
+        .expect("release");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 0);
+    // No limit: still counted.
+    let q = m
+        .set_quota(p.id, None)
+        .await
+        .expect("set")
+        .expect("project");
+    assert_eq!((q.hard, q.used), (None, 0));
+    m.link_blob(&a, &d("q5"), 1000, &[])
+        .await
+        .expect("no limit");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 1000);
+    let (all, n) = m.quotas(super::Page::all()).await.expect("quotas");
+    assert_eq!((all.len(), n), (1, 1));
+    assert_eq!(all[0].project_id, p.id);
+    assert_eq!(m.set_quota(-1, Some(1)).await.expect("set"), None);
+    // Going with the project.
+    assert!(m.unlink_blob(&a, &d("q5"), &[]).await.expect("unlink"));
+    assert_eq!(
+        m.delete_project(p.id).await.expect("delete"),
+        super::ProjectDeletion::Deleted
+    );
+    assert_eq!(m.quota(p.id).await.expect("quota"), None);
+}

@@ -36,6 +36,7 @@ pub const TABLES: &[&str] = &[
     "gc_runs",
     "gc_schedule",
     "immutable_rules",
+    "project_quotas",
 ];
 
 /// Tables of the schema that are not registry content and are not copied.

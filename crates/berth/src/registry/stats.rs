@@ -22,3 +22,10 @@ impl Registry {
         Ok(())
     }
 }
+
+impl Registry {
+    /// Every project's storage quota (for metrics; one row per project with a quota).
+    pub async fn quotas(&self) -> Result<Vec<crate::meta::Quota>> {
+        Ok(self.meta.quotas(crate::meta::Page::all()).await?.0)
+    }
+}

@@ -8,6 +8,7 @@ mod audit;
 mod gc;
 mod immutable;
 mod projects;
+mod quotas;
 mod repositories;
 mod robots;
 mod system;
@@ -110,6 +111,9 @@ impl From<crate::registry::RegistryError> for Failure {
                 Failure::bad_request(message)
             }
             E::Unsupported(_) => Failure::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
+            E::Meta(crate::meta::MetaError::QuotaExceeded { .. }) => {
+                Failure::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+            }
             // Harbor's answer to a change an immutable tag rule refuses.
             E::Denied(_) => Failure::new(StatusCode::PRECONDITION_FAILED, "PRECONDITION", message),
             _ => {
@@ -277,6 +281,9 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["robots", id], "PATCH") => robots::refresh(c, id).await,
         (["robots", id], "DELETE") => robots::delete(c, id).await,
         (["audit-logs"], "GET") => audit::list(c).await,
+        (["quotas"], "GET") => quotas::list(c).await,
+        (["quotas", id], "GET") => quotas::get(c, id).await,
+        (["quotas", id], "PUT") => quotas::update(c, id).await,
         (["system", "gc"], "GET") => gc::list(c).await,
         (["system", "gc", "schedule"], "GET") => gc::schedule(c).await,
         (["system", "gc", "schedule"], "POST") => gc::set_schedule(c, true).await,

@@ -56,7 +56,10 @@ struct ProjectReq {
     public: Option<bool>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, Value>>,
-    /// Quotas come with project policies; only "no limit" is accepted today.
+    /// The project's storage quota in bytes (-1: no limit), set when a system
+    /// administrator creates it; others get the default (`auth.berth.storagequota`), as
+    /// Harbor's portal sends this field for everyone. Changed later through
+    /// `/quotas/{id}`.
     #[serde(default)]
     storage_limit: Option<i64>,
     /// Proxy-cache projects come with project policies; refused today.
@@ -83,9 +86,9 @@ impl ProjectReq {
                 "registry_id (proxy-cache projects) is not supported yet: use the proxy section of the configuration",
             ));
         }
-        if self.storage_limit.is_some_and(|l| l != -1) {
+        if self.storage_limit.is_some_and(|l| l < -1) {
             return Err(Failure::bad_request(
-                "storage_limit (project quotas) is not supported yet: leave it out or set -1",
+                "storage_limit must be a number of bytes, or -1 for no limit",
             ));
         }
         if self
@@ -139,6 +142,11 @@ pub(super) async fn create(c: &mut Call<'_>) -> Answer {
         crate::auth::berth::parse_networks(n).map_err(Failure::bad_request)?;
     }
     let p = c.accounts.create_project(&c.who, &name, public).await?;
+    if let Some(limit) = req.storage_limit.filter(|_| c.who.is_admin()) {
+        c.accounts
+            .set_quota(&c.who, p.id, u64::try_from(limit).ok())
+            .await?;
+    }
     if let Some(n) = networks {
         c.accounts
             .set_project_push_networks(&c.who, &ProjectKey::Id(p.id), &n)
@@ -261,17 +269,21 @@ pub(super) async fn summary(c: &mut Call<'_>, p: &str) -> Answer {
             }
         }
     }
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "repo_count": repo_count,
-            "project_admin_count": counts[1],
-            "maintainer_count": counts[4],
-            "developer_count": counts[2],
-            "guest_count": counts[3],
-            "limited_guest_count": counts[5],
-        }),
-    ))
+    let mut summary = json!({
+        "repo_count": repo_count,
+        "project_admin_count": counts[1],
+        "maintainer_count": counts[4],
+        "developer_count": counts[2],
+        "guest_count": counts[3],
+        "limited_guest_count": counts[5],
+    });
+    if let Some(q) = c.accounts.project_quota(a.project.id).await? {
+        summary["quota"] = json!({
+            "hard": {"storage": super::quotas::limit(&q)},
+            "used": {"storage": q.used},
+        });
+    }
+    Ok(json(StatusCode::OK, &summary))
 }
 
 /// Harbor's `ProjectMemberEntity`.
