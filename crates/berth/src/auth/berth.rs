@@ -592,12 +592,12 @@ impl BerthAccess {
         Ok((who, claims))
     }
 
-    /// Whether `who` may create projects.
     /// The storage quota a new project gets.
     pub fn default_quota(&self) -> Option<u64> {
         self.settings.storage_quota
     }
 
+    /// Whether `who` may create projects.
     pub fn may_create_projects(&self, who: &Who) -> bool {
         match who {
             Who::System => true,

@@ -255,13 +255,18 @@ impl Housekeeping for PgMeta {
                     .bind(&gone)
                     .execute(&mut *tx)
                     .await?;
-                // Off the quotas of the projects that held them; a repository that held only
+                // Off the quota of each project that held them (once a project and digest,
+                // however many of its repositories linked it); a repository that held only
                 // these blobs goes with their links.
                 let mut emptied: Vec<i64> = Vec::new();
+                let mut released = std::collections::HashSet::new();
                 for (repo_id, name, d, n) in links {
-                    let d = digest(d)?;
-                    let n = u64::try_from(n).unwrap_or(0);
-                    super::postgres_policy::release(&mut tx, &name, &d, n).await?;
+                    let project = name.split_once('/').map(|(p, _)| p.to_string());
+                    if released.insert((project, d.clone())) {
+                        let d = digest(d)?;
+                        let n = u64::try_from(n).unwrap_or(0);
+                        super::postgres_policy::release(&mut tx, &name, &d, n).await?;
+                    }
                     if emptied.last() != Some(&repo_id) {
                         emptied.push(repo_id);
                     }

@@ -123,21 +123,24 @@ impl ProxyCache for PgMeta {
                         .await?;
                 }
             } else {
-                sqlx::query(
+                let unlinked = sqlx::query(
                     "DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2",
                 )
                 .bind(repo_id)
                 .bind(d)
                 .execute(&mut *tx)
-                .await?;
-                let n = super::postgres_policy::blob_size(&mut tx, &entry.digest).await?;
-                super::postgres_policy::release(
-                    &mut tx,
-                    entry.repository.as_str(),
-                    &entry.digest,
-                    n,
-                )
-                .await?;
+                .await?
+                .rows_affected();
+                if unlinked == 1 {
+                    let n = super::postgres_policy::blob_size(&mut tx, &entry.digest).await?;
+                    super::postgres_policy::release(
+                        &mut tx,
+                        entry.repository.as_str(),
+                        &entry.digest,
+                        n,
+                    )
+                    .await?;
+                }
             }
             // An emptied repository leaves the catalog too.
             drop_if_empty(&mut tx, repo_id).await?;

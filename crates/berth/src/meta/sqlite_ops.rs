@@ -242,10 +242,14 @@ impl Housekeeping for SqliteMeta {
                 .bind(d.as_str())
                 .execute(&mut *tx)
                 .await?;
-            // Off the quotas of the projects that held it; a repository that held only
-            // this blob goes with its link.
+            // Off the quota of each project that held it (once a project, however many
+            // of its repositories linked it); a repository that held only this blob
+            // goes with its link.
+            let mut projects = std::collections::HashSet::new();
             for (repo_id, name) in unlinked {
-                super::sqlite_policy::release(&mut tx, &name, d, size).await?;
+                if projects.insert(name.split_once('/').map(|(p, _)| p.to_string())) {
+                    super::sqlite_policy::release(&mut tx, &name, d, size).await?;
+                }
                 drop_if_empty(&mut tx, repo_id).await?;
             }
             sqlx::query("DELETE FROM blobs WHERE digest = ?1")

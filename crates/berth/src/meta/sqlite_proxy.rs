@@ -112,14 +112,24 @@ impl ProxyCache for SqliteMeta {
                     .await?;
             }
         } else {
-            sqlx::query("DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2")
-                .bind(repo_id)
-                .bind(d)
-                .execute(&mut *tx)
+            let unlinked = sqlx::query(
+                "DELETE FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
+            )
+            .bind(repo_id)
+            .bind(d)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if unlinked == 1 {
+                let size = super::sqlite_policy::blob_size(&mut tx, &entry.digest).await?;
+                super::sqlite_policy::release(
+                    &mut tx,
+                    entry.repository.as_str(),
+                    &entry.digest,
+                    size,
+                )
                 .await?;
-            let size = super::sqlite_policy::blob_size(&mut tx, &entry.digest).await?;
-            super::sqlite_policy::release(&mut tx, entry.repository.as_str(), &entry.digest, size)
-                .await?;
+            }
         }
         // An emptied repository leaves the catalog too.
         super::sqlite::drop_if_empty(&mut tx, repo_id).await?;

@@ -1321,6 +1321,20 @@ pub async fn quotas(m: &dyn MetaStore) {
         .await
         .expect("release");
     assert_eq!(used(m.quota(p.id).await.expect("quota")), 0);
+    // A blob two of its repositories link is given back once.
+    m.link_blob(&a, &d("q6"), 3, &[]).await.expect("link");
+    m.link_blob(&b, &d("q6"), 3, &[]).await.expect("link");
+    m.link_blob(&b, &d("q7"), 4, &[]).await.expect("link");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 7);
+    assert!(m
+        .gc_forget_blob(&d("q6"), future, "gc-q", lease)
+        .await
+        .expect("forget"));
+    m.release_job(&super::collecting_claim(&d("q6")), "gc-q")
+        .await
+        .expect("release");
+    assert_eq!(used(m.quota(p.id).await.expect("quota")), 4);
+    assert!(m.unlink_blob(&b, &d("q7"), &[]).await.expect("unlink"));
     // No limit: still counted.
     let q = m
         .set_quota(p.id, None)

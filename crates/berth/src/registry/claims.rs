@@ -140,6 +140,7 @@ pub(super) struct HeldClaims {
     meta: Arc<dyn MetaStore>,
     names: Vec<String>,
     owner: String,
+    lease: Duration,
     until: Arc<Mutex<Instant>>,
 }
 
@@ -188,6 +189,7 @@ impl HeldClaims {
             meta,
             names,
             owner: owner.to_string(),
+            lease,
             until,
         }
     }
@@ -196,6 +198,28 @@ impl HeldClaims {
     pub(super) fn held_for(&self, margin: Duration) -> bool {
         let until = *self.until.lock().unwrap_or_else(|p| p.into_inner());
         Instant::now() + margin < until
+    }
+
+    /// Whether every claim is still held, by the database's answer: one renewal now,
+    /// counted. A claim that ran out is never revived, so `true` means none ran out at
+    /// any time since they were taken (the local [`HeldClaims::held_for`] cannot tell
+    /// that to the second: leases are whole seconds on the database's clock).
+    pub(super) async fn confirm(&self) -> bool {
+        if !self.held_for(Duration::ZERO) {
+            return false;
+        }
+        let lease = self.lease;
+        match self.meta.renew_jobs(&self.names, &self.owner, lease).await {
+            Ok(k) if k as usize == self.names.len() => true,
+            Ok(_) => {
+                set(&self.until, Instant::now());
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "confirming claims failed; treating them as lost");
+                false
+            }
+        }
     }
 
     /// Stop renewing and give every claim up now.
