@@ -688,6 +688,80 @@ async fn load_blob(c: &Client, url: &str, repo: &str, data: &[u8], mount_from: O
         .await;
 }
 
+/// PUT `manifest` as `repo:tag`, pushing `blobs` first, and again (blobs included) while
+/// the push is refused with MANIFEST_BLOB_UNKNOWN (a collection with no grace period may
+/// take a layer pushed but not yet referenced: the spec's answer, the client pushes
+/// again), at most `attempts` times; the number of retries.
+async fn push_with_retries(
+    c: &Client,
+    url: &str,
+    (repo, tag): (&str, &str),
+    blobs: &[(&[u8], Option<&str>)],
+    manifest: &[u8],
+    attempts: usize,
+) -> usize {
+    let mut retries = 0;
+    loop {
+        for (blob, mount) in blobs {
+            load_blob(c, url, repo, blob, *mount).await;
+        }
+        let r = c
+            .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest.to_vec())
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        if status == StatusCode::CREATED {
+            return retries;
+        }
+        let text = r.text().await.unwrap_or_default();
+        assert!(
+            status == StatusCode::BAD_REQUEST && text.contains("MANIFEST_BLOB_UNKNOWN"),
+            "manifest push answered {status}: {text}"
+        );
+        retries += 1;
+        assert!(
+            retries < attempts,
+            "image {repo}:{tag} refused {attempts} times: {text}"
+        );
+    }
+}
+
+/// Every pushed image serves its manifest bytes and every blob with its digest.
+async fn assert_served(c: &Client, url: &str, pushed: &[Pushed]) {
+    for p in pushed {
+        let r = c
+            .get(format!("{url}/v2/{}/manifests/{}", p.repo, p.tag))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "{}:{}", p.repo, p.tag);
+        assert_eq!(
+            r.bytes().await.expect("body").as_ref(),
+            p.manifest.as_slice()
+        );
+        for blob in &p.blobs {
+            let d = sha256(blob);
+            let r = c
+                .get(format!("{url}/v2/{}/blobs/{d}", p.repo))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), StatusCode::OK, "{}:{} blob {d}", p.repo, p.tag);
+            assert_eq!(
+                sha256(&r.bytes().await.expect("body")),
+                d,
+                "{}:{} blob {d}",
+                p.repo,
+                p.tag
+            );
+        }
+    }
+}
+
 /// 200 small images pushed in a loop (a shared layer uploaded again each time or
 /// mounted, a layer and a config of their own), retrying an image whose manifest push is
 /// refused with MANIFEST_BLOB_UNKNOWN (a collection with no grace period may take a
@@ -710,33 +784,10 @@ async fn push_load(url: String) -> (Vec<Pushed>, usize) {
         ]});
         let manifest = serde_json::to_vec(&m).expect("json");
         let tag = format!("v{i}");
-        let mut attempt = 0;
-        loop {
-            let from = format!("load/app{}", (i + 1) % 4);
-            let mount = (i % 4 == 0 && i > 0).then_some(from.as_str());
-            load_blob(&c, &url, &repo, shared, mount).await;
-            load_blob(&c, &url, &repo, &layer, None).await;
-            load_blob(&c, &url, &repo, &cfg, None).await;
-            let r = c
-                .put(format!("{url}/v2/{repo}/manifests/{tag}"))
-                .header("content-type", OCI_MANIFEST)
-                .body(manifest.clone())
-                .send()
-                .await
-                .expect("send");
-            let status = r.status();
-            if status == StatusCode::CREATED {
-                break;
-            }
-            let text = r.text().await.unwrap_or_default();
-            assert!(
-                status == StatusCode::BAD_REQUEST && text.contains("MANIFEST_BLOB_UNKNOWN"),
-                "manifest push answered {status}: {text}"
-            );
-            attempt += 1;
-            retries += 1;
-            assert!(attempt < 10, "image {i} refused 10 times: {text}");
-        }
+        let from = format!("load/app{}", (i + 1) % 4);
+        let mount = (i % 4 == 0 && i > 0).then_some(from.as_str());
+        let blobs = [(shared, mount), (&layer[..], None), (&cfg[..], None)];
+        retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 10).await;
         pushed.push(Pushed {
             repo,
             tag,
@@ -787,30 +838,7 @@ async fn garbage_collect_during_continuous_pushes() {
     for d in &garbage {
         assert!(!blob_file(&b, d).exists(), "garbage blob {d} was collected");
     }
-    for p in &pushed {
-        let r = c
-            .get(format!("{}/v2/{}/manifests/{}", b.url, p.repo, p.tag))
-            .header("accept", OCI_MANIFEST)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::OK, "{}:{}", p.repo, p.tag);
-        assert_eq!(
-            r.bytes().await.expect("body").as_ref(),
-            p.manifest.as_slice()
-        );
-        for blob in &p.blobs {
-            let d = sha256(blob);
-            let r = c
-                .get(format!("{}/v2/{}/blobs/{d}", b.url, p.repo))
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(r.status(), StatusCode::OK, "{}:{} blob {d}", p.repo, p.tag);
-            let body = r.bytes().await.expect("body");
-            assert_eq!(sha256(&body), d, "{}:{} blob {d}", p.repo, p.tag);
-        }
-    }
+    assert_served(&c, &b.url, &pushed).await;
     let missing: Vec<String> = b
         .log_lines()
         .into_iter()
@@ -868,31 +896,12 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
                     "layers": layers.iter().map(|l| json!({"mediaType": OCI_LAYER, "digest": sha256(l).as_str(), "size": l.len()})).collect::<Vec<_>>()});
                 let manifest = serde_json::to_vec(&m).expect("json");
                 let tag = format!("v{i}");
-                let mut attempt = 0;
-                loop {
-                    for blob in [layers[0].as_slice(), layers[1].as_slice(), &cfg] {
-                        load_blob(&c, &url, &repo, blob, None).await;
-                    }
-                    let r = c
-                        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
-                        .header("content-type", OCI_MANIFEST)
-                        .body(manifest.clone())
-                        .send()
-                        .await
-                        .expect("send");
-                    let status = r.status();
-                    if status == StatusCode::CREATED {
-                        break;
-                    }
-                    let text = r.text().await.unwrap_or_default();
-                    assert!(
-                        status == StatusCode::BAD_REQUEST && text.contains("MANIFEST_BLOB_UNKNOWN"),
-                        "manifest push answered {status}: {text}"
-                    );
-                    attempt += 1;
-                    retries += 1;
-                    assert!(attempt < 20, "image {repo}:{tag} refused 20 times: {text}");
-                }
+                let blobs = [
+                    (layers[0].as_slice(), None),
+                    (layers[1].as_slice(), None),
+                    (&cfg[..], None),
+                ];
+                retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 20).await;
                 let this = Pushed {
                     repo: repo.clone(),
                     tag,
@@ -975,29 +984,7 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
     );
     assert_eq!(rounds, ROUNDS, "collections in {:?}", started.elapsed());
     assert!(deleted.len() > 100 && alive.len() > 20, "too little load");
-    for p in &alive {
-        let r = c
-            .get(format!("{}/v2/{}/manifests/{}", b.url, p.repo, p.tag))
-            .header("accept", OCI_MANIFEST)
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::OK, "{}:{}", p.repo, p.tag);
-        assert_eq!(
-            r.bytes().await.expect("body").as_ref(),
-            p.manifest.as_slice()
-        );
-        for blob in &p.blobs {
-            let d = sha256(blob);
-            let r = c
-                .get(format!("{}/v2/{}/blobs/{d}", b.url, p.repo))
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(r.status(), StatusCode::OK, "{}:{} blob {d}", p.repo, p.tag);
-            assert_eq!(sha256(&r.bytes().await.expect("body")), d);
-        }
-    }
+    assert_served(&c, &b.url, &alive).await;
     for p in &deleted {
         let r = c
             .get(format!(
@@ -1072,6 +1059,72 @@ async fn a_configured_schedule_collects_by_itself() {
         .expect("text");
     assert_eq!(sample(&text, "berth_gc_last_run_success"), 1.0);
     assert_eq!(sample(&text, "berth_gc_running"), 0.0);
+}
+
+/// A node in read-only mode follows no schedule: a schedule of every second records no
+/// run in 3 s (a writable node's first run comes within about 1 s, as above).
+#[tokio::test]
+async fn a_read_only_node_collects_nothing_on_a_schedule() {
+    let yaml = config("").replace(
+        "  delete:\n",
+        "  maintenance:\n    readonly:\n      enabled: true\n    garbagecollect:\n      schedule: \"* * * * * *\"\n      grace: 0s\n  delete:\n",
+    );
+    let (_b, debug) = Berth::start_with_debug(&yaml);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = Client::new()
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        sample(&text, "berth_gc_last_run_start_seconds"),
+        0.0,
+        "no run"
+    );
+}
+
+/// Each project's quota and usage are exported, and follow pushes.
+#[tokio::test]
+async fn quota_metrics() {
+    let (b, debug) = Berth::start_with_debug(&config(
+        "auth:\n  berth:\n    adminpassword: Harbor12345\n    storagequota: 1MiB\n",
+    ));
+    let c = Client::new();
+    let r = c
+        .post(format!("{}/api/v2.0/projects", b.url))
+        .basic_auth("admin", Some("Harbor12345"))
+        .json(&json!({"project_name": "metered"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    Registry::new(&b.url)
+        .with_auth("admin", "Harbor12345")
+        .push_blob("metered/app", &[1u8; 1234])
+        .await;
+    let text = c
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        sample(&text, "berth_project_quota_used_bytes{project=\"metered\"}"),
+        1234.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "berth_project_quota_limit_bytes{project=\"metered\"}"
+        ),
+        1048576.0
+    );
 }
 
 /// A method outside the API is counted under `method="other"`, never under its own
