@@ -1957,16 +1957,7 @@ async fn immutable_tag_rules() {
 
 /// A monolithic blob upload's answer (status and body), whatever it is.
 async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> (StatusCode, Value) {
-    let d = sha256(data);
-    let r = reg
-        .req(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-        )
-        .body(data.to_vec())
-        .send()
-        .await
-        .expect("send");
+    let r = reg.try_push_blob(repo, data).await;
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }

@@ -253,19 +253,22 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The debug server's Prometheus text.
+async fn scrape(c: &Client, debug: &str) -> String {
+    let r = c
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.text().await.expect("text")
+}
+
 #[tokio::test]
 async fn metrics_move_with_pushes_and_pulls() {
     let (b, debug) = Berth::start_with_debug(&config(""));
     let c = Client::new();
-    let metrics = || async {
-        let r = c
-            .get(format!("http://{debug}/metrics"))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::OK);
-        r.text().await.expect("text")
-    };
+    let metrics = || scrape(&c, &debug);
     let before = metrics().await;
     assert!(before.contains("# TYPE berth_blobs gauge"), "{before}");
     assert_eq!(sample(&before, "berth_blobs"), 0.0);
@@ -1049,14 +1052,7 @@ async fn a_configured_schedule_collects_by_itself() {
     assert_eq!(sample(&text, "berth_gc_last_run_success"), 1.0);
     // The schedule keeps running: later runs (nothing left to delete) succeed too.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let text = c
-        .get(format!("http://{debug}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&c, &debug).await;
     assert_eq!(sample(&text, "berth_gc_last_run_success"), 1.0);
     assert_eq!(sample(&text, "berth_gc_running"), 0.0);
 }
@@ -1071,14 +1067,7 @@ async fn a_read_only_node_collects_nothing_on_a_schedule() {
     );
     let (_b, debug) = Berth::start_with_debug(&yaml);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let text = Client::new()
-        .get(format!("http://{debug}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&Client::new(), &debug).await;
     assert_eq!(
         sample(&text, "berth_gc_last_run_start_seconds"),
         0.0,
@@ -1105,14 +1094,7 @@ async fn quota_metrics() {
         .with_auth("admin", "Harbor12345")
         .push_blob("metered/app", &[1u8; 1234])
         .await;
-    let text = c
-        .get(format!("http://{debug}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&c, &debug).await;
     assert_eq!(
         sample(&text, "berth_project_quota_used_bytes{project=\"metered\"}"),
         1234.0,

@@ -145,6 +145,17 @@ async fn quota_of(
     })
 }
 
+/// Whether a repository of `project` links `d`.
+async fn holds(tx: &mut SqliteConnection, project: &str, d: &Digest) -> Result<bool> {
+    let (lo, hi) = project_range(project);
+    Ok(sqlx::query_scalar(HOLDS)
+        .bind(d.as_str())
+        .bind(&lo)
+        .bind(&hi)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
 /// In a write transaction, before `d` (`size` bytes) is linked into `repo`: charge it
 /// to the quota of `repo`'s project if the project does not hold it yet, or refuse
 /// with [`MetaError::QuotaExceeded`] if that would pass the limit.
@@ -157,14 +168,7 @@ pub(super) async fn charge(
     let Some((project, id, hard, used)) = quota_of(tx, repo).await? else {
         return Ok(());
     };
-    let (lo, hi) = project_range(&project);
-    let held: bool = sqlx::query_scalar(HOLDS)
-        .bind(d.as_str())
-        .bind(&lo)
-        .bind(&hi)
-        .fetch_one(&mut *tx)
-        .await?;
-    if held {
+    if holds(tx, &project, d).await? {
         return Ok(());
     }
     let size_i = i64::try_from(size).unwrap_or(i64::MAX);
@@ -198,14 +202,7 @@ pub(super) async fn release(
     let Some((project, id, _, _)) = quota_of(tx, repo).await? else {
         return Ok(());
     };
-    let (lo, hi) = project_range(&project);
-    let held: bool = sqlx::query_scalar(HOLDS)
-        .bind(d.as_str())
-        .bind(&lo)
-        .bind(&hi)
-        .fetch_one(&mut *tx)
-        .await?;
-    if held {
+    if holds(tx, &project, d).await? {
         return Ok(());
     }
     sqlx::query(

@@ -94,21 +94,26 @@ impl Registry {
     /// A monolithic upload (`POST ...?digest=`) of `data` into `repo`; must answer 201.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> oci::Digest {
         let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
+        let r = self.try_push_blob(repo, data).await;
         assert_eq!(
             r.status(),
             StatusCode::CREATED,
             "monolithic push of {d} to {repo}"
         );
         d
+    }
+
+    /// A monolithic upload of `data` into `repo`, whatever it is answered.
+    pub async fn try_push_blob(&self, repo: &str, data: &[u8]) -> Response {
+        let d = sha256(data);
+        self.req(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        )
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("send")
     }
 
     /// A two-step upload as docker does it: `POST` (202 with a Location), then `PUT` of
