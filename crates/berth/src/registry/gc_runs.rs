@@ -415,6 +415,61 @@ mod tests {
         assert_eq!(log, lines.join("\n") + "\n");
     }
 
+    /// A stop asked for in the middle of the sweep ends it after the batch in hand:
+    /// that batch's blobs are deleted, every later one is kept.
+    #[tokio::test]
+    async fn a_stop_mid_sweep_ends_after_the_batch() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("meta");
+        let blobs = Arc::new(MemoryBlobStore::new());
+        let registry = Arc::new(Registry::new(
+            blobs.clone(),
+            Arc::new(meta),
+            Settings::default(),
+        ));
+        let mut digests = Vec::new();
+        for i in 0..100 {
+            let data = bytes::Bytes::from(format!("unreferenced {i}"));
+            let digest = oci::Digest::of(oci::Algorithm::Sha256, &data);
+            let body: crate::storage::ByteStream =
+                Box::pin(futures_util::stream::once(async move { Ok(data) }));
+            registry
+                .put_blob(&"a/b".parse().expect("repo"), &digest, body)
+                .await
+                .expect("push");
+            digests.push(digest);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = crate::registry::gc::race::Pause::at("gc:hidden");
+        let (r, s) = (registry.clone(), stop.clone());
+        let task = tokio::spawn(pause.clone().scope(async move {
+            let options = GcOptions {
+                dry_run: false,
+                delete_untagged: false,
+                grace: Duration::ZERO,
+                owner: "test".into(),
+            };
+            let mut out = |_: String| {};
+            r.collect(&options, &mut out, &s).await
+        }));
+        pause.reached.notified().await;
+        stop.store(true, Ordering::Relaxed);
+        pause.resume.notify_one();
+        let report = task.await.expect("join").expect("collect");
+        assert!(report.stopped);
+        assert_eq!(report.deleted_blobs, 64, "the first batch");
+        let mut kept = 0;
+        for d in &digests {
+            if blobs.stat(d).await.expect("stat").is_some() {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 36);
+    }
+
     #[test]
     fn cron_ticks_are_utc_with_seconds_first() {
         use super::{check_cron, next_tick};
