@@ -472,9 +472,7 @@ async fn a_node_cut_off_from_postgres_or_s3_answers_503_and_recovers() {
     let dsn = env_value(&start_pg(), "BERTH_TEST_POSTGRES_URL");
     let shared_s3 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/s3");
     let s3_dir = dir.path().join("s3");
-    let s3_env = run(Command::new("bash")
-        .arg(format!("{shared_s3}/start-seaweedfs.sh"))
-        .arg(&s3_dir));
+    let s3_env = common::s3::start_in(common::s3::S3Kind::SeaweedFs, &s3_dir);
     let s3_pid = env_value(&s3_env, "S3_PID");
     let config = format!(
         "version: 0.1\nstorage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n  delete:\n    enabled: true\n  redirect:\n    disable: true\ndatabase:\n  driver: postgres\n  dsn: {dsn}\n  connecttimeout: 2s\n  pool:\n    acquiretimeout: 3s\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 1s\n    threshold: 2\nhttp:\n  addr: 127.0.0.1:0\n",

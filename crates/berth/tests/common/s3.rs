@@ -93,20 +93,43 @@ fn start(kind: S3Kind) -> S3Server {
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).expect("s3 dir");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .expect("run the S3 start script");
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
     S3Server {
-        env: parse_env(&String::from_utf8_lossy(&out.stdout)),
+        env: parse_env(&start_in(kind, &dir)),
     }
+}
+
+/// Start a server of `kind` of this test's own in `dir` with its start script; the
+/// `export` lines it printed. The script picks free ports and then binds them, so a
+/// port another process took in between fails the start: it is tried again (after the
+/// stop script cleared `dir`), up to three times.
+pub fn start_in(kind: S3Kind, dir: &std::path::Path) -> String {
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/s3");
+    let script = shared.join(format!("start-{}.sh", kind.name()));
+    let stop = shared.join(format!("stop-{}.sh", kind.name()));
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir)
+            .output()
+            .expect("run the S3 start script");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "{} failed (attempt {attempt} of 3), trying again: {}",
+            script.display(),
+            last.lines().last().unwrap_or_default()
+        );
+        let _ = Command::new("bash")
+            .arg(&stop)
+            .arg(dir)
+            .arg("--purge")
+            .output();
+        std::fs::create_dir_all(dir).expect("s3 dir");
+    }
+    panic!("{} failed three times: {last}", script.display());
 }
 
 /// The server of `kind`, started on first use.
