@@ -2222,3 +2222,533 @@ fn harborapi_client_works_unchanged() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("harborapi: all checks passed"), "{text}");
 }
+
+fn retention_rule(template: &str, n: i64, repos: &str, tags: &str, untagged: bool) -> Value {
+    let params = if template == "always" {
+        json!({})
+    } else {
+        json!({ template: n })
+    };
+    json!({
+        "disabled": false,
+        "action": "retain",
+        "template": template,
+        "params": params,
+        "tag_selectors": [{"kind": "doublestar", "decoration": "matches", "pattern": tags, "extras": format!("{{\"untagged\":{untagged}}}")}],
+        "scope_selectors": {"repository": [{"kind": "doublestar", "decoration": "repoMatches", "pattern": repos}]},
+    })
+}
+
+fn retention_policy(project_id: i64, rules: Vec<Value>, cron: &str) -> Value {
+    json!({
+        "algorithm": "or",
+        "rules": rules,
+        "trigger": {"kind": "Schedule", "settings": {"cron": cron}, "references": {}},
+        "scope": {"level": "project", "ref": project_id},
+    })
+}
+
+/// Run policy `id` now (`dry_run`) as `who` and wait for the run to end; the run's
+/// listing entry and its tasks.
+async fn run_retention(api: &Api, who: (&str, &str), id: i64, dry_run: bool) -> (Value, Value) {
+    let runs = format!("/retentions/{id}/executions");
+    let (s, h, v) = api
+        .call(
+            Some(who),
+            Method::POST,
+            &runs,
+            Some(json!({"dry_run": dry_run})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let location = h["location"].to_str().expect("location").to_string();
+    let run: i64 = location
+        .rsplit('/')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .expect("run id");
+    assert_eq!(
+        location,
+        format!("/api/v2.0/retentions/{id}/executions/{run}")
+    );
+    for _ in 0..300 {
+        let (_, _, list) = api.call(Some(who), Method::GET, &runs, None).await;
+        let entry = list
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["id"] == run)
+            .cloned()
+            .expect("listed");
+        if entry["status"] != "Running" {
+            let (s, _, tasks) = api
+                .call(Some(who), Method::GET, &format!("{runs}/{run}/tasks"), None)
+                .await;
+            assert_eq!(s, StatusCode::OK);
+            return (entry, tasks);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("retention run {run} did not end within 30 s");
+}
+
+/// A task's log, as text.
+async fn task_log(b: &Berth, who: (&str, &str), id: i64, run: &Value, task: &Value) -> String {
+    Client::new()
+        .get(format!(
+            "{}/api/v2.0/retentions/{id}/executions/{}/tasks/{}",
+            b.url, run["id"], task["id"]
+        ))
+        .basic_auth(who.0, Some(who.1))
+        .send()
+        .await
+        .expect("log")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Tag retention: who may set and run a policy, what each rule keeps (most recently
+/// pushed, pulled within N days, always by pattern, untagged artifacts), immutable tags
+/// and other repositories untouched, an index's children going with it, dry runs that
+/// delete nothing, runs recorded with per-repository tasks and logs, the schedule, and
+/// the policy's removal.
+#[tokio::test]
+async fn tag_retention() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    for u in ["retmaint", "retdev", "retguest"] {
+        create_user(&api, u).await;
+    }
+    let (maint, dev, guest) = (
+        ("retmaint", PASSWORD),
+        ("retdev", PASSWORD),
+        ("retguest", PASSWORD),
+    );
+    create_project(&api, ADMIN, "ret", false).await;
+    for (user, role) in [("retmaint", 4), ("retdev", 2), ("retguest", 3)] {
+        assert_eq!(
+            add_member(&api, ADMIN, "ret", user, role).await,
+            StatusCode::CREATED
+        );
+    }
+    let (_, _, project) = api
+        .call(Some(ADMIN), Method::GET, "/projects/ret", None)
+        .await;
+    let pid = project["project_id"].as_i64().expect("project id");
+    let (s, _, meta) = api
+        .call(Some(guest), Method::GET, "/retentions/metadatas", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(meta["templates"].as_array().expect("templates").len(), 5);
+
+    // Content, oldest first, a second apart: v1 (immutable), v2, v3, v4, keep-me, one
+    // untagged image, an index tagged idx with two untagged children, and another
+    // repository no rule covers.
+    let mut pushed = BTreeMap::new();
+    for (tag, salt) in [
+        ("v1", "r1"),
+        ("v2", "r2"),
+        ("idx", ""),
+        ("v3", "r3"),
+        ("v4", "r4"),
+        ("keep-me", "rk"),
+    ] {
+        if tag == "idx" {
+            let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+            let mut children = Vec::new();
+            for salt in ["child-a", "child-b"] {
+                let m = manifest_of(salt);
+                let config = format!("{{\"salt\":\"{salt}\"}}").into_bytes();
+                reg.push_blob("ret/app", &config).await;
+                reg.push_blob("ret/app", format!("layer {salt}").as_bytes())
+                    .await;
+                let d = sha256(&m);
+                let r = reg
+                    .put_manifest("ret/app", d.as_str(), OCI_MANIFEST, &m)
+                    .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+                children.push(
+                    json!({"mediaType": OCI_MANIFEST, "digest": d.as_str(), "size": m.len()}),
+                );
+                pushed.insert(salt.to_string(), d);
+            }
+            let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children})).expect("json");
+            let r = reg
+                .put_manifest(
+                    "ret/app",
+                    "idx",
+                    "application/vnd.oci.image.index.v1+json",
+                    &index,
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            pushed.insert("idx".to_string(), sha256(&index));
+        } else {
+            pushed.insert(tag.to_string(), push(&b, dev, "ret/app", tag, salt).await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+    let loose = manifest_of("untagged");
+    reg.push_blob("ret/app", b"{\"salt\":\"untagged\"}").await;
+    reg.push_blob("ret/app", b"layer untagged").await;
+    let loose_digest = sha256(&loose);
+    let r = reg
+        .put_manifest("ret/app", loose_digest.as_str(), OCI_MANIFEST, &loose)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let other = push(&b, dev, "ret/other", "v0", "o0").await;
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::POST,
+            "/projects/ret/immutabletagrules",
+            Some(immutable_rule("**", "v1")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let present = |repo: &'static str, d: oci::Digest| {
+        let reg = Registry::new(&b.url).with_auth(dev.0, dev.1);
+        async move {
+            reg.req(Method::HEAD, &format!("/v2/{repo}/manifests/{d}"))
+                .send()
+                .await
+                .expect("head")
+                .status()
+                == StatusCode::OK
+        }
+    };
+
+    // Keep the 2 most recently pushed v* (untagged not selected), and keep-* always,
+    // in repository app only.
+    let policy = retention_policy(
+        pid,
+        vec![
+            retention_rule("latestPushedK", 2, "app", "v*", false),
+            retention_rule("always", 0, "app", "keep-*", false),
+        ],
+        "",
+    );
+    let (s, _, _) = api
+        .call(None, Method::POST, "/retentions", Some(policy.clone()))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for who in [dev, guest] {
+        let (s, _, _) = api
+            .call(Some(who), Method::POST, "/retentions", Some(policy.clone()))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} sets a policy", who.0);
+    }
+    let mut bad = policy.clone();
+    bad["rules"][0]["template"] = json!("latestK");
+    let (s, _, v) = api
+        .call(Some(maint), Method::POST, "/retentions", Some(bad))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v.to_string().contains("template"), "{v}");
+    let (s, h, v) = api
+        .call(
+            Some(maint),
+            Method::POST,
+            "/retentions",
+            Some(policy.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id: i64 = h["location"]
+        .to_str()
+        .expect("location")
+        .strip_prefix("/api/v2.0/retentions/")
+        .and_then(|i| i.parse().ok())
+        .expect("policy id");
+    let (s, _, v) = api
+        .call(
+            Some(maint),
+            Method::POST,
+            "/retentions",
+            Some(policy.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "one per project: {v}");
+    let (_, _, project) = api
+        .call(Some(guest), Method::GET, "/projects/ret", None)
+        .await;
+    assert_eq!(project["metadata"]["retention_id"], id.to_string());
+    let (s, _, got) = api
+        .call(Some(guest), Method::GET, &format!("/retentions/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (got["id"].as_i64(), got["rules"][1]["id"].as_i64()),
+        (Some(id), Some(2))
+    );
+    assert_eq!(got["scope"]["ref"], pid);
+    for who in [dev, guest] {
+        let (s, _, _) = api
+            .call(
+                Some(who),
+                Method::POST,
+                &format!("/retentions/{id}/executions"),
+                Some(json!({"dry_run": true})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} runs the policy", who.0);
+    }
+
+    // A dry run lists what would go and deletes nothing.
+    let (run, tasks) = run_retention(&api, maint, id, true).await;
+    assert_eq!(
+        (
+            run["status"].as_str(),
+            run["dry_run"].as_bool(),
+            run["trigger"].as_str()
+        ),
+        (Some("Succeed"), Some(true), Some("MANUAL"))
+    );
+    assert_eq!(
+        tasks.as_array().expect("tasks").len(),
+        1,
+        "only ret/app is covered: {tasks}"
+    );
+    assert_eq!(tasks[0]["repository"], "ret/app");
+    // Artifacts: v1..v4, keep-me, idx, the untagged one; kept: v1 (immutable), v3, v4, keep-me.
+    assert_eq!(
+        (tasks[0]["total"].as_u64(), tasks[0]["retained"].as_u64()),
+        (Some(7), Some(4))
+    );
+    let log = task_log(&b, guest, id, &run, &tasks[0]).await;
+    for gone in [&pushed["v2"], &pushed["idx"], &loose_digest] {
+        assert!(log.contains(&format!("would delete {gone}")), "{log}");
+    }
+    assert!(
+        log.contains(&format!(
+            "kept {} (tags v1): tag v1 is immutable",
+            pushed["v1"]
+        )),
+        "{log}"
+    );
+    for d in pushed.values() {
+        assert!(present("ret/app", d.clone()).await, "a dry run deleted {d}");
+    }
+
+    // The real run.
+    let (run, tasks) = run_retention(&api, maint, id, false).await;
+    assert_eq!(run["status"], "Succeed", "{run}");
+    let log = task_log(&b, maint, id, &run, &tasks[0]).await;
+    assert!(
+        log.contains("deleted 2 manifests that only the deleted artifacts listed"),
+        "{log}"
+    );
+    for kept in ["v1", "v3", "v4", "keep-me"] {
+        assert!(
+            present("ret/app", pushed[kept].clone()).await,
+            "{kept} was deleted: {log}"
+        );
+    }
+    for gone in ["v2", "idx", "child-a", "child-b"] {
+        assert!(
+            !present("ret/app", pushed[gone].clone()).await,
+            "{gone} was kept: {log}"
+        );
+    }
+    assert!(
+        !present("ret/app", loose_digest.clone()).await,
+        "the untagged image was kept"
+    );
+    assert!(
+        present("ret/other", other.clone()).await,
+        "another repository was touched"
+    );
+
+    // Pulled within a day: pull v3 by tag, wait until its pull time is recorded.
+    let r = reg
+        .req(Method::GET, "/v2/ret/app/manifests/v3")
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(r.status(), StatusCode::OK);
+    let artifact = format!("/projects/ret/repositories/app/artifacts/{}", pushed["v3"]);
+    let mut recorded = false;
+    for _ in 0..150 {
+        let (_, _, a) = api.call(Some(guest), Method::GET, &artifact, None).await;
+        if !a["pull_time"]
+            .as_str()
+            .expect("pull_time")
+            .starts_with("0001")
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recorded, "the pull time of v3 was not recorded within 15 s");
+    let pulled = retention_policy(
+        pid,
+        vec![retention_rule("nDaysSinceLastPull", 1, "**", "**", true)],
+        "",
+    );
+    for who in [dev, guest] {
+        let (s, _, _) = api
+            .call(
+                Some(who),
+                Method::PUT,
+                &format!("/retentions/{id}"),
+                Some(pulled.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{} changes the policy", who.0);
+    }
+    let mut moved = pulled.clone();
+    moved["scope"]["ref"] = json!(pid + 1000);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &format!("/retentions/{id}"),
+            Some(moved),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &format!("/retentions/{id}"),
+            Some(pulled),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (run, tasks) = run_retention(&api, maint, id, false).await;
+    assert_eq!(run["status"], "Succeed");
+    assert_eq!(
+        tasks.as_array().expect("tasks").len(),
+        2,
+        "both repositories now: {tasks}"
+    );
+    assert!(
+        present("ret/app", pushed["v3"].clone()).await,
+        "pulled today"
+    );
+    assert!(present("ret/app", pushed["v1"].clone()).await, "immutable");
+    for gone in ["v4", "keep-me"] {
+        assert!(
+            !present("ret/app", pushed[gone].clone()).await,
+            "{gone} never pulled, kept"
+        );
+    }
+    assert!(
+        !present("ret/other", other).await,
+        "ret/other is covered now"
+    );
+
+    // Stopping: only "stop" is an action; a finished run stays as it ended.
+    let runs = format!("/retentions/{id}/executions");
+    let one = format!("{runs}/{}", run["id"]);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PATCH,
+            &one,
+            Some(json!({"action": "pause"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = api
+        .call(
+            Some(guest),
+            Method::PATCH,
+            &one,
+            Some(json!({"action": "stop"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PATCH,
+            &one,
+            Some(json!({"action": "stop"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The schedule: every 2 seconds, run by the node's scheduler, then off again.
+    let scheduled = retention_policy(
+        pid,
+        vec![retention_rule("always", 0, "**", "**", true)],
+        "*/2 * * * * *",
+    );
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::PUT,
+            &format!("/retentions/{id}"),
+            Some(scheduled),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut ran = false;
+    for _ in 0..200 {
+        let (_, _, list) = api.call(Some(guest), Method::GET, &runs, None).await;
+        if list
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["trigger"] == "SCHEDULE" && r["status"] == "Succeed")
+        {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ran, "no scheduled run within 20 s");
+    let (_, h, _) = api
+        .call(
+            Some(guest),
+            Method::GET,
+            &format!("{runs}?page_size=1"),
+            None,
+        )
+        .await;
+    assert!(
+        h["x-total-count"]
+            .to_str()
+            .expect("count")
+            .parse::<u64>()
+            .expect("n")
+            >= 4
+    );
+
+    // Deleting the policy takes its history; the project no longer names it.
+    let (s, _, _) = api
+        .call(
+            Some(dev),
+            Method::DELETE,
+            &format!("/retentions/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = api
+        .call(
+            Some(maint),
+            Method::DELETE,
+            &format!("/retentions/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api
+        .call(Some(maint), Method::GET, &format!("/retentions/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, _, project) = api
+        .call(Some(guest), Method::GET, "/projects/ret", None)
+        .await;
+    assert!(
+        project["metadata"].get("retention_id").is_none(),
+        "{project}"
+    );
+}

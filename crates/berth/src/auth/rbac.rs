@@ -25,10 +25,12 @@ pub enum Permission {
     DeleteProject,
     /// Add, change and delete the project's immutable tag rules.
     ManageImmutableTags,
+    /// Set the project's tag retention policy, run it, stop its runs.
+    ManageRetention,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Permission::Read,
         Permission::Pull,
         Permission::Push,
@@ -44,6 +46,7 @@ impl Permission {
         Permission::UpdateProject,
         Permission::DeleteProject,
         Permission::ManageImmutableTags,
+        Permission::ManageRetention,
     ];
 
     /// How the README names it.
@@ -64,6 +67,7 @@ impl Permission {
             Permission::UpdateProject => "change the project (public/private)",
             Permission::DeleteProject => "delete the project",
             Permission::ManageImmutableTags => "add, change, delete immutable tag rules",
+            Permission::ManageRetention => "set the tag retention policy, run it, stop a run",
         }
     }
 
@@ -85,6 +89,7 @@ impl Permission {
             Permission::UpdateProject => ("project", "update"),
             Permission::DeleteProject => ("project", "delete"),
             Permission::ManageImmutableTags => ("immutable-tag", "create"),
+            Permission::ManageRetention => ("tag-retention", "operate"),
         }
     }
 }
@@ -151,7 +156,7 @@ impl Role {
 /// meanings: a developer pushes but deletes nothing, a maintainer also deletes and
 /// manages tags, only a project admin manages members and robots; a limited guest only
 /// pulls and sees the project.
-pub const ROLE_TABLE: [(Permission, [bool; 5]); 15] = [
+pub const ROLE_TABLE: [(Permission, [bool; 5]); 16] = [
     (Permission::Read, [true, true, true, true, true]),
     (Permission::Pull, [true, true, true, true, true]),
     (Permission::Push, [true, true, true, false, false]),
@@ -183,6 +188,10 @@ pub const ROLE_TABLE: [(Permission, [bool; 5]); 15] = [
     ),
     (
         Permission::ManageImmutableTags,
+        [true, true, false, false, false],
+    ),
+    (
+        Permission::ManageRetention,
         [true, true, false, false, false],
     ),
 ];
@@ -249,6 +258,10 @@ pub fn permission_of(resource: &str, action: &str) -> Option<Permission> {
         ("project", "delete") => Permission::DeleteProject,
         ("immutable-tag", "list") => Permission::Read,
         ("immutable-tag", "create" | "update" | "delete") => Permission::ManageImmutableTags,
+        ("tag-retention", "read" | "list") => Permission::Read,
+        ("tag-retention", "create" | "update" | "delete" | "operate") => {
+            Permission::ManageRetention
+        }
         _ => return None,
     };
     Some(p)

@@ -46,6 +46,7 @@ pub async fn get(
     if req.method == Method::HEAD {
         return Ok(empty(StatusCode::OK, &headers));
     }
+    r.note_pull(repo, &m.digest);
     let mut resp = Response::new(Body::from(m.content));
     for (k, v) in headers {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -4,7 +4,9 @@
 //! to the outbox in batches),
 //! [`purge::PurgeWorker`] (upload purging), [`health::HealthWorker`] (health checks) and
 //! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry), [`gc::GcScheduleWorker`]
-//! (scheduled garbage collection) and [`audit::AuditWorker`]
+//! (scheduled garbage collection), [`retention::RetentionScheduleWorker`] (scheduled tag
+//! retention), [`pull_times::PullTimesWorker`] (manifests' pull times written in
+//! batches) and [`audit::AuditWorker`]
 //! (audit records written in batches, old ones pruned).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
@@ -20,7 +22,9 @@ pub mod health;
 pub mod notify;
 pub mod proxy;
 pub mod pull_events;
+pub mod pull_times;
 pub mod purge;
+pub mod retention;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

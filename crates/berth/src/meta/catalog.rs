@@ -42,6 +42,8 @@ pub struct ArtifactInfo {
     pub subject: Option<Digest>,
     /// Its annotations, as a JSON object.
     pub annotations: Option<String>,
+    /// When it was last pulled (a GET of it, recorded within seconds), if ever.
+    pub pulled_at: Option<i64>,
     /// By name.
     pub tags: Vec<TagInfo>,
     /// Child manifests (of an index), in order.

@@ -24,6 +24,7 @@ mod postgres_gc;
 mod postgres_ops;
 mod postgres_policy;
 mod postgres_proxy;
+mod postgres_retention;
 #[cfg(test)]
 pub(crate) mod postgres_test;
 mod postgres_transfer;
@@ -37,6 +38,7 @@ mod sqlite_ops;
 mod sqlite_plan;
 mod sqlite_policy;
 mod sqlite_proxy;
+mod sqlite_retention;
 mod sqlite_transfer;
 #[cfg(test)]
 mod testsuite;
@@ -729,6 +731,7 @@ pub trait ProxyCache: Send + Sync {
 pub trait MetaStore:
     GcRuns
     + ImmutableRules
+    + Retentions
     + Quotas
     + Repositories
     + Manifests
@@ -750,6 +753,7 @@ pub trait MetaStore:
 impl<
         T: GcRuns
             + ImmutableRules
+            + Retentions
             + Quotas
             + Repositories
             + Manifests

@@ -54,7 +54,8 @@ const SUMMARY: &str = concat!(
 /// The columns of an [`ArtifactInfo`] of manifest `m` (tags and children aside).
 macro_rules! artifact_columns {
     () => {
-        "m.digest, m.media_type, m.artifact_type, m.size, m.created_at, m.subject, m.annotations"
+        "m.digest, m.media_type, m.artifact_type, m.size, m.created_at, m.subject, m.annotations,
+         m.pulled_at"
     };
 }
 
@@ -156,6 +157,7 @@ fn artifact(r: &PgRow) -> Result<ArtifactInfo> {
         created_at: r.try_get(4)?,
         subject: subject.map(digest).transpose()?,
         annotations: r.try_get(6)?,
+        pulled_at: r.try_get(7)?,
         tags: Vec::new(),
         children: Vec::new(),
     })

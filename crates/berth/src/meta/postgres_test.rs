@@ -180,6 +180,7 @@ mod suites {
         crate::meta::testsuite::gc_runs(&meta).await;
         crate::meta::testsuite::immutable_rules(&meta).await;
         crate::meta::testsuite::quotas(&meta).await;
+        crate::meta::testsuite::retentions(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;

@@ -1358,3 +1358,191 @@ pub async fn quotas(m: &dyn MetaStore) {
     );
     assert_eq!(m.quota(p.id).await.expect("quota"), None);
 }
+
+/// Tag retention's records: one policy per project, runs with their ticks and bounded
+/// history, tasks and logs, the manifests a run looks at, and pull times.
+pub async fn retentions(m: &dyn MetaStore) {
+    use super::{Page, PullTime, RetentionTask};
+    let p = m
+        .create_project("kept", false, None)
+        .await
+        .expect("create")
+        .expect("free");
+    let id = m
+        .create_retention(p.id, r#"{"rules":[]}"#, "")
+        .await
+        .expect("create")
+        .expect("first");
+    assert_eq!(
+        m.create_retention(p.id, "{}", "").await.expect("create"),
+        None,
+        "one per project"
+    );
+    let got = m.retention(id).await.expect("get").expect("found");
+    assert_eq!(
+        (got.project.as_str(), got.policy.as_str(), got.cron.as_str()),
+        ("kept", r#"{"rules":[]}"#, "")
+    );
+    assert_eq!(
+        m.project_retention(p.id)
+            .await
+            .expect("of project")
+            .map(|r| r.id),
+        Some(id)
+    );
+    assert!(m
+        .scheduled_retentions()
+        .await
+        .expect("scheduled")
+        .is_empty());
+    assert!(m
+        .update_retention(id, "{}", "0 0 3 * * *")
+        .await
+        .expect("update"));
+    assert!(!m
+        .update_retention(id + 100, "{}", "")
+        .await
+        .expect("update"));
+    let scheduled = m.scheduled_retentions().await.expect("scheduled");
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0].cron, "0 0 3 * * *");
+
+    // Runs: a tick is taken once; history bounded to the newest `keep`.
+    let first = m
+        .retention_run_start(id, "SCHEDULE", Some(100), false, "node a", 3)
+        .await
+        .expect("start")
+        .expect("tick free");
+    assert_eq!(
+        m.retention_run_start(id, "SCHEDULE", Some(100), false, "node b", 3)
+            .await
+            .expect("start"),
+        None,
+        "another node took the tick"
+    );
+    assert!(!m.retention_run_alive(first).await.expect("alive"));
+    assert!(m.retention_run_stop(id, first).await.expect("stop"));
+    assert!(!m
+        .retention_run_stop(id + 100, first)
+        .await
+        .expect("other policy"));
+    assert!(
+        m.retention_run_alive(first).await.expect("alive"),
+        "asked to stop"
+    );
+    m.retention_run_end(first, "Stopped").await.expect("end");
+    let run = m
+        .retention_run(id, first)
+        .await
+        .expect("run")
+        .expect("found");
+    assert_eq!(
+        (run.status.as_str(), run.kind.as_str(), run.dry_run),
+        ("Stopped", "SCHEDULE", false)
+    );
+    assert!(run.ended_at.is_some());
+    let task = RetentionTask {
+        repository: "kept/app".into(),
+        status: "Succeed".into(),
+        total: 5,
+        retained: 2,
+        started_at: 1,
+        ended_at: 2,
+        log: "deleted x\n".into(),
+        ..RetentionTask::default()
+    };
+    let t = m.retention_task_add(first, &task).await.expect("task");
+    let (tasks, n) = m.retention_tasks(first, Page::all()).await.expect("tasks");
+    assert_eq!(
+        (n, tasks[0].total, tasks[0].retained, tasks[0].log.as_str()),
+        (1, 5, 2, "")
+    );
+    let full = m
+        .retention_task(first, t)
+        .await
+        .expect("task")
+        .expect("found");
+    assert_eq!(full.log, "deleted x\n");
+    assert_eq!(m.retention_task(first + 1, t).await.expect("task"), None);
+    let mut ids = vec![first];
+    for _ in 0..3 {
+        ids.push(
+            m.retention_run_start(id, "MANUAL", None, true, "api", 3)
+                .await
+                .expect("start")
+                .expect("manual runs never collide"),
+        );
+    }
+    let (runs, total) = m.retention_runs(id, Page::all()).await.expect("runs");
+    assert_eq!(total, 3, "the oldest went");
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids[1..].iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        m.retention_task(first, t).await.expect("task"),
+        None,
+        "with its tasks"
+    );
+
+    // What a run looks at: push times (a tag's counts), pull times, tags, children.
+    let r = repo("kept/app");
+    m.link_blob(&r, &d("layer"), 5, &[]).await.expect("link");
+    let child = manifest("ret-child", None, None);
+    m.put_manifest(&r, &child, &[], &[]).await.expect("child");
+    let mut index = manifest("ret-index", None, None);
+    index.references = vec![(d("ret-child"), true)];
+    m.put_manifest(&r, &index, &[tag("v1"), tag("a")], &[])
+        .await
+        .expect("index");
+    let sig = manifest("ret-sig", Some(d("ret-index")), None);
+    m.put_manifest(&r, &sig, &[], &[]).await.expect("referrer");
+    let seen = m.retention_manifests(&r).await.expect("manifests");
+    assert_eq!(seen.len(), 3);
+    let by = |c: &str| {
+        seen.iter()
+            .find(|x| x.digest == d(c))
+            .expect("listed")
+            .clone()
+    };
+    assert_eq!(
+        by("ret-index").tags,
+        vec!["a".to_string(), "v1".to_string()]
+    );
+    assert_eq!(by("ret-index").children, vec![d("ret-child")]);
+    assert_eq!(by("ret-sig").subject, Some(d("ret-index")));
+    assert!(by("ret-child").tags.is_empty() && by("ret-child").pulled_at.is_none());
+    // Pull times move forward only; unknown manifests are skipped.
+    let pull = |digest: &str, at: i64| PullTime {
+        repository: "kept/app".into(),
+        digest: d(digest).to_string(),
+        at,
+    };
+    m.record_pulls(&[
+        pull("ret-index", 500),
+        pull("nothing", 9),
+        pull("ret-child", 7),
+    ])
+    .await
+    .expect("record");
+    m.record_pulls(&[pull("ret-index", 400)])
+        .await
+        .expect("record");
+    let seen = m.retention_manifests(&r).await.expect("manifests");
+    let at = |c: &str| {
+        seen.iter()
+            .find(|x| x.digest == d(c))
+            .and_then(|x| x.pulled_at)
+    };
+    assert_eq!(
+        (at("ret-index"), at("ret-child"), at("ret-sig")),
+        (Some(500), Some(7), None)
+    );
+    m.record_pulls(&[]).await.expect("nothing to record");
+
+    // The policy goes with its history.
+    assert!(m.delete_retention(id).await.expect("delete"));
+    assert_eq!(m.retention(id).await.expect("get"), None);
+    assert_eq!(m.retention_run(id, ids[3]).await.expect("run"), None);
+    assert!(!m.delete_retention(id).await.expect("again"));
+}

@@ -37,6 +37,9 @@ pub const TABLES: &[&str] = &[
     "gc_schedule",
     "immutable_rules",
     "project_quotas",
+    "retention_policies",
+    "retention_runs",
+    "retention_tasks",
 ];
 
 /// Tables of the schema that are not registry content and are not copied.

@@ -53,7 +53,12 @@ fn glob(pattern: &str) -> std::result::Result<GlobMatcher, String> {
 }
 
 impl Selector {
-    fn check(&self, what: &str, matches: &str, excludes: &str) -> std::result::Result<(), String> {
+    pub(super) fn check(
+        &self,
+        what: &str,
+        matches: &str,
+        excludes: &str,
+    ) -> std::result::Result<(), String> {
         if self.kind != "doublestar" {
             return Err(format!(
                 "{what} selector kind {:?} is not supported: use \"doublestar\"",
@@ -74,7 +79,7 @@ impl Selector {
 
     /// Whether `candidate` is selected. A pattern that no longer compiles selects
     /// everything: a rule that cannot be read protects rather than lets go.
-    fn selects(&self, candidate: &str, excludes: &str) -> bool {
+    pub(super) fn selects(&self, candidate: &str, excludes: &str) -> bool {
         let hit = match glob(&self.pattern) {
             Ok(g) => g.is_match(candidate),
             Err(e) => {

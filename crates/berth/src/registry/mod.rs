@@ -17,8 +17,10 @@ mod listing;
 mod manifests;
 pub mod proxy;
 mod pull_events;
+pub mod pull_times;
 mod purge;
 mod repositories;
+pub mod retention;
 mod stats;
 mod uploads;
 pub mod upstream;
@@ -208,6 +210,8 @@ pub struct Registry {
     events: Option<events::Events>,
     /// The pull-through cache, when `proxy` is configured.
     proxy: Option<proxy::Proxy>,
+    /// Pull times not written yet.
+    pull_times: pull_times::PullTimes,
 }
 
 impl Registry {
@@ -223,6 +227,7 @@ impl Registry {
             uploads: uploads::UploadCache::default(),
             events: None,
             proxy: None,
+            pull_times: pull_times::PullTimes::default(),
         }
     }
 

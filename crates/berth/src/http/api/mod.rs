@@ -10,6 +10,7 @@ mod immutable;
 mod projects;
 mod quotas;
 mod repositories;
+mod retentions;
 mod robots;
 mod system;
 mod users;
@@ -284,6 +285,16 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["quotas"], "GET") => quotas::list(c).await,
         (["quotas", id], "GET") => quotas::get(c, id).await,
         (["quotas", id], "PUT") => quotas::update(c, id).await,
+        (["retentions", "metadatas"], "GET") => retentions::metadatas(c).await,
+        (["retentions"], "POST") => retentions::create(c).await,
+        (["retentions", id], "GET") => retentions::get(c, id).await,
+        (["retentions", id], "PUT") => retentions::update(c, id).await,
+        (["retentions", id], "DELETE") => retentions::delete(c, id).await,
+        (["retentions", id, "executions"], "GET") => retentions::runs(c, id).await,
+        (["retentions", id, "executions"], "POST") => retentions::run(c, id).await,
+        (["retentions", id, "executions", e], "PATCH") => retentions::stop(c, id, e).await,
+        (["retentions", id, "executions", e, "tasks"], "GET") => retentions::tasks(c, id, e).await,
+        (["retentions", id, "executions", e, "tasks", t], "GET") => retentions::task_log(c, id, e, t).await,
         (["system", "gc"], "GET") => gc::list(c).await,
         (["system", "gc", "schedule"], "GET") => gc::schedule(c).await,
         (["system", "gc", "schedule"], "POST") => gc::set_schedule(c, true).await,
@@ -302,6 +313,11 @@ async fn route(c: &mut Call<'_>) -> Answer {
 impl Call<'_> {
     /// The request body as a strict type: malformed JSON or an unknown field is a 400.
     pub async fn json<T: DeserializeOwned>(&mut self) -> Result<T, Failure> {
+        self.json_or(None).await
+    }
+
+    /// [`Call::json`], or `empty` when the request has no body.
+    pub async fn json_or<T: DeserializeOwned>(&mut self, empty: Option<T>) -> Result<T, Failure> {
         let body = self
             .body
             .lock()
@@ -315,6 +331,11 @@ impl Call<'_> {
                     "the request body must be JSON of at most {MAX_BODY} bytes"
                 ))
             })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            if let Some(v) = empty {
+                return Ok(v);
+            }
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(&mut de)
             .map_err(|e| Failure::bad_request(format!("invalid request body: {e}")))

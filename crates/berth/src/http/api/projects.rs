@@ -30,6 +30,9 @@ pub(super) async fn render(c: &Call<'_>, p: &Project, roles: &[u8]) -> Result<Va
     if !p.push_networks.is_empty() {
         v["metadata"]["pushnetworks"] = json!(p.push_networks);
     }
+    if let Some(id) = c.app.registry.project_retention_id(p.id).await? {
+        v["metadata"]["retention_id"] = json!(id.to_string());
+    }
     if let Some(top) = roles.iter().min_by_key(|r| rank(**r)) {
         v["current_user_role_id"] = json!(top);
     }
@@ -112,6 +115,8 @@ impl ProjectReq {
                         ))
                     }
                     ("pushnetworks", Value::String(_)) => {}
+                    // Set by POST /retentions; a client may send it back unchanged.
+                    ("retention_id", _) => {}
                     ("pushnetworks", _) => {
                         return Err(Failure::bad_request(
                             "metadata.pushnetworks must be a string of comma-separated networks",
@@ -119,7 +124,7 @@ impl ProjectReq {
                     }
                     (other, _) => {
                         return Err(Failure::bad_request(format!(
-                            "metadata.{other} is not supported by Berth (only public and pushnetworks are)"
+                            "metadata.{other} is not supported by Berth (only public, pushnetworks and the read-only retention_id are)"
                         )))
                     }
                 }

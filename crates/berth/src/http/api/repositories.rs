@@ -132,7 +132,7 @@ fn render_artifact(
         "digest": a.digest.as_str(),
         "size": a.size,
         "push_time": time(a.created_at),
-        "pull_time": NEVER,
+        "pull_time": a.pulled_at.map(time).unwrap_or_else(|| NEVER.into()),
         "annotations": annotations,
         "extra_attrs": {},
         "references": a.children.iter().map(|d| json!({"child_digest": d.as_str()})).collect::<Vec<_>>(),
@@ -146,7 +146,7 @@ fn render_artifact(
                     "repository_id": repository_id,
                     "name": t.name,
                     "push_time": time(t.updated_at),
-                    "pull_time": NEVER,
+                    "pull_time": a.pulled_at.map(time).unwrap_or_else(|| NEVER.into()),
                     "immutable": guard.protects(&t.name),
                 })
             })
