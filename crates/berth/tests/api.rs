@@ -2752,3 +2752,149 @@ async fn tag_retention() {
         "{project}"
     );
 }
+
+/// The rules that read times, with real pushes and pulls: the most recently pulled N
+/// (a pull is a manifest GET, not a HEAD), and pushed within N days.
+#[tokio::test]
+async fn retention_by_pull_and_push_times() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_project(&api, ADMIN, "times", false).await;
+    let (_, _, project) = api
+        .call(Some(ADMIN), Method::GET, "/projects/times", None)
+        .await;
+    let pid = project["project_id"].as_i64().expect("project id");
+    let mut pulled = Vec::new();
+    for t in ["a", "b", "c"] {
+        pulled.push(push(&b, ADMIN, "times/pulled", t, &format!("p{t}")).await);
+    }
+    let fresh = push(&b, ADMIN, "times/fresh", "x", "fx").await;
+    let reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+    // b is pulled; c is only looked at (HEAD), which is no pull.
+    let r = reg
+        .req(Method::GET, "/v2/times/pulled/manifests/b")
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = reg
+        .req(Method::HEAD, "/v2/times/pulled/manifests/c")
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(r.status(), StatusCode::OK);
+    let artifact = |d: &oci::Digest| format!("/projects/times/repositories/pulled/artifacts/{d}");
+    let mut recorded = false;
+    for _ in 0..150 {
+        let (_, _, a) = api
+            .call(Some(ADMIN), Method::GET, &artifact(&pulled[1]), None)
+            .await;
+        if !a["pull_time"]
+            .as_str()
+            .expect("pull_time")
+            .starts_with("0001")
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recorded, "the pull of b was not recorded within 15 s");
+    let (_, _, c) = api
+        .call(Some(ADMIN), Method::GET, &artifact(&pulled[2]), None)
+        .await;
+    assert!(
+        c["pull_time"]
+            .as_str()
+            .expect("pull_time")
+            .starts_with("0001"),
+        "a HEAD is no pull: {c}"
+    );
+    let (_, _, tags) = api
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            &format!("{}/tags", artifact(&pulled[1])),
+            None,
+        )
+        .await;
+    assert!(
+        !tags[0]["pull_time"]
+            .as_str()
+            .expect("pull_time")
+            .starts_with("0001"),
+        "{tags}"
+    );
+
+    let policy = retention_policy(
+        pid,
+        vec![
+            retention_rule("latestPulledN", 1, "pulled", "**", true),
+            retention_rule("nDaysSinceLastPush", 1, "fresh", "**", true),
+        ],
+        "",
+    );
+    let (s, h, v) = api
+        .call(Some(ADMIN), Method::POST, "/retentions", Some(policy))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id: i64 = h["location"]
+        .to_str()
+        .expect("location")
+        .rsplit('/')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .expect("policy id");
+    let (run, tasks) = run_retention(&api, ADMIN, id, false).await;
+    assert_eq!(run["status"], "Succeed", "{run}");
+    let tasks = tasks.as_array().expect("tasks");
+    let of = |repo: &str| {
+        tasks
+            .iter()
+            .find(|t| t["repository"] == repo)
+            .cloned()
+            .expect("task")
+    };
+    assert_eq!(
+        (
+            of("times/pulled")["total"].as_u64(),
+            of("times/pulled")["retained"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    assert_eq!(
+        (
+            of("times/fresh")["total"].as_u64(),
+            of("times/fresh")["retained"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let status = |repo: &'static str, d: oci::Digest| {
+        let reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+        async move {
+            reg.req(Method::HEAD, &format!("/v2/{repo}/manifests/{d}"))
+                .send()
+                .await
+                .expect("head")
+                .status()
+        }
+    };
+    assert_eq!(
+        status("times/pulled", pulled[1].clone()).await,
+        StatusCode::OK,
+        "b was the pulled one"
+    );
+    for gone in [&pulled[0], &pulled[2]] {
+        assert_eq!(
+            status("times/pulled", gone.clone()).await,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(
+        status("times/fresh", fresh).await,
+        StatusCode::OK,
+        "pushed today"
+    );
+}

@@ -1202,4 +1202,177 @@ mod tests {
             (1, 2, 5)
         );
     }
+
+    /// A registry on SQLite and memory storage with project `p` (id 1).
+    async fn registry() -> (tempfile::TempDir, Arc<Registry>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = crate::meta::sqlite::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("meta");
+        let settings = super::super::Settings {
+            delete_enabled: true,
+            ..super::super::Settings::default()
+        };
+        let registry = Arc::new(Registry::new(
+            Arc::new(crate::storage::memory::MemoryBlobStore::new()),
+            Arc::new(meta),
+            settings,
+        ));
+        registry
+            .meta
+            .create_project("p", false, None)
+            .await
+            .expect("project")
+            .expect("free");
+        (dir, registry)
+    }
+
+    async fn push_image(r: &Registry, repo: &RepoName, salt: &str, tag: Option<&str>) -> Digest {
+        let config = format!("{{\"salt\":\"{salt}\"}}");
+        let digest = |b: &str| Digest::of(oci::Algorithm::Sha256, b.as_bytes());
+        let body = |b: String| -> crate::storage::ByteStream {
+            Box::pin(futures_util::stream::once(async move {
+                Ok(bytes::Bytes::from(b))
+            }))
+        };
+        r.put_blob(repo, &digest(&config), body(config.clone()))
+            .await
+            .expect("config");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::media::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config).to_string(), "size": config.len()},
+            "layers": [],
+        })
+        .to_string();
+        let d = digest(&manifest);
+        let reference: oci::Reference = match tag {
+            Some(t) => t.parse().expect("tag"),
+            None => oci::Reference::Digest(d.clone()),
+        };
+        r.put_manifest(
+            repo,
+            &reference,
+            Some(oci::media::OCI_MANIFEST),
+            manifest.into_bytes(),
+            Vec::new(),
+        )
+        .await
+        .expect("manifest");
+        d
+    }
+
+    fn keep_nothing() -> Policy {
+        let mut p = policy(vec![rule(
+            "latestPushedK",
+            1,
+            sel("matches", "nothing-matches-this", ""),
+            sel("repoMatches", "**", ""),
+        )]);
+        p.scope.reference = 1;
+        p
+    }
+
+    /// Of two real runs of one policy, the second is refused while the first holds the
+    /// policy's claim; dry runs are not held up.
+    #[tokio::test]
+    async fn one_real_run_of_a_policy_at_a_time() {
+        let (_dir, r) = registry().await;
+        let id = r
+            .create_retention(&keep_nothing())
+            .await
+            .expect("create")
+            .expect("first");
+        let first = match r.begin_retention(id, MANUAL, None, false, "a").await {
+            Ok(Ok(s)) => s,
+            _ => panic!("the first run starts"),
+        };
+        match r.begin_retention(id, MANUAL, None, false, "b").await {
+            Err(RegistryError::JobRunning(m)) => assert!(m.contains("going already"), "{m}"),
+            Ok(_) => panic!("a second real run started"),
+            Err(e) => panic!("{e}"),
+        }
+        let dry = match r.begin_retention(id, MANUAL, None, true, "c").await {
+            Ok(Ok(s)) => s,
+            _ => panic!("a dry run starts"),
+        };
+        assert_eq!(r.finish_retention(dry).await.expect("dry"), "Succeed");
+        assert_eq!(r.finish_retention(first).await.expect("first"), "Succeed");
+        let again = match r.begin_retention(id, MANUAL, None, false, "b").await {
+            Ok(Ok(s)) => s,
+            _ => panic!("free again once the first ended"),
+        };
+        r.finish_retention(again).await.expect("again");
+        // A scheduled tick runs once, whoever asks for it.
+        assert!(r
+            .scheduled_retention(id, 100, "a")
+            .await
+            .expect("tick")
+            .is_some());
+        assert!(r
+            .scheduled_retention(id, 100, "b")
+            .await
+            .expect("tick")
+            .is_none());
+    }
+
+    /// An artifact re-tagged, or tagged, after the run looked is kept.
+    #[tokio::test]
+    async fn what_changed_since_the_run_looked_is_kept() {
+        let (_dir, r) = registry().await;
+        let repo: RepoName = "p/app".parse().expect("repo");
+        let tagged = push_image(&r, &repo, "tagged", Some("v1")).await;
+        let loose = push_image(&r, &repo, "loose", None).await;
+        // The run saw `tagged` with v1 alone and `loose` untagged; both got a tag since.
+        r.add_tag(&repo, &tagged, &"v2".parse().expect("tag"))
+            .await
+            .expect("tag");
+        r.add_tag(&repo, &loose, &"now".parse().expect("tag"))
+            .await
+            .expect("tag");
+        assert!(!r
+            .retention_delete(&repo, &tagged, &["v1".into()])
+            .await
+            .expect("delete"));
+        assert!(!r
+            .retention_delete(&repo, &loose, &[])
+            .await
+            .expect("delete"));
+        let left = r.meta.retention_manifests(&repo).await.expect("manifests");
+        assert_eq!(left.len(), 2, "nothing deleted");
+        // As seen now, they go.
+        assert!(r
+            .retention_delete(&repo, &tagged, &["v1".into(), "v2".into()])
+            .await
+            .expect("delete"));
+        // A whole run: keep-nothing deletes what is left, and records it.
+        let id = r
+            .create_retention(&keep_nothing())
+            .await
+            .expect("create")
+            .expect("first");
+        let Ok(Ok(run)) = r.begin_retention(id, MANUAL, None, false, "t").await else {
+            panic!("starts");
+        };
+        let run_id = run.run;
+        assert_eq!(r.finish_retention(run).await.expect("run"), "Succeed");
+        assert!(r
+            .meta
+            .retention_manifests(&repo)
+            .await
+            .expect("manifests")
+            .is_empty());
+        let (tasks, _) = r.retention_tasks(run_id, Page::all()).await.expect("tasks");
+        assert_eq!((tasks.len(), tasks[0].total, tasks[0].retained), (1, 1, 0));
+        let log = r
+            .retention_task(run_id, tasks[0].id)
+            .await
+            .expect("log")
+            .expect("task")
+            .log;
+        assert!(
+            log.contains(&format!("deleted {loose} (tags now)")),
+            "{log}"
+        );
+    }
 }

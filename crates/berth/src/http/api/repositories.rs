@@ -254,13 +254,14 @@ pub(super) async fn tags(c: &mut Call<'_>, p: &str, r: &str, reference: &str) ->
         .ok_or_else(|| Failure::not_found(format!("artifact {repo}@{digest} not found")))?;
     let total = info.tags.len() as u64;
     let guard = c.app.registry.immutable_guard(&repo).await?;
+    let pulled = info.pulled_at.map(time).unwrap_or_else(|| NEVER.into());
     let items = info
         .tags
         .iter()
         .skip(((page - 1) * size) as usize)
         .take(size as usize)
         .map(|t| {
-            json!({"name": t.name, "push_time": time(t.updated_at), "pull_time": NEVER, "immutable": guard.protects(&t.name)})
+            json!({"name": t.name, "push_time": time(t.updated_at), "pull_time": pulled, "immutable": guard.protects(&t.name)})
         })
         .collect();
     Ok(listing(c, items, total, page, size))
