@@ -1,6 +1,6 @@
 """Drive Berth's /api/v2.0 with Harbor's own Python client (harborapi, from PyPI),
 unchanged: create a project, a user, a member, a robot; push with the robot; list
-repositories and artifacts; read the audit logs. Prints one line per check and
+repositories and artifacts; read the audit logs; set and run a tag retention policy. Prints one line per check and
 "harborapi: all checks passed" at the end; any failure raises.
 
 Usage: harborapi_check.py API_URL REGISTRY_URL  (HARBOR_USER, HARBOR_PASSWORD set)
@@ -24,6 +24,11 @@ from harborapi.models import (
     Access,
     UserCreationReq,
     Tag,
+    RetentionPolicy,
+    RetentionPolicyScope,
+    RetentionRule,
+    RetentionRuleTrigger,
+    RetentionSelector,
 )
 
 
@@ -38,8 +43,8 @@ def push_image(registry: str, user: str, secret: str, repo: str, tag: str) -> st
             r.add_header(k, v)
         return urllib.request.urlopen(r)
 
-    config = json.dumps({"architecture": "amd64", "os": "linux", "salt": repo}).encode()
-    layer = f"layer of {repo}".encode()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "salt": f"{repo}:{tag}"}).encode()
+    layer = f"layer of {repo}:{tag}".encode()
     descs = []
     for blob, mt in ((config, "application/vnd.oci.image.config.v1+json"), (layer, "application/vnd.oci.image.layer.v1.tar")):
         d = "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -118,6 +123,42 @@ async def main(api: str, registry: str) -> None:
     found = await client.search("harbor")
     assert found.project and found.project[0].name == "harbor-check", found
     print("statistics and search ok")
+
+    # Tag retention: keep the newest v* of app; "old" goes.
+    push_image(registry, created.name, created.secret, "harbor-check/app", "old")
+    meta = await client.get_retention_metadata()
+    assert any(t.rule_template == "latestPushedK" for t in meta.templates), meta
+    rule = RetentionRule(
+        disabled=False, action="retain", template="latestPushedK", params={"latestPushedK": 1},
+        tag_selectors=[RetentionSelector(kind="doublestar", decoration="matches", pattern="v*", extras='{"untagged":false}')],
+        scope_selectors={"repository": [RetentionSelector(kind="doublestar", decoration="repoMatches", pattern="**")]})
+    location = await client.create_retention_policy(RetentionPolicy(
+        algorithm="or", rules=[rule],
+        trigger=RetentionRuleTrigger(kind="Schedule", settings={"cron": ""}, references={}),
+        scope=RetentionPolicyScope(level="project", ref=project.project_id)))
+    rid = await client.get_project_retention_id("harbor-check")
+    assert location.endswith(f"/retentions/{rid}"), (location, rid)
+    policy = await client.get_retention_policy(rid)
+    assert policy.rules[0].template == "latestPushedK", policy
+    # What a client reads it sends back unchanged.
+    await client.update_retention_policy(rid, policy)
+    await client.start_retention_execution(rid, dry_run=False)
+    deadline = time.time() + 20
+    while True:
+        runs = await client.get_retention_executions(rid)
+        if runs and runs[0].status != "Running":
+            break
+        assert time.time() < deadline, runs
+        await asyncio.sleep(0.2)
+    assert runs[0].status == "Succeed", runs
+    tasks = await client.get_retention_tasks(rid, runs[0].id)
+    assert [(t.repository, t.total, t.retained) for t in tasks] == [("harbor-check/app", 2, 1)], tasks
+    log = await client.get_retention_execution_task_log(rid, runs[0].id, tasks[0].id)
+    assert "deleted" in log and "(tags old)" in log, log
+    tags = {t.name for a in await client.get_artifacts("harbor-check", "app") for t in (a.tags or [])}
+    assert tags == {"v1"}, tags
+    await client.delete_retention_policy(rid)
+    print("retention ok")
 
     await client.delete_robot(created.id)
     print("harborapi: all checks passed")
