@@ -292,11 +292,13 @@ async fn build_with_jobs(
         ));
     }
     // A node in read-only mode (e.g. while `berth migrate` copies its last state)
-    // changes nothing, so it collects nothing and runs no retention on a schedule; in a
-    // cluster the other nodes still do. A pull-through cache does collect: its expired blobs are only
-    // unlinked, and a collection frees their files.
+    // changes nothing, so it collects nothing, runs no retention on a schedule and
+    // records no pull times; in a cluster the other nodes still do. A pull-through
+    // cache does collect: its expired blobs are only unlinked, and a collection frees
+    // their files.
     if config.auth.read_only {
-        tracing::info!("scheduled garbage collection and retention are off on this node: read-only mode (storage.maintenance.readonly.enabled)");
+        registry.stop_recording_pulls();
+        tracing::info!("scheduled garbage collection and retention, and pull times, are off on this node: read-only mode (storage.maintenance.readonly.enabled)");
     } else {
         jobs.spawn(crate::jobs::gc::GcScheduleWorker::new(
             registry.clone(),
@@ -306,11 +308,10 @@ async fn build_with_jobs(
             registry.clone(),
             format!("{host_name} {instance_id}"),
         ));
+        jobs.spawn(crate::jobs::pull_times::PullTimesWorker::new(
+            registry.clone(),
+        ));
     }
-    // Pull times are bookkeeping, not content: recorded in read-only mode too.
-    jobs.spawn(crate::jobs::pull_times::PullTimesWorker::new(
-        registry.clone(),
-    ));
     if let Some(p) = &config.proxy {
         tracing::info!(
             remote = %p.remote_url,

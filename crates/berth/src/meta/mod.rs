@@ -133,6 +133,10 @@ pub enum ManifestDeletion {
     /// Other tags point at the manifest than the caller named (a tag was pushed or
     /// deleted meanwhile): nothing written. These are the tags now, in byte order.
     TagsChanged(Vec<Tag>),
+    /// Another manifest of the repository lists it (an index pushed meanwhile), and the
+    /// caller asked to keep such ones ([`Manifests::delete_unreferenced_manifest`]):
+    /// nothing written.
+    Referenced,
 }
 
 /// What [`Repositories::clear_repository`] did.
@@ -326,6 +330,17 @@ pub trait Manifests: Send + Sync {
         repo: &RepoName,
         digest: &Digest,
         tags: Option<&[Tag]>,
+        events: &[NewEvent],
+    ) -> Result<ManifestDeletion>;
+    /// [`Manifests::delete_manifest`] with exactly `tags`, and only if no manifest of the
+    /// repository lists it (checked in the same transaction, after the delete has locked
+    /// the row: an index pushed at the same time either committed first and is seen, or
+    /// finds its child gone and fails): tag retention's delete.
+    async fn delete_unreferenced_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tags: &[Tag],
         events: &[NewEvent],
     ) -> Result<ManifestDeletion>;
     /// Delete one tag and append `events`, in one transaction; `false` (nothing written)

@@ -873,6 +873,7 @@ impl PgMeta {
         d: &Digest,
         tags: Option<&[Tag]>,
         events: &[NewEvent],
+        keep_referenced: bool,
     ) -> Result<ManifestDeletion> {
         let mut tx = self.pool.begin().await?;
         let Some(repo_id) =
@@ -917,6 +918,22 @@ impl PgMeta {
                     })
                     .collect::<Result<_>>()?;
                 return Ok(ManifestDeletion::TagsChanged(found));
+            }
+        }
+        if keep_referenced {
+            // After the delete locked the row: an index listing it committed before is
+            // seen here; one committing after finds its child gone.
+            let listed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM manifest_references
+                  WHERE repository_id = $1 AND child_digest = $2 AND child_is_manifest)",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if listed {
+                tx.rollback().await?;
+                return Ok(ManifestDeletion::Referenced);
             }
         }
         sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = ANY($2)")
@@ -1055,7 +1072,20 @@ impl Manifests for PgMeta {
         events: &[NewEvent],
     ) -> Result<ManifestDeletion> {
         self.write("deleting a manifest", || {
-            self.delete_manifest_once(repo, d, tags, events)
+            self.delete_manifest_once(repo, d, tags, events, false)
+        })
+        .await
+    }
+
+    async fn delete_unreferenced_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<ManifestDeletion> {
+        self.write("deleting a manifest", || {
+            self.delete_manifest_once(repo, d, Some(tags), events, true)
         })
         .await
     }

@@ -567,64 +567,19 @@ impl Manifests for SqliteMeta {
         tags: Option<&[Tag]>,
         events: &[NewEvent],
     ) -> Result<ManifestDeletion> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
-            .bind(repo.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get::<i64, _>(0))
-        else {
-            return Ok(ManifestDeletion::NotFound);
-        };
-        let gone = sqlx::query("DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2")
-            .bind(repo_id)
-            .bind(d.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if gone == 0 {
-            return Ok(ManifestDeletion::NotFound);
-        }
-        if let Some(expected) = tags {
-            // Under the write lock: the tags deleted below are exactly these.
-            let found: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM tags WHERE repository_id = ?1 AND digest = ?2 ORDER BY name",
-            )
-            .bind(repo_id)
-            .bind(d.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut expected: Vec<&str> = expected.iter().map(Tag::as_str).collect();
-            expected.sort_unstable();
-            expected.dedup();
-            if found.iter().map(String::as_str).ne(expected) {
-                tx.rollback().await?;
-                let found = found
-                    .into_iter()
-                    .map(|t| {
-                        t.parse()
-                            .map_err(|_| MetaError::Corrupt(format!("tag {t:?}")))
-                    })
-                    .collect::<Result<_>>()?;
-                return Ok(ManifestDeletion::TagsChanged(found));
-            }
-        }
-        sqlx::query("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2")
-            .bind(repo_id)
-            .bind(d.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "DELETE FROM manifest_references WHERE repository_id = ?1 AND manifest_digest = ?2",
-        )
-        .bind(repo_id)
-        .bind(d.as_str())
-        .execute(&mut *tx)
-        .await?;
-        drop_if_empty(&mut tx, repo_id).await?;
-        insert_events(&mut tx, events).await?;
-        tx.commit().await?;
-        Ok(ManifestDeletion::Deleted)
+        self.delete_manifest_checked(repo, d, tags, events, false)
+            .await
+    }
+
+    async fn delete_unreferenced_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        tags: &[Tag],
+        events: &[NewEvent],
+    ) -> Result<ManifestDeletion> {
+        self.delete_manifest_checked(repo, d, Some(tags), events, true)
+            .await
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
@@ -837,5 +792,91 @@ impl Uploads for SqliteMeta {
         .await?;
         row.map(|r| completed(r.get(0), r.get(1), r.get(2)))
             .transpose()
+    }
+}
+
+impl SqliteMeta {
+    /// [`Manifests::delete_manifest`], and with `keep_referenced` only if no manifest of
+    /// the repository lists it.
+    async fn delete_manifest_checked(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        tags: Option<&[Tag]>,
+        events: &[NewEvent],
+        keep_referenced: bool,
+    ) -> Result<ManifestDeletion> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(repo_id) = sqlx::query("SELECT id FROM repositories WHERE name = ?1")
+            .bind(repo.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get::<i64, _>(0))
+        else {
+            return Ok(ManifestDeletion::NotFound);
+        };
+        let gone = sqlx::query("DELETE FROM manifests WHERE repository_id = ?1 AND digest = ?2")
+            .bind(repo_id)
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(ManifestDeletion::NotFound);
+        }
+        if let Some(expected) = tags {
+            // Under the write lock: the tags deleted below are exactly these.
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM tags WHERE repository_id = ?1 AND digest = ?2 ORDER BY name",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut expected: Vec<&str> = expected.iter().map(Tag::as_str).collect();
+            expected.sort_unstable();
+            expected.dedup();
+            if found.iter().map(String::as_str).ne(expected) {
+                tx.rollback().await?;
+                let found = found
+                    .into_iter()
+                    .map(|t| {
+                        t.parse()
+                            .map_err(|_| MetaError::Corrupt(format!("tag {t:?}")))
+                    })
+                    .collect::<Result<_>>()?;
+                return Ok(ManifestDeletion::TagsChanged(found));
+            }
+        }
+        if keep_referenced {
+            let listed: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM manifest_references
+                  WHERE repository_id = ?1 AND child_digest = ?2 AND child_is_manifest <> 0)",
+            )
+            .bind(repo_id)
+            .bind(d.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if listed {
+                tx.rollback().await?;
+                return Ok(ManifestDeletion::Referenced);
+            }
+        }
+        sqlx::query("DELETE FROM tags WHERE repository_id = ?1 AND digest = ?2")
+            .bind(repo_id)
+            .bind(d.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM manifest_references WHERE repository_id = ?1 AND manifest_digest = ?2",
+        )
+        .bind(repo_id)
+        .bind(d.as_str())
+        .execute(&mut *tx)
+        .await?;
+        drop_if_empty(&mut tx, repo_id).await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(ManifestDeletion::Deleted)
     }
 }

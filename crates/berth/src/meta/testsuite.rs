@@ -1540,6 +1540,34 @@ pub async fn retentions(m: &dyn MetaStore) {
     );
     m.record_pulls(&[]).await.expect("nothing to record");
 
+    // Retention's delete keeps what an index lists, and what was re-tagged.
+    assert_eq!(
+        m.delete_unreferenced_manifest(&r, &d("ret-child"), &[], &[])
+            .await
+            .expect("delete"),
+        super::ManifestDeletion::Referenced
+    );
+    assert_eq!(
+        m.delete_unreferenced_manifest(&r, &d("ret-index"), &[tag("v1")], &[])
+            .await
+            .expect("delete"),
+        super::ManifestDeletion::TagsChanged(vec![tag("a"), tag("v1")])
+    );
+    assert_eq!(m.retention_manifests(&r).await.expect("manifests").len(), 3);
+    assert_eq!(
+        m.delete_unreferenced_manifest(&r, &d("ret-index"), &[tag("v1"), tag("a")], &[])
+            .await
+            .expect("delete"),
+        super::ManifestDeletion::Deleted
+    );
+    assert_eq!(
+        m.delete_unreferenced_manifest(&r, &d("ret-child"), &[], &[])
+            .await
+            .expect("delete"),
+        super::ManifestDeletion::Deleted,
+        "no longer listed"
+    );
+
     // The policy goes with its history.
     assert!(m.delete_retention(id).await.expect("delete"));
     assert_eq!(m.retention(id).await.expect("get"), None);

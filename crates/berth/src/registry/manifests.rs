@@ -404,6 +404,11 @@ impl Registry {
                     tracing::debug!(%repo, digest = %d, "tags changed while the manifest was deleted; trying again");
                     tags = Some(now);
                 }
+                ManifestDeletion::Referenced => {
+                    return Err(RegistryError::Meta(MetaError::Corrupt(
+                        "the metadata store kept a manifest as referenced on a plain delete".into(),
+                    )))
+                }
             }
         }
         Err(RegistryError::Meta(MetaError::Busy(format!(

@@ -11,6 +11,7 @@
 use super::Registry;
 use crate::meta::PullTime;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct PullTimes {
     pending: Mutex<HashMap<(String, String), i64>>,
+    /// Off on a node in read-only mode, which changes nothing in the metadata.
+    off: AtomicBool,
 }
 
 impl PullTimes {
@@ -63,8 +66,16 @@ impl PullTimes {
 }
 
 impl Registry {
+    /// Stop recording pull times (read-only mode).
+    pub fn stop_recording_pulls(&self) {
+        self.pull_times.off.store(true, Ordering::Relaxed);
+    }
+
     /// Note that a client pulled (GET) manifest `digest` of `repository`.
     pub fn note_pull(&self, repository: &oci::RepoName, digest: &oci::Digest) {
+        if self.pull_times.off.load(Ordering::Relaxed) {
+            return;
+        }
         if !self
             .pull_times
             .note(repository.as_str(), digest.as_str(), crate::meta::now())

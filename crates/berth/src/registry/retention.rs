@@ -437,6 +437,14 @@ pub fn parse(stored: &StoredRetention) -> Result<Policy> {
             stored.id
         )))
     })?;
+    // What no longer passes the checks (a pattern a newer globset refuses) must stop
+    // the run rather than widen or narrow a rule.
+    p.check().map_err(|e| {
+        RegistryError::Meta(MetaError::Corrupt(format!(
+            "retention policy {} no longer passes the checks ({e}); fix it with PUT /api/v2.0/retentions/{}",
+            stored.id, stored.id
+        )))
+    })?;
     p.id = Some(stored.id);
     Ok(p)
 }
@@ -484,6 +492,11 @@ impl Registry {
 
     pub async fn delete_retention(&self, id: i64) -> Result<bool> {
         Ok(self.meta.delete_retention(id).await?)
+    }
+
+    /// Now, by the clock the metadata's times are written with.
+    pub async fn clock(&self) -> Result<i64> {
+        Ok(self.meta.clock().await?)
     }
 
     pub async fn scheduled_retentions(&self) -> Result<Vec<StoredRetention>> {
@@ -683,7 +696,7 @@ impl Registry {
                 };
                 let started_at = crate::meta::now();
                 let mut log = Vec::new();
-                let outcome = self.retain_repository(s, &repo, &mut log).await;
+                let outcome = self.retain_repository(s, &repo, &mut log, stop).await;
                 let (status, total, retained) = match outcome {
                     Ok(None) => continue,
                     Ok(Some((total, retained))) => ("Succeed", total, retained),
@@ -717,6 +730,7 @@ impl Registry {
         s: &StartedRetention,
         repo: &RepoName,
         log: &mut Vec<String>,
+        stop: &AtomicBool,
     ) -> Result<Option<(u64, u64)>> {
         let name = repo
             .as_str()
@@ -728,19 +742,39 @@ impl Registry {
         let Some(d) = decide(&s.policy, name, &manifests, now, |t| guard.protects(t)) else {
             return Ok(None);
         };
+        let by_digest: HashMap<&Digest, &RetentionManifest> =
+            manifests.iter().map(|m| (&m.digest, m)).collect();
+        let tags_of = |d: &Digest| match by_digest.get(d) {
+            Some(m) if !m.tags.is_empty() => format!(" (tags {})", m.tags.join(", ")),
+            _ => " (untagged)".to_string(),
+        };
         for (digest, why) in &d.keep {
-            log.push(format!(
-                "kept {digest}{}: {why}",
-                tags_of(&manifests, digest)
-            ));
+            log.push(format!("kept {digest}{}: {why}", tags_of(digest)));
         }
         let mut kept = d.keep.len() as u64;
         let mut gone: Vec<Digest> = Vec::new();
-        for (digest, tags) in &d.delete {
-            let shown = tags_of(&manifests, digest);
+        for (i, (digest, tags)) in d.delete.iter().enumerate() {
+            let shown = tags_of(digest);
             if s.dry_run {
                 log.push(format!("would delete {digest}{shown}"));
                 continue;
+            }
+            if stop.load(Ordering::Relaxed) {
+                kept += (d.delete.len() - i) as u64;
+                log.push(format!(
+                    "stopped on request: the {} artifacts not looked at yet were kept",
+                    d.delete.len() - i
+                ));
+                break;
+            }
+            // Rules added since the run looked protect too.
+            if !tags.is_empty() {
+                let guard = self.immutable_guard(repo).await?;
+                if let Some(t) = tags.iter().find(|t| guard.protects(t)) {
+                    kept += 1;
+                    log.push(format!("kept {digest}{shown}: tag {t} is immutable"));
+                    continue;
+                }
             }
             if self.retention_delete(repo, digest, tags).await? {
                 log.push(format!("deleted {digest}{shown}"));
@@ -778,8 +812,8 @@ impl Registry {
         Ok(Some((d.total as u64, kept)))
     }
 
-    /// Delete one artifact if it is still as the run saw it: tagged with exactly
-    /// `tags`, or untagged and referenced by nothing.
+    /// Delete one artifact if it is still as the run saw it: tagged with exactly `tags`
+    /// (or untagged), and listed by no manifest of the repository.
     async fn retention_delete(&self, repo: &RepoName, d: &Digest, tags: &[String]) -> Result<bool> {
         if tags.is_empty() {
             return Ok(self.meta.gc_delete_untagged(repo, d).await?);
@@ -803,14 +837,16 @@ impl Registry {
         self.pulls_first(&events).await;
         match self
             .meta
-            .delete_manifest(repo, d, Some(&tags), &events)
+            .delete_unreferenced_manifest(repo, d, &tags, &events)
             .await?
         {
             ManifestDeletion::Deleted => {
                 self.wake(&events);
                 Ok(true)
             }
-            ManifestDeletion::NotFound | ManifestDeletion::TagsChanged(_) => Ok(false),
+            ManifestDeletion::NotFound
+            | ManifestDeletion::TagsChanged(_)
+            | ManifestDeletion::Referenced => Ok(false),
         }
     }
 
@@ -890,13 +926,6 @@ fn reachable_from_live(now: &[RetentionManifest], dependents: &HashSet<Digest>) 
         if seen.len() == before {
             return seen;
         }
-    }
-}
-
-fn tags_of(manifests: &[RetentionManifest], d: &Digest) -> String {
-    match manifests.iter().find(|m| &m.digest == d) {
-        Some(m) if !m.tags.is_empty() => format!(" (tags {})", m.tags.join(", ")),
-        _ => " (untagged)".into(),
     }
 }
 
@@ -1340,12 +1369,53 @@ mod tests {
             .expect("delete"));
         let left = r.meta.retention_manifests(&repo).await.expect("manifests");
         assert_eq!(left.len(), 2, "nothing deleted");
+        // Listed by an index pushed since the run looked: kept too.
+        let size = r
+            .meta
+            .get_manifest(&repo, &oci::Reference::Digest(tagged.clone()))
+            .await
+            .expect("get")
+            .expect("there")
+            .content
+            .len();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::media::OCI_INDEX,
+            "manifests": [{"mediaType": oci::media::OCI_MANIFEST, "digest": tagged.to_string(), "size": size}],
+        })
+        .to_string();
+        let index_digest = Digest::of(oci::Algorithm::Sha256, index.as_bytes());
+        r.put_manifest(
+            &repo,
+            &oci::Reference::Digest(index_digest.clone()),
+            Some(oci::media::OCI_INDEX),
+            index.into_bytes(),
+            Vec::new(),
+        )
+        .await
+        .expect("index");
+        assert!(!r
+            .retention_delete(&repo, &tagged, &["v1".into(), "v2".into()])
+            .await
+            .expect("delete"));
+        assert!(r
+            .meta
+            .gc_delete_untagged(&repo, &index_digest)
+            .await
+            .expect("index gone"));
         // As seen now, they go.
         assert!(r
             .retention_delete(&repo, &tagged, &["v1".into(), "v2".into()])
             .await
             .expect("delete"));
-        // A whole run: keep-nothing deletes what is left, and records it.
+        // A whole run: keep-nothing deletes what is left, and records it; neighbouring
+        // projects' repositories (before and after "p/" in byte order) are not looked at.
+        let mut neighbours: Vec<(RepoName, Digest)> = Vec::new();
+        for name in ["p-x/app", "p0/app", "pa/app", "o/app"] {
+            let n: RepoName = name.parse().expect("repo");
+            let d = push_image(&r, &n, name, None).await;
+            neighbours.push((n, d));
+        }
         let id = r
             .create_retention(&keep_nothing())
             .await
@@ -1374,5 +1444,10 @@ mod tests {
             log.contains(&format!("deleted {loose} (tags now)")),
             "{log}"
         );
+        for (n, d) in neighbours {
+            let left = r.meta.retention_manifests(&n).await.expect("manifests");
+            assert_eq!(left.len(), 1, "{n} was touched");
+            assert_eq!(left[0].digest, d);
+        }
     }
 }

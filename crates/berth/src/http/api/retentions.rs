@@ -161,7 +161,17 @@ struct RunRequest {
 pub(super) async fn run(c: &mut Call<'_>, rid: &str) -> Answer {
     let (stored, _, a) = find(c, rid, Permission::ManageRetention).await?;
     let req: RunRequest = c.json_or(Some(RunRequest::default())).await?;
-    let owner = format!("{} via the API", c.who.principal().name);
+    if !req.dry_run {
+        c.writable()?;
+    }
+    // Unique per run: claims of the same owner renew each other, so a second real run
+    // asked for by the same user is refused rather than let in.
+    let owner = format!(
+        "API request by {} on {}, run {}",
+        c.who.principal().display_name(),
+        crate::config::events::hostname(),
+        uuid::Uuid::new_v4().simple()
+    );
     let started = c
         .app
         .registry
@@ -216,7 +226,8 @@ pub(super) async fn runs(c: &mut Call<'_>, rid: &str) -> Answer {
     let (stored, _, _) = find(c, rid, Permission::Read).await?;
     let (page, size, window) = c.page()?;
     let (runs, total) = c.app.registry.retention_runs(stored.id, window).await?;
-    let now = crate::meta::now();
+    // The runs' times are the database's clock.
+    let now = c.app.registry.clock().await?;
     Ok(listing(
         c,
         runs.iter().map(|r| render_run(r, now)).collect(),
