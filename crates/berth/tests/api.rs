@@ -2046,6 +2046,23 @@ async fn storage_quotas() {
     let c = vec![b'c'; 400];
     reg.push_blob("quota/app", &c).await;
     assert_eq!(quota_of(&api, id).await, (1000, 1000));
+    // Full: a new upload is refused before any byte is sent; a blob the repository
+    // holds already may be pushed again.
+    let r = reg
+        .req(Method::POST, "/v2/quota/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = r.json().await.expect("error body");
+    assert_eq!(e["errors"][0]["code"], "DENIED", "{e}");
+    let msg = e["errors"][0]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("no new blob fits") && msg.contains("1000"),
+        "{msg}"
+    );
+    let (s, e) = try_push_blob(&reg, "quota/app", &a).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
     let (_, _, summary) = api
         .call(Some(dev), Method::GET, "/projects/quota/summary", None)
         .await;

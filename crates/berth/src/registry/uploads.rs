@@ -199,8 +199,30 @@ impl Registry {
         }
     }
 
+    /// Refuse an upload into a project whose quota has no room left for any new blob,
+    /// before its bytes are sent (the commit is still checked exactly).
+    async fn check_quota_room(&self, repo: &RepoName) -> Result<()> {
+        let Some((project, _)) = repo.as_str().split_once('/') else {
+            return Ok(());
+        };
+        let Some(p) = self.meta.project_by_name(project).await? else {
+            return Ok(());
+        };
+        let Some(q) = self.meta.quota(p.id).await? else {
+            return Ok(());
+        };
+        match q.hard {
+            Some(hard) if q.used >= hard => Err(RegistryError::Denied(format!(
+                "storage quota exceeded: project {project} uses {} of its {hard} bytes, so no new blob fits; delete images and let garbage collection free their blobs, or ask an administrator to raise the quota",
+                q.used
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Open an upload session.
     pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadState> {
+        self.check_quota_room(repo).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let caps = self.settings.upload_sessions;
         let recorded = self
@@ -501,6 +523,10 @@ impl Registry {
         digest: &Digest,
         body: ByteStream,
     ) -> Result<u64> {
+        // A blob the repository holds already costs nothing more.
+        if self.meta.linked_blob(repo, digest).await?.is_none() {
+            self.check_quota_room(repo).await?;
+        }
         let id = uuid::Uuid::new_v4().to_string();
         self.blobs.create_upload(&id).await?;
         let fresh = UploadProgress {
