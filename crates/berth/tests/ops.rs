@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::push::{digest_of, sha256, Registry, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use common::push::{
+    digest_of, image_manifest, sha256, Registry, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+};
 use common::{require_tool, run, Berth};
 use oci::Digest;
 use reqwest::{Client, Method, StatusCode};
@@ -1160,5 +1162,101 @@ async fn metrics_label_unknown_methods_other() {
     assert!(
         !text.contains("brew") && !text.contains("BREW") && !text.contains("propfind"),
         "{text}"
+    );
+}
+
+/// Tag retention's gauges: per project, the latest finished real run's end, success and
+/// artifacts deleted.
+#[tokio::test]
+async fn retention_metrics() {
+    let (b, debug) =
+        Berth::start_with_debug(&config("auth:\n  berth:\n    adminpassword: Harbor12345\n"));
+    let c = Client::new();
+    let api = |path: &str| format!("{}/api/v2.0{path}", b.url);
+    let r = c
+        .post(api("/projects"))
+        .basic_auth("admin", Some("Harbor12345"))
+        .json(&json!({"project_name": "pruned"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let reg = Registry::new(&b.url).with_auth("admin", "Harbor12345");
+    for tag in ["old", "new"] {
+        let config = format!("{{\"tag\":\"{tag}\"}}").into_bytes();
+        let layer = format!("layer {tag}").into_bytes();
+        reg.push_blob("pruned/app", &config).await;
+        reg.push_blob("pruned/app", &layer).await;
+        let m = serde_json::to_vec(&image_manifest(&config, &layer)).expect("json");
+        let r = reg.put_manifest("pruned/app", tag, OCI_MANIFEST, &m).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let project: Value = c
+        .get(api("/projects/pruned"))
+        .basic_auth("admin", Some("Harbor12345"))
+        .send()
+        .await
+        .expect("project")
+        .json()
+        .await
+        .expect("json");
+    let selector =
+        |d: &str, p: &str| json!([{"kind": "doublestar", "decoration": d, "pattern": p}]);
+    let r = c
+        .post(api("/retentions"))
+        .basic_auth("admin", Some("Harbor12345"))
+        .json(&json!({
+            "algorithm": "or",
+            "rules": [{"template": "latestPushedK", "params": {"latestPushedK": 1},
+                       "tag_selectors": selector("matches", "**"),
+                       "scope_selectors": {"repository": selector("repoMatches", "**")}}],
+            "trigger": {"kind": "Schedule", "settings": {"cron": ""}},
+            "scope": {"level": "project", "ref": project["project_id"]},
+        }))
+        .send()
+        .await
+        .expect("policy");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let policy = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let r = c
+        .post(format!("{}{policy}/executions", b.url))
+        .basic_auth("admin", Some("Harbor12345"))
+        .json(&json!({"dry_run": false}))
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&c, &debug).await;
+        if text.contains("berth_retention_last_run_success{project=\"pruned\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "berth_retention_last_run_success{project=\"pruned\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "berth_retention_last_run_deleted_artifacts{project=\"pruned\"}"
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_retention_last_run_end_seconds{project=\"pruned\"}"
+        ) > 1.7e9
     );
 }

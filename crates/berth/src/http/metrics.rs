@@ -48,6 +48,9 @@ pub struct Metrics {
     gc_last_freed_bytes: IntGauge,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
+    retention_end: IntGaugeVec,
+    retention_success: IntGaugeVec,
+    retention_deleted: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,6 +63,11 @@ impl std::fmt::Debug for Metrics {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
+
+/// A gauge per project, registered.
+fn project_gauge(prom: &Prom, name: &str, help: &str) -> Result<IntGaugeVec, MetricsError> {
+    register(prom, IntGaugeVec::new(Opts::new(name, help), &["project"])?)
+}
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
     prom: &Prom,
@@ -239,6 +247,21 @@ impl Metrics {
                     &["project"],
                 )?,
             )?,
+            retention_end: project_gauge(
+                &prom,
+                "berth_retention_last_run_end_seconds",
+                "When the latest finished real run of a project's tag retention policy ended.",
+            )?,
+            retention_success: project_gauge(
+                &prom,
+                "berth_retention_last_run_success",
+                "Whether that run succeeded (1) or not (0: it failed or was stopped).",
+            )?,
+            retention_deleted: project_gauge(
+                &prom,
+                "berth_retention_last_run_deleted_artifacts",
+                "Artifacts that run deleted.",
+            )?,
             prom,
         })
     }
@@ -258,6 +281,7 @@ impl Metrics {
         }
         self.gc(registry).await;
         self.quotas(registry).await;
+        self.retention(registry).await;
         if let Some(c) = registry.proxy_counters() {
             // The registry counts; bring the exported counters up to its values.
             let sync = |counter: &IntCounter, value: &AtomicU64| {
@@ -313,6 +337,34 @@ impl Metrics {
             self.quota_limit
                 .with_label_values(&[q.project.as_str()])
                 .set(q.hard.map_or(-1, |h| i64::try_from(h).unwrap_or(i64::MAX)));
+        }
+    }
+
+    /// The tag retention gauges, per project with a policy that ran.
+    async fn retention(&self, registry: &Registry) {
+        let outcomes = match registry.retention_outcomes().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("metrics: cannot read tag retention runs: {e}");
+                return;
+            }
+        };
+        for g in [
+            &self.retention_end,
+            &self.retention_success,
+            &self.retention_deleted,
+        ] {
+            g.reset();
+        }
+        for o in outcomes {
+            let p = [o.project.as_str()];
+            self.retention_end.with_label_values(&p).set(o.ended_at);
+            self.retention_success
+                .with_label_values(&p)
+                .set(i64::from(o.status == "Succeed"));
+            self.retention_deleted
+                .with_label_values(&p)
+                .set(i64::try_from(o.deleted).unwrap_or(i64::MAX));
         }
     }
 

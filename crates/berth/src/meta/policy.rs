@@ -134,6 +134,16 @@ pub struct RetentionManifest {
     pub children: Vec<Digest>,
 }
 
+/// The latest finished real run of a project's retention policy, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub project: String,
+    pub status: String,
+    pub ended_at: i64,
+    /// Artifacts it deleted (its tasks' artifacts less those kept).
+    pub deleted: u64,
+}
+
 /// A pull to record: repository, manifest digest, when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullTime {
@@ -195,6 +205,8 @@ pub trait Retentions: Send + Sync {
     async fn retention_task(&self, run_id: i64, id: i64) -> Result<Option<RetentionTask>>;
     /// Every manifest of `repo` with its push and pull times, tags and children.
     async fn retention_manifests(&self, repo: &RepoName) -> Result<Vec<RetentionManifest>>;
+    /// Per policy, its latest finished real run.
+    async fn retention_outcomes(&self) -> Result<Vec<RetentionOutcome>>;
     /// Move each manifest's pull time forward to `at` (never back); unknown ones are
     /// skipped.
     async fn record_pulls(&self, pulls: &[PullTime]) -> Result<()>;

@@ -2,8 +2,8 @@
 
 use super::sqlite::SqliteMeta;
 use super::{
-    now, Page, PullTime, Result, RetentionManifest, RetentionRun, RetentionTask, Retentions,
-    StoredRetention,
+    now, Page, PullTime, Result, RetentionManifest, RetentionOutcome, RetentionRun, RetentionTask,
+    Retentions, StoredRetention,
 };
 use oci::{Digest, RepoName};
 use sqlx::sqlite::SqliteRow;
@@ -340,6 +340,32 @@ impl Retentions for SqliteMeta {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    async fn retention_outcomes(&self) -> Result<Vec<RetentionOutcome>> {
+        let rows = sqlx::query(
+            "SELECT p.name, r.status, COALESCE(r.ended_at, r.updated_at),
+                    COALESCE((SELECT SUM(t.total - t.retained) FROM retention_tasks t
+                               WHERE t.run_id = r.id), 0)
+               FROM retention_policies pol
+               JOIN projects p ON p.id = pol.project_id
+               JOIN retention_runs r ON r.id =
+                    (SELECT MAX(x.id) FROM retention_runs x
+                      WHERE x.policy_id = pol.id AND x.dry_run = 0 AND x.status <> 'Running')
+              ORDER BY p.name",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RetentionOutcome {
+                    project: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    ended_at: r.try_get(2)?,
+                    deleted: u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     async fn record_pulls(&self, pulls: &[PullTime]) -> Result<()> {

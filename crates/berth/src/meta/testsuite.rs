@@ -1463,6 +1463,16 @@ pub async fn retentions(m: &dyn MetaStore) {
         .expect("task")
         .expect("found");
     assert_eq!(full.log, "deleted x\n");
+    let outcomes = m.retention_outcomes().await.expect("outcomes");
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(
+        (
+            outcomes[0].project.as_str(),
+            outcomes[0].status.as_str(),
+            outcomes[0].deleted
+        ),
+        ("kept", "Stopped", 3)
+    );
     assert_eq!(m.retention_task(first + 1, t).await.expect("task"), None);
     let mut ids = vec![first];
     for _ in 0..3 {

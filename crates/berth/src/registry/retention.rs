@@ -494,6 +494,11 @@ impl Registry {
         Ok(self.meta.delete_retention(id).await?)
     }
 
+    /// Per policy, its latest finished real run (for metrics).
+    pub async fn retention_outcomes(&self) -> Result<Vec<crate::meta::RetentionOutcome>> {
+        Ok(self.meta.retention_outcomes().await?)
+    }
+
     /// Now, by the clock the metadata's times are written with.
     pub async fn clock(&self) -> Result<i64> {
         Ok(self.meta.clock().await?)
