@@ -34,6 +34,8 @@ enum UpstreamAuth<'a> {
     /// `auth: token` trusting tokens from `issuer`, TLS with the server certificate of
     /// `pki` (a CA made with openssl).
     Token { issuer: &'a Issuer, pki: &'a Pki },
+    /// As `Token`, but the challenge names the issuer by another host name (`realm`).
+    TokenElsewhere { pki: &'a Pki, realm: String },
 }
 
 impl Upstream {
@@ -67,10 +69,15 @@ impl Upstream {
                     "http",
                 )
             }
-            UpstreamAuth::Token { issuer, pki } => (
+            UpstreamAuth::Token { .. } | UpstreamAuth::TokenElsewhere { .. } => {
+                let (realm, pki) = match &auth {
+                    UpstreamAuth::Token { issuer, pki } => (issuer.realm.clone(), *pki),
+                    UpstreamAuth::TokenElsewhere { realm, pki, .. } => (realm.clone(), *pki),
+                    UpstreamAuth::Htpasswd => unreachable!(),
+                };
+                (
                 format!(
-                    "  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
-                    issuer.realm,
+                    "  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
                     pki.path("ca.crt").display()
                 ),
                 format!(
@@ -79,7 +86,8 @@ impl Upstream {
                     pki.path("server.key").display()
                 ),
                 "https",
-            ),
+            )
+            }
         };
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -1413,4 +1421,58 @@ async fn tag_lists_follow_upstream_pages() {
         .await
         .expect("json");
     assert_eq!(all["tags"], json!(tags));
+}
+
+/// A registry cannot make Berth hand the proxy credentials to a token service on
+/// another host by naming it as its realm: the token is asked for anonymously, the
+/// credentials never reach it, and the refusal says why.
+#[test]
+fn credentials_never_go_to_a_token_realm_on_another_host() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let issuer = Issuer::start(&pki);
+    // The same issuer, named as another host (the certificate also covers localhost).
+    let elsewhere = issuer.realm.replace("127.0.0.1", "localhost");
+    assert_ne!(elsewhere, issuer.realm);
+    let up = Upstream::start_with(UpstreamAuth::TokenElsewhere {
+        pki: &pki,
+        realm: elsewhere,
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let image = small_image(&layout, "amd64", "token elsewhere");
+    layout.tag(&image, "v1");
+    push(&up, &layout.dir, "v1", "library/guarded:v1");
+    let ca = pki.path("ca.crt").display().to_string();
+    let b = Berth::start_with_config_env(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n",
+        &[
+            ("REGISTRY_PROXY_REMOTEURL", up.url().as_str()),
+            ("REGISTRY_PROXY_USERNAME", USER),
+            ("REGISTRY_PROXY_PASSWORD", PASSWORD),
+            ("SSL_CERT_FILE", ca.as_str()),
+        ],
+        "http",
+    );
+    let out = exec(
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/library/guarded:v1", b.host)),
+    );
+    assert!(!out.status.success(), "pulled without a token");
+    let asked = issuer.berth_requests();
+    assert!(!asked.is_empty(), "Berth never asked the token service");
+    assert!(
+        asked.iter().all(|r| !r.granted),
+        "the credentials reached a token service on another host: {asked:?}"
+    );
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log_lines().join("\n")
+    );
+    assert!(
+        said.contains("another host than the registry"),
+        "the refusal does not say why: {said}"
+    );
 }

@@ -174,14 +174,20 @@ impl HttpUpstream {
         }
         let base = reqwest::Url::parse(&self.base).map_err(|e| self.failed("is not a URL", e))?;
         let mut req = self.client.get(url.clone());
+        // Credentials kept back from a token service on another host: the token is
+        // asked for anonymously (enough for public content), and a refusal says why.
+        let mut withheld = false;
         if let Some(b) = self.basic() {
-            if !credentials_may_go_to(&base, &url) {
-                return Err(self.failed(
-                    &format!("named the token service {realm}"),
-                    "it is plain http while the registry is https: the proxy credentials are not sent over it",
-                ));
+            match credentials_may_go_to(&base, &url) {
+                Destination::Allowed => req = req.header(AUTHORIZATION, b),
+                Destination::OtherHost => withheld = true,
+                Destination::Downgrade => {
+                    return Err(self.failed(
+                        &format!("named the token service {realm}"),
+                        "it is plain http while the registry is https: the proxy credentials are not sent over it",
+                    ))
+                }
             }
-            req = req.header(AUTHORIZATION, b);
         }
         let resp = req
             .send()
@@ -189,7 +195,9 @@ impl HttpUpstream {
             .map_err(|e| self.failed(&format!("token service {realm}"), error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
-            let hint = if matches!(status.as_u16(), 401 | 403) {
+            let hint = if withheld && matches!(status.as_u16(), 401 | 403) {
+                ": the token service is on another host than the registry, so Berth asked anonymously and did not send the proxy credentials there (they go only to the registry's own host, and to auth.docker.io for Docker Hub)"
+            } else if matches!(status.as_u16(), 401 | 403) {
                 ": check proxy.username and proxy.password"
             } else {
                 ""
@@ -320,10 +328,41 @@ impl HttpUpstream {
     }
 }
 
+/// Where a token service is, for the proxy's credentials.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// The registry's own host (any port), or Docker Hub's token service for Docker Hub.
+    Allowed,
+    /// Another host: a registry cannot make Berth hand its credentials to a third party
+    /// by naming it as its token realm.
+    OtherHost,
+    /// Plain http while the registry is https.
+    Downgrade,
+}
+
+/// Docker Hub's registry host names, whose token service is `auth.docker.io`.
+const DOCKER_HUB: &[&str] = &[
+    "registry-1.docker.io",
+    "index.docker.io",
+    "docker.io",
+    "registry.hub.docker.com",
+];
+
 /// Whether the proxy's credentials may be sent to the token service at `realm` for the
-/// registry at `base`: never downgraded from https to plain http.
-fn credentials_may_go_to(base: &reqwest::Url, realm: &reqwest::Url) -> bool {
-    realm.scheme() == "https" || base.scheme() == "http"
+/// registry at `base`.
+fn credentials_may_go_to(base: &reqwest::Url, realm: &reqwest::Url) -> Destination {
+    if realm.scheme() != "https" && base.scheme() == "https" {
+        return Destination::Downgrade;
+    }
+    let (Some(b), Some(r)) = (base.host_str(), realm.host_str()) else {
+        return Destination::OtherHost;
+    };
+    let (b, r) = (b.to_ascii_lowercase(), r.to_ascii_lowercase());
+    if b == r || (r == "auth.docker.io" && DOCKER_HUB.contains(&b.as_str())) {
+        Destination::Allowed
+    } else {
+        Destination::OtherHost
+    }
 }
 
 /// Whether two URLs share scheme, host and port.
@@ -667,25 +706,55 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_never_downgraded_to_plain_http() {
-        let https = url("https://registry-1.docker.io");
-        let http = url("http://127.0.0.1:5000");
-        assert!(credentials_may_go_to(
-            &https,
-            &url("https://auth.docker.io/token")
-        ));
-        assert!(!credentials_may_go_to(
-            &https,
-            &url("http://auth.example/token")
-        ));
-        assert!(credentials_may_go_to(
-            &http,
-            &url("http://127.0.0.1:5001/token")
-        ));
-        assert!(credentials_may_go_to(
-            &http,
-            &url("https://auth.example/token")
-        ));
+    fn credentials_go_only_to_the_registrys_own_token_service() {
+        use Destination::*;
+        let to = |base: &str, realm: &str| credentials_may_go_to(&url(base), &url(realm));
+        // Docker Hub's token service, for Docker Hub only.
+        assert_eq!(
+            to(
+                "https://registry-1.docker.io",
+                "https://auth.docker.io/token"
+            ),
+            Allowed
+        );
+        assert_eq!(
+            to("https://index.docker.io", "https://auth.docker.io/token"),
+            Allowed
+        );
+        assert_eq!(
+            to("https://ghcr.io", "https://auth.docker.io/token"),
+            OtherHost
+        );
+        // The registry's own host, any port; nothing else.
+        assert_eq!(to("https://ghcr.io", "https://ghcr.io/token"), Allowed);
+        assert_eq!(
+            to("http://127.0.0.1:5000", "http://127.0.0.1:5001/token"),
+            Allowed
+        );
+        assert_eq!(
+            to(
+                "https://Registry.Example",
+                "https://registry.example:8443/t"
+            ),
+            Allowed
+        );
+        assert_eq!(
+            to("https://registry.example", "https://evil.example/token"),
+            OtherHost
+        );
+        assert_eq!(
+            to("https://127.0.0.1:5000", "https://localhost:5001/token"),
+            OtherHost
+        );
+        assert_eq!(
+            to("http://127.0.0.1:5000", "https://auth.example/token"),
+            OtherHost
+        );
+        // Never downgraded from https to plain http.
+        assert_eq!(
+            to("https://registry.example", "http://registry.example/token"),
+            Downgrade
+        );
     }
 
     #[test]

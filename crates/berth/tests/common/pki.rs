@@ -101,7 +101,7 @@ impl Pki {
             Key::EcP256,
             "server",
             "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         );
         make_cert(
             d,
