@@ -437,14 +437,6 @@ pub fn parse(stored: &StoredRetention) -> Result<Policy> {
             stored.id
         )))
     })?;
-    // What no longer passes the checks (a pattern a newer globset refuses) must stop
-    // the run rather than widen or narrow a rule.
-    p.check().map_err(|e| {
-        RegistryError::Meta(MetaError::Corrupt(format!(
-            "retention policy {} no longer passes the checks ({e}); fix it with PUT /api/v2.0/retentions/{}",
-            stored.id, stored.id
-        )))
-    })?;
     p.id = Some(stored.id);
     Ok(p)
 }
@@ -594,9 +586,17 @@ impl Registry {
         dry_run: bool,
         owner: &str,
     ) -> Result<std::result::Result<StartedRetention, NotStarted>> {
-        let Some((stored, policy)) = self.retention(id).await? else {
+        let Some((stored, mut policy)) = self.retention(id).await? else {
             return Ok(Err(NotStarted::Unknown));
         };
+        // What no longer passes the checks (a pattern a newer globset refuses) stops the
+        // run rather than widen or narrow a rule; the policy can still be read, changed
+        // and deleted.
+        policy.check().map_err(|e| {
+            RegistryError::Denied(format!(
+                "retention policy {id} no longer passes the checks ({e}); fix it with PUT /api/v2.0/retentions/{id}"
+            ))
+        })?;
         let claim = if dry_run {
             None
         } else {
@@ -1454,5 +1454,32 @@ mod tests {
             assert_eq!(left.len(), 1, "{n} was touched");
             assert_eq!(left[0].digest, d);
         }
+    }
+
+    /// A stored policy that no longer passes the checks can be read, changed and
+    /// deleted, but does not run.
+    #[tokio::test]
+    async fn a_policy_that_no_longer_passes_its_checks_does_not_run() {
+        let (_dir, r) = registry().await;
+        let mut broken = serde_json::to_value(keep_nothing()).expect("json");
+        broken["rules"][0]["tag_selectors"][0]["pattern"] = Value::from("v[1");
+        let id = r
+            .meta
+            .create_retention(1, &broken.to_string(), "")
+            .await
+            .expect("store")
+            .expect("first");
+        assert!(r.retention(id).await.expect("read").is_some());
+        match r.begin_retention(id, MANUAL, None, false, "t").await {
+            Err(RegistryError::Denied(m)) => assert!(m.contains("no longer passes"), "{m}"),
+            Ok(_) => panic!("a broken policy ran"),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(r.update_retention(id, &keep_nothing()).await.expect("fix"));
+        let Ok(Ok(run)) = r.begin_retention(id, MANUAL, None, true, "t").await else {
+            panic!("runs once fixed");
+        };
+        r.finish_retention(run).await.expect("run");
+        assert!(r.delete_retention(id).await.expect("delete"));
     }
 }
