@@ -312,8 +312,9 @@ pub(super) fn untracked() -> RegistryError {
     ))
 }
 
-/// A background task stopped when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A background task stopped when this is dropped (a run's keep-alive; retention runs
+/// use it too).
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

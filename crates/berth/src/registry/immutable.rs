@@ -95,41 +95,57 @@ impl Selectors {
     /// What the API accepts: at least one tag selector and one repository selector,
     /// each a valid doublestar pattern with Harbor's decorations.
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.tag_selectors.is_empty() {
-            return Err("a rule needs a tag selector (tag_selectors)".into());
-        }
-        for s in &self.tag_selectors {
-            s.check("tag", "matches", "excludes")?;
-        }
-        if let Some(other) = self.scope_selectors.keys().find(|k| *k != "repository") {
-            return Err(format!(
-                "scope selector {other:?} is not supported: only \"repository\""
-            ));
-        }
-        let repos = self
-            .scope_selectors
-            .get("repository")
-            .filter(|r| !r.is_empty())
-            .ok_or("a rule needs a repository selector (scope_selectors.repository)")?;
-        for s in repos {
-            s.check("repository", "repoMatches", "repoExcludes")?;
-        }
-        Ok(())
+        check_selectors(&self.tag_selectors, &self.scope_selectors)
     }
 
     /// Whether the rule selects `tag` of the repository named `repository` within its
     /// project.
     pub fn selects(&self, repository: &str, tag: &str) -> bool {
-        let repos = self.scope_selectors.get("repository");
-        repos
-            .into_iter()
-            .flatten()
-            .all(|s| s.selects(repository, "repoExcludes"))
-            && self
-                .tag_selectors
-                .iter()
-                .all(|s| s.selects(tag, "excludes"))
+        covers(&self.scope_selectors, repository) && selects_tag(&self.tag_selectors, tag)
     }
+}
+
+/// Harbor's checks of a rule's selectors (immutable tag rules and retention rules
+/// share them): at least one tag selector and one repository selector, each a valid
+/// doublestar pattern with Harbor's decorations.
+pub(super) fn check_selectors(
+    tags: &[Selector],
+    scopes: &BTreeMap<String, Vec<Selector>>,
+) -> std::result::Result<(), String> {
+    if tags.is_empty() {
+        return Err("a rule needs a tag selector (tag_selectors)".into());
+    }
+    for s in tags {
+        s.check("tag", "matches", "excludes")?;
+    }
+    if let Some(other) = scopes.keys().find(|k| *k != "repository") {
+        return Err(format!(
+            "scope selector {other:?} is not supported: only \"repository\""
+        ));
+    }
+    let repos = scopes
+        .get("repository")
+        .filter(|r| !r.is_empty())
+        .ok_or("a rule needs a repository selector (scope_selectors.repository)")?;
+    for s in repos {
+        s.check("repository", "repoMatches", "repoExcludes")?;
+    }
+    Ok(())
+}
+
+/// Whether every repository selector holds for `repository` (its name within its
+/// project).
+pub(super) fn covers(scopes: &BTreeMap<String, Vec<Selector>>, repository: &str) -> bool {
+    scopes
+        .get("repository")
+        .into_iter()
+        .flatten()
+        .all(|s| s.selects(repository, "repoExcludes"))
+}
+
+/// Whether every tag selector holds for `tag`.
+pub(super) fn selects_tag(tags: &[Selector], tag: &str) -> bool {
+    tags.iter().all(|s| s.selects(tag, "excludes"))
 }
 
 /// A rule as the API shows it (Harbor's `ImmutableRule`).

@@ -23,7 +23,8 @@
 //! run also takes its tick, so of several nodes firing on one tick one runs.
 
 use super::claims::HeldClaim;
-use super::immutable::{Guard, Selector};
+use super::gc_runs::AbortOnDrop;
+use super::immutable::{check_selectors, covers, selects_tag, Guard, Selector};
 use super::{Registry, RegistryError, Result};
 use crate::meta::{
     ManifestDeletion, MetaError, Page, RetentionManifest, RetentionRun, RetentionTask,
@@ -238,25 +239,9 @@ impl RetentionRule {
                 self.template
             ));
         }
-        if self.tag_selectors.is_empty() {
-            return Err("a rule needs a tag selector (tag_selectors)".into());
-        }
+        check_selectors(&self.tag_selectors, &self.scope_selectors)?;
         for s in &self.tag_selectors {
-            s.check("tag", "matches", "excludes")?;
             untagged(s).map_err(|e| format!("tag selector extras {:?}: {e}", s.extras))?;
-        }
-        if let Some(other) = self.scope_selectors.keys().find(|k| *k != "repository") {
-            return Err(format!(
-                "scope selector {other:?} is not supported: only \"repository\""
-            ));
-        }
-        let repos = self
-            .scope_selectors
-            .get("repository")
-            .filter(|r| !r.is_empty())
-            .ok_or("a rule needs a repository selector (scope_selectors.repository)")?;
-        for s in repos {
-            s.check("repository", "repoMatches", "repoExcludes")?;
         }
         Ok(())
     }
@@ -271,13 +256,7 @@ impl RetentionRule {
     }
 
     fn covers(&self, repository: &str) -> bool {
-        !self.disabled
-            && self
-                .scope_selectors
-                .get("repository")
-                .into_iter()
-                .flatten()
-                .all(|s| s.selects(repository, "repoExcludes"))
+        !self.disabled && covers(&self.scope_selectors, repository)
     }
 
     /// Whether the rule selects an artifact with these tags.
@@ -288,8 +267,7 @@ impl RetentionRule {
                 .iter()
                 .any(|s| untagged(s).unwrap_or(false));
         }
-        tags.iter()
-            .any(|t| self.tag_selectors.iter().all(|s| s.selects(t, "excludes")))
+        tags.iter().any(|t| selects_tag(&self.tag_selectors, t))
     }
 
     /// What the rule says, for logs.
@@ -945,14 +923,6 @@ struct StartedRetention {
     project: String,
     policy: Policy,
     claim: Option<HeldClaim>,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]
