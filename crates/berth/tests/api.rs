@@ -1576,6 +1576,26 @@ async fn garbage_collection_runs_history_and_schedule() {
 
 /// Poll a run until it ends (at most 30 s).
 /// An immutable tag rule as Harbor's portal sends it.
+/// A private project `name` with three new users as its maintainer, developer and
+/// guest (in that order); their credentials.
+async fn project_with_roles(
+    api: &Api,
+    name: &str,
+    users: [&'static str; 3],
+) -> [(&'static str, &'static str); 3] {
+    for u in users {
+        create_user(api, u).await;
+    }
+    create_project(api, ADMIN, name, false).await;
+    for (user, role) in users.into_iter().zip([4, 2, 3]) {
+        assert_eq!(
+            add_member(api, ADMIN, name, user, role).await,
+            StatusCode::CREATED
+        );
+    }
+    users.map(|u| (u, PASSWORD))
+}
+
 fn immutable_rule(repos: &str, tags: &str) -> Value {
     json!({
         "action": "immutable",
@@ -1604,21 +1624,8 @@ fn manifest_of(salt: &str) -> Vec<u8> {
 async fn immutable_tag_rules() {
     let b = start("");
     let api = Api::new(&b).await;
-    for u in ["immaint", "imdev", "imguest"] {
-        create_user(&api, u).await;
-    }
-    let (maint, dev, guest) = (
-        ("immaint", PASSWORD),
-        ("imdev", PASSWORD),
-        ("imguest", PASSWORD),
-    );
-    create_project(&api, ADMIN, "frozen", false).await;
-    for (user, role) in [("immaint", 4), ("imdev", 2), ("imguest", 3)] {
-        assert_eq!(
-            add_member(&api, ADMIN, "frozen", user, role).await,
-            StatusCode::CREATED
-        );
-    }
+    let [maint, dev, guest] =
+        project_with_roles(&api, "frozen", ["immaint", "imdev", "imguest"]).await;
     let rules = "/projects/frozen/immutabletagrules";
 
     // Who may: anyone who sees the project lists; admins and maintainers change.
@@ -2334,21 +2341,8 @@ async fn task_log(b: &Berth, who: (&str, &str), id: i64, run: &Value, task: &Val
 async fn tag_retention() {
     let b = start("");
     let api = Api::new(&b).await;
-    for u in ["retmaint", "retdev", "retguest"] {
-        create_user(&api, u).await;
-    }
-    let (maint, dev, guest) = (
-        ("retmaint", PASSWORD),
-        ("retdev", PASSWORD),
-        ("retguest", PASSWORD),
-    );
-    create_project(&api, ADMIN, "ret", false).await;
-    for (user, role) in [("retmaint", 4), ("retdev", 2), ("retguest", 3)] {
-        assert_eq!(
-            add_member(&api, ADMIN, "ret", user, role).await,
-            StatusCode::CREATED
-        );
-    }
+    let [maint, dev, guest] =
+        project_with_roles(&api, "ret", ["retmaint", "retdev", "retguest"]).await;
     let (_, _, project) = api
         .call(Some(ADMIN), Method::GET, "/projects/ret", None)
         .await;
