@@ -24,10 +24,12 @@ mod postgres_gc;
 mod postgres_ops;
 mod postgres_policy;
 mod postgres_proxy;
+mod postgres_registries;
 mod postgres_retention;
 #[cfg(test)]
 pub(crate) mod postgres_test;
 mod postgres_transfer;
+pub mod registries;
 pub mod sqlite;
 mod sqlite_access;
 mod sqlite_catalog;
@@ -38,6 +40,7 @@ mod sqlite_ops;
 mod sqlite_plan;
 mod sqlite_policy;
 mod sqlite_proxy;
+mod sqlite_registries;
 mod sqlite_retention;
 mod sqlite_transfer;
 #[cfg(test)]
@@ -51,6 +54,7 @@ pub mod transfer;
 pub use access::*;
 pub use catalog::*;
 pub use policy::*;
+pub use registries::*;
 
 use oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
@@ -745,6 +749,7 @@ pub trait ProxyCache: Send + Sync {
 /// Everything the registry needs from its metadata backend.
 pub trait MetaStore:
     GcRuns
+    + UpstreamRegistries
     + ImmutableRules
     + Retentions
     + Quotas
@@ -767,6 +772,7 @@ pub trait MetaStore:
 }
 impl<
         T: GcRuns
+            + UpstreamRegistries
             + ImmutableRules
             + Retentions
             + Quotas

@@ -181,6 +181,7 @@ mod suites {
         crate::meta::testsuite::immutable_rules(&meta).await;
         crate::meta::testsuite::quotas(&meta).await;
         crate::meta::testsuite::retentions(&meta).await;
+        crate::meta::testsuite::registries(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;

@@ -425,8 +425,8 @@ mod tests {
         MigrationSource, MigrationTarget, TargetState, NOT_COPIED, TABLES,
     };
     use super::super::{
-        Manifests, MetaError, NewEvent, NewManifest, Outbox, Repositories, SessionCaps,
-        UploadSession, Uploads,
+        Manifests, MetaError, NewEvent, NewManifest, NewRegistry, Outbox, Projects, Repositories,
+        SessionCaps, UploadSession, Uploads, UpstreamRegistries,
     };
     use oci::{Algorithm, Digest, Reference, RepoName, Tag};
     use sqlx::Row;
@@ -537,6 +537,32 @@ mod tests {
         lite.enqueue(&[event("one"), event("two")])
             .await
             .expect("outbox");
+        // A proxy-cache project: its registry is copied before it (and `insecure` arrives
+        // as a boolean).
+        let upstream = NewRegistry {
+            name: "hub".into(),
+            kind: "docker-hub".into(),
+            url: "https://registry-1.docker.io".into(),
+            description: String::new(),
+            access_key: Some("puller".into()),
+            access_secret: Some("secret".into()),
+            insecure: true,
+            ca_certificate: None,
+        };
+        let registry = lite
+            .add_registry(&upstream)
+            .await
+            .expect("registry")
+            .expect("free");
+        let cache = lite
+            .create_project("hub-cache", true, None)
+            .await
+            .expect("project")
+            .expect("free");
+        assert!(lite
+            .set_project_registry(cache.id, registry)
+            .await
+            .expect("bind"));
 
         let db = TestDb::create().await;
         let pg = db.open().await;
@@ -600,6 +626,23 @@ mod tests {
             .await
             .expect("a new repository");
         pg.enqueue(&[event("three")]).await.expect("a new event");
+        let copied_proxy = pg.proxy_project("hub-cache").await.expect("proxy");
+        assert!(copied_proxy
+            .as_ref()
+            .is_some_and(|p| p.registry.registry.insecure));
+        assert_eq!(
+            copied_proxy,
+            lite.proxy_project("hub-cache").await.expect("proxy")
+        );
+        let next = pg
+            .add_registry(&NewRegistry {
+                name: "another".into(),
+                ..upstream
+            })
+            .await
+            .expect("a new registry")
+            .expect("free");
+        assert!(next > registry);
 
         // That write makes the target something a re-run must not overwrite silently.
         match pg.state("node-a").await.expect("state") {

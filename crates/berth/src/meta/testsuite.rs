@@ -1584,3 +1584,200 @@ pub async fn retentions(m: &dyn MetaStore) {
     assert_eq!(m.retention_run(id, ids[3]).await.expect("run"), None);
     assert!(!m.delete_retention(id).await.expect("again"));
 }
+
+/// Upstream registries: unique names, settings replaced without touching the health
+/// check's verdict, projects bound to them as proxy caches, and a registry in use kept.
+pub async fn registries(m: &dyn MetaStore) {
+    use super::{Conflict, NewRegistry, ProjectDeletion, RegistryDeletion};
+    let hub = NewRegistry {
+        name: "hub".into(),
+        kind: "docker-hub".into(),
+        url: "https://registry-1.docker.io".into(),
+        description: "Docker Hub".into(),
+        access_key: Some("puller".into()),
+        access_secret: Some("s3cret".into()),
+        insecure: false,
+        ca_certificate: None,
+    };
+    let private = NewRegistry {
+        name: "private".into(),
+        kind: "docker-registry".into(),
+        url: "https://registry.internal:5000".into(),
+        description: String::new(),
+        access_key: None,
+        access_secret: None,
+        insecure: true,
+        ca_certificate: Some(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ),
+    };
+    assert!(m.registries().await.expect("list").is_empty());
+    let a = m.add_registry(&hub).await.expect("add").expect("free");
+    let b = m.add_registry(&private).await.expect("add").expect("free");
+    assert_ne!(a, b);
+    let taken = NewRegistry {
+        url: "https://elsewhere.example".into(),
+        ..hub.clone()
+    };
+    assert_eq!(m.add_registry(&taken).await.expect("add"), Err(Conflict));
+
+    let all = m.registries().await.expect("list");
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!((&all[0].registry, &all[1].registry), (&hub, &private));
+    for r in &all {
+        assert_eq!((r.status.as_str(), r.checked_at), ("unknown", None));
+        assert!(r.created_at > 0);
+        assert_eq!(r.created_at, r.updated_at);
+    }
+    assert_eq!(m.registry(b).await.expect("get").as_ref(), Some(&all[1]));
+    assert_eq!(m.registry(a.max(b) + 100).await.expect("get"), None);
+
+    // A health check's verdict, kept when the settings change.
+    m.set_registry_status(a, "healthy", 1_700_000_000)
+        .await
+        .expect("status");
+    m.set_registry_status(b, "unhealthy", 1_700_000_001)
+        .await
+        .expect("status");
+    let changed = NewRegistry {
+        url: "https://mirror.gcr.io".into(),
+        description: "through a mirror".into(),
+        access_key: None,
+        access_secret: None,
+        insecure: true,
+        ..hub.clone()
+    };
+    assert_eq!(
+        m.update_registry(a, &changed).await.expect("update"),
+        Ok(true)
+    );
+    let got = m.registry(a).await.expect("get").expect("found");
+    assert_eq!(got.registry, changed);
+    assert_eq!(
+        (got.status.as_str(), got.checked_at),
+        ("healthy", Some(1_700_000_000))
+    );
+    assert_eq!(got.created_at, all[0].created_at);
+    assert!(got.updated_at >= got.created_at);
+    let b_now = m.registry(b).await.expect("get").expect("found");
+    assert_eq!(
+        (b_now.status.as_str(), b_now.checked_at),
+        ("unhealthy", Some(1_700_000_001))
+    );
+    // Renamed to another registry's name: refused, nothing changed.
+    let clash = NewRegistry {
+        name: "private".into(),
+        ..changed.clone()
+    };
+    assert_eq!(
+        m.update_registry(a, &clash).await.expect("update"),
+        Err(Conflict)
+    );
+    assert_eq!(
+        m.registry(a).await.expect("get").expect("found").registry,
+        changed
+    );
+    assert_eq!(
+        m.update_registry(a.max(b) + 100, &changed)
+            .await
+            .expect("update"),
+        Ok(false)
+    );
+    // A free new name is taken.
+    let renamed = NewRegistry {
+        name: "docker-hub".into(),
+        ..changed.clone()
+    };
+    assert_eq!(
+        m.update_registry(a, &renamed).await.expect("update"),
+        Ok(true)
+    );
+    assert_eq!(
+        m.registry(a)
+            .await
+            .expect("get")
+            .expect("found")
+            .registry
+            .name,
+        "docker-hub"
+    );
+
+    // Proxy-cache projects.
+    let project = |name: &'static str| async move {
+        m.create_project(name, true, None)
+            .await
+            .expect("create")
+            .expect("free")
+    };
+    let hub_cache = project("hub-cache").await;
+    let gcr_cache = project("gcr-cache").await;
+    let plain = project("plain-project").await;
+    let unknown = hub_cache.id.max(gcr_cache.id).max(plain.id) + 100;
+    assert_eq!(m.project_registry_id(hub_cache.id).await.expect("id"), None);
+    assert!(m.set_project_registry(hub_cache.id, a).await.expect("bind"));
+    assert!(m.set_project_registry(gcr_cache.id, a).await.expect("bind"));
+    assert!(!m
+        .set_project_registry(plain.id, a.max(b) + 100)
+        .await
+        .expect("bind to no registry"));
+    assert!(!m
+        .set_project_registry(unknown, a)
+        .await
+        .expect("bind no project"));
+    assert_eq!(
+        m.project_registry_id(hub_cache.id).await.expect("id"),
+        Some(a)
+    );
+    assert_eq!(m.project_registry_id(plain.id).await.expect("id"), None);
+    assert_eq!(m.project_registry_id(unknown).await.expect("id"), None);
+
+    let upstream = m.registry(a).await.expect("get").expect("found");
+    let proxies = m.proxy_projects().await.expect("proxies");
+    assert_eq!(
+        proxies
+            .iter()
+            .map(|p| (p.project_id, p.project.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(gcr_cache.id, "gcr-cache"), (hub_cache.id, "hub-cache")]
+    );
+    assert!(proxies.iter().all(|p| p.registry == upstream));
+    let one = m
+        .proxy_project("hub-cache")
+        .await
+        .expect("proxy")
+        .expect("a proxy cache");
+    assert_eq!((one.project_id, &one.registry), (hub_cache.id, &upstream));
+    assert_eq!(m.proxy_project("plain-project").await.expect("proxy"), None);
+    assert_eq!(
+        m.proxy_project("no-such-project").await.expect("proxy"),
+        None
+    );
+
+    // A registry in use stays; an unused one goes.
+    assert_eq!(
+        m.delete_registry(a).await.expect("delete"),
+        RegistryDeletion::InUse(vec!["gcr-cache".into(), "hub-cache".into()])
+    );
+    assert!(m.registry(a).await.expect("get").is_some());
+    assert_eq!(
+        m.delete_registry(b).await.expect("delete"),
+        RegistryDeletion::Deleted
+    );
+    assert_eq!(m.registry(b).await.expect("get"), None);
+    assert_eq!(
+        m.delete_registry(b).await.expect("delete"),
+        RegistryDeletion::NotFound
+    );
+    for p in [&hub_cache, &gcr_cache, &plain] {
+        assert_eq!(
+            m.delete_project(p.id).await.expect("delete project"),
+            ProjectDeletion::Deleted
+        );
+    }
+    assert!(m.proxy_projects().await.expect("proxies").is_empty());
+    assert_eq!(
+        m.delete_registry(a).await.expect("delete"),
+        RegistryDeletion::Deleted
+    );
+    assert!(m.registries().await.expect("list").is_empty());
+}

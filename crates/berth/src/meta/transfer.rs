@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 /// are not copied.
 pub const TABLES: &[&str] = &[
     "users",
+    "registries",
     "projects",
     "members",
     "robots",
