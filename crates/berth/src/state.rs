@@ -107,6 +107,14 @@ async fn open_registry(
         }
         None => registry,
     };
+    // Proxy-cache projects connect to their upstreams only in the server.
+    let registry = if serving {
+        registry.with_upstream_factory(Arc::new(crate::upstream::HttpUpstreams {
+            max_manifest_bytes: config.max_manifest_bytes,
+        }))
+    } else {
+        registry
+    };
     Ok((registry, meta))
 }
 

@@ -2909,3 +2909,144 @@ async fn retention_by_pull_and_push_times() {
         "pushed today"
     );
 }
+
+/// `/api/v2.0/registries` and `/replication/adapters` in the document's shapes: a Berth
+/// registered as an upstream of itself (token auth on its own host) checks healthy;
+/// validation, conflicts, the hidden secret kept when sent back, updates, deletion
+/// refused while a proxy-cache project uses the registry, and system administrators
+/// only.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_registries() {
+    let b = start("");
+    let api = Api::new(&b).await;
+    create_user(&api, "rdev").await;
+    let dev = ("rdev", PASSWORD);
+    for (method, path) in [
+        (Method::GET, "/registries"),
+        (Method::POST, "/registries"),
+        (Method::GET, "/replication/adapters"),
+        (Method::POST, "/registries/ping"),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"name": "x"}));
+        let (s, _, _) = api.call(Some(dev), method.clone(), path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as a user");
+    }
+    let (s, _, adapters) = api
+        .call(Some(ADMIN), Method::GET, "/replication/adapters", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(adapters
+        .as_array()
+        .expect("array")
+        .contains(&json!("harbor")));
+
+    let own = json!({"name": "self", "type": "harbor", "url": b.url,
+        "credential": {"type": "basic", "access_key": ADMIN.0, "access_secret": ADMIN.1}});
+    for (body, why) in [
+        (json!({"type": "harbor", "url": b.url}), "name is required"),
+        (
+            json!({"name": "a", "type": "aws-ecr", "url": b.url}),
+            "aws-ecr\\\" is not supported",
+        ),
+        (
+            json!({"name": "a", "type": "harbor", "url": "ftp://x"}),
+            "http:// or https://",
+        ),
+        (
+            json!({"name": "a", "type": "harbor", "url": b.url, "credential": {"access_key": "u"}}),
+            "access_secret is required",
+        ),
+    ] {
+        let (s, _, v) = api
+            .call(Some(ADMIN), Method::POST, "/registries", Some(body))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(why), "{why}: {v}");
+    }
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/registries/ping",
+            Some(own.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "Berth answers as an upstream of itself");
+    let (s, headers, _) = api
+        .call(Some(ADMIN), Method::POST, "/registries", Some(own.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let location = headers["location"].to_str().expect("location").to_string();
+    let path = location.trim_start_matches("/api/v2.0");
+    let (s, _, _) = api
+        .call(Some(ADMIN), Method::POST, "/registries", Some(own.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, r) = api.call(Some(ADMIN), Method::GET, path, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["status"], "healthy", "{r}");
+    assert_eq!(r["credential"]["access_secret"], "*****");
+    // What a client read, sent back: the secret stays (the ping by id still passes).
+    let mut back = r.clone();
+    back["description"] = json!("this Berth");
+    let (s, _, _) = api.call(Some(ADMIN), Method::PUT, path, Some(back)).await;
+    assert_eq!(s, StatusCode::OK);
+    let id = r["id"].as_i64().expect("id");
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/registries/ping",
+            Some(json!({"id": id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/registries/ping",
+            Some(
+                json!({"id": id, "credential": {"access_key": "admin", "access_secret": "wrong"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v.to_string().contains("credentials"), "{v}");
+    let (s, _, list) = api
+        .call(Some(ADMIN), Method::GET, "/registries?q=name%3D~sel", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list[0]["description"], "this Berth");
+    assert_eq!(
+        list[0]["status"], "healthy",
+        "an unsaved ping changes nothing"
+    );
+
+    // In use by a proxy-cache project: kept.
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/projects",
+            Some(json!({"project_name": "cache", "registry_id": id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _, p) = api
+        .call(Some(ADMIN), Method::GET, "/projects/cache", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(p["registry_id"], id);
+    let (s, _, v) = api.call(Some(ADMIN), Method::DELETE, path, None).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{v}");
+    assert!(v.to_string().contains("cache"), "{v}");
+    let (s, _, _) = api
+        .call(Some(ADMIN), Method::DELETE, "/projects/cache", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api.call(Some(ADMIN), Method::DELETE, path, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api.call(Some(ADMIN), Method::GET, path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -1476,3 +1476,337 @@ fn credentials_never_go_to_a_token_realm_on_another_host() {
         "the refusal does not say why: {said}"
     );
 }
+
+/// An admin's call to the management API of `b` (curl): status and body.
+fn api(b: &Berth, who: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let url = format!("{}/api/v2.0{path}", b.url);
+    let body = body.map(|v| v.to_string());
+    let mut extra = vec!["-u", who, "-H", "content-type: application/json"];
+    if let Some(b) = &body {
+        extra.extend(["--data-binary", b.as_str()]);
+    }
+    http(method, &url, &extra)
+}
+
+/// Proxy-cache projects: one Berth caches two upstreams side by side with an ordinary
+/// project — Distribution with htpasswd over HTTP (project `up`), and a Berth with token
+/// auth over TLS with a private CA (project `tok`) — registered through
+/// `/api/v2.0/registries`, pulled by skopeo, the Docker CLI and podman; a mirror
+/// request (`?ns=`) routes to the project for its host; pushes to a cache are refused;
+/// a registry in use cannot be deleted; only system administrators manage registries.
+#[test]
+fn proxy_cache_projects_for_two_upstreams() {
+    require_tool("openssl");
+    const ADMIN: &str = "admin:Harbor12345";
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let hello = small_image(&layout, "amd64", "hello via a project");
+    layout.tag(&hello, "v1");
+    let app = small_image(&layout, "amd64", "app via a project");
+    layout.tag(&app, "app");
+    let tool = small_image(&layout, "amd64", "tool via a token upstream");
+    layout.tag(&tool, "tool");
+    push(&up, &layout.dir, "v1", "library/hello:v1");
+    push(&up, &layout.dir, "app", "team/app:1");
+
+    // The second upstream: a Berth with token auth (its own /service/token) over TLS.
+    let pki = Pki::new();
+    let token_up = Berth::start_with_config_env(
+        &pki.tls_config("auth:\n  berth:\n    adminpassword: Upstream123\n"),
+        &[],
+        "https",
+    );
+    let ca = pki.path("ca.crt").display().to_string();
+    let (code, body) = http(
+        "POST",
+        &format!("{}/api/v2.0/projects", token_up.url),
+        &[
+            "--cacert",
+            &ca,
+            "-u",
+            "admin:Upstream123",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            r#"{"project_name": "lib"}"#,
+        ],
+    );
+    assert_eq!(code, 201, "{body}");
+    run(skopeo()
+        .args([
+            "copy",
+            "--preserve-digests",
+            "--dest-creds",
+            "admin:Upstream123",
+        ])
+        .arg("--dest-cert-dir")
+        .arg(pki.cert_dir(false))
+        .arg(format!("oci:{}:tool", layout.dir.display()))
+        .arg(format!("docker://{}/lib/tool:2", token_up.host)));
+
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  berth:\n    adminpassword: {}\n",
+        &ADMIN[6..]
+    ));
+    // Only system administrators manage registries.
+    let (code, _) = api(
+        &b,
+        ADMIN,
+        "POST",
+        "/users",
+        Some(
+            json!({"username": "dev", "password": "Passw0rdDev", "email": "dev@example.org", "realname": "dev"}),
+        ),
+    );
+    assert_eq!(code, 201);
+    let (code, _) = api(&b, "dev:Passw0rdDev", "GET", "/registries", None);
+    assert_eq!(code, 403, "a user lists registries");
+    let (code, body) = api(&b, ADMIN, "GET", "/replication/adapters", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("docker-registry") && body.contains("docker-hub"),
+        "{body}"
+    );
+
+    // Ping: wrong credentials are named; right ones pass.
+    let mut up_reg = json!({"name": "distribution", "type": "docker-registry", "url": up.url(),
+        "credential": {"type": "basic", "access_key": USER, "access_secret": "wrong"}});
+    let (code, body) = api(&b, ADMIN, "POST", "/registries/ping", Some(up_reg.clone()));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("refused the configured credentials"),
+        "{body}"
+    );
+    up_reg["credential"]["access_secret"] = json!(PASSWORD);
+    let (code, body) = api(&b, ADMIN, "POST", "/registries/ping", Some(up_reg.clone()));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api(
+        &b,
+        "dev:Passw0rdDev",
+        "POST",
+        "/registries",
+        Some(up_reg.clone()),
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = api(&b, ADMIN, "POST", "/registries", Some(up_reg.clone()));
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = api(&b, ADMIN, "POST", "/registries", Some(up_reg.clone()));
+    assert_eq!(code, 409, "a second registry of the same name");
+    // The token upstream needs its private CA: without it the check says so.
+    let mut tok_reg = json!({"name": "berth-tls", "type": "harbor", "url": token_up.url,
+        "credential": {"type": "basic", "access_key": "admin", "access_secret": "Upstream123"}});
+    let (code, body) = api(&b, ADMIN, "POST", "/registries/ping", Some(tok_reg.clone()));
+    assert_eq!(code, 400, "{body}");
+    tok_reg["ca_certificate"] = json!(std::fs::read_to_string(pki.path("ca.crt")).expect("ca"));
+    let (code, body) = api(&b, ADMIN, "POST", "/registries", Some(tok_reg.clone()));
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = api(&b, ADMIN, "GET", "/registries", None);
+    let regs: Value = serde_json::from_str(&body).expect("json");
+    let reg_id = |name: &str| -> i64 {
+        regs.as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["id"].as_i64())
+            .unwrap_or_else(|| panic!("no registry {name}: {regs}"))
+    };
+    for r in regs.as_array().expect("array") {
+        assert_eq!(r["status"], "healthy", "{r}");
+        assert_eq!(
+            r["credential"]["access_secret"], "*****",
+            "the secret is never shown"
+        );
+    }
+    let (up_id, tok_id) = (reg_id("distribution"), reg_id("berth-tls"));
+
+    // Projects bound to them (a user may not make one), and an ordinary one.
+    let project = |name: &str, registry: Option<i64>| {
+        let mut body = json!({"project_name": name, "metadata": {"public": "true"}});
+        if let Some(r) = registry {
+            body["registry_id"] = json!(r);
+        }
+        body
+    };
+    let (code, _) = api(
+        &b,
+        "dev:Passw0rdDev",
+        "POST",
+        "/projects",
+        Some(project("mine", Some(up_id))),
+    );
+    assert_eq!(code, 403, "a user makes a proxy-cache project");
+    let (code, _) = api(
+        &b,
+        ADMIN,
+        "POST",
+        "/projects",
+        Some(project("bad", Some(9999))),
+    );
+    assert_eq!(code, 400, "an unknown registry");
+    for (name, r) in [("up", Some(up_id)), ("tok", Some(tok_id)), ("plain", None)] {
+        let (code, body) = api(&b, ADMIN, "POST", "/projects", Some(project(name, r)));
+        assert_eq!(code, 201, "{name}: {body}");
+    }
+    let (_, body) = api(&b, ADMIN, "GET", "/projects/up", None);
+    let p: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(p["registry_id"], up_id);
+    let (code, _) = api(
+        &b,
+        ADMIN,
+        "PUT",
+        "/projects/up",
+        Some(json!({"registry_id": tok_id})),
+    );
+    assert_eq!(code, 400, "registry_id changed");
+
+    // skopeo through `up`: the upstream's digest, the whole image.
+    let upstream_digest = raw_digest(&up.host, "library/hello:v1", true);
+    assert_eq!(upstream_digest, digest_of(&hello));
+    assert_eq!(
+        raw_digest(&b.host, "up/library/hello:v1", false),
+        upstream_digest
+    );
+    let out_dir = tmp.path().join("copied");
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false", "--preserve-digests"])
+        .arg(format!("docker://{}/up/library/hello:v1", b.host))
+        .arg(format!("oci:{}:v1", out_dir.display())));
+    // The Docker CLI through `up`.
+    require_tool("docker");
+    let docker_config = tempfile::tempdir().expect("tempdir");
+    let docker = |args: &[&str]| {
+        let mut c = Command::new("docker");
+        c.arg("--config").arg(docker_config.path()).args(args);
+        c
+    };
+    let reference = format!("{}/up/team/app:1", b.host);
+    let pulled = run(&mut docker(&["pull", &reference]));
+    let _ = exec(&mut docker(&["rmi", "-f", &reference]));
+    assert!(
+        pulled.contains(digest_of(&app).as_str()),
+        "docker pull digest: {pulled}"
+    );
+    // podman through `tok` (a Bearer token from the upstream Berth, its CA from the
+    // registry's settings).
+    let root = tmp.path().join("podman");
+    let tool_ref = format!("{}/tok/lib/tool:2", b.host);
+    run(common::tools::podman(&root).args(["pull", "--tls-verify=false", &tool_ref]));
+    let inspect: Value = serde_json::from_str(&run(
+        common::tools::podman(&root).args(["image", "inspect", &tool_ref])
+    ))
+    .expect("json");
+    assert_eq!(inspect[0]["Digest"], tool["digest"], "podman digest");
+
+    // A mirror request (containerd's hosts.toml): `?ns=<upstream host>` goes to the
+    // project caching that host; another host's request is an ordinary one.
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/team/app/manifests/1?ns={}", b.url, up.host),
+        &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(sha256(body.as_bytes()), digest_of(&app));
+    let (code, _) = http(
+        "GET",
+        &format!("{}/v2/team/app/manifests/1?ns=ghcr.io", b.url),
+        &[],
+    );
+    assert!(
+        matches!(code, 401 | 404),
+        "no project mirrors ghcr.io: an ordinary (unknown) name, not {code}"
+    );
+
+    // Pushes to a cache are refused, saying why; the ordinary project takes them.
+    let push_to = |target: &str| {
+        exec(
+            skopeo()
+                .args(["copy", "--dest-tls-verify=false", "--dest-creds", ADMIN])
+                .arg(format!("oci:{}:v1", layout.dir.display()))
+                .arg(format!("docker://{}/{target}", b.host)),
+        )
+    };
+    let refused = push_to("up/library/hello:mine");
+    assert!(
+        !refused.status.success(),
+        "pushed into a proxy-cache project"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("proxy cache") || said.contains("denied"),
+        "{said}"
+    );
+    assert!(
+        push_to("plain/hello:v1").status.success(),
+        "ordinary project"
+    );
+    let (code, body) = http(
+        "POST",
+        &format!("{}/v2/up/library/x/blobs/uploads/", b.url),
+        &["-u", ADMIN],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("DENIED") && body.contains("proxy cache"),
+        "{body}"
+    );
+
+    // The catalog holds what was pulled, under the projects.
+    let (code, body) = http("GET", &format!("{}/v2/_catalog", b.url), &["-u", ADMIN]);
+    assert_eq!(code, 200, "{body}");
+    let cat: Vec<String> = serde_json::from_value(
+        serde_json::from_str::<Value>(&body).expect("json")["repositories"].clone(),
+    )
+    .expect("repositories");
+    for repo in [
+        "up/library/hello",
+        "up/team/app",
+        "tok/lib/tool",
+        "plain/hello",
+    ] {
+        assert!(cat.iter().any(|r| r == repo), "{repo} not in {cat:?}");
+    }
+    // A registry in use stays; once its project is gone, it can go.
+    let (code, body) = api(&b, ADMIN, "DELETE", &format!("/registries/{tok_id}"), None);
+    assert_eq!(code, 412, "{body}");
+    assert!(body.contains("tok"), "{body}");
+    let (code, body) = api(
+        &b,
+        ADMIN,
+        "DELETE",
+        "/projects/tok/repositories/lib%252Ftool",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api(&b, ADMIN, "DELETE", "/projects/tok", None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api(&b, ADMIN, "DELETE", &format!("/registries/{tok_id}"), None);
+    assert_eq!(code, 200, "{body}");
+    // Credentials changed through the API take effect at once on this node.
+    let (code, _) = api(
+        &b,
+        ADMIN,
+        "PUT",
+        &format!("/registries/{up_id}"),
+        Some(json!({"credential": {"access_key": USER, "access_secret": "wrong"}})),
+    );
+    assert_eq!(code, 200);
+    let (_, body) = api(&b, ADMIN, "GET", &format!("/registries/{up_id}"), None);
+    assert!(body.contains("\"unhealthy\""), "{body}");
+    let out = exec(
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/up/library/other:v1", b.host)),
+    );
+    assert!(!out.status.success());
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log_lines().join("\n")
+    );
+    assert!(
+        said.contains("credentials of registry \\\"distribution\\\"")
+            || said.contains("credentials of registry \"distribution\""),
+        "{said}"
+    );
+}

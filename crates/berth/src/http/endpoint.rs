@@ -45,6 +45,40 @@ pub enum PathError {
 }
 
 impl Endpoint {
+    /// The repository the endpoint is about, if any.
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags { repo }
+            | Endpoint::Manifest { repo, .. }
+            | Endpoint::Blob { repo, .. }
+            | Endpoint::Uploads { repo }
+            | Endpoint::Upload { repo, .. }
+            | Endpoint::Referrers { repo, .. } => Some(repo),
+        }
+    }
+
+    fn repo_mut(&mut self) -> Option<&mut RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags { repo }
+            | Endpoint::Manifest { repo, .. }
+            | Endpoint::Blob { repo, .. }
+            | Endpoint::Uploads { repo }
+            | Endpoint::Upload { repo, .. }
+            | Endpoint::Referrers { repo, .. } => Some(repo),
+        }
+    }
+
+    /// The same endpoint for the repository `project/<name>` (a mirror request routed to
+    /// a proxy-cache project).
+    pub fn within_project(mut self, project: &str) -> Result<Endpoint, NameError> {
+        if let Some(repo) = self.repo_mut() {
+            *repo = format!("{project}/{repo}").parse()?;
+        }
+        Ok(self)
+    }
+
     pub fn parse(path: &str) -> Result<Endpoint, PathError> {
         let rest = path.strip_prefix("/v2").ok_or(PathError::NotFound)?;
         if rest.is_empty() || rest == "/" {

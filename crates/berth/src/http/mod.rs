@@ -367,6 +367,21 @@ async fn dispatch_parts(
             return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
         }
     };
+    // A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
+    // the proxy-cache project registered for that host, if there is one; otherwise as
+    // any request (Distribution ignores `ns`).
+    let endpoint = match mirror_namespace(&parts) {
+        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_project(&ns).await {
+            Some(project) => match endpoint.within_project(&project) {
+                Ok(e) => e,
+                Err(e) => {
+                    return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response()
+                }
+            },
+            None => endpoint,
+        },
+        _ => endpoint,
+    };
     let mut resp = route(&app, &mut parts, body, endpoint).await;
     for (name, value) in &app.options.headers {
         if let (Ok(n), Ok(v)) = (
@@ -449,6 +464,23 @@ async fn route(
             .into_response(),
         )
         .await;
+        }
+    }
+    // A proxy-cache project takes no pushes (deletes evict cached content).
+    if parts.method != Method::DELETE && is_write(&parts.method, &endpoint) {
+        if let Some(repo) = endpoint.repo() {
+            match app.registry.push_refusal(repo).await {
+                Ok(None) => {}
+                Ok(Some(msg)) => {
+                    return refuse(
+                        parts,
+                        body,
+                        ApiError::new(ErrorCode::Denied, msg).into_response(),
+                    )
+                    .await
+                }
+                Err(e) => return ApiError::from(e).into_response(),
+            }
         }
     }
     let mut query: Vec<(String, String)> = parts
@@ -663,6 +695,15 @@ async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response
 }
 
 /// Requests that change what is stored: refused in read-only mode.
+/// The `ns` query parameter of a mirror request.
+fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
 fn is_write(method: &Method, endpoint: &Endpoint) -> bool {
     let changes = matches!(
         *method,

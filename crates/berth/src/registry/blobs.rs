@@ -55,8 +55,7 @@ impl Registry {
                 self.proxy_hit(repo, digest).await;
                 size
             }
-            None if self.proxy.is_some() => self.proxy_blob_size(repo, digest).await?,
-            None => return Err(RegistryError::BlobUnknown(digest.clone())),
+            None => self.proxy_blob_size(repo, digest).await?,
         };
         self.emit_blob_pull(repo, digest, size);
         Ok(size)
@@ -84,7 +83,7 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<BlobRead> {
-        if self.proxy.is_some() {
+        if self.proxy_for(repo).await.is_some() {
             if self.meta.linked_blob(repo, digest).await?.is_some() {
                 self.proxy_hit(repo, digest).await;
             } else {
@@ -104,12 +103,12 @@ impl Registry {
             return Ok(None);
         };
         let Some(size) = self.meta.linked_blob(repo, digest).await? else {
-            if self.proxy.is_some() {
+            if self.proxy_for(repo).await.is_some() {
                 return Ok(None);
             }
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
-        if self.proxy.is_some() {
+        if self.proxy_for(repo).await.is_some() {
             self.proxy_hit(repo, digest).await;
         }
         self.emit_blob_pull(repo, digest, size);

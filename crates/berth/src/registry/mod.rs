@@ -16,6 +16,7 @@ mod import;
 mod listing;
 mod manifests;
 pub mod proxy;
+mod proxy_projects;
 mod pull_events;
 pub mod pull_times;
 mod purge;
@@ -208,8 +209,12 @@ pub struct Registry {
     uploads: uploads::UploadCache,
     /// Where notification events go; `None` when no endpoint is configured.
     events: Option<events::Events>,
-    /// The pull-through cache, when `proxy` is configured.
-    proxy: Option<proxy::Proxy>,
+    /// The pull-through cache of the whole registry, when `proxy` is configured.
+    proxy: Option<Arc<proxy::Proxy>>,
+    /// What every pull-through cache shares.
+    proxy_shared: proxy::ProxyShared,
+    /// Proxy-cache projects.
+    project_proxies: proxy_projects::ProjectProxies,
     /// Pull times not written yet.
     pull_times: pull_times::PullTimes,
 }
@@ -227,6 +232,8 @@ impl Registry {
             uploads: uploads::UploadCache::default(),
             events: None,
             proxy: None,
+            proxy_shared: proxy::ProxyShared::default(),
+            project_proxies: proxy_projects::ProjectProxies::default(),
             pull_times: pull_times::PullTimes::default(),
         }
     }

@@ -64,7 +64,27 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The pull-through cache's state in the registry.
+/// What every pull-through cache of the process shares (the `proxy` section's and the
+/// proxy-cache projects'): fills (keyed by the local repository name), counters, and the
+/// owner name of its cluster-wide claims.
+pub(super) struct ProxyShared {
+    fills: Fills,
+    counters: Arc<ProxyCounters>,
+    owner: String,
+}
+
+impl Default for ProxyShared {
+    fn default() -> Self {
+        ProxyShared {
+            fills: Arc::default(),
+            counters: Arc::default(),
+            owner: format!("proxy {}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+/// A pull-through cache of one upstream: the whole registry's (`proxy`), or one
+/// proxy-cache project's.
 pub(super) struct Proxy {
     upstream: Arc<dyn Upstream>,
     options: ProxyOptions,
@@ -72,18 +92,6 @@ pub(super) struct Proxy {
     counters: Arc<ProxyCounters>,
     /// This process, in the cluster-wide claims of its fills.
     owner: String,
-}
-
-impl Proxy {
-    pub(super) fn new(upstream: Arc<dyn Upstream>, options: ProxyOptions) -> Proxy {
-        Proxy {
-            upstream,
-            options,
-            fills: Arc::default(),
-            counters: Arc::default(),
-            owner: format!("proxy {}", uuid::Uuid::new_v4()),
-        }
-    }
 }
 
 /// The claim a fill of `digest` through `repo` holds in a cluster.
@@ -432,8 +440,24 @@ impl Registry {
     /// Attach a pull-through cache of `upstream`: reads fall through to it, and the
     /// registry refuses pushes and deletes (the HTTP layer answers them).
     pub fn with_proxy(mut self, upstream: Arc<dyn Upstream>, options: ProxyOptions) -> Registry {
-        self.proxy = Some(Proxy::new(upstream, options));
+        self.proxy = Some(Arc::new(self.project_proxy(upstream, options)));
         self
+    }
+
+    /// A cache of `upstream` sharing the process's fills and counters.
+    pub(super) fn project_proxy(
+        &self,
+        upstream: Arc<dyn Upstream>,
+        options: ProxyOptions,
+    ) -> Proxy {
+        let shared = &self.proxy_shared;
+        Proxy {
+            upstream,
+            options,
+            fills: shared.fills.clone(),
+            counters: shared.counters.clone(),
+            owner: shared.owner.clone(),
+        }
     }
 
     /// The upstream's URL when this registry is a pull-through cache.
@@ -441,19 +465,17 @@ impl Registry {
         self.proxy.as_ref().map(|p| p.upstream.url())
     }
 
-    /// The pull-through cache's counters, when it is one.
+    /// The pull-through caches' counters (the `proxy` section's and the proxy-cache
+    /// projects' together), when there is a cache.
     pub fn proxy_counters(&self) -> Option<&ProxyCounters> {
-        self.proxy.as_ref().map(|p| p.counters.as_ref())
+        (self.proxy.is_some() || self.has_proxy_projects())
+            .then_some(self.proxy_shared.counters.as_ref())
     }
 
     /// Record use of cached content: `(now, fresh_after)` for [`crate::meta::ProxyCache::cache_touch`].
-    fn touch_times(&self) -> (i64, i64) {
+    fn touch_times(p: &Proxy) -> (i64, i64) {
         let t = now();
-        let granularity = self
-            .proxy
-            .as_ref()
-            .and_then(|p| p.options.ttl)
-            .map_or(60, |ttl| (ttl.as_secs() / 10).min(60)) as i64;
+        let granularity = p.options.ttl.map_or(60, |ttl| (ttl.as_secs() / 10).min(60)) as i64;
         (
             t,
             if granularity == 0 {
@@ -464,8 +486,8 @@ impl Registry {
         )
     }
 
-    async fn touch(&self, repo: &RepoName, digest: &Digest, is_manifest: bool) {
-        let (at, fresh_after) = self.touch_times();
+    async fn touch(&self, p: &Proxy, repo: &RepoName, digest: &Digest, is_manifest: bool) {
+        let (at, fresh_after) = Self::touch_times(p);
         if let Err(e) = self
             .meta
             .cache_touch(repo, digest, is_manifest, at, fresh_after)
@@ -475,11 +497,12 @@ impl Registry {
         }
     }
 
-    /// A blob linked into `repo` was served from the cache (proxy mode only).
+    /// A blob linked into `repo` was served; counted and recorded when `repo` is read
+    /// through a cache.
     pub(super) async fn proxy_hit(&self, repo: &RepoName, digest: &Digest) {
-        if let Some(p) = &self.proxy {
+        if let Some(p) = self.proxy_for(repo).await {
             bump(&p.counters.blob_hit);
-            self.touch(repo, digest, false).await;
+            self.touch(&p, repo, digest, false).await;
         }
     }
 
@@ -491,8 +514,9 @@ impl Registry {
     /// Store a manifest fetched from upstream. Unlike a push, its blobs need not be
     /// present (they are fetched when asked for); the content was verified against its
     /// digest by the caller.
-    pub(super) async fn cache_manifest(
+    async fn cache_manifest(
         &self,
+        p: &Proxy,
         repo: &RepoName,
         digest: &Digest,
         media_type: &str,
@@ -520,7 +544,7 @@ impl Registry {
                 MetaError::MissingReferences(gone) => RegistryError::ManifestBlobUnknown(gone),
                 other => other.into(),
             })?;
-        self.touch(repo, digest, true).await;
+        self.touch(p, repo, digest, true).await;
         Ok(())
     }
 
@@ -531,19 +555,22 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<()> {
-        let Some(p) = &self.proxy else { return Ok(()) };
+        let Some(p) = self.proxy_for(repo).await else {
+            return Ok(());
+        };
+        let p = &*p;
         let cached = self.meta.get_manifest(repo, reference).await?;
         match reference {
             Reference::Digest(d) => {
                 if cached.is_some() {
                     bump(&p.counters.manifest_hit);
-                    self.touch(repo, d, true).await;
+                    self.touch(p, repo, d, true).await;
                     return Ok(());
                 }
                 match p.upstream.manifest(repo, reference).await {
                     Ok(m) => {
                         bump(&p.counters.manifest_miss);
-                        self.cache_manifest(repo, &m.digest, &m.media_type, m.content, None)
+                        self.cache_manifest(p, repo, &m.digest, &m.media_type, m.content, None)
                             .await
                     }
                     Err(UpstreamError::NotFound) => {
@@ -560,7 +587,7 @@ impl Registry {
                 let fresh = match p.upstream.tag_digest(repo, tag).await {
                     Ok(Some(d)) if cached.as_ref().is_some_and(|c| c.digest == d) => {
                         bump(&p.counters.manifest_hit);
-                        self.touch(repo, &d, true).await;
+                        self.touch(p, repo, &d, true).await;
                         return Ok(());
                     }
                     Ok(Some(d)) => {
@@ -588,7 +615,7 @@ impl Registry {
                 match fresh {
                     Ok(m) => {
                         bump(&p.counters.manifest_miss);
-                        self.cache_manifest(repo, &m.digest, &m.media_type, m.content, Some(tag))
+                        self.cache_manifest(p, repo, &m.digest, &m.media_type, m.content, Some(tag))
                             .await
                     }
                     Err(UpstreamError::NotFound) => {
@@ -610,7 +637,7 @@ impl Registry {
                                     %repo, %tag, digest = %c.digest,
                                     "serving the cached tag: the upstream failed: {msg}"
                                 );
-                                self.touch(repo, &c.digest, true).await;
+                                self.touch(p, repo, &c.digest, true).await;
                                 Ok(())
                             }
                             None => Err(RegistryError::Upstream(format!(
@@ -666,7 +693,7 @@ impl Registry {
             repo: repo.clone(),
             digest: digest.clone(),
             max_blob_bytes: self.settings.max_blob_bytes,
-            touch: self.touch_times(),
+            touch: Self::touch_times(p),
             claim,
             owner,
         };
@@ -752,7 +779,7 @@ impl Registry {
         }
         Ok(match self.meta.mount_blob(repo, digest, None, &[]).await? {
             Some(size) => {
-                self.touch(repo, digest, false).await;
+                self.touch(p, repo, digest, false).await;
                 Cached::Linked(size)
             }
             None => Cached::No,
@@ -762,9 +789,10 @@ impl Registry {
     /// Size of a blob not linked into `repo`, in proxy mode: local, being fetched, or a
     /// HEAD upstream (nothing is fetched).
     pub(super) async fn proxy_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let Some(p) = &self.proxy else {
+        let Some(p) = self.proxy_for(repo).await else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
+        let p = &*p;
         if let Cached::Linked(size) | Cached::Unlinked(size) =
             self.mount_cached(p, repo, digest).await?
         {
@@ -796,9 +824,10 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<super::BlobRead> {
-        let Some(p) = &self.proxy else {
+        let Some(p) = self.proxy_for(repo).await else {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
+        let p = &*p;
         let fill = match self.blob_source(p, repo, digest).await? {
             Source::Local => {
                 bump(&p.counters.blob_hit);
@@ -869,7 +898,7 @@ impl Registry {
         last: Option<&str>,
         n: Option<u32>,
     ) -> Result<Option<Page>> {
-        let Some(p) = &self.proxy else {
+        let Some(p) = self.proxy_for(repo).await else {
             return Ok(None);
         };
         let page = n.map(|n| n.min(self.settings.max_page_entries));

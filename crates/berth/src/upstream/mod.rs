@@ -11,12 +11,16 @@
 
 pub mod auth;
 
-use crate::registry::upstream::{Upstream, UpstreamBlob, UpstreamError, UpstreamManifest};
+use crate::registry::upstream::{
+    Upstream, UpstreamBlob, UpstreamError, UpstreamFactory, UpstreamManifest, UpstreamSettings,
+    DOCKER_HUB,
+};
 use auth::{parse_challenge, TokenCache, TokenResponse};
 use futures_util::{StreamExt, TryStreamExt};
 use oci::{media, Digest, Reference, RepoName, Tag};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -50,38 +54,72 @@ pub struct HttpUpstream {
     base: String,
     client: reqwest::Client,
     credentials: Option<(String, String)>,
+    /// Where the credentials are configured, for error messages.
+    credentials_origin: String,
     scheme: Mutex<Scheme>,
     tokens: TokenCache,
     max_manifest_bytes: usize,
 }
 
 impl HttpUpstream {
-    /// A client for the registry at `base` (`https://registry-1.docker.io`).
+    /// A client for the registry at `base` (`https://registry-1.docker.io`), configured
+    /// by the `proxy` section.
     pub fn new(
         base: &str,
         credentials: Option<(String, String)>,
         max_manifest_bytes: usize,
     ) -> Result<HttpUpstream, String> {
+        let settings = UpstreamSettings {
+            url: base,
+            credentials,
+            insecure: false,
+            ca_certificate: None,
+            credentials_origin: "proxy.username and proxy.password".into(),
+        };
+        HttpUpstream::with_settings(&settings, max_manifest_bytes)
+    }
+
+    /// A client for a registered upstream registry (a proxy-cache project's).
+    pub fn with_settings(
+        settings: &UpstreamSettings<'_>,
+        max_manifest_bytes: usize,
+    ) -> Result<HttpUpstream, String> {
+        let base = settings.url;
         let url = reqwest::Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "{base:?} is not an http:// or https:// URL with a host"
             ));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!(
                 "berth/",
                 env!("CARGO_PKG_VERSION"),
                 " (pull-through cache)"
-            ))
+            ));
+        if let Some(pem) = settings.ca_certificate.filter(|p| !p.trim().is_empty()) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA certificate holds no PEM certificate".into());
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if settings.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
         Ok(HttpUpstream {
             base: base.trim_end_matches('/').to_string(),
             client,
-            credentials,
+            credentials: settings.credentials.clone(),
+            credentials_origin: settings.credentials_origin.clone(),
             scheme: Mutex::new(Scheme::Unknown),
             tokens: TokenCache::default(),
             max_manifest_bytes,
@@ -170,7 +208,9 @@ impl HttpUpstream {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", scope);
+            if !scope.is_empty() {
+                q.append_pair("scope", scope);
+            }
         }
         let base = reqwest::Url::parse(&self.base).map_err(|e| self.failed("is not a URL", e))?;
         let mut req = self.client.get(url.clone());
@@ -196,11 +236,11 @@ impl HttpUpstream {
         let status = resp.status();
         if !status.is_success() {
             let hint = if withheld && matches!(status.as_u16(), 401 | 403) {
-                ": the token service is on another host than the registry, so Berth asked anonymously and did not send the proxy credentials there (they go only to the registry's own host, and to auth.docker.io for Docker Hub)"
+                ": the token service is on another host than the registry, so Berth asked anonymously and did not send the upstream's credentials there (they go only to the registry's own host, and to auth.docker.io for Docker Hub)".to_string()
             } else if matches!(status.as_u16(), 401 | 403) {
-                ": check proxy.username and proxy.password"
+                format!(": check {}", self.credentials_origin)
             } else {
-                ""
+                String::new()
             };
             return Err(self.failed(
                 &format!("token service {realm}"),
@@ -240,7 +280,19 @@ impl HttpUpstream {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response, UpstreamError> {
-        let scope = format!("repository:{repo}:pull");
+        self.send_scoped(method, &format!("repository:{repo}:pull"), path, headers)
+            .await
+    }
+
+    /// [`HttpUpstream::send`] with a token for `scope` (none: `""`).
+    async fn send_scoped(
+        &self,
+        method: Method,
+        scope: &str,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, UpstreamError> {
+        let scope = scope.to_string();
         let url = format!("{}{path}", self.base);
         let mut retried = false;
         loop {
@@ -274,9 +326,15 @@ impl HttpUpstream {
                 }
             }
             let hint = if self.credentials.is_some() {
-                "refused the configured credentials (401): check proxy.username and proxy.password"
+                format!(
+                    "refused the configured credentials (401): check {}",
+                    self.credentials_origin
+                )
             } else {
-                "requires credentials (401): set proxy.username and proxy.password"
+                format!(
+                    "requires credentials (401): set {}",
+                    self.credentials_origin
+                )
             };
             return Err(UpstreamError::Denied(format!(
                 "upstream registry {} {hint}",
@@ -328,6 +386,20 @@ impl HttpUpstream {
     }
 }
 
+/// Makes [`HttpUpstream`]s for proxy-cache projects.
+pub struct HttpUpstreams {
+    pub max_manifest_bytes: usize,
+}
+
+impl UpstreamFactory for HttpUpstreams {
+    fn upstream(&self, settings: &UpstreamSettings<'_>) -> Result<Arc<dyn Upstream>, String> {
+        Ok(Arc::new(HttpUpstream::with_settings(
+            settings,
+            self.max_manifest_bytes,
+        )?))
+    }
+}
+
 /// Where a token service is, for the proxy's credentials.
 #[derive(Debug, PartialEq, Eq)]
 enum Destination {
@@ -339,14 +411,6 @@ enum Destination {
     /// Plain http while the registry is https.
     Downgrade,
 }
-
-/// Docker Hub's registry host names, whose token service is `auth.docker.io`.
-const DOCKER_HUB: &[&str] = &[
-    "registry-1.docker.io",
-    "index.docker.io",
-    "docker.io",
-    "registry.hub.docker.com",
-];
 
 /// Whether the proxy's credentials may be sent to the token service at `realm` for the
 /// registry at `base`.
@@ -407,6 +471,17 @@ fn header_digest(resp: &Response) -> Option<Digest> {
 impl Upstream for HttpUpstream {
     fn url(&self) -> &str {
         &self.base
+    }
+
+    async fn ping(&self) -> Result<(), UpstreamError> {
+        let resp = self
+            .send_scoped(Method::GET, "", "/v2/", HeaderMap::new())
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.failed("answered GET /v2/ with", resp.status()))
+        }
     }
 
     async fn tag_digest(

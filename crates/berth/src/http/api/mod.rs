@@ -9,6 +9,7 @@ mod gc;
 mod immutable;
 mod projects;
 mod quotas;
+mod registries;
 mod repositories;
 mod retentions;
 mod robots;
@@ -282,6 +283,13 @@ async fn route(c: &mut Call<'_>) -> Answer {
         (["robots", id], "PATCH") => robots::refresh(c, id).await,
         (["robots", id], "DELETE") => robots::delete(c, id).await,
         (["audit-logs"], "GET") => audit::list(c).await,
+        (["registries"], "GET") => registries::list(c).await,
+        (["registries"], "POST") => registries::create(c).await,
+        (["registries", "ping"], "POST") => registries::ping(c).await,
+        (["registries", id], "GET") => registries::get(c, id).await,
+        (["registries", id], "PUT") => registries::update(c, id).await,
+        (["registries", id], "DELETE") => registries::delete(c, id).await,
+        (["replication", "adapters"], "GET") => registries::adapters(c).await,
         (["quotas"], "GET") => quotas::list(c).await,
         (["quotas", id], "GET") => quotas::get(c, id).await,
         (["quotas", id], "PUT") => quotas::update(c, id).await,

@@ -30,6 +30,9 @@ pub(super) async fn render(c: &Call<'_>, p: &Project, roles: &[u8]) -> Result<Va
     if !p.push_networks.is_empty() {
         v["metadata"]["pushnetworks"] = json!(p.push_networks);
     }
+    if let Some(id) = c.app.registry.project_registry_id(p.id).await? {
+        v["registry_id"] = json!(id);
+    }
     if let Some(id) = c.app.registry.project_retention_id(p.id).await? {
         v["metadata"]["retention_id"] = json!(id.to_string());
     }
@@ -65,7 +68,8 @@ struct ProjectReq {
     /// `/quotas/{id}`.
     #[serde(default)]
     storage_limit: Option<i64>,
-    /// Proxy-cache projects come with project policies; refused today.
+    /// Makes a proxy-cache project of this upstream registry (`/registries`): set at
+    /// creation by a system administrator, never changed.
     #[serde(default)]
     registry_id: Option<i64>,
     #[serde(default)]
@@ -84,11 +88,6 @@ impl ProjectReq {
 
     /// The `public` setting it asks for, if any; refuses what Berth does not do yet.
     fn public(&self) -> Result<Option<bool>, Failure> {
-        if self.registry_id.is_some_and(|r| r != 0) {
-            return Err(Failure::bad_request(
-                "registry_id (proxy-cache projects) is not supported yet: use the proxy section of the configuration",
-            ));
-        }
         if self.storage_limit.is_some_and(|l| l < -1) {
             return Err(Failure::bad_request(
                 "storage_limit must be a number of bytes, or -1 for no limit",
@@ -146,7 +145,33 @@ pub(super) async fn create(c: &mut Call<'_>) -> Answer {
     if let Some(n) = &networks {
         crate::auth::berth::parse_networks(n).map_err(Failure::bad_request)?;
     }
+    let registry_id = req.registry_id.filter(|r| *r != 0);
+    if let Some(rid) = registry_id {
+        crate::auth::accounts::Accounts::require_admin(&c.who).map_err(|_| {
+            Failure::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "only a system administrator may create a proxy-cache project (registry_id)",
+            )
+        })?;
+        if c.app.registry.upstream_registry(rid).await?.is_none() {
+            return Err(Failure::bad_request(format!(
+                "registry_id {rid}: there is no such registry (GET /api/v2.0/registries lists them)"
+            )));
+        }
+    }
     let p = c.accounts.create_project(&c.who, &name, public).await?;
+    if let Some(rid) = registry_id {
+        if !c.app.registry.bind_proxy_project(p.id, rid).await? {
+            // The registry went meanwhile: no half-made cache stays behind.
+            c.accounts
+                .delete_project(&c.who, &ProjectKey::Id(p.id))
+                .await?;
+            return Err(Failure::bad_request(format!(
+                "registry_id {rid}: the registry was deleted meanwhile"
+            )));
+        }
+    }
     if let Some(limit) = req.storage_limit.filter(|_| c.who.is_admin()) {
         c.accounts
             .set_quota(&c.who, p.id, u64::try_from(limit).ok())
@@ -236,6 +261,15 @@ pub(super) async fn update(c: &mut Call<'_>, p: &str) -> Answer {
         }
     }
     let public = req.public()?;
+    if let Some(rid) = req.registry_id {
+        let a = c.accounts.project(&c.who, &key).await?;
+        let current = c.app.registry.project_registry_id(a.project.id).await?;
+        if current.unwrap_or(0) != rid {
+            return Err(Failure::bad_request(
+                "registry_id is set when a project is created and cannot change: create another project",
+            ));
+        }
+    }
     if let Some(n) = req.push_networks() {
         c.accounts
             .set_project_push_networks(&c.who, &key, &n)
@@ -254,6 +288,7 @@ pub(super) async fn update(c: &mut Call<'_>, p: &str) -> Answer {
 
 pub(super) async fn delete(c: &mut Call<'_>, p: &str) -> Answer {
     let project = c.accounts.delete_project(&c.who, &c.project_key(p)).await?;
+    c.app.registry.proxy_projects_changed();
     c.audit("delete", "project", &project.name, Some(&project.name));
     Ok(ok())
 }
