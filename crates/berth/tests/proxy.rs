@@ -1477,6 +1477,49 @@ fn credentials_never_go_to_a_token_realm_on_another_host() {
     );
 }
 
+/// Pull `upstream/reference` with containerd's `ctr` (the Docker Engine's containerd),
+/// configured by a hosts.toml to try the mirror at `mirror` first; the image is removed
+/// again. Returns ctr's output.
+fn containerd_pull_through_mirror(
+    upstream: &str,
+    mirror: &str,
+    reference: &str,
+    dir: &Path,
+) -> String {
+    require_tool("ctr");
+    let socket = ["/run/containerd/containerd.sock", "/run/docker/containerd/containerd.sock"]
+        .into_iter()
+        .find(|s| Path::new(s).exists())
+        .expect("no containerd socket (/run/containerd or /run/docker/containerd): is the Docker Engine running?");
+    let hosts = dir.join("hosts.d");
+    std::fs::create_dir_all(hosts.join(upstream)).expect("hosts dir");
+    std::fs::write(
+        hosts.join(upstream).join("hosts.toml"),
+        format!("server = \"http://{upstream}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .expect("hosts.toml");
+    let namespace = format!("berth-test-{}", std::process::id());
+    let image = format!("{upstream}/{reference}");
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("ctr");
+        c.args(["-a", socket, "-n", &namespace]).args(args);
+        c
+    };
+    let out = exec(
+        ctr(&["images", "pull", "--plain-http", "--hosts-dir"])
+            .arg(&hosts)
+            .arg(&image),
+    );
+    let _ = exec(&mut ctr(&["images", "rm", &image]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ctr pull through the mirror: {text}");
+    text
+}
+
 /// An admin's call to the management API of `b` (curl): status and body.
 fn api(b: &Berth, who: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
     let url = format!("{}/api/v2.0{path}", b.url);
@@ -1716,6 +1759,20 @@ fn proxy_cache_projects_for_two_upstreams() {
         matches!(code, 401 | 404),
         "no project mirrors ghcr.io: an ordinary (unknown) name, not {code}"
     );
+
+    // containerd itself (the Docker Engine's), told by a hosts.toml that Berth mirrors
+    // the upstream: it asks Berth with `?ns=`, and Berth's project answers. The upstream
+    // wants credentials containerd does not have, so the pull succeeds only through
+    // the mirror.
+    let asked = |b: &Berth| {
+        b.log_lines()
+            .iter()
+            .filter(|l| l.contains("path=\"/v2/team/app/manifests/1\" status=200"))
+            .count()
+    };
+    let before = asked(&b);
+    containerd_pull_through_mirror(&up.host, &b.host, "team/app:1", tmp.path());
+    assert!(asked(&b) > before, "containerd never asked the mirror");
 
     // Pushes to a cache are refused, saying why; the ordinary project takes them.
     let push_to = |target: &str| {
