@@ -3038,6 +3038,87 @@ async fn upstream_registries() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(p["registry_id"], id);
+    // The cache serves what its upstream (this Berth's `lib`) holds, under its own name.
+    create_project(&api, ADMIN, "lib", false).await;
+    let v1 = push(&b, ADMIN, "lib/app", "v1", "served through the cache").await;
+    push(&b, ADMIN, "lib/app", "v2", "asked for after the change").await;
+    let reg = Registry::new(&b.url).with_auth(ADMIN.0, ADMIN.1);
+    let get = |tag: &str| {
+        reg.req(Method::GET, &format!("/v2/cache/lib/app/manifests/{tag}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+    };
+    let r = get("v1").await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .expect("digest"),
+        v1.as_str()
+    );
+    // Wrong credentials, at once (within the same second as the last change): the
+    // next uncached pull uses them and says whose they are.
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::PUT,
+            path,
+            Some(json!({"credential": {"access_key": "admin", "access_secret": "wrong"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = get("v2").await.expect("GET");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let text = r.text().await.expect("body");
+    assert!(text.contains("credentials of registry"), "{text}");
+    // Moving the registry elsewhere without sending the secret again is refused: the
+    // stored secret never goes to another host.
+    for (method, p) in [(Method::PUT, path), (Method::POST, "/registries/ping")] {
+        let (s, _, v) = api
+            .call(
+                Some(ADMIN),
+                method.clone(),
+                p,
+                Some(json!({"id": id, "url": "http://127.0.0.2:9"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {p}: {v}");
+        assert!(v.to_string().contains("access_secret again"), "{v}");
+    }
+    // No push into the cache, by /v2/ or by the API's tag creation.
+    let r = reg
+        .req(Method::POST, "/v2/cache/lib/app/blobs/uploads/")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = reg
+        .req(Method::PUT, "/v2/cache/lib/app/manifests/mine")
+        .header("content-type", OCI_MANIFEST)
+        .body("{}")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.expect("body").contains("proxy cache"));
+    let (s, _, v) = api
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/projects/cache/repositories/lib%252Fapp/artifacts/v1/tags",
+            Some(json!({"name": "planted"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, _, _) = api
+        .call(
+            Some(ADMIN),
+            Method::DELETE,
+            "/projects/cache/repositories/lib%252Fapp",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "a cached repository can be deleted");
     let (s, _, v) = api.call(Some(ADMIN), Method::DELETE, path, None).await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{v}");
     assert!(v.to_string().contains("cache"), "{v}");

@@ -1750,14 +1750,17 @@ fn proxy_cache_projects_for_two_upstreams() {
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(sha256(body.as_bytes()), digest_of(&app));
-    let (code, _) = http(
+    // A host no project caches is not served from a local look-alike: the client goes
+    // on to its next host.
+    let (code, body) = http(
         "GET",
-        &format!("{}/v2/team/app/manifests/1?ns=ghcr.io", b.url),
-        &[],
+        &format!("{}/v2/plain/hello/manifests/v1?ns=ghcr.io", b.url),
+        &["-u", ADMIN],
     );
+    assert_eq!(code, 404, "{body}");
     assert!(
-        matches!(code, 401 | 404),
-        "no project mirrors ghcr.io: an ordinary (unknown) name, not {code}"
+        body.contains("NAME_UNKNOWN") && body.contains("ghcr.io"),
+        "{body}"
     );
 
     // containerd itself (the Docker Engine's), told by a hosts.toml that Berth mirrors
@@ -1789,10 +1792,7 @@ fn proxy_cache_projects_for_two_upstreams() {
         "pushed into a proxy-cache project"
     );
     let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        said.contains("proxy cache") || said.contains("denied"),
-        "{said}"
-    );
+    assert!(said.contains("is a proxy cache of"), "{said}");
     assert!(
         push_to("plain/hello:v1").status.success(),
         "ordinary project"
@@ -1866,4 +1866,49 @@ fn proxy_cache_projects_for_two_upstreams() {
             || said.contains("credentials of registry \"distribution\""),
         "{said}"
     );
+
+    // A blob of a private project is never served through a cache whose upstream does
+    // not confirm it, not even while the upstream is down.
+    let (code, body) = api(
+        &b,
+        ADMIN,
+        "POST",
+        "/projects",
+        Some(json!({"project_name": "private"})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let mut secret_layout = Layout::create(&tmp.path().join("secret"));
+    let secret = small_image(&secret_layout, "amd64", "a private layer");
+    secret_layout.tag(&secret, "v1");
+    let out = exec(
+        skopeo()
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", ADMIN])
+            .arg(format!("oci:{}:v1", secret_layout.dir.display()))
+            .arg(format!("docker://{}/private/app:v1", b.host)),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private_layer = digest_of(&secret_layout.json(&secret)["layers"][1]);
+    let through_cache = format!("{}/v2/up/any/blobs/{private_layer}", b.url);
+    assert_eq!(
+        http("GET", &through_cache, &[]).0,
+        404,
+        "upstream says: not there"
+    );
+    let mut up = up;
+    up.stop();
+    for method in ["GET", "HEAD"] {
+        let (code, body) = http(
+            method,
+            &through_cache,
+            &["-I"][..(method == "HEAD") as usize],
+        );
+        assert_ne!(
+            code, 200,
+            "{method} of a private blob through the cache: {body}"
+        );
+    }
 }

@@ -626,3 +626,144 @@ async fn a_proxy_cluster_fetches_each_blob_from_the_upstream_once() {
         "one fetch from the upstream for the whole cluster"
     );
 }
+
+/// Proxy-cache projects in a cluster (3 nodes, one bucket, one PostgreSQL): a project
+/// made through one node is a cache on the others within their 5 s refresh, even though
+/// they had already looked; 9 clients on 3 nodes asking for the same uncached layer
+/// through the project get it from one upstream fetch; a push through any node is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cache_projects_in_a_cluster() {
+    const PASSWORD: &str = "Harbor12345";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (peer, digest) = distribution_with_image(tmp.path());
+    let cluster = common::cluster::Cluster::start(
+        3,
+        &format!("auth:\n  berth:\n    adminpassword: {PASSWORD}\n"),
+    );
+    let urls: Vec<String> = cluster.live().iter().map(|n| n.url.clone()).collect();
+    let node = |i: usize| Registry::new(&urls[i]).with_auth("admin", PASSWORD);
+    let manifest_status = |i: usize| async move {
+        node(i)
+            .req(Method::GET, "/v2/cache/lib/app/manifests/v1")
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .expect("GET")
+            .status()
+    };
+    // Every node looks before the project exists (so each holds a view without it).
+    for i in 0..3 {
+        let status = manifest_status(i).await;
+        assert!(
+            matches!(status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN),
+            "no such project yet: {status}"
+        );
+    }
+    let api = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        api.post(format!("{}/api/v2.0{path}", urls[0]))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&body)
+            .send()
+    };
+    let resp = post(
+        "/registries",
+        serde_json::json!({"name": "peer", "type": "docker-registry", "url": peer.url}),
+    )
+    .await
+    .expect("POST registry");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id: i64 = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .rsplit('/')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .expect("id");
+    let resp = post(
+        "/projects",
+        serde_json::json!({"project_name": "cache", "registry_id": id}),
+    )
+    .await
+    .expect("POST project");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        manifest_status(0).await,
+        StatusCode::OK,
+        "at once where made"
+    );
+    let made = std::time::Instant::now();
+    for i in 1..3 {
+        while manifest_status(i).await != StatusCode::OK {
+            assert!(
+                made.elapsed() < std::time::Duration::from_secs(10),
+                "node {i} does not see the proxy-cache project"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    // The manifest each node serves is the upstream's.
+    let resp = node(2)
+        .req(Method::GET, "/v2/cache/lib/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(sha256(&body).to_string(), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let layer: oci::Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .parse()
+        .expect("digest");
+    let upstream_gets = || {
+        peer.log()
+            .lines()
+            .filter(|l| {
+                l.contains("msg=\"response completed\"")
+                    && l.contains("http.request.method=GET")
+                    && l.contains(&format!("http.request.uri=\"/v2/lib/app/blobs/{layer}\""))
+            })
+            .count()
+    };
+    assert_eq!(upstream_gets(), 0);
+    let pulls: Vec<_> = (0..9)
+        .map(|i| {
+            let r = node(i % 3);
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                let resp = r
+                    .req(Method::GET, &format!("/v2/cache/lib/app/blobs/{layer}"))
+                    .send()
+                    .await
+                    .expect("GET layer");
+                assert_eq!(resp.status(), StatusCode::OK);
+                sha256(&resp.bytes().await.expect("bytes"))
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.expect("client"), layer);
+    }
+    assert_eq!(
+        upstream_gets(),
+        1,
+        "one fetch from the upstream for the cluster"
+    );
+    // No node takes a push into the cache.
+    for i in 0..3 {
+        let resp = node(i)
+            .req(Method::POST, "/v2/cache/lib/app/blobs/uploads/")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "node {i}");
+        let text = resp.text().await.expect("body");
+        assert!(
+            text.contains("DENIED") && text.contains("proxy cache"),
+            "{text}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ mod token;
 mod uploads;
 
 use crate::auth::{AccessControl, Principal};
-use crate::registry::{Registry, RequestInfo};
+use crate::registry::{MirrorRoute, Registry, RequestInfo};
 use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request, State};
@@ -368,17 +368,25 @@ async fn dispatch_parts(
         }
     };
     // A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
-    // the proxy-cache project registered for that host, if there is one; otherwise as
-    // any request (Distribution ignores `ns`).
+    // the proxy-cache project registered for that host; where there are proxy-cache
+    // projects but none for that host it is refused (the client goes on to the next
+    // host), and without any it is served as any request (Distribution ignores `ns`).
     let endpoint = match mirror_namespace(&parts) {
-        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_project(&ns).await {
-            Some(project) => match endpoint.within_project(&project) {
+        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_route(&ns).await {
+            MirrorRoute::Project(project) => match endpoint.within_project(&project) {
                 Ok(e) => e,
                 Err(e) => {
                     return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response()
                 }
             },
-            None => endpoint,
+            MirrorRoute::NotMirrored => {
+                return ApiError::new(
+                    ErrorCode::NameUnknown,
+                    format!("no proxy-cache project of this registry caches {ns} (the request's ns): register it and create a project for it, or pull from {ns} directly"),
+                )
+                .into_response()
+            }
+            MirrorRoute::Ignore => endpoint,
         },
         _ => endpoint,
     };
@@ -466,8 +474,14 @@ async fn route(
         .await;
         }
     }
-    // A proxy-cache project takes no pushes (deletes evict cached content).
-    if parts.method != Method::DELETE && is_write(&parts.method, &endpoint) {
+    // A proxy-cache project takes no pushes (deletes evict cached content). Every push
+    // starts an upload session (or mounts, or sends a blob whole) or puts a manifest;
+    // the chunks of a session that could start are not asked again.
+    let starts_a_push = matches!(
+        (&parts.method, &endpoint),
+        (&Method::POST, Endpoint::Uploads { .. }) | (&Method::PUT, Endpoint::Manifest { .. })
+    );
+    if starts_a_push && app.options.berth.is_some() {
         if let Some(repo) = endpoint.repo() {
             match app.registry.push_refusal(repo).await {
                 Ok(None) => {}
@@ -694,7 +708,6 @@ async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Requests that change what is stored: refused in read-only mode.
 /// The `ns` query parameter of a mirror request.
 fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
     let query = parts.uri.query()?;
@@ -704,6 +717,7 @@ fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Requests that change what is stored: refused in read-only mode.
 fn is_write(method: &Method, endpoint: &Endpoint) -> bool {
     let changes = matches!(
         *method,

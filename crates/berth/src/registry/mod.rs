@@ -17,6 +17,7 @@ mod listing;
 mod manifests;
 pub mod proxy;
 mod proxy_projects;
+pub use proxy_projects::MirrorRoute;
 mod pull_events;
 pub mod pull_times;
 mod purge;

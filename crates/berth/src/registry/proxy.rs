@@ -88,6 +88,11 @@ impl Default for ProxyShared {
 pub(super) struct Proxy {
     upstream: Arc<dyn Upstream>,
     options: ProxyOptions,
+    /// Whether a blob the registry holds may be served through this cache when the
+    /// upstream cannot confirm the repository has it. True only for the whole-registry
+    /// cache: beside ordinary projects, that would hand out any project's blobs to
+    /// whoever knows a digest.
+    serve_unconfirmed: bool,
     fills: Fills,
     counters: Arc<ProxyCounters>,
     /// This process, in the cluster-wide claims of its fills.
@@ -440,7 +445,9 @@ impl Registry {
     /// Attach a pull-through cache of `upstream`: reads fall through to it, and the
     /// registry refuses pushes and deletes (the HTTP layer answers them).
     pub fn with_proxy(mut self, upstream: Arc<dyn Upstream>, options: ProxyOptions) -> Registry {
-        self.proxy = Some(Arc::new(self.project_proxy(upstream, options)));
+        let mut proxy = self.project_proxy(upstream, options);
+        proxy.serve_unconfirmed = true;
+        self.proxy = Some(Arc::new(proxy));
         self
     }
 
@@ -454,6 +461,7 @@ impl Registry {
         Proxy {
             upstream,
             options,
+            serve_unconfirmed: false,
             fills: shared.fills.clone(),
             counters: shared.counters.clone(),
             owner: shared.owner.clone(),
@@ -767,6 +775,10 @@ impl Registry {
             Ok(_) => {}
             Err(UpstreamError::NotFound | UpstreamError::Denied(_)) => {
                 return Err(RegistryError::BlobUnknown(digest.clone()))
+            }
+            Err(UpstreamError::Failed(msg)) if !p.serve_unconfirmed => {
+                return Err(self
+                    .upstream_failed(p, format!("{msg}; blob {digest} is not cached in {repo}")));
             }
             Err(UpstreamError::Failed(msg)) => {
                 bump(&p.counters.upstream_errors);

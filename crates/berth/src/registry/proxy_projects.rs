@@ -18,6 +18,7 @@ use super::{Registry, Result};
 use crate::meta::{Conflict, NewRegistry, ProxyProject, RegistryDeletion, StoredRegistry};
 use oci::RepoName;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,9 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// One proxy-cache project in the snapshot.
 #[derive(Clone)]
 struct Entry {
-    /// The registry and its version: an unchanged one keeps its client (and tokens).
+    /// The registry and its settings: an unchanged one keeps its client (and tokens).
     registry_id: i64,
-    updated_at: i64,
+    settings: NewRegistry,
     /// `host[:port]` of the upstream, for mirror requests (`?ns=`).
     authority: Option<String>,
     docker_hub: bool,
@@ -49,6 +50,22 @@ pub(super) struct ProjectProxies {
     factory: Option<Arc<dyn UpstreamFactory>>,
     snapshot: RwLock<Arc<Snapshot>>,
     reloading: tokio::sync::Mutex<()>,
+    /// Bumped by every change through this node: a reload that began before a change
+    /// does not count as fresh.
+    generation: AtomicU64,
+}
+
+/// What a mirror request's `ns` leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MirrorRoute {
+    /// The proxy-cache project caching that host.
+    Project(String),
+    /// Proxy-cache projects are in use, but none caches that host: not served here, so
+    /// the client goes on to its next host (never to a local project's look-alike).
+    NotMirrored,
+    /// No proxy-cache projects (or the whole registry is one cache): `ns` is ignored,
+    /// as Distribution does.
+    Ignore,
 }
 
 /// Where a registry's content is pulled from: Harbor registers Docker Hub as
@@ -96,6 +113,9 @@ impl Registry {
 
     /// Proxy-cache projects changed through this node: read them again at the next use.
     pub fn proxy_projects_changed(&self) {
+        self.project_proxies
+            .generation
+            .fetch_add(1, Ordering::SeqCst);
         let mut s = self
             .project_proxies
             .snapshot
@@ -131,12 +151,12 @@ impl Registry {
         snapshot.by_project.get(project).map(|e| e.proxy.clone())
     }
 
-    /// The proxy-cache project mirroring the registry at `host` (a mirror request's
-    /// `?ns=`: `docker.io`, `ghcr.io`, `127.0.0.1:5001`), if any; the first by name when
-    /// several do.
-    pub async fn mirror_project(&self, host: &str) -> Option<String> {
+    /// Where a mirror request for the registry at `host` goes (its `?ns=`: `docker.io`,
+    /// `ghcr.io`, `127.0.0.1:5001`): the proxy-cache project caching it (the first by
+    /// name when several do).
+    pub async fn mirror_route(&self, host: &str) -> MirrorRoute {
         if self.proxy.is_some() || self.project_proxies.factory.is_none() {
-            return None;
+            return MirrorRoute::Ignore;
         }
         let host = host.trim().to_ascii_lowercase();
         let hub = DOCKER_HUB.contains(&host.as_str());
@@ -153,7 +173,11 @@ impl Registry {
             .map(|(name, _)| name)
             .collect();
         found.sort();
-        found.first().map(|s| s.to_string())
+        match found.first() {
+            Some(p) => MirrorRoute::Project(p.to_string()),
+            None if snapshot.by_project.is_empty() => MirrorRoute::Ignore,
+            None => MirrorRoute::NotMirrored,
+        }
     }
 
     /// Why a push to `repo` is refused because its project is a proxy cache (asked of
@@ -173,15 +197,18 @@ impl Registry {
         }))
     }
 
-    /// The snapshot, re-read when older than [`REFRESH`] (by one request at a time; the
-    /// others go on with the old one, unless there is none yet).
+    /// The snapshot, re-read when older than [`REFRESH`] or changed through this node
+    /// (by one request at a time; the others go on with the old one, unless it was
+    /// invalidated or there is none yet).
     async fn proxy_snapshot(&self) -> Arc<Snapshot> {
         let pp = &self.project_proxies;
-        let current = pp
-            .snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let read = || {
+            pp.snapshot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        let current = read();
         if current.loaded.is_some_and(|t| t.elapsed() < REFRESH) {
             return current;
         }
@@ -190,56 +217,47 @@ impl Registry {
             Err(_) if current.loaded.is_some() => return current,
             Err(_) => {
                 let g = pp.reloading.lock().await;
-                let now = pp
-                    .snapshot
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let now = read();
                 if now.loaded.is_some() {
                     return now;
                 }
                 g
             }
         };
-        let current = pp
-            .snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let projects = match self.meta.proxy_projects().await {
-            Ok(p) => p,
+        let current = read();
+        let generation = pp.generation.load(Ordering::SeqCst);
+        let by_project = match self.meta.proxy_projects().await {
+            Ok(projects) => {
+                let mut by_project = HashMap::new();
+                for ProxyProject {
+                    project, registry, ..
+                } in projects
+                {
+                    let entry = match current.by_project.get(&project) {
+                        Some(e)
+                            if e.registry_id == registry.id && e.settings == registry.registry =>
+                        {
+                            e.clone()
+                        }
+                        _ => self.make_entry(&project, &registry),
+                    };
+                    by_project.insert(project, entry);
+                }
+                by_project
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot read the proxy-cache projects (trying again in {}s): {e}",
                     REFRESH.as_secs()
                 );
-                let kept = Arc::new(Snapshot {
-                    loaded: Some(Instant::now()),
-                    by_project: current
-                        .by_project
-                        .iter()
-                        .map(|(k, e)| (k.clone(), e.clone()))
-                        .collect(),
-                });
-                *pp.snapshot.write().unwrap_or_else(|p| p.into_inner()) = kept.clone();
-                return kept;
+                current.by_project.clone()
             }
         };
-        let mut by_project = HashMap::new();
-        for ProxyProject {
-            project, registry, ..
-        } in projects
-        {
-            let entry = match current.by_project.get(&project) {
-                Some(e) if e.registry_id == registry.id && e.updated_at == registry.updated_at => {
-                    e.clone()
-                }
-                _ => self.make_entry(&project, &registry),
-            };
-            by_project.insert(project, entry);
-        }
+        // A change through this node while the database was read may be missing from
+        // this view: it serves now, and the next request reads again.
+        let unchanged = pp.generation.load(Ordering::SeqCst) == generation;
         let fresh = Arc::new(Snapshot {
-            loaded: Some(Instant::now()),
+            loaded: unchanged.then(Instant::now),
             by_project,
         });
         *pp.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
@@ -263,7 +281,7 @@ impl Registry {
         });
         Entry {
             registry_id: registry.id,
-            updated_at: registry.updated_at,
+            settings: registry.registry.clone(),
             authority: url_authority(&url),
             docker_hub,
             proxy: Arc::new(self.project_proxy(upstream, ProxyOptions { ttl: None })),

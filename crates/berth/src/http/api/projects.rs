@@ -147,6 +147,7 @@ pub(super) async fn create(c: &mut Call<'_>) -> Answer {
     }
     let registry_id = req.registry_id.filter(|r| *r != 0);
     if let Some(rid) = registry_id {
+        super::registries::check_no_proxy_section(c)?;
         crate::auth::accounts::Accounts::require_admin(&c.who).map_err(|_| {
             Failure::new(
                 StatusCode::FORBIDDEN,
@@ -162,11 +163,13 @@ pub(super) async fn create(c: &mut Call<'_>) -> Answer {
     }
     let p = c.accounts.create_project(&c.who, &name, public).await?;
     if let Some(rid) = registry_id {
-        if !c.app.registry.bind_proxy_project(p.id, rid).await? {
-            // The registry went meanwhile: no half-made cache stays behind.
+        let bound = c.app.registry.bind_proxy_project(p.id, rid).await;
+        if !matches!(bound, Ok(true)) {
+            // No half-made cache stays behind as an ordinary project.
             c.accounts
                 .delete_project(&c.who, &ProjectKey::Id(p.id))
                 .await?;
+            bound?;
             return Err(Failure::bad_request(format!(
                 "registry_id {rid}: the registry was deleted meanwhile"
             )));

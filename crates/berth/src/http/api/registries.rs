@@ -93,6 +93,12 @@ struct RegistryReq {
 impl RegistryReq {
     /// `base` with this request's changes, checked.
     fn apply(self, mut base: NewRegistry) -> Result<NewRegistry, Failure> {
+        let (old_url, old_kind) = (base.url.clone(), base.kind.clone());
+        let new_secret = self.credential.as_ref().is_some_and(|c| {
+            c.access_secret
+                .as_deref()
+                .is_some_and(|s| s != HIDDEN && !s.is_empty())
+        });
         if let Some(n) = self.name {
             base.name = n.trim().to_string();
         }
@@ -127,6 +133,14 @@ impl RegistryReq {
             if base.access_key.is_none() {
                 base.access_secret = None;
             }
+        }
+        // A stored secret never follows the registry to another place unless sent again:
+        // otherwise whoever may change the URL could have it sent to a host of theirs.
+        let moved = url_authority(&old_url) != url_authority(&base.url) || old_kind != base.kind;
+        if moved && !old_url.is_empty() && base.access_secret.is_some() && !new_secret {
+            return Err(Failure::bad_request(
+                "the url or type changes: send credential.access_secret again (the stored one is only sent to the registry it was given for)",
+            ));
         }
         check(&base)?;
         Ok(base)
@@ -217,9 +231,20 @@ pub(super) async fn get(c: &mut Call<'_>, registry: &str) -> Answer {
     Ok(json(StatusCode::OK, &render(&r)))
 }
 
+/// Refuse proxy-cache projects' registries where the whole registry is one cache.
+pub(super) fn check_no_proxy_section(c: &Call<'_>) -> Result<(), Failure> {
+    match &c.app.options.proxy {
+        Some(upstream) => Err(Failure::bad_request(format!(
+            "this Berth is a pull-through cache of {upstream} as a whole (the proxy section): proxy-cache projects need a Berth without it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `POST /registries`: stored whatever its health (shown in `status`, checked now).
 pub(super) async fn create(c: &mut Call<'_>) -> Answer {
     Accounts::require_admin(&c.who)?;
+    check_no_proxy_section(c)?;
     let req: RegistryReq = c.json().await?;
     let new = req.apply(empty())?;
     let id = c

@@ -294,6 +294,9 @@ pub(super) async fn add_tag(c: &mut Call<'_>, p: &str, r: &str, reference: &str)
         .project_for(&c.who, &c.project_key(p), Permission::CreateTag)
         .await?;
     let repo = repo_name(&a.project.name, r)?;
+    if let Some(why) = c.app.registry.push_refusal(&repo).await? {
+        return Err(Failure::new(StatusCode::FORBIDDEN, "FORBIDDEN", why));
+    }
     let tag: Tag = req
         .name
         .parse()
