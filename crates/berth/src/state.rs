@@ -319,6 +319,10 @@ async fn build_with_jobs(
         jobs.spawn(crate::jobs::pull_times::PullTimesWorker::new(
             registry.clone(),
         ));
+        jobs.spawn(crate::jobs::registry_health::RegistryHealthWorker::new(
+            registry.clone(),
+            format!("{host_name} {instance_id}"),
+        ));
     }
     if let Some(p) = &config.proxy {
         tracing::info!(

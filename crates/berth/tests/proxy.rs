@@ -1740,6 +1740,28 @@ fn proxy_cache_projects_for_two_upstreams() {
     ))
     .expect("json");
     assert_eq!(inspect[0]["Digest"], tool["digest"], "podman digest");
+    // Each client through each upstream: podman through `up`, skopeo and docker through
+    // `tok`.
+    let hello_ref = format!("{}/up/library/hello:v1", b.host);
+    run(common::tools::podman(&root).args(["pull", "--tls-verify=false", &hello_ref]));
+    let inspect: Value = serde_json::from_str(&run(
+        common::tools::podman(&root).args(["image", "inspect", &hello_ref])
+    ))
+    .expect("json");
+    assert_eq!(
+        inspect[0]["Digest"], hello["digest"],
+        "podman digest through up"
+    );
+    assert_eq!(
+        raw_digest(&b.host, "tok/lib/tool:2", false),
+        digest_of(&tool)
+    );
+    let pulled = run(&mut docker(&["pull", &tool_ref]));
+    let _ = exec(&mut docker(&["rmi", "-f", &tool_ref]));
+    assert!(
+        pulled.contains(digest_of(&tool).as_str()),
+        "docker pull digest through tok: {pulled}"
+    );
 
     // A mirror request (containerd's hosts.toml): `?ns=<upstream host>` goes to the
     // project caching that host; another host's request is an ordinary one.
@@ -1823,6 +1845,57 @@ fn proxy_cache_projects_for_two_upstreams() {
     ] {
         assert!(cat.iter().any(|r| r == repo), "{repo} not in {cat:?}");
     }
+    // A project at its quota fetches nothing new: 403 before any download.
+    push(&up, &layout.dir, "tool", "team/tool:1");
+    let (_, body) = api(&b, ADMIN, "GET", "/projects/up", None);
+    let up_project: Value = serde_json::from_str(&body).expect("json");
+    let quota = format!("/quotas/{}", up_project["project_id"]);
+    let (code, body) = api(
+        &b,
+        ADMIN,
+        "PUT",
+        &quota,
+        Some(json!({"hard": {"storage": 1}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let fetched_before = up.requests(
+        "GET",
+        &format!(
+            "/v2/team/tool/blobs/{}",
+            digest_of(&layout.json(&tool)["layers"][1])
+        ),
+    );
+    let (code, body) = http(
+        "GET",
+        &format!(
+            "{}/v2/up/team/tool/blobs/{}",
+            b.url,
+            digest_of(&layout.json(&tool)["layers"][1])
+        ),
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("DENIED") && body.contains("quota"), "{body}");
+    assert_eq!(
+        up.requests(
+            "GET",
+            &format!(
+                "/v2/team/tool/blobs/{}",
+                digest_of(&layout.json(&tool)["layers"][1])
+            )
+        ),
+        fetched_before,
+        "nothing downloaded"
+    );
+    let (code, _) = api(
+        &b,
+        ADMIN,
+        "PUT",
+        &quota,
+        Some(json!({"hard": {"storage": -1}})),
+    );
+    assert_eq!(code, 200);
+
     // A registry in use stays; once its project is gone, it can go.
     let (code, body) = api(&b, ADMIN, "DELETE", &format!("/registries/{tok_id}"), None);
     assert_eq!(code, 412, "{body}");

@@ -6,7 +6,8 @@
 //! [`proxy::ProxyExpiryWorker`] (pull-through cache expiry), [`gc::GcScheduleWorker`]
 //! (scheduled garbage collection), [`retention::RetentionScheduleWorker`] (scheduled tag
 //! retention), [`pull_times::PullTimesWorker`] (manifests' pull times written in
-//! batches) and [`audit::AuditWorker`]
+//! batches), [`registry_health::RegistryHealthWorker`] (proxy-cache projects' upstream
+//! registries checked) and [`audit::AuditWorker`]
 //! (audit records written in batches, old ones pruned).
 //!
 //! A worker does one step at a time (`work`) and says whether more is ready; when idle it
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod pull_events;
 pub mod pull_times;
 pub mod purge;
+pub mod registry_health;
 pub mod retention;
 
 use std::sync::{Arc, Mutex};

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub const UPLOAD_PURGE: &str = "uploadpurge";
 pub const PROXY_EXPIRY: &str = "proxyexpiry";
 pub const GARBAGE_COLLECT: &str = "garbage-collect";
+pub const REGISTRY_HEALTH: &str = "registry-health";
 
 /// How long a garbage collection's claim lasts without renewal; it is renewed every
 /// third of that while the collection runs, so a collector that dies frees the claim

@@ -670,6 +670,8 @@ impl Registry {
             Cached::Unlinked(size) => return Ok(Source::Unlinked(size)),
             Cached::No => {}
         }
+        // A project at its quota fetches nothing (the exact check is at the link).
+        self.check_quota_room(repo).await?;
         let mut fills = p.fills.lock().await;
         if let Some(fill) = fills.get(&key) {
             return Ok(Source::Filling(fill.clone()));

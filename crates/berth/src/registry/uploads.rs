@@ -201,7 +201,7 @@ impl Registry {
 
     /// Refuse an upload into a project whose quota has no room left for any new blob,
     /// before its bytes are sent (the commit is still checked exactly).
-    async fn check_quota_room(&self, repo: &RepoName) -> Result<()> {
+    pub(super) async fn check_quota_room(&self, repo: &RepoName) -> Result<()> {
         let Some((project, _)) = repo.as_str().split_once('/') else {
             return Ok(());
         };
