@@ -2245,6 +2245,7 @@ fn harborapi_client_works_unchanged() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("harborapi: all checks passed"), "{text}");
+    assert!(text.contains("registries ok"), "{text}");
 }
 
 fn retention_rule(template: &str, n: i64, repos: &str, tags: &str, untagged: bool) -> Value {

@@ -1,6 +1,8 @@
 """Drive Berth's /api/v2.0 with Harbor's own Python client (harborapi, from PyPI),
 unchanged: create a project, a user, a member, a robot; push with the robot; list
-repositories and artifacts; read the audit logs; set and run a tag retention policy. Prints one line per check and
+repositories and artifacts; read the audit logs; set and run a tag retention policy;
+register an upstream registry (this Berth itself) and make a proxy-cache project of it.
+Prints one line per check and
 "harborapi: all checks passed" at the end; any failure raises.
 
 Usage: harborapi_check.py API_URL REGISTRY_URL  (HARBOR_USER, HARBOR_PASSWORD set)
@@ -29,6 +31,10 @@ from harborapi.models import (
     RetentionRule,
     RetentionRuleTrigger,
     RetentionSelector,
+    Registry,
+    RegistryCredential,
+    RegistryPing,
+    RegistryUpdate,
 )
 
 
@@ -159,6 +165,35 @@ async def main(api: str, registry: str) -> None:
     assert tags == {"v1"}, tags
     await client.delete_retention_policy(rid)
     print("retention ok")
+
+    # Upstream registries and a proxy-cache project: this Berth registered as its own
+    # upstream (token auth on its own host), its harbor-check/app pulled through it.
+    assert "harbor" in await client.get_registry_adapters()
+    user, secret = os.environ["HARBOR_USER"], os.environ["HARBOR_PASSWORD"]
+    location = await client.create_registry(Registry(
+        name="myself", type="harbor", url=registry, insecure=False,
+        credential=RegistryCredential(type="basic", access_key=user, access_secret=secret)))
+    reg_id = int(location.rstrip("/").rsplit("/", 1)[1])
+    reg = await client.get_registry(reg_id)
+    assert reg.name == "myself" and reg.status == "healthy", reg
+    assert reg.credential.access_secret == "*****", reg.credential
+    assert [r.id for r in await client.get_registries()] == [reg_id]
+    await client.update_registry(reg_id, RegistryUpdate(description="this Berth", access_key=user, access_secret="*****"))
+    assert (await client.get_registry(reg_id)).description == "this Berth"
+    await client.check_registry_status(RegistryPing(id=reg_id))
+    await client.create_project(ProjectReq(project_name="cache-check", registry_id=reg_id, metadata=ProjectMetadata(public=False)))
+    cache = await client.get_project("cache-check")
+    assert cache.registry_id == reg_id, cache
+    req = urllib.request.Request(
+        f"{registry}/v2/cache-check/harbor-check/app/manifests/v1",
+        headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode(),
+                 "Accept": "application/vnd.oci.image.manifest.v1+json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200, r.status
+    await client.delete_repository("cache-check", "harbor-check/app")
+    await client.delete_project("cache-check")
+    await client.delete_registry(reg_id)
+    print("registries ok")
 
     await client.delete_robot(created.id)
     print("harborapi: all checks passed")

@@ -60,8 +60,10 @@ struct Credential {
     access_secret: Option<String>,
 }
 
-/// A registry as a client sends it (POST, PUT, ping): every field optional, so a PUT
-/// may change some only.
+/// A registry as a client sends it: every field optional, so a PUT may change some
+/// only. Harbor's `Registry` (POST) nests the credential; its `RegistryUpdate` (PUT) and
+/// `RegistryPing` have it flat (`credential_type`, `access_key`, `access_secret`): both
+/// are taken everywhere.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RegistryReq {
@@ -78,6 +80,12 @@ struct RegistryReq {
     #[serde(default)]
     credential: Option<Credential>,
     #[serde(default)]
+    credential_type: Option<String>,
+    #[serde(default)]
+    access_key: Option<String>,
+    #[serde(default)]
+    access_secret: Option<String>,
+    #[serde(default)]
     insecure: Option<bool>,
     #[serde(default)]
     ca_certificate: Option<String>,
@@ -92,7 +100,18 @@ struct RegistryReq {
 
 impl RegistryReq {
     /// `base` with this request's changes, checked.
-    fn apply(self, mut base: NewRegistry) -> Result<NewRegistry, Failure> {
+    fn apply(mut self, mut base: NewRegistry) -> Result<NewRegistry, Failure> {
+        if self.credential_type.is_some()
+            || self.access_key.is_some()
+            || self.access_secret.is_some()
+        {
+            let nested = self.credential.take().unwrap_or_default();
+            self.credential = Some(Credential {
+                kind: self.credential_type.take().or(nested.kind),
+                access_key: self.access_key.take().or(nested.access_key),
+                access_secret: self.access_secret.take().or(nested.access_secret),
+            });
+        }
         let (old_url, old_kind) = (base.url.clone(), base.kind.clone());
         let new_secret = self.credential.as_ref().is_some_and(|c| {
             c.access_secret
