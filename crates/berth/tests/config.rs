@@ -41,12 +41,6 @@ fn bad_value_stops_startup_with_one_line_naming_the_key() {
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  htpassword:\n    realm: r\n    path: /etc/registry/htpasswd\n",
             "auth.htpassword",
         ),
-        // A Docker Engine mirror project takes the names of no project: no project can
-        // be created by a push then.
-        (
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  berth:\n    mirrorproject: hub\n    createprojectsonpush: true\n",
-            "auth.berth.createprojectsonpush",
-        ),
     ];
     for (config, key) in cases {
         let stderr = Berth::fails_to_start(config);

@@ -274,16 +274,6 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
             ));
         }
     }
-    let create_projects_on_push =
-        get_bool(tree, "auth.berth.createprojectsonpush")?.unwrap_or(false);
-    if mirror_project.is_some() && create_projects_on_push {
-        // A name that is no project belongs to the mirror: the blob checks of a push
-        // that would create its project would be answered by the mirror project.
-        return Err(bad(
-            "auth.berth.mirrorproject",
-            "cannot be combined with auth.berth.createprojectsonpush: names of no project are read from the mirror, so a push cannot create its project; create projects first (the API or berth project create), or drop one of the two keys",
-        ));
-    }
     Ok(BerthAuthConfig {
         storage_quota,
         mirror_project,
@@ -293,7 +283,8 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
         token_expiration,
         admin_password: get_str(tree, "auth.berth.adminpassword")?.filter(|s| !s.is_empty()),
         project_creation,
-        create_projects_on_push,
+        create_projects_on_push: get_bool(tree, "auth.berth.createprojectsonpush")?
+            .unwrap_or(false),
         robot_prefix,
         push_networks,
         ldap: super::ldap::read(tree, warnings)?,
