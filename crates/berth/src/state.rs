@@ -109,17 +109,9 @@ async fn open_registry(
     };
     // Proxy-cache projects connect to their upstreams only in the server.
     let registry = if serving {
-        registry
-            .with_upstream_factory(Arc::new(crate::upstream::HttpUpstreams {
-                max_manifest_bytes: config.max_manifest_bytes,
-            }))
-            .with_mirror_project(
-                config
-                    .auth
-                    .berth
-                    .as_ref()
-                    .and_then(|b| b.mirror_project.clone()),
-            )
+        registry.with_upstream_factory(Arc::new(crate::upstream::HttpUpstreams {
+            max_manifest_bytes: config.max_manifest_bytes,
+        }))
     } else {
         registry
     };

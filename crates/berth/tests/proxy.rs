@@ -1923,15 +1923,21 @@ fn proxy_cache_projects_for_two_upstreams() {
     assert_eq!(code, 200);
     let (_, body) = api(&b, ADMIN, "GET", &format!("/registries/{up_id}"), None);
     assert!(body.contains("\"unhealthy\""), "{body}");
-    let (code, said) = http(
-        "GET",
-        &format!("{}/v2/up/library/other/manifests/v1", b.url),
-        &[],
+    let out = exec(
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/up/library/other:v1", b.host)),
     );
-    assert_eq!(code, 502, "{said}");
+    assert!(!out.status.success());
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log_lines().join("\n")
+    );
     assert!(
-        said.contains("credentials of registry \\\"distribution\\\""),
-        "the refusal names whose credentials: {said}"
+        said.contains("credentials of registry \\\"distribution\\\"")
+            || said.contains("credentials of registry \"distribution\""),
+        "{said}"
     );
 
     // A blob of a private project is never served through a cache whose upstream does
@@ -1978,106 +1984,4 @@ fn proxy_cache_projects_for_two_upstreams() {
             "{method} of a private blob through the cache: {body}"
         );
     }
-}
-
-/// The Docker Engine's `registry-mirrors` protocol (no `?ns=`, Docker Hub's own names),
-/// spoken by podman with a registries.conf mirror: with `auth.berth.mirrorproject`,
-/// names that are no project of this registry are read through that proxy-cache project
-/// (a `docker-hub` registry at the URL of a Docker Hub mirror, here a loopback
-/// Distribution), token scopes included; ordinary projects are untouched, and pushes are
-/// never routed.
-#[test]
-fn docker_engine_mirror_requests_go_to_the_mirror_project() {
-    const ADMIN: &str = "admin:Harbor12345";
-    let up = Upstream::start();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut layout = Layout::create(&tmp.path().join("layout"));
-    let hello = small_image(&layout, "amd64", "hello through a docker mirror");
-    layout.tag(&hello, "v1");
-    let local = small_image(&layout, "amd64", "an ordinary project's image");
-    layout.tag(&local, "local");
-    push(&up, &layout.dir, "v1", "library/hello:v1");
-    let b = Berth::start_with_config(&format!(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  berth:\n    adminpassword: {}\n    mirrorproject: hub\n",
-        &ADMIN[6..]
-    ));
-    let (code, body) = api(
-        &b,
-        ADMIN,
-        "POST",
-        "/registries",
-        Some(
-            json!({"name": "hub-mirror", "type": "docker-hub", "url": up.url(),
-            "credential": {"type": "basic", "access_key": USER, "access_secret": PASSWORD}}),
-        ),
-    );
-    assert_eq!(code, 201, "{body}");
-    let (_, body) = api(&b, ADMIN, "GET", "/registries", None);
-    let id = serde_json::from_str::<Value>(&body).expect("json")[0]["id"].clone();
-    for body in [
-        json!({"project_name": "hub", "registry_id": id, "metadata": {"public": "true"}}),
-        json!({"project_name": "team", "metadata": {"public": "true"}}),
-    ] {
-        let (code, text) = api(&b, ADMIN, "POST", "/projects", Some(body));
-        assert_eq!(code, 201, "{text}");
-    }
-    run(skopeo()
-        .args(["copy", "--dest-tls-verify=false", "--dest-creds", ADMIN])
-        .arg(format!("oci:{}:local", layout.dir.display()))
-        .arg(format!("docker://{}/team/app:v1", b.host)));
-
-    // podman told that Berth mirrors the upstream: it asks Berth for library/hello (no
-    // ns), with an anonymous token for that name; only the mirror can answer (the
-    // upstream wants credentials podman does not have).
-    let root = tmp.path().join("podman");
-    let conf = tmp.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nprefix = \"{up}\"\nlocation = \"{up}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{b}\"\ninsecure = true\n",
-            up = up.host,
-            b = b.host
-        ),
-    )
-    .expect("registries.conf");
-    let image = format!("{}/library/hello:v1", up.host);
-    run(common::tools::podman(&root)
-        .env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .args(["pull", &image]));
-    let inspect: Value = serde_json::from_str(&run(
-        common::tools::podman(&root).args(["image", "inspect", &image])
-    ))
-    .expect("json");
-    assert_eq!(
-        inspect[0]["Digest"], hello["digest"],
-        "podman digest through the mirror"
-    );
-    let (code, body) = http("GET", &format!("{}/v2/_catalog", b.url), &["-u", ADMIN]);
-    assert_eq!(code, 200);
-    assert!(
-        body.contains("hub/library/hello"),
-        "cached under the mirror project: {body}"
-    );
-
-    // Ordinary projects stay themselves; a name of no project is the mirror's.
-    assert_eq!(raw_digest(&b.host, "team/app:v1", false), digest_of(&local));
-    assert_eq!(
-        raw_digest(&b.host, "library/hello:v1", false),
-        digest_of(&hello)
-    );
-    assert_eq!(
-        raw_digest(&b.host, "hub/library/hello:v1", false),
-        digest_of(&hello)
-    );
-    // Pushes are never routed: a push to a name of no project is not a push to the cache.
-    let (code, body) = http(
-        "POST",
-        &format!("{}/v2/library/hello/blobs/uploads/", b.url),
-        &["-u", ADMIN],
-    );
-    assert_ne!(code, 202, "{body}");
-    assert!(
-        !body.contains("proxy cache"),
-        "the push reached the mirror project: {body}"
-    );
 }

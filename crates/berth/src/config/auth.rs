@@ -75,9 +75,6 @@ pub struct BerthAuthConfig {
     pub audit_retention: Duration,
     /// `storagequota`: the storage quota a new project gets, in bytes (default: none).
     pub storage_quota: Option<u64>,
-    /// `mirrorproject`: the proxy-cache project serving Docker Engine mirror requests
-    /// (`registry-mirrors`: names without a project of this registry).
-    pub mirror_project: Option<String>,
 }
 
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
@@ -265,18 +262,8 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
             )
         })?),
     };
-    let mirror_project = get_str(tree, "auth.berth.mirrorproject")?.filter(|s| !s.is_empty());
-    if let Some(m) = &mirror_project {
-        if m.contains('/') || m.trim() != m {
-            return Err(bad(
-                "auth.berth.mirrorproject",
-                format!("{m:?} is not a project name: give the name of a proxy-cache project, such as hub"),
-            ));
-        }
-    }
     Ok(BerthAuthConfig {
         storage_quota,
-        mirror_project,
         realm: get_str(tree, "auth.berth.realm")?.filter(|s| !s.is_empty()),
         service: text("auth.berth.service", "berth-registry")?,
         issuer: text("auth.berth.issuer", "berth-token-issuer")?,

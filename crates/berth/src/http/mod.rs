@@ -388,29 +388,6 @@ async fn dispatch_parts(
             }
             MirrorRoute::Ignore => endpoint,
         },
-        // The Docker Engine's registry-mirrors send no `ns`, and Docker Hub's names as
-        // they are (`library/alpine`): reads of a name that is no project of this
-        // registry go to `auth.berth.mirrorproject`.
-        None if app.options.berth.is_some()
-            && matches!(parts.method, Method::GET | Method::HEAD)
-            && matches!(
-                endpoint,
-                Endpoint::Manifest { .. } | Endpoint::Blob { .. } | Endpoint::Tags { .. }
-            ) =>
-        {
-            let repo = endpoint.repo().map(|r| r.to_string()).unwrap_or_default();
-            match app.registry.docker_mirror_project(&repo).await {
-                Ok(Some(project)) => match endpoint.within_project(&project) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        return ApiError::new(ErrorCode::NameInvalid, e.to_string())
-                            .into_response()
-                    }
-                },
-                Ok(None) => endpoint,
-                Err(e) => return ApiError::from(e).into_response(),
-            }
-        }
         _ => endpoint,
     };
     let mut resp = route(&app, &mut parts, body, endpoint).await;

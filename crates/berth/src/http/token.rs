@@ -18,7 +18,7 @@ use std::time::Duration;
 const MAX_FORM: usize = 64 * 1024;
 
 pub(super) async fn handle(app: &App, berth: &BerthAccess, parts: &Parts, body: Body) -> Response {
-    let (resp, who, scopes) = match answer(app, berth, parts, body).await {
+    let (resp, who, scopes) = match answer(berth, parts, body).await {
         Ok((r, who, scopes)) => (r, who, scopes),
         Err((e, who)) => (e.into_response(), who, String::new()),
     };
@@ -47,18 +47,16 @@ pub(super) async fn handle(app: &App, berth: &BerthAccess, parts: &Parts, body: 
 /// The answer, the principal's name and the granted scopes; or the error and the name
 /// the caller gave.
 async fn answer(
-    app: &App,
     berth: &BerthAccess,
     parts: &Parts,
     body: Body,
 ) -> Result<(Response, String, String), (ApiError, String)> {
     let mut who = String::new();
-    let result = answer_inner(app, berth, parts, body, &mut who).await;
+    let result = answer_inner(berth, parts, body, &mut who).await;
     result.map_err(|e| (e, who))
 }
 
 async fn answer_inner(
-    app: &App,
     berth: &BerthAccess,
     parts: &Parts,
     body: Body,
@@ -69,7 +67,7 @@ async fn answer_inner(
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let (mut request, oauth) = match parts.method {
+    let (request, oauth) = match parts.method {
         Method::GET | Method::HEAD => (
             TokenRequest {
                 credentials: super::auth::credentials(parts),
@@ -140,21 +138,6 @@ async fn answer_inner(
     };
     if let Credentials::Basic { user, .. } = &request.credentials {
         who.clone_from(user);
-    }
-    // A Docker Engine mirror asks for Docker Hub's name (`library/alpine`): a pull-only
-    // scope of a name that is no project here names the mirror project's repository,
-    // which is what the request will be routed to (see `dispatch_parts`).
-    for scope in &mut request.scopes {
-        if scope.kind == "repository" && scope.actions == ["pull"] {
-            if let Some(project) = app
-                .registry
-                .docker_mirror_project(&scope.name)
-                .await
-                .map_err(ApiError::from)?
-            {
-                scope.name = format!("{project}/{}", scope.name);
-            }
-        }
     }
     match berth.issue(request).await {
         Ok(a) => {

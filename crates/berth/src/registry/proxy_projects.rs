@@ -41,13 +41,7 @@ struct Entry {
 struct Snapshot {
     loaded: Option<Instant>,
     by_project: HashMap<String, Entry>,
-    /// Whether a project of this name exists, as looked up since this snapshot was
-    /// taken (for mirror requests; bounded).
-    projects_seen: std::sync::Mutex<HashMap<String, bool>>,
 }
-
-/// Most project names a snapshot remembers the existence of.
-const PROJECTS_SEEN: usize = 10_000;
 
 /// The proxy-cache projects known to this process.
 #[derive(Default)]
@@ -59,9 +53,6 @@ pub(super) struct ProjectProxies {
     /// Bumped by every change through this node: a reload that began before a change
     /// does not count as fresh.
     generation: AtomicU64,
-    /// `auth.berth.mirrorproject`: the proxy-cache project serving mirror requests that
-    /// name no project of this registry (the Docker Engine's `registry-mirrors`).
-    mirror_project: Option<String>,
 }
 
 /// What a mirror request's `ns` leads to.
@@ -78,13 +69,9 @@ pub enum MirrorRoute {
 }
 
 /// Where a registry's content is pulled from: Harbor registers Docker Hub as
-/// `https://hub.docker.com` (its web site), whose registry API is elsewhere; a
-/// `docker-hub` registry at another URL (a Docker Hub mirror, such as mirror.gcr.io) is
-/// used as given.
+/// `https://hub.docker.com` (its web site); its registry API is elsewhere.
 fn upstream_url(reg: &NewRegistry) -> String {
-    let site =
-        url_authority(&reg.url).is_none_or(|a| a == "hub.docker.com" || a == "hub.docker.com:443");
-    if reg.kind == "docker-hub" && site {
+    if reg.kind == "docker-hub" {
         "https://registry-1.docker.io".to_string()
     } else {
         reg.url.clone()
@@ -106,55 +93,6 @@ fn settings_of<'a>(r: &'a StoredRegistry, url: &'a str) -> UpstreamSettings<'a> 
 }
 
 impl Registry {
-    /// Serve Docker Engine mirror requests (names without a project of this registry)
-    /// from the proxy-cache project `project`.
-    pub fn with_mirror_project(mut self, project: Option<String>) -> Registry {
-        self.project_proxies.mirror_project = project;
-        self
-    }
-
-    /// The project a Docker Engine mirror request for `repo` goes to: the configured
-    /// mirror project, when it is a proxy-cache project and `repo` names no project of
-    /// this registry (`library/alpine` when there is no project `library`). Only reads
-    /// and pull-only token scopes ask.
-    pub async fn docker_mirror_project(&self, repo: &str) -> Result<Option<String>> {
-        let Some(mirror) = &self.project_proxies.mirror_project else {
-            return Ok(None);
-        };
-        if self.proxy.is_some() || self.project_proxies.factory.is_none() {
-            return Ok(None);
-        }
-        let first = repo.split_once('/').map_or(repo, |(p, _)| p);
-        let snapshot = self.proxy_snapshot().await;
-        if !snapshot.by_project.contains_key(mirror.as_str())
-            || snapshot.by_project.contains_key(first)
-        {
-            return Ok(None);
-        }
-        let seen = snapshot
-            .projects_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(first)
-            .copied();
-        let exists = match seen {
-            Some(e) => e,
-            None => {
-                let e = self.meta.project_by_name(first).await?.is_some();
-                let mut seen = snapshot
-                    .projects_seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if seen.len() >= PROJECTS_SEEN {
-                    seen.clear();
-                }
-                seen.insert(first.to_string(), e);
-                e
-            }
-        };
-        Ok((!exists).then(|| mirror.clone()))
-    }
-
     /// Serve proxy-cache projects, making their upstream clients with `factory`.
     pub fn with_upstream_factory(mut self, factory: Arc<dyn UpstreamFactory>) -> Registry {
         self.project_proxies.factory = Some(factory);
@@ -187,7 +125,6 @@ impl Registry {
         *s = Arc::new(Snapshot {
             loaded: None,
             by_project: s.by_project.clone(),
-            projects_seen: Default::default(),
         });
     }
 
@@ -322,7 +259,6 @@ impl Registry {
         let fresh = Arc::new(Snapshot {
             loaded: unchanged.then(Instant::now),
             by_project,
-            projects_seen: Default::default(),
         });
         *pp.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
         fresh
@@ -330,9 +266,7 @@ impl Registry {
 
     fn make_entry(&self, project: &str, registry: &StoredRegistry) -> Entry {
         let url = upstream_url(&registry.registry);
-        // A docker-hub registry at another URL is a mirror of Docker Hub: its names too
-        // keep one-part images under library/.
-        let docker_hub = is_docker_hub(&url) || registry.registry.kind == "docker-hub";
+        let docker_hub = is_docker_hub(&url);
         let inner = self.upstream_for(registry).unwrap_or_else(|reason| {
             tracing::warn!(project, registry = %registry.registry.name, "the upstream registry's settings are refused: {reason}");
             Arc::new(UnusableUpstream {
