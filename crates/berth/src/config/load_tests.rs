@@ -520,3 +520,18 @@ fn storage_middleware_redirect_sets_a_cdn_base_url() {
         l.warnings
     );
 }
+
+/// Every `auth.berth` key Berth reads is one it knows: none is reported as ignored.
+#[test]
+fn every_berth_key_is_known() {
+    let l = load(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\nauth:\n  berth:\n    adminpassword: Harbor12345\n    projectcreation: adminonly\n    createprojectsonpush: true\n    robotprefix: bot-\n    auditretention: 720h\n    storagequota: 10GiB\n    tokenexpiration: 30m\n",
+        &[],
+    )
+    .expect("load");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(
+        l.config.auth.berth.expect("berth").storage_quota,
+        Some(10 << 30)
+    );
+}

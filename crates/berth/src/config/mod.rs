@@ -305,6 +305,7 @@ const IMPLEMENTED: &[&str] = &[
     "auth.berth.ldap.groupmemberattribute",
     "auth.berth.ldap.timeout",
     "auth.berth.auditretention",
+    "auth.berth.storagequota",
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.clientcas",
