@@ -586,45 +586,53 @@ async fn a_proxy_cluster_fetches_each_blob_from_the_upstream_once() {
         common::cluster::Cluster::start(3, &format!("proxy:\n  remoteurl: {}\n", peer.url));
     let urls: Vec<String> = cluster.live().iter().map(|n| n.url.clone()).collect();
     let layer = first_layer_of(&Registry::new(&urls[0]), &digest).await;
-    // Distribution logs each request it answered with its method and URI.
-    let upstream_gets = || {
-        peer.log()
-            .lines()
-            .filter(|l| {
-                l.contains("msg=\"response completed\"")
-                    && l.contains("http.request.method=GET")
-                    && l.contains(&format!("http.request.uri=\"/v2/lib/app/blobs/{layer}\""))
-            })
-            .count()
-    };
-    let before = upstream_gets();
     assert_eq!(
-        before, 0,
+        upstream_layer_gets(&peer, &layer),
+        0,
         "the layer is not fetched by reading the manifest"
     );
+    nine_clients_get_layer(|i| Registry::new(&urls[i % 3]), "lib/app", &layer).await;
+    assert_eq!(
+        upstream_layer_gets(&peer, &layer),
+        1,
+        "one fetch from the upstream for the whole cluster"
+    );
+}
+
+/// GETs of `lib/app`'s blob `layer` that Distribution `peer` answered (it logs each
+/// request with its method and URI).
+fn upstream_layer_gets(peer: &common::registry2::Registry2, layer: &oci::Digest) -> usize {
+    peer.log()
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"response completed\"")
+                && l.contains("http.request.method=GET")
+                && l.contains(&format!("http.request.uri=\"/v2/lib/app/blobs/{layer}\""))
+        })
+        .count()
+}
+
+/// 9 clients at once, client `i` made by `client(i)`, GET `layer` through `repo`: each
+/// must get exactly its bytes.
+async fn nine_clients_get_layer(
+    client: impl Fn(usize) -> Registry,
+    repo: &str,
+    layer: &oci::Digest,
+) {
     let pulls: Vec<_> = (0..9)
         .map(|i| {
-            let r = Registry::new(&urls[i % 3]);
-            let layer = layer.clone();
+            let r = client(i);
+            let path = format!("/v2/{repo}/blobs/{layer}");
             tokio::spawn(async move {
-                let resp = r
-                    .req(Method::GET, &format!("/v2/lib/app/blobs/{layer}"))
-                    .send()
-                    .await
-                    .expect("GET layer");
+                let resp = r.req(Method::GET, &path).send().await.expect("GET layer");
                 assert_eq!(resp.status(), StatusCode::OK);
                 sha256(&resp.bytes().await.expect("bytes"))
             })
         })
         .collect();
     for p in pulls {
-        assert_eq!(p.await.expect("client"), layer);
+        assert_eq!(&p.await.expect("client"), layer);
     }
-    let fetched = upstream_gets();
-    assert_eq!(
-        fetched, 1,
-        "one fetch from the upstream for the whole cluster"
-    );
 }
 
 /// Proxy-cache projects in a cluster (3 nodes, one bucket, one PostgreSQL): a project
@@ -718,37 +726,10 @@ async fn proxy_cache_projects_in_a_cluster() {
         .expect("layer")
         .parse()
         .expect("digest");
-    let upstream_gets = || {
-        peer.log()
-            .lines()
-            .filter(|l| {
-                l.contains("msg=\"response completed\"")
-                    && l.contains("http.request.method=GET")
-                    && l.contains(&format!("http.request.uri=\"/v2/lib/app/blobs/{layer}\""))
-            })
-            .count()
-    };
-    assert_eq!(upstream_gets(), 0);
-    let pulls: Vec<_> = (0..9)
-        .map(|i| {
-            let r = node(i % 3);
-            let layer = layer.clone();
-            tokio::spawn(async move {
-                let resp = r
-                    .req(Method::GET, &format!("/v2/cache/lib/app/blobs/{layer}"))
-                    .send()
-                    .await
-                    .expect("GET layer");
-                assert_eq!(resp.status(), StatusCode::OK);
-                sha256(&resp.bytes().await.expect("bytes"))
-            })
-        })
-        .collect();
-    for p in pulls {
-        assert_eq!(p.await.expect("client"), layer);
-    }
+    assert_eq!(upstream_layer_gets(&peer, &layer), 0);
+    nine_clients_get_layer(|i| node(i % 3), "cache/lib/app", &layer).await;
     assert_eq!(
-        upstream_gets(),
+        upstream_layer_gets(&peer, &layer),
         1,
         "one fetch from the upstream for the cluster"
     );

@@ -50,12 +50,15 @@ pub struct BlobRead {
 impl Registry {
     /// Size of a blob linked into `repo` (a `HEAD`: a pull, for notifications).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let size = match self.meta.linked_blob(repo, digest).await? {
-            Some(size) => {
-                self.proxy_hit(repo, digest).await;
+        let proxy = self.proxy_for(repo).await;
+        let size = match (self.meta.linked_blob(repo, digest).await?, &proxy) {
+            (Some(size), Some(p)) => {
+                self.proxy_hit(p, repo, digest).await;
                 size
             }
-            None => self.proxy_blob_size(repo, digest).await?,
+            (Some(size), None) => size,
+            (None, Some(p)) => self.proxy_blob_size(p, repo, digest).await?,
+            (None, None) => return Err(RegistryError::BlobUnknown(digest.clone())),
         };
         self.emit_blob_pull(repo, digest, size);
         Ok(size)
@@ -83,12 +86,12 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<BlobRead> {
-        if self.proxy_for(repo).await.is_some() {
+        if let Some(p) = self.proxy_for(repo).await {
             if self.meta.linked_blob(repo, digest).await?.is_some() {
-                self.proxy_hit(repo, digest).await;
+                self.proxy_hit(&p, repo, digest).await;
             } else {
                 // Reports its own pull (once), whether served locally or by a fill.
-                return self.proxy_read_blob(repo, digest, resolve).await;
+                return self.proxy_read_blob(&p, repo, digest, resolve).await;
             }
         }
         self.read_linked_blob(repo, digest, resolve).await
@@ -108,8 +111,8 @@ impl Registry {
             }
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
-        if self.proxy_for(repo).await.is_some() {
-            self.proxy_hit(repo, digest).await;
+        if let Some(p) = self.proxy_for(repo).await {
+            self.proxy_hit(&p, repo, digest).await;
         }
         self.emit_blob_pull(repo, digest, size);
         Ok(Some(url))

@@ -311,10 +311,9 @@ impl Registry {
             let by_digest = Reference::Digest(child.digest.clone());
             // A pull-through cache may not hold the child yet: fetch it like any manifest
             // by digest. If the upstream cannot give it, the client gets the index.
-            if self.proxy_for(repo).await.is_some() {
-                if let Err(e) = self.proxy_manifest(repo, &by_digest).await {
-                    tracing::warn!(%repo, digest = %child.digest, "serving the index: its linux/amd64 child cannot be fetched: {e}");
-                }
+            // (`proxy_manifest` does nothing where `repo` is read through no cache.)
+            if let Err(e) = self.proxy_manifest(repo, &by_digest).await {
+                tracing::warn!(%repo, digest = %child.digest, "serving the index: its linux/amd64 child cannot be fetched: {e}");
             }
             if let Some(c) = self.meta.get_manifest(repo, &by_digest).await? {
                 return Ok(c);

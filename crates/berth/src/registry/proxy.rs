@@ -505,13 +505,10 @@ impl Registry {
         }
     }
 
-    /// A blob linked into `repo` was served; counted and recorded when `repo` is read
-    /// through a cache.
-    pub(super) async fn proxy_hit(&self, repo: &RepoName, digest: &Digest) {
-        if let Some(p) = self.proxy_for(repo).await {
-            bump(&p.counters.blob_hit);
-            self.touch(&p, repo, digest, false).await;
-        }
+    /// A blob linked into `repo`, which `p` caches, was served: counted and recorded.
+    pub(super) async fn proxy_hit(&self, p: &Proxy, repo: &RepoName, digest: &Digest) {
+        bump(&p.counters.blob_hit);
+        self.touch(p, repo, digest, false).await;
     }
 
     fn upstream_failed(&self, p: &Proxy, msg: String) -> RegistryError {
@@ -800,13 +797,14 @@ impl Registry {
         })
     }
 
-    /// Size of a blob not linked into `repo`, in proxy mode: local, being fetched, or a
-    /// HEAD upstream (nothing is fetched).
-    pub(super) async fn proxy_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        let Some(p) = self.proxy_for(repo).await else {
-            return Err(RegistryError::BlobUnknown(digest.clone()));
-        };
-        let p = &*p;
+    /// Size of a blob not linked into `repo`, which `p` caches: local, being fetched, or
+    /// a HEAD upstream (nothing is fetched).
+    pub(super) async fn proxy_blob_size(
+        &self,
+        p: &Proxy,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<u64> {
         if let Cached::Linked(size) | Cached::Unlinked(size) =
             self.mount_cached(p, repo, digest).await?
         {
@@ -830,18 +828,15 @@ impl Registry {
         }
     }
 
-    /// Read a blob not linked into `repo`, in proxy mode: from storage, or as the fill
-    /// brings it in. `resolve` turns the size into the range to serve.
+    /// Read a blob not linked into `repo`, which `p` caches: from storage, or as the
+    /// fill brings it in. `resolve` turns the size into the range to serve.
     pub(super) async fn proxy_read_blob(
         &self,
+        p: &Proxy,
         repo: &RepoName,
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<super::BlobRead> {
-        let Some(p) = self.proxy_for(repo).await else {
-            return Err(RegistryError::BlobUnknown(digest.clone()));
-        };
-        let p = &*p;
         let fill = match self.blob_source(p, repo, digest).await? {
             Source::Local => {
                 bump(&p.counters.blob_hit);
