@@ -581,6 +581,12 @@ pub async fn run(
             read_only: a.read_only,
             proxy: config.proxy.as_ref().map(|p| p.remote_url.clone()),
             notify: !config.events.endpoints.is_empty(),
+            mirrors: http::mirror::MirrorHosts::new(
+                a.berth
+                    .as_ref()
+                    .map(|b| b.mirrors.clone())
+                    .unwrap_or_default(),
+            ),
         },
     );
     tracing::info!(

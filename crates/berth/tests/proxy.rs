@@ -1979,3 +1979,261 @@ fn proxy_cache_projects_for_two_upstreams() {
         );
     }
 }
+
+/// Mirror host names (`auth.berth.mirrors`): a Docker Engine started with
+/// `registry-mirrors` and podman and skopeo with a `[[registry.mirror]]` ask the mirror
+/// for Docker Hub's names (`library/hello`), and the host name they use (`localhost`,
+/// while the registry itself is `127.0.0.1`) says which project serves them: here a
+/// proxy-cache project of a real Distribution. Docker Hub cannot be reached from the
+/// test, so each pull succeeds only through the mirror. The registry's own host name
+/// is untouched; a mirror host serves pulls only; a private project behind a mirror host
+/// name needs a token, which the token service maps into the project, pull only.
+#[test]
+fn registry_mirrors_pull_through_mirror_host_names() {
+    const ADMIN: &str = "admin:Harbor12345";
+    let up = Upstream::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut layout = Layout::create(&tmp.path().join("layout"));
+    let hello = small_image(&layout, "amd64", "hello via a mirror host");
+    layout.tag(&hello, "v1");
+    let app = small_image(&layout, "amd64", "app via a mirror host");
+    layout.tag(&app, "app");
+    push(&up, &layout.dir, "v1", "library/hello:v1");
+    push(&up, &layout.dir, "app", "team/app:1");
+
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: DATA\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\nauth:\n  berth:\n    adminpassword: {}\n    mirrors:\n      localhost: hub\n      private-mirror.test: corp\n",
+        &ADMIN[6..]
+    ));
+    let port = b.host.rsplit_once(':').expect("port").1.to_string();
+    let mirror = format!("localhost:{port}");
+    let reg = json!({"name": "distribution", "type": "docker-registry", "url": up.url(),
+        "credential": {"type": "basic", "access_key": USER, "access_secret": PASSWORD}});
+    let (code, body) = api(&b, ADMIN, "POST", "/registries", Some(reg));
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = api(&b, ADMIN, "GET", "/registries", None);
+    let regs: Value = serde_json::from_str(&body).expect("json");
+    let reg_id = regs[0]["id"].as_i64().expect("id");
+    let (code, body) = api(
+        &b,
+        ADMIN,
+        "POST",
+        "/projects",
+        Some(json!({"project_name": "hub", "registry_id": reg_id, "metadata": {"public": "true"}})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = api(
+        &b,
+        ADMIN,
+        "POST",
+        "/projects",
+        Some(json!({"project_name": "corp", "metadata": {"public": "false"}})),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    // The registry's own host name knows no `library` project: nothing of the upstream
+    // is reachable by Docker Hub's names there.
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/library/hello/manifests/v1", b.url),
+        &["-u", ADMIN],
+    );
+    assert!(code == 403 || code == 404, "{code}: {body}");
+
+    // The Docker Engine: `registry-mirrors` in its daemon.json. It asks the mirror for
+    // `library/hello` without any namespace.
+    let engine =
+        common::docker::Engine::start(&format!(r#"{{"registry-mirrors": ["http://{mirror}"]}}"#));
+    let out = exec(engine.docker().args(["pull", "hello:v1"]));
+    assert!(
+        out.status.success(),
+        "docker pull through the mirror: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        pulled.contains(digest_of(&hello).as_str()),
+        "docker pull digest: {pulled}"
+    );
+    let digests = run(engine.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        "hello:v1",
+    ]));
+    assert!(digests.contains(digest_of(&hello).as_str()), "{digests}");
+    assert!(
+        b.log_lines()
+            .iter()
+            .any(|l| l.contains("path=\"/v2/library/hello/manifests/v1\"")
+                && l.contains("status=200")),
+        "the engine never asked the mirror"
+    );
+    drop(engine);
+    // The pull filled the project's cache: it is there under the project's name.
+    assert_eq!(
+        raw_digest(&b.host, "hub/library/hello:v1", false),
+        digest_of(&hello)
+    );
+
+    // podman and skopeo: a `[[registry.mirror]]` for docker.io.
+    let conf = tmp.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("unqualified-search-registries = [\"docker.io\"]\n\n[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"),
+    )
+    .expect("registries.conf");
+    let root = tmp.path().join("podman");
+    run(common::tools::podman(&root)
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .args(["pull", "docker.io/team/app:1"]));
+    let inspect: Value = serde_json::from_str(&run(common::tools::podman(&root).args([
+        "image",
+        "inspect",
+        "docker.io/team/app:1",
+    ])))
+    .expect("json");
+    assert_eq!(inspect[0]["Digest"], app["digest"], "podman digest");
+    let out_dir = tmp.path().join("copied");
+    run(skopeo()
+        .arg("--registries-conf")
+        .arg(&conf)
+        .args([
+            "copy",
+            "--preserve-digests",
+            "docker://docker.io/library/hello:v1",
+        ])
+        .arg(format!("oci:{}:v1", out_dir.display())));
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("index.json")).expect("index"))
+            .expect("json");
+    assert_eq!(index["manifests"][0]["digest"], hello["digest"]);
+
+    // A mirror host name serves pulls only, and no catalog.
+    let m = format!("http://{mirror}");
+    let (code, body) = http(
+        "POST",
+        &format!("{m}/v2/library/hello/blobs/uploads/"),
+        &["-u", ADMIN],
+    );
+    assert_eq!(code, 405, "{body}");
+    assert!(
+        body.contains("UNSUPPORTED") && body.contains("mirror of project hub"),
+        "{body}"
+    );
+    let (code, body) = http(
+        "DELETE",
+        &format!("{m}/v2/library/hello/manifests/v1"),
+        &["-u", ADMIN],
+    );
+    assert_eq!(code, 405, "{body}");
+    let (code, body) = http("GET", &format!("{m}/v2/_catalog"), &["-u", ADMIN]);
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(
+        raw_digest(&b.host, "hub/library/hello:v1", false),
+        digest_of(&hello),
+        "what the refusals left"
+    );
+
+    // A private project behind a mirror host name: an image pushed to it on the
+    // registry's own host name, asked for by its name within the project.
+    run(skopeo()
+        .args([
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            ADMIN,
+        ])
+        .arg(format!("oci:{}:app", layout.dir.display()))
+        .arg(format!("docker://{}/corp/tools/app:2", b.host)));
+    let private = format!("private-mirror.test:{port}");
+    let resolve = format!("private-mirror.test:{port}:127.0.0.1");
+    let manifest_url = format!("http://{private}/v2/tools/app/manifests/2");
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let out = curl(&[
+        "-s",
+        "-i",
+        "--resolve",
+        &resolve,
+        "-H",
+        accept,
+        &manifest_url,
+    ]);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let challenge = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .unwrap_or_else(|| panic!("no challenge: {out}"));
+    let realm = format!("http://{private}/service/token?mirror=corp");
+    assert!(
+        challenge.contains(&format!("realm=\"{realm}\""))
+            && challenge.contains("scope=\"repository:tools/app:pull\""),
+        "the challenge names the client's names and the mirror's realm: {challenge}"
+    );
+    // The token service maps the client's names into the project, pull only.
+    let token = |who: Option<&str>| -> String {
+        let url = format!("{realm}&service=berth-registry&scope=repository:tools/app:pull,push");
+        let mut args = vec!["-s", "--resolve", &resolve];
+        if let Some(w) = who {
+            args.extend(["-u", w]);
+        }
+        args.push(&url);
+        let v: Value = serde_json::from_str(&curl(&args)).expect("token json");
+        v["token"].as_str().expect("token").to_string()
+    };
+    let claims = |t: &str| -> Value {
+        use base64::Engine as _;
+        let part = t.split('.').nth(1).expect("jwt");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .expect("b64"),
+        )
+        .expect("claims")
+    };
+    let admin_token = token(Some(ADMIN));
+    assert_eq!(
+        claims(&admin_token)["access"],
+        json!([{"type": "repository", "name": "corp/tools/app", "actions": ["pull"]}])
+    );
+    let bearer = format!("Authorization: Bearer {admin_token}");
+    let (code, body) = http(
+        "GET",
+        &manifest_url,
+        &["--resolve", &resolve, "-H", accept, "-H", &bearer],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(sha256(body.as_bytes()), digest_of(&app));
+    // Pushing with that token on the registry's own host name is still refused: the
+    // token holds pull only.
+    let (code, _) = http(
+        "POST",
+        &format!("{}/v2/corp/tools/app/blobs/uploads/", b.url),
+        &["-H", &bearer],
+    );
+    assert!(
+        code == 401 || code == 403,
+        "a push with a mirror token: {code}"
+    );
+    // Anonymous callers get nothing of a private project through its mirror.
+    let anonymous = format!("Authorization: Bearer {}", token(None));
+    let (code, body) = http(
+        "GET",
+        &manifest_url,
+        &["--resolve", &resolve, "-H", accept, "-H", &anonymous],
+    );
+    assert!(code == 401 || code == 403, "{code}: {body}");
+    // A realm naming a project no mirror host has is refused.
+    let (code, body) = http(
+        "GET",
+        &format!(
+            "{}/service/token?mirror=library&scope=repository:x:pull",
+            b.url
+        ),
+        &[],
+    );
+    assert_eq!(code, 400, "{body}");
+}

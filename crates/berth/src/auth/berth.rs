@@ -976,10 +976,20 @@ impl AccessControl for BerthAccess {
         })
     }
 
-    fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String {
+    fn challenge(
+        &self,
+        base: &str,
+        wanted: &[Scope],
+        error: Option<&str>,
+        mirror: Option<&str>,
+    ) -> String {
         let realm = match &self.settings.realm {
             Some(r) => r.clone(),
             None => format!("{}/service/token", base.trim_end_matches('/')),
+        };
+        let realm = match mirror {
+            Some(project) => super::mirror_realm(&realm, project),
+            None => realm,
         };
         super::bearer_challenge(&realm, &self.settings.service, wanted, error)
     }

@@ -162,8 +162,15 @@ pub trait AccessControl: Send + Sync {
     /// The `WWW-Authenticate` value of a 401 for a request wanting `wanted`;
     /// `error` is the RFC 6750 error code (`invalid_token`, `insufficient_scope`).
     /// `base` is the scheme and host the request came to (`https://reg.example`),
-    /// for realms that point back at this registry.
-    fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String;
+    /// for realms that point back at this registry. `mirror` is the project of the
+    /// mirror host name the request came to (`auth.berth.mirrors`): its realm says so.
+    fn challenge(
+        &self,
+        base: &str,
+        wanted: &[Scope],
+        error: Option<&str>,
+        mirror: Option<&str>,
+    ) -> String;
 
     /// What holds the credentials, for the answer to a request that failed because it
     /// is unusable ([`AuthError::Store`]): the setting an operator should look at.
@@ -215,7 +222,13 @@ impl AccessControl for BasicAccess {
         })
     }
 
-    fn challenge(&self, _base: &str, _wanted: &[Scope], _error: Option<&str>) -> String {
+    fn challenge(
+        &self,
+        _base: &str,
+        _wanted: &[Scope],
+        _error: Option<&str>,
+        _mirror: Option<&str>,
+    ) -> String {
         self.0.challenge()
     }
 
@@ -232,6 +245,15 @@ impl std::fmt::Debug for dyn Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Authenticator({})", self.challenge())
     }
+}
+
+/// `realm` with `mirror=<project>` added to its query: the realm of a challenge on a
+/// mirror host name (`auth.berth.mirrors`), whose token requests name the client's
+/// repositories, which the token service maps into that project.
+pub fn mirror_realm(realm: &str, project: &str) -> String {
+    let sep = if realm.contains('?') { '&' } else { '?' };
+    let encoded: String = form_urlencoded::byte_serialize(project.as_bytes()).collect();
+    format!("{realm}{sep}mirror={encoded}")
 }
 
 /// A Bearer challenge as Distribution writes it: realm, service, the wanted scopes

@@ -448,7 +448,13 @@ impl super::AccessControl for TokenAccess {
         })
     }
 
-    fn challenge(&self, base: &str, wanted: &[Scope], error: Option<&str>) -> String {
+    fn challenge(
+        &self,
+        base: &str,
+        wanted: &[Scope],
+        error: Option<&str>,
+        _mirror: Option<&str>,
+    ) -> String {
         let realm = match &self.autoredirect_path {
             Some(path) => format!("{}{path}", base.trim_end_matches('/')),
             None => self.realm.clone(),

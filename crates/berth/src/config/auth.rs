@@ -75,6 +75,20 @@ pub struct BerthAuthConfig {
     pub audit_retention: Duration,
     /// `storagequota`: the storage quota a new project gets, in bytes (default: none).
     pub storage_quota: Option<u64>,
+    /// `mirrors`: host names that serve one project each as a pull-only mirror.
+    pub mirrors: Vec<MirrorHostConfig>,
+}
+
+/// One `auth.berth.mirrors` entry: every request that comes to `host` (and `port`, when
+/// one is given) is a pull from `project`, under the names of the registry it mirrors
+/// (a Docker Engine's `registry-mirrors` asks `hub-mirror.example.com` for
+/// `library/alpine`, served from `hub/library/alpine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorHostConfig {
+    /// Lower case, without a trailing dot; an IPv6 address without brackets.
+    pub host: String,
+    pub port: Option<u16>,
+    pub project: String,
 }
 
 /// The lowest TLS version the server accepts (`http.tls.minimumtls`).
@@ -264,6 +278,7 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
     };
     Ok(BerthAuthConfig {
         storage_quota,
+        mirrors: mirrors(tree)?,
         realm: get_str(tree, "auth.berth.realm")?.filter(|s| !s.is_empty()),
         service: text("auth.berth.service", "berth-registry")?,
         issuer: text("auth.berth.issuer", "berth-token-issuer")?,
@@ -287,6 +302,99 @@ fn berth(tree: &Value, warnings: &mut Vec<String>) -> Result<BerthAuthConfig, Co
                 })?,
         },
     })
+}
+
+/// `auth.berth.mirrors`: a map of host name to project, or a list (a comma-separated
+/// `REGISTRY_AUTH_BERTH_MIRRORS`) of `host=project`.
+fn mirrors(tree: &Value) -> Result<Vec<MirrorHostConfig>, ConfigError> {
+    const KEY: &str = "auth.berth.mirrors";
+    let pairs: Vec<(String, String)> = match get(tree, KEY) {
+        Some(Value::Mapping(m)) => m
+            .iter()
+            .map(|(host, v)| {
+                scalar(v)
+                    .map(|p| (host.to_string(), p.to_string()))
+                    .ok_or_else(|| {
+                        bad(KEY, format!("the value of {host:?} must be a project name"))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => string_list(tree, KEY)?
+            .into_iter()
+            .map(|e| {
+                e.split_once('=')
+                    .map(|(h, p)| (h.trim().to_string(), p.trim().to_string()))
+                    .ok_or_else(|| {
+                        bad(
+                            KEY,
+                            format!("{e:?} is not host=project, like hub-mirror.example.com=hub"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut out: Vec<MirrorHostConfig> = Vec::new();
+    for (given, project) in pairs {
+        let m = mirror_host(&given, &project).map_err(|why| bad(KEY, why))?;
+        if out.iter().any(|o| o.host == m.host && o.port == m.port) {
+            return Err(bad(KEY, format!("{given:?} is given twice")));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn mirror_host(given: &str, project: &str) -> Result<MirrorHostConfig, String> {
+    let lower = given.trim().trim_end_matches('/').to_ascii_lowercase();
+    if lower.contains("://") || lower.contains('/') || lower.contains('@') {
+        return Err(format!(
+            "{given:?} must be a host name (and port), like hub-mirror.example.com or hub-mirror.example.com:5000: no scheme, user or path"
+        ));
+    }
+    let (host, port) = split_host_port(&lower).ok_or_else(|| {
+        format!("{given:?} is not a host name, an address, or either with a port")
+    })?;
+    let host = host.trim_end_matches('.').to_string();
+    let host_ok = !host.is_empty()
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
+    if !host_ok {
+        return Err(format!("{given:?} is not a host name or an address"));
+    }
+    let project_ok = !project.is_empty()
+        && project.len() <= 255
+        && project.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && project
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if !project_ok {
+        return Err(format!(
+            "{project:?} (the project of {given:?}) is not a project name: use lower-case letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(MirrorHostConfig {
+        host,
+        port,
+        project: project.to_string(),
+    })
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+pub fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?.parse().ok()?))),
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => Some((text, None)), // a bare IPv6 address
+        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        None => Some((text, None)),
+    }
 }
 
 /// A list of strings: a YAML sequence, or one comma-separated string (as a `REGISTRY_*`

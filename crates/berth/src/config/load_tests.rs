@@ -535,3 +535,54 @@ fn every_berth_key_is_known() {
         Some(10 << 30)
     );
 }
+
+#[test]
+fn mirror_host_names_as_a_map_or_a_variable() {
+    let mirror = |host: &str, port: Option<u16>, project: &str| auth::MirrorHostConfig {
+        host: host.into(),
+        port,
+        project: project.into(),
+    };
+    let l = load(
+        &format!("{FS}auth:\n  berth:\n    mirrors:\n      Hub-Mirror.example.com.: hub\n      ghcr-mirror.example.com:5443: ghcr\n"),
+        &[],
+    )
+    .expect("load");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(
+        l.config.auth.berth.expect("berth").mirrors,
+        [
+            mirror("hub-mirror.example.com", None, "hub"),
+            mirror("ghcr-mirror.example.com", Some(5443), "ghcr")
+        ]
+    );
+    let l = load(
+        &format!("{FS}auth:\n  berth: {{}}\n"),
+        &[(
+            "REGISTRY_AUTH_BERTH_MIRRORS",
+            "hub-mirror.example.com=hub, [::1]:5001=quay",
+        )],
+    )
+    .expect("load");
+    assert_eq!(
+        l.config.auth.berth.expect("berth").mirrors,
+        [
+            mirror("hub-mirror.example.com", None, "hub"),
+            mirror("::1", Some(5001), "quay")
+        ]
+    );
+    for (value, why) in [
+        ("https://hub-mirror.example.com=hub", "no scheme"),
+        ("hub-mirror.example.com", "host=project"),
+        ("hub-mirror.example.com=Hub", "not a project name"),
+        ("hub_mirror=hub", "not a host name"),
+        ("a.example=hub,A.example=x", "given twice"),
+    ] {
+        let e = refused(
+            &format!("{FS}auth:\n  berth: {{}}\n"),
+            &[("REGISTRY_AUTH_BERTH_MIRRORS", value)],
+            "auth.berth.mirrors",
+        );
+        assert!(e.contains(why), "{value}: {e}");
+    }
+}

@@ -306,6 +306,7 @@ const IMPLEMENTED: &[&str] = &[
     "auth.berth.ldap.timeout",
     "auth.berth.auditretention",
     "auth.berth.storagequota",
+    "auth.berth.mirrors",
     "http.tls.certificate",
     "http.tls.key",
     "http.tls.clientcas",

@@ -43,12 +43,22 @@ pub(super) async fn check(
     // The challenge names every scope, the mount source's `pull` too (as Distribution
     // does): a client that asks for the scopes it was challenged with (the OCI
     // conformance suite's) then gets a token that lets the mount happen.
+    // On a mirror host name the challenge names the client's repository names, and a
+    // realm whose token service maps them into the mirror's project.
+    let mirror = parts
+        .extensions
+        .get::<super::mirror::MirrorOf>()
+        .map(|m| m.0.as_str());
+    let challenged = match mirror {
+        Some(project) => super::mirror::client_scopes(project, &all),
+        None => all.clone(),
+    };
     let challenge = |error: Option<&str>, message: &str| {
         ApiError::new(ErrorCode::Unauthorized, message.to_string())
             .detail(access_records(endpoint, parts))
             .header(
                 header::WWW_AUTHENTICATE,
-                &access.challenge(base, &all, error),
+                &access.challenge(base, &challenged, error, mirror),
             )
     };
     let decision = match access

@@ -13,6 +13,7 @@ mod error;
 mod listing;
 mod manifests;
 pub mod metrics;
+pub mod mirror;
 pub mod server;
 mod token;
 mod uploads;
@@ -65,6 +66,8 @@ pub struct HttpOptions {
     pub proxy: Option<String>,
     /// Notification endpoints are configured: describe each request for their events.
     pub notify: bool,
+    /// `auth.berth.mirrors`: host names that are pull-only mirrors of one project each.
+    pub mirrors: mirror::MirrorHosts,
 }
 
 /// Marks a request that arrived over TLS (set by the listener), for absolute URLs.
@@ -345,9 +348,14 @@ async fn dispatch_parts(
     let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
     };
+    let mirror = app.options.mirrors.project_for(&parts).map(str::to_string);
     if let Some(accounts) = &app.options.berth {
         if path == "/service/token" {
-            return token::handle(&app, accounts.access(), &parts, body).await;
+            let mirror = match token_mirror(&app.options.mirrors, &parts, mirror) {
+                Ok(m) => m,
+                Err(e) => return e.into_response(),
+            };
+            return token::handle(&app, accounts.access(), &parts, body, mirror.as_deref()).await;
         }
         if let Some(rest) = path.strip_prefix("/api/v2.0") {
             if rest.is_empty() || rest.starts_with('/') {
@@ -371,7 +379,16 @@ async fn dispatch_parts(
     // the proxy-cache project registered for that host; where there are proxy-cache
     // projects but none for that host it is refused (the client goes on to the next
     // host), and without any it is served as any request (Distribution ignores `ns`).
-    let endpoint = match mirror_namespace(&parts) {
+    let endpoint = if let Some(project) = mirror {
+        match mirror_endpoint(&project, &parts, endpoint) {
+            Ok(e) => {
+                parts.extensions.insert(mirror::MirrorOf(project));
+                e
+            }
+            Err(e) => return refuse(&parts, body, e.into_response()).await,
+        }
+    } else {
+        match mirror_namespace(&parts) {
         Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_route(&ns).await {
             MirrorRoute::Project(project) => match endpoint.within_project(&project) {
                 Ok(e) => e,
@@ -389,6 +406,7 @@ async fn dispatch_parts(
             MirrorRoute::Ignore => endpoint,
         },
         _ => endpoint,
+    }
     };
     let mut resp = route(&app, &mut parts, body, endpoint).await;
     for (name, value) in &app.options.headers {
@@ -709,6 +727,64 @@ async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response
 }
 
 /// The `ns` query parameter of a mirror request.
+/// The endpoint a request to the mirror host name of `project` reads: the project's
+/// repository of the name asked for. Only pulls are served there.
+fn mirror_endpoint(
+    project: &str,
+    parts: &axum::http::request::Parts,
+    endpoint: Endpoint,
+) -> Result<Endpoint, Box<ApiError>> {
+    let reads = matches!(parts.method, Method::GET | Method::HEAD);
+    match endpoint {
+        Endpoint::Base => Ok(Endpoint::Base),
+        Endpoint::Catalog => Err(Box::new(ApiError::with_status(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            format!("this host name is a mirror of project {project} (auth.berth.mirrors): it has no catalog; list repositories on the registry's own host name"),
+        ))),
+        Endpoint::Tags { .. }
+        | Endpoint::Manifest { .. }
+        | Endpoint::Blob { .. }
+        | Endpoint::Referrers { .. }
+            if reads =>
+        {
+            endpoint
+                .within_project(project)
+                .map_err(|e| Box::new(ApiError::new(ErrorCode::NameInvalid, e.to_string())))
+        }
+        _ => Err(Box::new(ApiError::with_status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("this host name is a pull-only mirror of project {project} (auth.berth.mirrors): push and delete on the registry's own host name"),
+        )
+        .header(header::ALLOW, "GET, HEAD"))),
+    }
+}
+
+/// The project a token request is for when it came through a mirror host name: its
+/// realm's `mirror` parameter (a configured mirror's project), else the host name it
+/// came to.
+fn token_mirror(
+    mirrors: &mirror::MirrorHosts,
+    parts: &axum::http::request::Parts,
+    by_host: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let asked = parts.uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == mirror::REALM_PARAM)
+            .map(|(_, v)| v.into_owned())
+    });
+    match asked {
+        Some(p) if mirrors.is_project(&p) => Ok(Some(p)),
+        Some(p) => Err(ApiError::with_status(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Denied,
+            format!("{p:?} (the request's mirror) is the project of no mirror host name (auth.berth.mirrors): ask for a token without it"),
+        )),
+        None => Ok(by_host),
+    }
+}
+
 fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
     let query = parts.uri.query()?;
     form_urlencoded::parse(query.as_bytes())

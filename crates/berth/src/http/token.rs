@@ -17,8 +17,16 @@ use std::time::Duration;
 /// The most a token request's form may hold.
 const MAX_FORM: usize = 64 * 1024;
 
-pub(super) async fn handle(app: &App, berth: &BerthAccess, parts: &Parts, body: Body) -> Response {
-    let (resp, who, scopes) = match answer(berth, parts, body).await {
+/// `mirror`: the project of the mirror host name the request is for (its repository
+/// names are the mirrored registry's).
+pub(super) async fn handle(
+    app: &App,
+    berth: &BerthAccess,
+    parts: &Parts,
+    body: Body,
+    mirror: Option<&str>,
+) -> Response {
+    let (resp, who, scopes) = match answer(berth, parts, body, mirror).await {
         Ok((r, who, scopes)) => (r, who, scopes),
         Err((e, who)) => (e.into_response(), who, String::new()),
     };
@@ -50,9 +58,10 @@ async fn answer(
     berth: &BerthAccess,
     parts: &Parts,
     body: Body,
+    mirror: Option<&str>,
 ) -> Result<(Response, String, String), (ApiError, String)> {
     let mut who = String::new();
-    let result = answer_inner(berth, parts, body, &mut who).await;
+    let result = answer_inner(berth, parts, body, mirror, &mut who).await;
     result.map_err(|e| (e, who))
 }
 
@@ -60,6 +69,7 @@ async fn answer_inner(
     berth: &BerthAccess,
     parts: &Parts,
     body: Body,
+    mirror: Option<&str>,
     who: &mut String,
 ) -> Result<(Response, String, String), ApiError> {
     let query: Vec<(String, String)> = parts
@@ -67,7 +77,7 @@ async fn answer_inner(
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let (request, oauth) = match parts.method {
+    let (mut request, oauth) = match parts.method {
         Method::GET | Method::HEAD => (
             TokenRequest {
                 credentials: super::auth::credentials(parts),
@@ -138,6 +148,10 @@ async fn answer_inner(
     };
     if let Credentials::Basic { user, .. } = &request.credentials {
         who.clone_from(user);
+    }
+    if let Some(project) = mirror {
+        request.scopes =
+            super::mirror::project_scopes(project, std::mem::take(&mut request.scopes));
     }
     match berth.issue(request).await {
         Ok(a) => {

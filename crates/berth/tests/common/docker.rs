@@ -261,3 +261,101 @@ impl Drop for Relay {
         let _ = TcpStream::connect(self.addr);
     }
 }
+
+/// A second Docker Engine (`dockerd`) of the test's own, with its own data, socket and
+/// `daemon.json`, and no networking of its own (no bridge, no iptables rules): for what
+/// only the daemon's configuration decides, such as `registry-mirrors`. Stopped on drop.
+pub struct Engine {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Engine {
+    /// Start `dockerd` with `daemon_json` as its configuration file.
+    pub fn start(daemon_json: &str) -> Engine {
+        let bin = require_tool("dockerd");
+        require_tool("docker");
+        // Short paths: the daemon's and its containerd's sockets live under them.
+        let dir = tempfile::Builder::new()
+            .prefix("de")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("daemon.json"), daemon_json).expect("daemon.json");
+        let log = std::fs::File::create(p("dockerd.log")).expect("log");
+        let child = Command::new(bin)
+            .arg("--config-file")
+            .arg(p("daemon.json"))
+            .arg("--data-root")
+            .arg(p("data"))
+            .arg("--exec-root")
+            .arg(p("x"))
+            .arg("--pidfile")
+            .arg(p("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", p("d.sock").display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd");
+        let engine = Engine {
+            dir,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let ok = engine
+                .docker()
+                .arg("info")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return engine;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second dockerd did not answer within 90 s: {}",
+                engine.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    /// The Docker CLI, talking to this engine (with a configuration of its own).
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("--config")
+            .arg(self.dir.path().join("cli"))
+            .arg("-H")
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("d.sock").display()
+            ));
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: the daemon stops its containerd and unmounts what it mounted.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
