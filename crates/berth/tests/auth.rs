@@ -542,6 +542,34 @@ async fn configured_headers_on_every_api_response() {
         .expect("get");
     assert_eq!(r.status().as_u16(), 404);
     check(&r);
+    drop(b);
+
+    // With auth.berth: the token service and the management API carry them too.
+    let b = Berth::start_with_config(&format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: DATA\nhttp:\n  addr: 127.0.0.1:0\n{headers}auth:\n  berth:\n    adminpassword: Harbor12345\n"
+    ));
+    let r = c
+        .get(format!("{}/service/token?service=berth-registry", b.url))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status().as_u16(), 200);
+    check(&r);
+    let r = c
+        .get(format!("{}/api/v2.0/projects", b.url))
+        .basic_auth("admin", Some("Harbor12345"))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(r.status().as_u16(), 200);
+    check(&r);
+    let r = c
+        .get(format!("{}/api/v2.0/users/current", b.url))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(r.status().as_u16(), 401);
+    check(&r);
 }
 
 /// Read-only mode: what was pushed before stays readable; pushes and deletes answer

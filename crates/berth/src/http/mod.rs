@@ -345,70 +345,19 @@ async fn dispatch_parts(
     mut parts: axum::http::request::Parts,
     body: Body,
 ) -> Response {
-    let Some(path) = parts.uri.path().strip_prefix(app.options.prefix.as_str()) else {
-        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    let Some(path) = parts
+        .uri
+        .path()
+        .strip_prefix(app.options.prefix.as_str())
+        .map(str::to_string)
+    else {
+        return not_found();
     };
-    let mirror = app.options.mirrors.project_for(&parts).map(str::to_string);
-    if let Some(accounts) = &app.options.berth {
-        if path == "/service/token" {
-            let mirror = match token_mirror(&app.options.mirrors, &parts, mirror) {
-                Ok(m) => m,
-                Err(e) => return e.into_response(),
-            };
-            return token::handle(&app, accounts.access(), &parts, body, mirror.as_deref()).await;
-        }
-        if let Some(rest) = path.strip_prefix("/api/v2.0") {
-            if rest.is_empty() || rest.starts_with('/') {
-                return api::handle(&app, accounts, &parts, body, rest).await;
-            }
-        }
-    }
-    let endpoint = match Endpoint::parse(path) {
-        Ok(e) => e,
-        Err(PathError::NotFound) => {
-            return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
-        }
-        Err(PathError::NameInvalid(e)) => {
-            return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response()
-        }
-        Err(PathError::DigestInvalid(e)) => {
-            return ApiError::new(ErrorCode::DigestInvalid, e).into_response()
-        }
+    // `http.headers` go on every answer of a route (errors, 401s, the token service and
+    // the API included), not on the 404 of a path that is none (as in 2.8).
+    let Some(mut resp) = dispatch_path(&app, &mut parts, body, &path).await else {
+        return not_found();
     };
-    // A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
-    // the proxy-cache project registered for that host; where there are proxy-cache
-    // projects but none for that host it is refused (the client goes on to the next
-    // host), and without any it is served as any request (Distribution ignores `ns`).
-    let endpoint = if let Some(project) = mirror {
-        match mirror_endpoint(&project, &parts, endpoint) {
-            Ok(e) => {
-                parts.extensions.insert(mirror::MirrorOf(project));
-                e
-            }
-            Err(e) => return refuse(&parts, body, e.into_response()).await,
-        }
-    } else {
-        match mirror_namespace(&parts) {
-        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_route(&ns).await {
-            MirrorRoute::Project(project) => match endpoint.within_project(&project) {
-                Ok(e) => e,
-                Err(e) => {
-                    return ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response()
-                }
-            },
-            MirrorRoute::NotMirrored => {
-                return ApiError::new(
-                    ErrorCode::NameUnknown,
-                    format!("no proxy-cache project of this registry caches {ns} (the request's ns): register it and create a project for it, or pull from {ns} directly"),
-                )
-                .into_response()
-            }
-            MirrorRoute::Ignore => endpoint,
-        },
-        _ => endpoint,
-    }
-    };
-    let mut resp = route(&app, &mut parts, body, endpoint).await;
     for (name, value) in &app.options.headers {
         if let (Ok(n), Ok(v)) = (
             header::HeaderName::from_bytes(name.as_bytes()),
@@ -421,6 +370,80 @@ async fn dispatch_parts(
         resp.extensions_mut().insert(p.clone());
     }
     resp
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+/// The answer of the route `path` (below `http.prefix`); `None` when there is none.
+async fn dispatch_path(
+    app: &Arc<App>,
+    parts: &mut axum::http::request::Parts,
+    body: Body,
+    path: &str,
+) -> Option<Response> {
+    let mirror = app.options.mirrors.project_for(parts).map(str::to_string);
+    if let Some(accounts) = &app.options.berth {
+        if path == "/service/token" {
+            let mirror = match token_mirror(&app.options.mirrors, parts, mirror) {
+                Ok(m) => m,
+                Err(e) => return Some(e.into_response()),
+            };
+            return Some(
+                token::handle(app, accounts.access(), parts, body, mirror.as_deref()).await,
+            );
+        }
+        if let Some(rest) = path.strip_prefix("/api/v2.0") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Some(api::handle(app, accounts, parts, body, rest).await);
+            }
+        }
+    }
+    let endpoint = match Endpoint::parse(path) {
+        Ok(e) => e,
+        Err(PathError::NotFound) => return None,
+        Err(PathError::NameInvalid(e)) => {
+            return Some(ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response())
+        }
+        Err(PathError::DigestInvalid(e)) => {
+            return Some(ApiError::new(ErrorCode::DigestInvalid, e).into_response())
+        }
+    };
+    // A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
+    // the proxy-cache project registered for that host; where there are proxy-cache
+    // projects but none for that host it is refused (the client goes on to the next
+    // host), and without any it is served as any request (Distribution ignores `ns`).
+    let endpoint = if let Some(project) = mirror {
+        match mirror_endpoint(&project, parts, endpoint) {
+            Ok(e) => {
+                parts.extensions.insert(mirror::MirrorOf(project));
+                e
+            }
+            Err(e) => return Some(refuse(parts, body, e.into_response()).await),
+        }
+    } else {
+        match mirror_namespace(parts) {
+        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_route(&ns).await {
+            MirrorRoute::Project(project) => match endpoint.within_project(&project) {
+                Ok(e) => e,
+                Err(e) => {
+                    return Some(ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response())
+                }
+            },
+            MirrorRoute::NotMirrored => {
+                return Some(ApiError::new(
+                    ErrorCode::NameUnknown,
+                    format!("no proxy-cache project of this registry caches {ns} (the request's ns): register it and create a project for it, or pull from {ns} directly"),
+                )
+                .into_response())
+            }
+            MirrorRoute::Ignore => endpoint,
+        },
+        _ => endpoint,
+    }
+    };
+    Some(route(app, parts, body, endpoint).await)
 }
 
 /// Authenticate, enforce read-only mode, and call the endpoint's handler.
