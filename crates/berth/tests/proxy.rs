@@ -2071,6 +2071,7 @@ fn registry_mirrors_pull_through_mirror_host_names() {
                 && l.contains("status=200")),
         "the engine never asked the mirror"
     );
+    let _ = exec(engine.docker().args(["image", "rm", "-f", "hello:v1"]));
     drop(engine);
     // The pull filled the project's cache: it is there under the project's name.
     assert_eq!(
@@ -2131,6 +2132,48 @@ fn registry_mirrors_pull_through_mirror_host_names() {
     assert_eq!(code, 405, "{body}");
     let (code, body) = http("GET", &format!("{m}/v2/_catalog"), &["-u", ADMIN]);
     assert_eq!(code, 404, "{body}");
+    let (code, body) = http("GET", &format!("{m}/api/v2.0/projects"), &["-u", ADMIN]);
+    assert_eq!(
+        code, 404,
+        "the management API is on the registry's own name: {body}"
+    );
+    // HEAD, and a proxy in front saying which name the client used (X-Forwarded-Host).
+    let (code, _) = http(
+        "HEAD",
+        &format!("{m}/v2/library/hello/manifests/v1"),
+        &[
+            "-I",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ],
+    );
+    assert_eq!(code, 200);
+    let (code, body) = http(
+        "GET",
+        &format!("{}/v2/library/hello/manifests/v1", b.url),
+        &[
+            "-H",
+            &format!("X-Forwarded-Host: {mirror}"),
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(sha256(body.as_bytes()), digest_of(&hello));
+    // containerd says which registry it wants (`ns`): a cache of another one refuses.
+    let (code, body) = http(
+        "GET",
+        &format!("{m}/v2/library/hello/manifests/v1?ns=ghcr.io"),
+        &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("NAME_UNKNOWN"), "{body}");
+    let (code, body) = http(
+        "GET",
+        &format!("{m}/v2/library/hello/manifests/v1?ns={}", up.host),
+        &["-H", "Accept: application/vnd.oci.image.manifest.v1+json"],
+    );
+    assert_eq!(code, 200, "{body}");
     assert_eq!(
         raw_digest(&b.host, "hub/library/hello:v1", false),
         digest_of(&hello),
@@ -2207,6 +2250,48 @@ fn registry_mirrors_pull_through_mirror_host_names() {
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(sha256(body.as_bytes()), digest_of(&app));
+    // Tag lists page in the client's names (the `Link` of the next page too).
+    run(skopeo()
+        .args([
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            ADMIN,
+        ])
+        .arg(format!("oci:{}:app", layout.dir.display()))
+        .arg(format!("docker://{}/corp/tools/app:3", b.host)));
+    let out = curl(&[
+        "-s",
+        "-i",
+        "--resolve",
+        &resolve,
+        "-H",
+        &bearer,
+        &format!("http://{private}/v2/tools/app/tags/list?n=1"),
+    ]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains(r#"{"name":"tools/app","tags":["2"]}"#),
+        "{out}"
+    );
+    let next = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("link: <")
+                .or_else(|| l.strip_prefix("Link: <"))
+        })
+        .and_then(|l| l.split_once('>'))
+        .map(|(u, _)| u.to_string())
+        .unwrap_or_else(|| panic!("no Link: {out}"));
+    assert_eq!(next, "/v2/tools/app/tags/list?last=2&n=1");
+    let (code, body) = http(
+        "GET",
+        &format!("http://{private}{next}"),
+        &["--resolve", &resolve, "-H", &bearer],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""tags":["3"]"#), "{body}");
     // Pushing with that token on the registry's own host name is still refused: the
     // token holds pull only.
     let (code, _) = http(

@@ -571,6 +571,15 @@ fn mirror_host_names_as_a_map_or_a_variable() {
             mirror("::1", Some(5001), "quay")
         ]
     );
+    let l = load(
+        &format!("{FS}auth:\n  berth: {{}}\n"),
+        &[("REGISTRY_AUTH_BERTH_MIRRORS", "[::1]:5001=quay")],
+    )
+    .expect("load");
+    assert_eq!(
+        l.config.auth.berth.expect("berth").mirrors,
+        [mirror("::1", Some(5001), "quay")]
+    );
     for (value, why) in [
         ("https://hub-mirror.example.com=hub", "no scheme"),
         ("hub-mirror.example.com", "host=project"),

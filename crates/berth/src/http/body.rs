@@ -132,9 +132,10 @@ impl Stream for StallGuarded {
     }
 }
 
-/// A request body that notes when it has been read to its end.
+/// A request body that notes when it has been read to its end. The body itself stays
+/// shared with whoever made this, who may take what the handler left unread.
 pub struct EndSeen {
-    pub inner: Body,
+    pub inner: Arc<std::sync::Mutex<Option<Body>>>,
     pub seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -143,41 +144,61 @@ impl http_body::Body for EndSeen {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(inner) = guard.as_mut() else {
+            // Taken after the answer: whoever still reads must not see a clean end.
+            return Poll::Ready(Some(Err(axum::Error::new(io::Error::other(
+                "the request was answered; its body is no longer read",
+            )))));
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             self.seen.store(true, Ordering::Relaxed);
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_default()
     }
 }
 
 /// Read and drop what is left of a request body refused before it was read, up to
 /// `limit` bytes within `within`, so that the connection can serve the client's next
 /// request (a retry with credentials, typically). What is not drained by then stays
-/// unread, and the caller's connection is closed after the answer.
-pub async fn discard(body: Body, limit: u64, within: Duration) {
+/// unread, and the caller's connection is closed after the answer. True when the body
+/// was read to its end.
+pub async fn discard(body: Body, limit: u64, within: Duration) -> bool {
     let mut stream = body.into_data_stream();
     let mut read = 0u64;
-    let _ = tokio::time::timeout(within, async {
-        while let Some(Ok(chunk)) = stream.next().await {
+    tokio::time::timeout(within, async {
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { return false };
             read += chunk.len() as u64;
             if read > limit {
-                break;
+                return false;
             }
         }
+        true
     })
-    .await;
+    .await
+    .unwrap_or(false)
 }
 
 /// A body stream that fails with `TimedOut` when no bytes arrive for `idle`. The timer

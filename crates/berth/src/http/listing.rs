@@ -44,9 +44,10 @@ fn next_link(path: &str, page: &Page) -> Option<String> {
 
 pub async fn tags(r: &Registry, req: &Req, repo: &RepoName) -> Result<Response, ApiError> {
     let page = r.list_tags(repo, req.param("last"), parse_n(req)?).await?;
-    let link = next_link(&req.url(&format!("/v2/{repo}/tags/list")), &page);
+    let name = req.client_name(repo);
+    let link = next_link(&req.url(&format!("/v2/{name}/tags/list")), &page);
     Ok(json(
-        serde_json::json!({ "name": repo.as_str(), "tags": page.items }),
+        serde_json::json!({ "name": name, "tags": page.items }),
         "application/json",
         link,
     ))
@@ -106,7 +107,7 @@ pub async fn referrers(
         }
         format!(
             "<{}?{}>; rel=\"next\"",
-            req.url(&format!("/v2/{repo}/referrers/{digest}")),
+            req.url(&format!("/v2/{}/referrers/{digest}", req.client_name(repo))),
             q.finish()
         )
     });

@@ -48,14 +48,19 @@ impl MirrorHosts {
         let lower = authority.to_ascii_lowercase();
         let (host, port) = split_host_port(&lower)?;
         let host = host.trim_end_matches('.');
+        let address = host.parse::<std::net::IpAddr>().ok();
+        let same_host = |m: &&MirrorHostConfig| {
+            m.host == host || (address.is_some() && m.host.parse().ok() == address)
+        };
+        // An entry naming the port wins over one for the host on any port.
         self.0
             .iter()
+            .filter(same_host)
             .find(|m| {
-                m.host == host
-                    && (m.port.is_none()
-                        || m.port == port
-                        || (port.is_none() && matches!(m.port, Some(80 | 443))))
+                m.port.is_some()
+                    && (m.port == port || (port.is_none() && matches!(m.port, Some(80 | 443))))
             })
+            .or_else(|| self.0.iter().filter(same_host).find(|m| m.port.is_none()))
             .map(|m| m.project.as_str())
     }
 
@@ -125,10 +130,25 @@ mod tests {
         assert_eq!(h.project_of("ghcr-mirror.example.com:443"), Some("ghcr"));
         assert_eq!(h.project_of("ghcr-mirror.example.com:5000"), None);
         assert_eq!(h.project_of("[::1]:5001"), Some("quay"));
+        assert_eq!(h.project_of("[0:0:0:0:0:0:0:1]:5001"), Some("quay"));
         assert_eq!(h.project_of("[::1]:5000"), None);
         assert_eq!(h.project_of("berth.example.com"), None);
         assert_eq!(h.project_of("mirror.example.com"), None);
         assert!(h.is_project("ghcr") && !h.is_project("library"));
+        let both = MirrorHosts::new(vec![
+            MirrorHostConfig {
+                host: "m.example".into(),
+                port: None,
+                project: "any".into(),
+            },
+            MirrorHostConfig {
+                host: "m.example".into(),
+                port: Some(5001),
+                project: "exact".into(),
+            },
+        ]);
+        assert_eq!(both.project_of("m.example:5001"), Some("exact"));
+        assert_eq!(both.project_of("m.example:5000"), Some("any"));
     }
 
     #[test]

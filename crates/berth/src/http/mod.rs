@@ -106,12 +106,23 @@ pub(crate) struct Req {
     pub connection_cut: Option<ConnectionCut>,
     /// The catalog lists only repositories of these projects (`None`: all).
     pub within: Option<Vec<String>>,
+    /// The request came to the mirror host name of this project (`auth.berth.mirrors`):
+    /// its client names repositories without it.
+    pub mirror: Option<String>,
 }
 
 impl Req {
     /// A URL for `path` (which starts with `/v2/`) as this registry hands it out.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `repo` as this request's client names it (without the project of a mirror host).
+    pub fn client_name<'a>(&self, repo: &'a oci::RepoName) -> &'a str {
+        self.mirror
+            .as_deref()
+            .and_then(|p| repo.as_str().strip_prefix(p)?.strip_prefix('/'))
+            .unwrap_or(repo.as_str())
     }
 }
 
@@ -292,6 +303,9 @@ fn request_info(
 
 /// How much of a refused request's body is read and dropped to keep its connection.
 const REFUSED_BODY_DRAIN: u64 = 256 * 1024;
+/// How much of a body is read and dropped after a server-side failure, so the client
+/// reads the error instead of a reset connection.
+const FAILED_BODY_DRAIN: u64 = 64 << 20;
 
 /// Answer `resp` to a request refused before its body was read. Over HTTP/1 a little
 /// of the body is drained first (see [`body::discard`]), unless the client waits for
@@ -327,12 +341,28 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     if !http1 || !declares_body(&parts.headers) {
         return dispatch_parts(app, parts, body).await;
     }
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shared = Arc::new(std::sync::Mutex::new(Some(body)));
     let body = Body::new(body::EndSeen {
-        inner: body,
+        inner: shared.clone(),
         seen: seen.clone(),
     });
     let mut resp = dispatch_parts(app, parts, body).await;
+    // A server-side failure in the middle of a body (a full disk, the object store
+    // gone) is answered after a bounded drain of the rest: a client still sending
+    // would otherwise see its connection reset instead of the error that says why.
+    if !seen.load(Ordering::Relaxed) && resp.status().is_server_error() && !expects_continue {
+        let rest = shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rest) = rest {
+            if body::discard(rest, FAILED_BODY_DRAIN, std::time::Duration::from_secs(5)).await {
+                seen.store(true, Ordering::Relaxed);
+            }
+        }
+    }
     if !seen.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -396,6 +426,16 @@ async fn dispatch_path(
         }
         if let Some(rest) = path.strip_prefix("/api/v2.0") {
             if rest.is_empty() || rest.starts_with('/') {
+                if let Some(project) = &mirror {
+                    return Some(
+                        ApiError::with_status(
+                            StatusCode::NOT_FOUND,
+                            ErrorCode::Unsupported,
+                            format!("this host name is a mirror of project {project} (auth.berth.mirrors): the management API is on the registry's own host name"),
+                        )
+                        .into_response(),
+                    );
+                }
                 return Some(api::handle(app, accounts, parts, body, rest).await);
             }
         }
@@ -410,38 +450,18 @@ async fn dispatch_path(
             return Some(ApiError::new(ErrorCode::DigestInvalid, e).into_response())
         }
     };
-    // A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
-    // the proxy-cache project registered for that host; where there are proxy-cache
-    // projects but none for that host it is refused (the client goes on to the next
-    // host), and without any it is served as any request (Distribution ignores `ns`).
-    let endpoint = if let Some(project) = mirror {
-        match mirror_endpoint(&project, parts, endpoint) {
+    let endpoint = match mirror {
+        Some(project) => match mirror_endpoint(app, &project, parts, endpoint).await {
             Ok(e) => {
                 parts.extensions.insert(mirror::MirrorOf(project));
                 e
             }
             Err(e) => return Some(refuse(parts, body, e.into_response()).await),
-        }
-    } else {
-        match mirror_namespace(parts) {
-        Some(ns) if endpoint.repo().is_some() => match app.registry.mirror_route(&ns).await {
-            MirrorRoute::Project(project) => match endpoint.within_project(&project) {
-                Ok(e) => e,
-                Err(e) => {
-                    return Some(ApiError::new(ErrorCode::NameInvalid, e.to_string()).into_response())
-                }
-            },
-            MirrorRoute::NotMirrored => {
-                return Some(ApiError::new(
-                    ErrorCode::NameUnknown,
-                    format!("no proxy-cache project of this registry caches {ns} (the request's ns): register it and create a project for it, or pull from {ns} directly"),
-                )
-                .into_response())
-            }
-            MirrorRoute::Ignore => endpoint,
         },
-        _ => endpoint,
-    }
+        None => match namespace_endpoint(app, parts, endpoint).await {
+            Ok(e) => e,
+            Err(e) => return Some(e.into_response()),
+        },
     };
     Some(route(app, parts, body, endpoint).await)
 }
@@ -569,6 +589,10 @@ async fn route(
             .then(|| parts.extensions.get::<ConnectionCut>().cloned())
             .flatten(),
         within,
+        mirror: parts
+            .extensions
+            .get::<mirror::MirrorOf>()
+            .map(|m| m.0.clone()),
     };
     let audited =
         app.options.audit.as_ref().and_then(|log| {
@@ -751,12 +775,22 @@ async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response
 
 /// The `ns` query parameter of a mirror request.
 /// The endpoint a request to the mirror host name of `project` reads: the project's
-/// repository of the name asked for. Only pulls are served there.
-fn mirror_endpoint(
+/// repository of the name asked for. Only pulls are served there. A request that says
+/// which registry it wants (containerd's `?ns=`) is refused by a cache of another one.
+async fn mirror_endpoint(
+    app: &App,
     project: &str,
     parts: &axum::http::request::Parts,
     endpoint: Endpoint,
 ) -> Result<Endpoint, Box<ApiError>> {
+    if let Some(ns) = mirror_namespace(parts) {
+        if !app.registry.mirror_serves(project, &ns).await {
+            return Err(Box::new(ApiError::new(
+                ErrorCode::NameUnknown,
+                format!("this host name is a mirror of project {project}, which does not cache {ns} (the request's ns): pull from {ns} directly, or through its own mirror"),
+            )));
+        }
+    }
     let reads = matches!(parts.method, Method::GET | Method::HEAD);
     match endpoint {
         Endpoint::Base => Ok(Endpoint::Base),
@@ -808,6 +842,31 @@ fn token_mirror(
     }
 }
 
+/// A mirror request (containerd's hosts.toml adds `?ns=<registry host>`) is served by
+/// the proxy-cache project registered for that host; where there are proxy-cache
+/// projects but none for that host it is refused (the client goes on to the next
+/// host), and without any it is served as any request (Distribution ignores `ns`).
+async fn namespace_endpoint(
+    app: &App,
+    parts: &axum::http::request::Parts,
+    endpoint: Endpoint,
+) -> Result<Endpoint, ApiError> {
+    let Some(ns) = mirror_namespace(parts).filter(|_| endpoint.repo().is_some()) else {
+        return Ok(endpoint);
+    };
+    match app.registry.mirror_route(&ns).await {
+        MirrorRoute::Project(project) => endpoint
+            .within_project(&project)
+            .map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string())),
+        MirrorRoute::NotMirrored => Err(ApiError::new(
+            ErrorCode::NameUnknown,
+            format!("no proxy-cache project of this registry caches {ns} (the request's ns): register it and create a project for it, or pull from {ns} directly"),
+        )),
+        MirrorRoute::Ignore => Ok(endpoint),
+    }
+}
+
+/// The `ns` query parameter of a mirror request: the registry host it is for.
 fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
     let query = parts.uri.query()?;
     form_urlencoded::parse(query.as_bytes())

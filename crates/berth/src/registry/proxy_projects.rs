@@ -68,6 +68,15 @@ pub enum MirrorRoute {
     Ignore,
 }
 
+/// Whether the cache `e` is of the registry at `host` (`docker.io`, `ghcr.io:443`).
+fn caches(e: &Entry, host: &str) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    (DOCKER_HUB.contains(&host.as_str()) && e.docker_hub)
+        || e.authority
+            .as_deref()
+            .is_some_and(|a| a == host || a.strip_suffix(":443") == Some(&host))
+}
+
 /// Where a registry's content is pulled from: Harbor registers Docker Hub as
 /// `https://hub.docker.com` (its web site); its registry API is elsewhere.
 fn upstream_url(reg: &NewRegistry) -> String {
@@ -158,18 +167,11 @@ impl Registry {
         if self.proxy.is_some() || self.project_proxies.factory.is_none() {
             return MirrorRoute::Ignore;
         }
-        let host = host.trim().to_ascii_lowercase();
-        let hub = DOCKER_HUB.contains(&host.as_str());
         let snapshot = self.proxy_snapshot().await;
         let mut found: Vec<&String> = snapshot
             .by_project
             .iter()
-            .filter(|(_, e)| {
-                (hub && e.docker_hub)
-                    || e.authority
-                        .as_deref()
-                        .is_some_and(|a| a == host || a.strip_suffix(":443") == Some(&host))
-            })
+            .filter(|(_, e)| caches(e, host))
             .map(|(name, _)| name)
             .collect();
         found.sort();
@@ -178,6 +180,20 @@ impl Registry {
             None if snapshot.by_project.is_empty() => MirrorRoute::Ignore,
             None => MirrorRoute::NotMirrored,
         }
+    }
+
+    /// Whether `project` may answer a mirror request for the registry at `host` (its
+    /// `?ns=`): a proxy-cache project only if it caches that host; any other project (a
+    /// curated one behind a mirror host name) whatever the host.
+    pub async fn mirror_serves(&self, project: &str, host: &str) -> bool {
+        if self.proxy.is_some() || self.project_proxies.factory.is_none() {
+            return true;
+        }
+        let snapshot = self.proxy_snapshot().await;
+        snapshot
+            .by_project
+            .get(project)
+            .is_none_or(|e| caches(e, host))
     }
 
     /// Why a push to `repo` is refused because its project is a proxy cache (asked of

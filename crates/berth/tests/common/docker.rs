@@ -275,6 +275,12 @@ impl Engine {
     pub fn start(daemon_json: &str) -> Engine {
         let bin = require_tool("dockerd");
         require_tool("docker");
+        let uid = run(Command::new("id").arg("-u"));
+        assert_eq!(
+            uid.trim(),
+            "0",
+            "a second dockerd needs root: run the suite as root (the README's test command does)"
+        );
         // Short paths: the daemon's and its containerd's sockets live under them.
         let dir = tempfile::Builder::new()
             .prefix("de")
@@ -295,6 +301,12 @@ impl Engine {
             .arg("-H")
             .arg(format!("unix://{}", p("d.sock").display()))
             .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            // Its own containerd namespaces: should it share the host's containerd, its
+            // images and events stay apart from the host daemon's.
+            .arg("--containerd-namespace")
+            .arg(format!("berth-test-{}", std::process::id()))
+            .arg("--containerd-plugins-namespace")
+            .arg(format!("berth-test-plugins-{}", std::process::id()))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
