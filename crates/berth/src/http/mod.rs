@@ -773,7 +773,6 @@ async fn handle(app: &App, req: Req, body: Body, endpoint: Endpoint) -> Response
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The `ns` query parameter of a mirror request.
 /// The endpoint a request to the mirror host name of `project` reads: the project's
 /// repository of the name asked for. Only pulls are served there. A request that says
 /// which registry it wants (containerd's `?ns=`) is refused by a cache of another one.
