@@ -262,12 +262,15 @@ impl Drop for Relay {
     }
 }
 
-/// A second Docker Engine (`dockerd`) of the test's own, with its own data, socket and
-/// `daemon.json`, and no networking of its own (no bridge, no iptables rules): for what
-/// only the daemon's configuration decides, such as `registry-mirrors`. Stopped on drop.
+/// A second Docker Engine (`dockerd`) of the test's own, with its own data, socket,
+/// `daemon.json` and bridge, and no iptables rules, forwarding or masquerading: for what
+/// only the daemon's configuration decides, such as `registry-mirrors`. Stopped on drop,
+/// its bridge removed. (Not `--bridge none`: a daemon started so deletes `docker0`, the
+/// host daemon's bridge.)
 pub struct Engine {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    bridge: String,
 }
 
 impl Engine {
@@ -289,6 +292,24 @@ impl Engine {
         let p = |n: &str| dir.path().join(n);
         std::fs::write(p("daemon.json"), daemon_json).expect("daemon.json");
         let log = std::fs::File::create(p("dockerd.log")).expect("log");
+        require_tool("ip");
+        let pid = std::process::id();
+        let bridge = format!("brt{}", pid % 1_000_000);
+        run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
+        let mut engine = Engine {
+            dir,
+            child: None,
+            bridge,
+        };
+        run(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("10.213.{}.1/24", pid % 250 + 1),
+            "dev",
+            &engine.bridge,
+        ]));
+        run(Command::new("ip").args(["link", "set", &engine.bridge, "up"]));
+        let p = |n: &str| engine.dir.path().join(n);
         let child = Command::new(bin)
             .arg("--config-file")
             .arg(p("daemon.json"))
@@ -300,7 +321,14 @@ impl Engine {
             .arg(p("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", p("d.sock").display()))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .arg("--bridge")
+            .arg(&engine.bridge)
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ])
             // Its own containerd namespaces: should it share the host's containerd, its
             // images and events stay apart from the host daemon's.
             .arg("--containerd-namespace")
@@ -311,10 +339,7 @@ impl Engine {
             .stderr(log)
             .spawn()
             .expect("spawn dockerd");
-        let engine = Engine {
-            dir,
-            child: Some(child),
-        };
+        engine.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         loop {
             let ok = engine
@@ -354,6 +379,15 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.stop();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+impl Engine {
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM: the daemon stops its containerd and unmounts what it mounted.
             let _ = Command::new("kill")
