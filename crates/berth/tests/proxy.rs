@@ -2182,16 +2182,19 @@ fn registry_mirrors_pull_through_mirror_host_names() {
 
     // A private project behind a mirror host name: an image pushed to it on the
     // registry's own host name, asked for by its name within the project.
-    run(skopeo()
-        .args([
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            ADMIN,
-        ])
-        .arg(format!("oci:{}:app", layout.dir.display()))
-        .arg(format!("docker://{}/corp/tools/app:2", b.host)));
+    let push_app = |tag: &str| {
+        run(skopeo()
+            .args([
+                "copy",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                ADMIN,
+            ])
+            .arg(format!("oci:{}:app", layout.dir.display()))
+            .arg(format!("docker://{}/corp/tools/app:{tag}", b.host)))
+    };
+    push_app("2");
     let private = format!("private-mirror.test:{port}");
     let resolve = format!("private-mirror.test:{port}:127.0.0.1");
     let manifest_url = format!("http://{private}/v2/tools/app/manifests/2");
@@ -2251,16 +2254,7 @@ fn registry_mirrors_pull_through_mirror_host_names() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(sha256(body.as_bytes()), digest_of(&app));
     // Tag lists page in the client's names (the `Link` of the next page too).
-    run(skopeo()
-        .args([
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            ADMIN,
-        ])
-        .arg(format!("oci:{}:app", layout.dir.display()))
-        .arg(format!("docker://{}/corp/tools/app:3", b.host)));
+    push_app("3");
     let out = curl(&[
         "-s",
         "-i",

@@ -30,18 +30,13 @@ impl MirrorHosts {
         MirrorHosts(hosts)
     }
 
-    /// The project of the host name the request came to (`X-Forwarded-Host`, else
-    /// `Host`, else the URI's authority: the host `base_of` builds URLs with).
+    /// The project of the host name the request came to (the host `base_of` builds
+    /// URLs with).
     pub(super) fn project_for(&self, parts: &Parts) -> Option<&str> {
         if self.0.is_empty() {
             return None;
         }
-        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-        let authority = header("x-forwarded-host")
-            .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
-            .or_else(|| header("host").map(str::to_string))
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))?;
-        self.project_of(&authority)
+        self.project_of(&super::request_host(parts)?)
     }
 
     fn project_of(&self, authority: &str) -> Option<&str> {

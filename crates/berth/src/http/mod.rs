@@ -252,12 +252,18 @@ fn base_of(options: &HttpOptions, parts: &axum::http::request::Parts, absolute: 
         }
         .to_string()
     });
-    let host = header("x-forwarded-host")
-        .map(first)
+    let host = request_host(parts).unwrap_or_default();
+    format!("{scheme}://{host}{}", options.prefix)
+}
+
+/// The host (and port) the client addressed: `X-Forwarded-Host` from a proxy in front
+/// (its first value), else `Host`, else the URI's authority (HTTP/2).
+fn request_host(parts: &axum::http::request::Parts) -> Option<String> {
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    header("x-forwarded-host")
+        .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
         .or_else(|| header("host").map(str::to_string))
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    format!("{scheme}://{host}{}", options.prefix)
 }
 
 /// The request as notifications describe it (Distribution's `request` and `actor`).
@@ -312,14 +318,18 @@ const FAILED_BODY_DRAIN: u64 = 64 << 20;
 /// `100 Continue` before sending it (reading would ask for the body it need not send:
 /// the answer closes the connection instead). HTTP/2 resets the stream on its own.
 async fn refuse(parts: &axum::http::request::Parts, body: Body, resp: Response) -> Response {
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = expects_continue(&parts.headers);
     if parts.version < axum::http::Version::HTTP_2 && !expects_continue {
         body::discard(body, REFUSED_BODY_DRAIN, std::time::Duration::from_secs(2)).await;
     }
     resp
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Whether a request says it carries a body.
@@ -341,10 +351,7 @@ async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     if !http1 || !declares_body(&parts.headers) {
         return dispatch_parts(app, parts, body).await;
     }
-    let expects_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = expects_continue(&parts.headers);
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shared = Arc::new(std::sync::Mutex::new(Some(body)));
     let body = Body::new(body::EndSeen {
@@ -825,11 +832,7 @@ fn token_mirror(
     parts: &axum::http::request::Parts,
     by_host: Option<String>,
 ) -> Result<Option<String>, ApiError> {
-    let asked = parts.uri.query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == mirror::REALM_PARAM)
-            .map(|(_, v)| v.into_owned())
-    });
+    let asked = query_param(parts, mirror::REALM_PARAM);
     match asked {
         Some(p) if mirrors.is_project(&p) => Ok(Some(p)),
         Some(p) => Err(ApiError::with_status(
@@ -867,11 +870,14 @@ async fn namespace_endpoint(
 
 /// The `ns` query parameter of a mirror request: the registry host it is for.
 fn mirror_namespace(parts: &axum::http::request::Parts) -> Option<String> {
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "ns")
+    query_param(parts, "ns").filter(|v| !v.is_empty())
+}
+
+/// The first value of the query parameter `key`.
+fn query_param(parts: &axum::http::request::Parts, key: &str) -> Option<String> {
+    form_urlencoded::parse(parts.uri.query()?.as_bytes())
+        .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
 }
 
 /// Requests that change what is stored: refused in read-only mode.
