@@ -771,6 +771,10 @@ async fn assert_served(c: &Client, url: &str, pushed: &[Pushed]) {
 /// mounted, a layer and a config of their own), retrying an image whose manifest push is
 /// refused with MANIFEST_BLOB_UNKNOWN (a collection with no grace period may take a
 /// layer pushed but not yet referenced: the spec's answer, the client pushes again).
+/// The pause between two collections of the stress tests (see
+/// `garbage_collect_during_continuous_pushes`).
+const PAUSE_BETWEEN_COLLECTIONS: Duration = Duration::from_millis(50);
+
 async fn push_load(url: String) -> (Vec<Pushed>, usize) {
     let c = Client::new();
     let shared: &[u8] = b"the base layer every image of the load shares";
@@ -792,7 +796,7 @@ async fn push_load(url: String) -> (Vec<Pushed>, usize) {
         let from = format!("load/app{}", (i + 1) % 4);
         let mount = (i % 4 == 0 && i > 0).then_some(from.as_str());
         let blobs = [(shared, mount), (&layer[..], None), (&cfg[..], None)];
-        retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 10).await;
+        retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 40).await;
         pushed.push(Pushed {
             repo,
             tag,
@@ -833,6 +837,11 @@ async fn garbage_collect_during_continuous_pushes() {
         .expect("join");
         assert!(out.contains("blobs marked"), "report: {out}");
         runs += 1;
+        // A breath between runs, as any schedule leaves: with a zero grace period, a
+        // collection that starts between a push's blobs and its manifest takes the
+        // blobs (the spec's MANIFEST_BLOB_UNKNOWN, then a retry), and back-to-back runs
+        // on a slow machine could refuse the same image every time.
+        tokio::time::sleep(PAUSE_BETWEEN_COLLECTIONS).await;
     }
     let (pushed, retries) = pusher.await.expect("pusher");
     assert!(runs >= 2, "only {runs} collections overlapped the pushes");
@@ -906,7 +915,7 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
                     (layers[1].as_slice(), None),
                     (&cfg[..], None),
                 ];
-                retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 20).await;
+                retries += push_with_retries(&c, &url, (&repo, &tag), &blobs, &manifest, 40).await;
                 let this = Pushed {
                     repo: repo.clone(),
                     tag,
@@ -953,6 +962,7 @@ async fn hundreds_of_collections_while_clients_push_share_and_delete() {
         .expect("join");
         assert!(out.contains("blobs marked"), "report: {out}");
         rounds += 1;
+        tokio::time::sleep(PAUSE_BETWEEN_COLLECTIONS).await;
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut alive, mut deleted, mut retries) = (Vec::new(), Vec::new(), 0);
