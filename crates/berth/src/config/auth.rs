@@ -344,6 +344,38 @@ fn mirrors(tree: &Value) -> Result<Vec<MirrorHostConfig>, ConfigError> {
     Ok(out)
 }
 
+/// A mirror host name must not be the registry's own (`http.host`): every request to it
+/// would be a pull from the mirror's project, and every push would be refused.
+pub(super) fn check_mirrors_against_host(
+    mirrors: &[MirrorHostConfig],
+    http_host: &str,
+) -> Result<(), ConfigError> {
+    let authority = http_host
+        .split_once("://")
+        .map_or(http_host, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let Some((host, port)) = split_host_port(&authority) else {
+        return Ok(());
+    };
+    let host = host.trim_end_matches('.');
+    if let Some(m) = mirrors
+        .iter()
+        .find(|m| m.host == host && (m.port.is_none() || m.port == port))
+    {
+        return Err(bad(
+            "auth.berth.mirrors",
+            format!(
+                "{:?} is this registry's own host (http.host {http_host:?}): every request to it would be a pull from project {:?} and every push refused; give the mirror a host name of its own",
+                m.host, m.project
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn mirror_host(given: &str, project: &str) -> Result<MirrorHostConfig, String> {
     let lower = given.trim().trim_end_matches('/').to_ascii_lowercase();
     if lower.contains("://") || lower.contains('/') || lower.contains('@') {

@@ -594,4 +594,28 @@ fn mirror_host_names_as_a_map_or_a_variable() {
         );
         assert!(e.contains(why), "{value}: {e}");
     }
+    // The registry's own name cannot be a mirror's: its pushes would all be refused.
+    for (host, mirrors) in [
+        ("https://registry.example.com", "Registry.example.com=hub"),
+        (
+            "https://registry.example.com:5000/",
+            "registry.example.com:5000=hub",
+        ),
+    ] {
+        let e = refused(
+            &format!("{FS}http:\n  host: {host}\nauth:\n  berth: {{}}\n"),
+            &[("REGISTRY_AUTH_BERTH_MIRRORS", mirrors)],
+            "auth.berth.mirrors",
+        );
+        assert!(e.contains("own host"), "{mirrors}: {e}");
+    }
+    // Another port of the same host is another name.
+    load(
+        &format!("{FS}http:\n  host: https://registry.example.com\nauth:\n  berth: {{}}\n"),
+        &[(
+            "REGISTRY_AUTH_BERTH_MIRRORS",
+            "registry.example.com:5001=hub",
+        )],
+    )
+    .expect("another port is allowed");
 }

@@ -1155,6 +1155,9 @@ fn read_config(tree: &Value, from_file: bool) -> Result<Config, ConfigError> {
     c.gc_schedule = gc::read(tree)?;
     c.ops = ops::read(tree)?;
     c.auth = auth::read(tree)?;
+    if let (Some(host), Some(b)) = (&c.http_host, &c.auth.berth) {
+        auth::check_mirrors_against_host(&b.mirrors, host)?;
+    }
     c.proxy = proxy::read(tree)?;
     c.database = database::read(tree)?;
     Ok(c)
