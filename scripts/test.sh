@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says how long the run has taken so far, so a slow CI run shows where.
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 command -v cargo >/dev/null 2>&1 || {
     echo "test.sh: cargo is not installed; install a stable Rust toolchain (rustup) first" >&2
@@ -53,3 +54,5 @@ cargo test --workspace --locked --no-fail-fast
 step "benchmark smoke run (quick mode, debug build: checks the bench works, not speed)"
 cargo build --locked -p berth -p berth-bench
 target/debug/berth-bench compare --berth target/debug/berth --quick --rounds 1
+
+step "all passed"
