@@ -767,14 +767,14 @@ async fn assert_served(c: &Client, url: &str, pushed: &[Pushed]) {
     }
 }
 
-/// 200 small images pushed in a loop (a shared layer uploaded again each time or
-/// mounted, a layer and a config of their own), retrying an image whose manifest push is
-/// refused with MANIFEST_BLOB_UNKNOWN (a collection with no grace period may take a
-/// layer pushed but not yet referenced: the spec's answer, the client pushes again).
 /// The pause between two collections of the stress tests (see
 /// `garbage_collect_during_continuous_pushes`).
 const PAUSE_BETWEEN_COLLECTIONS: Duration = Duration::from_millis(50);
 
+/// 200 small images pushed in a loop (a shared layer uploaded again each time or
+/// mounted, a layer and a config of their own), retrying an image whose manifest push is
+/// refused with MANIFEST_BLOB_UNKNOWN (a collection with no grace period may take a
+/// layer pushed but not yet referenced: the spec's answer, the client pushes again).
 async fn push_load(url: String) -> (Vec<Pushed>, usize) {
     let c = Client::new();
     let shared: &[u8] = b"the base layer every image of the load shares";
