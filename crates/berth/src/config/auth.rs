@@ -344,8 +344,35 @@ fn mirrors(tree: &Value) -> Result<Vec<MirrorHostConfig>, ConfigError> {
     Ok(out)
 }
 
+/// The entry of `mirrors` that a request addressed to `authority` (a `Host` header's
+/// `host[:port]`) is routed to: an entry naming the port wins over one for the host on
+/// any port; a request without a port matches an entry for port 80 or 443; addresses
+/// are compared as addresses.
+pub fn mirror_for<'a>(
+    mirrors: &'a [MirrorHostConfig],
+    authority: &str,
+) -> Option<&'a MirrorHostConfig> {
+    let lower = authority.to_ascii_lowercase();
+    let (host, port) = split_host_port(&lower)?;
+    let host = host.trim_end_matches('.');
+    let address = host.parse::<std::net::IpAddr>().ok();
+    let same_host = |m: &&MirrorHostConfig| {
+        m.host == host || (address.is_some() && m.host.parse().ok() == address)
+    };
+    mirrors
+        .iter()
+        .filter(same_host)
+        .find(|m| {
+            m.port.is_some()
+                && (m.port == port || (port.is_none() && matches!(m.port, Some(80 | 443))))
+        })
+        .or_else(|| mirrors.iter().filter(same_host).find(|m| m.port.is_none()))
+}
+
 /// A mirror host name must not be the registry's own (`http.host`): every request to it
-/// would be a pull from the mirror's project, and every push would be refused.
+/// would be a pull from the mirror's project, and every push would be refused. Checked
+/// with the routing's own matching, so what is refused here is exactly what would be
+/// routed.
 pub(super) fn check_mirrors_against_host(
     mirrors: &[MirrorHostConfig],
     http_host: &str,
@@ -355,16 +382,8 @@ pub(super) fn check_mirrors_against_host(
         .map_or(http_host, |(_, rest)| rest)
         .split('/')
         .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let Some((host, port)) = split_host_port(&authority) else {
-        return Ok(());
-    };
-    let host = host.trim_end_matches('.');
-    if let Some(m) = mirrors
-        .iter()
-        .find(|m| m.host == host && (m.port.is_none() || m.port == port))
-    {
+        .unwrap_or_default();
+    if let Some(m) = mirror_for(mirrors, authority) {
         return Err(bad(
             "auth.berth.mirrors",
             format!(

@@ -601,6 +601,12 @@ fn mirror_host_names_as_a_map_or_a_variable() {
             "https://registry.example.com:5000/",
             "registry.example.com:5000=hub",
         ),
+        // A request to https://registry.example.com carries no port: it is port 443's.
+        (
+            "https://registry.example.com",
+            "registry.example.com:443=hub",
+        ),
+        ("https://[::1]:5000", "[0:0:0:0:0:0:0:1]:5000=hub"),
     ] {
         let e = refused(
             &format!("{FS}http:\n  host: {host}\nauth:\n  berth: {{}}\n"),

@@ -11,7 +11,7 @@
 //! for back into the project, pull only ([`project_scopes`]).
 
 use crate::auth::Scope;
-use crate::config::auth::{split_host_port, MirrorHostConfig};
+use crate::config::auth::{mirror_for, MirrorHostConfig};
 use axum::http::request::Parts;
 
 /// The realm parameter naming the project of a mirror host (`auth::mirror_realm`).
@@ -40,23 +40,7 @@ impl MirrorHosts {
     }
 
     fn project_of(&self, authority: &str) -> Option<&str> {
-        let lower = authority.to_ascii_lowercase();
-        let (host, port) = split_host_port(&lower)?;
-        let host = host.trim_end_matches('.');
-        let address = host.parse::<std::net::IpAddr>().ok();
-        let same_host = |m: &&MirrorHostConfig| {
-            m.host == host || (address.is_some() && m.host.parse().ok() == address)
-        };
-        // An entry naming the port wins over one for the host on any port.
-        self.0
-            .iter()
-            .filter(same_host)
-            .find(|m| {
-                m.port.is_some()
-                    && (m.port == port || (port.is_none() && matches!(m.port, Some(80 | 443))))
-            })
-            .or_else(|| self.0.iter().filter(same_host).find(|m| m.port.is_none()))
-            .map(|m| m.project.as_str())
+        mirror_for(&self.0, authority).map(|m| m.project.as_str())
     }
 
     /// Whether `project` is the project of some mirror host name.
