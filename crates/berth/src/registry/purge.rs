@@ -7,7 +7,9 @@
 //! or monolithic push writes its file at least every body idle timeout (60 s by default)
 //! and commits within a request, far inside any sensible `age` (168h by default), so the
 //! assumption is that `age` is longer than the longest pause in writing one upload.
-//! Committed blobs are never touched.
+//! Committed blobs are never touched. Last, on an object store, multipart uploads left
+//! open before the cut-off (a commit's server-side copy cut off by a crash) are aborted:
+//! a copy takes seconds, so one that old is nobody's.
 
 use super::{Registry, Result};
 use std::time::{Duration, SystemTime};
@@ -19,6 +21,8 @@ pub struct PurgeReport {
     pub deleted: u64,
     /// Upload files without a session removed (or, in a dry run, found).
     pub orphans: u64,
+    /// Multipart uploads an object store held open, aborted (or, in a dry run, found).
+    pub multipart: u64,
     pub errors: u64,
 }
 
@@ -86,9 +90,21 @@ impl Registry {
             }
         }
         self.purge_orphan_uploads(age, dry_run, &mut report).await?;
+        // By the object store's clock, as the orphans' file times.
+        let cutoff = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.blobs.abort_stale_multipart(cutoff, dry_run).await {
+            Ok(n) => report.multipart = n,
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(error = %e, "cannot list the object store's open multipart uploads");
+            }
+        }
         tracing::info!(
             deleted = report.deleted,
             orphans = report.orphans,
+            multipart = report.multipart,
             errors = report.errors,
             dry_run,
             "Purge uploads finished"

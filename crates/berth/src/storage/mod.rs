@@ -202,6 +202,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `None` when it has none left.
     async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>>;
 
+    /// Abort the object store's multipart uploads under the store's own key spaces that
+    /// were started before `before` (with `dry_run`, only count them); stores without
+    /// multipart uploads have none. A server-side copy cut off by a crash or a lost
+    /// connection leaves one behind: invisible to listings, its parts still stored (and
+    /// billed) until aborted. Returns how many it found.
+    async fn abort_stale_multipart(
+        &self,
+        _before: std::time::SystemTime,
+        _dry_run: bool,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Bring the file at `source` (outside the store) in as blob `digest`: a hard link when
     /// the backend can make one, a copy otherwise. Either way the stored content is hashed
     /// first and must match `digest`, or nothing is stored ([`StorageError::DigestMismatch`]).

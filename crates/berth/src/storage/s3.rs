@@ -132,6 +132,39 @@ fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
+/// Text of an XML element with the five predefined entities decoded.
+fn xml_text(raw: &str) -> String {
+    raw.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// `<Upload>` entries of a ListMultipartUploads answer: key, upload id, and when it was
+/// started (`None` when the server did not say in a form Berth reads).
+fn parse_open_multipart(xml: &str) -> Vec<OpenMultipart> {
+    xml.split("<Upload>")
+        .skip(1)
+        .filter_map(|entry| {
+            let entry = entry.split("</Upload>").next().unwrap_or("");
+            Some(OpenMultipart {
+                key: xml_text(xml_tag(entry, "Key")?),
+                upload_id: xml_text(xml_tag(entry, "UploadId")?),
+                initiated: xml_tag(entry, "Initiated").and_then(parse_time),
+            })
+        })
+        .collect()
+}
+
+/// A multipart upload the object store holds open.
+#[derive(Debug, Clone, PartialEq)]
+struct OpenMultipart {
+    key: String,
+    upload_id: String,
+    initiated: Option<SystemTime>,
+}
+
 /// ISO 8601 times as S3 lists them (`2026-12-06T09:00:00.000Z`).
 fn parse_time(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
@@ -625,16 +658,92 @@ impl S3BlobStore {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) {
+        if let Err(e) = self.try_abort(key, upload_id).await {
+            tracing::warn!(error = %e, "could not abort a multipart upload; upload purging (or the bucket's lifecycle rules) removes it");
+        }
+    }
+
+    /// Abort a multipart upload; one already gone is not an error.
+    async fn try_abort(&self, key: &str, upload_id: &str) -> Result<()> {
         let url = self
             .bucket
             .abort_multipart_upload(self.creds(), key, upload_id)
             .sign(SIGN_FOR);
-        if let Err(e) = self
-            .send("ABORT MULTIPART", key, self.http.delete(url), true)
-            .await
-        {
-            tracing::warn!(error = %e, "could not abort a multipart upload; the bucket's lifecycle rules remove it");
+        self.send("ABORT MULTIPART", key, self.http.delete(url), true)
+            .await?;
+        Ok(())
+    }
+
+    /// A signed URL for a GET of the bucket itself with `query` (sorted here, as SigV4's
+    /// canonical request wants it), for the requests rusty-s3 has no action for.
+    fn signed_bucket_get(&self, mut query: Vec<(&'static str, String)>) -> reqwest::Url {
+        query.sort();
+        let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
+        let url = self.bucket.base_url().clone();
+        match self.creds() {
+            Some(c) => rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                url,
+                c.key(),
+                c.secret(),
+                c.token(),
+                self.bucket.region(),
+                SIGN_FOR.as_secs(),
+                pairs,
+                std::iter::empty(),
+            ),
+            None => {
+                let mut url = url;
+                url.query_pairs_mut().extend_pairs(pairs);
+                url
+            }
         }
+    }
+
+    /// Every multipart upload open under `prefix` (ListMultipartUploads, page by page).
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<OpenMultipart>> {
+        let mut out = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![
+                ("uploads", String::new()),
+                ("prefix", prefix.to_string()),
+                ("max-uploads", PAGE.to_string()),
+            ];
+            if let Some((key, id)) = &marker {
+                query.push(("key-marker", key.clone()));
+                query.push(("upload-id-marker", id.clone()));
+            }
+            let url = self.signed_bucket_get(query);
+            let Some(response) = self
+                .send("LIST MULTIPART", prefix, self.http.get(url), false)
+                .await?
+            else {
+                break;
+            };
+            let text = response
+                .text()
+                .await
+                .map_err(|e| failure(format!("S3 LIST MULTIPART {prefix}: {e}")))?;
+            out.extend(parse_open_multipart(&text));
+            if xml_tag(&text, "IsTruncated") != Some("true") {
+                break;
+            }
+            let next = match (
+                xml_tag(&text, "NextKeyMarker"),
+                xml_tag(&text, "NextUploadIdMarker"),
+            ) {
+                (Some(key), Some(id)) if !key.is_empty() => (xml_text(key), xml_text(id)),
+                _ => break,
+            };
+            // A server that hands back the same page again would loop forever.
+            if marker.as_ref() == Some(&next) {
+                break;
+            }
+            marker = Some(next);
+        }
+        Ok(out)
     }
 
     /// Copy a whole object of `size` bytes: one request up to the threshold, ranged part
@@ -1223,6 +1332,38 @@ impl super::BlobStore for S3BlobStore {
             .max())
     }
 
+    async fn abort_stale_multipart(&self, before: SystemTime, dry_run: bool) -> Result<u64> {
+        // Only Berth's own key spaces, never the whole bucket: without a rootdirectory
+        // the bucket may hold other writers' uploads. Commits and hides copy into
+        // `blobs/` and `trash/`.
+        let mut found = 0;
+        for space in ["blobs/", "trash/", "uploads/"] {
+            let prefix = format!("{}{space}", self.root);
+            for open in self.list_multipart(&prefix).await? {
+                // An upload whose start the server did not say is left alone.
+                let Some(initiated) = open.initiated.filter(|t| *t < before) else {
+                    continue;
+                };
+                let started = initiated
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                tracing::info!(key = %open.key, upload_id = %open.upload_id, started, dry_run, "multipart upload left open is older than the purge age; aborting it");
+                if dry_run {
+                    found += 1;
+                    continue;
+                }
+                match self.try_abort(&open.key, &open.upload_id).await {
+                    Ok(()) => found += 1,
+                    Err(e) => {
+                        tracing::warn!(key = %open.key, error = %e, "cannot abort a multipart upload left open; the next purge tries again")
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn import_file(&self, source: &Path, digest: &Digest) -> Result<(u64, Ingest)> {
         use tokio::io::AsyncReadExt;
         let source_err = |e| StorageError::Source {
@@ -1436,6 +1577,127 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn shared_suite_on_garage() {
         shared_suite(Kind::Garage).await;
+    }
+
+    /// Start a multipart upload at `key` and leave it open, as a crashed copy does.
+    async fn leave_multipart_open(store: &S3BlobStore, key: &str) -> String {
+        let url = store
+            .bucket
+            .create_multipart_upload(store.creds(), key)
+            .sign(SIGN_FOR);
+        let answer = store
+            .send("CREATE MULTIPART", key, store.http.post(url), false)
+            .await
+            .expect("create")
+            .expect("an answer");
+        let text = read_limited(answer).await;
+        rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .expect("parse")
+            .upload_id()
+            .to_string()
+    }
+
+    async fn open_under(store: &S3BlobStore) -> Vec<String> {
+        let mut keys: Vec<String> = store
+            .list_multipart(&store.root)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    async fn stale_multipart_uploads_are_aborted(kind: Kind) {
+        let store = S3BlobStore::new(&config(kind, MIN_PART)).expect("store");
+        let other = S3BlobStore::new(&config(kind, MIN_PART)).expect("store");
+        assert!(!store.root.is_empty() && store.root != other.root);
+        let copy = format!("{}blobs/sha256/ab/{}", store.root, "ab".repeat(32));
+        let hide = format!("{}trash/sha256-{}-1", store.root, "cd".repeat(32));
+        let not_berths = format!("{}elsewhere/file", store.root);
+        let other_root = format!("{}blobs/sha256/ef/{}", other.root, "ef".repeat(32));
+        for key in [&copy, &hide, &not_berths, &other_root] {
+            leave_multipart_open(&store, key).await;
+        }
+        let mut expected = vec![copy.clone(), hide.clone(), not_berths.clone()];
+        expected.sort();
+        assert_eq!(open_under(&store).await, expected, "{kind:?}");
+
+        // Started after the cut-off: kept.
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(
+            store
+                .abort_stale_multipart(an_hour_ago, false)
+                .await
+                .expect("purge"),
+            0
+        );
+        // Before it: a dry run counts them, a purge aborts them; only Berth's own key
+        // spaces of its own root directory.
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(
+            store
+                .abort_stale_multipart(later, true)
+                .await
+                .expect("dry run"),
+            2,
+            "{kind:?}"
+        );
+        assert_eq!(open_under(&store).await, expected);
+        assert_eq!(
+            store
+                .abort_stale_multipart(later, false)
+                .await
+                .expect("purge"),
+            2,
+            "{kind:?}"
+        );
+        assert_eq!(
+            open_under(&store).await,
+            vec![not_berths.clone()],
+            "{kind:?}"
+        );
+        assert_eq!(
+            open_under(&other).await,
+            vec![other_root.clone()],
+            "{kind:?}"
+        );
+        for (s, key) in [(&store, &not_berths), (&other, &other_root)] {
+            for open in s.list_multipart(key).await.expect("list") {
+                s.try_abort(&open.key, &open.upload_id)
+                    .await
+                    .expect("abort");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_multipart_uploads_are_aborted_on_seaweedfs() {
+        stale_multipart_uploads_are_aborted(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn stale_multipart_uploads_are_aborted_on_garage() {
+        stale_multipart_uploads_are_aborted(Kind::Garage).await;
+    }
+
+    #[test]
+    fn list_multipart_answers_are_read() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated>
+<NextKeyMarker>r/blobs/k2</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>
+<Upload><Key>r/blobs/a&amp;b</Key><UploadId>id1</UploadId><Initiated>2026-12-06T09:00:00.000Z</Initiated></Upload>
+<Upload><Key>r/blobs/k2</Key><UploadId>id2</UploadId></Upload>
+<Upload><UploadId>no key</UploadId></Upload>
+</ListMultipartUploadsResult>"#;
+        let open = parse_open_multipart(xml);
+        assert_eq!(open.len(), 2);
+        assert_eq!(open[0].key, "r/blobs/a&b");
+        assert_eq!(open[0].upload_id, "id1");
+        assert_eq!(open[0].initiated, parse_time("2026-12-06T09:00:00.000Z"));
+        assert!(open[0].initiated.is_some());
+        assert_eq!(open[1].initiated, None);
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
