@@ -376,7 +376,7 @@ impl Migration {
         target.delete_upload(&id).await.map_err(|e| e.to_string())?;
         target.create_upload(&id).await.map_err(|e| e.to_string())?;
         let result = async {
-            let body = match self.source_blobs.get(digest, None).await {
+            let body = match self.source_blobs.get(digest.into(), None).await {
                 Ok(body) => body,
                 Err(StorageError::BlobNotFound) => {
                     return Err(

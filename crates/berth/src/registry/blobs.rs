@@ -102,7 +102,7 @@ impl Registry {
     /// when the blob is to be served by [`Registry::read_blob`] (no redirects, or a
     /// pull-through cache blob not yet here).
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
-        let Some(url) = self.blobs.redirect_url(digest) else {
+        let Some(url) = self.blobs.redirect_url(digest.into()) else {
             return Ok(None);
         };
         let Some(size) = self.meta.linked_blob(repo, digest).await? else {
@@ -137,13 +137,17 @@ impl Registry {
                 body: Box::pin(futures_util::stream::empty()),
             });
         }
-        let body = self.blobs.get(digest, range).await.map_err(|e| match e {
-            StorageError::BlobNotFound => {
-                tracing::error!(%digest, "blob is linked in metadata but missing from storage");
-                RegistryError::BlobUnknown(digest.clone())
-            }
-            other => other.into(),
-        })?;
+        let body = self
+            .blobs
+            .get(digest.into(), range)
+            .await
+            .map_err(|e| match e {
+                StorageError::BlobNotFound => {
+                    tracing::error!(%digest, "blob is linked in metadata but missing from storage");
+                    RegistryError::BlobUnknown(digest.clone())
+                }
+                other => other.into(),
+            })?;
         Ok(BlobRead { size, range, body })
     }
 

@@ -741,7 +741,7 @@ mod races {
                         registry.sweep_blob(&digest(), cutoff(), "gc").await
                     }));
                 gc_pause.reached.notified().await;
-                assert_eq!(s.blobs.stat(&digest()).await.expect("stat"), None);
+                assert_eq!(s.blobs.stat((&digest()).into()).await.expect("stat"), None);
                 let up_pause = Pause::at("upload:committed");
                 let registry = s.registry.clone();
                 let upload = tokio::spawn(up_pause.clone().scope(async move {
@@ -777,7 +777,12 @@ mod races {
                         registry.sweep_blob(&digest(), cutoff(), "gc").await
                     }));
                 gc_pause.reached.notified().await;
-                assert!(s.blobs.stat(&digest()).await.expect("stat").is_some());
+                assert!(s
+                    .blobs
+                    .stat((&digest()).into())
+                    .await
+                    .expect("stat")
+                    .is_some());
                 let registry = s.registry.clone();
                 let upload = tokio::spawn(async move {
                     registry.put_blob(&repo("new/app"), &digest(), body()).await

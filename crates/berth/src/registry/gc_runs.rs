@@ -395,7 +395,7 @@ mod tests {
             .expect("collect");
         assert!(stopped.stopped);
         assert_eq!(stopped.deleted_blobs, 0);
-        assert!(blobs.stat(&digest).await.expect("stat").is_some());
+        assert!(blobs.stat((&digest).into()).await.expect("stat").is_some());
         let mut lines = Vec::new();
         let done = registry
             .garbage_collect(&options, &mut |l| lines.push(l))
@@ -403,7 +403,7 @@ mod tests {
             .expect("collect");
         assert!(!done.stopped);
         assert_eq!(done.deleted_blobs, 1);
-        assert!(blobs.stat(&digest).await.expect("stat").is_none());
+        assert!(blobs.stat((&digest).into()).await.expect("stat").is_none());
         let (runs, total) = registry.gc_runs(Page::all()).await.expect("runs");
         assert_eq!(total, 1, "collect() alone is not a recorded run");
         assert_eq!(runs[0].status, "Success");
@@ -464,7 +464,7 @@ mod tests {
         assert_eq!(report.deleted_blobs, 64, "the first batch");
         let mut kept = 0;
         for d in &digests {
-            if blobs.stat(d).await.expect("stat").is_some() {
+            if blobs.stat(d.into()).await.expect("stat").is_some() {
                 kept += 1;
             }
         }

@@ -30,17 +30,17 @@ impl Registry {
         digest: &Digest,
         source: &Path,
     ) -> Result<BlobImport> {
-        if let Some(size) = self.blobs.stat(digest).await? {
+        if let Some(size) = self.blobs.stat(digest.into()).await? {
             super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
             // Garbage collection may have swept the file between the stat and the link
             // (see `registry/gc.rs`); then it is brought in below after all.
-            if self.blobs.stat(digest).await?.is_some() {
+            if self.blobs.stat(digest.into()).await?.is_some() {
                 return Ok(BlobImport::AlreadyPresent { size });
             }
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
         super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
-        if self.blobs.stat(digest).await?.is_none() {
+        if self.blobs.stat(digest.into()).await?.is_none() {
             // Swept between the import and the link: the link is there now, so a second
             // import stays.
             self.blobs.import_file(source, digest).await?;

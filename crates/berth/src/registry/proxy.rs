@@ -210,7 +210,7 @@ impl FillTask {
         // Garbage collection may have taken the file between the commit and the link
         // (see registry/gc.rs); the upload still holds the bytes, so commit them again.
         let kept = async {
-            if self.blobs.stat(&self.digest).await?.is_none() {
+            if self.blobs.stat((&self.digest).into()).await?.is_none() {
                 tracing::info!(digest = %self.digest, "blob collected while it was cached; committing it again");
                 self.blobs
                     .commit_upload(&self.fill.upload_id, &self.digest)
@@ -395,7 +395,7 @@ impl FillReader {
                         start: self.pos,
                         end: self.end - 1,
                     };
-                    match self.blobs.get(&self.digest, Some(range)).await {
+                    match self.blobs.get((&self.digest).into(), Some(range)).await {
                         Ok(s) => self.inner = Some(s),
                         Err(e) => {
                             self.failed = true;
@@ -746,7 +746,7 @@ impl Registry {
         loop {
             tokio::time::sleep(REMOTE_FILL_POLL).await;
             if self.meta.linked_blob(repo, digest).await?.is_some()
-                && self.blobs.stat(digest).await?.is_some()
+                && self.blobs.stat(digest.into()).await?.is_some()
             {
                 return Ok(Source::Local);
             }
@@ -782,7 +782,7 @@ impl Registry {
             Err(UpstreamError::Failed(msg)) => {
                 bump(&p.counters.upstream_errors);
                 tracing::warn!(%repo, %digest, "serving a cached blob unconfirmed (not linked): the upstream failed: {msg}");
-                return Ok(match self.blobs.stat(digest).await? {
+                return Ok(match self.blobs.stat(digest.into()).await? {
                     Some(size) => Cached::Unlinked(size),
                     None => Cached::No,
                 });
@@ -849,7 +849,7 @@ impl Registry {
                 let body = if size == 0 {
                     Box::pin(futures_util::stream::empty()) as ByteStream
                 } else {
-                    self.blobs.get(digest, range).await?
+                    self.blobs.get(digest.into(), range).await?
                 };
                 return Ok(super::BlobRead { size, range, body });
             }

@@ -499,7 +499,7 @@ mod tests {
         );
         for d in [&s.config, &s.layer] {
             assert!(
-                s.blobs.stat(d).await.expect("stat").is_some(),
+                s.blobs.stat(d.into()).await.expect("stat").is_some(),
                 "GC's to take"
             );
         }

@@ -17,7 +17,7 @@ impl Registry {
     /// health gate takes it out of its load balancer.
     pub async fn storage_check(&self) -> Result<()> {
         let probe = Digest::of(Algorithm::Sha256, b"");
-        self.blobs.stat(&probe).await?;
+        self.blobs.stat((&probe).into()).await?;
         self.meta.known_blob(&probe).await?;
         Ok(())
     }

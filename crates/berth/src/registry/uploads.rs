@@ -280,7 +280,7 @@ impl Registry {
             None => self.meta.known_blob(digest).await?,
         };
         let Some(size) = size else { return Ok(false) };
-        if self.blobs.stat(digest).await?.is_none() {
+        if self.blobs.stat(digest.into()).await?.is_none() {
             return Ok(false);
         }
         #[cfg(test)]
@@ -491,7 +491,7 @@ impl Registry {
         // Garbage collection may have taken the file between the commit and the link
         // (it had forgotten an older copy of the same blob): the upload still holds the
         // bytes, so commit them again. See `registry/gc.rs`.
-        if self.blobs.stat(digest).await?.is_none() {
+        if self.blobs.stat(digest.into()).await?.is_none() {
             tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
             self.blobs.commit_upload(id, digest).await?;
         }
@@ -629,7 +629,7 @@ mod tests {
         let retried = registry
             .finish_upload(&repo, &up.id, &digest, None, Some(body(b"trailing")))
             .await;
-        let mut read = blobs.get(&digest, None).await.expect("blob");
+        let mut read = blobs.get((&digest).into(), None).await.expect("blob");
         let mut bytes = Vec::new();
         while let Some(chunk) = read.next().await {
             bytes.extend_from_slice(&chunk.expect("chunk"));
@@ -665,7 +665,7 @@ mod tests {
             .await
             .expect("push again");
         assert_eq!(
-            blobs.stat(&digest).await.expect("stat"),
+            blobs.stat((&digest).into()).await.expect("stat"),
             Some(DATA.len() as u64)
         );
     }
@@ -820,8 +820,8 @@ mod cleanup_tests {
     use crate::registry::{Registry, Settings};
     use crate::storage::memory::MemoryBlobStore;
     use crate::storage::{
-        BlobStore, ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError, StoredBlob,
-        StoredUpload, UploadProgress,
+        BlobRef, BlobStore, ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError,
+        StoredBlob, StoredUpload, UploadProgress,
     };
     use bytes::Bytes;
     use oci::{Algorithm, Digest, RepoName};
@@ -838,14 +838,14 @@ mod cleanup_tests {
 
     #[async_trait::async_trait]
     impl BlobStore for CleanupFails {
-        async fn stat(&self, d: &Digest) -> Result<Option<u64>> {
-            self.inner.stat(d).await
+        async fn stat(&self, b: BlobRef<'_>) -> Result<Option<u64>> {
+            self.inner.stat(b).await
         }
-        async fn get(&self, d: &Digest, r: Option<ByteRange>) -> Result<ByteStream> {
-            self.inner.get(d, r).await
+        async fn get(&self, b: BlobRef<'_>, r: Option<ByteRange>) -> Result<ByteStream> {
+            self.inner.get(b, r).await
         }
-        async fn delete(&self, d: &Digest) -> Result<bool> {
-            self.inner.delete(d).await
+        async fn delete(&self, b: BlobRef<'_>) -> Result<bool> {
+            self.inner.delete(b).await
         }
         async fn hide(&self, d: &Digest) -> Result<Option<HiddenBlob>> {
             self.inner.hide(d).await

@@ -17,7 +17,7 @@
 //! own name, so after a commit they find no upload and nothing can write into the file
 //! the blob shares. Reads and writes run on blocking threads with large buffers.
 
-use super::{ByteRange, ByteStream, Ingest, Result, StorageError, UploadProgress};
+use super::{BlobRef, ByteRange, ByteStream, Ingest, Result, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::{Algorithm, Digest, Hasher};
@@ -216,16 +216,16 @@ fn link_or_copy(source: &Path, to: &Path, algorithm: Algorithm) -> Result<(u64, 
 
 #[async_trait::async_trait]
 impl super::BlobStore for FsBlobStore {
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
+    async fn stat(&self, blob: BlobRef<'_>) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(blob.by_digest_only()?)).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        let path = self.blob_path(digest);
+    async fn get(&self, blob: BlobRef<'_>, range: Option<ByteRange>) -> Result<ByteStream> {
+        let path = self.blob_path(blob.by_digest_only()?);
         let file = blocking(move || {
             File::open(path).map_err(|e| not_found_as(e, StorageError::BlobNotFound))
         })
@@ -242,8 +242,8 @@ impl super::BlobStore for FsBlobStore {
         Ok(self.stream_file(file, Some(range)))
     }
 
-    async fn delete(&self, digest: &Digest) -> Result<bool> {
-        match tokio::fs::remove_file(self.blob_path(digest)).await {
+    async fn delete(&self, blob: BlobRef<'_>) -> Result<bool> {
+        match tokio::fs::remove_file(self.blob_path(blob.by_digest_only()?)).await {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
@@ -943,6 +943,7 @@ pub(crate) mod tests {
         let store = super::FsBlobStore::open(dir.path()).expect("open");
         crate::storage::testsuite::run(&store).await;
         crate::storage::testsuite::import_file(&store).await;
+        crate::storage::testsuite::refuses_keys(&store).await;
     }
 
     #[tokio::test]

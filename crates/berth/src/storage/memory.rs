@@ -1,6 +1,6 @@
 //! In-memory blob store for tests. Holds everything in RAM; not for production use.
 
-use super::{ByteRange, ByteStream, Result, StorageError, UploadProgress};
+use super::{BlobRef, ByteRange, ByteStream, Result, StorageError, UploadProgress};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::{Algorithm, Digest};
@@ -38,11 +38,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[async_trait::async_trait]
 impl super::BlobStore for MemoryBlobStore {
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
+    async fn stat(&self, blob: BlobRef<'_>) -> Result<Option<u64>> {
+        let digest = blob.by_digest_only()?;
         Ok(lock(&self.blobs).get(digest).map(|b| b.len() as u64))
     }
 
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+    async fn get(&self, blob: BlobRef<'_>, range: Option<ByteRange>) -> Result<ByteStream> {
+        let digest = blob.by_digest_only()?;
         let blob = lock(&self.blobs)
             .get(digest)
             .cloned()
@@ -56,7 +58,8 @@ impl super::BlobStore for MemoryBlobStore {
         )))
     }
 
-    async fn delete(&self, digest: &Digest) -> Result<bool> {
+    async fn delete(&self, blob: BlobRef<'_>) -> Result<bool> {
+        let digest = blob.by_digest_only()?;
         lock(&self.committed).remove(digest);
         Ok(lock(&self.blobs).remove(digest).is_some())
     }
@@ -276,5 +279,6 @@ mod tests {
         let store = super::MemoryBlobStore::new();
         crate::storage::testsuite::run(&store).await;
         crate::storage::testsuite::import_file(&store).await;
+        crate::storage::testsuite::refuses_keys(&store).await;
     }
 }

@@ -134,20 +134,51 @@ pub struct HiddenBlob {
     pub name: String,
 }
 
+/// A committed blob as the stores are asked for it: its digest, and the object key the
+/// metadata database recorded for it. Every blob today is kept at its digest's own path
+/// (`key: None`); the own-key layout planned for S3 (`objects/...`, written once, see
+/// ARCHITECTURE.md "A cluster") will hand stores the key from the blob's row. Stores that
+/// keep blobs only by digest refuse a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef<'a> {
+    pub digest: &'a Digest,
+    pub key: Option<&'a str>,
+}
+
+impl<'a> From<&'a Digest> for BlobRef<'a> {
+    /// The blob at its digest's own path.
+    fn from(digest: &'a Digest) -> Self {
+        BlobRef { digest, key: None }
+    }
+}
+
+impl BlobRef<'_> {
+    /// For stores that keep blobs by digest only: a key is a caller's error.
+    pub fn by_digest_only(&self) -> Result<&Digest> {
+        match self.key {
+            None => Ok(self.digest),
+            Some(key) => Err(StorageError::Io(io::Error::other(format!(
+                "blob {} was asked for at key {key}, but this store keeps blobs only at their digests",
+                self.digest
+            )))),
+        }
+    }
+}
+
 /// Where blob bytes live. Small on purpose (house rule 5).
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Size of a committed blob, or `None`.
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>>;
+    async fn stat(&self, blob: BlobRef<'_>) -> Result<Option<u64>>;
     /// Where a client may fetch a committed blob directly (a presigned URL of an object
     /// store), instead of through Berth; `None` (the default) serves it through Berth.
-    fn redirect_url(&self, _digest: &Digest) -> Option<String> {
+    fn redirect_url(&self, _blob: BlobRef<'_>) -> Option<String> {
         None
     }
     /// Stream a committed blob, or the given range of it.
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
+    async fn get(&self, blob: BlobRef<'_>, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Remove a committed blob; `false` if it was not there.
-    async fn delete(&self, digest: &Digest) -> Result<bool>;
+    async fn delete(&self, blob: BlobRef<'_>) -> Result<bool>;
     /// Move a committed blob aside, atomically, under a name no other call gets: from
     /// then on it is not readable under its digest, and a blob committed again under the
     /// digest is a separate file. `None` if there was no blob.

@@ -29,7 +29,8 @@
 //! Requests are signed with SigV4 by `rusty-s3` (presigned URLs, no HTTP stack of its
 //! own) and sent with the binary's one `reqwest`/rustls client.
 
-use super::{ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError, StoredBlob};
+use super::StoredBlob;
+use super::{BlobRef, ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError};
 use super::{StoredUpload, UploadProgress};
 use crate::config::s3::{S3Config, MAX_PART, MIN_PART};
 use bytes::{Bytes, BytesMut};
@@ -311,6 +312,27 @@ impl S3BlobStore {
             self.bucket.name(),
             self.bucket.base_url()
         )
+    }
+
+    /// The object a blob is kept in: the key recorded for it (under the root directory),
+    /// or its digest's own path. Recorded keys live under `objects/`, where no digest
+    /// path, upload or hidden blob is.
+    fn object_key(&self, blob: BlobRef<'_>) -> Result<String> {
+        match blob.key {
+            None => Ok(self.blob_key(blob.digest)),
+            Some(key)
+                if key.starts_with("objects/")
+                    && !key
+                        .split('/')
+                        .any(|p| p.is_empty() || p == "." || p == "..") =>
+            {
+                Ok(format!("{}{key}", self.root))
+            }
+            Some(key) => Err(failure(format!(
+                "blob {} is recorded at key {key:?}, which is not a blob object key (objects/...)",
+                blob.digest
+            ))),
+        }
     }
 
     fn blob_key(&self, d: &Digest) -> String {
@@ -1024,11 +1046,11 @@ fn parse_hidden(name: &str) -> Option<HiddenBlob> {
 #[async_trait::async_trait]
 impl super::BlobStore for S3BlobStore {
     /// A presigned GET for the client to follow (307), unless `storage.redirect.disable`.
-    fn redirect_url(&self, digest: &Digest) -> Option<String> {
+    fn redirect_url(&self, blob: BlobRef<'_>) -> Option<String> {
         if !self.redirect {
             return None;
         }
-        let key = self.blob_key(digest);
+        let key = self.object_key(blob).ok()?;
         if let Some(base) = &self.redirect_base {
             let path = key.strip_prefix(&self.root).unwrap_or(&key);
             return Some(format!("{base}/{path}"));
@@ -1041,18 +1063,18 @@ impl super::BlobStore for S3BlobStore {
         )
     }
 
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.head(&self.blob_key(digest)).await
+    async fn stat(&self, blob: BlobRef<'_>) -> Result<Option<u64>> {
+        self.head(&self.object_key(blob)?).await
     }
 
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        self.get_object(&self.blob_key(digest), range)
+    async fn get(&self, blob: BlobRef<'_>, range: Option<ByteRange>) -> Result<ByteStream> {
+        self.get_object(&self.object_key(blob)?, range)
             .await?
             .ok_or(StorageError::BlobNotFound)
     }
 
-    async fn delete(&self, digest: &Digest) -> Result<bool> {
-        let key = self.blob_key(digest);
+    async fn delete(&self, blob: BlobRef<'_>) -> Result<bool> {
+        let key = self.object_key(blob)?;
         if self.head(&key).await?.is_none() {
             return Ok(false);
         }
@@ -1682,6 +1704,63 @@ pub(crate) mod tests {
         stale_multipart_uploads_are_aborted(Kind::Garage).await;
     }
 
+    /// A blob at a recorded key (the own-key layout's `objects/...`) is read, sized,
+    /// redirected to and deleted there; keys outside `objects/` are refused.
+    async fn blobs_at_recorded_keys(kind: Kind) {
+        let store = S3BlobStore::new(&config(kind, MIN_PART)).expect("store");
+        let data = pattern(3 * MIB, 7);
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let key = "objects/ab/0123456789abcdef0123456789abcdef";
+        store
+            .put(&format!("{}{key}", store.root), Bytes::from(data.clone()))
+            .await
+            .expect("put");
+        let at = BlobRef {
+            digest: &digest,
+            key: Some(key),
+        };
+        assert_eq!(store.stat(at).await.expect("stat"), Some(data.len() as u64));
+        assert_eq!(collect(store.get(at, None).await.expect("get")).await, data);
+        let range = ByteRange { start: 5, end: 99 };
+        assert_eq!(
+            collect(store.get(at, Some(range)).await.expect("range")).await,
+            data[5..=99].to_vec()
+        );
+        let url = store.redirect_url(at).expect("a redirect");
+        assert!(url.contains(key), "{url}");
+        let fetched = reqwest::get(&url).await.expect("follow").bytes().await;
+        assert_eq!(fetched.expect("body").to_vec(), data, "{kind:?}");
+        // Nothing at the digest's own path.
+        assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
+        assert!(store.delete(at).await.expect("delete"));
+        assert_eq!(store.stat(at).await.expect("stat"), None);
+        for bad in [
+            "blobs/sha256/ab/x",
+            "objects/../blobs/x",
+            "objects//x",
+            "uploads/x/state",
+        ] {
+            let at = BlobRef {
+                digest: &digest,
+                key: Some(bad),
+            };
+            assert!(store.stat(at).await.is_err(), "{bad}");
+            assert!(store.get(at, None).await.is_err(), "{bad}");
+            assert!(store.delete(at).await.is_err(), "{bad}");
+            assert_eq!(store.redirect_url(at), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn blobs_at_recorded_keys_on_seaweedfs() {
+        blobs_at_recorded_keys(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn blobs_at_recorded_keys_on_garage() {
+        blobs_at_recorded_keys(Kind::Garage).await;
+    }
+
     #[test]
     fn list_multipart_answers_are_read() {
         let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -1790,9 +1869,12 @@ pub(crate) mod tests {
             &data[mid.start as usize..=mid.end as usize]
         );
         node.commit_upload("chunky", &digest).await.expect("commit");
-        assert_eq!(node.stat(&digest).await.expect("stat"), Some(total as u64));
         assert_eq!(
-            collect(node.get(&digest, None).await.expect("get")).await,
+            node.stat((&digest).into()).await.expect("stat"),
+            Some(total as u64)
+        );
+        assert_eq!(
+            collect(node.get((&digest).into(), None).await.expect("get")).await,
             data
         );
         let r = ByteRange {
@@ -1800,20 +1882,20 @@ pub(crate) mod tests {
             end: 5 * MIB as u64 + 1,
         };
         assert_eq!(
-            collect(node.get(&digest, Some(r)).await.expect("range")).await,
+            collect(node.get((&digest).into(), Some(r)).await.expect("range")).await,
             &data[r.start as usize..=r.end as usize]
         );
         // A presigned URL serves the same bytes to a plain HTTP client.
-        let url = node.redirect_url(&digest).expect("redirect url");
+        let url = node.redirect_url((&digest).into()).expect("redirect url");
         let fetched = reqwest::get(&url).await.expect("presigned GET");
         assert!(fetched.status().is_success(), "{}", fetched.status());
         assert_eq!(fetched.bytes().await.expect("bytes").as_ref(), &data[..]);
         // Hidden and put back (a copy in parts: above the copy threshold).
         let h = node.hide(&digest).await.expect("hide").expect("hidden");
-        assert_eq!(node.stat(&digest).await.expect("stat"), None);
+        assert_eq!(node.stat((&digest).into()).await.expect("stat"), None);
         assert!(node.unhide(&h).await.expect("unhide"));
         assert_eq!(
-            collect(node.get(&digest, None).await.expect("get")).await,
+            collect(node.get((&digest).into(), None).await.expect("get")).await,
             data
         );
         node.delete_upload("chunky").await.expect("delete upload");
@@ -1870,13 +1952,13 @@ pub(crate) mod tests {
             }
             other => panic!("a's stale view must not commit: {other:?}"),
         }
-        assert_eq!(a.stat(&a_digest).await.expect("stat"), None);
+        assert_eq!(a.stat((&a_digest).into()).await.expect("stat"), None);
         let b_digest = Digest::of(Algorithm::Sha256, b"written by b");
         b.commit_upload("racing", &b_digest)
             .await
             .expect("b's content commits");
         assert_eq!(
-            collect(b.get(&b_digest, None).await.expect("get")).await,
+            collect(b.get((&b_digest).into(), None).await.expect("get")).await,
             b"written by b"
         );
         b.delete_upload("racing").await.expect("delete");

@@ -33,9 +33,9 @@ pub async fn run(store: &dyn BlobStore) {
     let digest = Digest::of(Algorithm::Sha256, data);
 
     // Nothing is there to begin with.
-    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
     assert!(matches!(
-        store.get(&digest, None).await.err(),
+        store.get((&digest).into(), None).await.err(),
         Some(StorageError::BlobNotFound)
     ));
     assert!(matches!(
@@ -117,7 +117,7 @@ pub async fn run(store: &dyn BlobStore) {
     // or read (a client retrying into the session must start over), but its bytes are
     // kept for a commit again until the upload is deleted.
     store.commit_upload("u1", &digest).await.expect("commit");
-    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), Some(12));
     assert!(matches!(
         store
             .append_upload("u1", p.clone(), stream_of(vec![b"trailing"]), u64::MAX)
@@ -140,17 +140,17 @@ pub async fn run(store: &dyn BlobStore) {
         Some(StorageError::UploadNotFound)
     ));
     assert_eq!(
-        collect(store.get(&digest, None).await.expect("get")).await,
+        collect(store.get((&digest).into(), None).await.expect("get")).await,
         data,
         "an append after the commit left the committed blob as it was"
     );
-    assert!(store.delete(&digest).await.expect("delete"));
+    assert!(store.delete((&digest).into()).await.expect("delete"));
     store
         .commit_upload("u1", &digest)
         .await
         .expect("commit again");
     assert_eq!(
-        collect(store.get(&digest, None).await.expect("get")).await,
+        collect(store.get((&digest).into(), None).await.expect("get")).await,
         data
     );
     store.delete_upload("u1").await.expect("delete upload");
@@ -166,11 +166,11 @@ pub async fn run(store: &dyn BlobStore) {
         "deleting an upload removes its kept bytes too"
     );
     assert_eq!(
-        collect(store.get(&digest, None).await.expect("get")).await,
+        collect(store.get((&digest).into(), None).await.expect("get")).await,
         data
     );
     let part = store
-        .get(&digest, Some(ByteRange { start: 7, end: 11 }))
+        .get((&digest).into(), Some(ByteRange { start: 7, end: 11 }))
         .await
         .expect("range");
     assert_eq!(collect(part).await, b"berth");
@@ -185,18 +185,18 @@ pub async fn run(store: &dyn BlobStore) {
         .commit_upload("u2", &digest)
         .await
         .expect("commit again");
-    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), Some(12));
 
     // Hiding (garbage collection's first step): gone from its digest, back on unhide.
     let h = store.hide(&digest).await.expect("hide").expect("hidden");
-    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
     assert!(store.hide(&digest).await.expect("hide again").is_none());
     assert_eq!(store.hidden().await.expect("hidden"), vec![h.clone()]);
     assert!(store.unhide(&h).await.expect("unhide"));
     assert!(!store.unhide(&h).await.expect("unhide twice"));
     assert!(store.hidden().await.expect("hidden").is_empty());
     assert_eq!(
-        collect(store.get(&digest, None).await.expect("get")).await,
+        collect(store.get((&digest).into(), None).await.expect("get")).await,
         data
     );
     // A blob committed again while hidden stays; the hidden copy goes.
@@ -207,20 +207,20 @@ pub async fn run(store: &dyn BlobStore) {
         .expect("commit while hidden");
     assert!(!store.unhide(&h).await.expect("unhide over a new commit"));
     assert!(store.hidden().await.expect("hidden").is_empty());
-    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), Some(12));
     // Purged: gone for good.
     let h = store.hide(&digest).await.expect("hide").expect("hidden");
     assert!(store.purge(&h).await.expect("purge"));
     assert!(!store.purge(&h).await.expect("purge twice"));
     assert!(!store.unhide(&h).await.expect("unhide purged"));
-    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
     // The kept upload can commit the blob again.
     store
         .commit_upload("u2", &digest)
         .await
         .expect("commit again from the kept upload");
     store.delete_upload("u2").await.expect("delete upload");
-    assert_eq!(store.stat(&digest).await.expect("stat"), Some(12));
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), Some(12));
 
     // Uploads are listed, open or committed, once each, until deleted.
     store.create_upload("u3").await.expect("create");
@@ -265,7 +265,7 @@ pub async fn run(store: &dyn BlobStore) {
         .expect("committed blob is listed");
     assert_eq!(entry.size, data.len() as u64);
     assert!(entry.modified.elapsed().unwrap_or_default() < std::time::Duration::from_secs(600));
-    assert!(store.delete(&digest).await.expect("delete"));
+    assert!(store.delete((&digest).into()).await.expect("delete"));
     assert!(
         !store
             .list()
@@ -275,8 +275,8 @@ pub async fn run(store: &dyn BlobStore) {
             .any(|b| b.digest == digest),
         "a deleted blob is not listed"
     );
-    assert!(!store.delete(&digest).await.expect("delete twice"));
-    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+    assert!(!store.delete((&digest).into()).await.expect("delete twice"));
+    assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
 }
 
 /// `import_file`: a file from outside the store comes in under its digest only if its
@@ -289,7 +289,7 @@ pub async fn import_file(store: &dyn BlobStore) {
     let (size, _) = store.import_file(&good, &digest).await.expect("import");
     assert_eq!(size, 14);
     assert_eq!(
-        collect(store.get(&digest, None).await.expect("get")).await,
+        collect(store.get((&digest).into(), None).await.expect("get")).await,
         b"imported bytes"
     );
     // Importing the same content again is not an error.
@@ -310,7 +310,7 @@ pub async fn import_file(store: &dyn BlobStore) {
         store.import_file(&bad, &claimed).await,
         Err(StorageError::DigestMismatch { .. })
     ));
-    assert_eq!(store.stat(&claimed).await.expect("stat"), None);
+    assert_eq!(store.stat((&claimed).into()).await.expect("stat"), None);
 
     // A missing source names the file.
     let missing = dir.path().join("missing");
@@ -318,4 +318,37 @@ pub async fn import_file(store: &dyn BlobStore) {
         store.import_file(&missing, &claimed).await,
         Err(StorageError::Source { .. })
     ));
+}
+
+/// Stores that keep blobs only at their digests (filesystem, memory) refuse a recorded
+/// key instead of reading something else, and a committed blob stays readable by digest.
+pub async fn refuses_keys(store: &dyn BlobStore) {
+    let data = b"kept at its digest";
+    let digest = Digest::of(Algorithm::Sha256, data);
+    store.create_upload("keyed").await.expect("create");
+    let fresh = UploadProgress {
+        size: 0,
+        hasher: Algorithm::Sha256.hasher(),
+    };
+    let body: ByteStream = Box::pin(futures_util::stream::once(async move {
+        Ok(Bytes::from_static(data))
+    }));
+    store
+        .append_upload("keyed", fresh, body, u64::MAX)
+        .await
+        .expect("append");
+    store.commit_upload("keyed", &digest).await.expect("commit");
+    store.delete_upload("keyed").await.expect("delete upload");
+    let keyed = super::BlobRef {
+        digest: &digest,
+        key: Some("objects/ke/keyed"),
+    };
+    assert!(store.stat(keyed).await.is_err());
+    assert!(store.get(keyed, None).await.is_err());
+    assert!(store.delete(keyed).await.is_err());
+    assert_eq!(store.redirect_url(keyed), None);
+    assert_eq!(
+        store.stat((&digest).into()).await.expect("stat"),
+        Some(data.len() as u64)
+    );
 }
