@@ -89,12 +89,18 @@ impl Registry {
                 break;
             }
         }
-        self.purge_orphan_uploads(age, dry_run, &mut report).await?;
-        // By the object store's clock, as the orphans' file times.
-        let cutoff = SystemTime::now()
+        // Stored files and multipart uploads are aged by their own times, not the
+        // sessions' database clock.
+        let written_before = SystemTime::now()
             .checked_sub(age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        match self.blobs.abort_stale_multipart(cutoff, dry_run).await {
+        self.purge_orphan_uploads(written_before, dry_run, &mut report)
+            .await?;
+        match self
+            .blobs
+            .abort_stale_multipart(written_before, dry_run)
+            .await
+        {
             Ok(n) => report.multipart = n,
             Err(e) => {
                 report.errors += 1;
@@ -112,16 +118,13 @@ impl Registry {
         Ok(report)
     }
 
-    /// Remove upload files last written more than `age` ago that no session records.
+    /// Remove upload files last written before `cutoff` that no session records.
     async fn purge_orphan_uploads(
         &self,
-        age: Duration,
+        cutoff: SystemTime,
         dry_run: bool,
         report: &mut PurgeReport,
     ) -> Result<()> {
-        let cutoff = SystemTime::now()
-            .checked_sub(age)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
         for upload in self.blobs.list_uploads().await? {
             if upload.modified >= cutoff {
                 continue;

@@ -742,6 +742,174 @@ mod tests {
             Err(RegistryError::UploadUnknown)
         ));
     }
+
+    /// A push whose blob is committed and linked succeeds even when removing the upload's own
+    /// files fails afterwards; upload purging removes what is left.
+    mod cleanup {
+        use super::body;
+        use crate::meta::sqlite::SqliteMeta;
+        use crate::meta::Uploads;
+        use crate::registry::{Registry, Settings};
+        use crate::storage::memory::MemoryBlobStore;
+        use crate::storage::{
+            BlobRef, BlobStore, ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError,
+            StoredBlob, StoredUpload, UploadProgress,
+        };
+        use oci::{Algorithm, Digest, RepoName};
+        use std::path::Path;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        /// The memory store, whose `delete_upload` fails while `failing` is set.
+        struct CleanupFails {
+            inner: MemoryBlobStore,
+            failing: AtomicBool,
+        }
+
+        #[async_trait::async_trait]
+        impl BlobStore for CleanupFails {
+            async fn stat(&self, b: BlobRef<'_>) -> Result<Option<u64>> {
+                self.inner.stat(b).await
+            }
+            async fn get(&self, b: BlobRef<'_>, r: Option<ByteRange>) -> Result<ByteStream> {
+                self.inner.get(b, r).await
+            }
+            async fn delete(&self, b: BlobRef<'_>) -> Result<bool> {
+                self.inner.delete(b).await
+            }
+            async fn hide(&self, d: &Digest) -> Result<Option<HiddenBlob>> {
+                self.inner.hide(d).await
+            }
+            async fn unhide(&self, h: &HiddenBlob) -> Result<bool> {
+                self.inner.unhide(h).await
+            }
+            async fn purge(&self, h: &HiddenBlob) -> Result<bool> {
+                self.inner.purge(h).await
+            }
+            async fn hidden(&self) -> Result<Vec<HiddenBlob>> {
+                self.inner.hidden().await
+            }
+            async fn list(&self) -> Result<Vec<StoredBlob>> {
+                self.inner.list().await
+            }
+            async fn create_upload(&self, id: &str) -> Result<()> {
+                self.inner.create_upload(id).await
+            }
+            async fn upload_size(&self, id: &str) -> Result<u64> {
+                self.inner.upload_size(id).await
+            }
+            async fn read_upload(&self, id: &str, r: ByteRange) -> Result<ByteStream> {
+                self.inner.read_upload(id, r).await
+            }
+            async fn append_upload(
+                &self,
+                id: &str,
+                p: UploadProgress,
+                body: ByteStream,
+                limit: u64,
+            ) -> Result<UploadProgress> {
+                self.inner.append_upload(id, p, body, limit).await
+            }
+            async fn rehash_upload(&self, id: &str, a: Algorithm) -> Result<UploadProgress> {
+                self.inner.rehash_upload(id, a).await
+            }
+            async fn commit_upload(&self, id: &str, d: &Digest) -> Result<()> {
+                self.inner.commit_upload(id, d).await
+            }
+            async fn delete_upload(&self, id: &str) -> Result<()> {
+                if self.failing.load(Ordering::SeqCst) {
+                    return Err(StorageError::Unavailable(
+                        "the object store answered 503".into(),
+                    ));
+                }
+                self.inner.delete_upload(id).await
+            }
+            async fn list_uploads(&self) -> Result<Vec<StoredUpload>> {
+                self.inner.list_uploads().await
+            }
+            async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>> {
+                self.inner.upload_written(id).await
+            }
+            async fn import_file(&self, source: &Path, d: &Digest) -> Result<(u64, Ingest)> {
+                self.inner.import_file(source, d).await
+            }
+        }
+
+        #[tokio::test]
+        async fn a_failed_cleanup_does_not_fail_a_committed_push() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let meta = Arc::new(
+                SqliteMeta::open(&dir.path().join("berth.db"))
+                    .await
+                    .expect("meta"),
+            );
+            let blobs = Arc::new(CleanupFails {
+                inner: MemoryBlobStore::new(),
+                failing: AtomicBool::new(true),
+            });
+            let registry = Registry::new(blobs.clone(), meta.clone(), Settings::default());
+            let repo: RepoName = "app".parse().expect("repo");
+
+            // Chunked: POST, PATCH, closing PUT.
+            let data: &[u8] = b"a layer whose upload files could not be removed";
+            let digest = Digest::of(Algorithm::Sha256, data);
+            let up = registry
+                .start_upload(&repo, Algorithm::Sha256)
+                .await
+                .expect("start");
+            registry
+                .upload_chunk(&repo, &up.id, None, body(data))
+                .await
+                .expect("chunk");
+            let size = registry
+                .finish_upload(&repo, &up.id, &digest, None, None)
+                .await
+                .expect("the push succeeds");
+            assert_eq!(size, data.len() as u64);
+            assert_eq!(
+                registry.stat_blob(&repo, &digest).await.expect("stat"),
+                size
+            );
+            assert!(meta.get_upload(&up.id).await.expect("get").is_none());
+
+            // Monolithic: POST ?digest=.
+            let other: &[u8] = b"a monolithic push, same story";
+            let other_digest = Digest::of(Algorithm::Sha256, other);
+            registry
+                .put_blob(&repo, &other_digest, body(other))
+                .await
+                .expect("the monolithic push succeeds");
+            assert_eq!(
+                registry
+                    .stat_blob(&repo, &other_digest)
+                    .await
+                    .expect("stat"),
+                other.len() as u64
+            );
+
+            // Both uploads' files are left, and upload purging takes them; the blobs stay.
+            assert_eq!(blobs.list_uploads().await.expect("list").len(), 2);
+            blobs.failing.store(false, Ordering::SeqCst);
+            let report = registry
+                .purge_uploads(Duration::ZERO, false)
+                .await
+                .expect("purge");
+            assert_eq!(report.orphans, 2, "{report:?}");
+            assert!(blobs.list_uploads().await.expect("list").is_empty());
+            assert_eq!(
+                registry.stat_blob(&repo, &digest).await.expect("stat"),
+                size
+            );
+            assert_eq!(
+                registry
+                    .stat_blob(&repo, &other_digest)
+                    .await
+                    .expect("stat"),
+                other.len() as u64
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -808,180 +976,5 @@ mod cache_tests {
         cache.touch("long-chunk");
         drop(cache.lock("other").await);
         assert_eq!(cache.held(), 2);
-    }
-}
-
-/// A push whose blob is committed and linked succeeds even when removing the upload's own
-/// files fails afterwards; upload purging removes what is left.
-#[cfg(test)]
-mod cleanup_tests {
-    use crate::meta::sqlite::SqliteMeta;
-    use crate::meta::Uploads;
-    use crate::registry::{Registry, Settings};
-    use crate::storage::memory::MemoryBlobStore;
-    use crate::storage::{
-        BlobRef, BlobStore, ByteRange, ByteStream, HiddenBlob, Ingest, Result, StorageError,
-        StoredBlob, StoredUpload, UploadProgress,
-    };
-    use bytes::Bytes;
-    use oci::{Algorithm, Digest, RepoName};
-    use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    /// The memory store, whose `delete_upload` fails while `failing` is set.
-    struct CleanupFails {
-        inner: MemoryBlobStore,
-        failing: AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl BlobStore for CleanupFails {
-        async fn stat(&self, b: BlobRef<'_>) -> Result<Option<u64>> {
-            self.inner.stat(b).await
-        }
-        async fn get(&self, b: BlobRef<'_>, r: Option<ByteRange>) -> Result<ByteStream> {
-            self.inner.get(b, r).await
-        }
-        async fn delete(&self, b: BlobRef<'_>) -> Result<bool> {
-            self.inner.delete(b).await
-        }
-        async fn hide(&self, d: &Digest) -> Result<Option<HiddenBlob>> {
-            self.inner.hide(d).await
-        }
-        async fn unhide(&self, h: &HiddenBlob) -> Result<bool> {
-            self.inner.unhide(h).await
-        }
-        async fn purge(&self, h: &HiddenBlob) -> Result<bool> {
-            self.inner.purge(h).await
-        }
-        async fn hidden(&self) -> Result<Vec<HiddenBlob>> {
-            self.inner.hidden().await
-        }
-        async fn list(&self) -> Result<Vec<StoredBlob>> {
-            self.inner.list().await
-        }
-        async fn create_upload(&self, id: &str) -> Result<()> {
-            self.inner.create_upload(id).await
-        }
-        async fn upload_size(&self, id: &str) -> Result<u64> {
-            self.inner.upload_size(id).await
-        }
-        async fn read_upload(&self, id: &str, r: ByteRange) -> Result<ByteStream> {
-            self.inner.read_upload(id, r).await
-        }
-        async fn append_upload(
-            &self,
-            id: &str,
-            p: UploadProgress,
-            body: ByteStream,
-            limit: u64,
-        ) -> Result<UploadProgress> {
-            self.inner.append_upload(id, p, body, limit).await
-        }
-        async fn rehash_upload(&self, id: &str, a: Algorithm) -> Result<UploadProgress> {
-            self.inner.rehash_upload(id, a).await
-        }
-        async fn commit_upload(&self, id: &str, d: &Digest) -> Result<()> {
-            self.inner.commit_upload(id, d).await
-        }
-        async fn delete_upload(&self, id: &str) -> Result<()> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StorageError::Unavailable(
-                    "the object store answered 503".into(),
-                ));
-            }
-            self.inner.delete_upload(id).await
-        }
-        async fn list_uploads(&self) -> Result<Vec<StoredUpload>> {
-            self.inner.list_uploads().await
-        }
-        async fn upload_written(&self, id: &str) -> Result<Option<std::time::SystemTime>> {
-            self.inner.upload_written(id).await
-        }
-        async fn import_file(&self, source: &Path, d: &Digest) -> Result<(u64, Ingest)> {
-            self.inner.import_file(source, d).await
-        }
-    }
-
-    fn body(b: &'static [u8]) -> ByteStream {
-        Box::pin(futures_util::stream::once(async move {
-            Ok(Bytes::from_static(b))
-        }))
-    }
-
-    #[tokio::test]
-    async fn a_failed_cleanup_does_not_fail_a_committed_push() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let meta = Arc::new(
-            SqliteMeta::open(&dir.path().join("berth.db"))
-                .await
-                .expect("meta"),
-        );
-        let blobs = Arc::new(CleanupFails {
-            inner: MemoryBlobStore::new(),
-            failing: AtomicBool::new(true),
-        });
-        let registry = Registry::new(blobs.clone(), meta.clone(), Settings::default());
-        let repo: RepoName = "app".parse().expect("repo");
-
-        // Chunked: POST, PATCH, closing PUT.
-        let data: &[u8] = b"a layer whose upload files could not be removed";
-        let digest = Digest::of(Algorithm::Sha256, data);
-        let up = registry
-            .start_upload(&repo, Algorithm::Sha256)
-            .await
-            .expect("start");
-        registry
-            .upload_chunk(&repo, &up.id, None, body(data))
-            .await
-            .expect("chunk");
-        let size = registry
-            .finish_upload(&repo, &up.id, &digest, None, None)
-            .await
-            .expect("the push succeeds");
-        assert_eq!(size, data.len() as u64);
-        assert_eq!(
-            registry.stat_blob(&repo, &digest).await.expect("stat"),
-            size
-        );
-        assert!(meta.get_upload(&up.id).await.expect("get").is_none());
-
-        // Monolithic: POST ?digest=.
-        let other: &[u8] = b"a monolithic push, same story";
-        let other_digest = Digest::of(Algorithm::Sha256, other);
-        registry
-            .put_blob(&repo, &other_digest, body(other))
-            .await
-            .expect("the monolithic push succeeds");
-        assert_eq!(
-            registry
-                .stat_blob(&repo, &other_digest)
-                .await
-                .expect("stat"),
-            other.len() as u64
-        );
-
-        // Both uploads' files are left, and upload purging takes them; the blobs stay.
-        assert_eq!(blobs.list_uploads().await.expect("list").len(), 2);
-        blobs.failing.store(false, Ordering::SeqCst);
-        let report = registry
-            .purge_uploads(Duration::ZERO, false)
-            .await
-            .expect("purge");
-        assert_eq!(report.orphans, 2, "{report:?}");
-        assert!(blobs.list_uploads().await.expect("list").is_empty());
-        assert_eq!(
-            registry.stat_blob(&repo, &digest).await.expect("stat"),
-            size
-        );
-        assert_eq!(
-            registry
-                .stat_blob(&repo, &other_digest)
-                .await
-                .expect("stat"),
-            other.len() as u64
-        );
     }
 }

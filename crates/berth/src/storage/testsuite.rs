@@ -323,18 +323,11 @@ pub async fn import_file(store: &dyn BlobStore) {
 /// Stores that keep blobs only at their digests (filesystem, memory) refuse a recorded
 /// key instead of reading something else, and a committed blob stays readable by digest.
 pub async fn refuses_keys(store: &dyn BlobStore) {
-    let data = b"kept at its digest";
+    let data: &'static [u8] = b"kept at its digest";
     let digest = Digest::of(Algorithm::Sha256, data);
     store.create_upload("keyed").await.expect("create");
-    let fresh = UploadProgress {
-        size: 0,
-        hasher: Algorithm::Sha256.hasher(),
-    };
-    let body: ByteStream = Box::pin(futures_util::stream::once(async move {
-        Ok(Bytes::from_static(data))
-    }));
     store
-        .append_upload("keyed", fresh, body, u64::MAX)
+        .append_upload("keyed", fresh(), stream_of(vec![data]), u64::MAX)
         .await
         .expect("append");
     store.commit_upload("keyed", &digest).await.expect("commit");
