@@ -20,8 +20,8 @@
 //! only the blobs pushed since are copied.
 
 use crate::meta::transfer::{MigrationSource, MigrationTarget, TableCopied, TargetState};
-use crate::meta::MetaError;
-use crate::storage::{BlobStore, ByteRange, ByteStream, StorageError, UploadProgress};
+use crate::meta::{BlobRecord, MetaError};
+use crate::storage::{BlobRef, BlobStore, ByteRange, ByteStream, StorageError, UploadProgress};
 use futures_util::{StreamExt, TryStreamExt};
 use oci::Digest;
 use std::collections::HashMap;
@@ -210,7 +210,7 @@ impl Migration {
         // First pass: the source's blobs as of now, no snapshot held.
         let first = self.source_meta.blob_list().await?;
         counts.total = first.len() as u64;
-        counts.total_bytes = first.iter().map(|(_, s)| s).sum();
+        counts.total_bytes = first.iter().map(|(_, b)| b.size).sum();
         on_event(Event::Step(format!(
             "copying blobs: {} in the source ({}), {} in the target",
             first.len(),
@@ -227,7 +227,7 @@ impl Migration {
         let mut snapshot = self.source_meta.snapshot().await?;
         let all = snapshot.blobs().await?;
         counts.total = all.len() as u64;
-        counts.total_bytes = all.iter().map(|(_, s)| s).sum();
+        counts.total_bytes = all.iter().map(|(_, b)| b.size).sum();
         let before = counts.copied;
         self.copy_blobs(&all, &mut present, &mut counts, on_event)
             .await;
@@ -303,13 +303,14 @@ impl Migration {
     /// progress; failures are reported and counted, not returned.
     async fn copy_blobs(
         &self,
-        wanted: &[(Digest, u64)],
+        wanted: &[(Digest, BlobRecord)],
         present: &mut HashMap<Digest, u64>,
         counts: &mut BlobCounts,
         on_event: &mut (dyn FnMut(Event) + Send),
     ) {
         let mut todo = Vec::new();
-        for (digest, size) in wanted {
+        for (digest, blob) in wanted {
+            let size = &blob.size;
             match present.get(digest) {
                 Some(have) if have == size => {}
                 Some(have) => {
@@ -319,22 +320,22 @@ impl Migration {
                         "the target already holds blob {digest} with {have} bytes, the source's has {size}: the target's copy is damaged; delete it from the target's storage and run berth migrate again"
                     )));
                 }
-                None => todo.push((digest.clone(), *size)),
+                None => todo.push((digest.clone(), blob.clone())),
             }
         }
         counts.present = wanted.len() as u64 - todo.len() as u64;
         counts.pending = todo.len() as u64;
-        counts.pending_bytes = todo.iter().map(|(_, s)| s).sum();
+        counts.pending_bytes = todo.iter().map(|(_, b)| b.size).sum();
         if todo.is_empty() {
             return;
         }
         let flowing = Arc::new(AtomicU64::new(0));
         let copied_before = counts.copied_bytes;
-        let mut jobs = futures_util::stream::iter(todo.into_iter().map(|(digest, size)| {
+        let mut jobs = futures_util::stream::iter(todo.into_iter().map(|(digest, blob)| {
             let flowing = flowing.clone();
             async move {
-                let result = self.copy_blob(&digest, size, flowing).await;
-                (digest, size, result)
+                let result = self.copy_blob(&digest, &blob, flowing).await;
+                (digest, blob.size, result)
             }
         }))
         .buffer_unordered(self.concurrency.max(1));
@@ -363,12 +364,19 @@ impl Migration {
     }
 
     /// Stream one blob into the target through an upload of its own, verify, commit.
+    /// The source's copy is read where its metadata records it; the target's is kept at
+    /// the digest's own path (the copied metadata records no key).
     async fn copy_blob(
         &self,
         digest: &Digest,
-        size: u64,
+        blob: &BlobRecord,
         flowing: Arc<AtomicU64>,
     ) -> Result<(), String> {
+        let size = blob.size;
+        let at = BlobRef {
+            digest,
+            key: blob.key.as_deref(),
+        };
         // One name per blob: a run interrupted mid-copy leaves at most this upload, which
         // the next run replaces.
         let id = format!("migrate-{}-{}", digest.algorithm(), &digest.hex()[..32]);
@@ -376,7 +384,7 @@ impl Migration {
         target.delete_upload(&id).await.map_err(|e| e.to_string())?;
         target.create_upload(&id).await.map_err(|e| e.to_string())?;
         let result = async {
-            let body = match self.source_blobs.get(digest.into(), None).await {
+            let body = match self.source_blobs.get(at, None).await {
                 Ok(body) => body,
                 Err(StorageError::BlobNotFound) => {
                     return Err(

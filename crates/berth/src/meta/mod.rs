@@ -224,23 +224,51 @@ pub struct NewEvent {
     pub payload: String,
 }
 
+/// What metadata records of a committed blob: its size, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub size: u64,
+    /// The blob store key its bytes were written to, or `None` for the digest's own
+    /// path (every blob committed by digest; see migration 0016).
+    pub key: Option<String>,
+}
+
 /// Repositories and the blobs linked into them.
 #[async_trait::async_trait]
 pub trait Repositories: Send + Sync {
-    /// Record a committed blob and link it into `repo` (creating the repository), and
-    /// append `events` to the outbox, in one transaction. Refused with
-    /// [`MetaError::Collecting`] while a garbage collection holds the digest's
-    /// [`collecting_claim`] (it is removing the file).
+    /// Record a blob committed at its digest's own path and link it into `repo`
+    /// (creating the repository), and append `events`, in one transaction: [`Self::link_blob_at`]
+    /// with no key. A key already recorded for the digest stays (readers use it).
     async fn link_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
         events: &[NewEvent],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.link_blob_at(repo, digest, size, None, events)
+            .await
+            .map(drop)
+    }
+    /// Record a committed blob whose bytes are at `key` in the blob store (`None`: at the
+    /// digest's own path) and link it into `repo` (creating the repository), and append
+    /// `events`, in one transaction. The first key recorded for a digest wins, `None`
+    /// included: if the digest already has a row, its key is kept (and its creation time
+    /// refreshed), so the caller's copy is surplus. Returns the key the row holds after
+    /// the call, which the caller compares with its own. Refused with
+    /// [`MetaError::Collecting`] while a garbage collection holds the digest's
+    /// [`collecting_claim`] (it is removing the file).
+    async fn link_blob_at(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        key: Option<&str>,
+        events: &[NewEvent],
+    ) -> Result<Option<String>>;
     /// Link a blob metadata already records into `repo` (a cross-repository mount) and
     /// append `events`, in one transaction. With `from`, the blob must be linked there.
-    /// Never records a blob: its size if linked, `None` (nothing written) when the blob
+    /// Never records a blob: its record if linked, `None` (nothing written) when the blob
     /// is unknown — garbage collection may have forgotten it, and its file may be going.
     async fn mount_blob(
         &self,
@@ -248,11 +276,11 @@ pub trait Repositories: Send + Sync {
         digest: &Digest,
         from: Option<&RepoName>,
         events: &[NewEvent],
-    ) -> Result<Option<u64>>;
-    /// Size of `digest` if it is linked into `repo`.
-    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
-    /// Size of `digest` if any repository has it.
-    async fn known_blob(&self, digest: &Digest) -> Result<Option<u64>>;
+    ) -> Result<Option<BlobRecord>>;
+    /// The record of `digest` if it is linked into `repo`.
+    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobRecord>>;
+    /// The record of `digest` if any repository has it.
+    async fn known_blob(&self, digest: &Digest) -> Result<Option<BlobRecord>>;
     /// Remove the link and append `events`, in one transaction; `false` (nothing written)
     /// if there was no link.
     async fn unlink_blob(
@@ -589,7 +617,9 @@ pub trait Housekeeping: Send + Sync {
     /// Delete a manifest only if no tag points at it and no manifest of the repository
     /// references it (checked in the same transaction); `false` if it was kept.
     async fn gc_delete_untagged(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
-    /// Forget each of `digests` (distinct) whose blob no manifest references and neither
+    /// Forget each of `digests` (distinct) whose blob no manifest references, is
+    /// recorded at its digest's own path (a blob at a key of its own is never forgotten
+    /// here: a stray file at the digest's path must not take its row), and neither
     /// the blob nor any link to it is newer than `cutoff` (seconds since the epoch): its
     /// links and its `blobs` row go, and in the same transaction [`collecting_claim`] of
     /// the digest is claimed for `owner` for `lease`. Until that claim is released or

@@ -31,9 +31,9 @@
 
 use super::postgres_events::insert_events;
 use super::{
-    completed, digest, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
-    NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result, SessionCapReached,
-    SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
+    completed, digest, project_range, BlobRecord, CompletedUpload, ManifestDeletion, Manifests,
+    MetaError, NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result,
+    SessionCapReached, SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -397,10 +397,10 @@ async fn link_in(
     Ok(())
 }
 
-/// The size of blob `$2` if it is linked into repository `$1`.
+/// The size and key of blob `$2` if it is linked into repository `$1`.
 macro_rules! linked_size {
     () => {
-        "SELECT b.size FROM repositories r
+        "SELECT b.size, b.storage_key FROM repositories r
          JOIN repository_blobs rb ON rb.repository_id = r.id
          JOIN blobs b ON b.digest = rb.digest
          WHERE r.name = $1 AND rb.digest = $2"
@@ -412,15 +412,21 @@ fn size(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// A `blobs` row's (size, storage_key).
+fn blob_record((n, key): (i64, Option<String>)) -> BlobRecord {
+    BlobRecord { size: size(n), key }
+}
+
 #[async_trait::async_trait]
 impl Repositories for PgMeta {
-    async fn link_blob(
+    async fn link_blob_at(
         &self,
         repo: &RepoName,
         d: &Digest,
         blob_size: u64,
+        key: Option<&str>,
         events: &[NewEvent],
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         self.write("linking a blob", || async move {
             let t = now();
             let mut tx = self.pool.begin().await?;
@@ -443,20 +449,23 @@ impl Repositories for PgMeta {
                 return Err(MetaError::Collecting(d.clone()));
             }
             // A (re-)committed blob and its link count as new for garbage collection's
-            // grace period.
-            sqlx::query(
-                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at",
+            // grace period. The row's key is never replaced: the first one recorded wins
+            // (concurrent inserts of one digest wait on its primary key).
+            let effective: Option<String> = sqlx::query_scalar(
+                "INSERT INTO blobs (digest, size, created_at, storage_key) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at
+                 RETURNING storage_key",
             )
             .bind(d.as_str())
             .bind(i64::try_from(blob_size).unwrap_or(i64::MAX))
             .bind(t)
-            .execute(&mut *tx)
+            .bind(key)
+            .fetch_one(&mut *tx)
             .await?;
             link_in(&mut tx, repo, d, blob_size, t).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;
-            Ok(())
+            Ok(effective)
         })
         .await
     }
@@ -467,54 +476,56 @@ impl Repositories for PgMeta {
         d: &Digest,
         from: Option<&RepoName>,
         events: &[NewEvent],
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<BlobRecord>> {
         self.write("mounting a blob", || async move {
             let t = now();
             let mut tx = self.pool.begin().await?;
             // FOR SHARE on the blob's row (and the source link): a collection forgetting
             // the blob holds them FOR UPDATE, so this waits and then finds them gone.
-            let found: Option<i64> = match from {
-                Some(from) => sqlx::query_scalar(concat!(linked_size!(), " FOR SHARE OF rb, b"))
+            let found: Option<(i64, Option<String>)> = match from {
+                Some(from) => sqlx::query_as(concat!(linked_size!(), " FOR SHARE OF rb, b"))
                     .bind(from.as_str())
                     .bind(d.as_str()),
-                None => sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1 FOR SHARE")
-                    .bind(d.as_str()),
+                None => sqlx::query_as(
+                    "SELECT size, storage_key FROM blobs WHERE digest = $1 FOR SHARE",
+                )
+                .bind(d.as_str()),
             }
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(n) = found else {
+            let Some(found) = found.map(blob_record) else {
                 return Ok(None);
             };
-            link_in(&mut tx, repo, d, size(n), t).await?;
+            link_in(&mut tx, repo, d, found.size, t).await?;
             insert_events(&mut tx, events).await?;
             tx.commit().await?;
-            Ok(Some(size(n)))
+            Ok(Some(found))
         })
         .await
     }
 
-    async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+    async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<BlobRecord>> {
         self.read(async {
-            let n: Option<i64> = sqlx::query_scalar(LINKED_SIZE)
+            let found: Option<(i64, Option<String>)> = sqlx::query_as(LINKED_SIZE)
                 .bind(repo.as_str())
                 .bind(d.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-            Ok(n.map(size))
+            Ok(found.map(blob_record))
         })
         .await
     }
 
-    async fn known_blob(&self, d: &Digest) -> Result<Option<u64>> {
+    async fn known_blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
         self.read(async {
-            let n: Option<i64> = sqlx::query_scalar(
-                "SELECT b.size FROM blobs b WHERE b.digest = $1
+            let found: Option<(i64, Option<String>)> = sqlx::query_as(
+                "SELECT b.size, b.storage_key FROM blobs b WHERE b.digest = $1
                  AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
             )
             .bind(d.as_str())
             .fetch_optional(&self.pool)
             .await?;
-            Ok(n.map(size))
+            Ok(found.map(blob_record))
         })
         .await
     }

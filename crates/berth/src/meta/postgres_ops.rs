@@ -217,7 +217,8 @@ impl Housekeeping for PgMeta {
                   WHERE NOT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = d)
                     AND NOT EXISTS (SELECT 1 FROM repository_blobs
                                     WHERE digest = d AND created_at > $2)
-                    AND NOT EXISTS (SELECT 1 FROM blobs WHERE digest = d AND created_at > $2)",
+                    AND NOT EXISTS (SELECT 1 FROM blobs WHERE digest = d
+                                    AND (created_at > $2 OR storage_key IS NOT NULL))",
                 )
                 .bind(names)
                 .bind(cutoff)

@@ -183,6 +183,7 @@ mod suites {
         crate::meta::testsuite::retentions(&meta).await;
         crate::meta::testsuite::registries(&meta).await;
         crate::meta::testsuite::completed_uploads(&meta).await;
+        crate::meta::testsuite::blob_keys(&meta).await;
         // Reopening keeps everything (migrations are idempotent).
         meta.close().await;
         drop(meta);
@@ -470,7 +471,10 @@ mod schema {
         meta.link_blob(&repo("big/app"), &d, big, &[])
             .await
             .expect("link");
-        assert_eq!(meta.known_blob(&d).await.expect("known"), Some(big));
+        assert_eq!(
+            meta.known_blob(&d).await.expect("known"),
+            crate::meta::testsuite::by_digest(big)
+        );
         assert_eq!(meta.stats().await.expect("stats").blob_bytes, big);
         meta.close().await;
         db.drop_db().await;

@@ -157,11 +157,17 @@ impl MigrationTarget for PgMeta {
             let columns = columns(&mut tx, table).await?;
             let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
             let check = ManifestCheck::for_table(table, &names);
+            let nulled = super::transfer::nulled_columns(table, &names);
             let (send, mut receive) = mpsc::channel::<RowBatch>(4);
             let read = snapshot.rows(table, &names, send);
             let write = async {
                 let mut written = 0u64;
-                while let Some(batch) = receive.recv().await {
+                while let Some(mut batch) = receive.recv().await {
+                    for row in &mut batch {
+                        for &i in &nulled {
+                            row[i] = Value::Null;
+                        }
+                    }
                     if let Some(check) = &check {
                         check.verify(&batch)?;
                     }
@@ -508,7 +514,8 @@ mod tests {
         lite.link_blob(&app, &d("layer"), 5, &[])
             .await
             .expect("link");
-        lite.link_blob(&app, &d("config"), 3, &[])
+        // Recorded at a key of the source's own: the target keeps it at its digest.
+        lite.link_blob_at(&app, &d("config"), 3, Some("objects/source-key"), &[])
             .await
             .expect("link");
         let image = manifest("image", &[(d("layer"), false), (d("config"), false)]);
@@ -601,7 +608,15 @@ mod tests {
             .expect("get")
             .expect("the tag");
         assert_eq!(got.content, b"image");
-        assert_eq!(pg.known_blob(&d("layer")).await.expect("known"), Some(5));
+        assert_eq!(
+            pg.known_blob(&d("layer")).await.expect("known"),
+            crate::meta::testsuite::by_digest(5)
+        );
+        assert_eq!(
+            pg.known_blob(&d("config")).await.expect("known"),
+            crate::meta::testsuite::by_digest(3),
+            "a source's key names nothing in the target's store"
+        );
         assert_eq!(
             pg.get_upload(&session.id).await.expect("upload"),
             Some(session.clone())

@@ -7,9 +7,10 @@
 use super::sqlite_access::REPOSITORIES_IN_RANGE;
 use super::sqlite_events::insert_events;
 use super::{
-    completed, digest, now, project_range, CompletedUpload, ManifestDeletion, Manifests, MetaError,
-    NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing, Result, SessionCapReached,
-    SessionCaps, StoredManifest, UploadSession, Uploads, COMPLETED_UPLOAD_SECS,
+    completed, digest, now, project_range, BlobRecord, CompletedUpload, ManifestDeletion,
+    Manifests, MetaError, NewEvent, NewManifest, Referrer, Repositories, RepositoryClearing,
+    Result, SessionCapReached, SessionCaps, StoredManifest, UploadSession, Uploads,
+    COMPLETED_UPLOAD_SECS,
 };
 use futures_util::TryStreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -133,15 +134,24 @@ async fn link_in(
     Ok(())
 }
 
+/// A `blobs` row's (size, storage_key).
+fn blob_record(r: &sqlx::sqlite::SqliteRow) -> BlobRecord {
+    BlobRecord {
+        size: r.get::<i64, _>(0) as u64,
+        key: r.get(1),
+    }
+}
+
 #[async_trait::async_trait]
 impl Repositories for SqliteMeta {
-    async fn link_blob(
+    async fn link_blob_at(
         &self,
         repo: &RepoName,
         d: &Digest,
         size: u64,
+        key: Option<&str>,
         events: &[NewEvent],
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let t = now();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         // A collection that forgot this digest is removing its file: the caller waits.
@@ -156,17 +166,23 @@ impl Repositories for SqliteMeta {
             return Err(MetaError::Collecting(d.clone()));
         }
         // A (re-)committed blob and its link count as new for garbage collection's grace
-        // period: a collection that read the old rows must not take the fresh file.
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at")
-            .bind(d.as_str())
-            .bind(size as i64)
-            .bind(t)
-            .execute(&mut *tx)
-            .await?;
+        // period: a collection that read the old rows must not take the fresh file. The
+        // row's key is never replaced: the first one recorded wins.
+        let effective: Option<String> = sqlx::query_scalar(
+            "INSERT INTO blobs (digest, size, created_at, storage_key) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at
+             RETURNING storage_key",
+        )
+        .bind(d.as_str())
+        .bind(size as i64)
+        .bind(t)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
         link_in(&mut tx, repo, d, size, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(effective)
     }
 
     async fn mount_blob(
@@ -175,37 +191,38 @@ impl Repositories for SqliteMeta {
         d: &Digest,
         from: Option<&RepoName>,
         events: &[NewEvent],
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<BlobRecord>> {
         let t = now();
         // IMMEDIATE: the check that the blob is still recorded and the link are one step
         // against garbage collection in another process.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let size = match from {
+        let found = match from {
             Some(from) => sqlx::query(
-                "SELECT b.size FROM repositories r
+                "SELECT b.size, b.storage_key FROM repositories r
                  JOIN repository_blobs rb ON rb.repository_id = r.id
                  JOIN blobs b ON b.digest = rb.digest
                  WHERE r.name = ?1 AND rb.digest = ?2",
             )
             .bind(from.as_str())
             .bind(d.as_str()),
-            None => sqlx::query("SELECT size FROM blobs WHERE digest = ?1").bind(d.as_str()),
+            None => sqlx::query("SELECT size, storage_key FROM blobs WHERE digest = ?1")
+                .bind(d.as_str()),
         }
         .fetch_optional(&mut *tx)
         .await?
-        .map(|r| r.get::<i64, _>(0) as u64);
-        let Some(size) = size else {
+        .map(|r| blob_record(&r));
+        let Some(found) = found else {
             return Ok(None);
         };
-        link_in(&mut tx, repo, d, size, t).await?;
+        link_in(&mut tx, repo, d, found.size, t).await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(Some(size))
+        Ok(Some(found))
     }
 
-    async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+    async fn linked_blob(&self, repo: &RepoName, d: &Digest) -> Result<Option<BlobRecord>> {
         let row = sqlx::query(
-            "SELECT b.size FROM repositories r
+            "SELECT b.size, b.storage_key FROM repositories r
              JOIN repository_blobs rb ON rb.repository_id = r.id
              JOIN blobs b ON b.digest = rb.digest
              WHERE r.name = ?1 AND rb.digest = ?2",
@@ -214,18 +231,18 @@ impl Repositories for SqliteMeta {
         .bind(d.as_str())
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+        Ok(row.map(|r| blob_record(&r)))
     }
 
-    async fn known_blob(&self, d: &Digest) -> Result<Option<u64>> {
+    async fn known_blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
         let row = sqlx::query(
-            "SELECT b.size FROM blobs b WHERE b.digest = ?1
+            "SELECT b.size, b.storage_key FROM blobs b WHERE b.digest = ?1
              AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
         )
         .bind(d.as_str())
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+        Ok(row.map(|r| blob_record(&r)))
     }
 
     async fn unlink_blob(&self, repo: &RepoName, d: &Digest, events: &[NewEvent]) -> Result<bool> {
@@ -878,5 +895,31 @@ impl SqliteMeta {
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(ManifestDeletion::Deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shared contract on SQLite (the same list as PostgreSQL's `shared_suite`).
+    #[tokio::test]
+    async fn shared_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("open");
+        crate::meta::testsuite::run(&meta).await;
+        crate::meta::testsuite::run_events(&meta).await;
+        crate::meta::testsuite::transactional_events(&meta).await;
+        crate::meta::testsuite::outbox_trim(&meta).await;
+        crate::meta::testsuite::proxy_cache(&meta).await;
+        crate::meta::testsuite::job_claims(&meta).await;
+        crate::meta::testsuite::completed_uploads(&meta).await;
+        crate::meta::testsuite::blob_keys(&meta).await;
+        // Reopening keeps everything (migrations are idempotent).
+        drop(meta);
+        let meta = super::SqliteMeta::open(&dir.path().join("berth.db"))
+            .await
+            .expect("reopen");
+        crate::meta::testsuite::check_persisted(&meta).await;
     }
 }

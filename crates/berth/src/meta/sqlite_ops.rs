@@ -207,7 +207,8 @@ impl Housekeeping for SqliteMeta {
                 "SELECT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
                      OR EXISTS (SELECT 1 FROM repository_blobs
                                 WHERE digest = ?1 AND created_at > ?2)
-                     OR EXISTS (SELECT 1 FROM blobs WHERE digest = ?1 AND created_at > ?2)",
+                     OR EXISTS (SELECT 1 FROM blobs WHERE digest = ?1
+                                AND (created_at > ?2 OR storage_key IS NOT NULL))",
             )
             .bind(d.as_str())
             .bind(cutoff)

@@ -6,7 +6,7 @@
 
 use super::sqlite::{upload_session, SqliteMeta};
 use super::transfer::{quote, MigrationSource, RowBatch, Snapshot, Value, BATCH_ROWS};
-use super::{digest, MetaError, Result, UploadSession};
+use super::{digest, BlobRecord, MetaError, Result, UploadSession};
 use futures_util::TryStreamExt;
 use oci::Digest;
 use sqlx::sqlite::SqliteRow;
@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 #[async_trait::async_trait]
 impl MigrationSource for SqliteMeta {
-    async fn blob_list(&self) -> Result<Vec<(Digest, u64)>> {
-        let rows = sqlx::query("SELECT digest, size FROM blobs")
+    async fn blob_list(&self) -> Result<Vec<(Digest, BlobRecord)>> {
+        let rows = sqlx::query("SELECT digest, size, storage_key FROM blobs")
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(blob_row).collect()
@@ -32,11 +32,12 @@ impl MigrationSource for SqliteMeta {
     }
 }
 
-fn blob_row(r: &SqliteRow) -> Result<(Digest, u64)> {
+fn blob_row(r: &SqliteRow) -> Result<(Digest, BlobRecord)> {
     let size: i64 = r.try_get("size")?;
     let size = u64::try_from(size)
         .map_err(|_| MetaError::Corrupt(format!("blob size {size} is negative")))?;
-    Ok((digest(r.try_get("digest")?)?, size))
+    let key = r.try_get("storage_key")?;
+    Ok((digest(r.try_get("digest")?)?, BlobRecord { size, key }))
 }
 
 struct SqliteSnapshot {
@@ -45,8 +46,8 @@ struct SqliteSnapshot {
 
 #[async_trait::async_trait]
 impl Snapshot for SqliteSnapshot {
-    async fn blobs(&mut self) -> Result<Vec<(Digest, u64)>> {
-        let rows = sqlx::query("SELECT digest, size FROM blobs")
+    async fn blobs(&mut self) -> Result<Vec<(Digest, BlobRecord)>> {
+        let rows = sqlx::query("SELECT digest, size, storage_key FROM blobs")
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(blob_row).collect()

@@ -15,6 +15,10 @@ fn tag(s: &str) -> Tag {
 fn d(s: &str) -> Digest {
     Digest::of(Algorithm::Sha256, s.as_bytes())
 }
+/// The record of a blob committed at its digest's own path.
+pub fn by_digest(size: u64) -> Option<super::BlobRecord> {
+    Some(super::BlobRecord { size, key: None })
+}
 
 fn manifest(content: &str, subject: Option<Digest>, artifact_type: Option<&str>) -> NewManifest {
     NewManifest {
@@ -44,10 +48,13 @@ pub async fn run(m: &dyn MetaStore) {
     assert!(m.repository_exists(&a).await.expect("exists"));
     assert_eq!(
         m.linked_blob(&a, &d("layer")).await.expect("linked"),
-        Some(5)
+        by_digest(5)
     );
     assert_eq!(m.linked_blob(&b, &d("layer")).await.expect("linked"), None);
-    assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
+    assert_eq!(
+        m.known_blob(&d("layer")).await.expect("known"),
+        by_digest(5)
+    );
     assert_eq!(
         m.linked_blobs(&a, &[d("layer"), d("nope")])
             .await
@@ -548,11 +555,11 @@ pub async fn transactional_events(m: &dyn MetaStore) {
         m.mount_blob(&other, &d("tx-layer"), Some(&r), &events("mount"))
             .await
             .expect("mount"),
-        Some(3)
+        by_digest(3)
     );
     assert_eq!(
         m.linked_blob(&other, &d("tx-layer")).await.expect("linked"),
-        Some(3)
+        by_digest(3)
     );
     m.put_manifest(&r, &man, &[tag("u")], &[])
         .await
@@ -731,12 +738,18 @@ pub async fn housekeeping(m: &dyn MetaStore) {
         None
     );
     assert_eq!(m.known_blob(&d("loose")).await.expect("known"), None);
-    assert_eq!(m.known_blob(&d("layer")).await.expect("known"), Some(5));
+    assert_eq!(
+        m.known_blob(&d("layer")).await.expect("known"),
+        by_digest(5)
+    );
     // Released: the blob can be recorded again.
     m.link_blob(&a, &d("loose"), 7, &[])
         .await
         .expect("linked once the claim is released");
-    assert_eq!(m.known_blob(&d("loose")).await.expect("known"), Some(7));
+    assert_eq!(
+        m.known_blob(&d("loose")).await.expect("known"),
+        by_digest(7)
+    );
 
     // A batch: one transaction forgets what nothing needs (a stored file no row records
     // included) and claims each of those; the rest is kept, unclaimed.
@@ -759,7 +772,7 @@ pub async fn housekeeping(m: &dyn MetaStore) {
     want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(forgotten, want);
     assert_eq!(m.known_blob(&d("b1")).await.expect("known"), None);
-    assert_eq!(m.known_blob(&d("b2")).await.expect("known"), Some(2));
+    assert_eq!(m.known_blob(&d("b2")).await.expect("known"), by_digest(2));
     assert_eq!(m.linked_blob(&b, &d("b3")).await.expect("linked"), None);
     let claims: Vec<String> = want.iter().map(super::collecting_claim).collect();
     match m.link_blob(&b, &d("b3"), 3, &[]).await {
@@ -804,6 +817,90 @@ pub async fn housekeeping(m: &dyn MetaStore) {
 }
 
 /// The pull-through cache's bookkeeping: touch, list expired, expire (re-checked).
+/// Blobs recorded at keys of their own (migration 0016): the first key recorded for a
+/// digest wins (no key included), every read returns it, and the digest-path forget of
+/// garbage collection never takes a keyed row.
+pub async fn blob_keys(m: &dyn MetaStore) {
+    let a = repo("keys/a");
+    let b = repo("keys/b");
+    let keyed = |size, key: &str| {
+        Some(super::BlobRecord {
+            size,
+            key: Some(key.to_string()),
+        })
+    };
+    // The first key wins; a later key, or none, leaves it.
+    let won = m
+        .link_blob_at(&a, &d("k1"), 10, Some("objects/1"), &[])
+        .await
+        .expect("link at a key");
+    assert_eq!(won.as_deref(), Some("objects/1"));
+    let lost = m
+        .link_blob_at(&b, &d("k1"), 10, Some("objects/2"), &[])
+        .await
+        .expect("link another copy");
+    assert_eq!(lost.as_deref(), Some("objects/1"), "the first key stays");
+    m.link_blob(&b, &d("k1"), 10, &[])
+        .await
+        .expect("link by digest");
+    assert_eq!(
+        m.linked_blob(&b, &d("k1")).await.expect("linked"),
+        keyed(10, "objects/1")
+    );
+    assert_eq!(
+        m.known_blob(&d("k1")).await.expect("known"),
+        keyed(10, "objects/1")
+    );
+    // No key first: a later key is surplus.
+    m.link_blob(&a, &d("k2"), 20, &[]).await.expect("link");
+    let kept = m
+        .link_blob_at(&a, &d("k2"), 20, Some("objects/3"), &[])
+        .await
+        .expect("link at a key");
+    assert_eq!(kept, None, "the digest's own path stays");
+    assert_eq!(m.known_blob(&d("k2")).await.expect("known"), by_digest(20));
+    // Mounts carry the key.
+    let c = repo("keys/c");
+    assert_eq!(
+        m.mount_blob(&c, &d("k1"), Some(&a), &[])
+            .await
+            .expect("mount from a"),
+        keyed(10, "objects/1")
+    );
+    assert_eq!(
+        m.mount_blob(&c, &d("k1"), None, &[]).await.expect("mount"),
+        keyed(10, "objects/1")
+    );
+    // A key names one blob only.
+    assert!(
+        m.link_blob_at(&a, &d("k3"), 30, Some("objects/1"), &[])
+            .await
+            .is_err(),
+        "a key recorded for another digest is refused"
+    );
+    assert_eq!(m.known_blob(&d("k3")).await.expect("known"), None);
+    // The digest-path forget keeps a keyed row, however old and unlinked.
+    for r in [&a, &b, &c] {
+        m.unlink_blob(r, &d("k1"), &[]).await.expect("unlink");
+    }
+    m.unlink_blob(&a, &d("k2"), &[]).await.expect("unlink");
+    let future = i64::MAX / 2;
+    let lease = std::time::Duration::from_secs(60);
+    let forgotten = m
+        .gc_forget_blobs(&[d("k1"), d("k2")], future, "gc-keys", lease)
+        .await
+        .expect("forget");
+    assert_eq!(forgotten, vec![d("k2")]);
+    m.release_job(&super::collecting_claim(&d("k2")), "gc-keys")
+        .await
+        .expect("release");
+    let relinked = m
+        .link_blob_at(&a, &d("k1"), 10, Some("objects/4"), &[])
+        .await
+        .expect("relink");
+    assert_eq!(relinked.as_deref(), Some("objects/1"), "the row was kept");
+}
+
 pub async fn proxy_cache(m: &dyn MetaStore) {
     let r = repo("cache/app");
     let img = manifest("cached image", None, None);

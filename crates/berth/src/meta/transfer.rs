@@ -10,7 +10,7 @@
 //! Identity sequences are moved past the copied ids, so the cluster's next id never
 //! collides with a copied one.
 
-use super::{Result, UploadSession};
+use super::{BlobRecord, Result, UploadSession};
 use oci::Digest;
 use tokio::sync::mpsc;
 
@@ -46,6 +46,20 @@ pub const TABLES: &[&str] = &[
 /// Tables of the schema that are not registry content and are not copied.
 pub const NOT_COPIED: &[&str] = &["completed_uploads", "job_claims", "migrate_runs"];
 
+/// Columns of copied tables written as NULL in the target: `berth migrate` streams every
+/// blob through the target store's upload path, which keeps it under its digest's own
+/// path, so no key the source recorded for a blob names anything in the target.
+pub const NULLED: &[(&str, &str)] = &[("blobs", "storage_key")];
+
+/// Positions in `columns` of `table`'s [`NULLED`] columns.
+pub fn nulled_columns(table: &str, columns: &[String]) -> Vec<usize> {
+    NULLED
+        .iter()
+        .filter(|(t, _)| *t == table)
+        .filter_map(|(_, c)| columns.iter().position(|n| n == c))
+        .collect()
+}
+
 /// `name` as an SQL identifier (both databases quote alike).
 pub(super) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -72,7 +86,7 @@ pub type RowBatch = Vec<Vec<Value>>;
 pub trait MigrationSource: Send + Sync {
     /// The committed blobs (digest, size) as of now, outside any snapshot (the long
     /// first copy of bytes runs from this, holding no read transaction open).
-    async fn blob_list(&self) -> Result<Vec<(Digest, u64)>>;
+    async fn blob_list(&self) -> Result<Vec<(Digest, BlobRecord)>>;
     /// A consistent snapshot of everything, held until the snapshot is dropped.
     async fn snapshot(&self) -> Result<Box<dyn Snapshot>>;
 }
@@ -81,7 +95,7 @@ pub trait MigrationSource: Send + Sync {
 #[async_trait::async_trait]
 pub trait Snapshot: Send {
     /// The committed blobs (digest, size).
-    async fn blobs(&mut self) -> Result<Vec<(Digest, u64)>>;
+    async fn blobs(&mut self) -> Result<Vec<(Digest, BlobRecord)>>;
     /// The open upload sessions.
     async fn uploads(&mut self) -> Result<Vec<UploadSession>>;
     /// Send every row of `table` (its `columns`, in that order) to `out` in batches of

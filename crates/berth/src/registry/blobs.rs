@@ -2,8 +2,8 @@
 
 use super::events::{Action, Target};
 use super::{Registry, RegistryError, Result};
-use crate::meta::{MetaError, MetaStore, NewEvent};
-use crate::storage::{ByteRange, ByteStream, StorageError};
+use crate::meta::{BlobRecord, MetaError, MetaStore, NewEvent};
+use crate::storage::{BlobRef, ByteRange, ByteStream, StorageError};
 use oci::{Digest, RepoName};
 use std::time::{Duration, Instant};
 
@@ -12,21 +12,33 @@ use std::time::{Duration, Instant};
 /// delete, or copy and delete); past this the push fails with 503 and can be retried.
 pub const COLLECTING_WAIT: Duration = Duration::from_secs(300);
 
-/// Record a blob whose file was just committed and link it into `repo` (with its outbox
-/// rows). While a garbage collection is removing an older file of the same digest this
-/// waits for it to finish (polling, up to [`COLLECTING_WAIT`]); the caller then finds
-/// the file gone and commits its bytes again (see `gc.rs`).
+/// Where the bytes of `digest` are, as metadata records them.
+pub(super) fn stored_at<'a>(digest: &'a Digest, record: &'a BlobRecord) -> BlobRef<'a> {
+    BlobRef {
+        digest,
+        key: record.key.as_deref(),
+    }
+}
+
+/// Record a blob whose file was just committed (at `key`, or at the digest's own path)
+/// and link it into `repo` (with its outbox rows); returns the key metadata holds for the
+/// digest afterwards (the first one recorded wins: see
+/// [`crate::meta::Repositories::link_blob_at`]). While a garbage collection is removing
+/// an older file of the same digest this waits for it to finish (polling, up to
+/// [`COLLECTING_WAIT`]); the caller then finds the file gone and commits its bytes again
+/// (see `gc.rs`).
 pub(super) async fn record_blob(
     meta: &dyn MetaStore,
     repo: &RepoName,
     digest: &Digest,
     size: u64,
+    key: Option<&str>,
     events: &[NewEvent],
-) -> crate::meta::Result<()> {
+) -> crate::meta::Result<Option<String>> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        match meta.link_blob(repo, digest, size, events).await {
+        match meta.link_blob_at(repo, digest, size, key, events).await {
             Err(MetaError::Collecting(_)) if started.elapsed() < COLLECTING_WAIT => {
                 if pause == Duration::from_millis(50) {
                     tracing::info!(%digest, %repo, "waiting for garbage collection to finish removing an older copy of this blob");
@@ -52,11 +64,11 @@ impl Registry {
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let proxy = self.proxy_for(repo).await;
         let size = match (self.meta.linked_blob(repo, digest).await?, &proxy) {
-            (Some(size), Some(p)) => {
+            (Some(found), Some(p)) => {
                 self.proxy_hit(p, repo, digest).await;
-                size
+                found.size
             }
-            (Some(size), None) => size,
+            (Some(found), None) => found.size,
             (None, Some(p)) => self.proxy_blob_size(p, repo, digest).await?,
             (None, None) => return Err(RegistryError::BlobUnknown(digest.clone())),
         };
@@ -64,7 +76,7 @@ impl Registry {
         Ok(size)
     }
 
-    async fn linked_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+    async fn linked_record(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord> {
         self.meta
             .linked_blob(repo, digest)
             .await?
@@ -102,19 +114,22 @@ impl Registry {
     /// when the blob is to be served by [`Registry::read_blob`] (no redirects, or a
     /// pull-through cache blob not yet here).
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
-        let Some(url) = self.blobs.redirect_url(digest.into()) else {
+        if !self.blobs.redirects() {
             return Ok(None);
-        };
-        let Some(size) = self.meta.linked_blob(repo, digest).await? else {
+        }
+        let Some(found) = self.meta.linked_blob(repo, digest).await? else {
             if self.proxy_for(repo).await.is_some() {
                 return Ok(None);
             }
             return Err(RegistryError::BlobUnknown(digest.clone()));
         };
+        let Some(url) = self.blobs.redirect_url(stored_at(digest, &found)) else {
+            return Ok(None);
+        };
         if let Some(p) = self.proxy_for(repo).await {
             self.proxy_hit(&p, repo, digest).await;
         }
-        self.emit_blob_pull(repo, digest, size);
+        self.emit_blob_pull(repo, digest, found.size);
         Ok(Some(url))
     }
 
@@ -125,7 +140,8 @@ impl Registry {
         digest: &Digest,
         resolve: impl FnOnce(u64) -> Result<Option<ByteRange>>,
     ) -> Result<BlobRead> {
-        let size = self.linked_size(repo, digest).await?;
+        let found = self.linked_record(repo, digest).await?;
+        let size = found.size;
         // Distribution reports a pull once the blob is found, even when the range is
         // then refused.
         self.emit_blob_pull(repo, digest, size);
@@ -139,11 +155,11 @@ impl Registry {
         }
         let body = self
             .blobs
-            .get(digest.into(), range)
+            .get(stored_at(digest, &found), range)
             .await
             .map_err(|e| match e {
                 StorageError::BlobNotFound => {
-                    tracing::error!(%digest, "blob is linked in metadata but missing from storage");
+                    tracing::error!(%digest, key = found.key.as_deref().unwrap_or("(its digest's path)"), "blob is linked in metadata but missing from storage");
                     RegistryError::BlobUnknown(digest.clone())
                 }
                 other => other.into(),
@@ -181,5 +197,107 @@ impl Registry {
             ..Target::default()
         };
         self.event_rows(Action::Delete, &target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::{BlobRecord, Repositories};
+    use crate::registry::{Registry, Settings};
+    use crate::storage::s3::{testserver, S3BlobStore};
+    use crate::storage::{BlobStore, ByteRange, ByteStream};
+    use bytes::Bytes;
+    use futures_util::TryStreamExt;
+    use oci::{Algorithm, Digest, RepoName};
+    use std::sync::Arc;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().expect("repo")
+    }
+
+    async fn collect(body: ByteStream) -> Vec<u8> {
+        let parts: Vec<Bytes> = body.try_collect().await.expect("read");
+        parts.concat()
+    }
+
+    /// A blob metadata records at a key of its own is read, ranged, redirected to,
+    /// mounted and served from that key, never from the digest's path; a later commit of
+    /// the same digest by digest keeps the key.
+    #[tokio::test]
+    async fn blobs_recorded_at_keys_are_read_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                .expect("s3 store"),
+        );
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let registry = Registry::new(store.clone(), meta.clone(), Settings::default());
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let key = "objects/ke/a-push-of-its-own";
+        store
+            .put_at(key, Bytes::from(data.clone()))
+            .await
+            .expect("put");
+        let (a, b, c) = (repo("keys/a"), repo("keys/b"), repo("keys/c"));
+        meta.link_blob_at(&a, &digest, data.len() as u64, Some(key), &[])
+            .await
+            .expect("link");
+
+        assert_eq!(
+            registry.stat_blob(&a, &digest).await.expect("stat"),
+            data.len() as u64
+        );
+        let read = registry
+            .read_blob(&a, &digest, |_| Ok(None))
+            .await
+            .expect("read");
+        assert_eq!(collect(read.body).await, data);
+        let range = ByteRange { start: 10, end: 20 };
+        let read = registry
+            .read_blob(&a, &digest, |_| Ok(Some(range)))
+            .await
+            .expect("range");
+        assert_eq!(collect(read.body).await, data[10..=20].to_vec());
+        let url = registry
+            .blob_redirect(&a, &digest)
+            .await
+            .expect("redirect")
+            .expect("a URL");
+        assert!(url.contains(key), "{url}");
+        let fetched = reqwest::get(&url).await.expect("follow").bytes().await;
+        assert_eq!(fetched.expect("body").to_vec(), data);
+
+        assert!(registry
+            .mount_blob(&b, &digest, Some(&a))
+            .await
+            .expect("mount"));
+        let read = registry
+            .read_blob(&b, &digest, |_| Ok(None))
+            .await
+            .expect("read the mount");
+        assert_eq!(collect(read.body).await, data);
+        assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
+
+        // The same bytes pushed by digest: the push succeeds and the key stays.
+        let body: ByteStream = Box::pin(futures_util::stream::once(futures_util::future::ready(
+            Ok(Bytes::from(data.clone())),
+        )));
+        registry.put_blob(&c, &digest, body).await.expect("push");
+        let want = Some(BlobRecord {
+            size: data.len() as u64,
+            key: Some(key.to_string()),
+        });
+        assert_eq!(meta.linked_blob(&c, &digest).await.expect("linked"), want);
+        let read = registry
+            .read_blob(&c, &digest, |_| Ok(None))
+            .await
+            .expect("read the push");
+        assert_eq!(collect(read.body).await, data);
     }
 }

@@ -30,17 +30,19 @@ impl Registry {
         digest: &Digest,
         source: &Path,
     ) -> Result<BlobImport> {
+        // Always recorded at the digest's own path: a key already recorded for the digest
+        // stays (and is read), and an import never names another row's key.
         if let Some(size) = self.blobs.stat(digest.into()).await? {
-            super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
+            let key = super::blobs::record_blob(&*self.meta, repo, digest, size, None, &[]).await?;
             // Garbage collection may have swept the file between the stat and the link
             // (see `registry/gc.rs`); then it is brought in below after all.
-            if self.blobs.stat(digest.into()).await?.is_some() {
+            if key.is_some() || self.blobs.stat(digest.into()).await?.is_some() {
                 return Ok(BlobImport::AlreadyPresent { size });
             }
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
-        super::blobs::record_blob(&*self.meta, repo, digest, size, &[]).await?;
-        if self.blobs.stat(digest.into()).await?.is_none() {
+        let key = super::blobs::record_blob(&*self.meta, repo, digest, size, None, &[]).await?;
+        if key.is_none() && self.blobs.stat(digest.into()).await?.is_none() {
             // Swept between the import and the link: the link is there now, so a second
             // import stays.
             self.blobs.import_file(source, digest).await?;

@@ -22,7 +22,7 @@
 use super::claims::HeldClaim;
 use super::upstream::{Upstream, UpstreamError};
 use super::{Page, Registry, RegistryError, Result};
-use crate::meta::{now, MetaError, MetaStore};
+use crate::meta::{now, BlobRecord, MetaError, MetaStore};
 use crate::storage::{BlobStore, ByteRange, ByteStream, StorageError, UploadProgress};
 use futures_util::StreamExt;
 use oci::{Digest, Reference, RepoName, Tag};
@@ -138,7 +138,7 @@ enum Source {
     Local,
     /// Present locally, not confirmed for this repository (the upstream failed): served,
     /// not linked.
-    Unlinked(u64),
+    Unlinked(BlobRecord),
     /// Being fetched.
     Filling(Arc<Fill>),
 }
@@ -146,9 +146,9 @@ enum Source {
 /// What the cache holds of a blob asked for through a repository it is not linked into.
 enum Cached {
     /// Linked now (the upstream confirmed the repository has it).
-    Linked(u64),
+    Linked(BlobRecord),
     /// Held, but the upstream could not confirm: serve without linking.
-    Unlinked(u64),
+    Unlinked(BlobRecord),
     /// Not held.
     No,
 }
@@ -205,12 +205,16 @@ impl FillTask {
     async fn record(&self, size: u64) -> Result<(), FillError> {
         // The link first, while the fill is still findable: a request that no longer
         // finds the fill finds the linked blob instead of fetching it again.
-        let mut linked = self.link(&self.repo, size).await;
+        let linked = self.link(&self.repo, size).await;
         self.fills.lock().await.remove(&self.key());
         // Garbage collection may have taken the file between the commit and the link
         // (see registry/gc.rs); the upload still holds the bytes, so commit them again.
+        // (A blob recorded at a key of its own meanwhile is read there: the fill's copy
+        // at the digest's path is only what this fill's readers stream.)
+        let by_digest = matches!(linked, Ok(None));
+        let mut linked = linked.map(drop);
         let kept = async {
-            if self.blobs.stat((&self.digest).into()).await?.is_none() {
+            if by_digest && self.blobs.stat((&self.digest).into()).await?.is_none() {
                 tracing::info!(digest = %self.digest, "blob collected while it was cached; committing it again");
                 self.blobs
                     .commit_upload(&self.fill.upload_id, &self.digest)
@@ -227,13 +231,14 @@ impl FillTask {
         linked
     }
 
-    async fn link(&self, repo: &RepoName, size: u64) -> Result<(), FillError> {
-        let r = super::blobs::record_blob(&*self.meta, repo, &self.digest, size, &[]).await;
+    /// The key metadata holds for the blob afterwards (`None`: the digest's own path).
+    async fn link(&self, repo: &RepoName, size: u64) -> Result<Option<String>, FillError> {
+        let r = super::blobs::record_blob(&*self.meta, repo, &self.digest, size, None, &[]).await;
         let t = self
             .meta
             .cache_touch(repo, &self.digest, false, self.touch.0, self.touch.1)
             .await;
-        r.and(t).map_err(|e| {
+        r.and_then(|key| t.map(|()| key)).map_err(|e| {
             tracing::error!(digest = %self.digest, %repo, "cannot link a fetched blob: {e}");
             FillError::Failed(format!("storing blob metadata failed: {e}"))
         })
@@ -745,10 +750,15 @@ impl Registry {
         let claim = fill_claim(repo, digest);
         loop {
             tokio::time::sleep(REMOTE_FILL_POLL).await;
-            if self.meta.linked_blob(repo, digest).await?.is_some()
-                && self.blobs.stat(digest.into()).await?.is_some()
-            {
-                return Ok(Source::Local);
+            if let Some(found) = self.meta.linked_blob(repo, digest).await? {
+                if self
+                    .blobs
+                    .stat(super::blobs::stored_at(digest, &found))
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Source::Local);
+                }
             }
             match self.meta.claim_job(&claim, &p.owner, FILL_LEASE).await? {
                 Err(_) => continue,
@@ -767,9 +777,9 @@ impl Registry {
     /// bytes are served (they are content-addressed) without linking them; if it refuses
     /// (401, 403) or does not have the blob there, the blob is unknown to `repo`.
     async fn mount_cached(&self, p: &Proxy, repo: &RepoName, digest: &Digest) -> Result<Cached> {
-        if self.meta.known_blob(digest).await?.is_none() {
+        let Some(known) = self.meta.known_blob(digest).await? else {
             return Ok(Cached::No);
-        }
+        };
         match p.upstream.blob_size(repo, digest).await {
             Ok(_) => {}
             Err(UpstreamError::NotFound | UpstreamError::Denied(_)) => {
@@ -782,16 +792,17 @@ impl Registry {
             Err(UpstreamError::Failed(msg)) => {
                 bump(&p.counters.upstream_errors);
                 tracing::warn!(%repo, %digest, "serving a cached blob unconfirmed (not linked): the upstream failed: {msg}");
-                return Ok(match self.blobs.stat(digest.into()).await? {
-                    Some(size) => Cached::Unlinked(size),
+                let at = super::blobs::stored_at(digest, &known);
+                return Ok(match self.blobs.stat(at).await? {
+                    Some(size) => Cached::Unlinked(BlobRecord { size, ..known }),
                     None => Cached::No,
                 });
             }
         }
         Ok(match self.meta.mount_blob(repo, digest, None, &[]).await? {
-            Some(size) => {
+            Some(found) => {
                 self.touch(p, repo, digest, false).await;
-                Cached::Linked(size)
+                Cached::Linked(found)
             }
             None => Cached::No,
         })
@@ -805,11 +816,11 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<u64> {
-        if let Cached::Linked(size) | Cached::Unlinked(size) =
+        if let Cached::Linked(found) | Cached::Unlinked(found) =
             self.mount_cached(p, repo, digest).await?
         {
             bump(&p.counters.blob_hit);
-            return Ok(size);
+            return Ok(found.size);
         }
         if let Some(size) = {
             let fills = p.fills.lock().await;
@@ -842,14 +853,17 @@ impl Registry {
                 bump(&p.counters.blob_hit);
                 return self.read_linked_blob(repo, digest, resolve).await;
             }
-            Source::Unlinked(size) => {
+            Source::Unlinked(found) => {
+                let size = found.size;
                 bump(&p.counters.blob_hit);
                 self.emit_blob_pull(repo, digest, size);
                 let range = resolve(size)?;
                 let body = if size == 0 {
                     Box::pin(futures_util::stream::empty()) as ByteStream
                 } else {
-                    self.blobs.get(digest.into(), range).await?
+                    self.blobs
+                        .get(super::blobs::stored_at(digest, &found), range)
+                        .await?
                 };
                 return Ok(super::BlobRead { size, range, body });
             }

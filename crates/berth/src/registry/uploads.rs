@@ -275,18 +275,23 @@ impl Registry {
                 return Ok(true);
             }
         }
-        let size = match from {
+        let found = match from {
             Some(from) => self.meta.linked_blob(from, digest).await?,
             None => self.meta.known_blob(digest).await?,
         };
-        let Some(size) = size else { return Ok(false) };
-        if self.blobs.stat(digest.into()).await?.is_none() {
+        let Some(found) = found else { return Ok(false) };
+        if self
+            .blobs
+            .stat(super::blobs::stored_at(digest, &found))
+            .await?
+            .is_none()
+        {
             return Ok(false);
         }
         #[cfg(test)]
         super::gc::race::point("mount:checked").await;
         let events = if self.events_enabled() {
-            let mut target = self.blob_target(repo, digest, size);
+            let mut target = self.blob_target(repo, digest, found.size);
             target.from_repository = from.map(RepoName::to_string).unwrap_or_default();
             self.event_rows(Action::Mount, &target)
         } else {
@@ -486,12 +491,15 @@ impl Registry {
             Vec::new()
         };
         self.pulls_first(&events).await;
-        super::blobs::record_blob(&*self.meta, repo, digest, progress.size, &events).await?;
+        let key =
+            super::blobs::record_blob(&*self.meta, repo, digest, progress.size, None, &events)
+                .await?;
         self.wake(&events);
         // Garbage collection may have taken the file between the commit and the link
         // (it had forgotten an older copy of the same blob): the upload still holds the
-        // bytes, so commit them again. See `registry/gc.rs`.
-        if self.blobs.stat(digest.into()).await?.is_none() {
+        // bytes, so commit them again. See `registry/gc.rs`. (A blob metadata records at
+        // a key of its own is read there, not at the digest's path.)
+        if key.is_none() && self.blobs.stat(digest.into()).await?.is_none() {
             tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
             self.blobs.commit_upload(id, digest).await?;
         }

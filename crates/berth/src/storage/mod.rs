@@ -170,6 +170,11 @@ impl BlobRef<'_> {
 pub trait BlobStore: Send + Sync + 'static {
     /// Size of a committed blob, or `None`.
     async fn stat(&self, blob: BlobRef<'_>) -> Result<Option<u64>>;
+    /// Whether [`Self::redirect_url`] gives URLs at all (checked before metadata is
+    /// asked where a blob is).
+    fn redirects(&self) -> bool {
+        false
+    }
     /// Where a client may fetch a committed blob directly (a presigned URL of an object
     /// store), instead of through Berth; `None` (the default) serves it through Berth.
     fn redirect_url(&self, _blob: BlobRef<'_>) -> Option<String> {

@@ -445,6 +445,13 @@ impl S3BlobStore {
         Ok(Some(bytes))
     }
 
+    /// Write `body` at `key` under the store's root, as a keyed push would leave a blob
+    /// (for tests of readers of recorded keys).
+    #[cfg(test)]
+    pub(crate) async fn put_at(&self, key: &str, body: Bytes) -> Result<()> {
+        self.put(&format!("{}{key}", self.root), body).await
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
         let mut action = self.bucket.put_object(self.creds(), key);
         for (k, v) in &self.write_headers {
@@ -1053,6 +1060,10 @@ fn parse_hidden(name: &str) -> Option<HiddenBlob> {
 #[async_trait::async_trait]
 impl super::BlobStore for S3BlobStore {
     /// A presigned GET for the client to follow (307), unless `storage.redirect.disable`.
+    fn redirects(&self) -> bool {
+        self.redirect
+    }
+
     fn redirect_url(&self, blob: BlobRef<'_>) -> Option<String> {
         if !self.redirect {
             return None;
