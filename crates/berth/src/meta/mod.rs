@@ -603,6 +603,17 @@ pub struct GcManifest {
     pub references: Vec<(Digest, bool)>,
 }
 
+/// A blob recorded at a key of its own (see [`BlobRecord`]), as garbage collection
+/// sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub key: String,
+    /// Seconds since the epoch when it was (last) recorded.
+    pub created_at: i64,
+}
+
 /// Accounting and garbage collection: whole-store queries, and deletes that re-check
 /// their condition inside their transaction.
 #[async_trait::async_trait]
@@ -635,6 +646,20 @@ pub trait Housekeeping: Send + Sync {
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<Vec<Digest>>;
+
+    /// Blobs recorded at keys of their own, in digest order after `after`, at most
+    /// `limit`: garbage collection's candidates among them (the store's listing of
+    /// digest paths does not show them).
+    async fn gc_keyed_blobs(&self, after: Option<&Digest>, limit: u32) -> Result<Vec<KeyedBlob>>;
+    /// Forget each of `digests` (distinct) whose blob is recorded at a key of its own,
+    /// no manifest references it, and neither the blob nor any link to it is newer than
+    /// `cutoff`: its links and its row go (off the projects' quotas), in one transaction
+    /// ordered against links and mounts of the digests as
+    /// [`Housekeeping::gc_forget_blobs`] is. Returns the blobs forgotten, whose objects
+    /// the caller then deletes. No claim is taken: a push of the same digest from then
+    /// on records a key of its own (or the digest's path), never this one, so deleting
+    /// this object cannot take a newer copy.
+    async fn gc_forget_keyed(&self, digests: &[Digest], cutoff: i64) -> Result<Vec<KeyedBlob>>;
 
     /// [`Housekeeping::gc_forget_blobs`] of one digest; `false` if it was kept.
     async fn gc_forget_blob(

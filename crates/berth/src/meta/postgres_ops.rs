@@ -22,7 +22,7 @@
 
 use super::postgres::{drop_if_empty, PgMeta, BLOB_LOCK_SPACE};
 use super::postgres_events::CLAIM_JOB;
-use super::{collecting_claim, digest, GcManifest, Housekeeping, Result, Stats};
+use super::{collecting_claim, digest, GcManifest, Housekeeping, KeyedBlob, Result, Stats};
 use oci::{Digest, RepoName};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -170,6 +170,56 @@ impl Housekeeping for PgMeta {
         .await
     }
 
+    async fn gc_keyed_blobs(&self, after: Option<&Digest>, limit: u32) -> Result<Vec<KeyedBlob>> {
+        self.read(async {
+            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+                "SELECT digest, size, storage_key, created_at FROM blobs
+                  WHERE storage_key IS NOT NULL AND digest > $1 ORDER BY digest LIMIT $2",
+            )
+            .bind(after.map(Digest::as_str).unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(keyed_blob).collect()
+        })
+        .await
+    }
+
+    async fn gc_forget_keyed(&self, digests: &[Digest], cutoff: i64) -> Result<Vec<KeyedBlob>> {
+        let names: Vec<&str> = digests.iter().map(Digest::as_str).collect();
+        let names = &names;
+        self.write(
+            &format!("deleting {} blobs", digests.len()),
+            || async move {
+                let mut tx = self.pool.begin().await?;
+                lock_blobs(&mut tx, names).await?;
+                let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+                    "SELECT b.digest, b.size, b.storage_key, b.created_at FROM blobs b
+                      WHERE b.digest = ANY($1) AND b.storage_key IS NOT NULL
+                        AND b.created_at <= $2
+                        AND NOT EXISTS (SELECT 1 FROM manifest_references
+                                        WHERE child_digest = b.digest)
+                        AND NOT EXISTS (SELECT 1 FROM repository_blobs
+                                        WHERE digest = b.digest AND created_at > $2)
+                      ORDER BY b.digest",
+                )
+                .bind(names)
+                .bind(cutoff)
+                .fetch_all(&mut *tx)
+                .await?;
+                let forgotten = rows
+                    .into_iter()
+                    .map(keyed_blob)
+                    .collect::<Result<Vec<_>>>()?;
+                let gone: Vec<&str> = forgotten.iter().map(|b| b.digest.as_str()).collect();
+                forget_rows(&mut tx, &gone).await?;
+                tx.commit().await?;
+                Ok(forgotten)
+            },
+        )
+        .await
+    }
+
     async fn gc_forget_blobs(
         &self,
         digests: &[Digest],
@@ -184,34 +234,7 @@ impl Housekeeping for PgMeta {
             &format!("deleting {} blobs", digests.len()),
             || async move {
                 let mut tx = self.pool.begin().await?;
-                // Every digest's key exclusive, in key order, before any row: a link of one
-                // of them waits from here on, and holds nothing this transaction needs.
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock($1, k)
-                   FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($2::text[]) AS d
-                          ORDER BY k) AS keys",
-                )
-                .bind(BLOB_LOCK_SPACE)
-                .bind(names)
-                .execute(&mut *tx)
-                .await?;
-                // Then the blobs' rows (every writer that records or mounts one locks it, so
-                // they wait from here on), then their links (a manifest requiring one holds
-                // it FOR SHARE: wait for that to commit), then the check, in a later
-                // statement that sees what those writers committed.
-                sqlx::query(
-                    "SELECT 1 FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE",
-                )
-                .bind(names)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "SELECT 1 FROM repository_blobs WHERE digest = ANY($1)
-                 ORDER BY digest, repository_id FOR UPDATE",
-                )
-                .bind(names)
-                .execute(&mut *tx)
-                .await?;
+                lock_blobs(&mut tx, names).await?;
                 let unused: Vec<String> = sqlx::query_scalar(
                     "SELECT d FROM unnest($1::text[]) AS d
                   WHERE NOT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = d)
@@ -242,47 +265,97 @@ impl Housekeeping for PgMeta {
                     }
                 }
                 let gone: Vec<&str> = forgotten.iter().map(Digest::as_str).collect();
-                // (repository, digest, size) of every link that goes.
-                let links: Vec<(i64, String, String, i64)> = sqlx::query_as(
-                    "SELECT r.id, r.name, rb.digest, b.size FROM repository_blobs rb
-                       JOIN repositories r ON r.id = rb.repository_id
-                       JOIN blobs b ON b.digest = rb.digest
-                      WHERE rb.digest = ANY($1) ORDER BY r.id, rb.digest",
-                )
-                .bind(&gone)
-                .fetch_all(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM repository_blobs WHERE digest = ANY($1)")
-                    .bind(&gone)
-                    .execute(&mut *tx)
-                    .await?;
-                // Off the quota of each project that held them (once a project and digest,
-                // however many of its repositories linked it); a repository that held only
-                // these blobs goes with their links.
-                let mut emptied: Vec<i64> = Vec::new();
-                let mut released = std::collections::HashSet::new();
-                for (repo_id, name, d, n) in links {
-                    let project = name.split_once('/').map(|(p, _)| p.to_string());
-                    if released.insert((project, d.clone())) {
-                        let d = digest(d)?;
-                        let n = u64::try_from(n).unwrap_or(0);
-                        super::postgres_policy::release(&mut tx, &name, &d, n).await?;
-                    }
-                    if emptied.last() != Some(&repo_id) {
-                        emptied.push(repo_id);
-                    }
-                }
-                for repo_id in emptied {
-                    drop_if_empty(&mut tx, repo_id).await?;
-                }
-                sqlx::query("DELETE FROM blobs WHERE digest = ANY($1)")
-                    .bind(&gone)
-                    .execute(&mut *tx)
-                    .await?;
+                forget_rows(&mut tx, &gone).await?;
                 tx.commit().await?;
                 Ok(forgotten)
             },
         )
         .await
     }
+}
+
+/// Garbage collection's locks on blobs `names` before it decides: every digest's
+/// advisory key exclusive, in key order, then their rows, then their links (see
+/// `gc_forget_blobs`).
+async fn lock_blobs(tx: &mut sqlx::PgConnection, names: &[&str]) -> Result<()> {
+    // Every digest's key exclusive, in key order, before any row: a link of one
+    // of them waits from here on, and holds nothing this transaction needs.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+       FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($2::text[]) AS d
+              ORDER BY k) AS keys",
+    )
+    .bind(BLOB_LOCK_SPACE)
+    .bind(names)
+    .execute(&mut *tx)
+    .await?;
+    // Then the blobs' rows (every writer that records or mounts one locks it, so
+    // they wait from here on), then their links (a manifest requiring one holds
+    // it FOR SHARE: wait for that to commit), then the check, in a later
+    // statement that sees what those writers committed.
+    sqlx::query("SELECT 1 FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE")
+        .bind(names)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "SELECT 1 FROM repository_blobs WHERE digest = ANY($1)
+     ORDER BY digest, repository_id FOR UPDATE",
+    )
+    .bind(names)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Delete the links (off the projects' quotas) and rows of blobs `gone`, in the
+/// caller's transaction: garbage collection's forget once it decided.
+async fn forget_rows(tx: &mut sqlx::PgConnection, gone: &[&str]) -> Result<()> {
+    // (repository, digest, size) of every link that goes.
+    let links: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT r.id, r.name, rb.digest, b.size FROM repository_blobs rb
+           JOIN repositories r ON r.id = rb.repository_id
+           JOIN blobs b ON b.digest = rb.digest
+          WHERE rb.digest = ANY($1) ORDER BY r.id, rb.digest",
+    )
+    .bind(gone)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM repository_blobs WHERE digest = ANY($1)")
+        .bind(gone)
+        .execute(&mut *tx)
+        .await?;
+    // Off the quota of each project that held them (once a project and digest,
+    // however many of its repositories linked it); a repository that held only
+    // these blobs goes with their links.
+    let mut emptied: Vec<i64> = Vec::new();
+    let mut released = std::collections::HashSet::new();
+    for (repo_id, name, d, n) in links {
+        let project = name.split_once('/').map(|(p, _)| p.to_string());
+        if released.insert((project, d.clone())) {
+            let d = digest(d)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            super::postgres_policy::release(&mut *tx, &name, &d, n).await?;
+        }
+        if emptied.last() != Some(&repo_id) {
+            emptied.push(repo_id);
+        }
+    }
+    for repo_id in emptied {
+        drop_if_empty(&mut *tx, repo_id).await?;
+    }
+    sqlx::query("DELETE FROM blobs WHERE digest = ANY($1)")
+        .bind(gone)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A `blobs` row with a key, as (digest, size, storage_key, created_at).
+fn keyed_blob((d, size, key, created_at): (String, i64, String, i64)) -> Result<KeyedBlob> {
+    Ok(KeyedBlob {
+        digest: digest(d)?,
+        size: u64::try_from(size).unwrap_or(0),
+        key,
+        created_at,
+    })
 }

@@ -10,7 +10,7 @@
 //! busy timeout, and try again a bounded number of times.
 
 use super::sqlite::{drop_if_empty, SqliteMeta};
-use super::{GcManifest, Housekeeping, MetaError, Result, Stats};
+use super::{GcManifest, Housekeeping, KeyedBlob, MetaError, Result, Stats};
 use oci::{Digest, RepoName};
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
@@ -231,37 +231,91 @@ impl Housekeeping for SqliteMeta {
             if claimed.rows_affected() != 1 {
                 continue;
             }
-            let size = super::sqlite_policy::blob_size(&mut tx, d).await?;
-            let unlinked: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT r.id, r.name FROM repository_blobs rb
-                   JOIN repositories r ON r.id = rb.repository_id WHERE rb.digest = ?1",
-            )
-            .bind(d.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
-                .bind(d.as_str())
-                .execute(&mut *tx)
-                .await?;
-            // Off the quota of each project that held it (once a project, however many
-            // of its repositories linked it); a repository that held only this blob
-            // goes with its link.
-            let mut projects = std::collections::HashSet::new();
-            for (repo_id, name) in unlinked {
-                if projects.insert(name.split_once('/').map(|(p, _)| p.to_string())) {
-                    super::sqlite_policy::release(&mut tx, &name, d, size).await?;
-                }
-                drop_if_empty(&mut tx, repo_id).await?;
-            }
-            sqlx::query("DELETE FROM blobs WHERE digest = ?1")
-                .bind(d.as_str())
-                .execute(&mut *tx)
-                .await?;
+            forget_in(&mut tx, d).await?;
             forgotten.push(d.clone());
         }
         tx.commit().await?;
         Ok(forgotten)
     }
+
+    async fn gc_keyed_blobs(&self, after: Option<&Digest>, limit: u32) -> Result<Vec<KeyedBlob>> {
+        let rows = sqlx::query(
+            "SELECT digest, size, storage_key, created_at FROM blobs
+              WHERE storage_key IS NOT NULL AND digest > ?1 ORDER BY digest LIMIT ?2",
+        )
+        .bind(after.map(Digest::as_str).unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(keyed_blob).collect()
+    }
+
+    async fn gc_forget_keyed(&self, digests: &[Digest], cutoff: i64) -> Result<Vec<KeyedBlob>> {
+        let mut tx = self
+            .begin_immediate(&format!("deleting {} blobs", digests.len()))
+            .await?;
+        let mut forgotten = Vec::new();
+        for d in digests {
+            let found = sqlx::query(
+                "SELECT digest, size, storage_key, created_at FROM blobs b
+                  WHERE digest = ?1 AND storage_key IS NOT NULL AND created_at <= ?2
+                    AND NOT EXISTS (SELECT 1 FROM manifest_references WHERE child_digest = ?1)
+                    AND NOT EXISTS (SELECT 1 FROM repository_blobs
+                                    WHERE digest = ?1 AND created_at > ?2)",
+            )
+            .bind(d.as_str())
+            .bind(cutoff)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = found {
+                forgotten.push(keyed_blob(&row)?);
+                forget_in(&mut tx, d).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(forgotten)
+    }
+}
+
+/// A `blobs` row with a key, as (digest, size, storage_key, created_at).
+fn keyed_blob(r: &sqlx::sqlite::SqliteRow) -> Result<KeyedBlob> {
+    Ok(KeyedBlob {
+        digest: digest(r.get(0))?,
+        size: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+        key: r.get(2),
+        created_at: r.get(3),
+    })
+}
+
+/// Delete blob `d`'s links (off the quota of each project that held it) and its row, in
+/// the caller's transaction: garbage collection's forget once it decided.
+async fn forget_in(tx: &mut sqlx::SqliteConnection, d: &Digest) -> Result<()> {
+    let size = super::sqlite_policy::blob_size(&mut *tx, d).await?;
+    let unlinked: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT r.id, r.name FROM repository_blobs rb
+           JOIN repositories r ON r.id = rb.repository_id WHERE rb.digest = ?1",
+    )
+    .bind(d.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM repository_blobs WHERE digest = ?1")
+        .bind(d.as_str())
+        .execute(&mut *tx)
+        .await?;
+    // Off the quota of each project that held it (once a project, however many of its
+    // repositories linked it); a repository that held only this blob goes with its link.
+    let mut projects = std::collections::HashSet::new();
+    for (repo_id, name) in unlinked {
+        if projects.insert(name.split_once('/').map(|(p, _)| p.to_string())) {
+            super::sqlite_policy::release(&mut *tx, &name, d, size).await?;
+        }
+        drop_if_empty(&mut *tx, repo_id).await?;
+    }
+    sqlx::query("DELETE FROM blobs WHERE digest = ?1")
+        .bind(d.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -899,6 +899,63 @@ pub async fn blob_keys(m: &dyn MetaStore) {
         .await
         .expect("relink");
     assert_eq!(relinked.as_deref(), Some("objects/1"), "the row was kept");
+
+    // Garbage collection's keyed side: keyed rows are listed in digest order; the keyed
+    // forget takes those nothing references and nothing recorded since the cutoff, and
+    // returns their keys; it never takes a row at the digest's path.
+    m.link_blob_at(&a, &d("k4"), 40, Some("objects/5"), &[])
+        .await
+        .expect("link");
+    let mut image = manifest("keyed image", None, None);
+    image.references = vec![(d("k4"), false)];
+    m.put_manifest(&a, &image, &[tag("v1")], &[])
+        .await
+        .expect("image");
+    m.link_blob(&a, &d("k5"), 50, &[]).await.expect("link");
+    let listed = m.gc_keyed_blobs(None, 100).await.expect("keyed");
+    let mut want = vec![(d("k1"), "objects/1"), (d("k4"), "objects/5")];
+    want.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+    let got: Vec<(Digest, &str)> = listed
+        .iter()
+        .filter(|b| b.key.starts_with("objects/"))
+        .filter(|b| [d("k1"), d("k4")].contains(&b.digest))
+        .map(|b| (b.digest.clone(), b.key.as_str()))
+        .collect();
+    assert_eq!(got, want);
+    let first = &listed[0].digest;
+    assert!(m
+        .gc_keyed_blobs(Some(first), 100)
+        .await
+        .expect("page")
+        .iter()
+        .all(|b| b.digest.as_str() > first.as_str()));
+    let past = 0;
+    let none = m
+        .gc_forget_keyed(&[d("k1"), d("k4"), d("k5")], past)
+        .await
+        .expect("forget nothing");
+    assert!(none.is_empty(), "recorded after the cutoff: kept");
+    let forgotten = m
+        .gc_forget_keyed(&[d("k1"), d("k4"), d("k5")], future)
+        .await
+        .expect("forget");
+    assert_eq!(forgotten.len(), 1, "{forgotten:?}");
+    assert_eq!(forgotten[0].digest, d("k1"));
+    assert_eq!(forgotten[0].key, "objects/1");
+    assert_eq!(forgotten[0].size, 10);
+    assert_eq!(m.known_blob(&d("k1")).await.expect("known"), None);
+    assert_eq!(
+        m.known_blob(&d("k4")).await.expect("known"),
+        keyed(40, "objects/5"),
+        "referenced by a manifest"
+    );
+    assert_eq!(m.known_blob(&d("k5")).await.expect("known"), by_digest(50));
+    // Forgotten, the digest takes a new key: nothing waits for the collector.
+    let again = m
+        .link_blob_at(&b, &d("k1"), 10, Some("objects/6"), &[])
+        .await
+        .expect("a new push");
+    assert_eq!(again.as_deref(), Some("objects/6"));
 }
 
 pub async fn proxy_cache(m: &dyn MetaStore) {

@@ -63,6 +63,19 @@
 //! one): it then hides no more files and puts back those it hid, as a push may have
 //! linked one meanwhile.
 //!
+//! # Blobs at keys of their own
+//!
+//! A blob whose row records a storage key (see `meta::BlobRecord`) is not under its
+//! digest's path, so the store's listing does not show it: its candidates are the keyed
+//! rows no manifest marks and not recorded within the grace period
+//! (`Housekeeping::gc_keyed_blobs`). One transaction per batch forgets those nothing
+//! needs, ordered against links and mounts exactly as G1 (`gc_forget_keyed`), and then
+//! their objects are deleted. No claim is needed: a push of the same digest after the
+//! forget records a key of its own (or the digest's path), never the one being deleted,
+//! so the delete cannot take a newer copy; a link or mount before the forget is newer
+//! than the cutoff and keeps the blob. The digest-path forget never takes a keyed row.
+//! An object whose delete fails after its forget is recorded nowhere; the error names it.
+//!
 //! Left: between U2 and U3 (one `stat`), a client other than the uploader can see D
 //! linked while its file is being committed again; it gets 404 for that instant. With a
 //! zero grace period, a blob linked in the same second as the cutoff can be collected
@@ -70,8 +83,8 @@
 
 use super::claims::{HeldClaims, COLLECTING_LEASE, COLLECTING_MARGIN};
 use super::{Registry, Result};
-use crate::meta::{collecting_claim, GcManifest};
-use crate::storage::{HiddenBlob, StoredBlob};
+use crate::meta::{collecting_claim, GcManifest, KeyedBlob};
+use crate::storage::{BlobRef, HiddenBlob, StoredBlob};
 use futures_util::StreamExt;
 use oci::{Digest, RepoName};
 use std::collections::HashSet;
@@ -245,22 +258,46 @@ impl Registry {
             }
         }
         eligible.sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
+        let mut keyed = Vec::new();
+        let mut after: Option<Digest> = None;
+        loop {
+            let page = self.meta.gc_keyed_blobs(after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.digest.clone());
+            for blob in page {
+                if marked.contains(&blob.digest) {
+                    continue;
+                }
+                if blob.created_at > cutoff {
+                    report.young_blobs += 1;
+                } else {
+                    keyed.push(blob);
+                }
+            }
+        }
         report.marked = marked.len();
-        report.eligible_blobs = eligible.len();
+        report.eligible_blobs = eligible.len() + keyed.len();
         report.eligible_manifests = untagged.len();
         out(String::new());
         out(format!(
             "{} blobs marked, {} blobs and {} manifests eligible for deletion",
             report.marked, report.eligible_blobs, report.eligible_manifests
         ));
-        for blob in &eligible {
-            out(format!("blob eligible for deletion: {}", blob.digest));
+        for digest in eligible
+            .iter()
+            .map(|b| &b.digest)
+            .chain(keyed.iter().map(|b| &b.digest))
+        {
+            out(format!("blob eligible for deletion: {digest}"));
         }
         if options.dry_run {
             out(format!(
                 "dry run: nothing deleted; {} blobs ({} bytes) and {} manifests would be deleted, {} unreferenced blobs are younger than the grace period",
                 report.eligible_blobs,
-                eligible.iter().map(|b| b.size).sum::<u64>(),
+                eligible.iter().map(|b| b.size).sum::<u64>()
+                    + keyed.iter().map(|b| b.size).sum::<u64>(),
                 report.eligible_manifests,
                 report.young_blobs
             ));
@@ -285,6 +322,14 @@ impl Registry {
                 break;
             }
             let (deleted, freed) = self.sweep_blobs(batch, cutoff, &options.owner).await?;
+            report.deleted_blobs += deleted;
+            report.freed_bytes += freed;
+        }
+        for batch in keyed.chunks(SWEEP_BATCH) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (deleted, freed) = self.sweep_keyed(batch, cutoff).await?;
             report.deleted_blobs += deleted;
             report.freed_bytes += freed;
         }
@@ -415,6 +460,72 @@ impl Registry {
             Some(e) => Err(e.into()),
             None => Ok((deleted, freed)),
         }
+    }
+
+    /// Forget a batch of blobs at keys of their own in one transaction, then delete the
+    /// objects of those forgotten, a few at a time (see "Blobs at keys of their own").
+    /// The blobs deleted, and their bytes; the first failed delete is returned after
+    /// the others were tried.
+    pub(super) async fn sweep_keyed(
+        &self,
+        batch: &[KeyedBlob],
+        cutoff: i64,
+    ) -> Result<(usize, u64)> {
+        let digests: Vec<Digest> = batch.iter().map(|b| b.digest.clone()).collect();
+        let forgotten = self.meta.gc_forget_keyed(&digests, cutoff).await?;
+        if forgotten.len() < digests.len() {
+            let gone: HashSet<&Digest> = forgotten.iter().map(|b| &b.digest).collect();
+            for d in digests.iter().filter(|d| !gone.contains(d)) {
+                tracing::info!("keeping blob {d}: referenced or linked meanwhile");
+            }
+        }
+        #[cfg(test)]
+        race::point("gc:keyed-forgotten").await;
+        // A plain loop over a set of futures, as for the hides (keeps the future `Send`).
+        let mut deletes = Vec::with_capacity(forgotten.len());
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for b in &forgotten {
+            if running.len() >= HIDE_CONCURRENCY {
+                deletes.extend(running.next().await);
+            }
+            running.push(self.delete_keyed(b));
+        }
+        while let Some(done) = running.next().await {
+            deletes.push(done);
+        }
+        drop(running);
+        let (mut deleted, mut freed) = (0, 0);
+        let mut failed = None;
+        for (b, result) in deletes {
+            match result {
+                Ok(existed) => {
+                    tracing::info!("deleting blob: {} (at {})", b.digest, b.key);
+                    if existed {
+                        deleted += 1;
+                        freed += b.size;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(digest = %b.digest, key = %b.key, "blob {} is forgotten but deleting its object {} failed: {e}; nothing records the object any more: delete it from the bucket by hand", b.digest, b.key);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok((deleted, freed)),
+        }
+    }
+
+    async fn delete_keyed<'a>(
+        &self,
+        b: &'a KeyedBlob,
+    ) -> (&'a KeyedBlob, crate::storage::Result<bool>) {
+        let at = BlobRef {
+            digest: &b.digest,
+            key: Some(&b.key),
+        };
+        (b, self.blobs.delete(at).await)
     }
 
     /// Step G2 for one digest: hide its file, unless the claims may run out too soon.
@@ -963,5 +1074,209 @@ mod races {
             })
         })
         .await;
+    }
+}
+
+/// Blobs at keys of their own are collected from their rows, on a real S3 server with
+/// either database.
+#[cfg(test)]
+mod keyed {
+    use super::GcOptions;
+    use crate::meta::postgres_test::TestDb;
+    use crate::meta::sqlite::SqliteMeta;
+    use crate::meta::{Housekeeping, MetaStore, NewManifest, Repositories};
+    use crate::registry::{Registry, Settings};
+    use crate::storage::s3::{testserver, S3BlobStore};
+    use crate::storage::{BlobRef, BlobStore};
+    use bytes::Bytes;
+    use oci::{Algorithm, Digest, RepoName};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().expect("repo")
+    }
+
+    async fn collects_keyed(
+        meta: Arc<dyn MetaStore>,
+        backdate: impl std::future::Future<Output = ()>,
+    ) {
+        let store = Arc::new(
+            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                .expect("s3 store"),
+        );
+        let registry = Registry::new(store.clone(), meta.clone(), Settings::default());
+        let app = repo("keyed/app");
+        let mut blobs = Vec::new();
+        for name in ["unreferenced", "referenced", "young"] {
+            let data = Bytes::from(format!("the {name} layer's bytes"));
+            let digest = Digest::of(Algorithm::Sha256, &data);
+            let key = format!("objects/gc/{name}");
+            store.put_at(&key, data.clone()).await.expect("put");
+            meta.link_blob_at(&app, &digest, data.len() as u64, Some(&key), &[])
+                .await
+                .expect("link");
+            blobs.push((digest, key, data.len() as u64));
+        }
+        let content = b"an image naming the referenced layer".to_vec();
+        let image = NewManifest {
+            digest: Digest::of(Algorithm::Sha256, &content),
+            media_type: oci::media::OCI_MANIFEST.to_string(),
+            content,
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            references: vec![(blobs[1].0.clone(), false)],
+            required_blobs: Vec::new(),
+            required_manifests: Vec::new(),
+        };
+        meta.put_manifest(&app, &image, &["v1".parse().expect("tag")], &[])
+            .await
+            .expect("manifest");
+        backdate.await;
+        // Recorded again now (a second push of the same bytes): young.
+        meta.link_blob_at(&app, &blobs[2].0, blobs[2].2, Some("objects/gc/other"), &[])
+            .await
+            .expect("relink");
+        let options = |dry_run| GcOptions {
+            dry_run,
+            delete_untagged: false,
+            grace: Duration::from_secs(600),
+            owner: "keyed test".into(),
+        };
+        let stop = AtomicBool::new(false);
+        let dry = registry
+            .collect(&options(true), &mut |_| {}, &stop)
+            .await
+            .expect("dry run");
+        assert_eq!((dry.eligible_blobs, dry.deleted_blobs), (1, 0));
+        assert_eq!(dry.young_blobs, 1);
+        let stat = |i: usize| {
+            let (digest, key, _) = &blobs[i];
+            let store = store.clone();
+            let (digest, key) = (digest.clone(), key.clone());
+            async move {
+                store
+                    .stat(BlobRef {
+                        digest: &digest,
+                        key: Some(&key),
+                    })
+                    .await
+                    .expect("stat")
+            }
+        };
+        assert!(stat(0).await.is_some(), "a dry run deletes nothing");
+        let mut lines = Vec::new();
+        let report = registry
+            .collect(&options(false), &mut |l| lines.push(l), &stop)
+            .await
+            .expect("collect");
+        assert_eq!(report.deleted_blobs, 1, "{lines:?}");
+        assert_eq!(report.freed_bytes, blobs[0].2);
+        assert_eq!(report.young_blobs, 1);
+        assert!(lines.contains(&format!("blob eligible for deletion: {}", blobs[0].0)));
+        assert_eq!(stat(0).await, None, "the unreferenced object is gone");
+        assert_eq!(meta.known_blob(&blobs[0].0).await.expect("known"), None);
+        assert!(stat(1).await.is_some(), "the referenced object stays");
+        assert!(stat(2).await.is_some(), "the young object stays");
+        let read = registry
+            .read_blob(&app, &blobs[1].0, |_| Ok(None))
+            .await
+            .expect("the referenced blob is still served");
+        assert_eq!(read.size, blobs[1].2);
+    }
+
+    /// A push of the same digest between the keyed forget and the object's delete
+    /// neither waits for the collector nor loses its copy: it records a key of its own.
+    #[tokio::test]
+    async fn a_push_during_the_keyed_sweep_keeps_its_own_copy() {
+        use super::race::Pause;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let store = Arc::new(
+            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                .expect("s3 store"),
+        );
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            meta.clone(),
+            Settings::default(),
+        ));
+        let data = Bytes::from_static(b"a layer collected and pushed again at once");
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let size = data.len() as u64;
+        let (old, new) = ("objects/gc/old-copy", "objects/gc/new-copy");
+        store.put_at(old, data.clone()).await.expect("put");
+        meta.link_blob_at(&repo("keyed/old"), &digest, size, Some(old), &[])
+            .await
+            .expect("link");
+        meta.backdate(3600).await.expect("backdate");
+        let cutoff = crate::meta::now() - 600;
+        let batch = meta.gc_keyed_blobs(None, 10).await.expect("keyed");
+        let pause = Pause::at("gc:keyed-forgotten");
+        let sweeping = registry.clone();
+        let sweep = tokio::spawn(
+            pause
+                .clone()
+                .scope(async move { sweeping.sweep_keyed(&batch, cutoff).await }),
+        );
+        pause.reached.notified().await;
+        // Forgotten, not yet deleted: the new push is recorded at once, at its own key.
+        store.put_at(new, data.clone()).await.expect("put");
+        let linked = tokio::time::timeout(
+            Duration::from_secs(5),
+            meta.link_blob_at(&repo("keyed/new"), &digest, size, Some(new), &[]),
+        )
+        .await
+        .expect("the link does not wait for the collector")
+        .expect("link");
+        assert_eq!(linked.as_deref(), Some(new));
+        pause.resume.notify_one();
+        assert_eq!(sweep.await.expect("join").expect("sweep"), (1, size));
+        let at = |key| BlobRef {
+            digest: &digest,
+            key: Some(key),
+        };
+        assert_eq!(store.stat(at(old)).await.expect("stat"), None);
+        assert_eq!(store.stat(at(new)).await.expect("stat"), Some(size));
+        let read = registry
+            .read_blob(&repo("keyed/new"), &digest, |_| Ok(None))
+            .await
+            .expect("the new push is served");
+        assert_eq!(read.size, size);
+    }
+
+    #[tokio::test]
+    async fn keyed_blobs_are_collected_with_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let m = meta.clone();
+        collects_keyed(
+            meta,
+            async move { m.backdate(3600).await.expect("backdate") },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn keyed_blobs_are_collected_with_postgres() {
+        let db = TestDb::create().await;
+        let meta = Arc::new(db.open().await);
+        let m = meta.clone();
+        collects_keyed(meta.clone(), async move {
+            m.backdate(3600).await.expect("backdate")
+        })
+        .await;
+        meta.close().await;
+        db.drop_db().await;
     }
 }
