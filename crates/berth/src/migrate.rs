@@ -414,6 +414,7 @@ impl Migration {
             target
                 .commit_upload(&id, digest)
                 .await
+                .map(drop)
                 .map_err(|e| format!("committing it in the target failed: {e}"))
         }
         .await;

@@ -223,6 +223,93 @@ async fn garbage_collection(kind: S3Kind) {
     assert_eq!(sha256(&resp.bytes().await.expect("bytes")), kept);
 }
 
+/// With `storage.s3.blobkeys`, a pushed layer is written once, at a key of its own:
+/// nothing appears at its digest's key, the redirect points at `objects/...` and serves
+/// the exact bytes, the same layer pushed again (another repository, monolithically)
+/// is served from the first copy, and garbage collection deletes it once nothing
+/// references it.
+async fn keyed_pushes(kind: S3Kind) {
+    let (b, root) = berth_on(kind, "    blobkeys: true\n");
+    let r = Registry::with_client(no_redirects(), &b.url);
+    let layer = noise("keyed layer", 11 * MIB + 3);
+    let (manifest, d) = push_image(&r, "team/app", "v1", &layer).await;
+    let digest_key = format!("{root}/blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+    assert!(
+        !object_exists(kind, &digest_key),
+        "no copy at the digest's key"
+    );
+    let location = |repo: &'static str| {
+        let r = &r;
+        let d = &d;
+        async move {
+            let resp = r
+                .req(Method::GET, &format!("/v2/{repo}/blobs/{d}"))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+            resp.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_string()
+        }
+    };
+    let first = location("team/app").await;
+    assert!(first.contains(&format!("{root}/objects/")), "{first}");
+    let fetched = reqwest::get(&first).await.expect("presigned GET");
+    assert_eq!(sha256(&fetched.bytes().await.expect("bytes")), d);
+    // The same bytes again, in one POST: linked to the first copy.
+    let resp = r
+        .req(
+            Method::POST,
+            &format!("/v2/team/other/blobs/uploads/?digest={d}"),
+        )
+        .header("content-type", "application/octet-stream")
+        .body(layer.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let second = location("team/other").await;
+    assert_eq!(
+        second.split('?').next(),
+        first.split('?').next(),
+        "the first key stays"
+    );
+    // Unreferenced everywhere: collected.
+    for (repo, what) in [
+        ("team/app", format!("manifests/{manifest}")),
+        ("team/other", format!("blobs/{d}")),
+    ] {
+        let resp = r
+            .req(Method::DELETE, &format!("/v2/{repo}/{what}"))
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    let out = run(Command::new(common::berth_bin())
+        .args(["garbage-collect", "--grace", "0s"])
+        .arg(b.config_path())
+        .env("NO_COLOR", "1"));
+    assert!(
+        out.contains(&format!("blob eligible for deletion: {d}")),
+        "{out}"
+    );
+    let gone = reqwest::get(&first).await.expect("presigned GET");
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND, "{out}");
+}
+
+#[tokio::test]
+async fn keyed_pushes_on_seaweedfs() {
+    keyed_pushes(S3Kind::SeaweedFs).await;
+}
+
+#[tokio::test]
+async fn keyed_pushes_on_garage() {
+    keyed_pushes(S3Kind::Garage).await;
+}
+
 #[tokio::test]
 async fn garbage_collection_on_seaweedfs() {
     garbage_collection(S3Kind::SeaweedFs).await;
@@ -235,10 +322,10 @@ async fn garbage_collection_on_garage() {
 
 /// docker pushes an imported image and pulls it back through the redirects; skopeo
 /// copies it out to an OCI layout with the same manifest digest.
-fn clients(kind: S3Kind) {
+fn clients(kind: S3Kind, extra_storage: &str) {
     require_tool("docker");
     require_tool("skopeo");
-    let (b, _) = berth_on(kind, "");
+    let (b, _) = berth_on(kind, extra_storage);
     let tmp = tempfile::tempdir().expect("tempdir");
     let rootfs = tmp.path().join("rootfs.tar");
     std::fs::write(
@@ -285,12 +372,24 @@ fn clients(kind: S3Kind) {
 
 #[test]
 fn clients_on_seaweedfs() {
-    clients(S3Kind::SeaweedFs);
+    clients(S3Kind::SeaweedFs, "");
 }
 
 #[test]
 fn clients_on_garage() {
-    clients(S3Kind::Garage);
+    clients(S3Kind::Garage, "");
+}
+
+/// The same with `storage.s3.blobkeys`: docker's one-PATCH pushes and skopeo's
+/// copies through keyed uploads.
+#[test]
+fn clients_with_blob_keys_on_seaweedfs() {
+    clients(S3Kind::SeaweedFs, "    blobkeys: true\n");
+}
+
+#[test]
+fn clients_with_blob_keys_on_garage() {
+    clients(S3Kind::Garage, "    blobkeys: true\n");
 }
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.

@@ -236,6 +236,7 @@ const IMPLEMENTED: &[&str] = &[
     "storage.s3.multipartcopymaxconcurrency",
     "storage.s3.multipartcopythresholdsize",
     "storage.s3.storageclass",
+    "storage.s3.blobkeys",
     "storage.redirect.disable",
     "database.path",
     "storage.delete.enabled",

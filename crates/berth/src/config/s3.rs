@@ -57,6 +57,11 @@ pub struct S3Config {
     /// (unsigned, as Distribution's redirect middleware does: a CDN or proxy with its own
     /// read access to the bucket serves them). No trailing slash.
     pub redirect_base: Option<String>,
+    /// `blobkeys` (Berth's): write each pushed blob once, as a multipart upload
+    /// completed in place at a key of its own (`objects/...`, recorded in the metadata
+    /// database), instead of copying it into its digest's key at commit. Default off;
+    /// turn it on only once every node reads keys (this release or later).
+    pub blob_keys: bool,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for S3Config {
             .field("chunk_size", &self.chunk_size)
             .field("redirect", &self.redirect)
             .field("redirect_base", &self.redirect_base)
+            .field("blob_keys", &self.blob_keys)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +200,7 @@ pub fn parse(tree: &Value) -> Result<S3Config, ConfigError> {
         storage_class,
         redirect: !get_bool(tree, "storage.redirect.disable")?.unwrap_or(false),
         redirect_base: redirect_middleware(tree)?,
+        blob_keys: get_bool(tree, "storage.s3.blobkeys")?.unwrap_or(false),
     })
 }
 

@@ -211,6 +211,7 @@ mod tests {
     use futures_util::TryStreamExt;
     use oci::{Algorithm, Digest, RepoName};
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn repo(s: &str) -> RepoName {
         s.parse().expect("repo")
@@ -219,6 +220,91 @@ mod tests {
     async fn collect(body: ByteStream) -> Vec<u8> {
         let parts: Vec<Bytes> = body.try_collect().await.expect("read");
         parts.concat()
+    }
+
+    /// Pushes through a store that writes keys: the blob is recorded at the key its
+    /// upload completed at; the same bytes pushed again are linked to the first copy and
+    /// the surplus one is deleted; a closing PUT waits while another request holds the
+    /// upload's commit.
+    #[tokio::test]
+    async fn keyed_pushes_record_their_keys() {
+        use crate::meta::Maintenance;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            S3BlobStore::new(&crate::config::s3::S3Config {
+                blob_keys: true,
+                ..testserver::config(testserver::Kind::SeaweedFs, 5 << 20)
+            })
+            .expect("s3 store"),
+        );
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            meta.clone(),
+            Settings::default(),
+        ));
+        let data: Vec<u8> = (0..(7u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let (a, b) = (repo("keys/a"), repo("keys/b"));
+        let body = |d: &[u8]| -> ByteStream {
+            let d = Bytes::from(d.to_vec());
+            Box::pin(futures_util::stream::once(async move { Ok(d) }))
+        };
+        let upload = registry
+            .start_upload(&a, Algorithm::Sha256)
+            .await
+            .expect("start");
+        // Another request holds the commit for a moment: this PUT waits for it.
+        let claim = format!("upload-commit {}", upload.id);
+        meta.claim_job(&claim, "another request", Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .expect("free");
+        let releasing = meta.clone();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            releasing
+                .release_job(&claim, "another request")
+                .await
+                .expect("release");
+        });
+        let size = registry
+            .finish_upload(&a, &upload.id, &digest, None, Some(body(&data)))
+            .await
+            .expect("finish");
+        release.await.expect("join");
+        assert_eq!(size, data.len() as u64);
+        let first = meta
+            .linked_blob(&a, &digest)
+            .await
+            .expect("linked")
+            .expect("recorded");
+        let key = first.key.clone().expect("a key of its own");
+        assert!(key.starts_with("objects/"), "{key}");
+        assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
+        let read = registry
+            .read_blob(&a, &digest, |_| Ok(None))
+            .await
+            .expect("read");
+        assert_eq!(collect(read.body).await, data);
+        // Again, monolithically, into another repository: the first copy is kept.
+        registry
+            .put_blob(&b, &digest, body(&data))
+            .await
+            .expect("push again");
+        assert_eq!(
+            meta.linked_blob(&b, &digest).await.expect("linked"),
+            Some(first)
+        );
+        assert_eq!(
+            store.keys_under("objects/").await,
+            vec![key],
+            "the surplus copy was deleted"
+        );
     }
 
     /// A blob metadata records at a key of its own is read, ranged, redirected to,

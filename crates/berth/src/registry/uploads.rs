@@ -163,6 +163,12 @@ fn exact_length(inner: ByteStream, len: u64) -> ByteStream {
     })
 }
 
+/// How long a keyed upload's commit may hold its claim (a commit that reads a large
+/// blob back to verify it takes a while; a dead node's claim runs out after this).
+const COMMIT_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a closing PUT waits for another request completing the same upload.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Registry {
     async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
         if !crate::storage::valid_upload_id(id) {
@@ -248,7 +254,7 @@ impl Registry {
                 "{whose} already has {limit} open upload sessions ({key}): finish or cancel some, or wait for abandoned ones to be purged, then retry"
             )));
         }
-        if let Err(e) = self.blobs.create_upload(&id).await {
+        if let Err(e) = self.blobs.create_keyed_upload(&id).await {
             self.meta.delete_upload(&id).await?;
             return Err(e.into());
         }
@@ -416,15 +422,42 @@ impl Registry {
         }
         *guard = Some(progress.clone());
         let size = progress.size;
-        if let Err(e) = self.verify_and_commit(repo, &s.id, digest, progress).await {
-            if matches!(e, RegistryError::DigestInvalid(_)) {
-                // The content can never become this digest: the session is over.
-                self.discard_upload(&s.id).await?;
+        // A keyed upload completes at one key whatever digest is asked for: two closing
+        // PUTs of it must not complete it at once (each would trust its own), so the
+        // commit and the session's end are one holder's, cluster-wide.
+        let claim = if self.blobs.writes_keys() {
+            Some(self.claim_commit(&s.id).await?)
+        } else {
+            None
+        };
+        let committed = async {
+            if let Err(e) = self.verify_and_commit(repo, &s.id, digest, progress).await {
+                if matches!(e, RegistryError::DigestInvalid(_)) {
+                    // The content can never become this digest: the session is over.
+                    return Err(match self.discard_upload(&s.id).await {
+                        Ok(()) => (e, true),
+                        Err(discard) => (discard, false),
+                    });
+                }
+                return Err((e, false));
+            }
+            self.meta
+                .complete_upload(&s, digest, size)
+                .await
+                .map_err(|e| (e.into(), false))
+        }
+        .await;
+        if let Some((name, owner)) = claim {
+            if let Err(e) = self.meta.release_job(&name, &owner).await {
+                tracing::warn!(upload = %s.id, error = %e, "could not release an upload's commit claim; it runs out by itself");
+            }
+        }
+        if let Err((e, over)) = committed {
+            if over {
                 *guard = None;
             }
             return Err(e);
         }
-        self.meta.complete_upload(&s, digest, size).await?;
         *guard = None;
         drop(guard);
         self.uploads.forget(&s.id);
@@ -461,18 +494,30 @@ impl Registry {
         progress: UploadProgress,
     ) -> Result<()> {
         let progress = if progress.hasher.algorithm() == digest.algorithm() {
-            progress
+            Some(progress)
         } else {
-            self.blobs.rehash_upload(id, digest.algorithm()).await?
+            match self.blobs.rehash_upload(id, digest.algorithm()).await {
+                Ok(p) => Some(p),
+                // A keyed upload hashed with another algorithm: its commit reads the
+                // completed object back and verifies it.
+                Err(StorageError::NotRehashable) => None,
+                Err(e) => return Err(e.into()),
+            }
         };
-        let actual = progress.hasher.digest();
-        if &actual != digest {
-            return Err(RegistryError::DigestInvalid(format!(
-                "the uploaded content has digest {actual}, not {digest}"
-            )));
-        }
-        match self.blobs.commit_upload(id, digest).await {
-            Ok(()) => {}
+        let size = match &progress {
+            Some(p) => {
+                let actual = p.hasher.digest();
+                if &actual != digest {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "the uploaded content has digest {actual}, not {digest}"
+                    )));
+                }
+                p.size
+            }
+            None => self.blobs.upload_size(id).await?,
+        };
+        let own = match self.blobs.commit_upload(id, digest).await {
+            Ok(own) => own,
             // The store verified against its own saved hash state (S3: another node's
             // append replaced what this node hashed): the content is not `digest`.
             Err(StorageError::DigestMismatch { actual, .. }) => {
@@ -481,27 +526,45 @@ impl Registry {
                 )))
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         #[cfg(test)]
         super::gc::race::point("upload:committed").await;
         let events = if self.events_enabled() {
-            let target = self.blob_target(repo, digest, progress.size);
+            let target = self.blob_target(repo, digest, size);
             self.event_rows(Action::Push, &target)
         } else {
             Vec::new()
         };
         self.pulls_first(&events).await;
         let key =
-            super::blobs::record_blob(&*self.meta, repo, digest, progress.size, None, &events)
+            super::blobs::record_blob(&*self.meta, repo, digest, size, own.as_deref(), &events)
                 .await?;
         self.wake(&events);
-        // Garbage collection may have taken the file between the commit and the link
-        // (it had forgotten an older copy of the same blob): the upload still holds the
-        // bytes, so commit them again. See `registry/gc.rs`. (A blob metadata records at
-        // a key of its own is read there, not at the digest's path.)
-        if key.is_none() && self.blobs.stat(digest.into()).await?.is_none() {
-            tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
-            self.blobs.commit_upload(id, digest).await?;
+        match (&own, &key) {
+            // Garbage collection may have taken the file between the commit and the
+            // link (it had forgotten an older copy of the same blob): the upload still
+            // holds the bytes, so commit them again. See `registry/gc.rs`.
+            (None, None) => {
+                if self.blobs.stat(digest.into()).await?.is_none() {
+                    tracing::info!(%digest, "blob collected while it was re-uploaded; committing it again");
+                    self.blobs.commit_upload(id, digest).await?;
+                }
+            }
+            (Some(own), Some(key)) if own == key => {}
+            // The digest was recorded first elsewhere (its own key, or its digest's
+            // path): this copy is surplus, and nothing records its key.
+            (Some(own), _) => {
+                let at = crate::storage::BlobRef {
+                    digest,
+                    key: Some(own),
+                };
+                if let Err(e) = self.blobs.delete(at).await {
+                    tracing::warn!(%digest, key = %own, error = %e, "could not delete a surplus copy of a blob that was recorded first elsewhere; nothing records it");
+                }
+            }
+            // A key was recorded first: the digest's path holds a surplus file, which
+            // garbage collection sweeps like any file nothing records.
+            (None, Some(_)) => {}
         }
         // The blob is committed and linked: the push has succeeded whatever happens to
         // the upload's own files now. Failing the request here would only send the client
@@ -511,6 +574,28 @@ impl Registry {
             tracing::warn!(upload = %id, %digest, error = %e, "could not remove a finished upload's files; upload purging removes them later");
         }
         Ok(())
+    }
+
+    /// Claim the commit of upload `id` (see `finish_upload`): waits a little for another
+    /// request completing it, then answers that it is busy. The claim's (name, owner).
+    async fn claim_commit(&self, id: &str) -> Result<(String, String)> {
+        let name = format!("upload-commit {id}");
+        let owner = uuid::Uuid::new_v4().to_string();
+        let started = std::time::Instant::now();
+        loop {
+            match self.meta.claim_job(&name, &owner, COMMIT_LEASE).await? {
+                Ok(()) => return Ok((name, owner)),
+                Err(_) if started.elapsed() < COMMIT_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(holder) => {
+                    return Err(RegistryError::Storage(StorageError::Unavailable(format!(
+                        "another request ({}) is completing upload {id}: retry the PUT in a moment",
+                        holder.owner
+                    ))))
+                }
+            }
+        }
     }
 
     async fn discard_upload(&self, id: &str) -> Result<()> {
@@ -542,7 +627,7 @@ impl Registry {
             self.check_quota_room(repo).await?;
         }
         let id = uuid::Uuid::new_v4().to_string();
-        self.blobs.create_upload(&id).await?;
+        self.blobs.create_keyed_upload(&id).await?;
         let fresh = UploadProgress {
             size: 0,
             hasher: digest.algorithm().hasher(),
@@ -822,7 +907,7 @@ mod tests {
             async fn rehash_upload(&self, id: &str, a: Algorithm) -> Result<UploadProgress> {
                 self.inner.rehash_upload(id, a).await
             }
-            async fn commit_upload(&self, id: &str, d: &Digest) -> Result<()> {
+            async fn commit_upload(&self, id: &str, d: &Digest) -> Result<Option<String>> {
                 self.inner.commit_upload(id, d).await
             }
             async fn delete_upload(&self, id: &str) -> Result<()> {

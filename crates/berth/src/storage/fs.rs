@@ -431,87 +431,8 @@ impl super::BlobStore for FsBlobStore {
         .await
     }
 
-    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
-        let open = self.upload_path(id)?;
-        let kept = kept_path(&open);
-        let staged = open.with_extension("commit");
-        let uploads = self.upload_dir(id);
-        let to = self.blob_path(digest);
-        blocking(move || {
-            // The first commit renames the upload to its kept name, which no append ever
-            // opens: the blob about to share its inode can never grow afterwards, even if
-            // the client retries into the same session. Durable before the blob link is.
-            let first = match std::fs::rename(&open, &kept) {
-                Ok(()) => {
-                    fsync_dir(&uploads)?;
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // Committed before: commit again from the kept name.
-                    if !kept.exists() {
-                        return Err(StorageError::UploadNotFound);
-                    }
-                    false
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let link = || -> Result<std::path::PathBuf> {
-                // The data was fsynced by the appends; the rename makes it visible under its
-                // digest, and fsyncing each directory that changed makes that durable.
-                let dir = to
-                    .parent()
-                    .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-                let mut created = Vec::new();
-                let mut d = dir;
-                while !d.exists() {
-                    created.push(d.to_path_buf());
-                    d = d
-                        .parent()
-                        .ok_or_else(|| io::Error::other("no existing ancestor"))?;
-                }
-                std::fs::create_dir_all(dir)?;
-                for c in created.iter().rev() {
-                    if let Some(parent) = c.parent() {
-                        fsync_dir(parent)?;
-                    }
-                }
-                // A (re-)committed blob counts as new for garbage collection's grace period.
-                File::options()
-                    .write(true)
-                    .open(&kept)?
-                    .set_modified(std::time::SystemTime::now())?;
-                // A second name for the kept file, renamed over the blob path (atomic,
-                // replacing an existing copy of the same content): the upload keeps its bytes.
-                remove_if_present(&staged)?;
-                if std::fs::hard_link(&kept, &staged).is_err() {
-                    // Links refused by this filesystem: a copy, made durable before it shows.
-                    std::fs::copy(&kept, &staged)?;
-                    File::open(&staged)?.sync_all()?;
-                }
-                std::fs::rename(&staged, &to)?;
-                Ok(dir.to_path_buf())
-            };
-            let dir = match link() {
-                Ok(dir) => dir,
-                Err(e) => {
-                    // Nothing shares the upload's inode yet: give the upload its name back,
-                    // so the client can retry the commit (or go on appending) as before.
-                    if first {
-                        let _ = remove_if_present(&staged);
-                        if std::fs::rename(&kept, &open).is_ok() {
-                            let _ = fsync_dir(&uploads);
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            // A rename between two names of one file does nothing: the blob path already
-            // was this file. The staged name is not needed either way.
-            remove_if_present(&staged)?;
-            fsync_dir(&dir)?;
-            Ok(())
-        })
-        .await
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Option<String>> {
+        self.commit_at_digest(id, digest).await.map(|()| None)
     }
 
     async fn hide(&self, digest: &Digest) -> Result<Option<super::HiddenBlob>> {
@@ -616,7 +537,7 @@ impl super::BlobStore for FsBlobStore {
         })
         .await;
         let result = match checked {
-            Ok(ok) => self.commit_upload(&id, digest).await.map(|()| ok),
+            Ok(ok) => self.commit_at_digest(&id, digest).await.map(|()| ok),
             Err(e) => Err(e),
         };
         // Every name of the staged upload goes (the source file itself is never one).
@@ -916,6 +837,92 @@ impl FileChunks {
         }
         self.ready.clear();
         self.end = Some(self.pos);
+    }
+}
+
+impl FsBlobStore {
+    /// [`super::BlobStore::commit_upload`]: always at the digest's own path.
+    async fn commit_at_digest(&self, id: &str, digest: &Digest) -> Result<()> {
+        let open = self.upload_path(id)?;
+        let kept = kept_path(&open);
+        let staged = open.with_extension("commit");
+        let uploads = self.upload_dir(id);
+        let to = self.blob_path(digest);
+        blocking(move || {
+            // The first commit renames the upload to its kept name, which no append ever
+            // opens: the blob about to share its inode can never grow afterwards, even if
+            // the client retries into the same session. Durable before the blob link is.
+            let first = match std::fs::rename(&open, &kept) {
+                Ok(()) => {
+                    fsync_dir(&uploads)?;
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Committed before: commit again from the kept name.
+                    if !kept.exists() {
+                        return Err(StorageError::UploadNotFound);
+                    }
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let link = || -> Result<std::path::PathBuf> {
+                // The data was fsynced by the appends; the rename makes it visible under its
+                // digest, and fsyncing each directory that changed makes that durable.
+                let dir = to
+                    .parent()
+                    .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+                let mut created = Vec::new();
+                let mut d = dir;
+                while !d.exists() {
+                    created.push(d.to_path_buf());
+                    d = d
+                        .parent()
+                        .ok_or_else(|| io::Error::other("no existing ancestor"))?;
+                }
+                std::fs::create_dir_all(dir)?;
+                for c in created.iter().rev() {
+                    if let Some(parent) = c.parent() {
+                        fsync_dir(parent)?;
+                    }
+                }
+                // A (re-)committed blob counts as new for garbage collection's grace period.
+                File::options()
+                    .write(true)
+                    .open(&kept)?
+                    .set_modified(std::time::SystemTime::now())?;
+                // A second name for the kept file, renamed over the blob path (atomic,
+                // replacing an existing copy of the same content): the upload keeps its bytes.
+                remove_if_present(&staged)?;
+                if std::fs::hard_link(&kept, &staged).is_err() {
+                    // Links refused by this filesystem: a copy, made durable before it shows.
+                    std::fs::copy(&kept, &staged)?;
+                    File::open(&staged)?.sync_all()?;
+                }
+                std::fs::rename(&staged, &to)?;
+                Ok(dir.to_path_buf())
+            };
+            let dir = match link() {
+                Ok(dir) => dir,
+                Err(e) => {
+                    // Nothing shares the upload's inode yet: give the upload its name back,
+                    // so the client can retry the commit (or go on appending) as before.
+                    if first {
+                        let _ = remove_if_present(&staged);
+                        if std::fs::rename(&kept, &open).is_ok() {
+                            let _ = fsync_dir(&uploads);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            // A rename between two names of one file does nothing: the blob path already
+            // was this file. The staged name is not needed either way.
+            remove_if_present(&staged)?;
+            fsync_dir(&dir)?;
+            Ok(())
+        })
+        .await
     }
 }
 

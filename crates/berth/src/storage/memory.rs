@@ -201,20 +201,8 @@ impl super::BlobStore for MemoryBlobStore {
         })
     }
 
-    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
-        // The first commit moves the upload to its kept bytes; later ones commit those.
-        let open = lock(&self.uploads).remove(id);
-        let data = {
-            let mut kept = lock(&self.kept);
-            if let Some(open) = open {
-                kept.insert(id.to_string(), open);
-            }
-            kept.get(id).cloned().ok_or(StorageError::UploadNotFound)?
-        };
-        self.touch(id);
-        lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
-        lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
-        Ok(())
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Option<String>> {
+        self.commit_at_digest(id, digest).await.map(|()| None)
     }
 
     async fn import_file(
@@ -268,6 +256,25 @@ impl super::BlobStore for MemoryBlobStore {
         lock(&self.uploads).remove(id);
         lock(&self.kept).remove(id);
         lock(&self.touched).remove(id);
+        Ok(())
+    }
+}
+
+impl MemoryBlobStore {
+    /// [`super::BlobStore::commit_upload`]: always at the digest's own path.
+    async fn commit_at_digest(&self, id: &str, digest: &Digest) -> Result<()> {
+        // The first commit moves the upload to its kept bytes; later ones commit those.
+        let open = lock(&self.uploads).remove(id);
+        let data = {
+            let mut kept = lock(&self.kept);
+            if let Some(open) = open {
+                kept.insert(id.to_string(), open);
+            }
+            kept.get(id).cloned().ok_or(StorageError::UploadNotFound)?
+        };
+        self.touch(id);
+        lock(&self.blobs).insert(digest.clone(), Bytes::from(data));
+        lock(&self.committed).insert(digest.clone(), std::time::SystemTime::now());
         Ok(())
     }
 }

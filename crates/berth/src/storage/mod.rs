@@ -71,6 +71,10 @@ pub enum StorageError {
     },
     #[error("cannot read {path}: {source}")]
     Source { path: PathBuf, source: io::Error },
+    /// A keyed upload's bytes cannot be read back before its commit, and its saved hash
+    /// state is of another algorithm: the commit verifies the digest instead.
+    #[error("upload was written to a key of its own and cannot be re-hashed before its commit")]
+    NotRehashable,
 }
 
 impl StorageError {
@@ -202,6 +206,20 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Create an empty upload.
     async fn create_upload(&self, id: &str) -> Result<()>;
+    /// Create an empty upload whose commit may leave the blob at a key of its own
+    /// instead of its digest's path, so the store writes its bytes once (an object
+    /// store's multipart upload, completed in place). Such an upload cannot be read
+    /// back while open ([`Self::read_upload`]) nor always re-hashed
+    /// ([`StorageError::NotRehashable`]; its commit then verifies the digest itself).
+    /// The default, for stores that keep blobs by digest only: [`Self::create_upload`].
+    async fn create_keyed_upload(&self, id: &str) -> Result<()> {
+        self.create_upload(id).await
+    }
+    /// Whether [`Self::create_keyed_upload`] opens keyed uploads (their commits may
+    /// leave blobs at keys of their own).
+    fn writes_keys(&self) -> bool {
+        false
+    }
     /// Bytes written to an upload so far.
     async fn upload_size(&self, id: &str) -> Result<u64>;
     /// Stream `range` of an upload's bytes written so far (the pull-through cache serves
@@ -219,6 +237,8 @@ pub trait BlobStore: Send + Sync + 'static {
         limit: u64,
     ) -> Result<UploadProgress>;
     /// Hash an upload's content from the start (after a restart, or on another node).
+    /// A keyed upload whose saved hash state is of another algorithm answers
+    /// [`StorageError::NotRehashable`].
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress>;
     /// Make a verified upload visible as `digest`, atomically and durably. From then on
     /// the upload is closed: append, size, rehash and read answer
@@ -226,8 +246,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Its bytes are kept until [`BlobStore::delete_upload`], so the registry can commit
     /// them again (this method, again) if garbage collection took the blob away before
     /// the upload was linked (see `registry/gc.rs`). Committing content that already
-    /// exists is not an error.
-    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()>;
+    /// exists is not an error. Returns where the blob now is: `None` at its digest's
+    /// path, or the key of its own a keyed upload completed at (which the caller
+    /// records; the commit verified that the key holds exactly `digest`'s bytes, and
+    /// [`Self::delete_upload`] never removes it).
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Option<String>>;
     /// Remove an upload, open or committed, with every name it has; absent uploads are
     /// not an error.
     async fn delete_upload(&self, id: &str) -> Result<()>;

@@ -84,6 +84,24 @@ pub struct S3BlobStore {
     /// `middleware.storage` redirect: redirects go here (plus the key under the root),
     /// unsigned, instead of to a presigned URL of the bucket.
     redirect_base: Option<String>,
+    /// `storage.s3.blobkeys`: client pushes are written once, as multipart uploads
+    /// completed in place at keys of their own (`objects/...`), instead of being copied
+    /// into their digest's key at commit.
+    blob_keys: bool,
+}
+
+/// The record name of an upload staged in part objects (copied into the digest's key at
+/// commit), and of a keyed upload. Two names, so that a node of a release without keyed
+/// uploads finds no record (the upload is unknown to it) instead of misreading one.
+const STAGED_RECORD: &str = "state";
+const KEYED_RECORD: &str = "keyed";
+
+/// One part sent to a keyed upload's multipart upload.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Sent {
+    number: u16,
+    etag: String,
+    size: u64,
 }
 
 /// One part of an upload, in order.
@@ -104,6 +122,18 @@ struct Record {
     parts: Vec<Part>,
     #[serde(default)]
     committed: bool,
+    /// A keyed upload: the key (under the root, `objects/...`) its blob is written to and
+    /// completed at. Its `parts` then hold at most the short tail that could not be a
+    /// multipart part yet (under 5 MiB), staged as an object of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// The keyed upload's multipart upload id, from its first full part on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    multipart: Option<String>,
+    /// The parts sent to it, in order, by ETag: completing with exactly these yields
+    /// exactly the bytes the saved hash state describes (or fails).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sent: Vec<Sent>,
 }
 
 impl Record {
@@ -302,6 +332,7 @@ impl S3BlobStore {
             copy_threshold: c.multipart_copy_threshold,
             redirect: c.redirect,
             redirect_base: c.redirect_base.clone(),
+            blob_keys: c.blob_keys,
         })
     }
 
@@ -443,6 +474,20 @@ impl S3BlobStore {
             .await
             .map_err(|e| failure(format!("S3 GET {key}: {e}")))?;
         Ok(Some(bytes))
+    }
+
+    /// The keys (under the root) of every object under `space` (`objects/`, ...), sorted.
+    #[cfg(test)]
+    pub(crate) async fn keys_under(&self, space: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .list_prefix(&format!("{}{space}", self.root))
+            .await
+            .expect("list")
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&self.root).map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Write `body` at `key` under the store's root, as a keyed push would leave a blob
@@ -802,13 +847,21 @@ impl S3BlobStore {
 
     async fn load(&self, id: &str) -> Result<(String, Record)> {
         let dir = self.upload_dir(id)?;
-        let key = format!("{dir}state");
-        let Some(bytes) = self.get_all(&key).await? else {
-            return Err(StorageError::UploadNotFound);
+        // The kind this node opens first is looked for first.
+        let names = if self.blob_keys {
+            [KEYED_RECORD, STAGED_RECORD]
+        } else {
+            [STAGED_RECORD, KEYED_RECORD]
         };
-        let record: Record = serde_json::from_slice(&bytes)
-            .map_err(|e| failure(format!("upload record {key} is unreadable: {e}")))?;
-        Ok((dir, record))
+        for name in names {
+            let key = format!("{dir}{name}");
+            if let Some(bytes) = self.get_all(&key).await? {
+                let record: Record = serde_json::from_slice(&bytes)
+                    .map_err(|e| failure(format!("upload record {key} is unreadable: {e}")))?;
+                return Ok((dir, record));
+            }
+        }
+        Err(StorageError::UploadNotFound)
     }
 
     /// An open (not committed) upload's record.
@@ -822,7 +875,28 @@ impl S3BlobStore {
 
     async fn save(&self, dir: &str, record: &Record) -> Result<()> {
         let json = serde_json::to_vec(record).map_err(|e| failure(e.to_string()))?;
-        self.put(&format!("{dir}state"), Bytes::from(json)).await
+        let name = match record.key {
+            Some(_) => KEYED_RECORD,
+            None => STAGED_RECORD,
+        };
+        self.put(&format!("{dir}{name}"), Bytes::from(json)).await
+    }
+
+    /// A staged piece of an upload, read back whole and checked against its record.
+    async fn read_piece(&self, dir: &str, part: &Part) -> Result<Bytes> {
+        let bytes = self
+            .get_all(&format!("{dir}{}", part.name))
+            .await?
+            .ok_or_else(|| failure(format!("upload part {dir}{} is missing", part.name)))?;
+        if bytes.len() as u64 != part.size {
+            return Err(failure(format!(
+                "upload part {dir}{} holds {} bytes, its record says {}",
+                part.name,
+                bytes.len(),
+                part.size
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The size of the next part, given how many there are: `chunksize`, one more
@@ -847,19 +921,7 @@ impl S3BlobStore {
         // A last part below S3's minimum is rewritten together with what comes now.
         if parts.last().is_some_and(|p| p.size < MIN_PART) {
             if let Some(last) = parts.pop() {
-                let bytes = self
-                    .get_all(&format!("{dir}{}", last.name))
-                    .await?
-                    .ok_or_else(|| failure(format!("upload part {dir}{} is missing", last.name)))?;
-                if bytes.len() as u64 != last.size {
-                    return Err(failure(format!(
-                        "upload part {dir}{} holds {} bytes, its record says {}",
-                        last.name,
-                        bytes.len(),
-                        last.size
-                    )));
-                }
-                buf.extend_from_slice(&bytes);
+                buf.extend_from_slice(&self.read_piece(dir, &last).await?);
             }
         }
         let mut size = record.size;
@@ -898,12 +960,297 @@ impl S3BlobStore {
         Ok((
             Record {
                 size,
-                hash: None,
                 parts,
-                committed: false,
+                ..Record::default()
             },
             hasher,
         ))
+    }
+
+    /// [`Self::write_parts`] for a keyed upload: full parts go to its multipart upload
+    /// (created with the first), a short tail is staged as an object of its own and
+    /// sent with what comes next. Returns the new record (not yet saved).
+    async fn write_keyed(
+        &self,
+        dir: &str,
+        record: &Record,
+        mut hasher: Hasher,
+        mut body: ByteStream,
+        limit: u64,
+        written: &mut Vec<String>,
+    ) -> Result<(Record, Hasher)> {
+        let Some(key) = record.key.as_deref() else {
+            return Err(failure("write_keyed on a staged upload"));
+        };
+        let key = format!("{}{key}", self.root);
+        let mut next = record.clone();
+        next.hash = None;
+        let mut buf = BytesMut::new();
+        if let Some(tail) = next.parts.pop() {
+            buf.extend_from_slice(&self.read_piece(dir, &tail).await?);
+        }
+        let mut size = record.size;
+        let mut sending = tokio::task::JoinSet::new();
+        let outcome: Result<()> = async {
+            loop {
+                let target = self.part_target(next.sent.len()) as usize;
+                if buf.len() >= target {
+                    let part = buf.split_to(target).freeze();
+                    self.send_keyed_part(&key, &mut next, part, &mut sending)
+                        .await?;
+                    continue;
+                }
+                match body.next().await {
+                    None => break,
+                    Some(Err(e)) => return Err(StorageError::Body(e)),
+                    Some(Ok(chunk)) => {
+                        size += chunk.len() as u64;
+                        if size > limit {
+                            return Err(StorageError::TooLarge { limit });
+                        }
+                        hasher.update(&chunk);
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            if buf.len() as u64 >= MIN_PART {
+                let part = buf.split().freeze();
+                self.send_keyed_part(&key, &mut next, part, &mut sending)
+                    .await?;
+            } else if !buf.is_empty() {
+                let name = format!("tail-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+                let part = buf.split().freeze();
+                written.push(name.clone());
+                next.parts = vec![Part {
+                    name: name.clone(),
+                    size: part.len() as u64,
+                }];
+                self.put(&format!("{dir}{name}"), part).await?;
+            }
+            Ok(())
+        }
+        .await;
+        // Every part on its way lands (or fails) before the record can name it.
+        let mut first = outcome;
+        while let Some(done) = sending.join_next().await {
+            let r = done
+                .map_err(|e| failure(format!("a part upload stopped: {e}")))
+                .and_then(|r| r);
+            match r {
+                Ok((i, etag)) => next.sent[i].etag = etag,
+                Err(e) => {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first?;
+        next.size = size;
+        Ok((next, hasher))
+    }
+
+    /// Start sending one full part of a keyed upload (creating its multipart upload
+    /// first), once fewer than [`PARTS_IN_FLIGHT`] are on their way.
+    async fn send_keyed_part(
+        &self,
+        key: &str,
+        next: &mut Record,
+        bytes: Bytes,
+        sending: &mut tokio::task::JoinSet<Result<(usize, String)>>,
+    ) -> Result<()> {
+        while sending.len() >= PARTS_IN_FLIGHT {
+            if let Some(done) = sending.join_next().await {
+                let (i, etag) = done
+                    .map_err(|e| failure(format!("a part upload stopped: {e}")))
+                    .and_then(|r| r)?;
+                next.sent[i].etag = etag;
+            }
+        }
+        let upload_id = match &next.multipart {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.create_multipart(key).await?;
+                next.multipart = Some(id.clone());
+                id
+            }
+        };
+        let index = next.sent.len();
+        let number = u16::try_from(index + 1)
+            .ok()
+            .filter(|n| usize::from(*n) <= MAX_PARTS)
+            .ok_or_else(|| {
+                failure(format!(
+                    "S3 UPLOAD PART {key}: more than S3's {MAX_PARTS} parts"
+                ))
+            })?;
+        next.sent.push(Sent {
+            number,
+            etag: String::new(),
+            size: bytes.len() as u64,
+        });
+        let this = self.clone();
+        let key = key.to_string();
+        sending.spawn(async move {
+            let etag = this.upload_part(&key, &upload_id, number, bytes).await?;
+            Ok((index, etag))
+        });
+        Ok(())
+    }
+
+    /// Send one part of multipart upload `upload_id` at `key`; its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        bytes: Bytes,
+    ) -> Result<String> {
+        let url = self
+            .bucket
+            .upload_part(self.creds(), key, number, upload_id)
+            .sign(SIGN_FOR);
+        let response = self
+            .send("UPLOAD PART", key, self.http.put(url).body(bytes), false)
+            .await?
+            .ok_or_else(|| failure(format!("S3 UPLOAD PART {key}: not found")))?;
+        response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| failure(format!("S3 UPLOAD PART {key}: no ETag in the answer")))
+    }
+
+    /// Complete multipart upload `upload_id` at `key` with `parts` (number, ETag).
+    /// `Ok(false)` when the server no longer knows the upload (completed before, or
+    /// aborted): the caller looks at the key. A named part the server does not hold as
+    /// named (replaced by a concurrent append) fails.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<bool> {
+        let complete = self.bucket.complete_multipart_upload(
+            self.creds(),
+            key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = complete.sign(SIGN_FOR);
+        let body = complete.body();
+        let Some(response) = self
+            .send(
+                "COMPLETE MULTIPART",
+                key,
+                self.http.post(url).body(body),
+                true,
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let answer = read_limited(response).await;
+        if answer.contains("<Error>") {
+            let code = xml_tag(&answer, "Code").unwrap_or("");
+            if code == "NoSuchUpload" {
+                return Ok(false);
+            }
+            return Err(failure(format!(
+                "S3 COMPLETE MULTIPART {key} failed: {code} {}",
+                xml_tag(&answer, "Message").unwrap_or("")
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Commit a keyed upload: its multipart upload completed in place (the staged tail
+    /// sent as its last part), or a short one written whole; the key then holds exactly
+    /// the recorded bytes. Returns the key (under the root).
+    async fn commit_keyed(
+        &self,
+        id: &str,
+        dir: &str,
+        record: &Record,
+        digest: &Digest,
+        verified: bool,
+    ) -> Result<String> {
+        let Some(relative) = record.key.clone() else {
+            return Err(failure(format!("upload {id} has no key")));
+        };
+        let key = format!("{}{relative}", self.root);
+        // A commit retried (its answer lost, or GC asking again) finds the object: it
+        // is trusted only as far as its bytes are read back and hashed.
+        let mut trust = false;
+        if self.head(&key).await?.is_none() {
+            match &record.multipart {
+                None => {
+                    let bytes = match record.parts.first() {
+                        Some(tail) => self.read_piece(dir, tail).await?,
+                        None => Bytes::new(),
+                    };
+                    self.put(&key, bytes).await?;
+                    trust = true;
+                }
+                Some(upload_id) => {
+                    let mut etags: Vec<String> =
+                        record.sent.iter().map(|p| p.etag.clone()).collect();
+                    if let Some(tail) = record.parts.first() {
+                        let bytes = self.read_piece(dir, tail).await?;
+                        let number = u16::try_from(record.sent.len() + 1)
+                            .map_err(|_| failure(format!("upload {id}: too many parts")))?;
+                        etags.push(self.upload_part(&key, upload_id, number, bytes).await?);
+                    }
+                    trust = self.complete_multipart(&key, upload_id, &etags).await?;
+                }
+            }
+        }
+        // Checked after writing, a few times: some servers order a write and a read of
+        // one key within a millisecond either way (Garage).
+        let mut size = None;
+        for attempt in 0..3u64 {
+            size = self.head(&key).await?;
+            if size.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+        }
+        match size {
+            Some(n) if n == record.size => {}
+            Some(n) => {
+                return Err(failure(format!(
+                    "committed {key} holds {n} bytes, the upload {}; push the layer again",
+                    record.size
+                )))
+            }
+            None => {
+                return Err(failure(format!(
+                    "completed {key} but the object store does not show it; retry the push"
+                )))
+            }
+        }
+        if !(trust && verified) {
+            let mut hasher = digest.algorithm().hasher();
+            let mut bytes = self
+                .get_object(&key, None)
+                .await?
+                .ok_or_else(|| failure(format!("committed {key} disappeared")))?;
+            while let Some(chunk) = bytes.next().await {
+                hasher.update(&chunk?);
+            }
+            let actual = hasher.digest();
+            if &actual != digest {
+                // Never linked: nothing else can name this key.
+                self.delete_key(&key).await?;
+                return Err(StorageError::DigestMismatch {
+                    path: std::path::PathBuf::from(key),
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(relative)
     }
 
     /// Start sending one part, once fewer than [`PARTS_IN_FLIGHT`] are on their way:
@@ -1064,6 +1411,10 @@ impl super::BlobStore for S3BlobStore {
         self.redirect
     }
 
+    fn writes_keys(&self) -> bool {
+        self.blob_keys
+    }
+
     fn redirect_url(&self, blob: BlobRef<'_>) -> Option<String> {
         if !self.redirect {
             return None;
@@ -1176,6 +1527,19 @@ impl super::BlobStore for S3BlobStore {
         self.save(&dir, &Record::default()).await
     }
 
+    async fn create_keyed_upload(&self, id: &str) -> Result<()> {
+        if !self.blob_keys {
+            return self.create_upload(id).await;
+        }
+        let dir = self.upload_dir(id)?;
+        let own = uuid::Uuid::new_v4().simple().to_string();
+        let record = Record {
+            key: Some(format!("objects/{}/{own}", &own[..2])),
+            ..Record::default()
+        };
+        self.save(&dir, &record).await
+    }
+
     async fn upload_size(&self, id: &str) -> Result<u64> {
         Ok(self.load_open(id).await?.1.size)
     }
@@ -1186,6 +1550,11 @@ impl super::BlobStore for S3BlobStore {
             return Err(failure(format!(
                 "bytes {}-{} are not within upload {id}'s {} bytes",
                 range.start, range.end, record.size
+            )));
+        }
+        if !record.sent.is_empty() {
+            return Err(failure(format!(
+                "upload {id} is written to a multipart upload of its own, which cannot be read before it is committed"
             )));
         }
         Ok(self.read_parts(&dir, &record.parts, range))
@@ -1212,9 +1581,16 @@ impl super::BlobStore for S3BlobStore {
             _ => progress.hasher,
         };
         let mut written = Vec::new();
-        let result = self
-            .write_parts(&dir, &record, hasher, body, limit, &mut written)
-            .await;
+        let result = match record.key {
+            Some(_) => {
+                self.write_keyed(&dir, &record, hasher, body, limit, &mut written)
+                    .await
+            }
+            None => {
+                self.write_parts(&dir, &record, hasher, body, limit, &mut written)
+                    .await
+            }
+        };
         let (mut next, hasher) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1255,6 +1631,9 @@ impl super::BlobStore for S3BlobStore {
                 });
             }
         }
+        if !record.sent.is_empty() {
+            return Err(StorageError::NotRehashable);
+        }
         let mut hasher = algorithm.hasher();
         if record.size > 0 {
             let mut bytes = self.read_parts(
@@ -1275,8 +1654,9 @@ impl super::BlobStore for S3BlobStore {
         })
     }
 
-    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<()> {
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<Option<String>> {
         let (dir, mut record) = self.load(id).await?;
+        let mut verified = false;
         // The stored hash state describes the parts the record lists, whichever node
         // wrote them: verify against it, not only against the caller's idea of the
         // upload (another node's append at the same offset may have replaced the
@@ -1291,6 +1671,7 @@ impl super::BlobStore for S3BlobStore {
                         actual,
                     });
                 }
+                verified = true;
             }
         }
         if !record.committed {
@@ -1298,9 +1679,15 @@ impl super::BlobStore for S3BlobStore {
             record.committed = true;
             self.save(&dir, &record).await?;
         }
+        if record.key.is_some() {
+            return self
+                .commit_keyed(id, &dir, &record, digest, verified)
+                .await
+                .map(Some);
+        }
         let key = self.blob_key(digest);
         if self.head(&key).await?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let parts: Vec<(String, Option<ByteRange>)> = record
             .parts
@@ -1318,7 +1705,7 @@ impl super::BlobStore for S3BlobStore {
                 _ => self.multipart_copy(&key, parts.clone()).await?,
             }
             match self.head(&key).await? {
-                Some(size) if size == record.size => return Ok(()),
+                Some(size) if size == record.size => return Ok(None),
                 Some(size) => {
                     return Err(failure(format!(
                         "committed {key} holds {size} bytes, the upload {}",
@@ -1336,13 +1723,35 @@ impl super::BlobStore for S3BlobStore {
     async fn delete_upload(&self, id: &str) -> Result<()> {
         let dir = self.upload_dir(id)?;
         let objects = self.list_prefix(&dir).await?;
-        // The record first: from then on the upload is gone, whatever parts remain.
-        let state = format!("{dir}state");
-        if objects.iter().any(|o| o.key == state) {
-            self.delete_key(&state).await?;
+        let records = [
+            format!("{dir}{STAGED_RECORD}"),
+            format!("{dir}{KEYED_RECORD}"),
+        ];
+        // A keyed upload's multipart upload is aborted unless its commit began (then
+        // it completes, or purging aborts it). Its key is never deleted here: once
+        // completed it may be a recorded blob's.
+        if objects.iter().any(|o| o.key == records[1]) {
+            if let Ok((_, record)) = self.load(id).await {
+                if let (Some(key), Some(upload_id), false) =
+                    (&record.key, &record.multipart, record.committed)
+                {
+                    self.abort(&format!("{}{key}", self.root), upload_id).await;
+                }
+            }
         }
-        self.remove_all(objects.into_iter().map(|o| o.key).filter(|k| *k != state))
-            .await;
+        // The record first: from then on the upload is gone, whatever parts remain.
+        for record in &records {
+            if objects.iter().any(|o| &o.key == record) {
+                self.delete_key(record).await?;
+            }
+        }
+        self.remove_all(
+            objects
+                .into_iter()
+                .map(|o| o.key)
+                .filter(|k| !records.contains(k)),
+        )
+        .await;
         Ok(())
     }
 
@@ -1375,9 +1784,9 @@ impl super::BlobStore for S3BlobStore {
     async fn abort_stale_multipart(&self, before: SystemTime, dry_run: bool) -> Result<u64> {
         // Only Berth's own key spaces, never the whole bucket: without a rootdirectory
         // the bucket may hold other writers' uploads. Commits and hides copy into
-        // `blobs/` and `trash/`.
+        // `blobs/` and `trash/`; keyed uploads write to `objects/`.
         let mut found = 0;
-        for space in ["blobs/", "trash/", "uploads/"] {
+        for space in ["blobs/", "objects/", "trash/", "uploads/"] {
             let prefix = format!("{}{space}", self.root);
             for open in self.list_multipart(&prefix).await? {
                 // An upload whose start the server did not say is left alone.
@@ -1561,6 +1970,7 @@ pub(crate) mod testserver {
             storage_class: None,
             redirect: true,
             redirect_base: None,
+            blob_keys: false,
         }
     }
 
@@ -1591,6 +2001,7 @@ pub(crate) mod testserver {
             storage_class: None,
             redirect: true,
             redirect_base: None,
+            blob_keys: false,
         }
     }
 }
@@ -1800,6 +2211,208 @@ pub(crate) mod tests {
             out.extend_from_slice(&c.expect("chunk"));
         }
         out
+    }
+
+    fn keyed_config(kind: Kind) -> S3Config {
+        S3Config {
+            blob_keys: true,
+            ..config(kind, MIN_PART)
+        }
+    }
+
+    /// Append `sizes` of `data` to keyed upload `id`, each through a fresh store (as
+    /// separate nodes would).
+    async fn append_keyed(cfg: &S3Config, id: &str, data: &[u8], sizes: &[usize]) {
+        let mut offset = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            let node = S3BlobStore::new(cfg).expect("store");
+            let progress = UploadProgress {
+                size: offset as u64,
+                hasher: Algorithm::Sha256.hasher(),
+            };
+            let p = node
+                .append_upload(
+                    id,
+                    progress,
+                    body_of(data[offset..offset + n].to_vec(), 64 * 1024 + i),
+                    u64::MAX,
+                )
+                .await
+                .expect("append");
+            offset += n;
+            assert_eq!(p.size, offset as u64);
+            let (_, record) = node.load(id).await.expect("record");
+            assert!(record.parts.len() <= 1 && record.parts.iter().all(|p| p.size < MIN_PART));
+            assert!(record
+                .sent
+                .iter()
+                .all(|p| p.size >= MIN_PART && !p.etag.is_empty()));
+        }
+    }
+
+    /// A keyed upload in chunks of awkward sizes through several nodes: full parts go to
+    /// one multipart upload, short tails are staged and resent; the commit completes it
+    /// in place at its own key (nothing at the digest's key), a repeated commit answers
+    /// the same key, and removing the upload leaves the blob.
+    async fn keyed_uploads_complete_in_place(kind: Kind) {
+        let cfg = keyed_config(kind);
+        let store = S3BlobStore::new(&cfg).expect("store");
+        assert!(store.writes_keys());
+        let sizes = [1usize, 3 * MIB, 4 * MIB + 5, 100, 12 * MIB, 2 * MIB + 1];
+        let data = pattern(sizes.iter().sum(), 9);
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        store.create_keyed_upload("keyed").await.expect("create");
+        append_keyed(&cfg, "keyed", &data, &sizes).await;
+        let range = ByteRange { start: 0, end: 10 };
+        assert!(
+            store.read_upload("keyed", range).await.is_err(),
+            "parts of a multipart upload cannot be read before it completes"
+        );
+        assert!(matches!(
+            store.rehash_upload("keyed", Algorithm::Sha512).await,
+            Err(StorageError::NotRehashable)
+        ));
+        let key = store
+            .commit_upload("keyed", &digest)
+            .await
+            .expect("commit")
+            .expect("a key of its own");
+        assert!(key.starts_with("objects/"), "{key}");
+        let at = BlobRef {
+            digest: &digest,
+            key: Some(&key),
+        };
+        assert_eq!(collect(store.get(at, None).await.expect("get")).await, data);
+        assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
+        // Repeated (a lost answer): the same key, verified again.
+        let again = S3BlobStore::new(&cfg).expect("store");
+        assert_eq!(
+            again.commit_upload("keyed", &digest).await.expect("again"),
+            Some(key.clone())
+        );
+        store.delete_upload("keyed").await.expect("delete upload");
+        assert_eq!(store.stat(at).await.expect("stat"), Some(data.len() as u64));
+        assert!(
+            open_under(&store).await.is_empty(),
+            "no multipart upload left open"
+        );
+        assert!(store.list_uploads().await.expect("uploads").is_empty());
+    }
+
+    #[tokio::test]
+    async fn keyed_uploads_complete_in_place_on_seaweedfs() {
+        keyed_uploads_complete_in_place(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn keyed_uploads_complete_in_place_on_garage() {
+        keyed_uploads_complete_in_place(Kind::Garage).await;
+    }
+
+    /// The other paths of a keyed commit: a short upload (no multipart upload at all),
+    /// an empty one, a wrong digest (refused before anything is written), another
+    /// algorithm than the one hashed (verified by reading the object back: kept when
+    /// right, deleted when wrong), and a cancelled upload (its multipart upload aborted).
+    async fn keyed_commit_paths(kind: Kind) {
+        let cfg = keyed_config(kind);
+        let store = S3BlobStore::new(&cfg).expect("store");
+        // Short: one PUT of the staged tail.
+        let small = pattern(MIB + 3, 1);
+        let small_digest = Digest::of(Algorithm::Sha256, &small);
+        store.create_keyed_upload("small").await.expect("create");
+        append_keyed(&cfg, "small", &small, &[100, MIB - 97]).await;
+        let key = store
+            .commit_upload("small", &small_digest)
+            .await
+            .expect("commit")
+            .expect("key");
+        let at = BlobRef {
+            digest: &small_digest,
+            key: Some(&key),
+        };
+        assert_eq!(
+            collect(store.get(at, None).await.expect("get")).await,
+            small
+        );
+        store.delete_upload("small").await.expect("delete");
+        // Empty.
+        let empty = Digest::of(Algorithm::Sha256, b"");
+        store.create_keyed_upload("empty").await.expect("create");
+        let key = store
+            .commit_upload("empty", &empty)
+            .await
+            .expect("commit")
+            .expect("key");
+        let at = BlobRef {
+            digest: &empty,
+            key: Some(&key),
+        };
+        assert_eq!(store.stat(at).await.expect("stat"), Some(0));
+        store.delete_upload("empty").await.expect("delete");
+        // A wrong digest: refused by the saved hash state, nothing completed.
+        let data = pattern(6 * MIB + 7, 2);
+        store.create_keyed_upload("wrong").await.expect("create");
+        append_keyed(&cfg, "wrong", &data, &[6 * MIB + 7]).await;
+        let (_, record) = store.load("wrong").await.expect("record");
+        let key = record.key.clone().expect("key");
+        let wrong = Digest::of(Algorithm::Sha256, b"something else");
+        assert!(matches!(
+            store.commit_upload("wrong", &wrong).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert_eq!(
+            store
+                .head(&format!("{}{key}", store.root))
+                .await
+                .expect("head"),
+            None
+        );
+        // Another algorithm: the object is read back; a wrong sha512 is deleted...
+        let wrong512 = Digest::of(Algorithm::Sha512, b"something else");
+        assert!(matches!(
+            store.commit_upload("wrong", &wrong512).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert_eq!(
+            store
+                .head(&format!("{}{key}", store.root))
+                .await
+                .expect("head"),
+            None
+        );
+        store.delete_upload("wrong").await.expect("delete");
+        // ... and a right one kept.
+        store.create_keyed_upload("sha512").await.expect("create");
+        append_keyed(&cfg, "sha512", &data, &[MIB, 5 * MIB + 7]).await;
+        let right512 = Digest::of(Algorithm::Sha512, &data);
+        let key = store
+            .commit_upload("sha512", &right512)
+            .await
+            .expect("commit")
+            .expect("key");
+        let at = BlobRef {
+            digest: &right512,
+            key: Some(&key),
+        };
+        assert_eq!(store.stat(at).await.expect("stat"), Some(data.len() as u64));
+        store.delete_upload("sha512").await.expect("delete");
+        // Cancelled with a part sent: its multipart upload is aborted.
+        store.create_keyed_upload("cancel").await.expect("create");
+        append_keyed(&cfg, "cancel", &data, &[6 * MIB + 7]).await;
+        assert_eq!(open_under(&store).await.len(), 1);
+        store.delete_upload("cancel").await.expect("delete");
+        assert!(open_under(&store).await.is_empty());
+        assert!(store.list_uploads().await.expect("uploads").is_empty());
+    }
+
+    #[tokio::test]
+    async fn keyed_commit_paths_on_seaweedfs() {
+        keyed_commit_paths(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn keyed_commit_paths_on_garage() {
+        keyed_commit_paths(Kind::Garage).await;
     }
 
     /// Chunks of every awkward size (1 byte, below and above S3's 5 MiB part minimum,
