@@ -85,6 +85,12 @@ enum Cmd {
         /// themselves instead of redirecting clients to presigned URLs).
         #[arg(long, requires = "s3")]
         s3_no_redirect: bool,
+        /// With --s3: Berth copies each pushed blob into its digest's key at commit, as
+        /// Distribution does (`storage.s3.blobkeys: false`, a deployment upgraded from
+        /// an older release), instead of writing it once at a key of its own (the
+        /// default of a new deployment).
+        #[arg(long, requires = "s3")]
+        s3_digest_keys: bool,
         /// Berth's metadata in PostgreSQL: an admin URL of a server (e.g. the
         /// BERTH_TEST_POSTGRES_URL `scripts/start-postgres.sh` prints); every Berth start
         /// gets a fresh database there (needs `psql`). Distribution has no metadata
@@ -147,6 +153,7 @@ async fn main() -> Result<()> {
                 scenario,
                 s3,
                 s3_no_redirect,
+                s3_digest_keys,
                 postgres,
                 common,
             } => {
@@ -157,7 +164,10 @@ async fn main() -> Result<()> {
                     ServerSpec {
                         name: "berth".to_string(),
                         binary: berth,
-                        s3: s3.clone(),
+                        s3: s3.clone().map(|s| servers::S3Storage {
+                            digest_keys: s3_digest_keys,
+                            ..s
+                        }),
                         postgres,
                     },
                     ServerSpec {

@@ -63,6 +63,9 @@ pub struct S3Storage {
     pub bucket: String,
     /// `storage.redirect.disable`: registries stream blob bytes themselves.
     pub redirect_disable: bool,
+    /// `storage.s3.blobkeys: false` (Berth's only): blobs copied into their digests'
+    /// keys at commit instead of written once at keys of their own.
+    pub digest_keys: bool,
 }
 
 impl S3Storage {
@@ -84,13 +87,24 @@ impl S3Storage {
             secret_key: get("S3_SECRET_ACCESS_KEY")?,
             bucket: get("S3_BUCKET")?,
             redirect_disable,
+            digest_keys: false,
         })
     }
 
     fn storage_yaml(&self, root: &str) -> String {
         format!(
-            "storage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    rootdirectory: /{root}\n  delete:\n    enabled: true\n  redirect:\n    disable: {}\n",
-            self.access_key, self.secret_key, self.region, self.endpoint, self.bucket, self.redirect_disable
+            "storage:\n  s3:\n    accesskey: {}\n    secretkey: {}\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    rootdirectory: /{root}\n{}  delete:\n    enabled: true\n  redirect:\n    disable: {}\n",
+            self.access_key,
+            self.secret_key,
+            self.region,
+            self.endpoint,
+            self.bucket,
+            if self.digest_keys {
+                "    blobkeys: false\n"
+            } else {
+                ""
+            },
+            self.redirect_disable
         )
     }
 }

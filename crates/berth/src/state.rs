@@ -88,8 +88,9 @@ async fn open_registry(
     config: &Config,
     serving: bool,
 ) -> Result<(Registry, Arc<dyn MetaStore>), StartError> {
-    let blobs = open_blobs(config, serving)?;
     let meta = open_meta(config).await?;
+    let blob_keys = blob_keys(config, &*meta).await?;
+    let blobs = open_blobs(config, serving, blob_keys)?;
     let registry = Registry::new(blobs, meta.clone(), config.settings());
     let registry = match &config.proxy {
         Some(p) => {
@@ -118,11 +119,33 @@ async fn open_registry(
     Ok((registry, meta))
 }
 
+/// Whether pushes to S3 write blobs at keys of their own: `storage.s3.blobkeys` when
+/// the configuration says, else the deployment's setting (on for a database this
+/// release created; see `meta::FRESH_SETTINGS`).
+async fn blob_keys(config: &Config, meta: &dyn MetaStore) -> Result<bool, StartError> {
+    let Some(s3) = &config.s3 else {
+        return Ok(false);
+    };
+    if let Some(on) = s3.blob_keys {
+        return Ok(on);
+    }
+    let setting = meta
+        .setting(crate::meta::BLOB_KEYS_SETTING)
+        .await
+        .map_err(|source| StartError::Meta {
+            at: "(the deployment's blob_keys setting)".into(),
+            source,
+        })?;
+    Ok(setting.as_deref() == Some("on"))
+}
+
 /// The blob store `config` names: S3 or the filesystem root. `serving` also adopts
-/// uploads an older version left in the filesystem layout.
+/// uploads an older version left in the filesystem layout; `blob_keys`: see
+/// [`blob_keys`].
 fn open_blobs(
     config: &Config,
     serving: bool,
+    blob_keys: bool,
 ) -> Result<Arc<dyn crate::storage::BlobStore>, StartError> {
     let storage_error = |source| StartError::Storage {
         path: config.root.clone(),
@@ -130,8 +153,10 @@ fn open_blobs(
     };
     Ok(match &config.s3 {
         Some(s3) => {
-            let store = crate::storage::s3::S3BlobStore::new(s3).map_err(StartError::S3)?;
-            tracing::info!(storage = %store.describe(), redirect = s3.redirect, "blobs are stored in S3");
+            let store = crate::storage::s3::S3BlobStore::new(s3)
+                .map_err(StartError::S3)?
+                .with_blob_keys(blob_keys);
+            tracing::info!(storage = %store.describe(), redirect = s3.redirect, blob_keys, "blobs are stored in S3");
             Arc::new(store)
         }
         None => {
@@ -846,9 +871,10 @@ pub async fn migrate(
             sqlite_path(source).display()
         )));
     }
-    let source_blobs = open_blobs(source, false)?;
+    // Copies are written by digest; no push goes through these stores.
+    let source_blobs = open_blobs(source, false, false)?;
     let source_meta = Arc::new(open_sqlite(source).await?);
-    let target_blobs = open_blobs(target, false)?;
+    let target_blobs = open_blobs(target, false, false)?;
     let target_meta = Arc::new(open_postgres(target).await?);
     let migration = crate::migrate::Migration {
         source_blobs,

@@ -179,9 +179,10 @@ fn object_exists(kind: S3Kind, key: &str) -> bool {
 }
 
 /// `berth garbage-collect` on S3 removes the objects of blobs nothing references and
-/// keeps the rest; upload objects go with their sessions.
+/// keeps the rest; upload objects go with their sessions. Blobs at their digests' keys
+/// (`blobkeys: false`; `keyed_pushes` covers keyed ones).
 async fn garbage_collection(kind: S3Kind) {
-    let (b, root) = berth_on(kind, "");
+    let (b, root) = berth_on(kind, "    blobkeys: false\n");
     let r = Registry::new(&b.url);
     let keep = noise("kept layer", 4 * MIB);
     let drop = noise("dropped layer", 6 * MIB);
@@ -223,13 +224,14 @@ async fn garbage_collection(kind: S3Kind) {
     assert_eq!(sha256(&resp.bytes().await.expect("bytes")), kept);
 }
 
-/// With `storage.s3.blobkeys`, a pushed layer is written once, at a key of its own:
-/// nothing appears at its digest's key, the redirect points at `objects/...` and serves
+/// A new deployment (no `blobkeys` in its configuration, a database this release
+/// created) writes a pushed layer once, at a key of its own: nothing appears at its
+/// digest's key, the redirect points at `objects/...` and serves
 /// the exact bytes, the same layer pushed again (another repository, monolithically)
 /// is served from the first copy, and garbage collection deletes it once nothing
 /// references it.
 async fn keyed_pushes(kind: S3Kind) {
-    let (b, root) = berth_on(kind, "    blobkeys: true\n");
+    let (b, root) = berth_on(kind, "");
     let r = Registry::with_client(no_redirects(), &b.url);
     let layer = noise("keyed layer", 11 * MIB + 3);
     let (manifest, d) = push_image(&r, "team/app", "v1", &layer).await;
@@ -370,6 +372,8 @@ fn clients(kind: S3Kind, extra_storage: &str) {
     assert_eq!(index["manifests"][0]["digest"], digest.as_str());
 }
 
+/// Pushes through keyed uploads (a new deployment's default): docker's one-PATCH
+/// pushes and skopeo's copies.
 #[test]
 fn clients_on_seaweedfs() {
     clients(S3Kind::SeaweedFs, "");
@@ -380,16 +384,15 @@ fn clients_on_garage() {
     clients(S3Kind::Garage, "");
 }
 
-/// The same with `storage.s3.blobkeys`: docker's one-PATCH pushes and skopeo's
-/// copies through keyed uploads.
+/// The same with blobs copied into their digests' keys (`blobkeys: false`).
 #[test]
-fn clients_with_blob_keys_on_seaweedfs() {
-    clients(S3Kind::SeaweedFs, "    blobkeys: true\n");
+fn clients_with_digest_keys_on_seaweedfs() {
+    clients(S3Kind::SeaweedFs, "    blobkeys: false\n");
 }
 
 #[test]
-fn clients_with_blob_keys_on_garage() {
-    clients(S3Kind::Garage, "    blobkeys: true\n");
+fn clients_with_digest_keys_on_garage() {
+    clients(S3Kind::Garage, "    blobkeys: false\n");
 }
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
@@ -625,7 +628,9 @@ async fn storage_middleware_redirect_sends_blob_gets_to_the_cdn() {
     let ports = std::fs::read_to_string(format!("{}/ports", server.get("S3_DIR")))
         .expect("SeaweedFS's ports file");
     let filer = ports.split_whitespace().nth(4).expect("the filer's port");
-    let (storage, root) = server.storage_yaml("");
+    // Blobs at their digests' keys, to check the whole path (keyed ones go to
+    // objects/..., the same way).
+    let (storage, root) = server.storage_yaml("    blobkeys: false\n");
     let cdn = format!(
         "http://127.0.0.1:{filer}/buckets/{}/{root}",
         server.get("S3_BUCKET")

@@ -59,9 +59,10 @@ pub struct S3Config {
     pub redirect_base: Option<String>,
     /// `blobkeys` (Berth's): write each pushed blob once, as a multipart upload
     /// completed in place at a key of its own (`objects/...`, recorded in the metadata
-    /// database), instead of copying it into its digest's key at commit. Default off;
-    /// turn it on only once every node reads keys (this release or later).
-    pub blob_keys: bool,
+    /// database), instead of copying it into its digest's key at commit. Absent: the
+    /// metadata database's `blob_keys` setting decides (on for a database this release
+    /// created, off for one an older release created, whose nodes cannot read keys).
+    pub blob_keys: Option<bool>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -200,7 +201,7 @@ pub fn parse(tree: &Value) -> Result<S3Config, ConfigError> {
         storage_class,
         redirect: !get_bool(tree, "storage.redirect.disable")?.unwrap_or(false),
         redirect_base: redirect_middleware(tree)?,
-        blob_keys: get_bool(tree, "storage.s3.blobkeys")?.unwrap_or(false),
+        blob_keys: get_bool(tree, "storage.s3.blobkeys")?,
     })
 }
 

@@ -536,6 +536,8 @@ pub struct Trimmed {
 /// Questions asked by notifications and maintenance jobs (upload purging).
 #[async_trait::async_trait]
 pub trait Maintenance: Send + Sync {
+    /// A deployment-wide setting (`settings`, migration 0017), if set.
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
     /// Upload sessions created before `before` (seconds since the epoch), oldest first,
     /// at most `limit`.
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>>;
@@ -602,6 +604,16 @@ pub struct GcManifest {
     /// Blobs (false) and child manifests (true) it references.
     pub references: Vec<(Digest, bool)>,
 }
+
+/// Settings a database created by this release starts with (table `settings`,
+/// migration 0017): what every node of a new deployment can do from the start, and a
+/// deployment upgraded from an older release (whose nodes may still run) must not
+/// assume. `blob_keys`: pushed blobs written at keys of their own (`storage.s3.blobkeys`
+/// overrides it either way).
+pub const FRESH_SETTINGS: &[(&str, &str)] = &[(BLOB_KEYS_SETTING, "on")];
+
+/// The setting that turns keyed blob writes on for a deployment (`on` or `off`).
+pub const BLOB_KEYS_SETTING: &str = "blob_keys";
 
 /// A blob recorded at a key of its own (see [`BlobRecord`]), as garbage collection
 /// sees it.

@@ -187,9 +187,28 @@ impl PgMeta {
         // node of the new version started first). Migrations are expand-only, so this
         // version's code still works on that schema: start anyway rather than refuse
         // (sqlx's default), or an old node restarting mid-upgrade would stay down.
+        // Nodes starting at once on a new database may all see it new: they then write
+        // the same settings, and the first write stands.
+        let fresh: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NULL")
+            .fetch_one(&pool)
+            .await?;
         let mut migrator = sqlx::migrate!("./migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
+        if fresh {
+            // Created by this release: see `super::FRESH_SETTINGS`.
+            for (name, value) in super::FRESH_SETTINGS {
+                sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(value)
+                .bind(now())
+                .execute(&pool)
+                .await?;
+            }
+        }
         let offset = sync_clock(&pool).await? - super::now();
         if offset.abs() > 60 {
             tracing::warn!(

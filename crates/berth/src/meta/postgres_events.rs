@@ -234,6 +234,18 @@ pub(super) const CLAIM_JOB: &str = "INSERT INTO job_claims (name, owner, claimed
 
 #[async_trait::async_trait]
 impl Maintenance for PgMeta {
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        self.read(async {
+            Ok(
+                sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
         self.read(async {
             let rows = sqlx::query(

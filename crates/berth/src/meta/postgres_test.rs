@@ -262,6 +262,31 @@ mod schema {
         .count();
         assert_eq!(applied as usize, files);
         for m in &metas {
+            assert_eq!(
+                crate::meta::Maintenance::setting(m, crate::meta::BLOB_KEYS_SETTING)
+                    .await
+                    .expect("setting")
+                    .as_deref(),
+                Some("on"),
+                "a database this release created"
+            );
+        }
+        // One an older release created (no row) does not gain it on a later open.
+        sqlx::query("DELETE FROM settings")
+            .execute(&metas[0].pool)
+            .await
+            .expect("older");
+        let later = PgMeta::open(&db.url, PgOptions::default())
+            .await
+            .expect("reopen");
+        assert_eq!(
+            crate::meta::Maintenance::setting(&later, crate::meta::BLOB_KEYS_SETTING)
+                .await
+                .expect("setting"),
+            None
+        );
+        later.close().await;
+        for m in &metas {
             m.link_blob(
                 &repo("up/app"),
                 &Digest::of(Algorithm::Sha256, b"x"),

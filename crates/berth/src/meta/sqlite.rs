@@ -51,9 +51,29 @@ impl SqliteMeta {
             .await?;
         // Migrations of a newer version may be applied already (a binary rolled back
         // after an upgrade): they are expand-only, so start anyway.
+        let fresh: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master
+                                WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&writer)
+        .await?;
         let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.set_ignore_missing(true);
         migrator.run(&writer).await?;
+        if fresh {
+            // Created by this release: see `super::FRESH_SETTINGS`.
+            for (name, value) in super::FRESH_SETTINGS {
+                sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(value)
+                .bind(now())
+                .execute(&writer)
+                .await?;
+            }
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(1)
@@ -921,5 +941,33 @@ mod tests {
             .await
             .expect("reopen");
         crate::meta::testsuite::check_persisted(&meta).await;
+    }
+
+    /// A database this release creates starts with `FRESH_SETTINGS`; one an older
+    /// release created (here: the row removed, as it never had one) does not gain them
+    /// when this release opens it.
+    #[tokio::test]
+    async fn fresh_databases_start_with_blob_keys_on() {
+        use crate::meta::{Maintenance, BLOB_KEYS_SETTING};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.db");
+        let meta = super::SqliteMeta::open(&path).await.expect("open");
+        assert_eq!(
+            meta.setting(BLOB_KEYS_SETTING)
+                .await
+                .expect("setting")
+                .as_deref(),
+            Some("on")
+        );
+        sqlx::query("DELETE FROM settings")
+            .execute(&meta.writer)
+            .await
+            .expect("older");
+        drop(meta);
+        let meta = super::SqliteMeta::open(&path).await.expect("reopen");
+        assert_eq!(
+            meta.setting(BLOB_KEYS_SETTING).await.expect("setting"),
+            None
+        );
     }
 }

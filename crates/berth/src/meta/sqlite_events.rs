@@ -176,6 +176,15 @@ pub(super) const CLAIM_JOB: &str = "INSERT INTO job_claims (name, owner, claimed
 
 #[async_trait::async_trait]
 impl Maintenance for SqliteMeta {
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
     async fn uploads_created_before(&self, before: i64, limit: u32) -> Result<Vec<UploadSession>> {
         let rows = sqlx::query(
             "SELECT id, repository, algorithm, created_at FROM uploads

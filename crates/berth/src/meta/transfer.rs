@@ -44,7 +44,13 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// Tables of the schema that are not registry content and are not copied.
-pub const NOT_COPIED: &[&str] = &["completed_uploads", "job_claims", "migrate_runs"];
+pub const NOT_COPIED: &[&str] = &[
+    "completed_uploads",
+    "job_claims",
+    "migrate_runs",
+    // The target's own: decided when its database was created.
+    "settings",
+];
 
 /// Columns of copied tables written as NULL in the target: `berth migrate` streams every
 /// blob through the target store's upload path, which keeps it under its digest's own

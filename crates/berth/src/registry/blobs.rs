@@ -232,7 +232,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
             S3BlobStore::new(&crate::config::s3::S3Config {
-                blob_keys: true,
+                blob_keys: Some(true),
                 ..testserver::config(testserver::Kind::SeaweedFs, 5 << 20)
             })
             .expect("s3 store"),

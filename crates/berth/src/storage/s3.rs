@@ -332,11 +332,18 @@ impl S3BlobStore {
             copy_threshold: c.multipart_copy_threshold,
             redirect: c.redirect,
             redirect_base: c.redirect_base.clone(),
-            blob_keys: c.blob_keys,
+            blob_keys: c.blob_keys.unwrap_or(false),
         })
     }
 
     /// Where the bucket is, for messages (never with credentials).
+    /// Whether pushes write blobs at keys of their own (`storage.s3.blobkeys`, or the
+    /// deployment's setting when the configuration does not say).
+    pub fn with_blob_keys(mut self, on: bool) -> S3BlobStore {
+        self.blob_keys = on;
+        self
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "bucket {} at {}",
@@ -1970,7 +1977,7 @@ pub(crate) mod testserver {
             storage_class: None,
             redirect: true,
             redirect_base: None,
-            blob_keys: false,
+            blob_keys: None,
         }
     }
 
@@ -2001,7 +2008,7 @@ pub(crate) mod testserver {
             storage_class: None,
             redirect: true,
             redirect_base: None,
-            blob_keys: false,
+            blob_keys: None,
         }
     }
 }
@@ -2215,7 +2222,7 @@ pub(crate) mod tests {
 
     fn keyed_config(kind: Kind) -> S3Config {
         S3Config {
-            blob_keys: true,
+            blob_keys: Some(true),
             ..config(kind, MIN_PART)
         }
     }
