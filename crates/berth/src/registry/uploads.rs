@@ -525,6 +525,9 @@ impl Registry {
                     "the uploaded content has digest {actual}, not {digest}"
                 )))
             }
+            // A keyed upload whose parts a concurrent append replaced: what it would
+            // complete is not what was hashed, so it can never be `digest` as recorded.
+            Err(StorageError::PartsReplaced(why)) => return Err(RegistryError::DigestInvalid(why)),
             Err(e) => return Err(e.into()),
         };
         #[cfg(test)]

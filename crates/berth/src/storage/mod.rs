@@ -75,6 +75,10 @@ pub enum StorageError {
     /// state is of another algorithm: the commit verifies the digest instead.
     #[error("upload was written to a key of its own and cannot be re-hashed before its commit")]
     NotRehashable,
+    /// An upload's stored parts are not the ones its record names (a concurrent append
+    /// at the same offset replaced one): it can never be committed as recorded.
+    #[error("{0}")]
+    PartsReplaced(String),
 }
 
 impl StorageError {

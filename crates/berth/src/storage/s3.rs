@@ -1147,29 +1147,35 @@ impl S3BlobStore {
         );
         let url = complete.sign(SIGN_FOR);
         let body = complete.body();
-        let Some(response) = self
-            .send(
-                "COMPLETE MULTIPART",
-                key,
-                self.http.post(url).body(body),
-                true,
-            )
-            .await?
-        else {
-            return Ok(false);
-        };
+        // Sent here rather than through `send`: the answer's code decides (an error
+        // may come as a 4xx or inside a 200).
+        let response = self.http.post(url).body(body).send().await.map_err(|e| {
+            StorageError::Unavailable(format!(
+                "S3 COMPLETE MULTIPART {key} ({}): {e}; check that the server is reachable",
+                self.describe()
+            ))
+        })?;
+        let status = response.status();
         let answer = read_limited(response).await;
-        if answer.contains("<Error>") {
-            let code = xml_tag(&answer, "Code").unwrap_or("");
-            if code == "NoSuchUpload" {
-                return Ok(false);
-            }
-            return Err(failure(format!(
-                "S3 COMPLETE MULTIPART {key} failed: {code} {}",
-                xml_tag(&answer, "Message").unwrap_or("")
-            )));
+        if status.is_success() && !answer.contains("<Error>") {
+            return Ok(true);
         }
-        Ok(true)
+        let code = xml_tag(&answer, "Code").unwrap_or("");
+        if code == "NoSuchUpload" || (status.as_u16() == 404 && code.is_empty()) {
+            return Ok(false);
+        }
+        let what = format!(
+            "S3 COMPLETE MULTIPART {key} ({}) failed: {status} {code} {}",
+            self.describe(),
+            xml_tag(&answer, "Message").unwrap_or("")
+        );
+        Err(match code {
+            "InvalidPart" | "InvalidPartOrder" => StorageError::PartsReplaced(format!(
+                "{what}: the upload's parts were replaced by a concurrent append at the same offset; start the upload again"
+            )),
+            _ if status.is_server_error() => StorageError::Unavailable(what),
+            _ => failure(what),
+        })
     }
 
     /// Commit a keyed upload: its multipart upload completed in place (the staged tail
@@ -2583,6 +2589,65 @@ pub(crate) mod tests {
             b"written by b"
         );
         b.delete_upload("racing").await.expect("delete");
+    }
+
+    /// A keyed upload whose record names a part another append replaced (two appends
+    /// at one offset, the loser's record saved last): completing it either fails as
+    /// `PartsReplaced` (Garage refuses the replaced ETag) or assembles exactly the
+    /// recorded bytes (SeaweedFS keeps both versions); never the other append's bytes
+    /// under the recorded digest.
+    async fn a_replaced_keyed_part_cannot_be_committed(kind: Kind) {
+        let cfg = keyed_config(kind);
+        let a = S3BlobStore::new(&cfg).expect("store");
+        let b = S3BlobStore::new(&cfg).expect("store");
+        a.create_keyed_upload("racing-keyed").await.expect("create");
+        let part = |seed| pattern(MIN_PART as usize, seed);
+        let at = |offset: usize| UploadProgress {
+            size: offset as u64,
+            hasher: Algorithm::Sha256.hasher(),
+        };
+        a.append_upload("racing-keyed", at(0), body_of(part(1), 1 << 16), u64::MAX)
+            .await
+            .expect("first part");
+        let (dir, before) = b.load("racing-keyed").await.expect("record");
+        let n = MIN_PART as usize;
+        a.append_upload("racing-keyed", at(n), body_of(part(2), 1 << 16), u64::MAX)
+            .await
+            .expect("a's second part");
+        let (_, a_view) = a.load("racing-keyed").await.expect("record");
+        // b appends at the same offset from the record it saw, replacing part 2 ...
+        b.save(&dir, &before).await.expect("b's view");
+        b.append_upload("racing-keyed", at(n), body_of(part(3), 1 << 16), u64::MAX)
+            .await
+            .expect("b's second part");
+        // ... and a's record lands last.
+        a.save(&dir, &a_view).await.expect("a's record");
+        let recorded = [part(1), part(2)].concat();
+        let digest = Digest::of(Algorithm::Sha256, &recorded);
+        match a.commit_upload("racing-keyed", &digest).await {
+            Err(StorageError::PartsReplaced(why)) => {
+                assert!(why.contains("InvalidPart"), "{why}");
+            }
+            Ok(Some(key)) => {
+                let at = BlobRef {
+                    digest: &digest,
+                    key: Some(&key),
+                };
+                assert_eq!(collect(a.get(at, None).await.expect("get")).await, recorded);
+            }
+            other => panic!("{kind:?}: {other:?}"),
+        }
+        a.delete_upload("racing-keyed").await.expect("delete");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_keyed_part_cannot_be_committed_on_seaweedfs() {
+        a_replaced_keyed_part_cannot_be_committed(Kind::SeaweedFs).await;
+    }
+
+    #[tokio::test]
+    async fn a_replaced_keyed_part_cannot_be_committed_on_garage() {
+        a_replaced_keyed_part_cannot_be_committed(Kind::Garage).await;
     }
 
     #[tokio::test]
