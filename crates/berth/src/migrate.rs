@@ -253,9 +253,13 @@ impl Migration {
         }
         for s in &sessions {
             match self.copy_upload(&s.id, s.algorithm).await {
-                Ok(true) => uploads += 1,
-                Ok(false) => on_event(Event::Warning(format!(
+                Ok(UploadCopy::Copied) => uploads += 1,
+                Ok(UploadCopy::Gone) => on_event(Event::Warning(format!(
                     "upload session {} of {} has no bytes in the source any more (finished or purged meanwhile); its row is copied, and the cluster's upload purging removes it",
+                    s.id, s.repository
+                ))),
+                Ok(UploadCopy::Keyed) => on_event(Event::Warning(format!(
+                    "upload session {} of {} is an open push written to a key of its own in the source (an object store's unfinished multipart upload), which cannot be read before its commit: it is not copied; its client's next request finds no upload and starts the push again, and the cluster's upload purging removes the row",
                     s.id, s.repository
                 ))),
                 Err(e) => {
@@ -422,21 +426,21 @@ impl Migration {
         result
     }
 
-    /// Copy an open upload's bytes under the same id. `false`: the source has none.
-    async fn copy_upload(&self, id: &str, algorithm: oci::Algorithm) -> Result<bool, String> {
+    /// Copy an open upload's bytes under the same id.
+    async fn copy_upload(&self, id: &str, algorithm: oci::Algorithm) -> Result<UploadCopy, String> {
         let size = match self.source_blobs.upload_size(id).await {
             Ok(size) => size,
-            Err(StorageError::UploadNotFound) => return Ok(false),
+            Err(StorageError::UploadNotFound) => return Ok(UploadCopy::Gone),
             Err(e) => return Err(format!("reading its size failed: {e}")),
         };
         let target = &self.target_blobs;
         if target.upload_size(id).await.ok() == Some(size) {
-            return Ok(true);
+            return Ok(UploadCopy::Copied);
         }
         target.delete_upload(id).await.map_err(|e| e.to_string())?;
         target.create_upload(id).await.map_err(|e| e.to_string())?;
         if size == 0 {
-            return Ok(true);
+            return Ok(UploadCopy::Copied);
         }
         let body = match self
             .source_blobs
@@ -452,7 +456,11 @@ impl Migration {
             Ok(body) => body,
             Err(StorageError::UploadNotFound) => {
                 let _ = target.delete_upload(id).await;
-                return Ok(false);
+                return Ok(UploadCopy::Gone);
+            }
+            Err(StorageError::KeyedUploadUnreadable) => {
+                let _ = target.delete_upload(id).await;
+                return Ok(UploadCopy::Keyed);
             }
             Err(e) => return Err(format!("reading it failed: {e}")),
         };
@@ -464,13 +472,146 @@ impl Migration {
             let _ = target.delete_upload(id).await;
             return Err(format!("writing it into the target failed: {e}"));
         }
-        Ok(true)
+        Ok(UploadCopy::Copied)
     }
+}
+
+/// What became of one open upload in a migration.
+enum UploadCopy {
+    /// Its bytes are in the target under the same id.
+    Copied,
+    /// The source has none any more (finished or purged meanwhile).
+    Gone,
+    /// A keyed upload, unreadable before its commit: not copied.
+    Keyed,
 }
 
 #[cfg(test)]
 mod tests {
     use super::bytes;
+
+    /// A single node on S3 whose pushes were written at keys of their own moves into a
+    /// cluster: its keyed blob is read at its key and lands at its digest's path in the
+    /// target (recorded without a key there), and an open keyed upload, unreadable
+    /// before its commit, is skipped with a warning instead of failing the migration.
+    #[tokio::test]
+    async fn keyed_blobs_and_uploads_of_the_source() {
+        use crate::meta::postgres_test::TestDb;
+        use crate::meta::sqlite::SqliteMeta;
+        use crate::meta::{Repositories, SessionCaps, UploadSession, Uploads};
+        use crate::registry::{Registry, Settings};
+        use crate::storage::s3::{testserver, S3BlobStore};
+        use crate::storage::{BlobStore, ByteStream, UploadProgress};
+        use bytes::Bytes;
+        use oci::{Algorithm, Digest};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyed = crate::config::s3::S3Config {
+            blob_keys: Some(true),
+            ..testserver::config(testserver::Kind::SeaweedFs, 5 << 20)
+        };
+        let source_blobs = Arc::new(S3BlobStore::new(&keyed).expect("source store"));
+        let source_meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("source meta"),
+        );
+        let registry = Registry::new(
+            source_blobs.clone(),
+            source_meta.clone(),
+            Settings::default(),
+        );
+        let body = |d: Vec<u8>| -> ByteStream {
+            Box::pin(futures_util::stream::once(
+                async move { Ok(Bytes::from(d)) },
+            ))
+        };
+        let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 249) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let repo: oci::RepoName = "team/app".parse().expect("repo");
+        registry
+            .put_blob(&repo, &digest, body(data.clone()))
+            .await
+            .expect("push");
+        let key = source_meta
+            .linked_blob(&repo, &digest)
+            .await
+            .expect("linked")
+            .and_then(|b| b.key)
+            .expect("recorded at a key of its own");
+        // An open push with a full part sent.
+        let session = UploadSession {
+            id: "0b1c2d3e-open-keyed".into(),
+            repository: repo.clone(),
+            algorithm: Algorithm::Sha256,
+            created_at: crate::meta::now(),
+        };
+        source_meta
+            .create_upload(&session, SessionCaps::default())
+            .await
+            .expect("session")
+            .expect("room");
+        source_blobs
+            .create_keyed_upload(&session.id)
+            .await
+            .expect("create");
+        let fresh = UploadProgress {
+            size: 0,
+            hasher: Algorithm::Sha256.hasher(),
+        };
+        source_blobs
+            .append_upload(&session.id, fresh, body(data.clone()), u64::MAX)
+            .await
+            .expect("append");
+
+        let db = TestDb::create().await;
+        let target_meta = Arc::new(db.open().await);
+        let target_blobs = Arc::new(
+            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                .expect("target store"),
+        );
+        let migration = super::Migration {
+            source_blobs: source_blobs.clone(),
+            source_meta: source_meta.clone(),
+            target_blobs: target_blobs.clone(),
+            target_meta: target_meta.clone(),
+            source_id: "keyed node".into(),
+            force: false,
+            concurrency: 2,
+        };
+        let mut warnings = Vec::new();
+        let summary = migration
+            .run(&mut |e| {
+                if let super::Event::Warning(w) = e {
+                    warnings.push(w);
+                }
+            })
+            .await
+            .expect("migrate");
+        assert_eq!(summary.blobs.copied, 1);
+        assert_eq!(summary.uploads, 0);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&session.id) && w.contains("key of its own")),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            target_meta.known_blob(&digest).await.expect("known"),
+            Some(crate::meta::BlobRecord {
+                size: data.len() as u64,
+                key: None,
+            })
+        );
+        assert_eq!(
+            target_blobs.stat((&digest).into()).await.expect("stat"),
+            Some(data.len() as u64)
+        );
+        assert!(key.starts_with("objects/"));
+        target_meta.close().await;
+        db.drop_db().await;
+    }
 
     #[test]
     fn byte_counts_read_well() {

@@ -20,6 +20,15 @@ pub(super) fn stored_at<'a>(digest: &'a Digest, record: &'a BlobRecord) -> BlobR
     }
 }
 
+/// Remove the copy of `digest` at its digest's path that a commit by digest left when
+/// metadata already recorded the digest at a key of its own (the first key wins): no
+/// reader goes there. Failures are logged; the copy is only surplus.
+pub(super) async fn drop_digest_copy(blobs: &dyn crate::storage::BlobStore, digest: &Digest) {
+    if let Err(e) = blobs.delete(digest.into()).await {
+        tracing::warn!(%digest, error = %e, "could not delete a surplus copy at the digest's path of a blob recorded at a key of its own");
+    }
+}
+
 /// Record a blob whose file was just committed (at `key`, or at the digest's own path)
 /// and link it into `repo` (with its outbox rows); returns the key metadata holds for the
 /// digest afterwards (the first one recorded wins: see
@@ -302,9 +311,104 @@ mod tests {
         );
         assert_eq!(
             store.keys_under("objects/").await,
-            vec![key],
+            vec![key.clone()],
             "the surplus copy was deleted"
         );
+        // A node configured without keys pushes the same bytes by digest: linked to the
+        // key as well, and its copy at the digest's path removed.
+        let by_digest = Registry::new(
+            Arc::new(store.as_ref().clone().with_blob_keys(false)),
+            meta.clone(),
+            Settings::default(),
+        );
+        let c = repo("keys/c");
+        by_digest
+            .put_blob(&c, &digest, body(&data))
+            .await
+            .expect("push by digest");
+        assert_eq!(
+            meta.linked_blob(&c, &digest)
+                .await
+                .expect("linked")
+                .and_then(|b| b.key),
+            Some(key)
+        );
+        assert_eq!(store.stat((&digest).into()).await.expect("stat"), None);
+        assert!(store.keys_under("blobs/").await.is_empty());
+    }
+
+    /// A closing PUT cut off mid-commit (its request future dropped) releases the
+    /// upload's commit claim at once, so a retried PUT does not wait for its lease.
+    #[tokio::test]
+    async fn a_cut_off_commit_releases_its_claim() {
+        use crate::meta::Maintenance;
+        use crate::registry::gc::race::Pause;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
+                .expect("s3 store"),
+        );
+        assert!(
+            store.may_hold_keyed_uploads(),
+            "every S3 node serializes commits"
+        );
+        let meta = Arc::new(
+            SqliteMeta::open(&dir.path().join("berth.db"))
+                .await
+                .expect("meta"),
+        );
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            meta.clone(),
+            Settings::default(),
+        ));
+        let a = repo("keys/cut");
+        let data = Bytes::from_static(b"a layer whose closing PUT is cut off");
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let upload = registry
+            .start_upload(&a, Algorithm::Sha256)
+            .await
+            .expect("start");
+        let pause = Pause::at("upload:committed");
+        let (committing, id, d, r) = (
+            registry.clone(),
+            upload.id.clone(),
+            digest.clone(),
+            a.clone(),
+        );
+        let put = tokio::spawn(pause.clone().scope(async move {
+            let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(data) }));
+            committing
+                .finish_upload(&r, &id, &d, None, Some(body))
+                .await
+        }));
+        pause.reached.notified().await;
+        let claim = format!("upload-commit {}", upload.id);
+        assert!(
+            meta.claim_job(&claim, "a retry", Duration::from_secs(60))
+                .await
+                .expect("claim")
+                .is_err(),
+            "held while the commit runs"
+        );
+        put.abort();
+        let _ = put.await;
+        let started = std::time::Instant::now();
+        loop {
+            if meta
+                .claim_job(&claim, "a retry", Duration::from_secs(60))
+                .await
+                .expect("claim")
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the claim was released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A blob metadata records at a key of its own is read, ranged, redirected to,

@@ -42,7 +42,12 @@ impl Registry {
         }
         let (size, how) = self.blobs.import_file(source, digest).await?;
         let key = super::blobs::record_blob(&*self.meta, repo, digest, size, None, &[]).await?;
-        if key.is_none() && self.blobs.stat(digest.into()).await?.is_none() {
+        if key.is_some() {
+            // Recorded at a key of its own already: the import's copy is surplus.
+            super::blobs::drop_digest_copy(&*self.blobs, digest).await;
+            return Ok(BlobImport::AlreadyPresent { size });
+        }
+        if self.blobs.stat(digest.into()).await?.is_none() {
             // Swept between the import and the link: the link is there now, so a second
             // import stays.
             self.blobs.import_file(source, digest).await?;

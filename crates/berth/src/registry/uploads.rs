@@ -169,6 +169,44 @@ const COMMIT_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long a closing PUT waits for another request completing the same upload.
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A held `upload-commit <id>` claim. Released by [`CommitClaim::release`], or, when
+/// the request is cut off mid-commit (its future dropped), by a task of its own, so a
+/// retried PUT does not wait for the lease to run out.
+struct CommitClaim {
+    meta: Option<std::sync::Arc<dyn crate::meta::MetaStore>>,
+    name: String,
+    owner: String,
+}
+
+impl CommitClaim {
+    async fn release(mut self) {
+        if let Some(meta) = self.meta.take() {
+            release_commit(&*meta, &self.name, &self.owner).await;
+        }
+    }
+}
+
+impl Drop for CommitClaim {
+    fn drop(&mut self) {
+        let Some(meta) = self.meta.take() else {
+            return;
+        };
+        let (name, owner) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { release_commit(&*meta, &name, &owner).await });
+        }
+    }
+}
+
+async fn release_commit(meta: &dyn crate::meta::MetaStore, name: &str, owner: &str) {
+    if let Err(e) = meta.release_job(name, owner).await {
+        tracing::warn!(claim = %name, error = %e, "could not release an upload's commit claim; it runs out by itself");
+    }
+}
+
 impl Registry {
     async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
         if !crate::storage::valid_upload_id(id) {
@@ -425,7 +463,7 @@ impl Registry {
         // A keyed upload completes at one key whatever digest is asked for: two closing
         // PUTs of it must not complete it at once (each would trust its own), so the
         // commit and the session's end are one holder's, cluster-wide.
-        let claim = if self.blobs.writes_keys() {
+        let claim = if self.blobs.may_hold_keyed_uploads() {
             Some(self.claim_commit(&s.id).await?)
         } else {
             None
@@ -447,10 +485,8 @@ impl Registry {
                 .map_err(|e| (e.into(), false))
         }
         .await;
-        if let Some((name, owner)) = claim {
-            if let Err(e) = self.meta.release_job(&name, &owner).await {
-                tracing::warn!(upload = %s.id, error = %e, "could not release an upload's commit claim; it runs out by itself");
-            }
+        if let Some(claim) = claim {
+            claim.release().await;
         }
         if let Err((e, over)) = committed {
             if over {
@@ -500,7 +536,7 @@ impl Registry {
                 Ok(p) => Some(p),
                 // A keyed upload hashed with another algorithm: its commit reads the
                 // completed object back and verifies it.
-                Err(StorageError::NotRehashable) => None,
+                Err(StorageError::KeyedUploadUnreadable) => None,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -565,9 +601,10 @@ impl Registry {
                     tracing::warn!(%digest, key = %own, error = %e, "could not delete a surplus copy of a blob that was recorded first elsewhere; nothing records it");
                 }
             }
-            // A key was recorded first: the digest's path holds a surplus file, which
-            // garbage collection sweeps like any file nothing records.
-            (None, Some(_)) => {}
+            // A key was recorded first: the copy just committed at the digest's path is
+            // surplus (readers go to the key, and garbage collection's digest-path
+            // forget never takes a keyed row, so nothing else would remove it).
+            (None, Some(_)) => super::blobs::drop_digest_copy(&*self.blobs, digest).await,
         }
         // The blob is committed and linked: the push has succeeded whatever happens to
         // the upload's own files now. Failing the request here would only send the client
@@ -580,14 +617,20 @@ impl Registry {
     }
 
     /// Claim the commit of upload `id` (see `finish_upload`): waits a little for another
-    /// request completing it, then answers that it is busy. The claim's (name, owner).
-    async fn claim_commit(&self, id: &str) -> Result<(String, String)> {
+    /// request completing it, then answers that it is busy.
+    async fn claim_commit(&self, id: &str) -> Result<CommitClaim> {
         let name = format!("upload-commit {id}");
         let owner = uuid::Uuid::new_v4().to_string();
         let started = std::time::Instant::now();
         loop {
             match self.meta.claim_job(&name, &owner, COMMIT_LEASE).await? {
-                Ok(()) => return Ok((name, owner)),
+                Ok(()) => {
+                    return Ok(CommitClaim {
+                        meta: Some(self.meta.clone()),
+                        name,
+                        owner,
+                    })
+                }
                 Err(_) if started.elapsed() < COMMIT_WAIT => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }

@@ -71,10 +71,12 @@ pub enum StorageError {
     },
     #[error("cannot read {path}: {source}")]
     Source { path: PathBuf, source: io::Error },
-    /// A keyed upload's bytes cannot be read back before its commit, and its saved hash
-    /// state is of another algorithm: the commit verifies the digest instead.
-    #[error("upload was written to a key of its own and cannot be re-hashed before its commit")]
-    NotRehashable,
+    /// A keyed upload's bytes cannot be read back before its commit (its parts are an
+    /// object store's unfinished multipart upload): a re-hash with another algorithm is
+    /// left to the commit, which verifies the digest itself, and a copy of the open
+    /// upload is not possible.
+    #[error("upload is written to a key of its own and cannot be read before its commit")]
+    KeyedUploadUnreadable,
     /// An upload's stored parts are not the ones its record names (a concurrent append
     /// at the same offset replaced one): it can never be committed as recorded.
     #[error("{0}")]
@@ -214,15 +216,21 @@ pub trait BlobStore: Send + Sync + 'static {
     /// instead of its digest's path, so the store writes its bytes once (an object
     /// store's multipart upload, completed in place). Such an upload cannot be read
     /// back while open ([`Self::read_upload`]) nor always re-hashed
-    /// ([`StorageError::NotRehashable`]; its commit then verifies the digest itself).
+    /// ([`StorageError::KeyedUploadUnreadable`]; its commit then verifies the digest itself).
     /// The default, for stores that keep blobs by digest only: [`Self::create_upload`].
     async fn create_keyed_upload(&self, id: &str) -> Result<()> {
         self.create_upload(id).await
     }
-    /// Whether [`Self::create_keyed_upload`] opens keyed uploads (their commits may
-    /// leave blobs at keys of their own).
+    /// Whether this store opens keyed uploads ([`Self::create_keyed_upload`]).
     fn writes_keys(&self) -> bool {
         false
+    }
+    /// Whether an upload this store holds may be keyed, whatever this node writes (a
+    /// node configured without keys still commits the keyed uploads others opened): a
+    /// keyed upload completes at one key whatever digest its closing PUT names, so its
+    /// commits must be serialized.
+    fn may_hold_keyed_uploads(&self) -> bool {
+        self.writes_keys()
     }
     /// Bytes written to an upload so far.
     async fn upload_size(&self, id: &str) -> Result<u64>;
@@ -242,7 +250,7 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<UploadProgress>;
     /// Hash an upload's content from the start (after a restart, or on another node).
     /// A keyed upload whose saved hash state is of another algorithm answers
-    /// [`StorageError::NotRehashable`].
+    /// [`StorageError::KeyedUploadUnreadable`].
     async fn rehash_upload(&self, id: &str, algorithm: Algorithm) -> Result<UploadProgress>;
     /// Make a verified upload visible as `digest`, atomically and durably. From then on
     /// the upload is closed: append, size, rehash and read answer

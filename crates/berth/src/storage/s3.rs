@@ -1025,6 +1025,12 @@ impl S3BlobStore {
                 self.send_keyed_part(&key, &mut next, part, &mut sending)
                     .await?;
             } else if !buf.is_empty() {
+                // The tail goes as the last part at the commit: it needs a number too.
+                if next.sent.len() >= MAX_PARTS {
+                    return Err(failure(format!(
+                        "S3 UPLOAD PART {key}: the upload would need more than S3's {MAX_PARTS} parts"
+                    )));
+                }
                 let name = format!("tail-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
                 let part = buf.split().freeze();
                 written.push(name.clone());
@@ -1215,7 +1221,16 @@ impl S3BlobStore {
                             .map_err(|_| failure(format!("upload {id}: too many parts")))?;
                         etags.push(self.upload_part(&key, upload_id, number, bytes).await?);
                     }
-                    trust = self.complete_multipart(&key, upload_id, &etags).await?;
+                    trust = match self.complete_multipart(&key, upload_id, &etags).await {
+                        Ok(done) => done,
+                        Err(e @ StorageError::PartsReplaced(_)) => {
+                            // It can never complete as recorded: its parts go now,
+                            // not at the purge age.
+                            self.abort(&key, upload_id).await;
+                            return Err(e);
+                        }
+                        Err(e) => return Err(e),
+                    };
                 }
             }
         }
@@ -1254,8 +1269,12 @@ impl S3BlobStore {
             }
             let actual = hasher.digest();
             if &actual != digest {
-                // Never linked: nothing else can name this key.
-                self.delete_key(&key).await?;
+                // Written by this call (no other commit of the upload runs: see
+                // `may_hold_keyed_uploads`) and never linked: nothing names it. One
+                // found already there may be an earlier commit's, linked: it stays.
+                if trust {
+                    self.delete_key(&key).await?;
+                }
                 return Err(StorageError::DigestMismatch {
                     path: std::path::PathBuf::from(key),
                     expected: digest.clone(),
@@ -1428,6 +1447,10 @@ impl super::BlobStore for S3BlobStore {
         self.blob_keys
     }
 
+    fn may_hold_keyed_uploads(&self) -> bool {
+        true
+    }
+
     fn redirect_url(&self, blob: BlobRef<'_>) -> Option<String> {
         if !self.redirect {
             return None;
@@ -1566,9 +1589,7 @@ impl super::BlobStore for S3BlobStore {
             )));
         }
         if !record.sent.is_empty() {
-            return Err(failure(format!(
-                "upload {id} is written to a multipart upload of its own, which cannot be read before it is committed"
-            )));
+            return Err(StorageError::KeyedUploadUnreadable);
         }
         Ok(self.read_parts(&dir, &record.parts, range))
     }
@@ -1645,7 +1666,7 @@ impl super::BlobStore for S3BlobStore {
             }
         }
         if !record.sent.is_empty() {
-            return Err(StorageError::NotRehashable);
+            return Err(StorageError::KeyedUploadUnreadable);
         }
         let mut hasher = algorithm.hasher();
         if record.size > 0 {
@@ -2283,7 +2304,7 @@ pub(crate) mod tests {
         );
         assert!(matches!(
             store.rehash_upload("keyed", Algorithm::Sha512).await,
-            Err(StorageError::NotRehashable)
+            Err(StorageError::KeyedUploadUnreadable)
         ));
         let key = store
             .commit_upload("keyed", &digest)
