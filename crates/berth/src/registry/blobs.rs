@@ -226,22 +226,20 @@ mod tests {
         s.parse().expect("repo")
     }
 
-    async fn collect(body: ByteStream) -> Vec<u8> {
-        let parts: Vec<Bytes> = body.try_collect().await.expect("read");
-        parts.concat()
-    }
-
-    /// Pushes through a store that writes keys: the blob is recorded at the key its
-    /// upload completed at; the same bytes pushed again are linked to the first copy and
-    /// the surplus one is deleted; a closing PUT waits while another request holds the
-    /// upload's commit.
-    #[tokio::test]
-    async fn keyed_pushes_record_their_keys() {
-        use crate::meta::Maintenance;
+    /// A registry over SQLite (in the returned directory) and a fresh root of the test
+    /// SeaweedFS, with `storage.s3.blobkeys` as given.
+    async fn on_seaweedfs(
+        blob_keys: Option<bool>,
+    ) -> (
+        tempfile::TempDir,
+        Arc<S3BlobStore>,
+        Arc<SqliteMeta>,
+        Arc<Registry>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
             S3BlobStore::new(&crate::config::s3::S3Config {
-                blob_keys: Some(true),
+                blob_keys,
                 ..testserver::config(testserver::Kind::SeaweedFs, 5 << 20)
             })
             .expect("s3 store"),
@@ -256,6 +254,22 @@ mod tests {
             meta.clone(),
             Settings::default(),
         ));
+        (dir, store, meta, registry)
+    }
+
+    async fn collect(body: ByteStream) -> Vec<u8> {
+        let parts: Vec<Bytes> = body.try_collect().await.expect("read");
+        parts.concat()
+    }
+
+    /// Pushes through a store that writes keys: the blob is recorded at the key its
+    /// upload completed at; the same bytes pushed again are linked to the first copy and
+    /// the surplus one is deleted; a closing PUT waits while another request holds the
+    /// upload's commit.
+    #[tokio::test]
+    async fn keyed_pushes_record_their_keys() {
+        use crate::meta::Maintenance;
+        let (_dir, store, meta, registry) = on_seaweedfs(Some(true)).await;
         let data: Vec<u8> = (0..(7u32 << 20)).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(Algorithm::Sha256, &data);
         let (a, b) = (repo("keys/a"), repo("keys/b"));
@@ -343,25 +357,11 @@ mod tests {
     async fn a_cut_off_commit_releases_its_claim() {
         use crate::meta::Maintenance;
         use crate::registry::gc::race::Pause;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(
-            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
-                .expect("s3 store"),
-        );
+        let (_dir, store, meta, registry) = on_seaweedfs(None).await;
         assert!(
             store.may_hold_keyed_uploads(),
             "every S3 node serializes commits"
         );
-        let meta = Arc::new(
-            SqliteMeta::open(&dir.path().join("berth.db"))
-                .await
-                .expect("meta"),
-        );
-        let registry = Arc::new(Registry::new(
-            store.clone(),
-            meta.clone(),
-            Settings::default(),
-        ));
         let a = repo("keys/cut");
         let data = Bytes::from_static(b"a layer whose closing PUT is cut off");
         let digest = Digest::of(Algorithm::Sha256, &data);
@@ -416,17 +416,7 @@ mod tests {
     /// the same digest by digest keeps the key.
     #[tokio::test]
     async fn blobs_recorded_at_keys_are_read_there() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(
-            S3BlobStore::new(&testserver::config(testserver::Kind::SeaweedFs, 5 << 20))
-                .expect("s3 store"),
-        );
-        let meta = Arc::new(
-            SqliteMeta::open(&dir.path().join("berth.db"))
-                .await
-                .expect("meta"),
-        );
-        let registry = Registry::new(store.clone(), meta.clone(), Settings::default());
+        let (_dir, store, meta, registry) = on_seaweedfs(None).await;
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let digest = Digest::of(Algorithm::Sha256, &data);
         let key = "objects/ke/a-push-of-its-own";

@@ -1046,10 +1046,7 @@ impl S3BlobStore {
         // Every part on its way lands (or fails) before the record can name it.
         let mut first = outcome;
         while let Some(done) = sending.join_next().await {
-            let r = done
-                .map_err(|e| failure(format!("a part upload stopped: {e}")))
-                .and_then(|r| r);
-            match r {
+            match landed(done) {
                 Ok((i, etag)) => next.sent[i].etag = etag,
                 Err(e) => {
                     if first.is_ok() {
@@ -1074,9 +1071,7 @@ impl S3BlobStore {
     ) -> Result<()> {
         while sending.len() >= PARTS_IN_FLIGHT {
             if let Some(done) = sending.join_next().await {
-                let (i, etag) = done
-                    .map_err(|e| failure(format!("a part upload stopped: {e}")))
-                    .and_then(|r| r)?;
+                let (i, etag) = landed(done)?;
                 next.sent[i].etag = etag;
             }
         }
@@ -1375,11 +1370,7 @@ struct Sending {
 
 impl Sending {
     async fn next(&mut self) -> Option<Result<()>> {
-        let done = self.tasks.join_next().await?;
-        Some(
-            done.map_err(|e| failure(format!("a part upload stopped: {e}")))
-                .and_then(|r| r),
-        )
+        Some(landed(self.tasks.join_next().await?))
     }
 
     /// Wait until another part may start.
@@ -1391,6 +1382,13 @@ impl Sending {
         }
         Ok(())
     }
+}
+
+/// A part upload's outcome once its task ended (a panicked or cancelled task is a
+/// failure like any other).
+fn landed<T>(done: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    done.map_err(|e| failure(format!("a part upload stopped: {e}")))
+        .and_then(|r| r)
 }
 
 /// Wait for every part on its way; the first failure is returned.
